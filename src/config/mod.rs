@@ -1,0 +1,302 @@
+//! The sersync 2.5 `confxml.xml` schema as typed, validated, immutable data.
+//!
+//! Everything the daemon does is decided by a [`Config`]; nothing downstream re-reads the
+//! XML. Loading never stops at the first problem: [`load`] returns every error of a file at
+//! once, each as a [`Diagnostic`] naming `file:line:col`, so an operator fixes a config in
+//! one round trip. Warnings (unknown elements, a watch root that does not exist yet) are
+//! returned beside a successful config.
+
+mod diag;
+mod xml;
+
+pub use diag::{Diagnostic, Severity};
+
+use regex::bytes::Regex;
+use std::path::{Path, PathBuf};
+
+/// Index of a `<localpath>` in [`Config::roots`].
+pub type RootId = usize;
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (as given, for messages).
+    pub file: PathBuf,
+    /// `<host hostip port>`: parsed and kept for compatibility, unused (as in the original).
+    pub host: HostSection,
+    /// `<debug start>`: log every event and every rsync argv.
+    pub debug: bool,
+    /// `<fileSystem xfs>`: always `stat()` to tell directories (DT_UNKNOWN filesystems).
+    pub xfs: bool,
+    /// `<filter start>` with its `<exclude expression>` regexes.
+    pub filter: Filter,
+    /// `<ignoreTempFiles start>` (ours): drop the original's built-in temp-file names
+    /// (non-directories starting with `.` or ending with `~`, and `4913`). Default true.
+    pub ignore_temp_files: bool,
+    /// `<inotify>` toggles.
+    pub events: EventToggles,
+    /// Every `<sersync><localpath>`, in file order (the original used only the first).
+    pub roots: Vec<WatchRoot>,
+    /// `<sersync><rsync>`.
+    pub rsync: RsyncOptions,
+    /// `<sersync><failLog>`.
+    pub fail_log: FailLog,
+    /// `<sersync><crontab>`.
+    pub crontab: Crontab,
+    /// `<sersync><plugin start name>` and the top-level `<plugin name=...>` sections.
+    pub plugins: Plugins,
+}
+
+/// `<host hostip port>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSection {
+    pub ip: String,
+    pub port: u16,
+}
+
+/// One compiled exclude regex with where it came from.
+#[derive(Debug, Clone)]
+pub struct ExcludeRegex {
+    /// The expression as written in the file.
+    pub expression: String,
+    /// Compiled as a whole-string match (`^(?:expr)$`), like boost's `regex_match`.
+    pub regex: Regex,
+    /// 1-based line of the `<exclude>` element.
+    pub line: usize,
+}
+
+/// `<filter start>`: exclude regexes matched against the path relative to the watch root,
+/// without a leading slash (`sub/dir/name`), at any depth; directories are tested both as
+/// `dir` and `dir/`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub enabled: bool,
+    pub excludes: Vec<ExcludeRegex>,
+}
+
+impl Filter {
+    /// True when `relative` (no leading slash) must not be synced.
+    pub fn excludes(&self, relative: &[u8], is_dir: bool) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        self.excludes.iter().any(|ex| {
+            ex.regex.is_match(relative)
+                || (is_dir && {
+                    let mut with_slash = relative.to_vec();
+                    with_slash.push(b'/');
+                    ex.regex.is_match(&with_slash)
+                })
+        })
+    }
+}
+
+/// `<inotify>`: which kernel events turn into syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventToggles {
+    pub delete: bool,
+    pub create_folder: bool,
+    pub create_file: bool,
+    pub close_write: bool,
+    pub move_from: bool,
+    pub move_to: bool,
+    pub attrib: bool,
+    pub modify: bool,
+}
+
+impl Default for EventToggles {
+    /// The values of the shipped sersync 2.5.4 `confxml.xml`.
+    fn default() -> Self {
+        EventToggles {
+            delete: true,
+            create_folder: true,
+            create_file: false,
+            close_write: true,
+            move_from: true,
+            move_to: true,
+            attrib: false,
+            modify: false,
+        }
+    }
+}
+
+/// One `<localpath watch>` and its remotes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchRoot {
+    /// Absolute, without a trailing slash (except `/` itself).
+    pub path: PathBuf,
+    pub remotes: Vec<Remote>,
+    /// 1-based line of the `<localpath>` element.
+    pub line: usize,
+}
+
+/// `<remote ip name>`: an rsync daemon module, or with `<ssh>` a host and remote path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// Host name or address as written (an IPv6 literal is allowed without brackets).
+    pub ip: String,
+    /// rsync daemon module, or the remote directory with ssh.
+    pub name: String,
+}
+
+impl Remote {
+    /// Short human name used in logs and status: `ip::name` (daemon) or `ip:name` (ssh).
+    pub fn label(&self, ssh: bool) -> String {
+        if ssh {
+            format!("{}:{}", self.ip, self.name)
+        } else {
+            format!("{}::{}", self.ip, self.name)
+        }
+    }
+}
+
+/// `<sersync><rsync>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsyncOptions {
+    /// `<commonParams params>` split into words like a POSIX shell would (quotes honoured,
+    /// no expansion). Default `-artuz`.
+    pub common_params: Vec<String>,
+    /// `<auth start users passwordfile>` when start is true.
+    pub auth: Option<Auth>,
+    /// `<userDefinedPort start port>` when start is true.
+    pub port: Option<u16>,
+    /// `<timeout start time>` when start is true (seconds).
+    pub timeout: Option<u32>,
+    /// `<ssh start>`.
+    pub ssh: bool,
+}
+
+impl Default for RsyncOptions {
+    fn default() -> Self {
+        RsyncOptions {
+            common_params: vec!["-artuz".to_owned()],
+            auth: None,
+            port: None,
+            timeout: None,
+            ssh: false,
+        }
+    }
+}
+
+/// `<auth>`: rsync daemon user and the client password file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub user: String,
+    pub password_file: PathBuf,
+}
+
+/// `<failLog path timeToExecute>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailLog {
+    /// As written; a relative path resolves against the state directory.
+    pub path: PathBuf,
+    /// Minutes between replays of the failure journal (default 60).
+    pub interval_minutes: u32,
+}
+
+impl Default for FailLog {
+    fn default() -> Self {
+        FailLog {
+            path: PathBuf::from("rsync_fail_log.sh"),
+            interval_minutes: 60,
+        }
+    }
+}
+
+/// `<crontab start schedule>` and `<crontabfilter>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crontab {
+    pub enabled: bool,
+    /// Minutes between periodic full syncs (≤0 or non-numeric means 600, as the original).
+    pub schedule_minutes: u32,
+    /// `<crontabfilter start>`.
+    pub filter_enabled: bool,
+    /// rsync glob patterns passed as `--exclude=PAT` to the periodic full sync.
+    pub excludes: Vec<String>,
+}
+
+impl Default for Crontab {
+    fn default() -> Self {
+        Crontab {
+            enabled: false,
+            schedule_minutes: 600,
+            filter_enabled: false,
+            excludes: Vec::new(),
+        }
+    }
+}
+
+/// Plugin configuration: which plugin runs after syncs, and every plugin's section.
+#[derive(Debug, Clone, Default)]
+pub struct Plugins {
+    /// `<sersync><plugin start="true" name>`: the plugin run after each delivered change.
+    pub after_sync: Option<String>,
+    pub command: Option<CommandPlugin>,
+    pub socket: Option<SocketPlugin>,
+    pub refresh_cdn: Option<RefreshCdnPlugin>,
+    pub http: Option<HttpPlugin>,
+}
+
+/// `<plugin name="command">`.
+#[derive(Debug, Clone)]
+pub struct CommandPlugin {
+    pub prefix: String,
+    pub suffix: String,
+    pub ignore_error: bool,
+    pub filter_enabled: bool,
+    /// Whole-string regexes on the absolute path.
+    pub includes: Vec<ExcludeRegex>,
+}
+
+/// `<plugin name="socket">`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketPlugin {
+    pub watch: PathBuf,
+    pub host: String,
+    pub port: u16,
+}
+
+/// `<plugin name="refreshCDN">`.
+#[derive(Debug, Clone)]
+pub struct RefreshCdnPlugin {
+    pub watch: PathBuf,
+    pub domain_name: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub send_url_base: String,
+    pub regex_enabled: bool,
+    pub regex_match: String,
+}
+
+/// `<plugin name="http">` (dropped by the original; kept in the schema).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpPlugin {
+    pub watch: PathBuf,
+    pub url: String,
+    pub port: Option<u16>,
+}
+
+/// The outcome of reading a config file: the config plus warnings, or every error found.
+pub type LoadResult = Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>>;
+
+/// Reads, decodes (UTF-8, or ISO-8859-1 when the bytes are not UTF-8), parses and validates
+/// a config file.
+pub fn load(path: &Path) -> LoadResult {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            return Err(vec![Diagnostic::file_error(
+                path,
+                format!("cannot read config file: {err}"),
+            )]);
+        }
+    };
+    parse(path, &bytes)
+}
+
+/// Like [`load`], from bytes already in memory; `path` is used for messages and for nothing
+/// else.
+pub fn parse(path: &Path, bytes: &[u8]) -> LoadResult {
+    xml::parse(path, bytes)
+}

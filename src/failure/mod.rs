@@ -1,0 +1,1 @@
+//! failure (in progress).

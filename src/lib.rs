@@ -1,0 +1,13 @@
+//! sersync: real-time replication of directory trees to rsync daemons (or over ssh),
+//! a systemd-native reimplementation of sersync 2.5.
+//!
+//! The library holds everything; `sersyncd` and `sersyncctl` are thin binaries over it.
+//! See ARCHITECTURE.md for the map of modules and the invariants between them.
+
+pub mod config;
+pub mod daemon;
+pub mod failure;
+pub mod queue;
+pub mod shell;
+pub mod sync;
+pub mod watch;
