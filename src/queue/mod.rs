@@ -1,1 +1,316 @@
-//! queue (in progress).
+//! Coalescing of filesystem changes into rsync batches, per (root, remote) lane.
+//!
+//! This is the heart of "nothing is lost, nothing is sent twice": every change to a path
+//! lands in the pending map of each lane of its root, where it merges with what is already
+//! pending for that path (the last meaningful action wins; a removed directory absorbs its
+//! pending children). A lane has at most one job in flight, so changes that arrive while a
+//! batch is being sent form the next batch: one rsync when idle (low latency), large
+//! batches under load (high throughput), and per-path order is preserved per remote.
+//!
+//! Architecture invariant: this module does no I/O and reads no clock; time is passed in.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::config::RootId;
+
+/// A path relative to its watch root, as raw bytes, without a leading or trailing slash.
+/// The root itself is the empty path.
+pub type RelPath = Vec<u8>;
+
+/// Index of a lane in [`Queue`]: one (watch root, remote) pair.
+pub type LaneId = usize;
+
+/// What must happen to one path on the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Make the remote entry match the local one as it is when the batch runs: send it if
+    /// it exists, delete it if it does not (rsync decides by existence, so a path that was
+    /// created and deleted again before the batch ran costs nothing).
+    Sync,
+    /// The path was deleted or moved away; `dir` says whether it was a directory (deleted
+    /// recursively on the remote).
+    Remove { dir: bool },
+    /// A directory was removed and something new now exists at the path: the remote copy
+    /// is purged first (so none of the old children survive), then the path is sent.
+    Replace,
+}
+
+impl Action {
+    /// The action that stands for `older` followed by `newer` on the same path.
+    pub fn then(older: Action, newer: Action) -> Action {
+        use Action::*;
+        match (older, newer) {
+            (Remove { dir: true }, Sync) | (Replace, Sync) => Replace,
+            (Replace, Remove { .. }) => Remove { dir: true },
+            (Remove { dir: a }, Remove { dir: b }) => Remove { dir: a || b },
+            (_, newer) => newer,
+        }
+    }
+}
+
+/// One unit of work for the sync module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// Send these paths (sorted, parents before children).
+    Batch(Batch),
+    /// Push the whole root with deletions (initial sync, rescan after overflow, crontab).
+    FullSync { lane: LaneId, reason: FullSyncReason },
+}
+
+impl Job {
+    pub fn lane(&self) -> LaneId {
+        match self {
+            Job::Batch(batch) => batch.lane,
+            Job::FullSync { lane, .. } => *lane,
+        }
+    }
+}
+
+/// Why a full sync of a root was asked for; kept for logs and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FullSyncReason {
+    /// `-r` at start-up.
+    Initial,
+    /// The kernel dropped events (IN_Q_OVERFLOW) or a subtree could not be watched.
+    Rescan,
+    /// `<crontab>` or an operator's request.
+    Scheduled,
+    /// A previous run ended uncleanly; changes may have been lost before they were saved.
+    Recovery,
+}
+
+/// A batch of paths for one lane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub lane: LaneId,
+    /// Every path with its action, sorted by path.
+    pub entries: Vec<(RelPath, Action)>,
+}
+
+impl Batch {
+    /// Paths whose remote copy must be deleted before the batch is sent.
+    pub fn purges(&self) -> impl Iterator<Item = &RelPath> {
+        self.entries
+            .iter()
+            .filter(|(_, action)| *action == Action::Replace)
+            .map(|(path, _)| path)
+    }
+}
+
+#[derive(Debug)]
+struct Lane {
+    root: RootId,
+    pending: BTreeMap<RelPath, Action>,
+    full_sync: Option<FullSyncReason>,
+    busy: bool,
+    not_before: Option<Instant>,
+    paused: bool,
+}
+
+/// All lanes' pending work.
+#[derive(Debug)]
+pub struct Queue {
+    lanes: Vec<Lane>,
+    max_batch: usize,
+}
+
+/// The default upper bound of paths in one batch (one rsync run).
+pub const DEFAULT_MAX_BATCH: usize = 20_000;
+
+impl Queue {
+    /// `lane_roots[lane]` is the root each lane belongs to.
+    pub fn new(lane_roots: &[RootId], max_batch: usize) -> Queue {
+        Queue {
+            lanes: lane_roots
+                .iter()
+                .map(|&root| Lane {
+                    root,
+                    pending: BTreeMap::new(),
+                    full_sync: None,
+                    busy: false,
+                    not_before: None,
+                    paused: false,
+                })
+                .collect(),
+            max_batch: max_batch.max(1),
+        }
+    }
+
+    pub fn lane_count(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Records a change of `path` under `root` in every lane of that root.
+    pub fn push(&mut self, root: RootId, path: &[u8], action: Action) {
+        for lane in self.lanes.iter_mut().filter(|lane| lane.root == root) {
+            lane.merge(path, action);
+        }
+    }
+
+    /// Asks for a full sync of every lane of `root`. Pending paths of those lanes are
+    /// covered by it and dropped when it starts.
+    pub fn request_full_sync(&mut self, root: RootId, reason: FullSyncReason) {
+        for lane in self.lanes.iter_mut().filter(|lane| lane.root == root) {
+            lane.full_sync.get_or_insert(reason);
+        }
+    }
+
+    /// Holds back (or releases) new jobs for every lane; changes keep coalescing.
+    pub fn set_paused(&mut self, paused: bool) {
+        for lane in &mut self.lanes {
+            lane.paused = paused;
+        }
+    }
+
+    /// The next job of `lane`, if it is idle, not paused, not backing off and has work.
+    /// The lane is busy until [`Queue::finish`] is called for it.
+    pub fn take_job(&mut self, lane_id: LaneId, now: Instant) -> Option<Job> {
+        let max_batch = self.max_batch;
+        let lane = self.lanes.get_mut(lane_id)?;
+        if lane.busy || lane.paused || lane.not_before.is_some_and(|at| now < at) {
+            return None;
+        }
+        if let Some(reason) = lane.full_sync.take() {
+            lane.pending.clear();
+            lane.busy = true;
+            return Some(Job::FullSync {
+                lane: lane_id,
+                reason,
+            });
+        }
+        if lane.pending.is_empty() {
+            return None;
+        }
+        let entries: Vec<(RelPath, Action)> = if lane.pending.len() <= max_batch {
+            std::mem::take(&mut lane.pending).into_iter().collect()
+        } else {
+            let mut taken = Vec::with_capacity(max_batch);
+            while taken.len() < max_batch {
+                match lane.pending.pop_first() {
+                    Some(entry) => taken.push(entry),
+                    None => break,
+                }
+            }
+            taken
+        };
+        lane.busy = true;
+        Some(Job::Batch(Batch {
+            lane: lane_id,
+            entries,
+        }))
+    }
+
+    /// Ends the job in flight on `lane`. `retry` is what must be tried again (the whole
+    /// job, or for a partial transfer only the paths that failed) and when.
+    pub fn finish(&mut self, lane_id: LaneId, retry: Option<(Retry, Instant)>) {
+        let Some(lane) = self.lanes.get_mut(lane_id) else {
+            return;
+        };
+        lane.busy = false;
+        match retry {
+            None => lane.not_before = None,
+            Some((retry, at)) => {
+                lane.not_before = Some(at);
+                match retry {
+                    Retry::FullSync(reason) => {
+                        lane.full_sync.get_or_insert(reason);
+                    }
+                    Retry::Paths(entries) => {
+                        for (path, older) in entries {
+                            lane.requeue(path, older);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pending paths of one lane (for status).
+    pub fn lane_depth(&self, lane: LaneId) -> usize {
+        self.lanes.get(lane).map_or(0, |lane| lane.pending.len())
+    }
+
+    /// Whether the lane has a job in flight.
+    pub fn lane_busy(&self, lane: LaneId) -> bool {
+        self.lanes.get(lane).is_some_and(|lane| lane.busy)
+    }
+
+    /// When a backing-off lane may run again.
+    pub fn lane_not_before(&self, lane: LaneId) -> Option<Instant> {
+        self.lanes.get(lane).and_then(|lane| lane.not_before)
+    }
+
+    /// Whether a lane has anything to do (pending paths or a full sync).
+    pub fn lane_has_work(&self, lane: LaneId) -> bool {
+        self.lanes
+            .get(lane)
+            .is_some_and(|lane| lane.full_sync.is_some() || !lane.pending.is_empty())
+    }
+
+    /// Total pending paths over all lanes.
+    pub fn depth(&self) -> usize {
+        self.lanes.iter().map(|lane| lane.pending.len()).sum()
+    }
+
+    /// The pending entries of a lane, in path order (for persistence at shutdown).
+    pub fn pending(&self, lane: LaneId) -> impl Iterator<Item = (&RelPath, &Action)> {
+        self.lanes
+            .get(lane)
+            .into_iter()
+            .flat_map(|lane| lane.pending.iter())
+    }
+
+    /// Whether nothing is pending and nothing is in flight anywhere.
+    pub fn is_idle(&self) -> bool {
+        self.lanes
+            .iter()
+            .all(|lane| !lane.busy && lane.pending.is_empty() && lane.full_sync.is_none())
+    }
+}
+
+/// What a failed job leaves to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    FullSync(FullSyncReason),
+    Paths(Vec<(RelPath, Action)>),
+}
+
+impl Lane {
+    fn merge(&mut self, path: &[u8], action: Action) {
+        if let Action::Remove { dir: true } = action {
+            // Deleting the directory on the remote covers whatever was pending below it.
+            let mut prefix = path.to_vec();
+            prefix.push(b'/');
+            let mut end = path.to_vec();
+            end.push(b'/' + 1);
+            let below: Vec<RelPath> = self
+                .pending
+                .range(prefix..end)
+                .map(|(child, _)| child.clone())
+                .collect();
+            for child in below {
+                self.pending.remove(&child);
+            }
+        }
+        match self.pending.get_mut(path) {
+            Some(existing) => *existing = Action::then(*existing, action),
+            None => {
+                self.pending.insert(path.to_vec(), action);
+            }
+        }
+    }
+
+    /// Puts back an action from a failed batch: it happened before anything now pending.
+    fn requeue(&mut self, path: RelPath, older: Action) {
+        match self.pending.get_mut(&path) {
+            Some(newer) => *newer = Action::then(older, *newer),
+            None => {
+                self.pending.insert(path, older);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+//! Table tests: sequences of changes and job completions → the batches that come out.
+//!
+//! Script language, one step per string:
+//! - `S path` sync, `F path` remove file, `D path` remove directory (pushed to root 0)
+//! - `take` takes the next job of lane 0 and compares it with the next expected batch
+//! - `ok` finishes lane 0's job successfully; `fail` finishes it with a retry of the whole
+//!   batch that was taken last, due at once
+//! - `full` asks for a full sync of root 0
+//!
+//! Expected batches are written as `"path:act path:act"` with act one of `S F D R` (R =
+//! replace), `FULL` for a full sync, or `-` for "no job".
+
+use super::*;
+
+fn action_of(code: &str) -> Action {
+    match code {
+        "S" => Action::Sync,
+        "F" => Action::Remove { dir: false },
+        "D" => Action::Remove { dir: true },
+        "R" => Action::Replace,
+        other => panic!("bad action code {other}"),
+    }
+}
+
+fn code_of(action: Action) -> &'static str {
+    match action {
+        Action::Sync => "S",
+        Action::Remove { dir: false } => "F",
+        Action::Remove { dir: true } => "D",
+        Action::Replace => "R",
+    }
+}
+
+fn render(job: Option<Job>) -> String {
+    match job {
+        None => "-".to_owned(),
+        Some(Job::FullSync { .. }) => "FULL".to_owned(),
+        Some(Job::Batch(batch)) => batch
+            .entries
+            .iter()
+            .map(|(path, action)| {
+                format!("{}:{}", String::from_utf8_lossy(path), code_of(*action))
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+fn run(script: &[&str], max_batch: usize) -> Vec<String> {
+    let now = Instant::now();
+    let mut queue = Queue::new(&[0], max_batch);
+    let mut last_batch: Option<Batch> = None;
+    let mut out = Vec::new();
+    for step in script {
+        match *step {
+            "take" => {
+                let job = queue.take_job(0, now);
+                if let Some(Job::Batch(batch)) = &job {
+                    last_batch = Some(batch.clone());
+                }
+                out.push(render(job));
+            }
+            "ok" => queue.finish(0, None),
+            "fail" => {
+                let entries = last_batch.take().map(|b| b.entries).unwrap_or_default();
+                queue.finish(0, Some((Retry::Paths(entries), now)));
+            }
+            "full" => queue.request_full_sync(0, FullSyncReason::Scheduled),
+            other => {
+                let (code, path) = other.split_once(' ').expect("step is `CODE path`");
+                queue.push(0, path.as_bytes(), action_of(code));
+            }
+        }
+    }
+    out
+}
+
+/// (name, script, expected outputs of each `take`)
+const ROWS: &[(&str, &[&str], &[&str])] = &[
+    ("single sync", &["S a", "take"], &["a:S"]),
+    ("nothing pending", &["take"], &["-"]),
+    ("create+modify+close_write coalesce", &["S a", "S a", "S a", "take"], &["a:S"]),
+    ("update then delete file", &["S a", "F a", "take"], &["a:F"]),
+    ("delete then recreate file", &["F a", "S a", "take"], &["a:S"]),
+    ("dir removed then recreated", &["D d", "S d", "take"], &["d:R"]),
+    ("replace then removed again", &["D d", "S d", "F d", "take"], &["d:D"]),
+    ("replace stays replace on sync", &["D d", "S d", "S d", "take"], &["d:R"]),
+    ("dir removal absorbs children", &["S d/a", "S d/b/c", "S e", "D d", "take"], &["d:D e:S"]),
+    ("removal does not absorb siblings with same prefix", &["S d0", "S d.x", "S d-1/a", "D d", "take"], &["d:D d-1/a:S d.x:S d0:S"]),
+    ("children after removal survive", &["D d", "S d", "S d/new", "take"], &["d:R d/new:S"]),
+    ("parents sort before children", &["S a/b/c", "S a/b", "S a", "take"], &["a:S a/b:S a/b/c:S"]),
+    ("root path", &["S ", "take"], &[":S"]),
+    ("busy lane forms the next batch", &["S a", "take", "S b", "S a", "take", "ok", "take"], &["a:S", "-", "a:S b:S"]),
+    ("nothing after ok", &["S a", "take", "ok", "take"], &["a:S", "-"]),
+    ("failed batch is retried", &["S a", "S b", "take", "fail", "take"], &["a:S b:S", "a:S b:S"]),
+    ("failed batch merges with newer change", &["S a", "take", "F a", "fail", "take"], &["a:S", "a:F"]),
+    ("failed dir removal then recreated", &["D d", "take", "S d", "fail", "take"], &["d:D", "d:R"]),
+    ("failed sync merges under newer dir removal", &["S d/x", "take", "D d", "fail", "take"], &["d/x:S", "d:D d/x:S"]),
+    ("full sync drops pending paths", &["S a", "full", "take", "S b", "take", "ok", "take"], &["FULL", "-", "b:S"]),
+    ("full sync waits for busy lane", &["S a", "take", "full", "take", "ok", "take"], &["a:S", "-", "FULL"]),
+    ("remove file twice", &["F a", "F a", "take"], &["a:F"]),
+    ("file removed then dir removed at same path", &["F a", "D a", "take"], &["a:D"]),
+    ("invalid utf-8 and newline names are plain bytes", &["S a\nb", "S a b", "take"], &["a\nb:S a b:S"]),
+];
+
+#[test]
+fn coalescing_table() {
+    assert!(ROWS.len() >= 20);
+    for (name, script, expected) in ROWS {
+        let got = run(script, DEFAULT_MAX_BATCH);
+        let expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, expected, "row `{name}`");
+    }
+}
+
+#[test]
+fn batches_are_bounded() {
+    let script = ["S a", "S b", "S c", "S d", "S e", "take", "ok", "take", "ok", "take"];
+    assert_eq!(run(&script, 2), vec!["a:S b:S", "c:S d:S", "e:S"]);
+}
+
+#[test]
+fn lanes_progress_independently() {
+    let now = Instant::now();
+    let mut queue = Queue::new(&[0, 0, 1], 100);
+    queue.push(0, b"x", Action::Sync);
+    queue.push(1, b"y", Action::Sync);
+    let first = queue.take_job(0, now).expect("lane 0 has work");
+    assert_eq!(render(Some(first)), "x:S");
+    // Lane 0 fails and backs off; lane 1 (same root, other remote) is not affected.
+    queue.finish(
+        0,
+        Some((
+            Retry::Paths(vec![(b"x".to_vec(), Action::Sync)]),
+            now + std::time::Duration::from_secs(5),
+        )),
+    );
+    assert!(queue.take_job(0, now).is_none(), "lane 0 backs off");
+    assert_eq!(render(queue.take_job(1, now)), "x:S");
+    assert_eq!(render(queue.take_job(2, now)), "y:S");
+    let later = now + std::time::Duration::from_secs(6);
+    assert_eq!(render(queue.take_job(0, later)), "x:S");
+}
+
+#[test]
+fn paused_queue_keeps_coalescing() {
+    let now = Instant::now();
+    let mut queue = Queue::new(&[0], 100);
+    queue.set_paused(true);
+    queue.push(0, b"a", Action::Sync);
+    queue.push(0, b"a", Action::Remove { dir: false });
+    assert!(queue.take_job(0, now).is_none());
+    assert_eq!(queue.depth(), 1);
+    queue.set_paused(false);
+    assert_eq!(render(queue.take_job(0, now)), "a:F");
+}
+
+#[test]
+fn million_events_on_few_paths_stay_small() {
+    let mut queue = Queue::new(&[0], DEFAULT_MAX_BATCH);
+    for i in 0..1_000_000u32 {
+        let path = format!("dir{}/file{}", i % 10, i % 1000);
+        queue.push(0, path.as_bytes(), Action::Sync);
+    }
+    assert_eq!(queue.depth(), 1000);
+}
