@@ -1,1 +1,21 @@
-fn main(){}
+//! `sersyncd`: the replication daemon. Everything lives in the library.
+
+use clap::Parser;
+use sersync::daemon::{self, Cli};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = match err.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    daemon::exit::OK
+                }
+                _ => daemon::exit::USAGE,
+            };
+            let _ = err.print();
+            std::process::exit(code);
+        }
+    };
+    std::process::exit(daemon::main(cli));
+}

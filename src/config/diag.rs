@@ -21,3 +21,10 @@ impl Diagnostic {
         Diagnostic { file: path.to_owned(), line: 0, col: 0, severity: Severity::Error, message }
     }
 }
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let level = match self.severity { Severity::Error => "error", Severity::Warning => "warning" };
+        write!(f, "{}:{}:{}: {level}: {}", self.file.display(), self.line, self.col, self.message)
+    }
+}

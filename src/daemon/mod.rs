@@ -1,1 +1,691 @@
-//! daemon (in progress).
+//! Start-up, the event loop, signals, readiness and shutdown.
+//!
+//! One thread owns all mutable state and runs one loop over a closed enum of inputs
+//! ([`Input`]): changes from the watcher, outcomes of rsync jobs, signals. Everything else
+//! (the inotify reader, each rsync job, the signal listener) runs on its own thread and
+//! only sends inputs, so no lock guards the queue and the order of decisions is the order
+//! of the loop.
+//!
+//! Start-up order: config (errors printed before logging starts, exit 78) → logging →
+//! state directory → watches → READY=1 → initial full sync if asked, so a change made
+//! while the initial sync runs is queued, not lost.
+
+pub mod cli;
+mod logging;
+mod notify;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use crate::config::{self, Config, RootId, Severity};
+use crate::queue::{Action, FullSyncReason, Job, Queue, Retry, DEFAULT_MAX_BATCH};
+use crate::sync::argv::Transport;
+use crate::sync::{JobContext, Outcome, RunResult, Runner};
+use crate::watch::{WatchControl, WatchEvent, WatchSpec, Watcher};
+pub use cli::Cli;
+
+/// Exit statuses (sysexits), which systemd units act on (`RestartPreventExitStatus=78`).
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const USAGE: i32 = 64;
+    pub const UNAVAILABLE: i32 = 69;
+    pub const SOFTWARE: i32 = 70;
+    pub const CANTCREAT: i32 = 73;
+    pub const CONFIG: i32 = 78;
+}
+
+/// Everything the loop reacts to.
+#[derive(Debug)]
+enum Input {
+    Watch(WatchEvent),
+    WatcherFailed(String),
+    JobDone(Outcome),
+    Signal(i32),
+}
+
+/// One (root, remote) pair: the unit that progresses independently.
+#[derive(Debug, Clone)]
+struct Lane {
+    root: RootId,
+    label: String,
+    context: JobContext,
+    failures: u32,
+    state: LaneState,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaneState {
+    Ok,
+    Backoff,
+    Failing,
+}
+
+impl LaneState {
+    fn as_str(self) -> &'static str {
+        match self {
+            LaneState::Ok => "ok",
+            LaneState::Backoff => "backoff",
+            LaneState::Failing => "failing",
+        }
+    }
+}
+
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Reads the config and prints its diagnostics; `None` means "exit 78".
+fn load_config(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok((config, warnings)) => {
+            for warning in warnings {
+                eprintln!("{warning}");
+            }
+            Some(config)
+        }
+        Err(diagnostics) => {
+            let errors = diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            for diagnostic in &diagnostics {
+                eprintln!("{diagnostic}");
+            }
+            eprintln!(
+                "{}: {errors} error{} in config, nothing started",
+                path.display(),
+                if errors == 1 { "" } else { "s" }
+            );
+            None
+        }
+    }
+}
+
+/// Runs `sersyncd` with parsed arguments; returns the process exit status.
+pub fn main(cli: Cli) -> i32 {
+    let Some(config) = load_config(&cli.config) else {
+        return exit::CONFIG;
+    };
+    if cli.check {
+        let remotes: usize = config.roots.iter().map(|r| r.remotes.len()).sum();
+        println!(
+            "{}: configuration OK ({} watch root{}, {} remote{})",
+            cli.config.display(),
+            config.roots.len(),
+            if config.roots.len() == 1 { "" } else { "s" },
+            remotes,
+            if remotes == 1 { "" } else { "s" }
+        );
+        return exit::OK;
+    }
+    if let Some(module) = &cli.module {
+        eprintln!(
+            "sersyncd: -m {module}: running a plugin on its own is not available yet in this \
+             version (plugins come with a later release)"
+        );
+        return exit::UNAVAILABLE;
+    }
+    if cli.daemon {
+        // Before any thread exists: fork() only keeps the calling thread. stdio stays
+        // open so `nohup sersyncd -d ... > log` keeps working as with sersync2.
+        if let Err(err) = nix::unistd::daemon(true, true) {
+            eprintln!("sersyncd: cannot detach: {err}");
+            return exit::SOFTWARE;
+        }
+    }
+    let instance = cli.instance_name();
+    logging::init(cli.log, cli.verbose || config.debug, &instance);
+    let state_dir = cli.state_dir();
+    if let Err(err) = prepare_state_dir(&state_dir) {
+        tracing::error!(path = %state_dir.display(), "cannot use the state directory: {err}");
+        return exit::CANTCREAT;
+    }
+    let daemon = match Daemon::new(cli, config, instance, state_dir) {
+        Ok(daemon) => daemon,
+        Err(err) => {
+            tracing::error!("{err}");
+            return exit::SOFTWARE;
+        }
+    };
+    daemon.run()
+}
+
+fn prepare_state_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let empty = dir.join("empty");
+    match std::fs::remove_dir_all(&empty) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&empty)
+}
+
+struct Daemon {
+    cli: Cli,
+    config: Config,
+    instance: String,
+    lanes: Vec<Lane>,
+    queue: Queue,
+    runner: Runner,
+    tx: Sender<Input>,
+    rx: Receiver<Input>,
+    watch_control: Option<Sender<WatchControl>>,
+    in_flight: usize,
+    next_lane: usize,
+    watches: usize,
+    ready: bool,
+    stopping: bool,
+    notifier: notify::Notifier,
+    failed_batches: u64,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("instance", &self.instance)
+            .field("lanes", &self.lanes.len())
+            .finish()
+    }
+}
+
+fn build_lanes(config: &Config) -> Vec<Lane> {
+    let mut lanes = Vec::new();
+    for (root_id, root) in config.roots.iter().enumerate() {
+        for remote in &root.remotes {
+            let transport = Transport {
+                options: config.rsync.clone(),
+                remote: remote.clone(),
+            };
+            lanes.push(Lane {
+                root: root_id,
+                label: format!("{} -> {}", root.path.display(), remote.label(config.rsync.ssh)),
+                context: JobContext {
+                    root: root.path.clone(),
+                    transport,
+                    propagate_deletes: config.events.delete,
+                    filter: config.filter.clone(),
+                    crontab_excludes: if config.crontab.filter_enabled {
+                        config.crontab.excludes.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    debug: config.debug,
+                },
+                failures: 0,
+                state: LaneState::Ok,
+                last_error: None,
+            });
+        }
+    }
+    lanes
+}
+
+fn watch_spec(config: &Config) -> WatchSpec {
+    WatchSpec {
+        roots: config.roots.iter().map(|r| r.path.clone()).collect(),
+        filter: config.filter.clone(),
+        ignore_temp_files: config.ignore_temp_files,
+        events: config.events,
+        always_stat: config.xfs,
+    }
+}
+
+impl Daemon {
+    fn new(cli: Cli, config: Config, instance: String, state_dir: PathBuf) -> Result<Self, String> {
+        let lanes = build_lanes(&config);
+        let lane_roots: Vec<RootId> = lanes.iter().map(|l| l.root).collect();
+        let (tx, rx) = mpsc::channel();
+        let runner = Runner::new(PathBuf::from("rsync"), state_dir.join("empty"));
+        Ok(Daemon {
+            queue: Queue::new(&lane_roots, DEFAULT_MAX_BATCH),
+            lanes,
+            cli,
+            config,
+            instance,
+            runner,
+            tx,
+            rx,
+            watch_control: None,
+            in_flight: 0,
+            next_lane: 0,
+            watches: 0,
+            ready: false,
+            stopping: false,
+            notifier: notify::Notifier::from_env(),
+            failed_batches: 0,
+        })
+    }
+
+    fn start_watcher(&mut self) -> Result<(), String> {
+        let (control_tx, control_rx) = mpsc::channel();
+        let tx = self.tx.clone();
+        let watcher = Watcher::new(watch_spec(&self.config), move |event| {
+            let _ = tx.send(Input::Watch(event));
+        })
+        .map_err(|err| format!("cannot create an inotify instance: {err} (fs.inotify.max_user_instances?)"))?;
+        let failed = self.tx.clone();
+        std::thread::Builder::new()
+            .name("inotify".into())
+            .spawn(move || {
+                if let Err(err) = watcher.run(control_rx) {
+                    let _ = failed.send(Input::WatcherFailed(err.to_string()));
+                }
+            })
+            .map_err(|err| format!("cannot start the inotify thread: {err}"))?;
+        self.watch_control = Some(control_tx);
+        Ok(())
+    }
+
+    fn start_signal_listener(&self) -> Result<(), String> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map_err(|err| format!("cannot install signal handlers: {err}"))?;
+        let tx = self.tx.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if tx.send(Input::Signal(signal)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|err| format!("cannot start the signal thread: {err}"))?;
+        Ok(())
+    }
+
+    fn run(mut self) -> i32 {
+        if let Err(err) = self.start_signal_listener().and_then(|()| self.start_watcher()) {
+            tracing::error!("{err}");
+            return exit::SOFTWARE;
+        }
+        tracing::info!(
+            instance = %self.instance,
+            roots = self.config.roots.len(),
+            lanes = self.lanes.len(),
+            "sersyncd {} starting: watching {}",
+            env!("CARGO_PKG_VERSION"),
+            self.config
+                .roots
+                .iter()
+                .map(|r| r.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut shutdown_deadline: Option<Instant> = None;
+        loop {
+            self.dispatch();
+            self.refresh_status();
+            if self.stopping && self.in_flight == 0 {
+                break;
+            }
+            if let Some(deadline) = shutdown_deadline {
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        in_flight = self.in_flight,
+                        "rsync still running after {:?}: terminating it",
+                        SHUTDOWN_GRACE
+                    );
+                    self.runner.terminate_all();
+                    shutdown_deadline = Some(Instant::now() + Duration::from_secs(5));
+                }
+            }
+            let timeout = self.next_wakeup();
+            match self.rx.recv_timeout(timeout) {
+                Ok(input) => self.handle(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.stopping && shutdown_deadline.is_none() {
+                shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+            }
+        }
+        if let Some(control) = &self.watch_control {
+            let _ = control.send(WatchControl::Stop);
+        }
+        let pending = self.queue.depth();
+        if pending > 0 {
+            tracing::warn!(pending, "stopping with changes not yet delivered");
+        }
+        tracing::info!("sersyncd stopped");
+        exit::OK
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        let now = Instant::now();
+        let mut wake = Duration::from_secs(1);
+        for lane in 0..self.lanes.len() {
+            if self.queue.lane_has_work(lane) && !self.queue.lane_busy(lane) {
+                if let Some(at) = self.queue.lane_not_before(lane) {
+                    wake = wake.min(at.saturating_duration_since(now));
+                }
+            }
+        }
+        wake.max(Duration::from_millis(1))
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Watch(event) => self.on_watch(event),
+            Input::JobDone(outcome) => self.on_job_done(outcome),
+            Input::WatcherFailed(err) => {
+                tracing::error!("the inotify reader stopped: {err}; stopping so systemd can restart");
+                self.stopping = true;
+            }
+            Input::Signal(signal) => self.on_signal(signal),
+        }
+    }
+
+    fn on_signal(&mut self, signal: i32) {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        match signal {
+            SIGTERM | SIGINT => {
+                if !self.stopping {
+                    tracing::info!(
+                        in_flight = self.in_flight,
+                        "stopping: finishing the rsync runs in flight"
+                    );
+                    self.notifier.stopping();
+                    self.stopping = true;
+                }
+            }
+            SIGHUP => self.reload(),
+            _ => {}
+        }
+    }
+
+    fn reload(&mut self) {
+        self.notifier.reloading();
+        tracing::info!(config = %self.cli.config.display(), "reloading the configuration");
+        match config::load(&self.cli.config) {
+            Err(diagnostics) => {
+                for diagnostic in diagnostics {
+                    tracing::error!("{diagnostic}");
+                }
+                tracing::error!("the new configuration is invalid; keeping the running one");
+            }
+            Ok((config, warnings)) => {
+                for warning in warnings {
+                    tracing::warn!("{warning}");
+                }
+                self.apply_config(config);
+            }
+        }
+        self.notifier.ready();
+    }
+
+    /// Swaps in a new config whole. Lanes that exist in both keep their pending changes;
+    /// new lanes get a full sync.
+    fn apply_config(&mut self, config: Config) {
+        let new_lanes = build_lanes(&config);
+        let same_shape = new_lanes.len() == self.lanes.len()
+            && new_lanes.iter().zip(&self.lanes).all(|(a, b)| {
+                a.root == b.root
+                    && a.context.root == b.context.root
+                    && a.context.transport.remote == b.context.transport.remote
+            });
+        if same_shape {
+            for (lane, new) in self.lanes.iter_mut().zip(new_lanes) {
+                lane.context = new.context;
+                lane.label = new.label;
+            }
+        } else {
+            // Carry pending paths over to lanes with the same root path and remote.
+            let lane_roots: Vec<RootId> = new_lanes.iter().map(|l| l.root).collect();
+            let mut queue = Queue::new(&lane_roots, DEFAULT_MAX_BATCH);
+            for (new_id, new) in new_lanes.iter().enumerate() {
+                let old = self.lanes.iter().position(|old| {
+                    old.context.root == new.context.root
+                        && old.context.transport.remote == new.context.transport.remote
+                });
+                match old {
+                    Some(old_id) => {
+                        let pending: Vec<(Vec<u8>, Action)> = self
+                            .queue
+                            .pending(old_id)
+                            .map(|(p, a)| (p.clone(), *a))
+                            .collect();
+                        for (path, action) in pending {
+                            queue.push_lane(new_id, &path, action);
+                        }
+                        if self.queue.lane_busy(old_id) {
+                            // Its outcome arrives for the old lane id; resend to be safe.
+                            queue.request_full_sync(new.root, FullSyncReason::Rescan);
+                        }
+                    }
+                    None => queue.request_full_sync(new.root, FullSyncReason::Rescan),
+                }
+            }
+            if self.in_flight > 0 {
+                tracing::warn!(
+                    in_flight = self.in_flight,
+                    "lanes changed while rsync runs were in flight; their roots are rescanned"
+                );
+            }
+            self.queue = queue;
+            self.lanes = new_lanes;
+        }
+        if let Some(control) = &self.watch_control {
+            let _ = control.send(WatchControl::Reconfigure(watch_spec(&config)));
+        }
+        self.config = config;
+        tracing::info!(lanes = self.lanes.len(), "configuration reloaded");
+    }
+
+    fn on_watch(&mut self, event: WatchEvent) {
+        match event {
+            WatchEvent::Changes(changes) => {
+                for change in changes {
+                    if self.config.debug || self.cli.verbose {
+                        tracing::debug!(
+                            path = %String::from_utf8_lossy(&change.path),
+                            action = ?change.action,
+                            "change"
+                        );
+                    }
+                    self.queue.push(change.root, &change.path, change.action);
+                }
+            }
+            WatchEvent::Ready { watches } => {
+                self.watches = watches;
+                self.ready = true;
+                tracing::info!(watches, "watching {watches} directories");
+                self.check_watch_headroom();
+                self.notifier.ready();
+                if self.cli.full_sync_first {
+                    for root in 0..self.config.roots.len() {
+                        self.queue.request_full_sync(root, FullSyncReason::Initial);
+                    }
+                }
+            }
+            WatchEvent::WatchCount(count) => self.watches = count,
+            WatchEvent::Overflow => {
+                for root in 0..self.config.roots.len() {
+                    self.queue.request_full_sync(root, FullSyncReason::Rescan);
+                }
+            }
+            WatchEvent::RootLost { root, reason } => {
+                tracing::error!(
+                    root = %crate::watch::describe_root(&self.roots(), root).display(),
+                    "cannot watch root: {reason}; retrying every few seconds"
+                );
+            }
+            WatchEvent::RootRestored { root, watches } => {
+                self.watches = watches;
+                tracing::info!(
+                    root = %crate::watch::describe_root(&self.roots(), root).display(),
+                    "watching root again; rescanning it"
+                );
+                self.queue.request_full_sync(root, FullSyncReason::Rescan);
+            }
+            WatchEvent::WatchLimit { root, path } => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "not watched (inotify watch limit); the root gets a full sync"
+                );
+                self.queue.request_full_sync(root, FullSyncReason::Rescan);
+            }
+        }
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        self.config.roots.iter().map(|r| r.path.clone()).collect()
+    }
+
+    fn check_watch_headroom(&self) {
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/fs/inotify/{name}"))
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+        };
+        if let Some(limit) = read("max_user_watches") {
+            if self.watches * 10 > limit * 9 {
+                tracing::warn!(
+                    watches = self.watches,
+                    limit,
+                    "close to the inotify watch limit: raise fs.inotify.max_user_watches \
+                     (e.g. in /etc/sysctl.d/)"
+                );
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        if self.stopping || self.lanes.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let limit = self.cli.worker_limit();
+        let count = self.lanes.len();
+        for step in 0..count {
+            if self.in_flight >= limit {
+                break;
+            }
+            let lane_id = (self.next_lane + step) % count;
+            let Some(job) = self.queue.take_job(lane_id, now) else {
+                continue;
+            };
+            let lane = &self.lanes[lane_id];
+            match &job {
+                Job::Batch(batch) => tracing::debug!(
+                    remote = %lane.label,
+                    "sending {}",
+                    crate::sync::describe_batch(&batch.entries)
+                ),
+                Job::FullSync { reason, .. } => {
+                    tracing::info!(remote = %lane.label, ?reason, "full sync started")
+                }
+            }
+            let tx = self.tx.clone();
+            self.in_flight += 1;
+            self.runner.start(job, lane.context.clone(), move |outcome| {
+                let _ = tx.send(Input::JobDone(outcome));
+            });
+        }
+        self.next_lane = (self.next_lane + 1) % count.max(1);
+    }
+
+    fn on_job_done(&mut self, outcome: Outcome) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let lane_id = outcome.job.lane();
+        let Some(lane) = self.lanes.get_mut(lane_id) else {
+            return;
+        };
+        let ok = matches!(outcome.result, RunResult::Exited(0) | RunResult::Exited(24));
+        let what = match &outcome.job {
+            Job::Batch(batch) => crate::sync::describe_batch(&batch.entries),
+            Job::FullSync { reason, .. } => format!("full sync ({reason:?})"),
+        };
+        if ok {
+            if lane.state != LaneState::Ok {
+                tracing::info!(remote = %lane.label, "remote is reachable again");
+            }
+            lane.failures = 0;
+            lane.state = LaneState::Ok;
+            lane.last_error = None;
+            tracing::info!(
+                remote = %lane.label,
+                elapsed_ms = outcome.elapsed.as_millis() as u64,
+                "synced {what}"
+            );
+            self.queue.finish(lane_id, None);
+            return;
+        }
+        self.failed_batches += 1;
+        lane.failures += 1;
+        let fatal = is_fatal(&outcome.result, &outcome.stderr);
+        let delay = if fatal {
+            BACKOFF_MAX
+        } else {
+            let exp = lane.failures.saturating_sub(1).min(6);
+            (BACKOFF_START * 2u32.pow(exp)).min(BACKOFF_MAX)
+        };
+        lane.state = if fatal { LaneState::Failing } else { LaneState::Backoff };
+        let message = last_line(&outcome.stderr);
+        let result = describe_result(&outcome.result);
+        lane.last_error = Some(format!("{result}: {message}"));
+        tracing::error!(
+            remote = %lane.label,
+            retry_in_s = delay.as_secs(),
+            "{what} failed: {result}: {message}"
+        );
+        let retry = match outcome.job {
+            Job::Batch(batch) => Retry::Paths(batch.entries),
+            Job::FullSync { reason, .. } => Retry::FullSync(reason),
+        };
+        self.queue.finish(lane_id, Some((retry, Instant::now() + delay)));
+    }
+
+    fn refresh_status(&mut self) {
+        if !self.notifier.status_due() {
+            return;
+        }
+        let remotes: Vec<String> = self
+            .lanes
+            .iter()
+            .map(|l| format!("{} {}", l.context.transport.remote.label(self.config.rsync.ssh), l.state.as_str()))
+            .collect();
+        let line = format!(
+            "{} watches, {} queued, {} in flight, {} failed batches; {}",
+            self.watches,
+            self.queue.depth(),
+            self.in_flight,
+            self.failed_batches,
+            remotes.join(", ")
+        );
+        self.notifier.status(&line);
+    }
+}
+
+fn is_fatal(result: &RunResult, stderr: &str) -> bool {
+    matches!(result, RunResult::Exited(1 | 2 | 4 | 127) | RunResult::SpawnFailed(_))
+        || stderr.contains("@ERROR: auth failed")
+        || stderr.contains("@ERROR: Unknown module")
+        || stderr.contains("password file must")
+}
+
+fn describe_result(result: &RunResult) -> String {
+    match result {
+        RunResult::Exited(code) => format!("rsync exit {code}"),
+        RunResult::Signaled(signal) => format!("rsync killed by signal {signal}"),
+        RunResult::SpawnFailed(err) => err.clone(),
+    }
+}
+
+fn last_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("rsync error:"))
+        .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or("(no message)")
+        .trim()
+        .to_owned()
+}

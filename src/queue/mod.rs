@@ -148,6 +148,13 @@ impl Queue {
         }
     }
 
+    /// Records a change in one lane only (carrying pending work over after a reload).
+    pub fn push_lane(&mut self, lane: LaneId, path: &[u8], action: Action) {
+        if let Some(lane) = self.lanes.get_mut(lane) {
+            lane.merge(path, action);
+        }
+    }
+
     /// Asks for a full sync of every lane of `root`. Pending paths of those lanes are
     /// covered by it and dropped when it starts.
     pub fn request_full_sync(&mut self, root: RootId, reason: FullSyncReason) {

@@ -1,1 +1,336 @@
-//! sync (in progress).
+//! Running rsync: one process per batch per remote, as an argument vector.
+//!
+//! A [`Job`] from the queue becomes one or two rsync runs (a purge before a batch that
+//! replaces directories; a dry run before a filtered full sync, to find remote-only
+//! excluded paths that must be protected from `--delete`). Each job runs on its own thread
+//! and reports an [`Outcome`] through a callback; the daemon decides what a failure means.
+//!
+//! Architecture invariant: this is the only module that spawns processes, and it never
+//! builds shell text: paths reach rsync NUL-separated on stdin, options as argv elements.
+
+pub mod argv;
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Filter;
+use crate::queue::{Action, Job};
+use argv::{FullSyncRules, Transport};
+
+/// How an rsync run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunResult {
+    Exited(i32),
+    Signaled(i32),
+    SpawnFailed(String),
+}
+
+impl RunResult {
+    pub fn success(&self) -> bool {
+        matches!(self, RunResult::Exited(0))
+    }
+}
+
+/// The end of a job.
+#[derive(Debug)]
+pub struct Outcome {
+    pub job: Job,
+    pub result: RunResult,
+    /// The last lines rsync wrote to stderr (bounded).
+    pub stderr: String,
+    /// The argv of the run that decided the result (for the failure record).
+    pub argv: Vec<OsString>,
+    pub elapsed: Duration,
+}
+
+/// Everything a job needs besides the job itself.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub root: PathBuf,
+    pub transport: Transport,
+    pub propagate_deletes: bool,
+    /// The real-time `<filter>`, honoured by full syncs too.
+    pub filter: Filter,
+    /// `<crontabfilter>` globs, for scheduled full syncs.
+    pub crontab_excludes: Vec<String>,
+    pub debug: bool,
+}
+
+const STDERR_KEEP: usize = 16 * 1024;
+
+/// Starts rsync processes and keeps track of them by PID.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    rsync: PathBuf,
+    empty_dir: PathBuf,
+    children: Arc<Mutex<HashSet<u32>>>,
+}
+
+impl Runner {
+    /// `empty_dir` must be an empty directory owned by us (the source of purges).
+    pub fn new(rsync: PathBuf, empty_dir: PathBuf) -> Runner {
+        Runner {
+            rsync,
+            empty_dir,
+            children: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Runs `job` on a new thread; `done` receives the outcome.
+    pub fn start(
+        &self,
+        job: Job,
+        context: JobContext,
+        done: impl FnOnce(Outcome) + Send + 'static,
+    ) {
+        let runner = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rsync-job".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let (result, stderr, argv) = runner.execute(&job, &context);
+                done(Outcome {
+                    job,
+                    result,
+                    stderr,
+                    argv,
+                    elapsed: started.elapsed(),
+                });
+            });
+        if let Err(err) = spawned {
+            tracing::error!("cannot start a thread for rsync: {err}");
+        }
+    }
+
+    /// Sends SIGTERM to every rsync still running (at shutdown).
+    pub fn terminate_all(&self) {
+        let pids: Vec<u32> = self.lock().iter().copied().collect();
+        for pid in pids {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+
+    /// How many rsync processes are alive.
+    pub fn running(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        self.children.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn execute(&self, job: &Job, ctx: &JobContext) -> (RunResult, String, Vec<OsString>) {
+        match job {
+            Job::Batch(batch) => {
+                let purges: Vec<&[u8]> = batch.purges().map(|p| p.as_slice()).collect();
+                if !purges.is_empty() {
+                    let argv = argv::purge(&ctx.transport);
+                    let stdin = argv::nul_list(purges);
+                    let run = self.run(&argv, &self.empty_dir, stdin, ctx.debug, false);
+                    // 24: the purged paths' parents are "missing" on the empty sender too.
+                    if !matches!(run.result, RunResult::Exited(0) | RunResult::Exited(24)) {
+                        return (run.result, run.stderr, argv);
+                    }
+                }
+                let argv = argv::batch(&ctx.transport, ctx.propagate_deletes);
+                let stdin = argv::nul_list(batch.entries.iter().map(|(p, _)| p.as_slice()));
+                let run = self.run(&argv, &ctx.root, stdin, ctx.debug, false);
+                (run.result, run.stderr, argv)
+            }
+            Job::FullSync { reason, .. } => {
+                let mut rules = FullSyncRules {
+                    glob_excludes: if *reason == crate::queue::FullSyncReason::Scheduled {
+                        ctx.crontab_excludes.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    rules_on_stdin: ctx.filter.enabled,
+                };
+                let mut stdin = Vec::new();
+                if ctx.filter.enabled {
+                    for path in excluded_paths(&ctx.root, &ctx.filter) {
+                        stdin.extend(argv::exclude_rule(&path));
+                        stdin.push(0);
+                    }
+                    if ctx.propagate_deletes {
+                        // Remote-only paths that the filter excludes must survive --delete:
+                        // ask rsync what it would delete and protect the excluded ones.
+                        let argv = argv::full_sync(&ctx.transport, true, &rules, true);
+                        let run = self.run(&argv, &ctx.root, stdin.clone(), ctx.debug, true);
+                        if !matches!(run.result, RunResult::Exited(0) | RunResult::Exited(24)) {
+                            return (run.result, run.stderr, argv);
+                        }
+                        for (path, is_dir) in argv::parse_deletions(&run.stdout) {
+                            if excluded_with_ancestors(&ctx.filter, &path, is_dir) {
+                                stdin.extend(argv::protect_rule(&path));
+                                stdin.push(0);
+                            }
+                        }
+                    }
+                }
+                rules.rules_on_stdin = !stdin.is_empty();
+                let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, &rules, false);
+                let run = self.run(&argv, &ctx.root, stdin, ctx.debug, false);
+                (run.result, run.stderr, argv)
+            }
+        }
+    }
+
+    fn run(
+        &self,
+        argv: &[OsString],
+        cwd: &Path,
+        stdin: Vec<u8>,
+        debug: bool,
+        capture_stdout: bool,
+    ) -> Run {
+        if debug {
+            tracing::debug!(cwd = %cwd.display(), "run: {}", argv::display(self.rsync.as_os_str(), argv));
+        }
+        let mut command = Command::new(&self.rsync);
+        command
+            .args(argv)
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(if capture_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stderr(Stdio::piped());
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                return Run {
+                    result: RunResult::SpawnFailed(format!(
+                        "cannot run {}: {err}",
+                        self.rsync.display()
+                    )),
+                    stderr: String::new(),
+                    stdout: Vec::new(),
+                };
+            }
+        };
+        let pid = child.id();
+        self.lock().insert(pid);
+        // stdin is written on its own thread: rsync may fill stderr before it has read
+        // the whole list, and neither side may wait for the other.
+        let writer = child.stdin.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&stdin);
+            })
+        });
+        let stdout_reader = child.stdout.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = pipe.read_to_end(&mut out);
+                out
+            })
+        });
+        let mut stderr = Vec::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        stderr.extend_from_slice(&chunk[..n]);
+                        if stderr.len() > 2 * STDERR_KEEP {
+                            stderr.drain(..stderr.len() - STDERR_KEEP);
+                        }
+                    }
+                }
+            }
+        }
+        let status = child.wait();
+        self.lock().remove(&pid);
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+        let stdout = stdout_reader
+            .and_then(|reader| reader.join().ok())
+            .unwrap_or_default();
+        if stderr.len() > STDERR_KEEP {
+            stderr.drain(..stderr.len() - STDERR_KEEP);
+        }
+        let result = match status {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => RunResult::Exited(code),
+                (None, Some(signal)) => RunResult::Signaled(signal),
+                (None, None) => RunResult::Exited(-1),
+            },
+            Err(err) => RunResult::SpawnFailed(format!("waiting for rsync failed: {err}")),
+        };
+        Run {
+            result,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            stdout,
+        }
+    }
+}
+
+struct Run {
+    result: RunResult,
+    stderr: String,
+    stdout: Vec<u8>,
+}
+
+/// Whether `path` or any of its ancestors is excluded by the filter.
+pub fn excluded_with_ancestors(filter: &Filter, path: &[u8], is_dir: bool) -> bool {
+    if filter.excludes(path, is_dir) {
+        return true;
+    }
+    path.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'/')
+        .any(|(i, _)| filter.excludes(&path[..i], true))
+}
+
+/// The top-most local paths under `root` that the filter excludes (their subtrees are not
+/// walked).
+fn excluded_paths(root: &Path, filter: &Filter) -> Vec<Vec<u8>> {
+    let mut found = Vec::new();
+    let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+    while let Some(rel_dir) = stack.pop() {
+        let dir = if rel_dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(std::ffi::OsStr::from_bytes(&rel_dir))
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let rel = crate::watch::join(&rel_dir, name.as_bytes());
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if filter.excludes(&rel, is_dir) {
+                found.push(rel);
+            } else if is_dir {
+                stack.push(rel);
+            }
+        }
+    }
+    found
+}
+
+/// A one-line summary of a batch for logs.
+pub fn describe_batch(entries: &[(Vec<u8>, Action)]) -> String {
+    let removed = entries
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::Remove { .. }))
+        .count();
+    format!("{} paths ({} removals)", entries.len(), removed)
+}

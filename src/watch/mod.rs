@@ -1,1 +1,789 @@
-//! watch (in progress).
+//! Recursive inotify watching of the configured roots, turned into path-level changes.
+//!
+//! inotify watches directories, not trees, and its events name a watch descriptor plus an
+//! entry name. This module owns the inotify fd and the tree of watched directories (each
+//! node knows its parent and its name, so a renamed directory is one re-parenting and its
+//! watches follow it), and turns raw events into [`Change`]s relative to a root:
+//!
+//! - a new directory (created or moved in) is watched FIRST and then read, and every entry
+//!   found is reported, so `mkdir -p a/b/c && echo x > a/b/c/f` is never lost: whatever the
+//!   read misses was created after the watch existed and has its own event;
+//! - `IN_MOVED_FROM`/`IN_MOVED_TO` are paired by cookie (also across read boundaries); an
+//!   unpaired `IN_MOVED_FROM` is a removal and the watches of the moved-away subtree are
+//!   dropped so events from outside the tree never arrive under a stale name;
+//! - `IN_Q_OVERFLOW` is reported as [`WatchEvent::Overflow`] (the daemon rescans);
+//! - a root that disappears is reported and re-tried every few seconds, never a crash;
+//! - running out of watches (ENOSPC) names `fs.inotify.max_user_watches` and the daemon
+//!   keeps working on what it does watch.
+//!
+//! Filtering happens here too (built-in temp-file names and `<filter>` regexes), so an
+//! excluded directory is never watched and its contents are invisible.
+//!
+//! Architecture invariant: this module never spawns processes and never touches the queue;
+//! it only reports [`WatchEvent`]s through the callback it was given.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::config::{EventToggles, Filter, RootId};
+use crate::queue::{Action, RelPath};
+
+/// One path-level change under a root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub root: RootId,
+    pub path: RelPath,
+    pub action: Action,
+}
+
+/// What the watcher reports to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Changes, in the order they happened.
+    Changes(Vec<Change>),
+    /// The initial watches of every root are in place (or failed and are being retried).
+    Ready { watches: usize },
+    /// The kernel dropped events: every root must be rescanned.
+    Overflow,
+    /// A root could not be watched or went away (deleted, moved, unmounted).
+    RootLost { root: RootId, reason: String },
+    /// A lost root is watched again; it must be rescanned.
+    RootRestored { root: RootId, watches: usize },
+    /// The inotify watch limit was hit; `path` and what lies below it are not watched.
+    WatchLimit { root: RootId, path: PathBuf },
+    /// The number of watched directories changed noticeably (for status).
+    WatchCount(usize),
+}
+
+/// What to watch and how to filter.
+#[derive(Debug, Clone)]
+pub struct WatchSpec {
+    pub roots: Vec<PathBuf>,
+    pub filter: Filter,
+    pub ignore_temp_files: bool,
+    pub events: EventToggles,
+    /// Always `lstat` entries instead of trusting `d_type` (DT_UNKNOWN filesystems are
+    /// handled anyway; this is the original's `<fileSystem xfs>`).
+    pub always_stat: bool,
+}
+
+/// Requests from the daemon to the watcher thread.
+#[derive(Debug)]
+pub enum WatchControl {
+    /// Replace the spec (after a reload): roots added or removed are adjusted.
+    Reconfigure(WatchSpec),
+    Stop,
+}
+
+/// The original's built-in ignore list: editor temp files and dotfiles (not directories).
+pub fn is_temp_file_name(name: &[u8]) -> bool {
+    name.is_empty() || name == b"4913" || name.starts_with(b".") || name.ends_with(b"~")
+}
+
+const ROOT_RETRY: Duration = Duration::from_secs(5);
+const MOVE_PAIR_WAIT_MS: u8 = 2;
+const CHANGE_CHUNK: usize = 4096;
+
+#[derive(Debug)]
+struct Node {
+    wd: WatchDescriptor,
+    parent: Option<i32>,
+    name: Vec<u8>,
+    root: RootId,
+    children: HashMap<Vec<u8>, i32>,
+}
+
+#[derive(Debug)]
+struct PendingMove {
+    cookie: u32,
+    parent: i32,
+    name: Vec<u8>,
+    is_dir: bool,
+}
+
+/// The watcher: run it on its own thread with [`Watcher::run`].
+pub struct Watcher<F: FnMut(WatchEvent)> {
+    inotify: Inotify,
+    spec: WatchSpec,
+    nodes: HashMap<i32, Node>,
+    root_nodes: Vec<Option<i32>>,
+    lost_roots: Vec<(RootId, Instant)>,
+    pending_moves: Vec<PendingMove>,
+    out: Vec<Change>,
+    report: F,
+    limit_reported: bool,
+    last_reported_count: usize,
+}
+
+impl<F: FnMut(WatchEvent)> std::fmt::Debug for Watcher<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("watches", &self.nodes.len())
+            .field("roots", &self.spec.roots)
+            .finish()
+    }
+}
+
+impl<F: FnMut(WatchEvent)> Watcher<F> {
+    /// Creates the inotify instance. Watches are added by [`Watcher::run`].
+    pub fn new(spec: WatchSpec, report: F) -> io::Result<Self> {
+        let inotify = Inotify::init()?;
+        let root_count = spec.roots.len();
+        Ok(Watcher {
+            inotify,
+            spec,
+            nodes: HashMap::new(),
+            root_nodes: vec![None; root_count],
+            lost_roots: Vec::new(),
+            pending_moves: Vec::new(),
+            out: Vec::new(),
+            report,
+            limit_reported: false,
+            last_reported_count: 0,
+        })
+    }
+
+    fn mask(&self) -> WatchMask {
+        let toggles = self.spec.events;
+        let mut mask = WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF
+            | WatchMask::ONLYDIR
+            | WatchMask::DONT_FOLLOW
+            | WatchMask::EXCL_UNLINK;
+        if toggles.close_write {
+            mask |= WatchMask::CLOSE_WRITE;
+        }
+        if toggles.modify {
+            mask |= WatchMask::MODIFY;
+        }
+        if toggles.attrib {
+            mask |= WatchMask::ATTRIB;
+        }
+        mask
+    }
+
+    /// Sets up every root, reports [`WatchEvent::Ready`], then reads events until told to
+    /// stop (or the control channel closes).
+    pub fn run(mut self, control: Receiver<WatchControl>) -> io::Result<()> {
+        for root in 0..self.spec.roots.len() {
+            self.add_root(root);
+        }
+        (self.report)(WatchEvent::Ready {
+            watches: self.nodes.len(),
+        });
+        self.last_reported_count = self.nodes.len();
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match control.try_recv() {
+                Ok(WatchControl::Stop) | Err(TryRecvError::Disconnected) => return Ok(()),
+                Ok(WatchControl::Reconfigure(spec)) => self.reconfigure(spec),
+                Err(TryRecvError::Empty) => {}
+            }
+            self.retry_lost_roots();
+            let timeout = if self.pending_moves.is_empty() {
+                PollTimeout::from(250u16)
+            } else {
+                PollTimeout::from(MOVE_PAIR_WAIT_MS)
+            };
+            let readable = {
+                let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, timeout) {
+                    Ok(n) => n > 0,
+                    Err(nix::errno::Errno::EINTR) => false,
+                    Err(err) => return Err(io::Error::from(err)),
+                }
+            };
+            if !readable {
+                // No MOVED_TO followed: the pending moves left the tree.
+                self.flush_pending_moves();
+                self.flush();
+                continue;
+            }
+            let events: Vec<(i32, EventMask, u32, Option<Vec<u8>>)> =
+                match self.inotify.read_events(&mut buffer) {
+                    Ok(events) => events
+                        .map(|e| {
+                            (
+                                e.wd.get_watch_descriptor_id(),
+                                e.mask,
+                                e.cookie,
+                                e.name.map(|n| n.as_bytes().to_vec()),
+                            )
+                        })
+                        .collect(),
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => Vec::new(),
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => Vec::new(),
+                    Err(err) => return Err(err),
+                };
+            for (wd, mask, cookie, name) in events {
+                self.handle(wd, mask, cookie, name);
+            }
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.out.is_empty() {
+            let changes = std::mem::take(&mut self.out);
+            (self.report)(WatchEvent::Changes(changes));
+        }
+        let count = self.nodes.len();
+        if count.abs_diff(self.last_reported_count) >= 64
+            || (count != self.last_reported_count && count < 64)
+        {
+            self.last_reported_count = count;
+            (self.report)(WatchEvent::WatchCount(count));
+        }
+    }
+
+    fn emit(&mut self, root: RootId, path: RelPath, action: Action) {
+        self.out.push(Change { root, path, action });
+        if self.out.len() >= CHANGE_CHUNK {
+            let changes = std::mem::take(&mut self.out);
+            (self.report)(WatchEvent::Changes(changes));
+        }
+    }
+
+    fn reconfigure(&mut self, spec: WatchSpec) {
+        // Roots are matched by path: unchanged roots keep their watches and ids only if
+        // the order is unchanged; anything else is rebuilt (and rescanned by the daemon).
+        let same_roots = spec.roots == self.spec.roots;
+        let same_watching = spec.events == self.spec.events
+            && spec.ignore_temp_files == self.spec.ignore_temp_files
+            && filter_equal(&spec.filter, &self.spec.filter);
+        if same_roots && same_watching {
+            self.spec = spec;
+            return;
+        }
+        let wds: Vec<WatchDescriptor> = self.nodes.values().map(|n| n.wd.clone()).collect();
+        for wd in wds {
+            let _ = self.inotify.watches().remove(wd);
+        }
+        self.nodes.clear();
+        self.pending_moves.clear();
+        self.lost_roots.clear();
+        self.root_nodes = vec![None; spec.roots.len()];
+        self.spec = spec;
+        for root in 0..self.spec.roots.len() {
+            self.add_root(root);
+            if self.root_nodes[root].is_some() {
+                (self.report)(WatchEvent::RootRestored {
+                    root,
+                    watches: self.nodes.len(),
+                });
+            }
+        }
+    }
+
+    fn retry_lost_roots(&mut self) {
+        let now = Instant::now();
+        let due: Vec<RootId> = self
+            .lost_roots
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(root, _)| *root)
+            .collect();
+        for root in due {
+            self.lost_roots.retain(|(r, _)| *r != root);
+            self.add_root(root);
+            if self.root_nodes[root].is_some() {
+                (self.report)(WatchEvent::RootRestored {
+                    root,
+                    watches: self.nodes.len(),
+                });
+            }
+        }
+    }
+
+    fn add_root(&mut self, root: RootId) {
+        let path = self.spec.roots[root].clone();
+        match self.inotify.watches().add(&path, self.mask()) {
+            Ok(wd) => {
+                let id = wd.get_watch_descriptor_id();
+                self.nodes.insert(
+                    id,
+                    Node {
+                        wd,
+                        parent: None,
+                        name: Vec::new(),
+                        root,
+                        children: HashMap::new(),
+                    },
+                );
+                self.root_nodes[root] = Some(id);
+                self.walk(id, false);
+            }
+            Err(err) => {
+                let reason = if err.raw_os_error() == Some(libc::ENOSPC) {
+                    watch_limit_message()
+                } else {
+                    err.to_string()
+                };
+                (self.report)(WatchEvent::RootLost { root, reason });
+                self.lost_roots.push((root, Instant::now() + ROOT_RETRY));
+            }
+        }
+    }
+
+    /// Relative path of a watched directory.
+    fn rel_path(&self, mut id: i32) -> RelPath {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        while let Some(node) = self.nodes.get(&id) {
+            match node.parent {
+                Some(parent) => {
+                    parts.push(&node.name);
+                    id = parent;
+                }
+                None => break,
+            }
+        }
+        let mut path = Vec::new();
+        for part in parts.iter().rev() {
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(part);
+        }
+        path
+    }
+
+    fn abs_path(&self, root: RootId, rel: &[u8]) -> PathBuf {
+        let mut path = self.spec.roots[root].as_os_str().as_bytes().to_vec();
+        if !rel.is_empty() {
+            if path.last() != Some(&b'/') {
+                path.push(b'/');
+            }
+            path.extend_from_slice(rel);
+        }
+        PathBuf::from(OsStr::from_bytes(&path))
+    }
+
+    fn ignored(&self, rel: &[u8], name: &[u8], is_dir: bool) -> bool {
+        (self.spec.ignore_temp_files && !is_dir && is_temp_file_name(name))
+            || self.spec.filter.excludes(rel, is_dir)
+    }
+
+    /// Adds a watch for `name` in directory `parent`, then walks what it contains.
+    /// With `report`, the directory and every entry found are reported as changes.
+    fn add_subtree(&mut self, parent: i32, name: &[u8], report: bool) {
+        let Some(root) = self.nodes.get(&parent).map(|n| n.root) else {
+            return;
+        };
+        let rel = join(&self.rel_path(parent), name);
+        if report {
+            self.emit(root, rel.clone(), Action::Sync);
+        }
+        if let Some(id) = self.add_dir_watch(parent, name, root, &rel) {
+            self.walk(id, report);
+        }
+    }
+
+    fn add_dir_watch(&mut self, parent: i32, name: &[u8], root: RootId, rel: &[u8]) -> Option<i32> {
+        let path = self.abs_path(root, rel);
+        match self.inotify.watches().add(&path, self.mask()) {
+            Ok(wd) => {
+                let id = wd.get_watch_descriptor_id();
+                if let Some(existing) = self.nodes.get(&id) {
+                    // The same inode is already watched (e.g. moved back in before its
+                    // old watch was dropped): detach it from its old place first.
+                    if let Some(old_parent) = existing.parent {
+                        let old_name = existing.name.clone();
+                        if let Some(p) = self.nodes.get_mut(&old_parent) {
+                            p.children.remove(&old_name);
+                        }
+                    }
+                }
+                let children = self
+                    .nodes
+                    .remove(&id)
+                    .map(|n| n.children)
+                    .unwrap_or_default();
+                self.nodes.insert(
+                    id,
+                    Node {
+                        wd,
+                        parent: Some(parent),
+                        name: name.to_vec(),
+                        root,
+                        children,
+                    },
+                );
+                if let Some(p) = self.nodes.get_mut(&parent) {
+                    p.children.insert(name.to_vec(), id);
+                }
+                Some(id)
+            }
+            Err(err) => {
+                match err.raw_os_error() {
+                    // Gone already, or replaced by a non-directory: its own events say so.
+                    Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
+                    Some(libc::ENOSPC) => {
+                        if !self.limit_reported {
+                            tracing::error!(
+                                path = %path.display(),
+                                "{}", watch_limit_message()
+                            );
+                            self.limit_reported = true;
+                        }
+                        (self.report)(WatchEvent::WatchLimit { root, path });
+                    }
+                    _ => tracing::warn!(path = %path.display(), "cannot watch directory: {err}"),
+                }
+                None
+            }
+        }
+    }
+
+    /// Reads the directory of node `id` (already watched) and everything below it.
+    fn walk(&mut self, id: i32, report: bool) {
+        let mut stack = vec![id];
+        while let Some(dir_id) = stack.pop() {
+            let Some(root) = self.nodes.get(&dir_id).map(|n| n.root) else {
+                continue;
+            };
+            let rel_dir = self.rel_path(dir_id);
+            let abs_dir = self.abs_path(root, &rel_dir);
+            let entries = match std::fs::read_dir(&abs_dir) {
+                Ok(entries) => entries,
+                Err(err) => {
+                    if err.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(path = %abs_dir.display(), "cannot read directory: {err}");
+                    }
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().as_bytes().to_vec();
+                let is_dir = if self.spec.always_stat {
+                    std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir())
+                } else {
+                    // DirEntry::file_type falls back to lstat when d_type is DT_UNKNOWN.
+                    entry.file_type().is_ok_and(|t| t.is_dir())
+                };
+                let rel = join(&rel_dir, &name);
+                if self.ignored(&rel, &name, is_dir) {
+                    continue;
+                }
+                if report {
+                    self.emit(root, rel.clone(), Action::Sync);
+                }
+                if is_dir {
+                    if let Some(child) = self.add_dir_watch(dir_id, &name, root, &rel) {
+                        stack.push(child);
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, wd: i32, mask: EventMask, cookie: u32, name: Option<Vec<u8>>) {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            tracing::warn!("inotify queue overflowed: events were lost, rescanning");
+            self.flush_pending_moves();
+            (self.report)(WatchEvent::Overflow);
+            return;
+        }
+        if mask.contains(EventMask::IGNORED) {
+            self.forget(wd);
+            return;
+        }
+        let Some(node) = self.nodes.get(&wd) else {
+            return;
+        };
+        let root = node.root;
+        let is_root = node.parent.is_none();
+        if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+            if is_root {
+                self.lose_root(root, "watch root was deleted or moved away");
+            }
+            return;
+        }
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            // An event on the directory itself (e.g. attrib of the root).
+            if mask.contains(EventMask::ATTRIB) && self.spec.events.attrib {
+                let rel = self.rel_path(wd);
+                self.emit(root, rel, Action::Sync);
+            }
+            return;
+        };
+        let is_dir = mask.contains(EventMask::ISDIR);
+        let rel = join(&self.rel_path(wd), &name);
+        if self.ignored(&rel, &name, is_dir) {
+            return;
+        }
+        let toggles = self.spec.events;
+        if mask.contains(EventMask::MOVED_FROM) {
+            self.pending_moves.push(PendingMove {
+                cookie,
+                parent: wd,
+                name,
+                is_dir,
+            });
+            return;
+        }
+        if mask.contains(EventMask::MOVED_TO) {
+            if let Some(index) = self.pending_moves.iter().position(|m| m.cookie == cookie) {
+                let from = self.pending_moves.remove(index);
+                self.renamed(from, wd, name, is_dir);
+            } else if is_dir {
+                self.add_subtree(wd, &name, true);
+            } else if toggles.move_to {
+                self.emit(root, rel, Action::Sync);
+            }
+            return;
+        }
+        // Anything else ends a rename sequence: pending moves left the tree.
+        self.flush_pending_moves();
+        if mask.contains(EventMask::CREATE) {
+            if is_dir {
+                self.add_subtree(wd, &name, true);
+            } else if toggles.create_file || self.create_needs_sync(root, &rel) {
+                self.emit(root, rel, Action::Sync);
+            }
+        } else if mask.contains(EventMask::DELETE) {
+            if toggles.delete {
+                self.emit(root, rel, Action::Remove { dir: is_dir });
+            }
+        } else if mask.intersects(EventMask::CLOSE_WRITE | EventMask::MODIFY | EventMask::ATTRIB) {
+            self.emit(root, rel, Action::Sync);
+        }
+    }
+
+    /// A created non-directory without a following IN_CLOSE_WRITE still needs a sync:
+    /// symlinks, hard links, fifos and device nodes.
+    fn create_needs_sync(&self, root: RootId, rel: &[u8]) -> bool {
+        match std::fs::symlink_metadata(self.abs_path(root, rel)) {
+            Ok(meta) => !meta.is_file() || meta.nlink() > 1,
+            Err(_) => false,
+        }
+    }
+
+    fn renamed(&mut self, from: PendingMove, to_parent: i32, to_name: Vec<u8>, is_dir: bool) {
+        let Some(from_root) = self.nodes.get(&from.parent).map(|n| n.root) else {
+            return;
+        };
+        let Some(to_root) = self.nodes.get(&to_parent).map(|n| n.root) else {
+            return;
+        };
+        let old_rel = join(&self.rel_path(from.parent), &from.name);
+        let new_rel = join(&self.rel_path(to_parent), &to_name);
+        let toggles = self.spec.events;
+        if toggles.move_from && toggles.delete {
+            self.emit(from_root, old_rel, Action::Remove { dir: from.is_dir });
+        }
+        if !is_dir {
+            if toggles.move_to {
+                self.emit(to_root, new_rel, Action::Sync);
+            }
+            return;
+        }
+        let moved = self
+            .nodes
+            .get_mut(&from.parent)
+            .and_then(|p| p.children.remove(&from.name));
+        match moved {
+            Some(id) if from_root == to_root => {
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.parent = Some(to_parent);
+                    node.name = to_name.clone();
+                }
+                if let Some(p) = self.nodes.get_mut(&to_parent) {
+                    p.children.insert(to_name, id);
+                }
+                // The watches followed; the remote still needs the contents.
+                self.emit(to_root, new_rel, Action::Sync);
+                self.walk_report_only(id);
+            }
+            other => {
+                if let Some(id) = other {
+                    self.drop_subtree(id);
+                }
+                self.add_subtree(to_parent, &to_name, true);
+            }
+        }
+    }
+
+    /// Reports every entry below an already-watched directory without adding watches.
+    fn walk_report_only(&mut self, id: i32) {
+        let Some(root) = self.nodes.get(&id).map(|n| n.root) else {
+            return;
+        };
+        let mut stack = vec![self.rel_path(id)];
+        while let Some(rel_dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(self.abs_path(root, &rel_dir)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().as_bytes().to_vec();
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                let rel = join(&rel_dir, &name);
+                if self.ignored(&rel, &name, is_dir) {
+                    continue;
+                }
+                self.emit(root, rel.clone(), Action::Sync);
+                if is_dir {
+                    stack.push(rel);
+                }
+            }
+        }
+    }
+
+    fn flush_pending_moves(&mut self) {
+        let moves = std::mem::take(&mut self.pending_moves);
+        for m in moves {
+            let Some(parent) = self.nodes.get(&m.parent) else {
+                continue;
+            };
+            let root = parent.root;
+            let child = if m.is_dir {
+                parent.children.get(&m.name).copied()
+            } else {
+                None
+            };
+            let rel = join(&self.rel_path(m.parent), &m.name);
+            if let Some(id) = child {
+                if let Some(p) = self.nodes.get_mut(&m.parent) {
+                    p.children.remove(&m.name);
+                }
+                self.drop_subtree(id);
+            }
+            if self.spec.events.move_from && self.spec.events.delete {
+                self.emit(root, rel, Action::Remove { dir: m.is_dir });
+            }
+        }
+    }
+
+    /// Stops watching a subtree that left the watched tree.
+    fn drop_subtree(&mut self, id: i32) {
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            if let Some(node) = self.nodes.remove(&id) {
+                stack.extend(node.children.values().copied());
+                let _ = self.inotify.watches().remove(node.wd);
+            }
+        }
+    }
+
+    fn forget(&mut self, wd: i32) {
+        let Some(node) = self.nodes.remove(&wd) else {
+            return;
+        };
+        if let Some(parent) = node.parent {
+            if let Some(p) = self.nodes.get_mut(&parent) {
+                if p.children.get(&node.name) == Some(&wd) {
+                    p.children.remove(&node.name);
+                }
+            }
+        } else if self.root_nodes.get(node.root).copied().flatten() == Some(wd) {
+            self.lose_root(node.root, "watch root is no longer watched (deleted or unmounted)");
+        }
+        for child in node.children.values() {
+            // Children of a vanished directory get their own IN_IGNORED; make sure they
+            // are not left behind if the kernel already dropped them.
+            if let Some(c) = self.nodes.get_mut(child) {
+                c.parent = None;
+                c.name.clear();
+            }
+        }
+    }
+
+    fn lose_root(&mut self, root: RootId, reason: &str) {
+        if let Some(id) = self.root_nodes[root].take() {
+            self.drop_subtree(id);
+        }
+        // Keep nodes of other roots; drop any orphan of this root.
+        let orphans: Vec<i32> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.root == root)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphans {
+            self.drop_subtree(id);
+        }
+        (self.report)(WatchEvent::RootLost {
+            root,
+            reason: reason.to_owned(),
+        });
+        if !self.lost_roots.iter().any(|(r, _)| *r == root) {
+            self.lost_roots.push((root, Instant::now() + ROOT_RETRY));
+        }
+    }
+}
+
+fn filter_equal(a: &Filter, b: &Filter) -> bool {
+    a.enabled == b.enabled
+        && a.excludes.len() == b.excludes.len()
+        && a.excludes
+            .iter()
+            .zip(&b.excludes)
+            .all(|(x, y)| x.expression == y.expression)
+}
+
+/// `dir/name`, or `name` at the root.
+pub fn join(dir: &[u8], name: &[u8]) -> RelPath {
+    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
+    path.extend_from_slice(dir);
+    if !dir.is_empty() {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
+}
+
+/// The operator-facing explanation of ENOSPC from inotify_add_watch.
+pub fn watch_limit_message() -> String {
+    let current = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".to_owned());
+    format!(
+        "inotify watch limit reached (fs.inotify.max_user_watches = {current}): directories \
+         below this one are not watched; raise it, e.g. `sysctl fs.inotify.max_user_watches=1048576` \
+         (persist in /etc/sysctl.d/), then reload"
+    )
+}
+
+/// Resolves a root path for messages.
+pub fn describe_root(roots: &[PathBuf], root: RootId) -> &Path {
+    roots.get(root).map_or(Path::new("?"), |p| p.as_path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_file_names() {
+        for (name, ignored) in [
+            (&b".htaccess"[..], true),
+            (b"x~", true),
+            (b"4913", true),
+            (b"49130", false),
+            (b"a.txt", false),
+            (b"", true),
+            (b"~x", false),
+        ] {
+            assert_eq!(is_temp_file_name(name), ignored, "{:?}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
+    fn join_paths() {
+        assert_eq!(join(b"", b"a"), b"a");
+        assert_eq!(join(b"a/b", b"c"), b"a/b/c");
+    }
+}
