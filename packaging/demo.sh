@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A working local demo: an rsync daemon with auth on 127.0.0.1 as the "backup host", and
+# sersyncd replicating a demo directory into it. Everything lives under $DEMO_DIR
+# (default /tmp/sersync-demo); Ctrl-C stops sersyncd and the rsync daemon it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEMO_DIR=${DEMO_DIR:-/tmp/sersync-demo}
+PORT=${DEMO_PORT:-18873}
+
+if ! command -v rsync >/dev/null; then
+    echo "demo: installing rsync" >&2
+    if [ "$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q rsync
+    else sudo apt-get update -q && sudo apt-get install -y -q rsync; fi
+fi
+cargo build --release --quiet
+BIN=$PWD/target/release/sersyncd
+
+mkdir -p "$DEMO_DIR"/{src,replica,state}
+DEMO_DIR=$(cd "$DEMO_DIR" && pwd)
+cat > "$DEMO_DIR/rsyncd.conf" <<CONF
+pid file = $DEMO_DIR/rsyncd.pid
+use chroot = no
+$( [ "$(id -u)" = 0 ] && printf 'uid = root\ngid = root\n' )
+[demo]
+    path = $DEMO_DIR/replica
+    read only = no
+    auth users = demo
+    secrets file = $DEMO_DIR/rsyncd.secrets
+CONF
+printf 'demo:demo-secret\n' > "$DEMO_DIR/rsyncd.secrets"; chmod 600 "$DEMO_DIR/rsyncd.secrets"
+printf 'demo-secret\n' > "$DEMO_DIR/client.pass"; chmod 600 "$DEMO_DIR/client.pass"
+[ -e "$DEMO_DIR/src/hello.txt" ] || echo "hello from sersync" > "$DEMO_DIR/src/hello.txt"
+
+rm -f "$DEMO_DIR/rsyncd.pid"
+rsync --daemon --no-detach --config="$DEMO_DIR/rsyncd.conf" --address=127.0.0.1 --port="$PORT" &
+RSYNCD=$!
+trap 'kill "$RSYNCD" 2>/dev/null; wait "$RSYNCD" 2>/dev/null || true' EXIT
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
+
+cat > "$DEMO_DIR/demo.xml" <<XML
+<?xml version="1.0" encoding="UTF-8"?>
+<head version="2.5">
+    <debug start="false"/>
+    <inotify>
+        <delete start="true"/><createFolder start="true"/><createFile start="false"/>
+        <closeWrite start="true"/><moveFrom start="true"/><moveTo start="true"/>
+        <attrib start="true"/><modify start="false"/>
+    </inotify>
+    <sersync>
+        <localpath watch="$DEMO_DIR/src">
+            <remote ip="127.0.0.1" name="demo"/>
+        </localpath>
+        <rsync>
+            <commonParams params="-artuz"/>
+            <auth start="true" users="demo" passwordfile="$DEMO_DIR/client.pass"/>
+            <userDefinedPort start="true" port="$PORT"/>
+            <timeout start="true" time="30"/>
+            <ssh start="false"/>
+        </rsync>
+        <failLog path="rsync_fail_log.sh" timeToExecute="60"/>
+        <crontab start="false" schedule="600"/>
+    </sersync>
+</head>
+XML
+
+cat <<MSG
+
+  sersync demo
+  ------------
+  source : $DEMO_DIR/src       (edit, create, rename, delete files here)
+  replica: $DEMO_DIR/replica   (an rsync daemon on 127.0.0.1:$PORT, module "demo")
+  config : $DEMO_DIR/demo.xml
+
+  Try in another terminal:  echo hi > $DEMO_DIR/src/a.txt; ls -l $DEMO_DIR/replica
+  Stop with Ctrl-C.
+
+MSG
+"$BIN" -r -o "$DEMO_DIR/demo.xml" --state-dir "$DEMO_DIR/state" &
+DAEMON=$!
+trap 'kill "$DAEMON" 2>/dev/null; wait "$DAEMON" 2>/dev/null; kill "$RSYNCD" 2>/dev/null; wait "$RSYNCD" 2>/dev/null || true' EXIT INT TERM
+wait "$DAEMON"
