@@ -13,6 +13,7 @@
 pub mod cli;
 mod logging;
 mod notify;
+pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -142,13 +143,17 @@ pub fn main(cli: Cli) -> i32 {
         tracing::error!(path = %state_dir.display(), "cannot use the state directory: {err}");
         return exit::CANTCREAT;
     }
-    let daemon = match Daemon::new(cli, config, instance, state_dir) {
+    let mut daemon = match Daemon::new(cli, config, instance, state_dir) {
         Ok(daemon) => daemon,
         Err(err) => {
             tracing::error!("{err}");
             return exit::SOFTWARE;
         }
     };
+    if let Err(err) = daemon.restore_state() {
+        tracing::error!(path = %daemon.state.path().display(), "cannot use the state directory: {err}");
+        return exit::CANTCREAT;
+    }
     daemon.run()
 }
 
@@ -184,6 +189,9 @@ struct Daemon {
     stopping: bool,
     notifier: notify::Notifier,
     failed_batches: u64,
+    state: state::StateDir,
+    recover_after_ready: bool,
+    exit_code: i32,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -260,7 +268,85 @@ impl Daemon {
             stopping: false,
             notifier: notify::Notifier::from_env(),
             failed_batches: 0,
+            state: state::StateDir::new(state_dir),
+            recover_after_ready: false,
+            exit_code: exit::OK,
         })
+    }
+
+    /// Loads what the previous run left: pending changes, and whether it stopped cleanly.
+    fn restore_state(&mut self) -> std::io::Result<()> {
+        let unclean = self.state.mark_running()?;
+        if unclean {
+            tracing::warn!(
+                "the previous run did not stop cleanly; every root gets a full sync once watched"
+            );
+            self.recover_after_ready = true;
+        }
+        let saved = match self.state.load_pending() {
+            Ok(saved) => saved,
+            Err(err) => {
+                tracing::error!("cannot read saved pending changes ({err}); doing a full sync instead");
+                self.recover_after_ready = true;
+                Vec::new()
+            }
+        };
+        let mut restored = 0usize;
+        let mut orphaned = 0usize;
+        for change in saved {
+            let lane = self.lanes.iter().position(|lane| {
+                lane.context.root == change.root
+                    && lane.context.transport.remote.ip == change.remote_ip
+                    && lane.context.transport.remote.name == change.remote_name
+            });
+            match lane {
+                Some(lane) => {
+                    self.queue.push_lane(lane, &change.path, change.action);
+                    restored += 1;
+                }
+                None => orphaned += 1,
+            }
+        }
+        if restored > 0 {
+            tracing::info!(restored, "restored changes saved by the previous run");
+        }
+        if orphaned > 0 {
+            tracing::warn!(
+                orphaned,
+                "saved changes for roots or remotes no longer in the config were dropped"
+            );
+        }
+        self.state.discard_pending()
+    }
+
+    /// Saves what could not be delivered and marks the stop as clean.
+    fn save_state(&self) {
+        let mut saved = Vec::new();
+        for (lane_id, lane) in self.lanes.iter().enumerate() {
+            for (path, action) in self.queue.pending(lane_id) {
+                saved.push(state::SavedChange {
+                    root: lane.context.root.clone(),
+                    remote_ip: lane.context.transport.remote.ip.clone(),
+                    remote_name: lane.context.transport.remote.name.clone(),
+                    path: path.clone(),
+                    action: *action,
+                });
+            }
+        }
+        let count = saved.len();
+        match self.state.save_pending(&saved) {
+            Ok(()) => {
+                if count > 0 {
+                    tracing::info!(saved = count, "saved undelivered changes for the next start");
+                }
+                if let Err(err) = self.state.clear_running() {
+                    tracing::error!("cannot remove the running marker: {err}");
+                }
+            }
+            Err(err) => tracing::error!(
+                "cannot save {count} undelivered changes ({err}); the next start does a full sync"
+            ),
+        }
     }
 
     fn start_watcher(&mut self) -> Result<(), String> {
@@ -350,12 +436,9 @@ impl Daemon {
         if let Some(control) = &self.watch_control {
             let _ = control.send(WatchControl::Stop);
         }
-        let pending = self.queue.depth();
-        if pending > 0 {
-            tracing::warn!(pending, "stopping with changes not yet delivered");
-        }
+        self.save_state();
         tracing::info!("sersyncd stopped");
-        exit::OK
+        self.exit_code
     }
 
     fn next_wakeup(&self) -> Duration {
@@ -378,6 +461,7 @@ impl Daemon {
             Input::WatcherFailed(err) => {
                 tracing::error!("the inotify reader stopped: {err}; stopping so systemd can restart");
                 self.stopping = true;
+                self.exit_code = exit::SOFTWARE;
             }
             Input::Signal(signal) => self.on_signal(signal),
         }
@@ -499,9 +583,14 @@ impl Daemon {
                 tracing::info!(watches, "watching {watches} directories");
                 self.check_watch_headroom();
                 self.notifier.ready();
-                if self.cli.full_sync_first {
+                if self.cli.full_sync_first || self.recover_after_ready {
+                    let reason = if self.recover_after_ready {
+                        FullSyncReason::Recovery
+                    } else {
+                        FullSyncReason::Initial
+                    };
                     for root in 0..self.config.roots.len() {
-                        self.queue.request_full_sync(root, FullSyncReason::Initial);
+                        self.queue.request_full_sync(root, reason);
                     }
                 }
             }

@@ -1,0 +1,19 @@
+//! The integration tests of sersync: one test binary, one module per area.
+//!
+//! Every end-to-end test starts its own `rsync --daemon` on 127.0.0.1 (or 127.0.0.2) with
+//! auth, runs a real `sersyncd` against it, changes files and waits (bounded) until the
+//! replica equals the source. See `harness` for the pieces.
+
+// Test harness: rsync daemons, sersyncd processes, tree comparison, bounded waits.
+mod harness;
+
+// Black-box CLI: --help, --version, --check on the stock config and on the fixtures.
+mod cli;
+// One root, one remote: create, modify, append, chmod, delete, rename, bursts, -r, symlinks.
+mod e2e_basic;
+// <filter> excludes (live and with -r) and the built-in ignore of temporary files.
+mod e2e_filter;
+// File names that break shells and naive parsers replicate exactly and run nothing.
+mod e2e_hostile;
+// Several remotes and several roots; a dead remote does not stall a live one.
+mod e2e_remotes;
