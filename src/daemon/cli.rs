@@ -20,7 +20,12 @@ pub enum LogTarget {
 #[command(name = "sersyncd", version, about, long_about = None)]
 pub struct Cli {
     /// Config file (sersync 2.5 confxml.xml schema).
-    #[arg(short = 'o', long = "config", value_name = "FILE", default_value = "./confxml.xml")]
+    #[arg(
+        short = 'o',
+        long = "config",
+        value_name = "FILE",
+        default_value = "./confxml.xml"
+    )]
     pub config: PathBuf,
 
     /// Push every watched tree to every remote once the watches are in place.
@@ -28,7 +33,12 @@ pub struct Cli {
     pub full_sync_first: bool,
 
     /// Maximum number of rsync processes running at once (0 means the default).
-    #[arg(short = 'n', long = "workers", value_name = "NUM", default_value_t = 10)]
+    #[arg(
+        short = 'n',
+        long = "workers",
+        value_name = "NUM",
+        default_value_t = 10
+    )]
     pub workers: usize,
 
     /// Detach from the terminal like a classic daemon (not needed under systemd).

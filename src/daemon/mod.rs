@@ -20,7 +20,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use crate::config::{self, Config, RootId, Severity};
-use crate::queue::{Action, FullSyncReason, Job, Queue, Retry, DEFAULT_MAX_BATCH};
+use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, Queue, Retry};
 use crate::sync::argv::Transport;
 use crate::sync::{JobContext, Outcome, RunResult, Runner};
 use crate::watch::{WatchControl, WatchEvent, WatchSpec, Watcher};
@@ -213,7 +213,11 @@ fn build_lanes(config: &Config) -> Vec<Lane> {
             };
             lanes.push(Lane {
                 root: root_id,
-                label: format!("{} -> {}", root.path.display(), remote.label(config.rsync.ssh)),
+                label: format!(
+                    "{} -> {}",
+                    root.path.display(),
+                    remote.label(config.rsync.ssh)
+                ),
                 context: JobContext {
                     root: root.path.clone(),
                     transport,
@@ -286,7 +290,9 @@ impl Daemon {
         let saved = match self.state.load_pending() {
             Ok(saved) => saved,
             Err(err) => {
-                tracing::error!("cannot read saved pending changes ({err}); doing a full sync instead");
+                tracing::error!(
+                    "cannot read saved pending changes ({err}); doing a full sync instead"
+                );
                 self.recover_after_ready = true;
                 Vec::new()
             }
@@ -337,7 +343,10 @@ impl Daemon {
         match self.state.save_pending(&saved) {
             Ok(()) => {
                 if count > 0 {
-                    tracing::info!(saved = count, "saved undelivered changes for the next start");
+                    tracing::info!(
+                        saved = count,
+                        "saved undelivered changes for the next start"
+                    );
                 }
                 if let Err(err) = self.state.clear_running() {
                     tracing::error!("cannot remove the running marker: {err}");
@@ -355,7 +364,9 @@ impl Daemon {
         let watcher = Watcher::new(watch_spec(&self.config), move |event| {
             let _ = tx.send(Input::Watch(event));
         })
-        .map_err(|err| format!("cannot create an inotify instance: {err} (fs.inotify.max_user_instances?)"))?;
+        .map_err(|err| {
+            format!("cannot create an inotify instance: {err} (fs.inotify.max_user_instances?)")
+        })?;
         let failed = self.tx.clone();
         std::thread::Builder::new()
             .name("inotify".into())
@@ -388,7 +399,10 @@ impl Daemon {
     }
 
     fn run(mut self) -> i32 {
-        if let Err(err) = self.start_signal_listener().and_then(|()| self.start_watcher()) {
+        if let Err(err) = self
+            .start_signal_listener()
+            .and_then(|()| self.start_watcher())
+        {
             tracing::error!("{err}");
             return exit::SOFTWARE;
         }
@@ -459,7 +473,9 @@ impl Daemon {
             Input::Watch(event) => self.on_watch(event),
             Input::JobDone(outcome) => self.on_job_done(outcome),
             Input::WatcherFailed(err) => {
-                tracing::error!("the inotify reader stopped: {err}; stopping so systemd can restart");
+                tracing::error!(
+                    "the inotify reader stopped: {err}; stopping so systemd can restart"
+                );
                 self.stopping = true;
                 self.exit_code = exit::SOFTWARE;
             }
@@ -674,9 +690,10 @@ impl Daemon {
             }
             let tx = self.tx.clone();
             self.in_flight += 1;
-            self.runner.start(job, lane.context.clone(), move |outcome| {
-                let _ = tx.send(Input::JobDone(outcome));
-            });
+            self.runner
+                .start(job, lane.context.clone(), move |outcome| {
+                    let _ = tx.send(Input::JobDone(outcome));
+                });
         }
         self.next_lane = (self.next_lane + 1) % count.max(1);
     }
@@ -716,7 +733,11 @@ impl Daemon {
             let exp = lane.failures.saturating_sub(1).min(6);
             (BACKOFF_START * 2u32.pow(exp)).min(BACKOFF_MAX)
         };
-        lane.state = if fatal { LaneState::Failing } else { LaneState::Backoff };
+        lane.state = if fatal {
+            LaneState::Failing
+        } else {
+            LaneState::Backoff
+        };
         let message = last_line(&outcome.stderr);
         let result = describe_result(&outcome.result);
         lane.last_error = Some(format!("{result}: {message}"));
@@ -729,7 +750,8 @@ impl Daemon {
             Job::Batch(batch) => Retry::Paths(batch.entries),
             Job::FullSync { reason, .. } => Retry::FullSync(reason),
         };
-        self.queue.finish(lane_id, Some((retry, Instant::now() + delay)));
+        self.queue
+            .finish(lane_id, Some((retry, Instant::now() + delay)));
     }
 
     fn refresh_status(&mut self) {
@@ -739,7 +761,13 @@ impl Daemon {
         let remotes: Vec<String> = self
             .lanes
             .iter()
-            .map(|l| format!("{} {}", l.context.transport.remote.label(self.config.rsync.ssh), l.state.as_str()))
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l.context.transport.remote.label(self.config.rsync.ssh),
+                    l.state.as_str()
+                )
+            })
             .collect();
         let line = format!(
             "{} watches, {} queued, {} in flight, {} failed batches; {}",
@@ -754,8 +782,10 @@ impl Daemon {
 }
 
 fn is_fatal(result: &RunResult, stderr: &str) -> bool {
-    matches!(result, RunResult::Exited(1 | 2 | 4 | 127) | RunResult::SpawnFailed(_))
-        || stderr.contains("@ERROR: auth failed")
+    matches!(
+        result,
+        RunResult::Exited(1 | 2 | 4 | 127) | RunResult::SpawnFailed(_)
+    ) || stderr.contains("@ERROR: auth failed")
         || stderr.contains("@ERROR: Unknown module")
         || stderr.contains("password file must")
 }

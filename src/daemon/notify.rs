@@ -58,7 +58,10 @@ impl Notifier {
     pub fn status_due(&mut self) -> bool {
         let now = Instant::now();
         if let Some(interval) = self.watchdog {
-            if self.last_ping.is_none_or(|at| now.duration_since(at) >= interval / 3) {
+            if self
+                .last_ping
+                .is_none_or(|at| now.duration_since(at) >= interval / 3)
+            {
                 self.send(&[NotifyState::Watchdog]);
                 self.last_ping = Some(now);
             }
@@ -72,7 +75,11 @@ impl Notifier {
 
     /// Sends `STATUS=line` if it changed.
     pub fn status(&mut self, line: &str) {
-        if self.last_status.as_ref().is_some_and(|(_, last)| last == line) {
+        if self
+            .last_status
+            .as_ref()
+            .is_some_and(|(_, last)| last == line)
+        {
             return;
         }
         self.send(&[NotifyState::Status(line)]);

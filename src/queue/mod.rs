@@ -55,7 +55,10 @@ pub enum Job {
     /// Send these paths (sorted, parents before children).
     Batch(Batch),
     /// Push the whole root with deletions (initial sync, rescan after overflow, crontab).
-    FullSync { lane: LaneId, reason: FullSyncReason },
+    FullSync {
+        lane: LaneId,
+        reason: FullSyncReason,
+    },
 }
 
 impl Job {

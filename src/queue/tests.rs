@@ -38,9 +38,7 @@ fn render(job: Option<Job>) -> String {
         Some(Job::Batch(batch)) => batch
             .entries
             .iter()
-            .map(|(path, action)| {
-                format!("{}:{}", String::from_utf8_lossy(path), code_of(*action))
-            })
+            .map(|(path, action)| format!("{}:{}", String::from_utf8_lossy(path), code_of(*action)))
             .collect::<Vec<_>>()
             .join(" "),
     }
@@ -79,28 +77,104 @@ fn run(script: &[&str], max_batch: usize) -> Vec<String> {
 const ROWS: &[(&str, &[&str], &[&str])] = &[
     ("single sync", &["S a", "take"], &["a:S"]),
     ("nothing pending", &["take"], &["-"]),
-    ("create+modify+close_write coalesce", &["S a", "S a", "S a", "take"], &["a:S"]),
+    (
+        "create+modify+close_write coalesce",
+        &["S a", "S a", "S a", "take"],
+        &["a:S"],
+    ),
     ("update then delete file", &["S a", "F a", "take"], &["a:F"]),
-    ("delete then recreate file", &["F a", "S a", "take"], &["a:S"]),
-    ("dir removed then recreated", &["D d", "S d", "take"], &["d:R"]),
-    ("replace then removed again", &["D d", "S d", "F d", "take"], &["d:D"]),
-    ("replace stays replace on sync", &["D d", "S d", "S d", "take"], &["d:R"]),
-    ("dir removal absorbs children", &["S d/a", "S d/b/c", "S e", "D d", "take"], &["d:D e:S"]),
-    ("removal does not absorb siblings with same prefix", &["S d0", "S d.x", "S d-1/a", "D d", "take"], &["d:D d-1/a:S d.x:S d0:S"]),
-    ("children after removal survive", &["D d", "S d", "S d/new", "take"], &["d:R d/new:S"]),
-    ("parents sort before children", &["S a/b/c", "S a/b", "S a", "take"], &["a:S a/b:S a/b/c:S"]),
+    (
+        "delete then recreate file",
+        &["F a", "S a", "take"],
+        &["a:S"],
+    ),
+    (
+        "dir removed then recreated",
+        &["D d", "S d", "take"],
+        &["d:R"],
+    ),
+    (
+        "replace then removed again",
+        &["D d", "S d", "F d", "take"],
+        &["d:D"],
+    ),
+    (
+        "replace stays replace on sync",
+        &["D d", "S d", "S d", "take"],
+        &["d:R"],
+    ),
+    (
+        "dir removal absorbs children",
+        &["S d/a", "S d/b/c", "S e", "D d", "take"],
+        &["d:D e:S"],
+    ),
+    (
+        "removal does not absorb siblings with same prefix",
+        &["S d0", "S d.x", "S d-1/a", "D d", "take"],
+        &["d:D d-1/a:S d.x:S d0:S"],
+    ),
+    (
+        "children after removal survive",
+        &["D d", "S d", "S d/new", "take"],
+        &["d:R d/new:S"],
+    ),
+    (
+        "parents sort before children",
+        &["S a/b/c", "S a/b", "S a", "take"],
+        &["a:S a/b:S a/b/c:S"],
+    ),
     ("root path", &["S ", "take"], &[":S"]),
-    ("busy lane forms the next batch", &["S a", "take", "S b", "S a", "take", "ok", "take"], &["a:S", "-", "a:S b:S"]),
-    ("nothing after ok", &["S a", "take", "ok", "take"], &["a:S", "-"]),
-    ("failed batch is retried", &["S a", "S b", "take", "fail", "take"], &["a:S b:S", "a:S b:S"]),
-    ("failed batch merges with newer change", &["S a", "take", "F a", "fail", "take"], &["a:S", "a:F"]),
-    ("failed dir removal then recreated", &["D d", "take", "S d", "fail", "take"], &["d:D", "d:R"]),
-    ("failed sync merges under newer dir removal", &["S d/x", "take", "D d", "fail", "take"], &["d/x:S", "d:D d/x:S"]),
-    ("full sync drops pending paths", &["S a", "full", "take", "S b", "take", "ok", "take"], &["FULL", "-", "b:S"]),
-    ("full sync waits for busy lane", &["S a", "take", "full", "take", "ok", "take"], &["a:S", "-", "FULL"]),
+    (
+        "busy lane forms the next batch",
+        &["S a", "take", "S b", "S a", "take", "ok", "take"],
+        &["a:S", "-", "a:S b:S"],
+    ),
+    (
+        "nothing after ok",
+        &["S a", "take", "ok", "take"],
+        &["a:S", "-"],
+    ),
+    (
+        "failed batch is retried",
+        &["S a", "S b", "take", "fail", "take"],
+        &["a:S b:S", "a:S b:S"],
+    ),
+    (
+        "failed batch merges with newer change",
+        &["S a", "take", "F a", "fail", "take"],
+        &["a:S", "a:F"],
+    ),
+    (
+        "failed dir removal then recreated",
+        &["D d", "take", "S d", "fail", "take"],
+        &["d:D", "d:R"],
+    ),
+    (
+        "failed sync merges under newer dir removal",
+        &["S d/x", "take", "D d", "fail", "take"],
+        &["d/x:S", "d:D d/x:S"],
+    ),
+    (
+        "full sync drops pending paths",
+        &["S a", "full", "take", "S b", "take", "ok", "take"],
+        &["FULL", "-", "b:S"],
+    ),
+    (
+        "full sync waits for busy lane",
+        &["S a", "take", "full", "take", "ok", "take"],
+        &["a:S", "-", "FULL"],
+    ),
     ("remove file twice", &["F a", "F a", "take"], &["a:F"]),
-    ("file removed then dir removed at same path", &["F a", "D a", "take"], &["a:D"]),
-    ("invalid utf-8 and newline names are plain bytes", &["S a\nb", "S a b", "take"], &["a\nb:S a b:S"]),
+    (
+        "file removed then dir removed at same path",
+        &["F a", "D a", "take"],
+        &["a:D"],
+    ),
+    (
+        "invalid utf-8 and newline names are plain bytes",
+        &["S a\nb", "S a b", "take"],
+        &["a\nb:S a b:S"],
+    ),
 ];
 
 #[test]
@@ -115,7 +189,9 @@ fn coalescing_table() {
 
 #[test]
 fn batches_are_bounded() {
-    let script = ["S a", "S b", "S c", "S d", "S e", "take", "ok", "take", "ok", "take"];
+    let script = [
+        "S a", "S b", "S c", "S d", "S e", "take", "ok", "take", "ok", "take",
+    ];
     assert_eq!(run(&script, 2), vec!["a:S b:S", "c:S d:S", "e:S"]);
 }
 

@@ -128,7 +128,9 @@ impl Runner {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
-        self.children.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.children
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn execute(&self, job: &Job, ctx: &JobContext) -> (RunResult, String, Vec<OsString>) {

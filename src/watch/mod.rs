@@ -689,7 +689,10 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 }
             }
         } else if self.root_nodes.get(node.root).copied().flatten() == Some(wd) {
-            self.lose_root(node.root, "watch root is no longer watched (deleted or unmounted)");
+            self.lose_root(
+                node.root,
+                "watch root is no longer watched (deleted or unmounted)",
+            );
         }
         for child in node.children.values() {
             // Children of a vanished directory get their own IN_IGNORED; make sure they
@@ -763,7 +766,10 @@ pub fn describe_root(roots: &[PathBuf], root: RootId) -> &Path {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod unit_tests {
     use super::*;
 
     #[test]
@@ -777,7 +783,12 @@ mod tests {
             (b"", true),
             (b"~x", false),
         ] {
-            assert_eq!(is_temp_file_name(name), ignored, "{:?}", String::from_utf8_lossy(name));
+            assert_eq!(
+                is_temp_file_name(name),
+                ignored,
+                "{:?}",
+                String::from_utf8_lossy(name)
+            );
         }
     }
 

@@ -1,0 +1,191 @@
+//! The watcher against real inotify on real directories.
+
+use super::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::mpsc;
+
+struct Harness {
+    dir: PathBuf,
+    events: mpsc::Receiver<WatchEvent>,
+    control: mpsc::Sender<WatchControl>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Harness {
+    fn start(name: &str, tweak: impl FnOnce(&mut WatchSpec)) -> Harness {
+        let dir = std::env::temp_dir().join(format!("sersync-watch-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("existing/deeper")).unwrap();
+        let mut spec = WatchSpec {
+            roots: vec![dir.clone()],
+            filter: Filter::default(),
+            ignore_temp_files: true,
+            events: EventToggles::default(),
+            always_stat: false,
+        };
+        tweak(&mut spec);
+        let (tx, events) = mpsc::channel();
+        let (control, control_rx) = mpsc::channel();
+        let watcher = Watcher::new(spec, move |event| {
+            let _ = tx.send(event);
+        })
+        .unwrap();
+        let thread = std::thread::spawn(move || watcher.run(control_rx).unwrap());
+        let harness = Harness {
+            dir,
+            events,
+            control,
+            thread: Some(thread),
+        };
+        match harness.events.recv_timeout(Duration::from_secs(5)).unwrap() {
+            WatchEvent::Ready { watches } => assert_eq!(watches, 3),
+            other => panic!("expected Ready, got {other:?}"),
+        }
+        harness
+    }
+
+    /// Collects changes until none arrive for 300 ms; returns the last action per path.
+    fn settle(&self) -> BTreeMap<String, Action> {
+        let mut last = BTreeMap::new();
+        while let Ok(event) = self.events.recv_timeout(Duration::from_millis(300)) {
+            if let WatchEvent::Changes(changes) = event {
+                for change in changes {
+                    let path = String::from_utf8_lossy(&change.path).into_owned();
+                    let merged = match last.get(&path) {
+                        Some(&older) => Action::then(older, change.action),
+                        None => change.action,
+                    };
+                    last.insert(path, merged);
+                }
+            }
+        }
+        last
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.control.send(WatchControl::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn keys(map: &BTreeMap<String, Action>) -> Vec<&str> {
+    map.keys().map(|k| k.as_str()).collect()
+}
+
+#[test]
+fn mkdir_p_then_write_is_never_lost() {
+    let h = Harness::start("mkdirp", |_| {});
+    for i in 0..20 {
+        let deep = h.dir.join(format!("a{i}/b/c"));
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("f"), b"x").unwrap();
+    }
+    let got = h.settle();
+    for i in 0..20 {
+        for path in [
+            format!("a{i}"),
+            format!("a{i}/b"),
+            format!("a{i}/b/c"),
+            format!("a{i}/b/c/f"),
+        ] {
+            assert_eq!(
+                got.get(&path),
+                Some(&Action::Sync),
+                "{path} missing in {:?}",
+                keys(&got)
+            );
+        }
+    }
+}
+
+#[test]
+fn renamed_directory_keeps_its_watches() {
+    let h = Harness::start("rename", |_| {});
+    fs::write(h.dir.join("existing/deeper/f"), b"1").unwrap();
+    h.settle();
+    fs::rename(h.dir.join("existing"), h.dir.join("moved")).unwrap();
+    let got = h.settle();
+    assert_eq!(got.get("existing"), Some(&Action::Remove { dir: true }));
+    assert_eq!(got.get("moved"), Some(&Action::Sync));
+    assert_eq!(
+        got.get("moved/deeper/f"),
+        Some(&Action::Sync),
+        "{:?}",
+        keys(&got)
+    );
+    // The watch followed: a write in the moved tree is reported under the new name.
+    fs::write(h.dir.join("moved/deeper/g"), b"2").unwrap();
+    let got = h.settle();
+    assert_eq!(keys(&got), vec!["moved/deeper/g"]);
+}
+
+#[test]
+fn directory_moved_out_is_a_removal_and_stops_reporting() {
+    let h = Harness::start("moveout", |_| {});
+    let outside = h.dir.with_extension("outside");
+    let _ = fs::remove_dir_all(&outside);
+    fs::rename(h.dir.join("existing"), &outside).unwrap();
+    let got = h.settle();
+    assert_eq!(got.get("existing"), Some(&Action::Remove { dir: true }));
+    fs::write(outside.join("deeper/late"), b"x").unwrap();
+    let got = h.settle();
+    assert!(
+        got.is_empty(),
+        "events from outside the tree: {:?}",
+        keys(&got)
+    );
+    fs::remove_dir_all(&outside).unwrap();
+}
+
+#[test]
+fn temp_files_and_filtered_directories() {
+    let h = Harness::start("filter", |spec| {
+        spec.filter = Filter {
+            enabled: true,
+            excludes: vec![crate::config::ExcludeRegex {
+                expression: "cache".into(),
+                regex: regex::bytes::Regex::new("^(?:cache)$").unwrap(),
+                line: 1,
+            }],
+        };
+    });
+    fs::write(h.dir.join(".htaccess"), b"x").unwrap();
+    fs::write(h.dir.join("x~"), b"x").unwrap();
+    fs::create_dir(h.dir.join(".hidden-dir")).unwrap();
+    fs::create_dir(h.dir.join("cache")).unwrap();
+    fs::write(h.dir.join("cache/inside"), b"x").unwrap();
+    fs::write(h.dir.join("kept"), b"x").unwrap();
+    let got = h.settle();
+    assert_eq!(keys(&got), vec![".hidden-dir", "kept"]);
+}
+
+#[test]
+fn dotfiles_sync_when_temp_ignores_are_off() {
+    let h = Harness::start("dotfiles", |spec| spec.ignore_temp_files = false);
+    fs::write(h.dir.join(".htaccess"), b"x").unwrap();
+    let got = h.settle();
+    assert_eq!(keys(&got), vec![".htaccess"]);
+}
+
+#[test]
+fn deletions_and_symlinks() {
+    let h = Harness::start("delete", |_| {});
+    fs::write(h.dir.join("existing/deeper/f"), b"1").unwrap();
+    h.settle();
+    std::os::unix::fs::symlink("target", h.dir.join("link")).unwrap();
+    fs::remove_dir_all(h.dir.join("existing")).unwrap();
+    let got = h.settle();
+    assert_eq!(
+        got.get("link"),
+        Some(&Action::Sync),
+        "symlink creation: {:?}",
+        keys(&got)
+    );
+    assert_eq!(got.get("existing"), Some(&Action::Remove { dir: true }));
+}
