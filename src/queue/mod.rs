@@ -109,6 +109,9 @@ struct Lane {
     busy: bool,
     not_before: Option<Instant>,
     paused: bool,
+    /// Paths that failed on their own (rsync exit 23) and are retried later without
+    /// holding back the rest of the lane.
+    deferred: Vec<(Instant, Vec<(RelPath, Action)>)>,
 }
 
 /// All lanes' pending work.
@@ -134,6 +137,7 @@ impl Queue {
                     busy: false,
                     not_before: None,
                     paused: false,
+                    deferred: Vec::new(),
                 })
                 .collect(),
             max_batch: max_batch.max(1),
@@ -181,6 +185,7 @@ impl Queue {
         if lane.busy || lane.paused || lane.not_before.is_some_and(|at| now < at) {
             return None;
         }
+        lane.release_deferred(now);
         if let Some(reason) = lane.full_sync.take() {
             lane.pending.clear();
             lane.busy = true;
@@ -236,6 +241,54 @@ impl Queue {
         }
     }
 
+    /// Retries `entries` of `lane` at `at`, without making the lane back off: used when a
+    /// batch succeeded except for some paths (rsync exit 23).
+    pub fn defer(&mut self, lane: LaneId, entries: Vec<(RelPath, Action)>, at: Instant) {
+        if let Some(lane) = self.lanes.get_mut(lane) {
+            if !entries.is_empty() {
+                lane.deferred.push((at, entries));
+            }
+        }
+    }
+
+    /// The earliest time a deferred retry of `lane` is due.
+    pub fn lane_next_deferred(&self, lane: LaneId) -> Option<Instant> {
+        self.lanes
+            .get(lane)
+            .and_then(|lane| lane.deferred.iter().map(|(at, _)| *at).min())
+    }
+
+    /// Number of paths waiting in deferred retries over all lanes.
+    pub fn deferred_count(&self) -> usize {
+        self.lanes
+            .iter()
+            .flat_map(|lane| lane.deferred.iter())
+            .map(|(_, entries)| entries.len())
+            .sum()
+    }
+
+    /// Makes every deferred retry and every backing-off lane due now (operator's
+    /// "retry failed"); returns how many paths that concerns.
+    pub fn expedite(&mut self) -> usize {
+        let mut count = 0;
+        for lane in &mut self.lanes {
+            if lane.not_before.take().is_some() {
+                count += lane.pending.len();
+            }
+            for (at, entries) in &mut lane.deferred {
+                count += entries.len();
+                *at = Instant::now().min(*at);
+            }
+            let deferred = std::mem::take(&mut lane.deferred);
+            for (_, entries) in deferred {
+                for (path, action) in entries {
+                    lane.requeue(path, action);
+                }
+            }
+        }
+        count
+    }
+
     /// Pending paths of one lane (for status).
     pub fn lane_depth(&self, lane: LaneId) -> usize {
         self.lanes.get(lane).map_or(0, |lane| lane.pending.len())
@@ -253,9 +306,9 @@ impl Queue {
 
     /// Whether a lane has anything to do (pending paths or a full sync).
     pub fn lane_has_work(&self, lane: LaneId) -> bool {
-        self.lanes
-            .get(lane)
-            .is_some_and(|lane| lane.full_sync.is_some() || !lane.pending.is_empty())
+        self.lanes.get(lane).is_some_and(|lane| {
+            lane.full_sync.is_some() || !lane.pending.is_empty() || !lane.deferred.is_empty()
+        })
     }
 
     /// Total pending paths over all lanes.
@@ -273,9 +326,12 @@ impl Queue {
 
     /// Whether nothing is pending and nothing is in flight anywhere.
     pub fn is_idle(&self) -> bool {
-        self.lanes
-            .iter()
-            .all(|lane| !lane.busy && lane.pending.is_empty() && lane.full_sync.is_none())
+        self.lanes.iter().all(|lane| {
+            !lane.busy
+                && lane.pending.is_empty()
+                && lane.full_sync.is_none()
+                && lane.deferred.is_empty()
+        })
     }
 }
 
@@ -307,6 +363,20 @@ impl Lane {
             Some(existing) => *existing = Action::then(*existing, action),
             None => {
                 self.pending.insert(path.to_vec(), action);
+            }
+        }
+    }
+
+    fn release_deferred(&mut self, now: Instant) {
+        if self.deferred.iter().all(|(at, _)| *at > now) {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.deferred).into_iter().partition(|(at, _)| *at <= now);
+        self.deferred = later;
+        for (_, entries) in due {
+            for (path, action) in entries {
+                self.requeue(path, action);
             }
         }
     }

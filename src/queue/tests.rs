@@ -240,3 +240,37 @@ fn million_events_on_few_paths_stay_small() {
     }
     assert_eq!(queue.depth(), 1000);
 }
+
+#[test]
+fn deferred_paths_wait_without_blocking_the_lane() {
+    let now = Instant::now();
+    let later = now + std::time::Duration::from_secs(10);
+    let mut queue = Queue::new(&[0], 100);
+    queue.push(0, b"bad", Action::Sync);
+    queue.push(0, b"good", Action::Sync);
+    assert_eq!(render(queue.take_job(0, now)), "bad:S good:S");
+    queue.finish(0, None);
+    queue.defer(0, vec![(b"bad".to_vec(), Action::Sync)], later);
+    queue.push(0, b"next", Action::Sync);
+    assert_eq!(render(queue.take_job(0, now)), "next:S", "the lane keeps going");
+    queue.finish(0, None);
+    assert!(queue.take_job(0, now).is_none());
+    assert_eq!(queue.lane_next_deferred(0), Some(later));
+    queue.push(0, b"bad", Action::Remove { dir: false });
+    assert_eq!(render(queue.take_job(0, later)), "bad:F", "newer removal wins over the retry");
+}
+
+#[test]
+fn expedite_makes_everything_due() {
+    let now = Instant::now();
+    let later = now + std::time::Duration::from_secs(60);
+    let mut queue = Queue::new(&[0, 0], 100);
+    queue.push(0, b"a", Action::Sync);
+    let _ = queue.take_job(0, now);
+    queue.finish(0, Some((Retry::Paths(vec![(b"a".to_vec(), Action::Sync)]), later)));
+    queue.defer(1, vec![(b"b".to_vec(), Action::Sync)], later);
+    assert!(queue.take_job(0, now).is_none());
+    assert_eq!(queue.expedite(), 2);
+    assert_eq!(render(queue.take_job(0, now)), "a:S");
+    assert_eq!(render(queue.take_job(1, now)), "a:S b:S");
+}
