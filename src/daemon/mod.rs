@@ -192,6 +192,10 @@ struct Daemon {
     state: state::StateDir,
     recover_after_ready: bool,
     exit_code: i32,
+    /// When the next `<crontab>` full sync is due.
+    next_crontab: Option<Instant>,
+    /// When the failure journal is next replayed (`<failLog timeToExecute>`).
+    next_replay: Instant,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -275,6 +279,8 @@ impl Daemon {
             state: state::StateDir::new(state_dir),
             recover_after_ready: false,
             exit_code: exit::OK,
+            next_crontab: None,
+            next_replay: Instant::now(),
         })
     }
 
@@ -420,7 +426,9 @@ impl Daemon {
                 .join(", ")
         );
         let mut shutdown_deadline: Option<Instant> = None;
+        self.schedule_timers();
         loop {
+            self.run_timers();
             self.dispatch();
             self.refresh_status();
             if self.stopping && self.in_flight == 0 {
@@ -463,9 +471,47 @@ impl Daemon {
                 if let Some(at) = self.queue.lane_not_before(lane) {
                     wake = wake.min(at.saturating_duration_since(now));
                 }
+                if let Some(at) = self.queue.lane_next_deferred(lane) {
+                    wake = wake.min(at.saturating_duration_since(now));
+                }
             }
         }
+        for at in self.next_crontab.iter().chain([&self.next_replay]) {
+            wake = wake.min(at.saturating_duration_since(now));
+        }
         wake.max(Duration::from_millis(1))
+    }
+
+    /// (Re)arms the in-process timers from the config: the `<crontab>` full sync and the
+    /// failure replay. They work without systemd; the timer units only add to them.
+    fn schedule_timers(&mut self) {
+        let now = Instant::now();
+        self.next_crontab = self.config.crontab.enabled.then(|| {
+            now + Duration::from_secs(u64::from(self.config.crontab.schedule_minutes.max(1)) * 60)
+        });
+        self.next_replay =
+            now + Duration::from_secs(u64::from(self.config.fail_log.interval_minutes.max(1)) * 60);
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        if self.next_crontab.is_some_and(|at| at <= now) {
+            tracing::info!("crontab: periodic full sync of every root");
+            for root in 0..self.config.roots.len() {
+                self.queue.request_full_sync(root, FullSyncReason::Scheduled);
+            }
+            self.next_crontab = Some(
+                now + Duration::from_secs(u64::from(self.config.crontab.schedule_minutes.max(1)) * 60),
+            );
+        }
+        if self.next_replay <= now {
+            let count = self.queue.expedite();
+            if count > 0 {
+                tracing::info!(paths = count, "replaying failed changes now");
+            }
+            self.next_replay = now
+                + Duration::from_secs(u64::from(self.config.fail_log.interval_minutes.max(1)) * 60);
+        }
     }
 
     fn handle(&mut self, input: Input) {
@@ -576,6 +622,7 @@ impl Daemon {
             let _ = control.send(WatchControl::Reconfigure(watch_spec(&config)));
         }
         self.config = config;
+        self.schedule_timers();
         tracing::info!(lanes = self.lanes.len(), "configuration reloaded");
     }
 
