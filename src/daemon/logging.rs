@@ -1,5 +1,7 @@
 //! Log output: plain text on stderr, or the systemd journal with structured fields.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -37,6 +39,7 @@ pub fn init(target: LogTarget, verbose: bool, instance: &str) {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_target(false),
         )
         .try_init();
