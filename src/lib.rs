@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md for the map of modules and the invariants between them.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod failure;
 pub mod queue;

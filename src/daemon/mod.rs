@@ -19,10 +19,14 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use std::os::unix::ffi::OsStrExt;
+
 use crate::config::{self, Config, RootId, Severity};
+use crate::control::Counters;
+use crate::failure::{self, Backoff, ExitClass, Journal, LaneKey};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, Queue, Retry};
 use crate::sync::argv::Transport;
-use crate::sync::{JobContext, Outcome, RunResult, Runner};
+use crate::sync::{JobContext, Outcome, Runner};
 use crate::watch::{WatchControl, WatchEvent, WatchSpec, Watcher};
 pub use cli::Cli;
 
@@ -51,9 +55,10 @@ struct Lane {
     root: RootId,
     label: String,
     context: JobContext,
-    failures: u32,
+    backoff: Backoff,
     state: LaneState,
     last_error: Option<String>,
+    last_ok: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +78,8 @@ impl LaneState {
     }
 }
 
-const BACKOFF_START: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// When paths that failed on their own (exit 23) are tried again.
+const PARTIAL_RETRY: Duration = Duration::from_secs(15);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Reads the config and prints its diagnostics; `None` means "exit 78".
@@ -188,7 +193,6 @@ struct Daemon {
     ready: bool,
     stopping: bool,
     notifier: notify::Notifier,
-    failed_batches: u64,
     state: state::StateDir,
     recover_after_ready: bool,
     exit_code: i32,
@@ -196,6 +200,9 @@ struct Daemon {
     next_crontab: Option<Instant>,
     /// When the failure journal is next replayed (`<failLog timeToExecute>`).
     next_replay: Instant,
+    journal: Journal,
+    journal_dirty: bool,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -234,9 +241,10 @@ fn build_lanes(config: &Config) -> Vec<Lane> {
                     },
                     debug: config.debug,
                 },
-                failures: 0,
+                backoff: Backoff::default(),
                 state: LaneState::Ok,
                 last_error: None,
+                last_ok: None,
             });
         }
     }
@@ -275,12 +283,14 @@ impl Daemon {
             ready: false,
             stopping: false,
             notifier: notify::Notifier::from_env(),
-            failed_batches: 0,
             state: state::StateDir::new(state_dir),
             recover_after_ready: false,
             exit_code: exit::OK,
             next_crontab: None,
             next_replay: Instant::now(),
+            journal: Journal::default(),
+            journal_dirty: false,
+            counters: Counters::default(),
         })
     }
 
@@ -328,6 +338,7 @@ impl Daemon {
                 "saved changes for roots or remotes no longer in the config were dropped"
             );
         }
+        self.load_journal();
         self.state.discard_pending()
     }
 
@@ -458,6 +469,7 @@ impl Daemon {
         if let Some(control) = &self.watch_control {
             let _ = control.send(WatchControl::Stop);
         }
+        self.save_journal();
         self.save_state();
         tracing::info!("sersyncd stopped");
         self.exit_code
@@ -532,15 +544,13 @@ impl Daemon {
     fn on_signal(&mut self, signal: i32) {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         match signal {
-            SIGTERM | SIGINT => {
-                if !self.stopping {
-                    tracing::info!(
-                        in_flight = self.in_flight,
-                        "stopping: finishing the rsync runs in flight"
-                    );
-                    self.notifier.stopping();
-                    self.stopping = true;
-                }
+            SIGTERM | SIGINT if !self.stopping => {
+                tracing::info!(
+                    in_flight = self.in_flight,
+                    "stopping: finishing the rsync runs in flight"
+                );
+                self.notifier.stopping();
+                self.stopping = true;
             }
             SIGHUP => self.reload(),
             _ => {}
@@ -745,24 +755,48 @@ impl Daemon {
         self.next_lane = (self.next_lane + 1) % count.max(1);
     }
 
+    fn lane_key(&self, lane_id: usize) -> Option<LaneKey> {
+        self.lanes.get(lane_id).map(|lane| LaneKey {
+            root: lane.context.root.clone(),
+            remote_ip: lane.context.transport.remote.ip.clone(),
+            remote_name: lane.context.transport.remote.name.clone(),
+        })
+    }
+
     fn on_job_done(&mut self, outcome: Outcome) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let lane_id = outcome.job.lane();
-        let Some(lane) = self.lanes.get_mut(lane_id) else {
+        let Some(key) = self.lane_key(lane_id) else {
             return;
         };
-        let ok = matches!(outcome.result, RunResult::Exited(0) | RunResult::Exited(24));
+        let now = Instant::now();
+        let verdict = failure::classify(outcome.result.status(), &outcome.stderr);
+        let lane = &mut self.lanes[lane_id];
         let what = match &outcome.job {
             Job::Batch(batch) => crate::sync::describe_batch(&batch.entries),
             Job::FullSync { reason, .. } => format!("full sync ({reason:?})"),
         };
-        if ok {
+        if verdict.class.is_done() {
             if lane.state != LaneState::Ok {
                 tracing::info!(remote = %lane.label, "remote is reachable again");
             }
-            lane.failures = 0;
+            lane.backoff.success();
             lane.state = LaneState::Ok;
             lane.last_error = None;
+            lane.last_ok = Some(std::time::SystemTime::now());
+            self.counters.batches += 1;
+            let cleared = match &outcome.job {
+                Job::Batch(batch) => {
+                    self.counters.files += batch.entries.len() as u64;
+                    self.journal
+                        .clear(&key, batch.entries.iter().map(|(p, _)| p.as_slice()))
+                }
+                Job::FullSync { .. } => self.journal.clear_lane(&key),
+            };
+            if cleared > 0 {
+                self.journal_dirty = true;
+                tracing::info!(remote = %lane.label, cleared, "previously failed changes delivered");
+            }
             tracing::info!(
                 remote = %lane.label,
                 elapsed_ms = outcome.elapsed.as_millis() as u64,
@@ -771,40 +805,170 @@ impl Daemon {
             self.queue.finish(lane_id, None);
             return;
         }
-        self.failed_batches += 1;
-        lane.failures += 1;
-        let fatal = is_fatal(&outcome.result, &outcome.stderr);
-        let delay = if fatal {
-            BACKOFF_MAX
-        } else {
-            let exp = lane.failures.saturating_sub(1).min(6);
-            (BACKOFF_START * 2u32.pow(exp)).min(BACKOFF_MAX)
-        };
-        lane.state = if fatal {
-            LaneState::Failing
-        } else {
-            LaneState::Backoff
-        };
+        self.counters.errors += 1;
         let message = last_line(&outcome.stderr);
-        let result = describe_result(&outcome.result);
-        lane.last_error = Some(format!("{result}: {message}"));
-        tracing::error!(
-            remote = %lane.label,
-            retry_in_s = delay.as_secs(),
-            "{what} failed: {result}: {message}"
-        );
+        lane.last_error = Some(format!("{}: {message}", verdict.reason));
+        let code = outcome.result.code();
+        // Exit 23 with every failed path identified: retry those alone, later, and let
+        // the rest of the lane go on.
+        if verdict.partial {
+            if let Job::Batch(batch) = &outcome.job {
+                let paths: Vec<Vec<u8>> = batch.entries.iter().map(|(p, _)| p.clone()).collect();
+                let report = failure::stderr::parse(outcome.stderr.as_bytes());
+                let configured = lane.context.root.as_os_str().as_bytes().to_vec();
+                let resolved = std::fs::canonicalize(&lane.context.root)
+                    .map(|p| p.as_os_str().as_bytes().to_vec())
+                    .unwrap_or_else(|_| configured.clone());
+                if let Some(failed) =
+                    failure::retry_set(&paths, &report, &[&configured, &resolved])
+                {
+                    let retry: Vec<(Vec<u8>, Action)> = batch
+                        .entries
+                        .iter()
+                        .filter(|(p, _)| failed.contains(p))
+                        .cloned()
+                        .collect();
+                    tracing::warn!(
+                        remote = %lane.label,
+                        failed = retry.len(),
+                        "{what}: {} path(s) failed ({}: {message}); retrying them in {}s",
+                        retry.len(),
+                        verdict.reason,
+                        PARTIAL_RETRY.as_secs()
+                    );
+                    self.journal.record(
+                        &key,
+                        retry.iter().map(|(p, _)| p.as_slice()),
+                        code,
+                        &message,
+                        std::time::SystemTime::now(),
+                    );
+                    let delivered = batch
+                        .entries
+                        .iter()
+                        .filter(|(p, _)| !failed.contains(p))
+                        .map(|(p, _)| p.as_slice());
+                    self.journal.clear(&key, delivered);
+                    self.journal_dirty = true;
+                    self.queue.finish(lane_id, None);
+                    self.queue.defer(lane_id, retry, now + PARTIAL_RETRY);
+                    return;
+                }
+            }
+        }
+        let retry_at = lane.backoff.failure(now, verdict.class);
+        let fatal = verdict.class == ExitClass::Fatal;
+        lane.state = if fatal { LaneState::Failing } else { LaneState::Backoff };
+        let delay = retry_at.saturating_duration_since(now);
+        if fatal {
+            tracing::error!(
+                remote = %lane.label,
+                retry_in_s = delay.as_secs(),
+                "{what} failed: {}: {message} (configuration problem on this side or the remote's; retrying slowly)",
+                verdict.reason
+            );
+        } else {
+            tracing::warn!(
+                remote = %lane.label,
+                retry_in_s = delay.as_secs(),
+                "{what} failed: {}: {message}",
+                verdict.reason
+            );
+        }
+        // Still failing after a retry (or a configuration error): it is a failure now.
+        if fatal || lane.backoff.failures() >= 2 {
+            if let Job::Batch(batch) = &outcome.job {
+                self.journal.record(
+                    &key,
+                    batch.entries.iter().map(|(p, _)| p.as_slice()),
+                    code,
+                    &message,
+                    std::time::SystemTime::now(),
+                );
+                self.journal_dirty = true;
+            }
+        }
         let retry = match outcome.job {
             Job::Batch(batch) => Retry::Paths(batch.entries),
             Job::FullSync { reason, .. } => Retry::FullSync(reason),
         };
-        self.queue
-            .finish(lane_id, Some((retry, Instant::now() + delay)));
+        self.queue.finish(lane_id, Some((retry, retry_at)));
+    }
+
+    /// Writes the failure journal and the failure script if they changed.
+    fn save_journal(&mut self) {
+        if !self.journal_dirty {
+            return;
+        }
+        self.journal_dirty = false;
+        let journal_path = self.state.path().join("failures");
+        if let Err(err) = state::write_atomically(&journal_path, &self.journal.to_bytes()) {
+            tracing::error!(path = %journal_path.display(), "cannot save the failure journal: {err}");
+        }
+        let script_path = self.fail_script_path();
+        let lanes = &self.lanes;
+        let ssh = self.config.rsync.ssh;
+        let entries = self.journal.script_entries(1000, |key| {
+            lanes
+                .iter()
+                .find(|lane| {
+                    lane.context.root == key.root
+                        && lane.context.transport.remote.ip == key.remote_ip
+                        && lane.context.transport.remote.name == key.remote_name
+                })
+                .map(|lane| {
+                    let mut argv = vec![std::ffi::OsString::from("rsync")];
+                    argv.extend(crate::sync::argv::batch(
+                        &lane.context.transport,
+                        lane.context.propagate_deletes,
+                    ));
+                    (lane.context.transport.remote.label(ssh), argv)
+                })
+        });
+        if let Err(err) = failure::write_atomically(&script_path, &failure::render(&entries)) {
+            tracing::error!(path = %script_path.display(), "cannot write the failure script: {err}");
+        }
+    }
+
+    /// `<failLog path>`: a relative path resolves against the state directory.
+    fn fail_script_path(&self) -> PathBuf {
+        let configured = &self.config.fail_log.path;
+        if configured.is_absolute() {
+            configured.clone()
+        } else {
+            self.state.path().join(configured)
+        }
+    }
+
+    fn load_journal(&mut self) {
+        let path = self.state.path().join("failures");
+        match failure::Journal::load(&path) {
+            Ok(journal) => {
+                let mut requeued = 0;
+                for (key, path, _) in journal.iter() {
+                    if let Some(lane) = self.lanes.iter().position(|lane| {
+                        lane.context.root == key.root
+                            && lane.context.transport.remote.ip == key.remote_ip
+                            && lane.context.transport.remote.name == key.remote_name
+                    }) {
+                        self.queue.push_lane(lane, path, Action::Sync);
+                        requeued += 1;
+                    }
+                }
+                if requeued > 0 {
+                    tracing::info!(requeued, "failed changes from the previous run are retried");
+                }
+                self.journal = journal;
+            }
+            Err(err) => tracing::error!("cannot read the failure journal ({err}); starting with an empty one"),
+        }
     }
 
     fn refresh_status(&mut self) {
         if !self.notifier.status_due() {
             return;
         }
+        self.save_journal();
         let remotes: Vec<String> = self
             .lanes
             .iter()
@@ -817,31 +981,14 @@ impl Daemon {
             })
             .collect();
         let line = format!(
-            "{} watches, {} queued, {} in flight, {} failed batches; {}",
+            "{} watches, {} queued, {} in flight, {} failed; {}",
             self.watches,
-            self.queue.depth(),
+            self.queue.depth() + self.queue.deferred_count(),
             self.in_flight,
-            self.failed_batches,
+            self.journal.len(),
             remotes.join(", ")
         );
         self.notifier.status(&line);
-    }
-}
-
-fn is_fatal(result: &RunResult, stderr: &str) -> bool {
-    matches!(
-        result,
-        RunResult::Exited(1 | 2 | 4 | 127) | RunResult::SpawnFailed(_)
-    ) || stderr.contains("@ERROR: auth failed")
-        || stderr.contains("@ERROR: Unknown module")
-        || stderr.contains("password file must")
-}
-
-fn describe_result(result: &RunResult) -> String {
-    match result {
-        RunResult::Exited(code) => format!("rsync exit {code}"),
-        RunResult::Signaled(signal) => format!("rsync killed by signal {signal}"),
-        RunResult::SpawnFailed(err) => err.clone(),
     }
 }
 

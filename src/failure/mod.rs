@@ -28,11 +28,13 @@
 //! [`script::write_atomically`]; no process is spawned from this module.
 
 pub mod backoff;
+pub mod journal;
 pub mod policy;
 pub mod script;
 pub mod stderr;
 
 pub use backoff::Backoff;
+pub use journal::{Journal, LaneKey};
 pub use policy::{ExitClass, ExitStatusLike, Verdict, classify, describe};
 pub use script::{ScriptEntry, render, write_atomically};
 pub use stderr::{FailedPath, FailureKind, Side, StderrReport, failed_paths, retry_set};

@@ -29,12 +29,33 @@ use argv::{FullSyncRules, Transport};
 pub enum RunResult {
     Exited(i32),
     Signaled(i32),
-    SpawnFailed(String),
+    SpawnFailed {
+        kind: std::io::ErrorKind,
+        message: String,
+    },
 }
 
 impl RunResult {
     pub fn success(&self) -> bool {
         matches!(self, RunResult::Exited(0))
+    }
+
+    /// For the exit policy.
+    pub fn status(&self) -> crate::failure::ExitStatusLike {
+        use crate::failure::ExitStatusLike;
+        match self {
+            RunResult::Exited(code) => ExitStatusLike::Code(*code),
+            RunResult::Signaled(signal) => ExitStatusLike::Signal(*signal),
+            RunResult::SpawnFailed { kind, .. } => ExitStatusLike::SpawnFailed(*kind),
+        }
+    }
+
+    /// The exit code recorded in the failure journal (-1 when there is none).
+    pub fn code(&self) -> i32 {
+        match self {
+            RunResult::Exited(code) => *code,
+            _ => -1,
+        }
     }
 }
 
@@ -216,10 +237,10 @@ impl Runner {
             Ok(child) => child,
             Err(err) => {
                 return Run {
-                    result: RunResult::SpawnFailed(format!(
-                        "cannot run {}: {err}",
-                        self.rsync.display()
-                    )),
+                    result: RunResult::SpawnFailed {
+                        kind: err.kind(),
+                        message: format!("cannot run {}: {err}", self.rsync.display()),
+                    },
                     stderr: String::new(),
                     stdout: Vec::new(),
                 };
@@ -273,7 +294,10 @@ impl Runner {
                 (None, Some(signal)) => RunResult::Signaled(signal),
                 (None, None) => RunResult::Exited(-1),
             },
-            Err(err) => RunResult::SpawnFailed(format!("waiting for rsync failed: {err}")),
+            Err(err) => RunResult::SpawnFailed {
+                kind: err.kind(),
+                message: format!("waiting for rsync failed: {err}"),
+            },
         };
         Run {
             result,

@@ -1,0 +1,258 @@
+//! The shapes that cross the bus: the [`Status`] snapshot, a remote's state and a failure
+//! record, each as a D-Bus dictionary (`a{sv}`).
+//!
+//! Dictionaries rather than structs because a struct's signature is part of the interface:
+//! adding a field to `(sstt)` would be an incompatible change needing `Sersync2`, while a
+//! new key in an `a{sv}` is ignored by older clients. Keys are PascalCase like property
+//! names. Times are microseconds since the Unix epoch (`t`, as systemd does); an absent
+//! key means "never" or "none". Paths are byte arrays (`ay`): file names need not be
+//! UTF-8, and D-Bus strings must be.
+
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use zbus::zvariant::{DeserializeDict, OwnedValue, SerializeDict, Type, Value};
+
+
+use super::{Counters, FailureRecord, RemoteStatus, Status};
+
+/// One (root, remote) lane as shown to operators.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, SerializeDict, DeserializeDict, Type, Value, OwnedValue,
+)]
+#[zvariant(signature = "a{sv}", rename_all = "PascalCase")]
+pub struct RemoteInfo {
+    /// e.g. `/srv/www -> 10.0.0.2::www`.
+    pub name: String,
+    /// `ok`, `backoff` or `failing`.
+    pub state: String,
+    /// When a batch last reached this remote; absent: never since start.
+    pub last_ok_usec: Option<u64>,
+    /// The last error; absent when the last attempt succeeded.
+    pub last_error: Option<String>,
+    /// Distinct paths waiting for this remote.
+    pub pending: u64,
+}
+
+/// Monotonic counters since the daemon started.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, SerializeDict, DeserializeDict, Type, Value, OwnedValue,
+)]
+#[zvariant(signature = "a{sv}", rename_all = "PascalCase")]
+pub struct CountersInfo {
+    pub events: u64,
+    pub batches: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub errors: u64,
+}
+
+/// Everything `GetStatus` answers: one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, SerializeDict, DeserializeDict, Type)]
+#[zvariant(signature = "a{sv}", rename_all = "PascalCase")]
+pub struct StatusInfo {
+    pub version: String,
+    pub instance: String,
+    pub config_path: String,
+    pub paused: bool,
+    pub queue_depth: u64,
+    pub in_flight: u64,
+    pub failed: u64,
+    pub watches: u64,
+    pub remotes: Vec<RemoteInfo>,
+    pub counters: CountersInfo,
+}
+
+/// One change that is still failing after retries (`ListFailures`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, SerializeDict, DeserializeDict, Type)]
+#[zvariant(signature = "a{sv}", rename_all = "PascalCase")]
+pub struct FailureInfo {
+    pub remote: String,
+    /// The watch root, raw bytes.
+    pub root: Vec<u8>,
+    /// Relative to the root, raw bytes.
+    pub path: Vec<u8>,
+    pub rsync_exit: i32,
+    pub message: String,
+    pub since_usec: u64,
+}
+
+/// Microseconds since the Unix epoch; times before it (a badly set clock) become 0.
+pub fn usec(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The inverse of [`usec`].
+pub fn system_time(usec: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(usec)
+}
+
+impl From<&RemoteStatus> for RemoteInfo {
+    fn from(remote: &RemoteStatus) -> Self {
+        RemoteInfo {
+            name: remote.name.clone(),
+            state: remote.state.clone(),
+            last_ok_usec: remote.last_ok.map(usec),
+            last_error: remote.last_error.clone(),
+            pending: remote.pending,
+        }
+    }
+}
+
+impl From<&Counters> for CountersInfo {
+    fn from(c: &Counters) -> Self {
+        CountersInfo {
+            events: c.events,
+            batches: c.batches,
+            files: c.files,
+            bytes: c.bytes,
+            errors: c.errors,
+        }
+    }
+}
+
+impl StatusInfo {
+    /// The snapshot as sent on the bus. `instance` and `config_path` are the adapter's own
+    /// (they name the object being served and never change), so a snapshot the daemon has
+    /// not filled in yet still identifies itself correctly.
+    pub fn new(status: &Status, instance: &str, config_path: &std::path::Path) -> Self {
+        StatusInfo {
+            version: status.version.clone(),
+            instance: instance.to_owned(),
+            config_path: config_path.display().to_string(),
+            paused: status.paused,
+            queue_depth: status.queue_depth,
+            in_flight: status.in_flight,
+            failed: status.failed,
+            watches: status.watches,
+            remotes: status.remotes.iter().map(RemoteInfo::from).collect(),
+            counters: CountersInfo::from(&status.counters),
+        }
+    }
+}
+
+impl From<&FailureRecord> for FailureInfo {
+    fn from(f: &FailureRecord) -> Self {
+        FailureInfo {
+            remote: f.remote.clone(),
+            root: f.root.as_os_str().as_bytes().to_vec(),
+            path: f.path.clone(),
+            rsync_exit: f.rsync_exit,
+            message: f.message.clone(),
+            since_usec: usec(f.since),
+        }
+    }
+}
+
+impl From<&FailureInfo> for FailureRecord {
+    fn from(f: &FailureInfo) -> Self {
+        FailureRecord {
+            remote: f.remote.clone(),
+            root: PathBuf::from(std::ffi::OsString::from_vec(f.root.clone())),
+            path: f.path.clone(),
+            rsync_exit: f.rsync_exit,
+            message: f.message.clone(),
+            since: system_time(f.since_usec),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::zvariant::{Endian, serialized::Context, to_bytes};
+
+    fn sample_status() -> Status {
+        Status {
+            version: "1.2.3".into(),
+            instance: "ignored".into(),
+            config_path: PathBuf::from("/ignored.xml"),
+            paused: true,
+            queue_depth: 7,
+            in_flight: 2,
+            failed: 1,
+            watches: 1234,
+            remotes: vec![
+                RemoteStatus {
+                    name: "/srv/www -> 10.0.0.2::www".into(),
+                    state: "ok".into(),
+                    last_ok: Some(UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456)),
+                    last_error: None,
+                    pending: 3,
+                },
+                RemoteStatus {
+                    name: "/srv/www -> 10.0.0.3::www".into(),
+                    state: "failing".into(),
+                    last_ok: None,
+                    last_error: Some("rsync exited with 10".into()),
+                    pending: 4,
+                },
+            ],
+            counters: Counters {
+                events: 10,
+                batches: 4,
+                files: 9,
+                bytes: 1 << 40,
+                errors: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn status_round_trips_through_the_wire_format() {
+        let info = StatusInfo::new(
+            &sample_status(),
+            "web",
+            std::path::Path::new("/etc/sersync/web.xml"),
+        );
+        assert_eq!(info.instance, "web");
+        assert_eq!(info.config_path, "/etc/sersync/web.xml");
+        assert_eq!(info.remotes[0].last_ok_usec, Some(1_700_000_000_123_456));
+        let ctxt = Context::new_dbus(Endian::Little, 0);
+        let bytes = to_bytes(ctxt, &info).unwrap();
+        let (back, _): (StatusInfo, _) = bytes.deserialize().unwrap();
+        assert_eq!(back, info);
+    }
+
+    #[test]
+    fn absent_keys_are_none_or_default() {
+        // An older or newer daemon may send fewer or more keys than this client knows.
+        use std::collections::HashMap;
+        let mut dict: HashMap<&str, Value<'_>> = HashMap::new();
+        dict.insert("Name", Value::from("x"));
+        dict.insert("State", Value::from("ok"));
+        dict.insert("SomethingNew", Value::from(42u32));
+        let ctxt = Context::new_dbus(Endian::Little, 0);
+        let bytes = to_bytes(ctxt, &dict).unwrap();
+        let (remote, _): (RemoteInfo, _) = bytes.deserialize().unwrap();
+        assert_eq!(remote.name, "x");
+        assert_eq!(remote.last_ok_usec, None);
+        assert_eq!(remote.pending, 0);
+    }
+
+    #[test]
+    fn failure_paths_keep_their_bytes() {
+        use std::os::unix::ffi::OsStringExt;
+        let record = FailureRecord {
+            remote: "r".into(),
+            root: PathBuf::from(std::ffi::OsString::from_vec(b"/srv/\xff".to_vec())),
+            path: b"a\nb\xfe".to_vec(),
+            rsync_exit: 23,
+            message: "partial transfer".into(),
+            since: UNIX_EPOCH + Duration::from_secs(5),
+        };
+        let info = FailureInfo::from(&record);
+        assert_eq!(info.root, b"/srv/\xff");
+        assert_eq!(info.since_usec, 5_000_000);
+        assert_eq!(FailureRecord::from(&info), record);
+    }
+
+    #[test]
+    fn times_before_the_epoch_are_zero() {
+        assert_eq!(usec(UNIX_EPOCH - Duration::from_secs(1)), 0);
+        assert_eq!(system_time(usec(UNIX_EPOCH)), UNIX_EPOCH);
+    }
+}

@@ -1,0 +1,273 @@
+//! The failure journal: every change that is still failing after retries, per remote.
+//!
+//! It is the structured source of truth behind `rsync_fail_log.sh` (a rendering of it for
+//! humans), `ListFailures` and `retry-failed`. An entry is added when a change fails again
+//! after its first retry (or at once when the failure is fatal), and leaves when a batch
+//! that carries it succeeds. It is saved crash-safely in the state directory so it
+//! survives restarts.
+//!
+//! Pure data plus (de)serialisation; the daemon decides when to record and save.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Which remote of which root a failure belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LaneKey {
+    pub root: PathBuf,
+    pub remote_ip: String,
+    pub remote_name: String,
+}
+
+/// What is known about one failing path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureInfo {
+    /// rsync's exit code (or -1 for a signal / spawn failure).
+    pub exit_code: i32,
+    pub message: String,
+    /// First failure of this path.
+    pub since: SystemTime,
+    /// Latest failure.
+    pub last: SystemTime,
+}
+
+/// All failing paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Journal {
+    entries: BTreeMap<(LaneKey, Vec<u8>), FailureInfo>,
+}
+
+const MAGIC: &[u8] = b"sersync-failures 1\n";
+
+impl Journal {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records (or refreshes) failures of `paths` on `lane`.
+    pub fn record<'a>(
+        &mut self,
+        lane: &LaneKey,
+        paths: impl IntoIterator<Item = &'a [u8]>,
+        exit_code: i32,
+        message: &str,
+        now: SystemTime,
+    ) {
+        for path in paths {
+            self.entries
+                .entry((lane.clone(), path.to_vec()))
+                .and_modify(|info| {
+                    info.exit_code = exit_code;
+                    info.message = message.to_owned();
+                    info.last = now;
+                })
+                .or_insert_with(|| FailureInfo {
+                    exit_code,
+                    message: message.to_owned(),
+                    since: now,
+                    last: now,
+                });
+        }
+    }
+
+    /// Forgets `paths` of `lane` (they were delivered); returns how many left.
+    pub fn clear<'a>(&mut self, lane: &LaneKey, paths: impl IntoIterator<Item = &'a [u8]>) -> usize {
+        if self.entries.is_empty() {
+            return 0;
+        }
+        let mut removed = 0;
+        for path in paths {
+            if self.entries.remove(&(lane.clone(), path.to_vec())).is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Forgets every entry of a lane (a full sync of it succeeded).
+    pub fn clear_lane(&mut self, lane: &LaneKey) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|(key, _), _| key != lane);
+        before - self.entries.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&LaneKey, &[u8], &FailureInfo)> {
+        self.entries
+            .iter()
+            .map(|((lane, path), info)| (lane, path.as_slice(), info))
+    }
+
+    /// Serialises to the on-disk format (NUL-separated fields, binary-safe).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        for ((lane, path), info) in &self.entries {
+            let since = secs(info.since).to_string();
+            let last = secs(info.last).to_string();
+            let code = info.exit_code.to_string();
+            for field in [
+                lane.root.as_os_str().as_bytes(),
+                lane.remote_ip.as_bytes(),
+                lane.remote_name.as_bytes(),
+                path.as_slice(),
+                code.as_bytes(),
+                since.as_bytes(),
+                last.as_bytes(),
+                info.message.as_bytes(),
+            ] {
+                out.extend_from_slice(field);
+                out.push(0);
+            }
+        }
+        out
+    }
+
+    /// Parses [`Journal::to_bytes`] output.
+    pub fn from_bytes(bytes: &[u8]) -> io::Result<Journal> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        let body = bytes
+            .strip_prefix(MAGIC)
+            .ok_or_else(|| invalid("not a sersync failure journal"))?;
+        let fields: Vec<&[u8]> = body.split(|&b| b == 0).collect();
+        let fields = &fields[..fields.len().saturating_sub(1)];
+        if fields.len() % 8 != 0 {
+            return Err(invalid("truncated failure journal"));
+        }
+        let mut journal = Journal::default();
+        for record in fields.chunks(8) {
+            let number = |field: &[u8]| -> io::Result<i64> {
+                std::str::from_utf8(field)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| invalid("bad number in failure journal"))
+            };
+            let lane = LaneKey {
+                root: PathBuf::from(OsStr::from_bytes(record[0])),
+                remote_ip: String::from_utf8_lossy(record[1]).into_owned(),
+                remote_name: String::from_utf8_lossy(record[2]).into_owned(),
+            };
+            let info = FailureInfo {
+                exit_code: i32::try_from(number(record[4])?).unwrap_or(-1),
+                since: time(number(record[5])?),
+                last: time(number(record[6])?),
+                message: String::from_utf8_lossy(record[7]).into_owned(),
+            };
+            journal.entries.insert((lane, record[3].to_vec()), info);
+        }
+        Ok(journal)
+    }
+
+    /// Loads the journal file; a missing file is an empty journal.
+    pub fn load(path: &Path) -> io::Result<Journal> {
+        match std::fs::read(path) {
+            Ok(bytes) => Journal::from_bytes(&bytes).map_err(|err| {
+                io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+            }),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Journal::default()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The failure script's entries: per lane, commands of at most `chunk` paths each.
+    /// `argv_for` gives the argv (program first) that re-sends a lane's paths.
+    pub fn script_entries(
+        &self,
+        chunk: usize,
+        mut argv_for: impl FnMut(&LaneKey) -> Option<(String, Vec<OsString>)>,
+    ) -> Vec<super::ScriptEntry> {
+        let mut by_lane: BTreeMap<&LaneKey, Vec<(&[u8], &FailureInfo)>> = BTreeMap::new();
+        for ((lane, path), info) in &self.entries {
+            by_lane.entry(lane).or_default().push((path, info));
+        }
+        let mut out = Vec::new();
+        for (lane, paths) in by_lane {
+            let Some((remote, argv)) = argv_for(lane) else {
+                continue;
+            };
+            for group in paths.chunks(chunk.max(1)) {
+                let newest = group
+                    .iter()
+                    .max_by_key(|(_, info)| info.last)
+                    .map(|(_, info)| (*info).clone());
+                let Some(newest) = newest else { continue };
+                out.push(super::ScriptEntry {
+                    exit_code: newest.exit_code,
+                    remote: remote.clone(),
+                    time: newest.last,
+                    root: lane.root.clone(),
+                    argv: argv.clone(),
+                    stdin_paths: group
+                        .iter()
+                        .map(|(path, _)| if path.is_empty() { b".".to_vec() } else { path.to_vec() })
+                        .collect(),
+                });
+            }
+        }
+        out
+    }
+}
+
+fn secs(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+fn time(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lane(name: &str) -> LaneKey {
+        LaneKey {
+            root: PathBuf::from("/srv/www"),
+            remote_ip: "127.0.0.1".into(),
+            remote_name: name.into(),
+        }
+    }
+
+    #[test]
+    fn record_clear_and_round_trip() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let t1 = t0 + Duration::from_secs(60);
+        let mut journal = Journal::default();
+        journal.record(&lane("web"), [&b"a\nb"[..], b"bad\xff"], 10, "connection refused", t0);
+        journal.record(&lane("img"), [&b"x"[..]], 5, "auth failed", t0);
+        journal.record(&lane("web"), [&b"a\nb"[..]], 12, "stream error", t1);
+        assert_eq!(journal.len(), 3);
+        let (_, _, info) = journal.iter().find(|(_, p, _)| *p == b"a\nb").unwrap();
+        assert_eq!((info.exit_code, info.since, info.last), (12, t0, t1));
+        let copy = Journal::from_bytes(&journal.to_bytes()).unwrap();
+        assert_eq!(copy, journal);
+        assert_eq!(journal.clear(&lane("web"), [&b"a\nb"[..], b"never"]), 1);
+        assert_eq!(journal.clear_lane(&lane("img")), 1);
+        assert_eq!(journal.len(), 1);
+        assert!(Journal::from_bytes(b"garbage").is_err());
+    }
+
+    #[test]
+    fn script_entries_group_per_lane_in_chunks() {
+        let now = SystemTime::now();
+        let mut journal = Journal::default();
+        let paths: Vec<Vec<u8>> = (0..5).map(|i| format!("f{i}").into_bytes()).collect();
+        journal.record(&lane("web"), paths.iter().map(|p| p.as_slice()), 10, "down", now);
+        let entries = journal.script_entries(2, |_| Some(("127.0.0.1::web".into(), vec!["rsync".into()])));
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].stdin_paths, vec![b"f0".to_vec(), b"f1".to_vec()]);
+    }
+}
