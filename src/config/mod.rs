@@ -7,9 +7,15 @@
 //! returned beside a successful config.
 
 mod diag;
+mod schema;
+mod source;
+#[cfg(test)]
+mod tests;
+mod words;
 mod xml;
 
 pub use diag::{Diagnostic, Severity};
+pub use words::split_words;
 
 use regex::bytes::Regex;
 use std::path::{Path, PathBuf};
@@ -59,7 +65,10 @@ pub struct HostSection {
 pub struct ExcludeRegex {
     /// The expression as written in the file.
     pub expression: String,
-    /// Compiled as a whole-string match (`^(?:expr)$`), like boost's `regex_match`.
+    /// Compiled as a whole-string match (`^(?:expr)$`), like boost's `regex_match`, and
+    /// byte-wise like boost on a `std::string`: `.` matches any byte (newline included), so
+    /// paths that are not UTF-8 still match `(.*)\.svn`; `\w` `\d` `\s` are ASCII. Only an
+    /// expression that needs Unicode (`[é]`, `\p{Han}`) is compiled in Unicode mode.
     pub regex: Regex,
     /// 1-based line of the `<exclude>` element.
     pub line: usize,
@@ -240,8 +249,15 @@ pub struct Plugins {
 /// `<plugin name="command">`.
 #[derive(Debug, Clone)]
 pub struct CommandPlugin {
+    /// `prefix` as written (for messages).
     pub prefix: String,
+    /// `suffix` as written (for messages).
     pub suffix: String,
+    /// `prefix` split into argv words with [`split_words`]: the command and its leading
+    /// arguments, before the changed path.
+    pub prefix_words: Vec<String>,
+    /// `suffix` split into argv words with [`split_words`]: arguments after the path.
+    pub suffix_words: Vec<String>,
     pub ignore_error: bool,
     pub filter_enabled: bool,
     /// Whole-string regexes on the absolute path.
@@ -267,6 +283,9 @@ pub struct RefreshCdnPlugin {
     pub send_url_base: String,
     pub regex_enabled: bool,
     pub regex_match: String,
+    /// `regex_match` compiled (unanchored, like the original's `regex_search`) when
+    /// `regex_enabled`; same byte-wise flags as the filter regexes.
+    pub match_regex: Option<Regex>,
 }
 
 /// `<plugin name="http">` (dropped by the original; kept in the schema).
@@ -278,6 +297,10 @@ pub struct HttpPlugin {
 }
 
 /// The outcome of reading a config file: the config plus warnings, or every error found.
+///
+/// Both sides are sorted by position (whole-file problems first). The error side also
+/// carries the warnings, since one often explains an error (a misspelt `<remote>` is an
+/// unknown element *and* leaves its `<localpath>` without remotes).
 pub type LoadResult = Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>>;
 
 /// Reads, decodes (UTF-8, or ISO-8859-1 when the bytes are not UTF-8), parses and validates
