@@ -806,7 +806,7 @@ impl Checker<'_> {
                 self.error(
                     at,
                     format!(
-                        "password file \"{text}\" is accessible by group/others (mode {mode:04o}); rsync refuses it: chmod 600 {text}"
+                        "password file \"{text}\" is accessible by group/others (mode {mode:04o}); it must be private to its owner: chmod 600 {text}"
                     ),
                 );
                 None
@@ -841,7 +841,7 @@ impl Checker<'_> {
         fail_log
     }
 
-    fn crontab(&mut self, element: &Element, filter: &Filter) -> Crontab {
+    fn crontab(&mut self, element: &Element, _filter: &Filter) -> Crontab {
         let mut crontab = Crontab {
             enabled: self.flag(Some(element), "start", false),
             ..Crontab::default()
@@ -873,18 +873,9 @@ impl Checker<'_> {
                 }
             }
         }
-        // sersync 2.5 turns the crontab off in this case: a full sync without the glob
-        // equivalents of the <filter> regexes would push exactly what the filter keeps out.
-        if filter.enabled
-            && crontab.enabled
-            && (!crontab.filter_enabled || crontab.excludes.is_empty())
-        {
-            self.warn(
-                element.at,
-                "crontab disabled: <filter> is on but <crontabfilter> is off or empty, so a full sync would copy what the filter excludes (as sersync 2.5 does)".to_owned(),
-            );
-            crontab.enabled = false;
-        }
+        // sersync 2.5 turned the crontab off when <filter> was on without <crontabfilter>,
+        // because its full sync ignored the regexes. Ours honours <filter> (excluded paths
+        // are neither sent nor deleted), so the crontab stays on.
         crontab
     }
 
