@@ -205,7 +205,15 @@ impl Journal {
                     argv: argv.clone(),
                     stdin_paths: group
                         .iter()
-                        .map(|(path, _)| if path.is_empty() { b".".to_vec() } else { path.to_vec() })
+                        .map(|(path, _)| {
+                            // As on sersyncd's own stdin: `./` so `#`/`;` names are not comments.
+                            let mut entry = b"./".to_vec();
+                            entry.extend_from_slice(path);
+                            if path.is_empty() {
+                                entry.truncate(1);
+                            }
+                            entry
+                        })
                         .collect(),
                 });
             }
@@ -268,6 +276,6 @@ mod tests {
         journal.record(&lane("web"), paths.iter().map(|p| p.as_slice()), 10, "down", now);
         let entries = journal.script_entries(2, |_| Some(("127.0.0.1::web".into(), vec!["rsync".into()])));
         assert_eq!(entries.len(), 3);
-        assert_eq!(entries[0].stdin_paths, vec![b"f0".to_vec(), b"f1".to_vec()]);
+        assert_eq!(entries[0].stdin_paths, vec![b"./f0".to_vec(), b"./f1".to_vec()]);
     }
 }

@@ -108,6 +108,16 @@ impl Transport {
 /// relative to the root, which is the working directory.
 pub fn batch(transport: &Transport, propagate_deletes: bool) -> Vec<OsString> {
     let mut argv = transport.common();
+    // Every listed path is known to have changed: compare mtimes to the nanosecond, or a
+    // same-size rewrite within the same second is skipped by rsync's quick check.
+    if !transport
+        .options
+        .common_params
+        .iter()
+        .any(|p| p.starts_with("--modify-window") || p == "-@")
+    {
+        argv.push(OsString::from("--modify-window=-1"));
+    }
     argv.extend(
         [
             "--no-recursive",
@@ -176,8 +186,9 @@ pub fn full_sync(
         argv.push(OsString::from(format!("--exclude={pattern}")));
     }
     if rules.rules_on_stdin {
-        argv.push(OsString::from("--filter=. -"));
+        // --from0 must come first: rsync reads the merged rules when it parses --filter.
         argv.push(OsString::from("--from0"));
+        argv.push(OsString::from("--filter=. -"));
     }
     if dry_run {
         argv.push(OsString::from("--dry-run"));
@@ -266,13 +277,16 @@ pub fn unescape(text: &[u8]) -> Vec<u8> {
     out
 }
 
-/// NUL-terminated list for `--files-from=- --from0`; the root itself is `.`.
+/// NUL-terminated list for `--files-from=- --from0`; the root itself is `.`. Every path
+/// is written as `./path`: rsync skips list entries starting with `#` or `;` as comments,
+/// even with `--from0`.
 pub fn nul_list<'a>(paths: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = Vec::new();
     for path in paths {
         if path.is_empty() {
             out.push(b'.');
         } else {
+            out.extend_from_slice(b"./");
             out.extend_from_slice(path);
         }
         out.push(0);
@@ -333,22 +347,22 @@ mod tests {
             (
                 transport(false, false, None, None),
                 true,
-                "-artuz --sockopts=TCP_NODELAY --no-recursive --dirs --relative --force --files-from=- --from0 --delete-missing-args ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --modify-window=-1 --no-recursive --dirs --relative --force --files-from=- --from0 --delete-missing-args ./ rsync://127.0.0.1/web/",
             ),
             (
                 transport(false, true, Some(874), Some(100)),
                 true,
-                "-artuz --sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=100 --contimeout=100 --no-recursive --dirs --relative --force --files-from=- --from0 --delete-missing-args ./ rsync://backup@127.0.0.1:874/web/",
+                "-artuz --sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=100 --contimeout=100 --modify-window=-1 --no-recursive --dirs --relative --force --files-from=- --from0 --delete-missing-args ./ rsync://backup@127.0.0.1:874/web/",
             ),
             (
                 transport(false, false, None, None),
                 false,
-                "-artuz --sockopts=TCP_NODELAY --no-recursive --dirs --relative --force --files-from=- --from0 --ignore-missing-args ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --modify-window=-1 --no-recursive --dirs --relative --force --files-from=- --from0 --ignore-missing-args ./ rsync://127.0.0.1/web/",
             ),
             (
                 transport(true, true, None, Some(30)),
                 true,
-                "-artuz -e ssh --timeout=30 --no-recursive --dirs --relative --force --files-from=- --from0 --delete-missing-args ./ backup@127.0.0.1:web/",
+                "-artuz -e ssh --timeout=30 --modify-window=-1 --no-recursive --dirs --relative --force --files-from=- --from0 --delete-missing-args ./ backup@127.0.0.1:web/",
             ),
         ];
         for (transport, deletes, expected) in rows {
@@ -383,7 +397,7 @@ mod tests {
         };
         assert_eq!(
             joined(&full_sync(&t, true, &rules, false)),
-            "-artuz --sockopts=TCP_NODELAY --recursive --delete --force --exclude=*.php --exclude=info/* --filter=. - --from0 ./ rsync://127.0.0.1/web/"
+            "-artuz --sockopts=TCP_NODELAY --recursive --delete --force --exclude=*.php --exclude=info/* --from0 --filter=. - ./ rsync://127.0.0.1/web/"
         );
     }
 
@@ -417,6 +431,6 @@ mod tests {
 
     #[test]
     fn nul_lists() {
-        assert_eq!(nul_list([&b""[..], b"a\nb"]), b".\0a\nb\0");
+        assert_eq!(nul_list([&b""[..], b"a\nb", b"#c"]), b".\0./a\nb\0./#c\0");
     }
 }

@@ -16,11 +16,11 @@ mod tree;
 pub use rsyncd::RsyncDaemon;
 pub use sersyncd::{Remote, Sersyncd, SersyncdBuilder};
 pub use tree::{
-    assert_never_appears, find_named, wait_converged, wait_converged_ignoring, Converge,
+    assert_never_appears, assert_none_appear, find_named, wait_converged, wait_converged_ignoring,
 };
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -57,21 +57,6 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
                 .metadata()
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
-}
-
-/// Polls `condition` every [`POLL`] until it holds or `timeout` passes; returns whether it
-/// held.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
 }
 
 /// A fresh temporary directory under the system temp dir (/tmp).
@@ -116,7 +101,7 @@ impl Env {
             return None;
         }
         Some(Env {
-            rsyncd: RsyncDaemon::start(modules),
+            rsyncd: RsyncDaemon::new(modules),
             src: temp_dir("src"),
         })
     }

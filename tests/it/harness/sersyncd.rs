@@ -1,0 +1,414 @@
+//! `sersyncd` under test: a config builder, the process, its NOTIFY_SOCKET and its log.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use super::rsyncd::{RsyncDaemon, USER};
+use super::{POLL, tail, temp_dir};
+
+/// The binary under test.
+pub const SERSYNCD: &str = env!("CARGO_BIN_EXE_sersyncd");
+
+/// How long the daemon may take to send READY=1.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long the daemon may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `<remote ip name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub ip: String,
+    pub name: String,
+}
+
+/// The `<inotify>` toggles, defaulting to the stock confxml.xml values.
+#[derive(Debug, Clone)]
+struct Events {
+    delete: bool,
+    create_folder: bool,
+    create_file: bool,
+    close_write: bool,
+    move_from: bool,
+    move_to: bool,
+    attrib: bool,
+    modify: bool,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            delete: true,
+            create_folder: true,
+            create_file: false,
+            close_write: true,
+            move_from: true,
+            move_to: true,
+            attrib: false,
+            modify: false,
+        }
+    }
+}
+
+/// Builds a sersync 2.5 confxml.xml and the daemon's command line.
+#[derive(Debug, Clone, Default)]
+pub struct SersyncdBuilder {
+    roots: Vec<(PathBuf, Vec<Remote>)>,
+    events: Events,
+    excludes: Option<Vec<String>>,
+    ignore_temp_files: Option<bool>,
+    auth: Option<(String, PathBuf)>,
+    port: Option<u16>,
+    common_params: Option<String>,
+    raw_head_xml: String,
+    raw_sersync_xml: String,
+    args: Vec<OsString>,
+}
+
+impl SersyncdBuilder {
+    pub fn new() -> SersyncdBuilder {
+        SersyncdBuilder::default()
+    }
+
+    /// A `<localpath watch>` with its remotes (several roots are allowed).
+    pub fn root(mut self, watch: &Path, remotes: &[Remote]) -> Self {
+        self.roots.push((watch.to_owned(), remotes.to_vec()));
+        self
+    }
+
+    /// `<auth>` and `<userDefinedPort>` matching `rsyncd`.
+    pub fn rsyncd(mut self, rsyncd: &RsyncDaemon) -> Self {
+        self.auth = Some((USER.to_owned(), rsyncd.password_file()));
+        self.port = Some(rsyncd.port());
+        self
+    }
+
+    /// `<inotify><attrib start>`.
+    pub fn attrib(mut self, on: bool) -> Self {
+        self.events.attrib = on;
+        self
+    }
+
+    /// `<inotify><modify start>`.
+    pub fn modify(mut self, on: bool) -> Self {
+        self.events.modify = on;
+        self
+    }
+
+    /// `<inotify><createFile start>`.
+    pub fn create_file(mut self, on: bool) -> Self {
+        self.events.create_file = on;
+        self
+    }
+
+    /// Adds `<exclude expression>` and turns the `<filter>` on.
+    pub fn exclude(mut self, expression: &str) -> Self {
+        self.excludes
+            .get_or_insert_with(Vec::new)
+            .push(expression.to_owned());
+        self
+    }
+
+    /// `<ignoreTempFiles start>` under `<head>` (omitted unless set).
+    pub fn ignore_temp_files(mut self, on: bool) -> Self {
+        self.ignore_temp_files = Some(on);
+        self
+    }
+
+    /// `<commonParams params>` (default `-artuz`).
+    pub fn common_params(mut self, params: &str) -> Self {
+        self.common_params = Some(params.to_owned());
+        self
+    }
+
+    /// Raw XML inserted under `<head>` (before `<sersync>`).
+    pub fn raw_head_xml(mut self, xml: &str) -> Self {
+        self.raw_head_xml.push_str(xml);
+        self
+    }
+
+    /// Raw XML inserted at the end of `<sersync>`.
+    pub fn raw_sersync_xml(mut self, xml: &str) -> Self {
+        self.raw_sersync_xml.push_str(xml);
+        self
+    }
+
+    /// An extra command-line argument (e.g. `-r`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// The confxml.xml text.
+    pub fn xml(&self) -> String {
+        let toggle = |on: bool| if on { "true" } else { "false" };
+        let mut x = String::new();
+        x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<head version=\"2.5\">\n");
+        x.push_str("    <host hostip=\"localhost\" port=\"8008\"></host>\n");
+        x.push_str("    <debug start=\"true\"/>\n");
+        x.push_str("    <fileSystem xfs=\"false\"/>\n");
+        if let Some(on) = self.ignore_temp_files {
+            x.push_str(&format!(
+                "    <ignoreTempFiles start=\"{}\"/>\n",
+                toggle(on)
+            ));
+        }
+        match &self.excludes {
+            Some(excludes) => {
+                x.push_str("    <filter start=\"true\">\n");
+                for ex in excludes {
+                    x.push_str(&format!("        <exclude expression=\"{}\"/>\n", attr(ex)));
+                }
+                x.push_str("    </filter>\n");
+            }
+            None => x.push_str("    <filter start=\"false\"></filter>\n"),
+        }
+        let e = &self.events;
+        x.push_str("    <inotify>\n");
+        for (name, on) in [
+            ("delete", e.delete),
+            ("createFolder", e.create_folder),
+            ("createFile", e.create_file),
+            ("closeWrite", e.close_write),
+            ("moveFrom", e.move_from),
+            ("moveTo", e.move_to),
+            ("attrib", e.attrib),
+            ("modify", e.modify),
+        ] {
+            x.push_str(&format!("        <{name} start=\"{}\"/>\n", toggle(on)));
+        }
+        x.push_str("    </inotify>\n");
+        x.push_str(&self.raw_head_xml);
+        x.push_str("    <sersync>\n");
+        for (watch, remotes) in &self.roots {
+            x.push_str(&format!(
+                "        <localpath watch=\"{}\">\n",
+                attr(&watch.display().to_string())
+            ));
+            for remote in remotes {
+                x.push_str(&format!(
+                    "            <remote ip=\"{}\" name=\"{}\"/>\n",
+                    attr(&remote.ip),
+                    attr(&remote.name)
+                ));
+            }
+            x.push_str("        </localpath>\n");
+        }
+        x.push_str("        <rsync>\n");
+        x.push_str(&format!(
+            "            <commonParams params=\"{}\"/>\n",
+            attr(self.common_params.as_deref().unwrap_or("-artuz"))
+        ));
+        match &self.auth {
+            Some((user, file)) => x.push_str(&format!(
+                "            <auth start=\"true\" users=\"{}\" passwordfile=\"{}\"/>\n",
+                attr(user),
+                attr(&file.display().to_string())
+            )),
+            None => x.push_str(
+                "            <auth start=\"false\" users=\"root\" passwordfile=\"/etc/rsync.pas\"/>\n",
+            ),
+        }
+        match self.port {
+            Some(port) => x.push_str(&format!(
+                "            <userDefinedPort start=\"true\" port=\"{port}\"/>\n"
+            )),
+            None => x.push_str("            <userDefinedPort start=\"false\" port=\"874\"/>\n"),
+        }
+        x.push_str("            <timeout start=\"true\" time=\"30\"/>\n");
+        x.push_str("            <ssh start=\"false\"/>\n");
+        x.push_str("        </rsync>\n");
+        x.push_str("        <failLog path=\"rsync_fail_log.sh\" timeToExecute=\"60\"/>\n");
+        x.push_str("        <crontab start=\"false\" schedule=\"600\"></crontab>\n");
+        x.push_str("        <plugin start=\"false\" name=\"command\"/>\n");
+        x.push_str(&self.raw_sersync_xml);
+        x.push_str("    </sersync>\n</head>\n");
+        x
+    }
+
+    /// Writes the config, starts the daemon and waits for READY=1.
+    pub fn start(self) -> Sersyncd {
+        Sersyncd::start(self)
+    }
+}
+
+/// Escapes text for a double-quoted XML attribute.
+fn attr(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A running `sersyncd`; SIGTERM (then SIGKILL) on drop, with its log printed when the
+/// test is failing.
+#[derive(Debug)]
+pub struct Sersyncd {
+    dir: TempDir,
+    child: Option<Child>,
+    status: Option<ExitStatus>,
+    notifications: Arc<Mutex<Vec<String>>>,
+    stop_reader: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Sersyncd {
+    fn start(builder: SersyncdBuilder) -> Sersyncd {
+        let dir = temp_dir("sersyncd");
+        let conf = dir.path().join("confxml.xml");
+        std::fs::write(&conf, builder.xml()).expect("write confxml.xml");
+        let cwd = dir.path().join("cwd");
+        std::fs::create_dir(&cwd).expect("mkdir cwd");
+        let socket_path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).expect("bind NOTIFY_SOCKET");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("set socket timeout");
+        let notifications = Arc::new(Mutex::new(Vec::new()));
+        let stop_reader = Arc::new(AtomicBool::new(false));
+        // Drains the socket for the daemon's whole life so its sd_notify never blocks.
+        let reader = {
+            let notifications = Arc::clone(&notifications);
+            let stop = Arc::clone(&stop_reader);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(n) = socket.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        notifications.lock().unwrap().push(text);
+                    }
+                }
+            })
+        };
+        let log = File::create(dir.path().join("sersyncd.log")).expect("create log");
+        let child = Command::new(SERSYNCD)
+            .arg("-o")
+            .arg(&conf)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(&builder.args)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("STATE_DIRECTORY")
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn sersyncd");
+        let mut daemon = Sersyncd {
+            dir,
+            child: Some(child),
+            status: None,
+            notifications,
+            stop_reader,
+            reader: Some(reader),
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.notified("READY=1") {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                self.status = Some(status);
+                panic!("sersyncd exited with {status} before READY=1");
+            }
+            if Instant::now() >= deadline {
+                panic!("sersyncd sent no READY=1 within {READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// True when some sd_notify datagram so far had the line `assignment` (e.g. `READY=1`).
+    pub fn notified(&self, assignment: &str) -> bool {
+        self.notifications
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|datagram| datagram.lines().any(|line| line == assignment))
+    }
+
+    /// Everything the daemon wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read(self.dir.path().join("sersyncd.log"))
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The `--state-dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The working directory the daemon was started in.
+    pub fn cwd(&self) -> PathBuf {
+        self.dir.path().join("cwd")
+    }
+
+    /// Sends SIGTERM and waits (SIGKILL after 10 s); returns how the daemon exited.
+    pub fn terminate(&mut self) -> ExitStatus {
+        if let Some(child) = self.child.take() {
+            self.status = Some(terminate(child, STOP_TIMEOUT));
+        }
+        self.status.expect("the daemon has an exit status")
+    }
+}
+
+impl Drop for Sersyncd {
+    fn drop(&mut self) {
+        self.terminate();
+        self.stop_reader.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- sersyncd log (last 200 lines; {:?}) ----\n{}\n---- end ----",
+                self.status,
+                tail(&self.log(), 200)
+            );
+        }
+    }
+}
+
+/// SIGTERM to the child we started (by its PID), wait up to `grace`, then SIGKILL.
+pub fn terminate(mut child: Child, grace: Duration) -> ExitStatus {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status;
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("pid {pid} did not exit within {grace:?} of SIGTERM: SIGKILL");
+    let _ = child.kill();
+    child.wait().expect("wait for a killed child")
+}
