@@ -23,7 +23,9 @@ pub fn init(target: LogTarget, verbose: bool, instance: &str) {
             Ok(layer) => {
                 let layer = layer
                     .with_syslog_identifier("sersyncd".to_owned())
-                    .with_field_prefix(Some("SERSYNC".to_owned()))
+                    // Field names are chosen to be journal names already (SERSYNC_REMOTE,
+                    // RSYNC_EXIT, ...), so no prefix is added.
+                    .with_field_prefix(None)
                     .with_custom_fields([("SERSYNC_INSTANCE", instance)]);
                 let _ = tracing_subscriber::registry()
                     .with(filter)

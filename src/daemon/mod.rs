@@ -642,7 +642,7 @@ impl Daemon {
                 for change in changes {
                     if self.config.debug || self.cli.verbose {
                         tracing::debug!(
-                            path = %String::from_utf8_lossy(&change.path),
+                            sersync_path = %String::from_utf8_lossy(&change.path),
                             action = ?change.action,
                             "change"
                         );
@@ -689,7 +689,7 @@ impl Daemon {
             }
             WatchEvent::WatchLimit { root, path } => {
                 tracing::warn!(
-                    path = %path.display(),
+                    sersync_path = %path.display(),
                     "not watched (inotify watch limit); the root gets a full sync"
                 );
                 self.queue.request_full_sync(root, FullSyncReason::Rescan);
@@ -737,12 +737,12 @@ impl Daemon {
             let lane = &self.lanes[lane_id];
             match &job {
                 Job::Batch(batch) => tracing::debug!(
-                    remote = %lane.label,
+                    sersync_remote = %lane.label,
                     "sending {}",
                     crate::sync::describe_batch(&batch.entries)
                 ),
                 Job::FullSync { reason, .. } => {
-                    tracing::info!(remote = %lane.label, ?reason, "full sync started")
+                    tracing::info!(sersync_remote = %lane.label, ?reason, "full sync started")
                 }
             }
             let tx = self.tx.clone();
@@ -776,9 +776,13 @@ impl Daemon {
             Job::Batch(batch) => crate::sync::describe_batch(&batch.entries),
             Job::FullSync { reason, .. } => format!("full sync ({reason:?})"),
         };
+        let batch_size = match &outcome.job {
+            Job::Batch(batch) => batch.entries.len(),
+            Job::FullSync { .. } => 0,
+        };
         if verdict.class.is_done() {
             if lane.state != LaneState::Ok {
-                tracing::info!(remote = %lane.label, "remote is reachable again");
+                tracing::info!(sersync_remote = %lane.label, "remote is reachable again");
             }
             lane.backoff.success();
             lane.state = LaneState::Ok;
@@ -795,20 +799,21 @@ impl Daemon {
             };
             if cleared > 0 {
                 self.journal_dirty = true;
-                tracing::info!(remote = %lane.label, cleared, "previously failed changes delivered");
+                tracing::info!(sersync_remote = %lane.label, cleared, "previously failed changes delivered");
             }
             tracing::info!(
-                remote = %lane.label,
+                sersync_remote = %lane.label,
                 elapsed_ms = outcome.elapsed.as_millis() as u64,
+                sersync_batch_size = batch_size,
                 "synced {what}"
             );
             self.queue.finish(lane_id, None);
             return;
         }
         self.counters.errors += 1;
+        let code = outcome.result.code();
         let message = last_line(&outcome.stderr);
         lane.last_error = Some(format!("{}: {message}", verdict.reason));
-        let code = outcome.result.code();
         // Exit 23 with every failed path identified: retry those alone, later, and let
         // the rest of the lane go on.
         if verdict.partial {
@@ -829,8 +834,9 @@ impl Daemon {
                         .cloned()
                         .collect();
                     tracing::warn!(
-                        remote = %lane.label,
+                        sersync_remote = %lane.label,
                         failed = retry.len(),
+                        rsync_exit = code,
                         "{what}: {} path(s) failed ({}: {message}); retrying them in {}s",
                         retry.len(),
                         verdict.reason,
@@ -862,15 +868,19 @@ impl Daemon {
         let delay = retry_at.saturating_duration_since(now);
         if fatal {
             tracing::error!(
-                remote = %lane.label,
+                sersync_remote = %lane.label,
                 retry_in_s = delay.as_secs(),
+                rsync_exit = code,
+                sersync_batch_size = batch_size,
                 "{what} failed: {}: {message} (configuration problem on this side or the remote's; retrying slowly)",
                 verdict.reason
             );
         } else {
             tracing::warn!(
-                remote = %lane.label,
+                sersync_remote = %lane.label,
                 retry_in_s = delay.as_secs(),
+                rsync_exit = code,
+                sersync_batch_size = batch_size,
                 "{what} failed: {}: {message}",
                 verdict.reason
             );
