@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+pub use crate::control::BusKind;
+
 /// Where log records go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogTarget {
@@ -69,6 +71,18 @@ pub struct Cli {
     /// Where to log.
     #[arg(long = "log", value_enum, default_value_t = LogTarget::Auto)]
     pub log: LogTarget,
+
+    /// Which D-Bus bus to offer the control interface on.
+    #[arg(long = "bus", value_enum, default_value_t = BusKind::System)]
+    pub bus: BusKind,
+
+    /// Connect to this D-Bus address instead (e.g. a private bus in tests).
+    #[arg(long = "bus-address", value_name = "ADDRESS")]
+    pub bus_address: Option<String>,
+
+    /// Do not offer the D-Bus control interface at all.
+    #[arg(long = "no-dbus")]
+    pub no_dbus: bool,
 }
 
 impl Cli {

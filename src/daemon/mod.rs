@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::config::{self, Config, RootId, Severity};
-use crate::control::Counters;
+use crate::control::{self, Command, Counters, Event, FailureRecord, RemoteStatus, Status};
+use std::sync::{Arc, RwLock};
 use crate::failure::{self, Backoff, ExitClass, Journal, LaneKey};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, Queue, Retry};
 use crate::sync::argv::Transport;
@@ -47,6 +48,16 @@ enum Input {
     WatcherFailed(String),
     JobDone(Outcome),
     Signal(i32),
+    Control(Command),
+}
+
+/// A full sync asked for over D-Bus, finished when every lane it covers has run one.
+#[derive(Debug)]
+struct FullSyncJob {
+    id: u64,
+    root: Option<PathBuf>,
+    remaining: Vec<usize>,
+    success: bool,
 }
 
 /// One (root, remote) pair: the unit that progresses independently.
@@ -203,6 +214,14 @@ struct Daemon {
     journal: Journal,
     journal_dirty: bool,
     counters: Counters,
+    paused: bool,
+    status: Arc<RwLock<Status>>,
+    last_snapshot: Option<Instant>,
+    events: Option<Sender<Event>>,
+    control: Option<control::ControlHandle>,
+    full_sync_jobs: Vec<FullSyncJob>,
+    next_job_id: u64,
+    last_journal_save: Option<Instant>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -291,6 +310,25 @@ impl Daemon {
             journal: Journal::default(),
             journal_dirty: false,
             counters: Counters::default(),
+            paused: false,
+            status: Arc::new(RwLock::new(Status {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                instance: String::new(),
+                config_path: PathBuf::new(),
+                paused: false,
+                queue_depth: 0,
+                in_flight: 0,
+                failed: 0,
+                watches: 0,
+                remotes: Vec::new(),
+                counters: Counters::default(),
+            })),
+            last_snapshot: None,
+            events: None,
+            control: None,
+            full_sync_jobs: Vec::new(),
+            next_job_id: 1,
+            last_journal_save: None,
         })
     }
 
@@ -538,6 +576,211 @@ impl Daemon {
                 self.exit_code = exit::SOFTWARE;
             }
             Input::Signal(signal) => self.on_signal(signal),
+            Input::Control(command) => self.on_command(command),
+        }
+    }
+
+    /// Offers the D-Bus interface; without a bus the daemon keeps working, uncontrolled.
+    fn start_control(&mut self) {
+        if self.cli.no_dbus {
+            return;
+        }
+        self.publish_status(true);
+        let (events_tx, events_rx) = mpsc::channel();
+        let mut options = control::ServeOptions::new(self.instance.clone(), self.cli.config.clone());
+        options.bus = self.cli.bus;
+        options.bus_address = self.cli.bus_address.clone();
+        let tx = self.tx.clone();
+        let commands: Box<dyn Fn(Command) + Send + Sync> = Box::new(move |command| {
+            let _ = tx.send(Input::Control(command));
+        });
+        match control::serve(options, Arc::clone(&self.status), commands, events_rx) {
+            Ok(handle) => {
+                tracing::info!(bus_name = %handle.bus_name(), "D-Bus control interface ready");
+                self.control = Some(handle);
+                self.events = Some(events_tx);
+            }
+            Err(err) => tracing::warn!(
+                "D-Bus control interface not available ({err}); replication runs without it"
+            ),
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Pause(reply) => {
+                self.set_paused(true);
+                let _ = reply.send(());
+            }
+            Command::Resume(reply) => {
+                self.set_paused(false);
+                let _ = reply.send(());
+            }
+            Command::RetryFailed(reply) => {
+                let queued = self.queue.expedite().max(self.journal.len());
+                tracing::info!(paths = queued, "retrying failed changes now (operator request)");
+                let _ = reply.send(u32::try_from(queued).unwrap_or(u32::MAX));
+            }
+            Command::FullSync { root, reply } => {
+                let _ = reply.send(self.request_full_sync_job(root));
+            }
+            Command::ListFailures(reply) => {
+                let ssh = self.config.rsync.ssh;
+                let records = self
+                    .journal
+                    .iter()
+                    .map(|(key, path, info)| FailureRecord {
+                        remote: crate::config::Remote {
+                            ip: key.remote_ip.clone(),
+                            name: key.remote_name.clone(),
+                        }
+                        .label(ssh),
+                        root: key.root.clone(),
+                        path: path.to_vec(),
+                        rsync_exit: info.exit_code,
+                        message: info.message.clone(),
+                        since: info.since,
+                    })
+                    .collect();
+                let _ = reply.send(records);
+            }
+            Command::Reload(reply) => {
+                let _ = reply.send(self.reload());
+            }
+        }
+        self.publish_status(true);
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        if self.paused != paused {
+            tracing::info!(
+                "{} (operator request)",
+                if paused {
+                    "paused: changes are collected and coalesced, nothing is sent"
+                } else {
+                    "resumed"
+                }
+            );
+        }
+        self.paused = paused;
+        self.queue.set_paused(paused);
+    }
+
+    fn request_full_sync_job(&mut self, root: Option<PathBuf>) -> Result<u64, String> {
+        let roots: Vec<RootId> = match &root {
+            None => (0..self.config.roots.len()).collect(),
+            Some(path) => {
+                let wanted = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                let found = self.config.roots.iter().position(|r| {
+                    r.path == *path
+                        || std::fs::canonicalize(&r.path).is_ok_and(|c| c == wanted)
+                });
+                match found {
+                    Some(id) => vec![id],
+                    None => {
+                        return Err(format!(
+                            "{} is not a watch root of this instance",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+        };
+        for &id in &roots {
+            self.queue.request_full_sync(id, FullSyncReason::Scheduled);
+        }
+        let id = self.next_job_id;
+        self.next_job_id += 1;
+        let remaining: Vec<usize> = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, lane)| roots.contains(&lane.root))
+            .map(|(i, _)| i)
+            .collect();
+        tracing::info!(job = id, lanes = remaining.len(), "full sync requested");
+        self.full_sync_jobs.push(FullSyncJob {
+            id,
+            root,
+            remaining,
+            success: true,
+        });
+        self.finish_full_sync_jobs();
+        Ok(id)
+    }
+
+    /// Notes that `lane` finished a full sync and reports the jobs that are complete.
+    fn full_sync_done(&mut self, lane: usize, success: bool) {
+        for job in &mut self.full_sync_jobs {
+            if let Some(pos) = job.remaining.iter().position(|&l| l == lane) {
+                job.remaining.remove(pos);
+                job.success &= success;
+            }
+        }
+        self.finish_full_sync_jobs();
+    }
+
+    fn finish_full_sync_jobs(&mut self) {
+        let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.full_sync_jobs)
+            .into_iter()
+            .partition(|job| job.remaining.is_empty());
+        self.full_sync_jobs = open;
+        for job in done {
+            tracing::info!(job = job.id, success = job.success, "requested full sync finished");
+            self.emit(Event::FullSyncFinished {
+                job_id: job.id,
+                root: job.root.unwrap_or_default(),
+                success: job.success,
+            });
+        }
+    }
+
+    /// Refreshes the snapshot the D-Bus adapter reads (at most once a second unless
+    /// `now`).
+    fn publish_status(&mut self, now: bool) {
+        let at = Instant::now();
+        if !now && self.last_snapshot.is_some_and(|last| at.duration_since(last) < Duration::from_secs(1)) {
+            return;
+        }
+        self.last_snapshot = Some(at);
+        let ssh = self.config.rsync.ssh;
+        let remotes = self
+            .lanes
+            .iter()
+            .enumerate()
+            .map(|(id, lane)| RemoteStatus {
+                name: format!(
+                    "{} -> {}",
+                    lane.context.root.display(),
+                    lane.context.transport.remote.label(ssh)
+                ),
+                state: lane.state.as_str().to_owned(),
+                last_ok: lane.last_ok,
+                last_error: lane.last_error.clone(),
+                pending: self.queue.lane_depth(id) as u64,
+            })
+            .collect();
+        let snapshot = Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            instance: self.instance.clone(),
+            config_path: self.cli.config.clone(),
+            paused: self.paused,
+            queue_depth: (self.queue.depth() + self.queue.deferred_count()) as u64,
+            in_flight: self.in_flight as u64,
+            failed: self.journal.len() as u64,
+            watches: self.watches as u64,
+            remotes,
+            counters: self.counters,
+        };
+        match self.status.write() {
+            Ok(mut status) => *status = snapshot,
+            Err(poisoned) => *poisoned.into_inner() = snapshot,
         }
     }
 
@@ -552,29 +795,37 @@ impl Daemon {
                 self.notifier.stopping();
                 self.stopping = true;
             }
-            SIGHUP => self.reload(),
+            SIGHUP => {
+                let _ = self.reload();
+            }
             _ => {}
         }
     }
 
-    fn reload(&mut self) {
+    fn reload(&mut self) -> Result<(), String> {
         self.notifier.reloading();
         tracing::info!(config = %self.cli.config.display(), "reloading the configuration");
-        match config::load(&self.cli.config) {
+        let result = match config::load(&self.cli.config) {
             Err(diagnostics) => {
-                for diagnostic in diagnostics {
+                let mut text = String::new();
+                for diagnostic in &diagnostics {
                     tracing::error!("{diagnostic}");
+                    text.push_str(&diagnostic.to_string());
+                    text.push('\n');
                 }
                 tracing::error!("the new configuration is invalid; keeping the running one");
+                Err(text)
             }
             Ok((config, warnings)) => {
                 for warning in warnings {
                     tracing::warn!("{warning}");
                 }
                 self.apply_config(config);
+                Ok(())
             }
-        }
+        };
         self.notifier.ready();
+        result
     }
 
     /// Swaps in a new config whole. Lanes that exist in both keep their pending changes;
@@ -647,6 +898,7 @@ impl Daemon {
                             "change"
                         );
                     }
+                    self.counters.events += 1;
                     self.queue.push(change.root, &change.path, change.action);
                 }
             }
@@ -655,6 +907,9 @@ impl Daemon {
                 self.ready = true;
                 tracing::info!(watches, "watching {watches} directories");
                 self.check_watch_headroom();
+                if self.control.is_none() {
+                    self.start_control();
+                }
                 self.notifier.ready();
                 if self.cli.full_sync_first || self.recover_after_ready {
                     let reason = if self.recover_after_ready {
@@ -783,7 +1038,13 @@ impl Daemon {
         if verdict.class.is_done() {
             if lane.state != LaneState::Ok {
                 tracing::info!(sersync_remote = %lane.label, "remote is reachable again");
+                let remote = lane.label.clone();
+                self.emit(Event::StateChanged {
+                    remote,
+                    state: LaneState::Ok.as_str().to_owned(),
+                });
             }
+            let lane = &mut self.lanes[lane_id];
             lane.backoff.success();
             lane.state = LaneState::Ok;
             lane.last_error = None;
@@ -797,6 +1058,10 @@ impl Daemon {
                 }
                 Job::FullSync { .. } => self.journal.clear_lane(&key),
             };
+            if matches!(outcome.job, Job::FullSync { .. }) {
+                self.full_sync_done(lane_id, true);
+            }
+            let lane = &mut self.lanes[lane_id];
             if cleared > 0 {
                 self.journal_dirty = true;
                 tracing::info!(sersync_remote = %lane.label, cleared, "previously failed changes delivered");
@@ -864,7 +1129,30 @@ impl Daemon {
         }
         let retry_at = lane.backoff.failure(now, verdict.class);
         let fatal = verdict.class == ExitClass::Fatal;
-        lane.state = if fatal { LaneState::Failing } else { LaneState::Backoff };
+        let new_state = if fatal { LaneState::Failing } else { LaneState::Backoff };
+        let state_changed = lane.state != new_state;
+        lane.state = new_state;
+        let label = lane.label.clone();
+        let first_path = match &outcome.job {
+            Job::Batch(batch) => batch.entries.first().map(|(p, _)| p.clone()).unwrap_or_default(),
+            Job::FullSync { .. } => Vec::new(),
+        };
+        self.emit(Event::SyncFailed {
+            remote: label.clone(),
+            path: first_path,
+            rsync_exit: code,
+            message: message.clone(),
+        });
+        if state_changed {
+            self.emit(Event::StateChanged {
+                remote: label,
+                state: new_state.as_str().to_owned(),
+            });
+        }
+        if matches!(outcome.job, Job::FullSync { .. }) {
+            self.full_sync_done(lane_id, false);
+        }
+        let lane = &mut self.lanes[lane_id];
         let delay = retry_at.saturating_duration_since(now);
         if fatal {
             tracing::error!(
@@ -975,10 +1263,18 @@ impl Daemon {
     }
 
     fn refresh_status(&mut self) {
+        self.publish_status(false);
+        if self.journal_dirty
+            && self
+                .last_journal_save
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.last_journal_save = Some(Instant::now());
+            self.save_journal();
+        }
         if !self.notifier.status_due() {
             return;
         }
-        self.save_journal();
         let remotes: Vec<String> = self
             .lanes
             .iter()
