@@ -923,6 +923,7 @@ impl Daemon {
                 }
             }
             WatchEvent::WatchCount(count) => self.watches = count,
+            WatchEvent::DirRenamed { root, from, to } => self.queue.note_rename(root, &from, &to),
             WatchEvent::Overflow => {
                 for root in 0..self.config.roots.len() {
                     self.queue.request_full_sync(root, FullSyncReason::Rescan);

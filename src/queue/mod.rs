@@ -89,6 +89,9 @@ pub struct Batch {
     pub lane: LaneId,
     /// Every path with its action, sorted by path.
     pub entries: Vec<(RelPath, Action)>,
+    /// Directory renames `(from, to)` whose both ends are in this batch: the remote copy
+    /// at `from` may serve as the basis for `to` before `from` is removed.
+    pub renames: Vec<(RelPath, RelPath)>,
 }
 
 impl Batch {
@@ -112,6 +115,8 @@ struct Lane {
     /// Paths that failed on their own (rsync exit 23) and are retried later without
     /// holding back the rest of the lane.
     deferred: Vec<(Instant, Vec<(RelPath, Action)>)>,
+    /// Directory renames seen since the last batch (hints; bounded).
+    renames: Vec<(RelPath, RelPath)>,
 }
 
 /// All lanes' pending work.
@@ -120,6 +125,8 @@ pub struct Queue {
     lanes: Vec<Lane>,
     max_batch: usize,
 }
+
+const MAX_RENAME_HINTS: usize = 64;
 
 /// The default upper bound of paths in one batch (one rsync run).
 pub const DEFAULT_MAX_BATCH: usize = 20_000;
@@ -138,6 +145,7 @@ impl Queue {
                     not_before: None,
                     paused: false,
                     deferred: Vec::new(),
+                    renames: Vec::new(),
                 })
                 .collect(),
             max_batch: max_batch.max(1),
@@ -159,6 +167,17 @@ impl Queue {
     pub fn push_lane(&mut self, lane: LaneId, path: &[u8], action: Action) {
         if let Some(lane) = self.lanes.get_mut(lane) {
             lane.merge(path, action);
+        }
+    }
+
+    /// Remembers that directory `from` was renamed to `to` under `root` (see
+    /// [`Batch::renames`]).
+    pub fn note_rename(&mut self, root: RootId, from: &[u8], to: &[u8]) {
+        for lane in self.lanes.iter_mut().filter(|lane| lane.root == root) {
+            if lane.renames.len() >= MAX_RENAME_HINTS {
+                lane.renames.remove(0);
+            }
+            lane.renames.push((from.to_vec(), to.to_vec()));
         }
     }
 
@@ -210,9 +229,24 @@ impl Queue {
             taken
         };
         lane.busy = true;
+        let hints = std::mem::take(&mut lane.renames);
+        let renames = hints
+            .into_iter()
+            .filter(|(from, to)| {
+                let action_of = |path: &RelPath| {
+                    entries
+                        .binary_search_by(|(p, _)| p.cmp(path))
+                        .ok()
+                        .map(|i| entries[i].1)
+                };
+                action_of(from) == Some(Action::Remove { dir: true })
+                    && matches!(action_of(to), Some(Action::Sync))
+            })
+            .collect();
         Some(Job::Batch(Batch {
             lane: lane_id,
             entries,
+            renames,
         }))
     }
 

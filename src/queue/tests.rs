@@ -274,3 +274,24 @@ fn expedite_makes_everything_due() {
     assert_eq!(render(queue.take_job(0, now)), "a:S");
     assert_eq!(render(queue.take_job(1, now)), "a:S b:S");
 }
+
+#[test]
+fn rename_hints_ride_with_the_batch_that_holds_both_ends() {
+    let now = Instant::now();
+    let mut queue = Queue::new(&[0], 100);
+    queue.note_rename(0, b"old", b"new");
+    queue.note_rename(0, b"x", b"y");
+    queue.push(0, b"old", Action::Remove { dir: true });
+    queue.push(0, b"new", Action::Sync);
+    queue.push(0, b"new/f", Action::Sync);
+    let Some(Job::Batch(batch)) = queue.take_job(0, now) else {
+        panic!("expected a batch");
+    };
+    assert_eq!(batch.renames, vec![(b"old".to_vec(), b"new".to_vec())]);
+    queue.finish(0, None);
+    queue.push(0, b"z", Action::Sync);
+    let Some(Job::Batch(batch)) = queue.take_job(0, now) else {
+        panic!("expected a batch");
+    };
+    assert!(batch.renames.is_empty(), "hints do not outlive their batch");
+}

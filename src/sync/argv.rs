@@ -139,6 +139,37 @@ pub fn batch(transport: &Transport, propagate_deletes: bool) -> Vec<OsString> {
     argv
 }
 
+/// The argv that rebuilds a renamed directory `to` on the remote from its old copy at
+/// `from`: run in `ROOT/to` with the subtree's paths (relative to `to`) on stdin; files
+/// whose size and mtime match the old copy are copied on the receiver instead of being
+/// sent, anything else is transferred normally (so a differing old copy stays correct).
+pub fn rename_seed(transport: &Transport, from: &[u8], to: &[u8]) -> Vec<OsString> {
+    let mut argv = transport.common();
+    let depth = to.split(|&b| b == b'/').count();
+    let mut basis = b"--copy-dest=".to_vec();
+    for _ in 0..depth {
+        basis.extend_from_slice(b"../");
+    }
+    basis.extend_from_slice(from);
+    argv.push(OsString::from_vec(basis));
+    argv.extend(
+        [
+            "--no-recursive",
+            "--dirs",
+            "--relative",
+            "--files-from=-",
+            "--from0",
+            "./",
+        ]
+        .map(OsString::from),
+    );
+    let mut destination = transport.destination().into_vec();
+    destination.extend_from_slice(to);
+    destination.push(b'/');
+    argv.push(OsString::from_vec(destination));
+    argv
+}
+
 /// The argv of a purge: run from an EMPTY directory with the purged paths on stdin, every
 /// one of them is "missing" on the sender and so deleted (recursively) on the receiver.
 pub fn purge(transport: &Transport) -> Vec<OsString> {
@@ -368,6 +399,15 @@ mod tests {
         for (transport, deletes, expected) in rows {
             assert_eq!(joined(&batch(transport, *deletes)), *expected);
         }
+    }
+
+    #[test]
+    fn rename_seed_argv() {
+        let t = transport(false, false, None, None);
+        assert_eq!(
+            joined(&rename_seed(&t, b"a/old", b"b/c/new")),
+            "-artuz --sockopts=TCP_NODELAY --copy-dest=../../../a/old --no-recursive --dirs --relative --files-from=- --from0 ./ rsync://127.0.0.1/web/b/c/new/"
+        );
     }
 
     #[test]

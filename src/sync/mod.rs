@@ -157,6 +157,7 @@ impl Runner {
     fn execute(&self, job: &Job, ctx: &JobContext) -> (RunResult, String, Vec<OsString>) {
         match job {
             Job::Batch(batch) => {
+                let seeded = self.seed_renames(batch, ctx);
                 let purges: Vec<&[u8]> = batch.purges().map(|p| p.as_slice()).collect();
                 if !purges.is_empty() {
                     let argv = argv::purge(&ctx.transport);
@@ -168,7 +169,13 @@ impl Runner {
                     }
                 }
                 let argv = argv::batch(&ctx.transport, ctx.propagate_deletes);
-                let stdin = argv::nul_list(batch.entries.iter().map(|(p, _)| p.as_slice()));
+                let stdin = argv::nul_list(
+                    batch
+                        .entries
+                        .iter()
+                        .map(|(p, _)| p.as_slice())
+                        .filter(|p| !seeded.iter().any(|to| under(p, to))),
+                );
                 let run = self.run(&argv, &ctx.root, stdin, ctx.debug, false);
                 (run.result, run.stderr, argv)
             }
@@ -209,6 +216,41 @@ impl Runner {
                 (run.result, run.stderr, argv)
             }
         }
+    }
+
+    /// Rebuilds renamed directories on the remote from their old copies; returns the
+    /// `to` paths whose subtree was delivered that way (the batch skips them).
+    fn seed_renames(&self, batch: &crate::queue::Batch, ctx: &JobContext) -> Vec<Vec<u8>> {
+        let mut seeded = Vec::new();
+        for (from, to) in &batch.renames {
+            let list: Vec<Vec<u8>> = batch
+                .entries
+                .iter()
+                .filter(|(p, _)| under(p, to))
+                .map(|(p, _)| {
+                    if p == to {
+                        Vec::new()
+                    } else {
+                        p[to.len() + 1..].to_vec()
+                    }
+                })
+                .collect();
+            let argv = argv::rename_seed(&ctx.transport, from, to);
+            let cwd = ctx.root.join(std::ffi::OsStr::from_bytes(to));
+            let stdin = argv::nul_list(list.iter().map(|p| p.as_slice()));
+            let run = self.run(&argv, &cwd, stdin, ctx.debug, false);
+            if matches!(run.result, RunResult::Exited(0)) {
+                seeded.push(to.clone());
+            } else {
+                // Not fatal: the batch sends the subtree the ordinary way.
+                tracing::debug!(
+                    result = ?run.result,
+                    "rename shortcut not taken: {}",
+                    run.stderr.lines().last().unwrap_or("")
+                );
+            }
+        }
+        seeded
     }
 
     fn run(
@@ -311,6 +353,11 @@ struct Run {
     result: RunResult,
     stderr: String,
     stdout: Vec<u8>,
+}
+
+/// Whether `path` is `dir` or lies below it.
+fn under(path: &[u8], dir: &[u8]) -> bool {
+    path == dir || (path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/')
 }
 
 /// Whether `path` or any of its ancestors is excluded by the filter.

@@ -63,6 +63,13 @@ pub enum WatchEvent {
     WatchLimit { root: RootId, path: PathBuf },
     /// The number of watched directories changed noticeably (for status).
     WatchCount(usize),
+    /// A directory was renamed inside a root: a hint that the remote's copy at `from` can
+    /// serve as the basis for `to` (the changes themselves are reported as usual).
+    DirRenamed {
+        root: RootId,
+        from: RelPath,
+        to: RelPath,
+    },
 }
 
 /// What to watch and how to filter.
@@ -582,8 +589,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         let old_rel = join(&self.rel_path(from.parent), &from.name);
         let new_rel = join(&self.rel_path(to_parent), &to_name);
         let toggles = self.spec.events;
-        if toggles.move_from && toggles.delete {
-            self.emit(from_root, old_rel, Action::Remove { dir: from.is_dir });
+        let same_root_dir = is_dir && from_root == to_root;
+        if toggles.move_from && toggles.delete && !same_root_dir {
+            self.emit(from_root, old_rel.clone(), Action::Remove { dir: from.is_dir });
         }
         if !is_dir {
             if toggles.move_to {
@@ -604,11 +612,35 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 if let Some(p) = self.nodes.get_mut(&to_parent) {
                     p.children.insert(to_name, id);
                 }
-                // The watches followed; the remote still needs the contents.
-                self.emit(to_root, new_rel, Action::Sync);
-                self.walk_report_only(id);
+                // The watches followed; the remote still needs the contents. Everything
+                // goes out in one report after the hint, so one batch can carry the move.
+                let old_rel = join(&self.rel_path(from.parent), &from.name);
+                self.flush();
+                (self.report)(WatchEvent::DirRenamed {
+                    root: to_root,
+                    from: old_rel.clone(),
+                    to: new_rel.clone(),
+                });
+                let mut changes = vec![Change {
+                    root: to_root,
+                    path: old_rel,
+                    action: Action::Remove { dir: true },
+                }];
+                changes.push(Change {
+                    root: to_root,
+                    path: new_rel,
+                    action: Action::Sync,
+                });
+                self.walk_report_only(id, &mut changes);
+                if !(toggles.move_from && toggles.delete) {
+                    changes.remove(0);
+                }
+                (self.report)(WatchEvent::Changes(changes));
             }
             other => {
+                if same_root_dir && toggles.move_from && toggles.delete {
+                    self.emit(from_root, old_rel, Action::Remove { dir: true });
+                }
                 if let Some(id) = other {
                     self.drop_subtree(id);
                 }
@@ -617,8 +649,8 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
     }
 
-    /// Reports every entry below an already-watched directory without adding watches.
-    fn walk_report_only(&mut self, id: i32) {
+    /// Lists every entry below an already-watched directory without adding watches.
+    fn walk_report_only(&mut self, id: i32, out: &mut Vec<Change>) {
         let Some(root) = self.nodes.get(&id).map(|n| n.root) else {
             return;
         };
@@ -634,7 +666,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 if self.ignored(&rel, &name, is_dir) {
                     continue;
                 }
-                self.emit(root, rel.clone(), Action::Sync);
+                out.push(Change {
+                    root,
+                    path: rel.clone(),
+                    action: Action::Sync,
+                });
                 if is_dir {
                     stack.push(rel);
                 }
