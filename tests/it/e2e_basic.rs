@@ -263,3 +263,38 @@ fn symlink_is_replicated_as_a_symlink() {
     );
     assert_eq!(fs::read_link(&link).unwrap().to_str(), Some("target.txt"));
 }
+
+/// A renamed directory is rebuilt on the remote from its old copy; where that copy
+/// differs from the source (changed or extra files behind the daemon's back), the
+/// result is still exactly the source.
+#[test]
+fn rename_directory_whose_remote_copy_differs() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    for i in 0..50 {
+        write(env.src(), &format!("old/f{i}.txt"), &format!("source {i}\n"));
+    }
+    write(env.src(), "old/sub/deep.txt", "deep\n");
+    // The replica's copy: same names, some contents differ, one extra file.
+    for i in 0..50 {
+        let text = if i % 5 == 0 {
+            format!("STALE REMOTE CONTENT {i}\n")
+        } else {
+            format!("source {i}\n")
+        };
+        write(env.replica(), &format!("old/f{i}.txt"), &text);
+    }
+    write(env.replica(), "old/remote-only.txt", "extra\n");
+    let _daemon = env.start(|b| b.arg("-r"));
+    env.converged();
+    // Now make the replica's copy differ again, then rename on the source.
+    write(env.replica(), "old/f1.txt", "DIFFERENT SIZE AND CONTENT\n");
+    fs::rename(env.src().join("old"), env.src().join("new")).unwrap();
+    env.converged();
+    assert_eq!(
+        fs::read_to_string(env.replica().join("new/f1.txt")).unwrap(),
+        "source 1\n"
+    );
+    assert!(!env.replica().join("old").exists());
+}
