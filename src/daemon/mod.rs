@@ -23,7 +23,10 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::config::{self, Config, RootId, Severity};
 use crate::control::{self, Command, Counters, Event, FailureRecord, RemoteStatus, Status};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
 use crate::failure::{self, Backoff, ExitClass, Journal, LaneKey};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, Queue, Retry};
 use crate::sync::argv::Transport;
@@ -137,12 +140,32 @@ pub fn main(cli: Cli) -> i32 {
         );
         return exit::OK;
     }
-    if let Some(module) = &cli.module {
-        eprintln!(
-            "sersyncd: -m {module}: running a plugin on its own is not available yet in this \
-             version (plugins come with a later release)"
-        );
-        return exit::UNAVAILABLE;
+    let mut config = config;
+    let plugins = match PluginHost::from_config(&config, cli.module.as_deref()) {
+        Ok(plugins) => plugins,
+        Err(err) => {
+            eprintln!("{}: {err}", cli.config.display());
+            return if cli.module.is_some() {
+                exit::USAGE
+            } else {
+                exit::CONFIG
+            };
+        }
+    };
+    if cli.module.is_some() {
+        // `-m NAME`: only the plugin, no rsync. Like sersync 2.5, a plugin with its own
+        // <localpath watch> watches that path instead of the <sersync> roots.
+        if let Some(watch) = plugins.as_ref().and_then(|p| p.watch()) {
+            let line = config.roots.first().map_or(0, |r| r.line);
+            config.roots = vec![config::WatchRoot {
+                path: watch.to_path_buf(),
+                remotes: Vec::new(),
+                line,
+            }];
+        }
+        for root in &mut config.roots {
+            root.remotes.clear();
+        }
     }
     if cli.daemon {
         // Before any thread exists: fork() only keeps the calling thread. stdio stays
@@ -166,6 +189,8 @@ pub fn main(cli: Cli) -> i32 {
             return exit::SOFTWARE;
         }
     };
+    daemon.plugins = plugins;
+    daemon.plugin_only = daemon.cli.module.is_some();
     if let Err(err) = daemon.restore_state() {
         tracing::error!(path = %daemon.state.path().display(), "cannot use the state directory: {err}");
         return exit::CANTCREAT;
@@ -222,6 +247,11 @@ struct Daemon {
     full_sync_jobs: Vec<FullSyncJob>,
     next_job_id: u64,
     last_journal_save: Option<Instant>,
+    plugins: Option<PluginHost>,
+    plugin_only: bool,
+    /// Per (root, path): the lanes a change was delivered to so far, for the after-sync
+    /// plugin (which runs once a change reached every remote of its root).
+    deliveries: HashMap<(RootId, Vec<u8>), Vec<usize>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -329,6 +359,9 @@ impl Daemon {
             full_sync_jobs: Vec::new(),
             next_job_id: 1,
             last_journal_save: None,
+            plugins: None,
+            plugin_only: false,
+            deliveries: HashMap::new(),
         })
     }
 
@@ -509,6 +542,9 @@ impl Daemon {
         }
         self.save_journal();
         self.save_state();
+        if let Some(plugins) = self.plugins.take() {
+            plugins.shutdown(Duration::from_secs(5));
+        }
         tracing::info!("sersyncd stopped");
         self.exit_code
     }
@@ -899,6 +935,10 @@ impl Daemon {
                         );
                     }
                     self.counters.events += 1;
+                    if self.plugin_only {
+                        self.submit_plugin(change.root, &change.path, change.action, Vec::new());
+                        continue;
+                    }
                     self.queue.push(change.root, &change.path, change.action);
                 }
             }
@@ -1051,6 +1091,9 @@ impl Daemon {
             lane.last_error = None;
             lane.last_ok = Some(std::time::SystemTime::now());
             self.counters.batches += 1;
+            if let (Job::Batch(batch), true) = (&outcome.job, self.plugins.is_some()) {
+                self.delivered(lane_id, batch);
+            }
             let cleared = match &outcome.job {
                 Job::Batch(batch) => {
                     self.counters.files += batch.entries.len() as u64;
@@ -1192,6 +1235,69 @@ impl Daemon {
             Job::FullSync { reason, .. } => Retry::FullSync(reason),
         };
         self.queue.finish(lane_id, Some((retry, retry_at)));
+    }
+
+    /// Counts a delivered batch towards the after-sync plugin: a change is handed to it
+    /// once every remote of its root has it.
+    fn delivered(&mut self, lane_id: usize, batch: &crate::queue::Batch) {
+        let root = self.lanes[lane_id].root;
+        let lanes_of_root: Vec<usize> = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, lane)| lane.root == root)
+            .map(|(id, _)| id)
+            .collect();
+        let ssh = self.config.rsync.ssh;
+        let remotes: Vec<String> = lanes_of_root
+            .iter()
+            .map(|&id| self.lanes[id].context.transport.remote.label(ssh))
+            .collect();
+        for (path, action) in &batch.entries {
+            let complete = if lanes_of_root.len() == 1 {
+                true
+            } else {
+                let key = (root, path.clone());
+                let seen = self.deliveries.entry(key.clone()).or_default();
+                if !seen.contains(&lane_id) {
+                    seen.push(lane_id);
+                }
+                let complete = lanes_of_root.iter().all(|id| seen.contains(id));
+                if complete {
+                    self.deliveries.remove(&key);
+                }
+                complete
+            };
+            if complete {
+                self.submit_plugin(root, path, *action, remotes.clone());
+            }
+        }
+    }
+
+    fn submit_plugin(&self, root: RootId, path: &[u8], action: Action, remotes: Vec<String>) {
+        let Some(plugins) = &self.plugins else {
+            return;
+        };
+        let Some(root_path) = self.config.roots.get(root).map(|r| r.path.clone()) else {
+            return;
+        };
+        let (kind, is_dir) = match action {
+            Action::Remove { dir } => (ChangeKind::Deleted, dir),
+            Action::Sync | Action::Replace => {
+                let abs = crate::watch::join(root_path.as_os_str().as_bytes(), path);
+                match std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&abs)) {
+                    Ok(meta) => (ChangeKind::Updated, meta.is_dir()),
+                    Err(_) => (ChangeKind::Deleted, false),
+                }
+            }
+        };
+        plugins.submit(PluginEvent {
+            root: root_path,
+            path: path.to_vec(),
+            is_dir,
+            kind,
+            remotes,
+        });
     }
 
     /// Writes the failure journal and the failure script if they changed.
