@@ -92,6 +92,13 @@ impl LaneState {
     }
 }
 
+/// How often roots with unwatched directories (watch limit) get a full sync.
+const DEGRADED_RESYNC: Duration = Duration::from_secs(600);
+/// Rescans after inotify overflows: the first at once, repeated ones spaced out from
+/// 10 s doubling to 5 min, so an overflow storm cannot turn into back-to-back full syncs.
+const OVERFLOW_BACKOFF_START: Duration = Duration::from_secs(10);
+const OVERFLOW_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
 /// When paths that failed on their own (exit 23) are tried again.
 const PARTIAL_RETRY: Duration = Duration::from_secs(15);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -252,6 +259,12 @@ struct Daemon {
     /// Per (root, path): the lanes a change was delivered to so far, for the after-sync
     /// plugin (which runs once a change reached every remote of its root).
     deliveries: HashMap<(RootId, Vec<u8>), Vec<usize>>,
+    degraded_roots: Vec<RootId>,
+    next_degraded_resync: Option<Instant>,
+    /// No overflow rescan before this; a deferred one is due then.
+    overflow_quiet_until: Option<Instant>,
+    overflow_backoff: Duration,
+    overflow_rescan_due: bool,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -362,6 +375,11 @@ impl Daemon {
             plugins: None,
             plugin_only: false,
             deliveries: HashMap::new(),
+            degraded_roots: Vec::new(),
+            next_degraded_resync: None,
+            overflow_quiet_until: None,
+            overflow_backoff: OVERFLOW_BACKOFF_START,
+            overflow_rescan_due: false,
         })
     }
 
@@ -562,8 +580,18 @@ impl Daemon {
                 }
             }
         }
-        for at in self.next_crontab.iter().chain([&self.next_replay]) {
+        for at in self
+            .next_crontab
+            .iter()
+            .chain(self.next_degraded_resync.iter())
+            .chain([&self.next_replay])
+        {
             wake = wake.min(at.saturating_duration_since(now));
+        }
+        if self.overflow_rescan_due {
+            if let Some(until) = self.overflow_quiet_until {
+                wake = wake.min(until.saturating_duration_since(now));
+            }
         }
         wake.max(Duration::from_millis(1))
     }
@@ -579,8 +607,57 @@ impl Daemon {
             now + Duration::from_secs(u64::from(self.config.fail_log.interval_minutes.max(1)) * 60);
     }
 
+    fn on_overflow(&mut self) {
+        let now = Instant::now();
+        match self.overflow_quiet_until {
+            Some(until) if now < until => {
+                // Another overflow soon after a rescan: one more rescan, later.
+                if !self.overflow_rescan_due {
+                    tracing::warn!(
+                        in_s = until.saturating_duration_since(now).as_secs(),
+                        "inotify overflowed again: next rescan deferred"
+                    );
+                }
+                self.overflow_rescan_due = true;
+            }
+            _ => {
+                if self
+                    .overflow_quiet_until
+                    .is_some_and(|until| now.duration_since(until) > OVERFLOW_BACKOFF_MAX)
+                {
+                    self.overflow_backoff = OVERFLOW_BACKOFF_START;
+                }
+                self.rescan_all(now);
+            }
+        }
+    }
+
+    fn rescan_all(&mut self, now: Instant) {
+        for root in 0..self.config.roots.len() {
+            self.queue.request_full_sync(root, FullSyncReason::Rescan);
+        }
+        self.overflow_quiet_until = Some(now + self.overflow_backoff);
+        self.overflow_backoff = (self.overflow_backoff * 2).min(OVERFLOW_BACKOFF_MAX);
+        self.overflow_rescan_due = false;
+    }
+
     fn run_timers(&mut self) {
         let now = Instant::now();
+        if self.overflow_rescan_due && self.overflow_quiet_until.is_none_or(|until| until <= now) {
+            tracing::info!("rescanning after repeated inotify overflows");
+            self.rescan_all(now);
+        }
+        if self.next_degraded_resync.is_some_and(|at| at <= now) {
+            if let Some(control) = &self.watch_control {
+                let _ = control.send(WatchControl::RetryUnwatched);
+            }
+            for &root in &self.degraded_roots {
+                self.queue.request_full_sync(root, FullSyncReason::Rescan);
+            }
+            self.degraded_roots.clear();
+            // Re-armed by the next WatchLimit report, if the limit is still too low.
+            self.next_degraded_resync = None;
+        }
         if self.next_crontab.is_some_and(|at| at <= now) {
             tracing::info!("crontab: periodic full sync of every root");
             for root in 0..self.config.roots.len() {
@@ -964,11 +1041,7 @@ impl Daemon {
             }
             WatchEvent::WatchCount(count) => self.watches = count,
             WatchEvent::DirRenamed { root, from, to } => self.queue.note_rename(root, &from, &to),
-            WatchEvent::Overflow => {
-                for root in 0..self.config.roots.len() {
-                    self.queue.request_full_sync(root, FullSyncReason::Rescan);
-                }
-            }
+            WatchEvent::Overflow => self.on_overflow(),
             WatchEvent::RootLost { root, reason } => {
                 tracing::error!(
                     root = %crate::watch::describe_root(&self.roots(), root).display(),
@@ -986,9 +1059,16 @@ impl Daemon {
             WatchEvent::WatchLimit { root, path } => {
                 tracing::warn!(
                     sersync_path = %path.display(),
-                    "not watched (inotify watch limit); the root gets a full sync"
+                    "not watched (inotify watch limit): the root gets a full sync now and every \
+                     {} minutes until the limit is raised",
+                    DEGRADED_RESYNC.as_secs() / 60
                 );
                 self.queue.request_full_sync(root, FullSyncReason::Rescan);
+                if !self.degraded_roots.contains(&root) {
+                    self.degraded_roots.push(root);
+                }
+                self.next_degraded_resync
+                    .get_or_insert_with(|| Instant::now() + DEGRADED_RESYNC);
             }
         }
     }

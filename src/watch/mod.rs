@@ -89,6 +89,9 @@ pub struct WatchSpec {
 pub enum WatchControl {
     /// Replace the spec (after a reload): roots added or removed are adjusted.
     Reconfigure(WatchSpec),
+    /// Try again to watch the directories the watch limit left out (and report their
+    /// contents as changes).
+    RetryUnwatched,
     Stop,
 }
 
@@ -130,6 +133,10 @@ pub struct Watcher<F: FnMut(WatchEvent)> {
     report: F,
     limit_reported: bool,
     last_reported_count: usize,
+    /// Directories (parent node, name) not watched because of the watch limit.
+    unwatched: Vec<(i32, Vec<u8>)>,
+    /// Roots for which a WatchLimit was reported since the last retry.
+    limited_roots: Vec<RootId>,
 }
 
 impl<F: FnMut(WatchEvent)> std::fmt::Debug for Watcher<F> {
@@ -157,6 +164,8 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             report,
             limit_reported: false,
             last_reported_count: 0,
+            unwatched: Vec::new(),
+            limited_roots: Vec::new(),
         })
     }
 
@@ -198,6 +207,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             match control.try_recv() {
                 Ok(WatchControl::Stop) | Err(TryRecvError::Disconnected) => return Ok(()),
                 Ok(WatchControl::Reconfigure(spec)) => self.reconfigure(spec),
+                Ok(WatchControl::RetryUnwatched) => self.retry_unwatched(),
                 Err(TryRecvError::Empty) => {}
             }
             self.retry_lost_roots();
@@ -293,6 +303,32 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     watches: self.nodes.len(),
                 });
             }
+        }
+    }
+
+    fn retry_unwatched(&mut self) {
+        let unwatched = std::mem::take(&mut self.unwatched);
+        if unwatched.is_empty() {
+            return;
+        }
+        self.limited_roots.clear();
+        self.limit_reported = false;
+        let before = self.nodes.len();
+        for (parent, name) in unwatched {
+            if self.nodes.contains_key(&parent) {
+                self.add_subtree(parent, &name, true);
+            }
+        }
+        self.flush();
+        let added = self.nodes.len() - before;
+        if self.unwatched.is_empty() {
+            tracing::info!(added, "every directory is watched again");
+        } else {
+            tracing::warn!(
+                added,
+                still_unwatched = self.unwatched.len(),
+                "still out of inotify watches"
+            );
         }
     }
 
@@ -446,7 +482,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                             );
                             self.limit_reported = true;
                         }
-                        (self.report)(WatchEvent::WatchLimit { root, path });
+                        self.unwatched.push((parent, name.to_vec()));
+                        if !self.limited_roots.contains(&root) {
+                            self.limited_roots.push(root);
+                            (self.report)(WatchEvent::WatchLimit { root, path });
+                        }
                     }
                     _ => tracing::warn!(path = %path.display(), "cannot watch directory: {err}"),
                 }
