@@ -6,8 +6,11 @@
 
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod daemon;
 pub mod failure;
+pub mod generator;
+pub mod plugin;
 pub mod queue;
 pub mod shell;
 pub mod sync;

@@ -262,6 +262,8 @@ pub struct CommandPlugin {
     pub filter_enabled: bool,
     /// Whole-string regexes on the absolute path.
     pub includes: Vec<ExcludeRegex>,
+    /// `<param timeout>` (ours): seconds a command may run before it is killed. Default 60.
+    pub timeout_secs: u32,
 }
 
 /// `<plugin name="socket">`.
@@ -270,6 +272,50 @@ pub struct SocketPlugin {
     pub watch: PathBuf,
     pub host: String,
     pub port: u16,
+    /// `<deshost framing>` (ours); default [`SocketFraming::Raw`], as sersync 2.5.
+    pub framing: SocketFraming,
+}
+
+/// How the socket plugin delimits paths on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SocketFraming {
+    /// sersync 2.5: a new TCP connection per path; the raw path bytes; close. The receiver
+    /// reads until EOF.
+    #[default]
+    Raw,
+    /// One persistent connection (reconnected with backoff); each path followed by `\n`.
+    /// A path containing a newline cannot be sent this way and counts as failed.
+    Newline,
+    /// One persistent connection (reconnected with backoff); each path followed by a NUL
+    /// byte, which no path can contain.
+    Nul,
+}
+
+/// `<header name value>` (ours): an extra request header of the http plugin or of a
+/// `<purge>` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+/// `<purge url method body timeout retries>` with `<header>` children (ours): the generic
+/// CDN purge request of the refreshCDN plugin, used instead of the ChinaCache API when
+/// present. `url`, `body` and header values are templates: `{path}`, `{url}`, `{path_q}`,
+/// `{url_q}`, `{is_dir}` and `{event}` are replaced per change (see `crate::plugin`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeRequest {
+    /// An `http://` URL template (placeholders only in the path and query).
+    pub url: String,
+    /// Default `PURGE` (Varnish, nginx, Squid).
+    pub method: String,
+    pub headers: Vec<HttpHeader>,
+    /// Request body template; `None` sends no body.
+    pub body: Option<String>,
+    /// Seconds per attempt (default 5).
+    pub timeout_secs: u32,
+    /// Extra attempts after a transport error, 5xx, 408 or 429 (default 2).
+    pub retries: u32,
 }
 
 /// `<plugin name="refreshCDN">`.
@@ -286,14 +332,27 @@ pub struct RefreshCdnPlugin {
     /// `regex_match` compiled (unanchored, like the original's `regex_search`) when
     /// `regex_enabled`; same byte-wise flags as the filter regexes.
     pub match_regex: Option<Regex>,
+    /// `<purge>` (ours): a generic purge request instead of the ChinaCache API. With it,
+    /// `<cdninfo>` is optional (`domain_name` is then empty and `port` 80).
+    pub purge: Option<PurgeRequest>,
 }
 
-/// `<plugin name="http">` (dropped by the original; kept in the schema).
+/// `<plugin name="http">` (dropped by the original; implemented by us): POST a JSON
+/// description of each change to `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpPlugin {
     pub watch: PathBuf,
+    /// An `http://` URL (validated when read; https needs a local TLS proxy).
     pub url: String,
+    /// Used when `url` names no port.
     pub port: Option<u16>,
+    /// `<deshost timeout>` (ours): seconds per attempt, default 5.
+    pub timeout_secs: u32,
+    /// `<deshost retries>` (ours): extra attempts after a transport error, 5xx, 408 or
+    /// 429, default 3.
+    pub retries: u32,
+    /// `<deshost><header name value>` (ours).
+    pub headers: Vec<HttpHeader>,
 }
 
 /// The outcome of reading a config file: the config plus warnings, or every error found.

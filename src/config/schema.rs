@@ -26,8 +26,10 @@ use super::words::split_words_located;
 use super::xml::{Attr, Element};
 use super::{
     Auth, CommandPlugin, Config, Crontab, EventToggles, ExcludeRegex, FailLog, Filter, HostSection,
-    HttpPlugin, Plugins, RefreshCdnPlugin, Remote, RsyncOptions, SocketPlugin, WatchRoot,
+    HttpHeader, HttpPlugin, Plugins, PurgeRequest, RefreshCdnPlugin, Remote, RsyncOptions,
+    SocketFraming, SocketPlugin, WatchRoot,
 };
+use crate::plugin::http::HttpUrl;
 
 /// Builds the [`Config`] from the root element, appending every problem to `diagnostics`.
 /// Returns `None` only when the root is not `<head>`; otherwise a config is returned even
@@ -137,7 +139,7 @@ const COMMAND_SECTION: Spec = Spec {
     name: "plugin",
     attrs: &["name"],
     children: &[
-        leaf("param", &["prefix", "suffix", "ignoreError"]),
+        leaf("param", &["prefix", "suffix", "ignoreError", "timeout"]),
         Spec {
             name: "filter",
             attrs: &["start"],
@@ -152,7 +154,7 @@ const SOCKET_SECTION: Spec = Spec {
     children: &[Spec {
         name: "localpath",
         attrs: &["watch"],
-        children: &[leaf("deshost", &["ip", "port"])],
+        children: &[leaf("deshost", &["ip", "port", "framing"])],
     }],
 };
 
@@ -166,6 +168,11 @@ const REFRESH_CDN_SECTION: Spec = Spec {
             leaf("cdninfo", &["domainname", "port", "username", "passwd"]),
             leaf("sendurl", &["base"]),
             leaf("regexurl", &["regex", "match"]),
+            Spec {
+                name: "purge",
+                attrs: &["url", "method", "body", "timeout", "retries"],
+                children: &[leaf("header", &["name", "value"])],
+            },
         ],
     }],
 };
@@ -176,7 +183,11 @@ const HTTP_SECTION: Spec = Spec {
     children: &[Spec {
         name: "localpath",
         attrs: &["watch"],
-        children: &[leaf("deshost", &["url", "port"])],
+        children: &[Spec {
+            name: "deshost",
+            attrs: &["url", "port", "timeout", "retries"],
+            children: &[leaf("header", &["name", "value"])],
+        }],
     }],
 };
 
@@ -963,6 +974,7 @@ impl Checker<'_> {
             ignore_error: true,
             filter_enabled: false,
             includes: Vec::new(),
+            timeout_secs: 60,
         };
         if let Some(param) = self.single(section, "param") {
             if let Some(prefix) = param.attr("prefix") {
@@ -974,6 +986,11 @@ impl Checker<'_> {
                 plugin.suffix = suffix.value.clone();
             }
             plugin.ignore_error = self.flag(Some(param), "ignoreError", true);
+            if let Some(timeout) = Self::given(param, "timeout") {
+                plugin.timeout_secs = self
+                    .count(param, timeout, 1, "seconds")
+                    .unwrap_or(plugin.timeout_secs);
+            }
         }
         if let Some(filter) = self.single(section, "filter") {
             plugin.filter_enabled = self.flag(Some(filter), "start", false);
@@ -1031,17 +1048,24 @@ impl Checker<'_> {
         let port = self
             .required(deshost, "port")
             .and_then(|port| self.port(deshost, port));
+        let framing = self.socket_framing(deshost);
         Some(SocketPlugin {
             watch: watch?,
             host: host?.value.trim().to_owned(),
             port: port?,
+            framing: framing?,
         })
     }
 
     fn refresh_cdn_plugin(&mut self, section: &Element) -> Option<RefreshCdnPlugin> {
         let kind = PluginKind::RefreshCdn;
         let (localpath, watch) = self.plugin_localpath(section, kind)?;
-        let cdninfo = self.plugin_child(localpath, "cdninfo", kind);
+        // With a generic <purge> request, the ChinaCache <cdninfo> is not needed.
+        let purge_element = self.single(localpath, "purge");
+        let cdninfo = match purge_element {
+            Some(_) => self.single(localpath, "cdninfo"),
+            None => self.plugin_child(localpath, "cdninfo", kind),
+        };
         let sendurl = self.single(localpath, "sendurl");
         let regexurl = self.single(localpath, "regexurl");
 
@@ -1059,7 +1083,12 @@ impl Checker<'_> {
                     .and_then(|port| self.port(cdninfo, port));
                 (domain.map(|domain| domain.value.trim().to_owned()), port)
             }
+            None if purge_element.is_some() => (Some(String::new()), Some(80)),
             None => (None, None),
+        };
+        let purge = match purge_element {
+            Some(element) => Some(self.purge(element, sendurl)?),
+            None => None,
         };
         let regex_enabled = self.flag(regexurl, "regex", false);
         let regex_match = text(regexurl, "match");
@@ -1082,6 +1111,7 @@ impl Checker<'_> {
             regex_enabled,
             regex_match,
             match_regex,
+            purge,
         })
     }
 
@@ -1089,15 +1119,210 @@ impl Checker<'_> {
         let kind = PluginKind::Http;
         let (localpath, watch) = self.plugin_localpath(section, kind)?;
         let deshost = self.plugin_child(localpath, "deshost", kind)?;
-        let url = self.required(deshost, "url");
+        let url = self
+            .required(deshost, "url")
+            .and_then(|url| self.http_url(deshost, url, false));
         let port = match Self::given(deshost, "port") {
             Some(port) => Some(self.port(deshost, port)?),
             None => None,
         };
+        let timeout_secs = self.optional_count(deshost, "timeout", 1, "seconds", 5);
+        let retries = self.optional_count(deshost, "retries", 0, "numbers", 3);
+        let headers = self.headers(deshost);
         Some(HttpPlugin {
             watch: watch?,
-            url: url?.value.trim().to_owned(),
+            url: url?,
             port,
+            timeout_secs: timeout_secs?,
+            retries: retries?,
+            headers: headers?,
+        })
+    }
+
+    // ---- our plugin extensions ----------------------------------------------------------
+
+    /// `<deshost framing>` of the socket plugin: `raw` (default), `newline` or `nul`.
+    fn socket_framing(&mut self, deshost: &Element) -> Option<SocketFraming> {
+        let Some(attr) = Self::given(deshost, "framing") else {
+            return Some(SocketFraming::Raw);
+        };
+        match attr.value.trim().to_ascii_lowercase().as_str() {
+            "raw" => Some(SocketFraming::Raw),
+            "newline" => Some(SocketFraming::Newline),
+            "nul" => Some(SocketFraming::Nul),
+            _ => {
+                self.error(
+                    attr.value_at(),
+                    format!(
+                        "invalid framing \"{}\" for attribute \"framing\" of <deshost>: expected \"raw\", \"newline\" or \"nul\"",
+                        attr.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A count attribute that may be absent (then `default`).
+    fn optional_count(
+        &mut self,
+        element: &Element,
+        attr: &str,
+        min: u32,
+        unit: &str,
+        default: u32,
+    ) -> Option<u32> {
+        match Self::given(element, attr) {
+            Some(value) => self.count(element, value, min, unit),
+            None => Some(default),
+        }
+    }
+
+    /// Validates an `http://` URL attribute (a template when `template`: placeholders
+    /// are then allowed in the path and query only). Returns the trimmed text.
+    fn http_url(&mut self, element: &Element, attr: &Attr, template: bool) -> Option<String> {
+        let text = attr.value.trim();
+        let checked = if template {
+            let authority_start = text.find("://").map_or(0, |at| at + 3);
+            let rest = &text[authority_start..];
+            // `http://host:port{path}` is fine ({path} starts with `/`); any other
+            // placeholder before the path would change where the request goes.
+            let host_end = authority_start + rest.find(['/', '?', '{']).unwrap_or(rest.len());
+            let after_host = &text[host_end..];
+            if text[..host_end].contains('}')
+                || (after_host.starts_with('{') && !after_host.starts_with("{path}"))
+            {
+                self.error(
+                    attr.value_at(),
+                    format!(
+                        "placeholders in attribute \"{}\" of <{}> are only allowed in the URL's path and query, not in its host (only {{path}} may follow the host directly)",
+                        attr.name, element.name
+                    ),
+                );
+                return None;
+            }
+            crate::plugin::purge_template_sample(text)
+        } else {
+            text.to_owned()
+        };
+        match HttpUrl::parse(&checked) {
+            Ok(_) => Some(text.to_owned()),
+            Err(message) => {
+                self.error(
+                    attr.value_at(),
+                    format!(
+                        "invalid URL \"{}\" in attribute \"{}\" of <{}>: {message}",
+                        attr.value, attr.name, element.name
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The `<header name value>` children of `parent`.
+    fn headers(&mut self, parent: &Element) -> Option<Vec<HttpHeader>> {
+        let mut headers = Vec::new();
+        let mut ok = true;
+        for header in Self::all(parent, "header") {
+            let name = self.required(header, "name");
+            let value = header.attr("value");
+            let Some(name) = name else {
+                ok = false;
+                continue;
+            };
+            let text = name.value.trim();
+            let token = text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                self.error(
+                    name.value_at(),
+                    format!("invalid HTTP header name \"{}\"", name.value),
+                );
+                ok = false;
+                continue;
+            }
+            if ["content-length", "transfer-encoding", "connection"]
+                .iter()
+                .any(|reserved| text.eq_ignore_ascii_case(reserved))
+            {
+                self.error(
+                    name.value_at(),
+                    format!("header \"{text}\" is set by sersyncd and cannot be configured"),
+                );
+                ok = false;
+                continue;
+            }
+            let value = value.map(|v| v.value.clone()).unwrap_or_default();
+            if value.contains(['\r', '\n', '\0']) {
+                let at = header.attr("value").map_or(header.at, Attr::value_at);
+                self.error(
+                    at,
+                    format!("the value of header \"{text}\" contains a line break"),
+                );
+                ok = false;
+                continue;
+            }
+            headers.push(HttpHeader {
+                name: text.to_owned(),
+                value: value.trim().to_owned(),
+            });
+        }
+        ok.then_some(headers)
+    }
+
+    /// `<purge url method body timeout retries>` of the refreshCDN plugin.
+    fn purge(&mut self, element: &Element, sendurl: Option<&Element>) -> Option<PurgeRequest> {
+        let url = self
+            .required(element, "url")
+            .and_then(|url| self.http_url(element, url, true));
+        let method = match Self::given(element, "method") {
+            None => Some("PURGE".to_owned()),
+            Some(attr) => {
+                let method = attr.value.trim();
+                if method
+                    .bytes()
+                    .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')
+                {
+                    Some(method.to_ascii_uppercase())
+                } else {
+                    self.error(
+                        attr.value_at(),
+                        format!(
+                            "invalid HTTP method \"{}\" in attribute \"method\" of <purge>",
+                            attr.value
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let body = element.attr("body").map(|body| body.value.clone());
+        let timeout_secs = self.optional_count(element, "timeout", 1, "seconds", 5);
+        let retries = self.optional_count(element, "retries", 0, "numbers", 2);
+        let headers = self.headers(element);
+        let uses_url = std::iter::once(url.as_deref().unwrap_or_default())
+            .chain(body.as_deref())
+            .chain(headers.iter().flatten().map(|h| h.value.as_str()))
+            .any(|text| text.contains("{url}") || text.contains("{url_q}"));
+        let has_base = sendurl
+            .and_then(|sendurl| sendurl.attr("base"))
+            .is_some_and(|base| !base.value.trim().is_empty());
+        if uses_url && !has_base {
+            self.error(
+                element.at,
+                "<purge> uses {url} or {url_q} but there is no <sendurl base> to build the public URL from".to_owned(),
+            );
+            return None;
+        }
+        Some(PurgeRequest {
+            url: url?,
+            method: method?,
+            headers: headers?,
+            body,
+            timeout_secs: timeout_secs?,
+            retries: retries?,
         })
     }
 }

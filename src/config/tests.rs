@@ -153,6 +153,7 @@ fn stock_confxml_loads_with_the_values_of_the_sample() {
             watch: PathBuf::from("/opt/tongbu"),
             host: "192.168.138.20".into(),
             port: 8009,
+            framing: SocketFraming::Raw,
         })
     );
     let cdn = plugins.refresh_cdn.as_ref().expect("refreshCDN section");
@@ -1112,5 +1113,130 @@ fn cli_fixtures_match_the_diagnostics() {
             let first_line = diagnostic.to_string();
             assert!(first_line.starts_with(&diagnostic.headline()));
         }
+    }
+}
+
+// ---- plugin extensions (ours): socket framing, http and purge requests, command timeout --
+
+#[test]
+fn plugin_extensions_are_read_with_their_defaults() {
+    let document = in_head(
+        r#"<plugin name="command"><param prefix="/bin/true" timeout="5"/></plugin>
+<plugin name="socket"><localpath watch="/tmp"><deshost ip="127.0.0.1" port="9" framing="NUL"/></localpath></plugin>
+<plugin name="http"><localpath watch="/tmp"><deshost url="http://hooks.local:8080/x" timeout="2" retries="0"><header name="Authorization" value=" Bearer t "/></deshost></localpath></plugin>
+<plugin name="refreshCDN"><localpath watch="/tmp"><sendurl base="https://www.example.com"/><purge url="http://127.0.0.1:6081{path}?u={url_q}" body='{"files":["{url}"]}'><header name="X-Key" value="k"/></purge></localpath></plugin>"#,
+    );
+    let (config, warnings) = loaded(&document);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let plugins = &config.plugins;
+    assert_eq!(plugins.command.as_ref().unwrap().timeout_secs, 5);
+    assert_eq!(plugins.socket.as_ref().unwrap().framing, SocketFraming::Nul);
+    let http = plugins.http.as_ref().unwrap();
+    assert_eq!(
+        (http.url.as_str(), http.timeout_secs, http.retries),
+        ("http://hooks.local:8080/x", 2, 0)
+    );
+    assert_eq!(
+        http.headers,
+        [HttpHeader {
+            name: "Authorization".into(),
+            value: "Bearer t".into()
+        }]
+    );
+    let cdn = plugins.refresh_cdn.as_ref().unwrap();
+    assert_eq!((cdn.domain_name.as_str(), cdn.port), ("", 80));
+    assert_eq!(
+        cdn.purge,
+        Some(PurgeRequest {
+            url: "http://127.0.0.1:6081{path}?u={url_q}".into(),
+            method: "PURGE".into(),
+            headers: vec![HttpHeader {
+                name: "X-Key".into(),
+                value: "k".into()
+            }],
+            body: Some(r#"{"files":["{url}"]}"#.into()),
+            timeout_secs: 5,
+            retries: 2,
+        })
+    );
+
+    // Without the new attributes: the values sersync 2.5 implied, and our defaults.
+    let (config, _) = loaded(&in_head(
+        r#"<plugin name="command"><param prefix="/bin/true"/></plugin>
+<plugin name="socket"><localpath watch="/tmp"><deshost ip="h" port="9"/></localpath></plugin>
+<plugin name="http"><localpath watch="/tmp"><deshost url="h/x" port="81"/></localpath></plugin>"#,
+    ));
+    assert_eq!(config.plugins.command.unwrap().timeout_secs, 60);
+    assert_eq!(config.plugins.socket.unwrap().framing, SocketFraming::Raw);
+    let http = config.plugins.http.unwrap();
+    assert_eq!(
+        (
+            http.port,
+            http.timeout_secs,
+            http.retries,
+            http.headers.len()
+        ),
+        (Some(81), 5, 3, 0)
+    );
+}
+
+#[test]
+fn plugin_extension_errors_point_at_the_value() {
+    let cases = [
+        (
+            r#"<plugin name="socket"><localpath watch="/tmp"><deshost ip="h" port="9" framing="lines"/></localpath></plugin>"#,
+            "invalid framing \"lines\" for attribute \"framing\" of <deshost>: expected \"raw\", \"newline\" or \"nul\"",
+        ),
+        (
+            r#"<plugin name="http"><localpath watch="/tmp"><deshost url="https://hooks.example.com/"/></localpath></plugin>"#,
+            "invalid URL \"https://hooks.example.com/\" in attribute \"url\" of <deshost>: https is not supported",
+        ),
+        (
+            r#"<plugin name="http"><localpath watch="/tmp"><deshost url="http://h/" retries="-1"/></localpath></plugin>"#,
+            "invalid number \"-1\" for attribute \"retries\" of <deshost>",
+        ),
+        (
+            r#"<plugin name="http"><localpath watch="/tmp"><deshost url="http://h/"><header name="Bad Name" value="v"/></deshost></localpath></plugin>"#,
+            "invalid HTTP header name \"Bad Name\"",
+        ),
+        (
+            r#"<plugin name="http"><localpath watch="/tmp"><deshost url="http://h/"><header name="Content-Length" value="1"/></deshost></localpath></plugin>"#,
+            "header \"Content-Length\" is set by sersyncd and cannot be configured",
+        ),
+        (
+            r#"<plugin name="http"><localpath watch="/tmp"><deshost url="http://h/"><header name="X" value="a&#10;b"/></deshost></localpath></plugin>"#,
+            "the value of header \"X\" contains a line break",
+        ),
+        (
+            r#"<plugin name="command"><param prefix="/bin/true" timeout="0"/></plugin>"#,
+            "invalid number \"0\" for attribute \"timeout\" of <param>: expected whole seconds (1 or more)",
+        ),
+        (
+            r#"<plugin name="refreshCDN"><localpath watch="/tmp"><purge url="http://h{path_q}/x"/></localpath></plugin>"#,
+            "placeholders in attribute \"url\" of <purge> are only allowed in the URL's path and query",
+        ),
+        (
+            r#"<plugin name="refreshCDN"><localpath watch="/tmp"><purge url="http://{path}/x"/></localpath></plugin>"#,
+            "invalid URL \"http://{path}/x\" in attribute \"url\" of <purge>: the URL has no host",
+        ),
+        (
+            r#"<plugin name="refreshCDN"><localpath watch="/tmp"><purge url="http://h{path}" body="{url}"/></localpath></plugin>"#,
+            "<purge> uses {url} or {url_q} but there is no <sendurl base>",
+        ),
+        (
+            r#"<plugin name="refreshCDN"><localpath watch="/tmp"><purge url="http://h/" method="PUR GE"/></localpath></plugin>"#,
+            "invalid HTTP method \"PUR GE\" in attribute \"method\" of <purge>",
+        ),
+        (
+            r#"<plugin name="refreshCDN"><localpath watch="/tmp"><sendurl base="http://x"/></localpath></plugin>"#,
+            "<localpath> of <plugin name=\"refreshCDN\"> has no <cdninfo>",
+        ),
+    ];
+    for (inner, expected) in cases {
+        let errors = errors_of(&in_head(inner));
+        assert!(
+            errors.iter().any(|e| e.message.contains(expected)),
+            "{expected:?} not in {errors:?}"
+        );
     }
 }
