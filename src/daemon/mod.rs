@@ -196,6 +196,9 @@ pub fn main(cli: Cli) -> i32 {
             return exit::SOFTWARE;
         }
     };
+    if let Some(plugins) = &plugins {
+        plugins.start();
+    }
     daemon.plugins = plugins;
     daemon.plugin_only = daemon.cli.module.is_some();
     if let Err(err) = daemon.restore_state() {
