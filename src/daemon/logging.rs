@@ -26,6 +26,13 @@ pub fn init(target: LogTarget, verbose: bool, instance: &str) {
                     // Field names are chosen to be journal names already (SERSYNC_REMOTE,
                     // RSYNC_EXIT, ...), so no prefix is added.
                     .with_field_prefix(None)
+                    // info → 6 (informational), debug → 7: tracing-journald's defaults
+                    // would log every batch as "notice".
+                    .with_priority_mappings(tracing_journald::PriorityMappings {
+                        info: tracing_journald::Priority::Informational,
+                        debug: tracing_journald::Priority::Debug,
+                        ..tracing_journald::PriorityMappings::new()
+                    })
                     .with_custom_fields([("SERSYNC_INSTANCE", instance)]);
                 let _ = tracing_subscriber::registry()
                     .with(filter)

@@ -73,6 +73,7 @@ struct Lane {
     state: LaneState,
     last_error: Option<String>,
     last_ok: Option<std::time::SystemTime>,
+    full_sync_running: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +311,7 @@ fn build_lanes(config: &Config) -> Vec<Lane> {
                 state: LaneState::Ok,
                 last_error: None,
                 last_ok: None,
+                full_sync_running: false,
             });
         }
     }
@@ -596,6 +598,9 @@ impl Daemon {
                 wake = wake.min(until.saturating_duration_since(now));
             }
         }
+        if let Some(at) = self.notifier.next_ping() {
+            wake = wake.min(at.saturating_duration_since(now));
+        }
         wake.max(Duration::from_millis(1))
     }
 
@@ -603,7 +608,10 @@ impl Daemon {
     /// failure replay. They work without systemd; the timer units only add to them.
     fn schedule_timers(&mut self) {
         let now = Instant::now();
-        self.next_crontab = self.config.crontab.enabled.then(|| {
+        // Under systemd, the generator turns <crontab> into sersync-fullsync@NAME.timer
+        // and the unit says so; running both would double every full sync.
+        let timer_in_charge = std::env::var_os("SERSYNC_CRONTAB").is_some_and(|v| v == "systemd");
+        self.next_crontab = (self.config.crontab.enabled && !timer_in_charge).then(|| {
             now + Duration::from_secs(u64::from(self.config.crontab.schedule_minutes.max(1)) * 60)
         });
         self.next_replay =
@@ -1030,7 +1038,8 @@ impl Daemon {
                 if self.control.is_none() {
                     self.start_control();
                 }
-                self.notifier.ready();
+                let line = self.status_line();
+                self.notifier.ready_with_status(&line);
                 if self.cli.full_sync_first || self.recover_after_ready {
                     let reason = if self.recover_after_ready {
                         FullSyncReason::Recovery
@@ -1124,6 +1133,8 @@ impl Daemon {
                     tracing::info!(sersync_remote = %lane.label, ?reason, "full sync started")
                 }
             }
+            self.lanes[lane_id].full_sync_running = matches!(job, Job::FullSync { .. });
+            let lane = &self.lanes[lane_id];
             let tx = self.tx.clone();
             self.in_flight += 1;
             self.runner
@@ -1151,6 +1162,7 @@ impl Daemon {
         let now = Instant::now();
         let verdict = failure::classify(outcome.result.status(), &outcome.stderr);
         let lane = &mut self.lanes[lane_id];
+        lane.full_sync_running = false;
         let what = match &outcome.job {
             Job::Batch(batch) => crate::sync::describe_batch(&batch.entries),
             Job::FullSync { reason, .. } => format!("full sync ({reason:?})"),
@@ -1205,7 +1217,13 @@ impl Daemon {
         self.counters.errors += 1;
         let code = outcome.result.code();
         let message = last_line(&outcome.stderr);
-        lane.last_error = Some(format!("{}: {message}", verdict.reason));
+        // The policy's reason often quotes rsync's line already.
+        let detail = if verdict.reason.contains(&message) {
+            verdict.reason.clone()
+        } else {
+            format!("{}: {message}", verdict.reason)
+        };
+        lane.last_error = Some(detail.clone());
         // Exit 23 with every failed path identified: retry those alone, later, and let
         // the rest of the lane go on.
         if verdict.partial {
@@ -1229,9 +1247,8 @@ impl Daemon {
                         sersync_remote = %lane.label,
                         failed = retry.len(),
                         rsync_exit = code,
-                        "{what}: {} path(s) failed ({}: {message}); retrying them in {}s",
+                        "{what}: {} path(s) failed ({detail}); retrying them in {}s",
                         retry.len(),
-                        verdict.reason,
                         PARTIAL_RETRY.as_secs()
                     );
                     self.journal.record(
@@ -1287,8 +1304,7 @@ impl Daemon {
                 retry_in_s = delay.as_secs(),
                 rsync_exit = code,
                 sersync_batch_size = batch_size,
-                "{what} failed: {}: {message} (configuration problem on this side or the remote's; retrying slowly)",
-                verdict.reason
+                "{what} failed: {detail} (configuration problem on this side or the remote's; retrying slowly)"
             );
         } else {
             tracing::warn!(
@@ -1296,8 +1312,7 @@ impl Daemon {
                 retry_in_s = delay.as_secs(),
                 rsync_exit = code,
                 sersync_batch_size = batch_size,
-                "{what} failed: {}: {message}",
-                verdict.reason
+                "{what} failed: {detail}"
             );
         }
         // Still failing after a retry (or a configuration error): it is a failure now.
@@ -1465,26 +1480,33 @@ impl Daemon {
         if !self.notifier.status_due() {
             return;
         }
+        let line = self.status_line();
+        self.notifier.status(&line);
+    }
+
+    /// The one-line summary for STATUS= (systemctl status).
+    fn status_line(&self) -> String {
         let remotes: Vec<String> = self
             .lanes
             .iter()
             .map(|l| {
                 format!(
-                    "{} {}",
+                    "{} {}{}",
                     l.context.transport.remote.label(self.config.rsync.ssh),
-                    l.state.as_str()
+                    l.state.as_str(),
+                    if l.full_sync_running { " (full sync running)" } else { "" }
                 )
             })
             .collect();
-        let line = format!(
-            "{} watches, {} queued, {} in flight, {} failed; {}",
+        format!(
+            "{}{} watches, {} queued, {} in flight, {} failed; {}",
+            if self.paused { "PAUSED; " } else { "" },
             self.watches,
             self.queue.depth() + self.queue.deferred_count(),
             self.in_flight,
             self.journal.len(),
             remotes.join(", ")
-        );
-        self.notifier.status(&line);
+        )
     }
 }
 

@@ -73,6 +73,22 @@ impl Notifier {
                 .is_none_or(|(at, _)| now.duration_since(*at) >= STATUS_INTERVAL)
     }
 
+    /// When the next watchdog ping is due (the loop must wake up by then).
+    pub fn next_ping(&self) -> Option<Instant> {
+        let interval = self.watchdog?;
+        Some(
+            self.last_ping
+                .map_or_else(Instant::now, |at| at + interval / 3),
+        )
+    }
+
+    /// `READY=1` together with the first status line, so `systemctl status` shows it at
+    /// once.
+    pub fn ready_with_status(&mut self, line: &str) {
+        self.send(&[NotifyState::Ready, NotifyState::Status(line)]);
+        self.last_status = Some((Instant::now(), line.to_owned()));
+    }
+
     /// Sends `STATUS=line` if it changed.
     pub fn status(&mut self, line: &str) {
         if self
