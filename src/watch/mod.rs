@@ -541,6 +541,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         if mask.contains(EventMask::Q_OVERFLOW) {
             tracing::warn!("inotify queue overflowed: events were lost, rescanning");
             self.flush_pending_moves();
+            self.flush();
+            // Directories created during the overflow were never watched, and removed
+            // ones may never get their IN_IGNORED: repair the watch tree first, so the
+            // rescan the daemon starts next runs with every watch in place.
+            self.repair_watches();
             (self.report)(WatchEvent::Overflow);
             return;
         }
@@ -687,6 +692,77 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 self.add_subtree(to_parent, &to_name, true);
             }
         }
+    }
+
+    /// Walks every root and makes the watch tree match the directories on disk: adds
+    /// missing watches, forgets directories that are gone. Returns how many were added.
+    fn repair_watches(&mut self) -> usize {
+        let before = self.nodes.len();
+        let mut added = 0;
+        let mut stack: Vec<i32> = self.root_nodes.iter().flatten().copied().collect();
+        while let Some(dir_id) = stack.pop() {
+            let Some(root) = self.nodes.get(&dir_id).map(|n| n.root) else {
+                continue;
+            };
+            let rel_dir = self.rel_path(dir_id);
+            let Ok(entries) = std::fs::read_dir(self.abs_path(root, &rel_dir)) else {
+                continue;
+            };
+            let mut present: Vec<Vec<u8>> = Vec::new();
+            for entry in entries.flatten() {
+                let is_dir = if self.spec.always_stat {
+                    std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir())
+                } else {
+                    entry.file_type().is_ok_and(|t| t.is_dir())
+                };
+                if !is_dir {
+                    continue;
+                }
+                let name = entry.file_name().as_bytes().to_vec();
+                let rel = join(&rel_dir, &name);
+                if self.ignored(&rel, &name, true) {
+                    continue;
+                }
+                present.push(name.clone());
+                let known = self
+                    .nodes
+                    .get(&dir_id)
+                    .and_then(|n| n.children.get(&name).copied());
+                match known {
+                    Some(child) => stack.push(child),
+                    None => {
+                        if let Some(child) = self.add_dir_watch(dir_id, &name, root, &rel) {
+                            added += 1;
+                            self.walk(child, false);
+                        }
+                    }
+                }
+            }
+            let gone: Vec<(Vec<u8>, i32)> = self
+                .nodes
+                .get(&dir_id)
+                .map(|n| {
+                    n.children
+                        .iter()
+                        .filter(|(name, _)| !present.contains(name))
+                        .map(|(name, id)| (name.clone(), *id))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (name, id) in gone {
+                if let Some(node) = self.nodes.get_mut(&dir_id) {
+                    node.children.remove(&name);
+                }
+                self.drop_subtree(id);
+            }
+        }
+        tracing::info!(
+            added,
+            watches = self.nodes.len(),
+            was = before,
+            "watch tree repaired after the overflow"
+        );
+        added
     }
 
     /// Lists every entry below an already-watched directory without adding watches.
