@@ -1,6 +1,6 @@
-//! `sersyncctl`: the control client. The D-Bus interface is not there yet.
+//! `sersyncctl`: the control client of `sersyncd` over D-Bus. Everything lives in the
+//! library (`sersync::ctl`).
 
 fn main() {
-    eprintln!("sersyncctl: not yet: the D-Bus control interface comes with a later release");
-    std::process::exit(69);
+    std::process::exit(sersync::ctl::main());
 }

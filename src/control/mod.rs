@@ -1,10 +1,35 @@
-//! The D-Bus control interface (being built): the contract between the daemon loop and
-//! the bus adapter. The daemon owns all state; the adapter only sends [`Command`]s into
-//! the loop and reads the published [`Status`] snapshot.
+//! The D-Bus control interface: the contract between the daemon loop and the bus adapter,
+//! the adapter itself ([`serve`]) and the client side `sersyncctl` uses ([`client`]).
+//!
+//! The daemon owns all state; the adapter only sends [`Command`]s into the loop, reads the
+//! published [`Status`] snapshot and forwards [`Event`]s as signals. See [`interface`] for
+//! the interface, [`names`] for bus names, and `dbus/` for the introspection XML and the
+//! system-bus policy.
+//!
+//! Threads: zbus runs the connection on its own executor thread; method calls wait for the
+//! loop's answers on the `blocking` thread pool; one publisher thread turns events into
+//! signals and emits `PropertiesChanged` at most once a second.
 
+pub mod client;
+pub mod interface;
+pub mod names;
+pub mod wire;
+
+use std::fmt;
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use zbus::blocking::Connection;
+use zbus::fdo::RequestNameFlags;
+use zbus::names::InterfaceName;
+use zbus::zvariant::Value;
+
+pub use interface::{Error, Sersync1, Sersync1Proxy};
+pub use names::{INTERFACE, NAME_PREFIX, OBJECT_PATH};
 
 /// Requests from the bus to the daemon loop. Each carries the channel its answer goes to.
 #[derive(Debug)]
@@ -92,4 +117,403 @@ pub enum Event {
         remote: String,
         state: String,
     },
+}
+
+/// Which message bus to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BusKind {
+    /// The system bus (`$DBUS_SYSTEM_BUS_ADDRESS`, else /run/dbus/system_bus_socket).
+    #[default]
+    System,
+    /// The session bus of the user (`$DBUS_SESSION_BUS_ADDRESS`), for unprivileged use.
+    Session,
+}
+
+impl fmt::Display for BusKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BusKind::System => "system",
+            BusKind::Session => "session",
+        })
+    }
+}
+
+/// The bus options of `sersyncctl` (`--bus`, `--bus-address`), for `#[command(flatten)]`;
+/// `sersyncd` has the same two flags in its own parser.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct BusArgs {
+    /// The message bus to use.
+    #[arg(long = "bus", value_enum, value_name = "BUS", default_value_t = BusKind::System, global = true)]
+    pub bus: BusKind,
+
+    /// Connect to this D-Bus address instead of the system or session bus (e.g.
+    /// unix:path=/run/sersync-test/bus).
+    #[arg(long = "bus-address", value_name = "ADDRESS", global = true)]
+    pub bus_address: Option<String>,
+}
+
+impl BusArgs {
+    /// Opens a connection to the chosen bus.
+    pub fn connect(&self) -> Result<Connection, ControlError> {
+        connect(self.bus, self.bus_address.as_deref())
+    }
+
+    /// The bus as people say it: `system bus`, `session bus` or `bus at ADDRESS`.
+    pub fn describe(&self) -> String {
+        describe_bus(self.bus, self.bus_address.as_deref())
+    }
+}
+
+fn describe_bus(bus: BusKind, address: Option<&str>) -> String {
+    match address {
+        Some(address) => format!("the bus at {address}"),
+        None => format!("the {bus} bus"),
+    }
+}
+
+/// A connection builder for `address`, or else for the bus of kind `bus`.
+fn builder(
+    bus: BusKind,
+    address: Option<&str>,
+) -> zbus::Result<zbus::blocking::connection::Builder<'static>> {
+    match (address, bus) {
+        (Some(address), _) => zbus::blocking::connection::Builder::address(address),
+        (None, BusKind::System) => zbus::blocking::connection::Builder::system(),
+        (None, BusKind::Session) => zbus::blocking::connection::Builder::session(),
+    }
+}
+
+/// Opens a client connection to `address`, or else to the bus of kind `bus`. Its method
+/// calls give up after [`CLIENT_TIMEOUT`], so a hung daemon cannot hang its callers.
+pub fn connect(bus: BusKind, address: Option<&str>) -> Result<Connection, ControlError> {
+    builder(bus, address)
+        .and_then(|b| b.method_timeout(CLIENT_TIMEOUT).build())
+        .map_err(|source| ControlError::Connect {
+            bus: describe_bus(bus, address),
+            source,
+        })
+}
+
+/// How long a client waits for any answer: longer than [`REPLY_TIMEOUT`], so a daemon
+/// that is merely slow answers with its own Timeout error first.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// How long the daemon's own calls to the bus (asking who a caller is) may take.
+const BUS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a method waits for the daemon loop to answer before failing with
+/// `org.sersync.Sersync1.Error.Timeout`.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often at most `PropertiesChanged` is emitted.
+pub const PROPERTIES_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What [`serve`] needs besides the channels.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub bus: BusKind,
+    /// Overrides `bus` (from `--bus-address`).
+    pub bus_address: Option<String>,
+    /// The instance name; the bus name is derived from it (see [`names`]).
+    pub instance: String,
+    pub config_path: PathBuf,
+    /// See [`REPLY_TIMEOUT`].
+    pub reply_timeout: Duration,
+}
+
+impl ServeOptions {
+    /// The system bus and the default timeout.
+    pub fn new(instance: impl Into<String>, config_path: impl Into<PathBuf>) -> Self {
+        ServeOptions {
+            bus: BusKind::System,
+            bus_address: None,
+            instance: instance.into(),
+            config_path: config_path.into(),
+            reply_timeout: REPLY_TIMEOUT,
+        }
+    }
+}
+
+/// Why the control interface could not be started.
+#[derive(Debug)]
+pub enum ControlError {
+    /// The instance name cannot be a bus name.
+    Name(names::NameError),
+    /// No connection to the bus.
+    Connect { bus: String, source: zbus::Error },
+    /// Exporting the object failed.
+    Serve(zbus::Error),
+    /// Another process already owns this instance's name.
+    NameTaken { name: String, bus: String },
+    /// The bus refused the name (on the system bus: the policy lets only root own it).
+    NameRefused {
+        name: String,
+        bus: String,
+        source: zbus::Error,
+    },
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::Name(err) => write!(f, "{err}"),
+            ControlError::Connect { bus, source } => {
+                write!(f, "cannot connect to {bus}: {source}")
+            }
+            ControlError::Serve(source) => {
+                write!(f, "cannot export the D-Bus object {OBJECT_PATH}: {source}")
+            }
+            ControlError::NameTaken { name, bus } => write!(
+                f,
+                "{name} is already owned on {bus}: another sersyncd runs with the same instance \
+                 name (pick another with --instance)"
+            ),
+            ControlError::NameRefused { name, bus, source } => write!(
+                f,
+                "{bus} refused the name {name}: {source} (on the system bus only root may own \
+                 it: is dbus/org.sersync.Sersync1.conf installed in /usr/share/dbus-1/system.d?)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ControlError::Name(err) => Some(err),
+            ControlError::Connect { source, .. }
+            | ControlError::Serve(source)
+            | ControlError::NameRefused { source, .. } => Some(source),
+            ControlError::NameTaken { .. } => None,
+        }
+    }
+}
+
+impl From<names::NameError> for ControlError {
+    fn from(err: names::NameError) -> Self {
+        ControlError::Name(err)
+    }
+}
+
+/// The running control interface. Dropping it (or [`ControlHandle::shutdown`]) stops the
+/// publisher, releases the bus name and closes the connection.
+#[derive(Debug)]
+pub struct ControlHandle {
+    connection: Option<Connection>,
+    name: String,
+    stop: Arc<AtomicBool>,
+    publisher: Option<JoinHandle<()>>,
+}
+
+impl ControlHandle {
+    /// The well-known name this instance owns.
+    pub fn bus_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The connection's unique name (`:1.42`).
+    pub fn unique_name(&self) -> Option<String> {
+        self.connection
+            .as_ref()
+            .and_then(|c| c.unique_name().map(|n| n.to_string()))
+    }
+
+    /// Stops serving now (what dropping does), for callers that want it explicit.
+    pub fn shutdown(self) {}
+}
+
+impl Drop for ControlHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(publisher) = self.publisher.take() {
+            let _ = publisher.join();
+        }
+        if let Some(connection) = self.connection.take() {
+            // Release explicitly so a successor can take the name at once, even if a method
+            // call still waiting for the loop keeps a clone of the connection alive for a
+            // while (it ends by REPLY_TIMEOUT at the latest). Not `graceful_shutdown`: that
+            // would wait for exactly those calls and hold up the daemon's exit.
+            let _ = connection.release_name(self.name.as_str());
+            drop(connection);
+        }
+    }
+}
+
+/// Exports the control object on the bus, requests the instance's well-known name (after
+/// the object is in place, so no call is lost) and returns; the bus is served on zbus's
+/// own thread and events are forwarded by a publisher thread until the handle is dropped or
+/// the sending side of `events` is gone.
+///
+/// `commands` must not block: it hands the command to the daemon loop (e.g. by sending on
+/// the loop's channel) and the loop answers on the command's reply channel.
+pub fn serve(
+    options: ServeOptions,
+    status: Arc<RwLock<Status>>,
+    commands: Box<dyn Fn(Command) + Send + Sync>,
+    events: Receiver<Event>,
+) -> Result<ControlHandle, ControlError> {
+    let name = names::bus_name(&options.instance)?;
+    let bus = describe_bus(options.bus, options.bus_address.as_deref());
+    // Absolute, so that what clients see does not depend on the daemon's working directory.
+    let config_path = std::path::absolute(&options.config_path).unwrap_or(options.config_path);
+    let object = Sersync1::new(
+        Arc::clone(&status),
+        Arc::from(commands),
+        options.instance.clone(),
+        config_path,
+        options.reply_timeout,
+    );
+    // Exported through the builder, which starts the object server before the connection
+    // reads any message: a call that arrives early (or right after the name is ours) is
+    // never dropped.
+    let connect_error = |source| ControlError::Connect {
+        bus: bus.clone(),
+        source,
+    };
+    let connection = builder(options.bus, options.bus_address.as_deref())
+        .map_err(connect_error)?
+        .serve_at(OBJECT_PATH, object)
+        .map_err(ControlError::Serve)?
+        .method_timeout(BUS_CALL_TIMEOUT)
+        .build()
+        .map_err(connect_error)?;
+    let flags = RequestNameFlags::DoNotQueue.into();
+    match connection.request_name_with_flags(name.as_str(), flags) {
+        Ok(_) => {}
+        Err(zbus::Error::NameTaken) => return Err(ControlError::NameTaken { name, bus }),
+        Err(source) => return Err(ControlError::NameRefused { name, bus, source }),
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let connection = connection.clone();
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("sersync-dbus".into())
+            .spawn(move || publish(&connection, &status, &events, &stop))
+            .map_err(|e| ControlError::Serve(zbus::Error::InputOutput(Arc::new(e))))?
+    };
+    Ok(ControlHandle {
+        connection: Some(connection),
+        name,
+        stop,
+        publisher: Some(publisher),
+    })
+}
+
+/// How often the publisher looks at the stop flag while idle.
+const STOP_POLL: Duration = Duration::from_millis(200);
+
+/// The publisher thread: events become signals as they come; every
+/// [`PROPERTIES_INTERVAL`] the snapshot is compared with the last one published and one
+/// `PropertiesChanged` carries what differs.
+fn publish(
+    connection: &Connection,
+    status: &RwLock<Status>,
+    events: &Receiver<Event>,
+    stop: &AtomicBool,
+) {
+    let iface = match connection
+        .object_server()
+        .interface::<_, Sersync1>(OBJECT_PATH)
+    {
+        Ok(iface) => iface,
+        Err(err) => {
+            tracing::error!("D-Bus: the control object vanished: {err}");
+            return;
+        }
+    };
+    let emitter = iface.signal_emitter();
+    let read = || match status.read() {
+        Ok(s) => s.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let mut published = read();
+    let mut next_tick = Instant::now() + PROPERTIES_INTERVAL;
+    while !stop.load(Ordering::Relaxed) {
+        let wait = next_tick
+            .saturating_duration_since(Instant::now())
+            .min(STOP_POLL);
+        match events.recv_timeout(wait) {
+            Ok(event) => {
+                if let Err(err) = zbus::block_on(emit_event(emitter, event)) {
+                    tracing::warn!("D-Bus: cannot emit a signal: {err}");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() >= next_tick {
+            let current = read();
+            let changed = changed_properties(&published, &current);
+            if !changed.is_empty() {
+                let changed = changed.into_iter().collect();
+                let signal = zbus::fdo::Properties::properties_changed(
+                    emitter,
+                    InterfaceName::from_static_str_unchecked(INTERFACE),
+                    changed,
+                    std::borrow::Cow::Borrowed(&[]),
+                );
+                if let Err(err) = zbus::block_on(signal) {
+                    tracing::warn!("D-Bus: cannot emit PropertiesChanged: {err}");
+                }
+            }
+            published = current;
+            next_tick = Instant::now() + PROPERTIES_INTERVAL;
+        }
+    }
+}
+
+async fn emit_event(
+    emitter: &zbus::object_server::SignalEmitter<'_>,
+    event: Event,
+) -> zbus::Result<()> {
+    use std::os::unix::ffi::OsStringExt;
+    match event {
+        Event::SyncFailed {
+            remote,
+            path,
+            rsync_exit,
+            message,
+        } => Sersync1::sync_failed(emitter, remote, path, rsync_exit, message).await,
+        Event::FullSyncFinished {
+            job_id,
+            root,
+            success,
+        } => {
+            let root = root.into_os_string().into_vec();
+            Sersync1::full_sync_finished(emitter, job_id, root, success).await
+        }
+        Event::StateChanged { remote, state } => {
+            Sersync1::state_changed(emitter, remote, state).await
+        }
+    }
+}
+
+/// The properties whose values differ between two snapshots, with their new values.
+fn changed_properties(old: &Status, new: &Status) -> Vec<(&'static str, Value<'static>)> {
+    let mut changed = Vec::new();
+    if old.paused != new.paused {
+        changed.push(("Paused", Value::from(new.paused)));
+    }
+    for (name, before, after) in [
+        ("QueueDepth", old.queue_depth, new.queue_depth),
+        ("InFlight", old.in_flight, new.in_flight),
+        ("Failed", old.failed, new.failed),
+        ("Watches", old.watches, new.watches),
+    ] {
+        if before != after {
+            changed.push((name, Value::from(after)));
+        }
+    }
+    if old.remotes != new.remotes {
+        let remotes: Vec<wire::RemoteInfo> = new.remotes.iter().map(Into::into).collect();
+        changed.push(("Remotes", Value::from(remotes)));
+    }
+    if old.counters != new.counters {
+        changed.push((
+            "Counters",
+            Value::from(wire::CountersInfo::from(&new.counters)),
+        ));
+    }
+    changed
 }

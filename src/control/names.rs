@@ -181,7 +181,10 @@ mod tests {
     #[test]
     fn round_trip_of_every_byte_class() {
         let mut all = String::new();
-        for c in (1u32..0x250).chain([0x3000, 0x1f600]).filter_map(char::from_u32) {
+        for c in (1u32..0x250)
+            .chain([0x3000, 0x1f600])
+            .filter_map(char::from_u32)
+        {
             all.push(c);
         }
         for chunk in all.chars().collect::<Vec<_>>().chunks(20) {
@@ -229,7 +232,10 @@ mod tests {
         let longest = "a".repeat(MAX_NAME_LEN - NAME_PREFIX.len());
         assert!(bus_name(&longest).is_ok());
         let err = bus_name(&format!("{longest}a")).unwrap_err();
-        assert!(matches!(err, NameError::TooLong { len: 256, .. }), "{err:?}");
+        assert!(
+            matches!(err, NameError::TooLong { len: 256, .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("too long for D-Bus"));
         // Escapes count three bytes each.
         assert!(bus_name(&"-".repeat(78)).is_err());

@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zbus::zvariant::{DeserializeDict, OwnedValue, SerializeDict, Type, Value};
 
-
 use super::{Counters, FailureRecord, RemoteStatus, Status};
 
 /// One (root, remote) lane as shown to operators.
@@ -120,7 +119,7 @@ impl StatusInfo {
     /// not filled in yet still identifies itself correctly.
     pub fn new(status: &Status, instance: &str, config_path: &std::path::Path) -> Self {
         StatusInfo {
-            version: status.version.clone(),
+            version: version_of(status),
             instance: instance.to_owned(),
             config_path: config_path.display().to_string(),
             paused: status.paused,
@@ -131,6 +130,15 @@ impl StatusInfo {
             remotes: status.remotes.iter().map(RemoteInfo::from).collect(),
             counters: CountersInfo::from(&status.counters),
         }
+    }
+}
+
+/// The daemon's version: the snapshot's, or this build's before the first snapshot.
+pub(crate) fn version_of(status: &Status) -> String {
+    if status.version.is_empty() {
+        env!("CARGO_PKG_VERSION").to_owned()
+    } else {
+        status.version.clone()
     }
 }
 
@@ -218,19 +226,22 @@ mod tests {
     }
 
     #[test]
-    fn absent_keys_are_none_or_default() {
-        // An older or newer daemon may send fewer or more keys than this client knows.
+    fn unknown_keys_are_ignored_and_optional_keys_may_be_absent() {
+        // A newer daemon may send keys this client does not know; fields added later to
+        // these dictionaries must be `Option`s so that older daemons stay readable.
         use std::collections::HashMap;
         let mut dict: HashMap<&str, Value<'_>> = HashMap::new();
         dict.insert("Name", Value::from("x"));
         dict.insert("State", Value::from("ok"));
+        dict.insert("Pending", Value::from(3u64));
         dict.insert("SomethingNew", Value::from(42u32));
         let ctxt = Context::new_dbus(Endian::Little, 0);
         let bytes = to_bytes(ctxt, &dict).unwrap();
         let (remote, _): (RemoteInfo, _) = bytes.deserialize().unwrap();
         assert_eq!(remote.name, "x");
         assert_eq!(remote.last_ok_usec, None);
-        assert_eq!(remote.pending, 0);
+        assert_eq!(remote.last_error, None);
+        assert_eq!(remote.pending, 3);
     }
 
     #[test]

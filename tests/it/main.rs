@@ -17,3 +17,16 @@ mod e2e_filter;
 mod e2e_hostile;
 // Several remotes and several roots; a dead remote does not stall a live one.
 mod e2e_remotes;
+// Remote down, auth failure, kill -9, clean restart, inotify overflow, the failure script.
+mod e2e_failures;
+// D-Bus control interface and sersyncctl over private dbus-daemons: the adapter with a
+// scripted loop, the bus policy, unprivileged callers, and end to end against sersyncd.
+mod control;
+// systemd units (verify, exposure score) and sersync-generator (configs in, drop-ins out).
+mod systemd_units;
+// sd_notify on a NOTIFY_SOCKET of the test's own: READY, STATUS, WATCHDOG, RELOADING, STOPPING.
+mod notify;
+// --log journald: native journal protocol datagrams on /run/systemd/journal/socket.
+mod journald;
+// Plugins: command, socket (raw and framed), refreshCDN, http; -m NAME and after-sync.
+mod plugins;

@@ -1,0 +1,463 @@
+//! The `org.sersync.Sersync1` interface: the object the daemon exports, its errors, and
+//! (generated from the very same definition) the blocking proxy `sersyncctl` uses.
+//!
+//! The object is a thin adapter. Methods check the caller, send a [`Command`] into the
+//! daemon loop with a fresh reply channel, and wait for the answer without blocking the bus
+//! connection's executor. Properties and `GetStatus` read the [`Status`] snapshot the loop
+//! publishes. Nothing here owns replication state.
+//!
+//! # Properties versus `GetStatus`
+//!
+//! Every property is readable at any time and always current (it reads the snapshot).
+//! `PropertiesChanged` is emitted by the publisher in `control::serve` at most once a
+//! second, as one signal carrying every property that changed since the last one, so a busy
+//! daemon whose counters move constantly costs a watcher one small signal per second and no
+//! more. Scripts that want one consistent view (the queue depth and the counters of the
+//! same instant) call `GetStatus`, which answers the whole snapshot as one `a{sv}`.
+//!
+//! # Who may do what
+//!
+//! Reading (properties, `GetStatus`, `ListFailures`, `Introspect`) is open to everyone.
+//! Changing (`Pause`, `Resume`, `RetryFailed`, `FullSync`, `Reload`) is for root, for the
+//! user the daemon runs as, and for members of the group [`ADMIN_GROUP`]. The system-bus
+//! policy in `dbus/org.sersync.Sersync1.conf` says the same, and the handlers check again
+//! because the policy does not apply on a session bus or a bus with a laxer policy.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use nix::unistd::{Gid, Group, Uid, User};
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::{Connection, DBusError, interface};
+
+use super::wire::{FailureInfo, RemoteInfo, StatusInfo};
+use super::{Command, Status};
+
+/// Members of this group may change the daemon's state, as may root.
+pub const ADMIN_GROUP: &str = "sersync";
+
+/// The error domain `org.sersync.Sersync1.Error.*`. Every message says what to do next.
+#[derive(Debug, DBusError)]
+#[zbus(prefix = "org.sersync.Sersync1.Error")]
+pub enum Error {
+    /// A transport or protocol failure (the error keeps its own D-Bus name).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// The caller may read the status but not change anything.
+    AccessDenied(String),
+    /// `FullSync` named a directory that is not a watched root.
+    UnknownRoot(String),
+    /// The daemon did not answer in time (it is alive but stuck or overloaded).
+    Timeout(String),
+    /// `Reload`: the new config was refused; the message holds its diagnostics and the old
+    /// config stays in force.
+    Rejected(String),
+    /// The daemon is shutting down and no longer takes requests.
+    Unavailable(String),
+}
+
+/// The object at [`super::names::OBJECT_PATH`].
+pub struct Sersync1 {
+    status: Arc<RwLock<Status>>,
+    commands: Arc<dyn Fn(Command) + Send + Sync>,
+    instance: String,
+    config_path: PathBuf,
+    reply_timeout: Duration,
+}
+
+impl std::fmt::Debug for Sersync1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sersync1")
+            .field("instance", &self.instance)
+            .field("config_path", &self.config_path)
+            .field("reply_timeout", &self.reply_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sersync1 {
+    pub(crate) fn new(
+        status: Arc<RwLock<Status>>,
+        commands: Arc<dyn Fn(Command) + Send + Sync>,
+        instance: String,
+        config_path: PathBuf,
+        reply_timeout: Duration,
+    ) -> Self {
+        Sersync1 {
+            status,
+            commands,
+            instance,
+            config_path,
+            reply_timeout,
+        }
+    }
+
+    /// A copy of the current snapshot (a poisoned lock still holds the last good one).
+    fn snapshot(&self) -> Status {
+        match self.status.read() {
+            Ok(status) => status.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn with_status<T>(&self, read: impl FnOnce(&Status) -> T) -> T {
+        match self.status.read() {
+            Ok(status) => read(&status),
+            Err(poisoned) => read(&poisoned.into_inner()),
+        }
+    }
+
+    /// Sends a command built around a fresh reply channel into the loop and waits (without
+    /// blocking the connection's executor) for the answer.
+    async fn request<T: Send + 'static>(
+        &self,
+        what: &str,
+        make: impl FnOnce(Sender<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (reply, answer) = mpsc::channel();
+        (self.commands)(make(reply));
+        let timeout = self.reply_timeout;
+        match blocking::unblock(move || answer.recv_timeout(timeout)).await {
+            Ok(value) => Ok(value),
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(format!(
+                "the daemon did not answer {what} within {} s; it may be overloaded or stuck \
+                 (see its log)",
+                timeout.as_secs()
+            ))),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Unavailable(format!(
+                "the daemon dropped the {what} request: it is shutting down"
+            ))),
+        }
+    }
+
+    /// Refuses callers who are neither root, nor the daemon's own user, nor in
+    /// [`ADMIN_GROUP`].
+    async fn authorize(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+        what: &str,
+    ) -> Result<(), Error> {
+        let caller = Caller::of(connection, header).await?;
+        if caller.may_change() {
+            return Ok(());
+        }
+        Err(Error::AccessDenied(format!(
+            "{what} needs root or membership in group {ADMIN_GROUP}; {} is neither (reading \
+             the status is open to everyone)",
+            caller.describe()
+        )))
+    }
+}
+
+/// Who sent a method call, as the bus (or the peer socket) vouches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    pub uid: u32,
+    /// Every group of the caller's process, when the bus reports them (dbus-daemon does,
+    /// from `SO_PEERGROUPS`); otherwise looked up from the user database.
+    pub groups: Option<Vec<u32>>,
+}
+
+impl Caller {
+    async fn of(connection: &Connection, header: &Header<'_>) -> Result<Caller, Error> {
+        let (uid, groups) = match header.sender() {
+            Some(sender) => {
+                let bus = zbus::fdo::DBusProxy::new(connection).await?;
+                let credentials = bus
+                    .get_connection_credentials(sender.clone().into())
+                    .await
+                    .map_err(|e| Error::ZBus(e.into()))?;
+                (
+                    credentials.unix_user_id(),
+                    credentials.unix_group_ids().cloned(),
+                )
+            }
+            // A peer-to-peer connection: the kernel's view of the socket's other end.
+            None => {
+                let credentials = connection
+                    .peer_creds()
+                    .await
+                    .map_err(|e| Error::ZBus(zbus::Error::InputOutput(Arc::new(e))))?;
+                (
+                    credentials.unix_user_id(),
+                    credentials.unix_group_ids().cloned(),
+                )
+            }
+        };
+        let uid = uid.ok_or_else(|| {
+            Error::AccessDenied("the bus did not say which user is calling".into())
+        })?;
+        Ok(Caller { uid, groups })
+    }
+    /// Root, the daemon's own user, or a member of [`ADMIN_GROUP`].
+    pub fn may_change(&self) -> bool {
+        if self.uid == 0 || self.uid == Uid::effective().as_raw() {
+            return true;
+        }
+        let Ok(Some(group)) = Group::from_name(ADMIN_GROUP) else {
+            return false;
+        };
+        self.is_member(group.gid)
+    }
+
+    fn is_member(&self, gid: Gid) -> bool {
+        if let Some(groups) = &self.groups {
+            return groups.contains(&gid.as_raw());
+        }
+        let Ok(Some(user)) = User::from_uid(Uid::from_raw(self.uid)) else {
+            return false;
+        };
+        if user.gid == gid {
+            return true;
+        }
+        let Ok(name) = std::ffi::CString::new(user.name.as_bytes()) else {
+            return false;
+        };
+        nix::unistd::getgrouplist(&name, user.gid).is_ok_and(|groups| groups.contains(&gid))
+    }
+
+    fn describe(&self) -> String {
+        match User::from_uid(Uid::from_raw(self.uid)) {
+            Ok(Some(user)) => format!("user {} (uid {})", user.name, self.uid),
+            _ => format!("uid {}", self.uid),
+        }
+    }
+}
+
+#[interface(
+    name = "org.sersync.Sersync1",
+    proxy(
+        default_path = "/org/sersync/Sersync1",
+        gen_async = false,
+        blocking_name = "Sersync1Proxy"
+    )
+)]
+impl Sersync1 {
+    /// Stops handing changes to rsync. Events are still collected and coalesced while
+    /// paused; nothing is lost, and Resume delivers them.
+    async fn pause(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), Error> {
+        self.authorize(connection, &header, "Pause").await?;
+        self.request("Pause", Command::Pause).await
+    }
+
+    /// Delivers what was collected while paused, and carries on.
+    async fn resume(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), Error> {
+        self.authorize(connection, &header, "Resume").await?;
+        self.request("Resume", Command::Resume).await
+    }
+
+    /// Queues every failed change again now, without waiting for its backoff; answers how
+    /// many paths were queued.
+    #[zbus(out_args("queued"))]
+    async fn retry_failed(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<u32, Error> {
+        self.authorize(connection, &header, "RetryFailed").await?;
+        self.request("RetryFailed", Command::RetryFailed).await
+    }
+
+    /// Pushes a whole watched root (an empty root: every root) to its remotes. Answers a job
+    /// id; the FullSyncFinished signal with that id reports the end.
+    #[zbus(out_args("job_id"))]
+    async fn full_sync(
+        &self,
+        root: Vec<u8>,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<u64, Error> {
+        use std::os::unix::ffi::OsStringExt;
+        self.authorize(connection, &header, "FullSync").await?;
+        let root = (!root.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(root)));
+        self.request("FullSync", |reply| Command::FullSync { root, reply })
+            .await?
+            .map_err(Error::UnknownRoot)
+    }
+
+    /// Every change that is still failing after retries, one dictionary each: Remote s,
+    /// Root ay, Path ay (relative to Root), RsyncExit i, Message s, SinceUsec t
+    /// (microseconds since the Unix epoch).
+    #[zbus(out_args("failures"))]
+    async fn list_failures(&self) -> Result<Vec<FailureInfo>, Error> {
+        let records = self.request("ListFailures", Command::ListFailures).await?;
+        Ok(records.iter().map(FailureInfo::from).collect())
+    }
+
+    /// Re-reads the config file. When the new config is refused, the error Rejected carries
+    /// the diagnostics and the running config stays.
+    async fn reload(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), Error> {
+        self.authorize(connection, &header, "Reload").await?;
+        self.request("Reload", Command::Reload)
+            .await?
+            .map_err(Error::Rejected)
+    }
+
+    /// The whole status snapshot at one instant: the properties as one dictionary with
+    /// the same names and types (Version, Instance, ConfigPath, Paused, QueueDepth,
+    /// InFlight, Failed, Watches, Remotes, Counters).
+    #[zbus(out_args("status"))]
+    async fn get_status(&self) -> Result<StatusInfo, Error> {
+        Ok(StatusInfo::new(
+            &self.snapshot(),
+            &self.instance,
+            &self.config_path,
+        ))
+    }
+
+    /// A change could not be delivered to a remote (after the retries rsync's exit allows).
+    #[zbus(signal)]
+    pub async fn sync_failed(
+        emitter: &SignalEmitter<'_>,
+        remote: String,
+        path: Vec<u8>,
+        rsync_exit: i32,
+        message: String,
+    ) -> zbus::Result<()>;
+
+    /// A full sync started by FullSync (or by the daemon itself) ended.
+    #[zbus(signal)]
+    pub async fn full_sync_finished(
+        emitter: &SignalEmitter<'_>,
+        job_id: u64,
+        root: Vec<u8>,
+        success: bool,
+    ) -> zbus::Result<()>;
+
+    /// A remote changed state: ok, backoff or failing.
+    #[zbus(signal)]
+    pub async fn state_changed(
+        emitter: &SignalEmitter<'_>,
+        remote: String,
+        state: String,
+    ) -> zbus::Result<()>;
+
+    /// The sersync version of the daemon.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        self.with_status(super::wire::version_of)
+    }
+
+    /// The instance name (sersync@NAME).
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn instance(&self) -> String {
+        self.instance.clone()
+    }
+
+    /// The config file the daemon was started with.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn config_path(&self) -> String {
+        self.config_path.display().to_string()
+    }
+
+    /// True between Pause and Resume.
+    #[zbus(property)]
+    fn paused(&self) -> bool {
+        self.with_status(|s| s.paused)
+    }
+
+    /// Distinct paths waiting to be delivered, summed over remotes.
+    #[zbus(property)]
+    fn queue_depth(&self) -> u64 {
+        self.with_status(|s| s.queue_depth)
+    }
+
+    /// rsync batches running now.
+    #[zbus(property)]
+    fn in_flight(&self) -> u64 {
+        self.with_status(|s| s.in_flight)
+    }
+
+    /// Changes still failing after retries (see ListFailures).
+    #[zbus(property)]
+    fn failed(&self) -> u64 {
+        self.with_status(|s| s.failed)
+    }
+
+    /// Directories under inotify watch.
+    #[zbus(property)]
+    fn watches(&self) -> u64 {
+        self.with_status(|s| s.watches)
+    }
+
+    /// One dictionary per (root, remote): Name s, State s (ok, backoff or failing),
+    /// LastOkUsec t (absent: never), LastError s (absent: the last attempt succeeded),
+    /// Pending t (paths waiting for this remote).
+    #[zbus(property)]
+    fn remotes(&self) -> Vec<RemoteInfo> {
+        self.with_status(|s| s.remotes.iter().map(RemoteInfo::from).collect())
+    }
+
+    /// Counters since start, all t: Events, Batches, Files, Bytes, Errors.
+    #[zbus(property)]
+    fn counters(&self) -> super::wire::CountersInfo {
+        self.with_status(|s| (&s.counters).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_the_daemons_own_user_may_change() {
+        assert!(
+            Caller {
+                uid: 0,
+                groups: Some(vec![])
+            }
+            .may_change()
+        );
+        assert!(
+            Caller {
+                uid: Uid::effective().as_raw(),
+                groups: None
+            }
+            .may_change()
+        );
+    }
+
+    #[test]
+    fn group_membership_comes_from_the_reported_groups_first() {
+        let Ok(Some(group)) = Group::from_name(ADMIN_GROUP) else {
+            // Without the group nobody but root and the daemon's user may change anything.
+            assert!(
+                !Caller {
+                    uid: 4_000_000,
+                    groups: Some(vec![0, 1, 2])
+                }
+                .may_change()
+            );
+            return;
+        };
+        let outsider = Caller {
+            uid: 4_000_000,
+            groups: Some(vec![]),
+        };
+        let member = Caller {
+            uid: 4_000_000,
+            groups: Some(vec![group.gid.as_raw()]),
+        };
+        assert_eq!(
+            outsider.may_change(),
+            Uid::effective().as_raw() == 4_000_000
+        );
+        assert!(member.may_change());
+    }
+}

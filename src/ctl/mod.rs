@@ -1,0 +1,697 @@
+//! `sersyncctl`: the human and shell-script face of the D-Bus interface.
+//!
+//! Every command is one or two calls through the proxy generated from the interface
+//! definition (`control::Sersync1Proxy`). Output is for people by default and JSON with
+//! `--json`; exit statuses follow sysexits so scripts can tell "the daemon said no" (1) from
+//! "there is no daemon" (69) and "you may not" (77).
+
+#[cfg(test)]
+mod generated;
+pub mod render;
+
+use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use zbus::blocking::{Connection, MessageIterator};
+use zbus::message::Type as MessageType;
+use zbus::{MatchRule, Message};
+
+use crate::config::{self, Severity};
+use crate::control::client::{self, Failure};
+use crate::control::interface::{FullSyncFinished, StateChanged, SyncFailed};
+use crate::control::{BusArgs, Error, INTERFACE, OBJECT_PATH, Sersync1Proxy, names};
+use render::Seen;
+
+/// Exit statuses of `sersyncctl` (sysexits).
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// The daemon answered with an error (or a full sync it waited for failed).
+    pub const DAEMON: i32 = 1;
+    pub const USAGE: i32 = 64;
+    /// No such daemon, or no bus.
+    pub const UNAVAILABLE: i32 = 69;
+    /// The bus policy or the daemon refused the caller.
+    pub const NOPERM: i32 = 77;
+    /// `check`: the config is invalid.
+    pub const CONFIG: i32 = 78;
+}
+
+/// Control and inspect running sersyncd instances over D-Bus.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "sersyncctl",
+    version,
+    about = "Control and inspect running sersyncd instances over D-Bus",
+    long_about = "Control and inspect running sersyncd instances over D-Bus.\n\n\
+        Reading (status, failures, list, monitor) is open to every user; changing (pause, \
+        resume, retry-failed, full-sync, reload) needs root or membership in the group \
+        sersync.\n\n\
+        Exit status: 0 ok, 1 the daemon answered with an error, 64 usage error, 69 the \
+        daemon is not running or the bus is unreachable, 77 access denied, 78 (check) the \
+        config is invalid."
+)]
+pub struct Cli {
+    /// The instance to talk to (sersync@NAME); needed only when several run.
+    #[arg(short = 'i', long = "instance", value_name = "NAME", global = true)]
+    pub instance: Option<String>,
+
+    /// Print JSON instead of text (JSON Lines for monitor).
+    #[arg(long = "json", global = true)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub bus: BusArgs,
+
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// What to do.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// Show the state of an instance: queue, failures, watches, remotes, counters.
+    Status,
+    /// Stop sending changes; they are still collected and coalesced, nothing is lost.
+    Pause,
+    /// Send what was collected while paused, and carry on.
+    Resume,
+    /// Retry every failed change now instead of waiting for its backoff.
+    RetryFailed,
+    /// Push a whole watched tree (or every tree) to its remotes.
+    FullSync {
+        /// Only this watched root (as written in the config).
+        #[arg(long = "root", value_name = "PATH")]
+        root: Option<PathBuf>,
+        /// Wait until the full sync finished; exit 1 if it failed.
+        #[arg(long = "wait")]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 1).
+        #[arg(long = "timeout", value_name = "SECONDS", requires = "wait")]
+        timeout: Option<u64>,
+    },
+    /// List the changes that still fail after retries.
+    Failures,
+    /// Re-read the config file; a config with errors is refused and the old one stays.
+    Reload,
+    /// List the running instances.
+    List,
+    /// Validate a config file without any daemon: 0 when valid, 78 with diagnostics.
+    Check {
+        /// The config file (sersync 2.5 confxml.xml schema).
+        #[arg(
+            short = 'o',
+            long = "config",
+            value_name = "FILE",
+            default_value = "./confxml.xml"
+        )]
+        config: PathBuf,
+    },
+    /// Print the daemon's signals as they happen, until it stops or you interrupt.
+    Monitor,
+}
+
+/// Parses the command line and runs it; returns the exit status (0 for --help and
+/// --version, 64 for usage errors, a missing subcommand included).
+pub fn main() -> i32 {
+    match Cli::try_parse() {
+        Ok(cli) => run(&cli),
+        Err(err) => {
+            let _ = err.print();
+            match err.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit::OK
+                }
+                _ => exit::USAGE,
+            }
+        }
+    }
+}
+
+/// A failed command: what to print and how to exit.
+#[derive(Debug)]
+struct Fail {
+    code: i32,
+    message: String,
+}
+
+impl Fail {
+    fn new(code: i32, message: impl Into<String>) -> Self {
+        Fail {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+type Outcome = Result<i32, Fail>;
+
+/// Runs a parsed command line; returns the exit status.
+pub fn run(cli: &Cli) -> i32 {
+    let result = match &cli.command {
+        CtlCommand::Check { config } => return check_config(config),
+        CtlCommand::List => list(cli),
+        _ => with_daemon(cli),
+    };
+    match result {
+        Ok(code) => code,
+        Err(fail) => {
+            eprintln!("sersyncctl: {}", fail.message);
+            fail.code
+        }
+    }
+}
+
+/// `sersyncctl check`: exactly what `sersyncd --check` prints and returns.
+pub fn check_config(path: &Path) -> i32 {
+    match config::load(path) {
+        Ok((config, warnings)) => {
+            for warning in warnings {
+                eprintln!("{warning}");
+            }
+            let remotes: usize = config.roots.iter().map(|r| r.remotes.len()).sum();
+            println!(
+                "{}: configuration OK ({} watch root{}, {} remote{})",
+                path.display(),
+                config.roots.len(),
+                if config.roots.len() == 1 { "" } else { "s" },
+                remotes,
+                if remotes == 1 { "" } else { "s" }
+            );
+            exit::OK
+        }
+        Err(diagnostics) => {
+            let errors = diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            for diagnostic in &diagnostics {
+                eprintln!("{diagnostic}");
+            }
+            eprintln!(
+                "{}: {errors} error{} in config, nothing started",
+                path.display(),
+                if errors == 1 { "" } else { "s" }
+            );
+            exit::CONFIG
+        }
+    }
+}
+
+fn connect(cli: &Cli) -> Result<Connection, Fail> {
+    cli.bus
+        .connect()
+        .map_err(|err| Fail::new(exit::UNAVAILABLE, err.to_string()))
+}
+
+/// Maps a bus-level error (no daemon involved yet) to a failure.
+fn bus_fail(cli: &Cli, what: &str, err: &zbus::Error) -> Fail {
+    let code = match client::classify(err) {
+        Failure::AccessDenied => exit::NOPERM,
+        Failure::Daemon | Failure::Unreachable => exit::UNAVAILABLE,
+    };
+    Fail::new(
+        code,
+        format!(
+            "{what} on {}: {}",
+            cli.bus.describe(),
+            client::error_message(err)
+        ),
+    )
+}
+
+fn list(cli: &Cli) -> Outcome {
+    let connection = connect(cli)?;
+    let instances = client::list_instances(&connection)
+        .map_err(|e| bus_fail(cli, "cannot list the bus names", &e))?;
+    if cli.json {
+        let list: Vec<_> = instances
+            .iter()
+            .map(|i| json!({"instance": i, "bus_name": names::bus_name(i).unwrap_or_default()}))
+            .collect();
+        print_json(&json!(list));
+    } else {
+        for instance in &instances {
+            println!("{instance}");
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// The instance to address: `-i`, or the only one running.
+fn pick_instance(cli: &Cli, connection: &Connection) -> Result<String, Fail> {
+    if let Some(instance) = &cli.instance {
+        names::bus_name(instance)
+            .map_err(|e| Fail::new(exit::USAGE, format!("-i {instance:?}: {e}")))?;
+        return Ok(instance.clone());
+    }
+    let instances = client::list_instances(connection)
+        .map_err(|e| bus_fail(cli, "cannot list the bus names", &e))?;
+    match instances.as_slice() {
+        [] => Err(Fail::new(
+            exit::UNAVAILABLE,
+            format!("no sersyncd instance is running on {}", cli.bus.describe()),
+        )),
+        [only] => Ok(only.clone()),
+        several => Err(Fail::new(
+            exit::USAGE,
+            format!(
+                "several instances run on {} ({}): pick one with -i NAME",
+                cli.bus.describe(),
+                several.join(", ")
+            ),
+        )),
+    }
+}
+
+/// Runs a command that talks to one daemon.
+fn with_daemon(cli: &Cli) -> Outcome {
+    let connection = connect(cli)?;
+    let instance = pick_instance(cli, &connection)?;
+    let bus_name = names::bus_name(&instance).map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
+    let proxy = client::proxy(&connection, &bus_name)
+        .map_err(|e| bus_fail(cli, "cannot make a proxy", &e))?;
+    let daemon = Daemon {
+        cli,
+        connection: &connection,
+        proxy,
+        instance,
+        bus_name,
+    };
+    daemon.run()
+}
+
+struct Daemon<'a> {
+    cli: &'a Cli,
+    connection: &'a Connection,
+    proxy: Sersync1Proxy<'a>,
+    instance: String,
+    bus_name: String,
+}
+
+impl Daemon<'_> {
+    fn run(&self) -> Outcome {
+        let json = self.cli.json;
+        match &self.cli.command {
+            CtlCommand::Status => {
+                let status = self
+                    .proxy
+                    .get_status()
+                    .map_err(|e| self.fail("status", e))?;
+                if json {
+                    print_json(&render::status_json(&status));
+                } else {
+                    print!("{}", render::status_text(&status));
+                }
+            }
+            CtlCommand::Pause => {
+                self.proxy.pause().map_err(|e| self.fail("pause", e))?;
+                self.done(
+                    json!({"paused": true}),
+                    "paused: changes are collected, nothing is sent until `sersyncctl resume`",
+                );
+            }
+            CtlCommand::Resume => {
+                self.proxy.resume().map_err(|e| self.fail("resume", e))?;
+                self.done(json!({"paused": false}), "resumed");
+            }
+            CtlCommand::RetryFailed => {
+                let queued = self
+                    .proxy
+                    .retry_failed()
+                    .map_err(|e| self.fail("retry-failed", e))?;
+                self.done(
+                    json!({"queued": queued}),
+                    &format!(
+                        "{queued} failed change{} queued again",
+                        if queued == 1 { "" } else { "s" }
+                    ),
+                );
+            }
+            CtlCommand::FullSync {
+                root,
+                wait,
+                timeout,
+            } => return self.full_sync(root.as_deref(), *wait, timeout.map(Duration::from_secs)),
+            CtlCommand::Failures => {
+                let failures = self
+                    .proxy
+                    .list_failures()
+                    .map_err(|e| self.fail("failures", e))?;
+                if json {
+                    print_json(&render::failures_json(&failures));
+                } else {
+                    print!("{}", render::failures_text(&failures));
+                }
+            }
+            CtlCommand::Reload => {
+                self.proxy.reload().map_err(|e| self.fail("reload", e))?;
+                self.done(json!({"reloaded": true}), "config reloaded");
+            }
+            CtlCommand::Monitor => return self.monitor(),
+            CtlCommand::List | CtlCommand::Check { .. } => unreachable!("handled in run()"),
+        }
+        Ok(exit::OK)
+    }
+
+    fn done(&self, json: serde_json::Value, text: &str) {
+        if self.cli.json {
+            print_json(&json);
+        } else {
+            println!("{}: {text}", self.instance);
+        }
+    }
+
+    /// Turns an error of the interface into a failure with the right exit status.
+    fn fail(&self, what: &str, err: Error) -> Fail {
+        let (code, message) = match &err {
+            Error::ZBus(inner) => {
+                let code = match client::classify(inner) {
+                    Failure::AccessDenied => exit::NOPERM,
+                    Failure::Unreachable => exit::UNAVAILABLE,
+                    Failure::Daemon => exit::DAEMON,
+                };
+                let timed_out = matches!(
+                    inner,
+                    zbus::Error::InputOutput(io) if io.kind() == std::io::ErrorKind::TimedOut
+                );
+                let message = if timed_out {
+                    format!(
+                        "{what}: the daemon did not answer within {} s; it may be hung (see its \
+                         log)",
+                        crate::control::CLIENT_TIMEOUT.as_secs()
+                    )
+                } else if code == exit::UNAVAILABLE {
+                    format!(
+                        "instance {:?} is not running on {} ({})",
+                        self.instance,
+                        self.cli.bus.describe(),
+                        client::error_message(inner)
+                    )
+                } else if code == exit::NOPERM {
+                    format!(
+                        "{what}: access denied: changing sersyncd needs root or membership in \
+                         group sersync ({})",
+                        client::error_message(inner)
+                    )
+                } else {
+                    format!("{what}: {}", client::error_message(inner))
+                };
+                (code, message)
+            }
+            Error::AccessDenied(m) => (exit::NOPERM, format!("{what}: access denied: {m}")),
+            Error::Unavailable(m) => (exit::UNAVAILABLE, format!("{what}: {m}")),
+            Error::UnknownRoot(m) | Error::Timeout(m) | Error::Rejected(m) => {
+                (exit::DAEMON, format!("{what}: {m}"))
+            }
+        };
+        Fail::new(code, format!("{}: {message}", self.instance))
+    }
+
+    /// The unique name of the daemon now, or a 69.
+    fn owner(&self) -> Result<String, Fail> {
+        let bus = zbus::blocking::fdo::DBusProxy::new(self.connection)
+            .map_err(|e| bus_fail(self.cli, "cannot talk to the bus", &e))?;
+        let name = zbus::names::BusName::try_from(self.bus_name.as_str())
+            .map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
+        bus.get_name_owner(name)
+            .map(|owner| owner.to_string())
+            .map_err(|e| {
+                Fail::new(
+                    exit::UNAVAILABLE,
+                    format!(
+                        "{}: instance is not running on {} ({})",
+                        self.instance,
+                        self.cli.bus.describe(),
+                        client::error_message(&e.into())
+                    ),
+                )
+            })
+    }
+
+    fn full_sync(&self, root: Option<&Path>, wait: bool, timeout: Option<Duration>) -> Outcome {
+        let root_bytes = root
+            .map(|r| r.as_os_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        // Subscribe before asking, so a quick full sync cannot finish unseen.
+        let watch = if wait {
+            Some(self.watch_signals(Some("FullSyncFinished"))?)
+        } else {
+            None
+        };
+        let job_id = self
+            .proxy
+            .full_sync(root_bytes)
+            .map_err(|e| self.fail("full-sync", e))?;
+        let Some(watch) = watch else {
+            self.done(
+                json!({"job_id": job_id}),
+                &format!("full sync started (job {job_id}); `sersyncctl full-sync --wait` waits for the end"),
+            );
+            return Ok(exit::OK);
+        };
+        if !self.cli.json {
+            println!(
+                "{}: full sync started (job {job_id}), waiting",
+                self.instance
+            );
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(Fail::new(
+                    exit::DAEMON,
+                    format!(
+                        "{}: full sync job {job_id} did not finish within {} s (it goes on)",
+                        self.instance,
+                        timeout.unwrap_or_default().as_secs()
+                    ),
+                ));
+            }
+            match watch.next(left.unwrap_or(Duration::from_secs(3600))) {
+                Some(Watched::Signal(message)) => {
+                    let Some(seen) = parse_signal(&message) else {
+                        continue;
+                    };
+                    if let Seen::FullSyncFinished {
+                        job_id: id,
+                        root,
+                        success,
+                    } = &seen
+                        && *id == job_id
+                    {
+                        if self.cli.json {
+                            print_json(&json!({
+                                "job_id": job_id,
+                                "root": String::from_utf8_lossy(root),
+                                "success": success,
+                            }));
+                        } else {
+                            println!(
+                                "{}: full sync job {job_id} {}",
+                                self.instance,
+                                if *success {
+                                    "finished"
+                                } else {
+                                    "FAILED (see the daemon's log and `sersyncctl failures`)"
+                                }
+                            );
+                        }
+                        return Ok(if *success { exit::OK } else { exit::DAEMON });
+                    }
+                }
+                Some(Watched::OwnerGone) | None => {
+                    return Err(Fail::new(
+                        exit::UNAVAILABLE,
+                        format!(
+                            "{}: the daemon left the bus before full sync job {job_id} finished",
+                            self.instance
+                        ),
+                    ));
+                }
+                Some(Watched::Timeout) => {}
+            }
+        }
+    }
+
+    fn monitor(&self) -> Outcome {
+        let watch = self.watch_signals(None)?;
+        if !self.cli.json {
+            println!(
+                "{}: monitoring {} on {} (Ctrl-C to stop)",
+                self.instance,
+                self.bus_name,
+                self.cli.bus.describe()
+            );
+        }
+        let _ = std::io::stdout().flush();
+        loop {
+            match watch.next(Duration::from_secs(3600)) {
+                Some(Watched::Signal(message)) => {
+                    let Some(seen) = parse_signal(&message) else {
+                        continue;
+                    };
+                    let now = SystemTime::now();
+                    if self.cli.json {
+                        print_json(&render::seen_json(now, &seen));
+                    } else {
+                        println!("{}", render::seen_text(now, &seen));
+                    }
+                    let _ = std::io::stdout().flush();
+                }
+                Some(Watched::Timeout) => {}
+                Some(Watched::OwnerGone) | None => {
+                    return Err(Fail::new(
+                        exit::UNAVAILABLE,
+                        format!("{}: the daemon left the bus", self.instance),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Subscribes to the daemon's signals (`member`: only that one) and to its leaving.
+    fn watch_signals(&self, member: Option<&str>) -> Result<SignalWatch, Fail> {
+        let owner = self.owner()?;
+        let fail = |e: zbus::Error| bus_fail(self.cli, "cannot subscribe to signals", &e);
+        let mut rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .sender(owner.as_str())
+            .map_err(fail)?
+            .path(OBJECT_PATH)
+            .map_err(fail)?;
+        if let Some(member) = member {
+            rule = rule
+                .interface(INTERFACE)
+                .map_err(fail)?
+                .member(member)
+                .map_err(fail)?;
+        }
+        let signals =
+            MessageIterator::for_match_rule(rule.build(), self.connection, None).map_err(fail)?;
+        let gone_rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .sender("org.freedesktop.DBus")
+            .map_err(fail)?
+            .interface("org.freedesktop.DBus")
+            .map_err(fail)?
+            .member("NameOwnerChanged")
+            .map_err(fail)?
+            .arg(0, self.bus_name.as_str())
+            .map_err(fail)?
+            .build();
+        let gone =
+            MessageIterator::for_match_rule(gone_rule, self.connection, None).map_err(fail)?;
+        // The daemon may have left between the owner lookup and the subscriptions.
+        if self.owner()? != owner {
+            return Err(Fail::new(
+                exit::UNAVAILABLE,
+                format!("{}: the daemon restarted; try again", self.instance),
+            ));
+        }
+        Ok(SignalWatch::start(signals, gone, owner))
+    }
+}
+
+/// Something [`SignalWatch`] saw.
+enum Watched {
+    Signal(Message),
+    /// The daemon's name changed owner (it stopped or was replaced).
+    OwnerGone,
+    Timeout,
+}
+
+/// Two blocking message iterators read on their own threads and merged into one channel.
+struct SignalWatch {
+    rx: mpsc::Receiver<Watched>,
+}
+
+impl SignalWatch {
+    fn start(signals: MessageIterator, gone: MessageIterator, owner: String) -> SignalWatch {
+        let (tx, rx) = mpsc::channel();
+        let signal_tx = tx.clone();
+        std::thread::spawn(move || {
+            for message in signals.flatten() {
+                if signal_tx.send(Watched::Signal(message)).is_err() {
+                    return;
+                }
+            }
+            let _ = signal_tx.send(Watched::OwnerGone);
+        });
+        std::thread::spawn(move || {
+            for message in gone.flatten() {
+                let Ok((_, old, _)) = message.body().deserialize::<(String, String, String)>()
+                else {
+                    continue;
+                };
+                if old == owner {
+                    let _ = tx.send(Watched::OwnerGone);
+                    return;
+                }
+            }
+        });
+        SignalWatch { rx }
+    }
+
+    fn next(&self, timeout: Duration) -> Option<Watched> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(watched) => Some(watched),
+            Err(mpsc::RecvTimeoutError::Timeout) => Some(Watched::Timeout),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        }
+    }
+}
+
+/// Reads one of the daemon's signals through the types generated with the proxy.
+fn parse_signal(message: &Message) -> Option<Seen> {
+    if let Some(signal) = SyncFailed::from_message(message.clone()) {
+        let args = signal.args().ok()?;
+        return Some(Seen::SyncFailed {
+            remote: args.remote,
+            path: args.path,
+            rsync_exit: args.rsync_exit,
+            message: args.message,
+        });
+    }
+    if let Some(signal) = FullSyncFinished::from_message(message.clone()) {
+        let args = signal.args().ok()?;
+        return Some(Seen::FullSyncFinished {
+            job_id: args.job_id,
+            root: args.root,
+            success: args.success,
+        });
+    }
+    if let Some(signal) = StateChanged::from_message(message.clone()) {
+        let args = signal.args().ok()?;
+        return Some(Seen::StateChanged {
+            remote: args.remote,
+            state: args.state,
+        });
+    }
+    let header = message.header();
+    if header.interface().map(|i| i.as_str()) == Some("org.freedesktop.DBus.Properties")
+        && header.member().map(|m| m.as_str()) == Some("PropertiesChanged")
+    {
+        let (_, changed, _): (
+            String,
+            std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
+            Vec<String>,
+        ) = message.body().deserialize().ok()?;
+        let mut changed: Vec<(String, serde_json::Value)> = changed
+            .iter()
+            .map(|(name, value)| (name.clone(), render::value_json(value)))
+            .collect();
+        changed.sort_by(|a, b| a.0.cmp(&b.0));
+        return Some(Seen::PropertiesChanged(changed));
+    }
+    None
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}

@@ -1,0 +1,578 @@
+//! What `sersyncctl` prints: the human form and the `--json` form of every answer. Pure
+//! functions of the data, so they are tested without a bus.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use serde_json::{Value as Json, json};
+use zbus::zvariant::Value;
+
+use crate::control::wire::{FailureInfo, StatusInfo, system_time};
+
+/// `2024-05-01T12:34:56Z` (UTC, whole seconds): what `date -u +%FT%TZ` prints and
+/// `jq`'s `fromdateiso8601` reads.
+pub fn rfc3339(time: SystemTime) -> String {
+    let secs = match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day) in the
+/// proleptic Gregorian calendar.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn usec_time(usec: u64) -> String {
+    rfc3339(system_time(usec))
+}
+
+/// A path as a person reads it: UTF-8 shown as is, other bytes and control characters
+/// escaped (`\xff`, `\n`), so one record stays on one line.
+pub fn show_path(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
+/// A path for JSON: the text when it is UTF-8, else the lossy text (U+FFFD for bad bytes).
+/// The exact bytes are in the `*_bytes` array next to it when they differ.
+fn json_path(object: &mut serde_json::Map<String, Json>, key: &str, bytes: &[u8]) {
+    object.insert(key.into(), Json::from(String::from_utf8_lossy(bytes)));
+    if std::str::from_utf8(bytes).is_err() {
+        object.insert(format!("{key}_bytes"), Json::from(bytes.to_vec()));
+    }
+}
+
+/// `1.5 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `sersyncctl status`.
+pub fn status_text(s: &StatusInfo) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "sersync instance {} (sersyncd {}), config {}",
+        s.instance, s.version, s.config_path
+    );
+    let _ = writeln!(
+        out,
+        "  state:    {}",
+        if s.paused {
+            "PAUSED (changes are collected, nothing is sent; `sersyncctl resume` delivers them)"
+        } else {
+            "running"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  queue:    {} pending, {} in flight",
+        plural(s.queue_depth, "path", "paths"),
+        plural(s.in_flight, "batch", "batches")
+    );
+    let _ = writeln!(
+        out,
+        "  failed:   {}{}",
+        plural(s.failed, "change", "changes"),
+        if s.failed > 0 {
+            " (`sersyncctl failures` lists them, `sersyncctl retry-failed` retries now)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  watches:  {}",
+        plural(s.watches, "directory", "directories")
+    );
+    let c = &s.counters;
+    let _ = writeln!(
+        out,
+        "  counters: {} events, {} batches, {} files, {}, {} errors",
+        c.events,
+        c.batches,
+        c.files,
+        human_bytes(c.bytes),
+        c.errors
+    );
+    if s.remotes.is_empty() {
+        let _ = writeln!(out, "  remotes:  none");
+    } else {
+        let _ = writeln!(out, "  remotes:");
+        let width = s
+            .remotes
+            .iter()
+            .map(|r| r.name.chars().count())
+            .max()
+            .unwrap_or(0);
+        for r in &s.remotes {
+            let last_ok = r.last_ok_usec.map_or_else(|| "never".to_owned(), usec_time);
+            let _ = write!(
+                out,
+                "    {:width$}  {:8} {} pending, last ok {last_ok}",
+                r.name, r.state, r.pending
+            );
+            if let Some(err) = &r.last_error {
+                let _ = write!(out, ", last error: {err}");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `sersyncctl status --json`.
+pub fn status_json(s: &StatusInfo) -> Json {
+    let remotes: Vec<Json> = s
+        .remotes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "state": r.state,
+                "last_ok": r.last_ok_usec.map(usec_time),
+                "last_error": r.last_error,
+                "pending": r.pending,
+            })
+        })
+        .collect();
+    json!({
+        "instance": s.instance,
+        "version": s.version,
+        "config_path": s.config_path,
+        "paused": s.paused,
+        "queue_depth": s.queue_depth,
+        "in_flight": s.in_flight,
+        "failed": s.failed,
+        "watches": s.watches,
+        "remotes": remotes,
+        "counters": {
+            "events": s.counters.events,
+            "batches": s.counters.batches,
+            "files": s.counters.files,
+            "bytes": s.counters.bytes,
+            "errors": s.counters.errors,
+        },
+    })
+}
+
+/// `sersyncctl failures`.
+pub fn failures_text(failures: &[FailureInfo]) -> String {
+    if failures.is_empty() {
+        return "no failed changes\n".to_owned();
+    }
+    let mut out = String::new();
+    for f in failures {
+        let mut root = show_path(&f.root);
+        if !root.ends_with('/') {
+            root.push('/');
+        }
+        let _ = writeln!(
+            out,
+            "{} {}{}: rsync exit {}: {} (failing since {})",
+            f.remote,
+            root,
+            show_path(&f.path),
+            f.rsync_exit,
+            f.message,
+            usec_time(f.since_usec)
+        );
+    }
+    out
+}
+
+/// `sersyncctl failures --json`.
+pub fn failures_json(failures: &[FailureInfo]) -> Json {
+    Json::Array(
+        failures
+            .iter()
+            .map(|f| {
+                let mut object = serde_json::Map::new();
+                object.insert("remote".into(), Json::from(f.remote.clone()));
+                json_path(&mut object, "root", &f.root);
+                json_path(&mut object, "path", &f.path);
+                object.insert("rsync_exit".into(), Json::from(f.rsync_exit));
+                object.insert("message".into(), Json::from(f.message.clone()));
+                object.insert("since".into(), Json::from(usec_time(f.since_usec)));
+                Json::Object(object)
+            })
+            .collect(),
+    )
+}
+
+/// One signal seen by `sersyncctl monitor`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    SyncFailed {
+        remote: String,
+        path: Vec<u8>,
+        rsync_exit: i32,
+        message: String,
+    },
+    FullSyncFinished {
+        job_id: u64,
+        root: Vec<u8>,
+        success: bool,
+    },
+    StateChanged {
+        remote: String,
+        state: String,
+    },
+    PropertiesChanged(Vec<(String, Json)>),
+}
+
+/// One line of `sersyncctl monitor`.
+pub fn seen_text(at: SystemTime, seen: &Seen) -> String {
+    let time = rfc3339(at);
+    match seen {
+        Seen::SyncFailed {
+            remote,
+            path,
+            rsync_exit,
+            message,
+        } if path.is_empty() => {
+            format!("{time} sync-failed {remote}: rsync exit {rsync_exit}: {message}")
+        }
+        Seen::SyncFailed {
+            remote,
+            path,
+            rsync_exit,
+            message,
+        } => format!(
+            "{time} sync-failed {remote} {}: rsync exit {rsync_exit}: {message}",
+            show_path(path)
+        ),
+        Seen::FullSyncFinished {
+            job_id,
+            root,
+            success,
+        } => format!(
+            "{time} full-sync-finished job {job_id} {}: {}",
+            if root.is_empty() {
+                "(all roots)".to_owned()
+            } else {
+                show_path(root)
+            },
+            if *success { "success" } else { "FAILED" }
+        ),
+        Seen::StateChanged { remote, state } => {
+            format!("{time} state-changed {remote}: {state}")
+        }
+        Seen::PropertiesChanged(changed) => {
+            let mut line = format!("{time} properties");
+            for (name, value) in changed {
+                let _ = write!(line, " {name}={value}");
+            }
+            line
+        }
+    }
+}
+
+/// One line of `sersyncctl monitor --json` (JSON Lines).
+pub fn seen_json(at: SystemTime, seen: &Seen) -> Json {
+    let mut object = serde_json::Map::new();
+    object.insert("time".into(), Json::from(rfc3339(at)));
+    match seen {
+        Seen::SyncFailed {
+            remote,
+            path,
+            rsync_exit,
+            message,
+        } => {
+            object.insert("signal".into(), Json::from("SyncFailed"));
+            object.insert("remote".into(), Json::from(remote.clone()));
+            json_path(&mut object, "path", path);
+            object.insert("rsync_exit".into(), Json::from(*rsync_exit));
+            object.insert("message".into(), Json::from(message.clone()));
+        }
+        Seen::FullSyncFinished {
+            job_id,
+            root,
+            success,
+        } => {
+            object.insert("signal".into(), Json::from("FullSyncFinished"));
+            object.insert("job_id".into(), Json::from(*job_id));
+            json_path(&mut object, "root", root);
+            object.insert("success".into(), Json::from(*success));
+        }
+        Seen::StateChanged { remote, state } => {
+            object.insert("signal".into(), Json::from("StateChanged"));
+            object.insert("remote".into(), Json::from(remote.clone()));
+            object.insert("state".into(), Json::from(state.clone()));
+        }
+        Seen::PropertiesChanged(changed) => {
+            object.insert("signal".into(), Json::from("PropertiesChanged"));
+            let changed: serde_json::Map<String, Json> = changed.iter().cloned().collect();
+            object.insert("changed".into(), Json::Object(changed));
+        }
+    }
+    Json::Object(object)
+}
+
+/// A D-Bus value as JSON: numbers, booleans and strings as themselves, byte arrays as
+/// (lossy) strings, arrays as arrays, dictionaries as objects.
+pub fn value_json(value: &Value<'_>) -> Json {
+    match value {
+        Value::U8(v) => Json::from(*v),
+        Value::Bool(v) => Json::from(*v),
+        Value::I16(v) => Json::from(*v),
+        Value::U16(v) => Json::from(*v),
+        Value::I32(v) => Json::from(*v),
+        Value::U32(v) => Json::from(*v),
+        Value::I64(v) => Json::from(*v),
+        Value::U64(v) => Json::from(*v),
+        Value::F64(v) => Json::from(*v),
+        Value::Str(v) => Json::from(v.as_str()),
+        Value::Signature(v) => Json::from(v.to_string()),
+        Value::ObjectPath(v) => Json::from(v.as_str()),
+        Value::Value(v) => value_json(v),
+        Value::Array(array) => {
+            if array.element_signature() == &zbus::zvariant::Signature::U8 {
+                let bytes: Vec<u8> = array
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::U8(b) => Some(*b),
+                        _ => None,
+                    })
+                    .collect();
+                Json::from(String::from_utf8_lossy(&bytes).into_owned())
+            } else {
+                Json::Array(array.iter().map(value_json).collect())
+            }
+        }
+        Value::Dict(dict) => Json::Object(
+            dict.iter()
+                .map(|(k, v)| {
+                    let key = match value_json(k) {
+                        Json::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, value_json(v))
+                })
+                .collect(),
+        ),
+        Value::Structure(s) => Json::Array(s.fields().iter().map(value_json).collect()),
+        #[allow(unreachable_patterns)]
+        other => Json::from(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::wire::{CountersInfo, RemoteInfo};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_table() {
+        for (secs, text) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_700_000_000, "2023-11-14T22:13:20Z"),
+            (4_102_444_799, "2099-12-31T23:59:59Z"),
+        ] {
+            assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(secs)), text);
+        }
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(1)),
+            "1969-12-31T23:59:59Z"
+        );
+    }
+
+    #[test]
+    fn paths_show_on_one_line() {
+        assert_eq!(show_path(b"a/b c.txt"), "a/b c.txt");
+        assert_eq!(show_path("été".as_bytes()), "été");
+        assert_eq!(show_path(b"a\nb\xff\\"), "a\\nb\\xff\\\\");
+    }
+
+    #[test]
+    fn bytes_are_humane() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    fn sample() -> StatusInfo {
+        StatusInfo {
+            version: "0.1.0".into(),
+            instance: "web".into(),
+            config_path: "/etc/sersync/web.xml".into(),
+            paused: true,
+            queue_depth: 3,
+            in_flight: 1,
+            failed: 0,
+            watches: 12,
+            remotes: vec![RemoteInfo {
+                name: "/srv/www -> 10.0.0.2::www".into(),
+                state: "backoff".into(),
+                last_ok_usec: Some(1_700_000_000_000_000),
+                last_error: Some("rsync exit 10".into()),
+                pending: 3,
+            }],
+            counters: CountersInfo {
+                events: 5,
+                batches: 2,
+                files: 4,
+                bytes: 2048,
+                errors: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn status_json_has_the_documented_keys() {
+        let json = status_json(&sample());
+        for key in [
+            "instance",
+            "version",
+            "paused",
+            "queue_depth",
+            "in_flight",
+            "failed",
+            "watches",
+            "remotes",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key}: {json}");
+        }
+        let remote = &json["remotes"][0];
+        assert_eq!(remote["name"], "/srv/www -> 10.0.0.2::www");
+        assert_eq!(remote["state"], "backoff");
+        assert_eq!(remote["last_ok"], "2023-11-14T22:13:20Z");
+        assert_eq!(remote["last_error"], "rsync exit 10");
+        let mut never = sample();
+        never.remotes[0].last_ok_usec = None;
+        never.remotes[0].last_error = None;
+        let json = status_json(&never);
+        assert!(json["remotes"][0]["last_ok"].is_null());
+        assert!(json["remotes"][0]["last_error"].is_null());
+    }
+
+    #[test]
+    fn status_text_says_paused_and_lists_remotes() {
+        let text = status_text(&sample());
+        assert!(text.contains("PAUSED"), "{text}");
+        assert!(
+            text.contains("3 paths pending, 1 batch in flight"),
+            "{text}"
+        );
+        assert!(
+            text.contains("/srv/www -> 10.0.0.2::www  backoff  3 pending, last ok 2023-11-14T22:13:20Z, last error: rsync exit 10"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn failures_keep_exact_bytes_in_json() {
+        let failures = vec![FailureInfo {
+            remote: "10.0.0.2::www".into(),
+            root: b"/srv/www".to_vec(),
+            path: b"bad\xffname".to_vec(),
+            rsync_exit: 23,
+            message: "some files could not be transferred".into(),
+            since_usec: 0,
+        }];
+        let json = failures_json(&failures);
+        assert_eq!(json[0]["root"], "/srv/www");
+        assert!(json[0].get("root_bytes").is_none());
+        assert_eq!(json[0]["path"], "bad\u{fffd}name");
+        assert_eq!(
+            json[0]["path_bytes"],
+            json!([98, 97, 100, 255, 110, 97, 109, 101])
+        );
+        let text = failures_text(&failures);
+        assert_eq!(
+            text,
+            "10.0.0.2::www /srv/www/bad\\xffname: rsync exit 23: some files could not be \
+             transferred (failing since 1970-01-01T00:00:00Z)\n"
+        );
+        assert_eq!(failures_text(&[]), "no failed changes\n");
+    }
+
+    #[test]
+    fn monitor_lines() {
+        let at = UNIX_EPOCH;
+        let seen = Seen::FullSyncFinished {
+            job_id: 7,
+            root: Vec::new(),
+            success: true,
+        };
+        assert_eq!(
+            seen_text(at, &seen),
+            "1970-01-01T00:00:00Z full-sync-finished job 7 (all roots): success"
+        );
+        assert_eq!(
+            seen_json(at, &seen),
+            json!({"time": "1970-01-01T00:00:00Z", "signal": "FullSyncFinished", "job_id": 7,
+                   "root": "", "success": true})
+        );
+        let props = Seen::PropertiesChanged(vec![("Paused".into(), json!(true))]);
+        assert_eq!(
+            seen_text(at, &props),
+            "1970-01-01T00:00:00Z properties Paused=true"
+        );
+    }
+
+    #[test]
+    fn values_become_json() {
+        let remote = RemoteInfo {
+            name: "n".into(),
+            state: "ok".into(),
+            last_ok_usec: None,
+            last_error: None,
+            pending: 2,
+        };
+        let json = value_json(&Value::from(vec![remote]));
+        assert_eq!(json, json!([{"Name": "n", "State": "ok", "Pending": 2}]));
+        assert_eq!(value_json(&Value::from(true)), json!(true));
+        assert_eq!(value_json(&Value::from(b"ab".to_vec())), json!("ab"));
+    }
+}
