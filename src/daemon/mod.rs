@@ -26,8 +26,8 @@ use crate::control::{self, Command, Counters, Event, FailureRecord, RemoteStatus
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
 use crate::failure::{self, Backoff, ExitClass, Journal, LaneKey};
+use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, Queue, Retry};
 use crate::sync::argv::Transport;
 use crate::sync::{JobContext, Outcome, Runner};
@@ -133,21 +133,13 @@ fn load_config(path: &Path) -> Option<Config> {
 
 /// Runs `sersyncd` with parsed arguments; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {
+    if cli.check {
+        // One implementation for `sersyncd --check` and `sersyncctl check`.
+        return crate::ctl::check_config(&cli.config);
+    }
     let Some(config) = load_config(&cli.config) else {
         return exit::CONFIG;
     };
-    if cli.check {
-        let remotes: usize = config.roots.iter().map(|r| r.remotes.len()).sum();
-        println!(
-            "{}: configuration OK ({} watch root{}, {} remote{})",
-            cli.config.display(),
-            config.roots.len(),
-            if config.roots.len() == 1 { "" } else { "s" },
-            remotes,
-            if remotes == 1 { "" } else { "s" }
-        );
-        return exit::OK;
-    }
     let mut config = config;
     let plugins = match PluginHost::from_config(&config, cli.module.as_deref()) {
         Ok(plugins) => plugins,
@@ -672,10 +664,13 @@ impl Daemon {
         if self.next_crontab.is_some_and(|at| at <= now) {
             tracing::info!("crontab: periodic full sync of every root");
             for root in 0..self.config.roots.len() {
-                self.queue.request_full_sync(root, FullSyncReason::Scheduled);
+                self.queue
+                    .request_full_sync(root, FullSyncReason::Scheduled);
             }
             self.next_crontab = Some(
-                now + Duration::from_secs(u64::from(self.config.crontab.schedule_minutes.max(1)) * 60),
+                now + Duration::from_secs(
+                    u64::from(self.config.crontab.schedule_minutes.max(1)) * 60,
+                ),
             );
         }
         if self.next_replay <= now {
@@ -711,7 +706,8 @@ impl Daemon {
         }
         self.publish_status(true);
         let (events_tx, events_rx) = mpsc::channel();
-        let mut options = control::ServeOptions::new(self.instance.clone(), self.cli.config.clone());
+        let mut options =
+            control::ServeOptions::new(self.instance.clone(), self.cli.config.clone());
         options.bus = self.cli.bus;
         options.bus_address = self.cli.bus_address.clone();
         let tx = self.tx.clone();
@@ -738,17 +734,24 @@ impl Daemon {
 
     fn on_command(&mut self, command: Command) {
         match command {
+            // The snapshot is refreshed before the reply, so a status read right after
+            // the call already shows the new state.
             Command::Pause(reply) => {
                 self.set_paused(true);
+                self.publish_status(true);
                 let _ = reply.send(());
             }
             Command::Resume(reply) => {
                 self.set_paused(false);
+                self.publish_status(true);
                 let _ = reply.send(());
             }
             Command::RetryFailed(reply) => {
                 let queued = self.queue.expedite().max(self.journal.len());
-                tracing::info!(paths = queued, "retrying failed changes now (operator request)");
+                tracing::info!(
+                    paths = queued,
+                    "retrying failed changes now (operator request)"
+                );
                 let _ = reply.send(u32::try_from(queued).unwrap_or(u32::MAX));
             }
             Command::FullSync { root, reply } => {
@@ -802,8 +805,7 @@ impl Daemon {
             Some(path) => {
                 let wanted = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
                 let found = self.config.roots.iter().position(|r| {
-                    r.path == *path
-                        || std::fs::canonicalize(&r.path).is_ok_and(|c| c == wanted)
+                    r.path == *path || std::fs::canonicalize(&r.path).is_ok_and(|c| c == wanted)
                 });
                 match found {
                     Some(id) => vec![id],
@@ -856,7 +858,11 @@ impl Daemon {
             .partition(|job| job.remaining.is_empty());
         self.full_sync_jobs = open;
         for job in done {
-            tracing::info!(job = job.id, success = job.success, "requested full sync finished");
+            tracing::info!(
+                job = job.id,
+                success = job.success,
+                "requested full sync finished"
+            );
             self.emit(Event::FullSyncFinished {
                 job_id: job.id,
                 root: job.root.unwrap_or_default(),
@@ -869,7 +875,11 @@ impl Daemon {
     /// `now`).
     fn publish_status(&mut self, now: bool) {
         let at = Instant::now();
-        if !now && self.last_snapshot.is_some_and(|last| at.duration_since(last) < Duration::from_secs(1)) {
+        if !now
+            && self
+                .last_snapshot
+                .is_some_and(|last| at.duration_since(last) < Duration::from_secs(1))
+        {
             return;
         }
         self.last_snapshot = Some(at);
@@ -1234,8 +1244,7 @@ impl Daemon {
                 let resolved = std::fs::canonicalize(&lane.context.root)
                     .map(|p| p.as_os_str().as_bytes().to_vec())
                     .unwrap_or_else(|_| configured.clone());
-                if let Some(failed) =
-                    failure::retry_set(&paths, &report, &[&configured, &resolved])
+                if let Some(failed) = failure::retry_set(&paths, &report, &[&configured, &resolved])
                 {
                     let retry: Vec<(Vec<u8>, Action)> = batch
                         .entries
@@ -1273,12 +1282,20 @@ impl Daemon {
         }
         let retry_at = lane.backoff.failure(now, verdict.class);
         let fatal = verdict.class == ExitClass::Fatal;
-        let new_state = if fatal { LaneState::Failing } else { LaneState::Backoff };
+        let new_state = if fatal {
+            LaneState::Failing
+        } else {
+            LaneState::Backoff
+        };
         let state_changed = lane.state != new_state;
         lane.state = new_state;
         let label = lane.label.clone();
         let first_path = match &outcome.job {
-            Job::Batch(batch) => batch.entries.first().map(|(p, _)| p.clone()).unwrap_or_default(),
+            Job::Batch(batch) => batch
+                .entries
+                .first()
+                .map(|(p, _)| p.clone())
+                .unwrap_or_default(),
             Job::FullSync { .. } => Vec::new(),
         };
         self.emit(Event::SyncFailed {
@@ -1463,7 +1480,9 @@ impl Daemon {
                 }
                 self.journal = journal;
             }
-            Err(err) => tracing::error!("cannot read the failure journal ({err}); starting with an empty one"),
+            Err(err) => tracing::error!(
+                "cannot read the failure journal ({err}); starting with an empty one"
+            ),
         }
     }
 
@@ -1494,7 +1513,11 @@ impl Daemon {
                     "{} {}{}",
                     l.context.transport.remote.label(self.config.rsync.ssh),
                     l.state.as_str(),
-                    if l.full_sync_running { " (full sync running)" } else { "" }
+                    if l.full_sync_running {
+                        " (full sync running)"
+                    } else {
+                        ""
+                    }
                 )
             })
             .collect();

@@ -79,13 +79,21 @@ impl Journal {
     }
 
     /// Forgets `paths` of `lane` (they were delivered); returns how many left.
-    pub fn clear<'a>(&mut self, lane: &LaneKey, paths: impl IntoIterator<Item = &'a [u8]>) -> usize {
+    pub fn clear<'a>(
+        &mut self,
+        lane: &LaneKey,
+        paths: impl IntoIterator<Item = &'a [u8]>,
+    ) -> usize {
         if self.entries.is_empty() {
             return 0;
         }
         let mut removed = 0;
         for path in paths {
-            if self.entries.remove(&(lane.clone(), path.to_vec())).is_some() {
+            if self
+                .entries
+                .remove(&(lane.clone(), path.to_vec()))
+                .is_some()
+            {
                 removed += 1;
             }
         }
@@ -167,9 +175,8 @@ impl Journal {
     /// Loads the journal file; a missing file is an empty journal.
     pub fn load(path: &Path) -> io::Result<Journal> {
         match std::fs::read(path) {
-            Ok(bytes) => Journal::from_bytes(&bytes).map_err(|err| {
-                io::Error::new(err.kind(), format!("{}: {err}", path.display()))
-            }),
+            Ok(bytes) => Journal::from_bytes(&bytes)
+                .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display()))),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Journal::default()),
             Err(err) => Err(err),
         }
@@ -254,7 +261,13 @@ mod tests {
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let t1 = t0 + Duration::from_secs(60);
         let mut journal = Journal::default();
-        journal.record(&lane("web"), [&b"a\nb"[..], b"bad\xff"], 10, "connection refused", t0);
+        journal.record(
+            &lane("web"),
+            [&b"a\nb"[..], b"bad\xff"],
+            10,
+            "connection refused",
+            t0,
+        );
         journal.record(&lane("img"), [&b"x"[..]], 5, "auth failed", t0);
         journal.record(&lane("web"), [&b"a\nb"[..]], 12, "stream error", t1);
         assert_eq!(journal.len(), 3);
@@ -273,9 +286,19 @@ mod tests {
         let now = SystemTime::now();
         let mut journal = Journal::default();
         let paths: Vec<Vec<u8>> = (0..5).map(|i| format!("f{i}").into_bytes()).collect();
-        journal.record(&lane("web"), paths.iter().map(|p| p.as_slice()), 10, "down", now);
-        let entries = journal.script_entries(2, |_| Some(("127.0.0.1::web".into(), vec!["rsync".into()])));
+        journal.record(
+            &lane("web"),
+            paths.iter().map(|p| p.as_slice()),
+            10,
+            "down",
+            now,
+        );
+        let entries =
+            journal.script_entries(2, |_| Some(("127.0.0.1::web".into(), vec!["rsync".into()])));
         assert_eq!(entries.len(), 3);
-        assert_eq!(entries[0].stdin_paths, vec![b"./f0".to_vec(), b"./f1".to_vec()]);
+        assert_eq!(
+            entries[0].stdin_paths,
+            vec![b"./f0".to_vec(), b"./f1".to_vec()]
+        );
     }
 }

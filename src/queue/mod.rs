@@ -405,8 +405,9 @@ impl Lane {
         if self.deferred.iter().all(|(at, _)| *at > now) {
             return;
         }
-        let (due, later): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.deferred).into_iter().partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
         self.deferred = later;
         for (_, entries) in due {
             for (path, action) in entries {

@@ -252,12 +252,20 @@ fn deferred_paths_wait_without_blocking_the_lane() {
     queue.finish(0, None);
     queue.defer(0, vec![(b"bad".to_vec(), Action::Sync)], later);
     queue.push(0, b"next", Action::Sync);
-    assert_eq!(render(queue.take_job(0, now)), "next:S", "the lane keeps going");
+    assert_eq!(
+        render(queue.take_job(0, now)),
+        "next:S",
+        "the lane keeps going"
+    );
     queue.finish(0, None);
     assert!(queue.take_job(0, now).is_none());
     assert_eq!(queue.lane_next_deferred(0), Some(later));
     queue.push(0, b"bad", Action::Remove { dir: false });
-    assert_eq!(render(queue.take_job(0, later)), "bad:F", "newer removal wins over the retry");
+    assert_eq!(
+        render(queue.take_job(0, later)),
+        "bad:F",
+        "newer removal wins over the retry"
+    );
 }
 
 #[test]
@@ -267,7 +275,10 @@ fn expedite_makes_everything_due() {
     let mut queue = Queue::new(&[0, 0], 100);
     queue.push(0, b"a", Action::Sync);
     let _ = queue.take_job(0, now);
-    queue.finish(0, Some((Retry::Paths(vec![(b"a".to_vec(), Action::Sync)]), later)));
+    queue.finish(
+        0,
+        Some((Retry::Paths(vec![(b"a".to_vec(), Action::Sync)]), later)),
+    );
     queue.defer(1, vec![(b"b".to_vec(), Action::Sync)], later);
     assert!(queue.take_job(0, now).is_none());
     assert_eq!(queue.expedite(), 2);

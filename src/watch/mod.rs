@@ -636,7 +636,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         let toggles = self.spec.events;
         let same_root_dir = is_dir && from_root == to_root;
         if toggles.move_from && toggles.delete && !same_root_dir {
-            self.emit(from_root, old_rel.clone(), Action::Remove { dir: from.is_dir });
+            self.emit(
+                from_root,
+                old_rel.clone(),
+                Action::Remove { dir: from.is_dir },
+            );
         }
         if !is_dir {
             if toggles.move_to {
