@@ -273,7 +273,11 @@ fn rename_directory_whose_remote_copy_differs() {
         return;
     };
     for i in 0..50 {
-        write(env.src(), &format!("old/f{i}.txt"), &format!("source {i}\n"));
+        write(
+            env.src(),
+            &format!("old/f{i}.txt"),
+            &format!("source {i}\n"),
+        );
     }
     write(env.src(), "old/sub/deep.txt", "deep\n");
     // The replica's copy: same names, some contents differ, one extra file.
