@@ -674,6 +674,7 @@ impl Daemon {
             );
         }
         if self.next_replay <= now {
+            self.requeue_journal();
             let count = self.queue.expedite();
             if count > 0 {
                 tracing::info!(paths = count, "replaying failed changes now");
@@ -747,6 +748,7 @@ impl Daemon {
                 let _ = reply.send(());
             }
             Command::RetryFailed(reply) => {
+                self.requeue_journal();
                 let queued = self.queue.expedite().max(self.journal.len());
                 tracing::info!(
                     paths = queued,
@@ -1202,8 +1204,16 @@ impl Daemon {
             let cleared = match &outcome.job {
                 Job::Batch(batch) => {
                     self.counters.files += batch.entries.len() as u64;
-                    self.journal
-                        .clear(&key, batch.entries.iter().map(|(p, _)| p.as_slice()))
+                    let mut cleared = self
+                        .journal
+                        .clear(&key, batch.entries.iter().map(|(p, _)| p.as_slice()));
+                    // A removed or replaced directory settles whatever failed below it.
+                    for (path, action) in &batch.entries {
+                        if matches!(action, Action::Remove { dir: true } | Action::Replace) {
+                            cleared += self.journal.clear_below(&key, path);
+                        }
+                    }
+                    cleared
                 }
                 Job::FullSync { .. } => self.journal.clear_lane(&key),
             };
@@ -1457,6 +1467,28 @@ impl Daemon {
             configured.clone()
         } else {
             self.state.path().join(configured)
+        }
+    }
+
+    /// Puts every journal entry back into its lane (merging with what is pending), so a
+    /// replay covers failures whose batch is no longer queued.
+    fn requeue_journal(&mut self) {
+        let entries: Vec<(usize, Vec<u8>)> = self
+            .journal
+            .iter()
+            .filter_map(|(key, path, _)| {
+                self.lanes
+                    .iter()
+                    .position(|lane| {
+                        lane.context.root == key.root
+                            && lane.context.transport.remote.ip == key.remote_ip
+                            && lane.context.transport.remote.name == key.remote_name
+                    })
+                    .map(|lane| (lane, path.to_vec()))
+            })
+            .collect();
+        for (lane, path) in entries {
+            self.queue.push_lane(lane, &path, Action::Sync);
         }
     }
 

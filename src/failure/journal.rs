@@ -100,6 +100,18 @@ impl Journal {
         removed
     }
 
+    /// Forgets the entries of `lane` below directory `dir` (it was removed or replaced on
+    /// the remote, which settles them).
+    pub fn clear_below(&mut self, lane: &LaneKey, dir: &[u8]) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|(key, path), _| {
+            key != lane
+                || !(dir.is_empty()
+                    || (path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'))
+        });
+        before - self.entries.len()
+    }
+
     /// Forgets every entry of a lane (a full sync of it succeeded).
     pub fn clear_lane(&mut self, lane: &LaneKey) -> usize {
         let before = self.entries.len();
@@ -277,6 +289,8 @@ mod tests {
         assert_eq!(copy, journal);
         assert_eq!(journal.clear(&lane("web"), [&b"a\nb"[..], b"never"]), 1);
         assert_eq!(journal.clear_lane(&lane("img")), 1);
+        journal.record(&lane("web"), [&b"d/x"[..], b"d/y/z", b"dx"], 10, "down", t0);
+        assert_eq!(journal.clear_below(&lane("web"), b"d"), 2);
         assert_eq!(journal.len(), 1);
         assert!(Journal::from_bytes(b"garbage").is_err());
     }

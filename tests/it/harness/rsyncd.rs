@@ -256,6 +256,17 @@ impl RsyncDaemon {
         self.dir.path().join("client.pass")
     }
 
+    /// Rewrites the client password file (keeping mode 0600) with `password`, e.g. a
+    /// wrong one; [`RsyncDaemon::restore_client_password`] puts the right one back.
+    pub fn set_client_password(&self, password: &str) {
+        write_private(&self.password_file(), &format!("{password}\n"));
+    }
+
+    /// Puts the right password back into the client password file (mode 0600).
+    pub fn restore_client_password(&self) {
+        self.set_client_password(PASSWORD);
+    }
+
     /// The daemon's working directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -1,7 +1,7 @@
 //! `sersyncd` under test: a config builder, the process, its NOTIFY_SOCKET and its log.
 
 use std::ffi::OsString;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -73,6 +73,7 @@ pub struct SersyncdBuilder {
     common_params: Option<String>,
     raw_head_xml: String,
     raw_sersync_xml: String,
+    fail_log: Option<(String, u32)>,
     args: Vec<OsString>,
 }
 
@@ -141,6 +142,13 @@ impl SersyncdBuilder {
     /// Raw XML inserted at the end of `<sersync>`.
     pub fn raw_sersync_xml(mut self, xml: &str) -> Self {
         self.raw_sersync_xml.push_str(xml);
+        self
+    }
+
+    /// `<failLog path timeToExecute>` (default `rsync_fail_log.sh`, 60 minutes); a
+    /// relative path resolves against the state directory.
+    pub fn fail_log(mut self, path: &str, minutes: u32) -> Self {
+        self.fail_log = Some((path.to_owned(), minutes));
         self
     }
 
@@ -229,7 +237,14 @@ impl SersyncdBuilder {
         x.push_str("            <timeout start=\"true\" time=\"30\"/>\n");
         x.push_str("            <ssh start=\"false\"/>\n");
         x.push_str("        </rsync>\n");
-        x.push_str("        <failLog path=\"rsync_fail_log.sh\" timeToExecute=\"60\"/>\n");
+        let (fail_log, minutes) = self
+            .fail_log
+            .clone()
+            .unwrap_or_else(|| ("rsync_fail_log.sh".to_owned(), 60));
+        x.push_str(&format!(
+            "        <failLog path=\"{}\" timeToExecute=\"{minutes}\"/>\n",
+            attr(&fail_log)
+        ));
         x.push_str("        <crontab start=\"false\" schedule=\"600\"></crontab>\n");
         x.push_str("        <plugin start=\"false\" name=\"command\"/>\n");
         x.push_str(&self.raw_sersync_xml);
@@ -256,6 +271,8 @@ fn attr(text: &str) -> String {
 #[derive(Debug)]
 pub struct Sersyncd {
     dir: TempDir,
+    /// The extra command-line arguments, kept for [`Sersyncd::restart`].
+    args: Vec<OsString>,
     child: Option<Child>,
     status: Option<ExitStatus>,
     notifications: Arc<Mutex<Vec<String>>>,
@@ -291,33 +308,73 @@ impl Sersyncd {
                 }
             })
         };
-        let log = File::create(dir.path().join("sersyncd.log")).expect("create log");
-        let child = Command::new(SERSYNCD)
-            .arg("-o")
-            .arg(&conf)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(&builder.args)
-            .env("NOTIFY_SOCKET", &socket_path)
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("STATE_DIRECTORY")
-            .current_dir(&cwd)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn sersyncd");
+        File::create(dir.path().join("sersyncd.log")).expect("create log");
         let mut daemon = Sersyncd {
             dir,
-            child: Some(child),
+            args: builder.args,
+            child: None,
             status: None,
             notifications,
             stop_reader,
             reader: Some(reader),
         };
-        daemon.wait_ready();
+        daemon.spawn();
         daemon
+    }
+
+    /// Runs the binary on this daemon's config and state directory (its output appended
+    /// to the log) and waits for READY=1.
+    fn spawn(&mut self) {
+        let dir = self.dir.path();
+        let log = OpenOptions::new()
+            .append(true)
+            .open(dir.join("sersyncd.log"))
+            .expect("open log");
+        let child = Command::new(SERSYNCD)
+            .arg("-o")
+            .arg(dir.join("confxml.xml"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(&self.args)
+            .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("STATE_DIRECTORY")
+            // Logs go to the file even when the tests run under systemd.
+            .env_remove("JOURNAL_STREAM")
+            .current_dir(dir.join("cwd"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn sersyncd");
+        self.child = Some(child);
+        self.status = None;
+        self.wait_ready();
+    }
+
+    /// Starts the daemon again after [`Sersyncd::terminate`] or [`Sersyncd::kill9`]: same
+    /// config, same state directory, same arguments, same log (appended to), and waits for
+    /// READY=1 from the new process.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart() of a running sersyncd");
+        self.notifications.lock().unwrap().clear();
+        self.spawn();
+    }
+
+    /// The PID of the running process.
+    pub fn pid(&self) -> Pid {
+        let child = self.child.as_ref().expect("sersyncd is running");
+        Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"))
+    }
+
+    /// SIGKILL (by PID) and wait: an unclean stop, as after a crash or power loss.
+    pub fn kill9(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("sersyncd is running");
+        let _ = child.kill();
+        let status = child.wait().expect("wait for a killed sersyncd");
+        self.status = Some(status);
+        status
     }
 
     fn wait_ready(&mut self) {
