@@ -290,10 +290,13 @@ fn rename_directory_whose_remote_copy_differs() {
         write(env.replica(), &format!("old/f{i}.txt"), &text);
     }
     write(env.replica(), "old/remote-only.txt", "extra\n");
+    // Older than the source, or `-u` (in the stock -artuz) rightly keeps the replica's.
+    age(&env.replica().join("old"));
     let _daemon = env.start(|b| b.arg("-r"));
     env.converged();
     // Now make the replica's copy differ again, then rename on the source.
     write(env.replica(), "old/f1.txt", "DIFFERENT SIZE AND CONTENT\n");
+    age(&env.replica().join("old/f1.txt"));
     fs::rename(env.src().join("old"), env.src().join("new")).unwrap();
     env.converged();
     assert_eq!(
@@ -301,4 +304,17 @@ fn rename_directory_whose_remote_copy_differs() {
         "source 1\n"
     );
     assert!(!env.replica().join("old").exists());
+}
+
+/// Sets the mtime of `path` (and of everything below it) to an hour ago.
+fn age(path: &std::path::Path) {
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    if path.is_dir() {
+        for entry in fs::read_dir(path).unwrap() {
+            age(&entry.unwrap().path());
+        }
+    } else {
+        let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_modified(old).unwrap();
+    }
 }
