@@ -1448,7 +1448,7 @@ impl Daemon {
                 })
                 .map(|lane| {
                     let mut argv = vec![std::ffi::OsString::from("rsync")];
-                    argv.extend(crate::sync::argv::batch(
+                    argv.extend(crate::sync::argv::replay(
                         &lane.context.transport,
                         lane.context.propagate_deletes,
                     ));

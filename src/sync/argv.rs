@@ -104,9 +104,11 @@ impl Transport {
     }
 }
 
-/// The argv (after `rsync`) of an incremental batch; the paths go NUL-separated on stdin,
-/// relative to the root, which is the working directory.
-pub fn batch(transport: &Transport, propagate_deletes: bool) -> Vec<OsString> {
+/// The argv (after `rsync`) of an incremental batch's send run; the paths that exist go
+/// NUL-separated on stdin, relative to the root, which is the working directory. A path
+/// that vanishes between the check and the transfer is skipped (`--ignore-missing-args`):
+/// its own deletion event follows. Deletions go by [`deletion`].
+pub fn batch(transport: &Transport) -> Vec<OsString> {
     let mut argv = transport.common();
     // Every listed path is known to have changed: compare mtimes to the nanosecond, or a
     // same-size rewrite within the same second is skipped by rsync's quick check.
@@ -126,11 +128,7 @@ pub fn batch(transport: &Transport, propagate_deletes: bool) -> Vec<OsString> {
             "--force",
             "--files-from=-",
             "--from0",
-            if propagate_deletes {
-                "--delete-missing-args"
-            } else {
-                "--ignore-missing-args"
-            },
+            "--ignore-missing-args",
             "./",
         ]
         .map(OsString::from),
@@ -170,25 +168,100 @@ pub fn rename_seed(transport: &Transport, from: &[u8], to: &[u8]) -> Vec<OsStrin
     argv
 }
 
-/// The argv of a purge: run from an EMPTY directory with the purged paths on stdin, every
-/// one of them is "missing" on the sender and so deleted (recursively) on the receiver.
-pub fn purge(transport: &Transport) -> Vec<OsString> {
+/// The argv written into the failure script for re-sending paths by hand: the batch argv,
+/// with `--delete-missing-args` so a path that no longer exists is deleted remotely (fine
+/// with rsync >= 3.5 receivers; older ones reject nested missing paths, see [`deletion`]).
+pub fn replay(transport: &Transport, propagate_deletes: bool) -> Vec<OsString> {
+    batch(transport)
+        .into_iter()
+        .map(|arg| {
+            if propagate_deletes && arg == "--ignore-missing-args" {
+                OsString::from("--delete-missing-args")
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+/// The argv of a deletion run: from a skeleton directory that holds only the ancestors of
+/// the deleted paths, `--recursive --delete` with rules on stdin that include those
+/// ancestors and the deleted paths (`/a/`, `/a/b/`, `/a/b/gone`, `/a/b/gone/***`) and
+/// exclude everything else. On the receiver, exactly the included paths that the skeleton
+/// lacks are deleted; excluded entries are protected from `--delete`.
+///
+/// This is the route sersync 2.5 and lsyncd take, batched. `--delete-missing-args` would be
+/// simpler, but receivers of rsync 3.2.x-3.4.x (Debian 12's own 3.2.7 among them) reject a
+/// missing argument below the top level ("invalid file mode 00", rsync issue #910).
+/// Only transport options are passed: the user's params (which might hold
+/// `--delete-excluded`) must not change what a deletion run deletes.
+pub fn deletion(transport: &Transport) -> Vec<OsString> {
     let mut argv = transport.transport_only();
     argv.extend(
         [
-            "--no-recursive",
-            "--dirs",
-            "--relative",
+            "--recursive",
+            "--delete",
             "--force",
-            "--files-from=-",
             "--from0",
-            "--delete-missing-args",
+            "--filter=. -",
             "./",
         ]
         .map(OsString::from),
     );
     argv.push(transport.destination());
     argv
+}
+
+/// The stdin rules of a [`deletion`] run for `paths` (relative, raw bytes), and the
+/// ancestor directories the skeleton must contain.
+pub fn deletion_rules<'a>(paths: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut ancestors: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
+    let mut targets: Vec<&[u8]> = Vec::new();
+    let mut sorted: Vec<&[u8]> = paths.into_iter().filter(|p| !p.is_empty()).collect();
+    sorted.sort();
+    for path in sorted {
+        // Below a path that is deleted already (its deletion covers it); keeping it would
+        // put that path into the skeleton and leave it on the remote.
+        let covered = targets
+            .iter()
+            .any(|t: &&[u8]| path.len() > t.len() && path.starts_with(t) && path[t.len()] == b'/');
+        if covered {
+            continue;
+        }
+        for (i, _) in path.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            ancestors.insert(path[..i].to_vec());
+        }
+        targets.push(path);
+    }
+    let mut rules = Vec::new();
+    let mut push = |rule: Vec<u8>| {
+        rules.extend(rule);
+        rules.push(0);
+    };
+    for dir in &ancestors {
+        let mut rule = b"+ ".to_vec();
+        rule.extend(anchored_pattern(dir));
+        rule.push(b'/');
+        push(rule);
+    }
+    for path in &targets {
+        let mut exact = b"+ ".to_vec();
+        exact.extend(anchored_pattern(path));
+        push(exact);
+        // The pattern holds wildcards, so every wildcard and backslash in the name is
+        // escaped.
+        let mut below = b"+ /".to_vec();
+        for &b in path.iter() {
+            if matches!(b, b'*' | b'?' | b'[' | b'\\') {
+                below.push(b'\\');
+            }
+            below.push(b);
+        }
+        below.extend_from_slice(b"/***");
+        push(below);
+    }
+    push(b"- *".to_vec());
+    (rules, ancestors.into_iter().collect())
 }
 
 /// What a full sync excludes and protects.
@@ -378,12 +451,12 @@ mod tests {
             (
                 transport(false, false, None, None),
                 true,
-                "-artuz --sockopts=TCP_NODELAY --modify-window=-1 --no-recursive --dirs --relative --force --files-from=- --from0 --delete-missing-args ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --modify-window=-1 --no-recursive --dirs --relative --force --files-from=- --from0 --ignore-missing-args ./ rsync://127.0.0.1/web/",
             ),
             (
                 transport(false, true, Some(874), Some(100)),
                 true,
-                "-artuz --sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=100 --contimeout=100 --modify-window=-1 --no-recursive --dirs --relative --force --files-from=- --from0 --delete-missing-args ./ rsync://backup@127.0.0.1:874/web/",
+                "-artuz --sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=100 --contimeout=100 --modify-window=-1 --no-recursive --dirs --relative --force --files-from=- --from0 --ignore-missing-args ./ rsync://backup@127.0.0.1:874/web/",
             ),
             (
                 transport(false, false, None, None),
@@ -393,12 +466,44 @@ mod tests {
             (
                 transport(true, true, None, Some(30)),
                 true,
-                "-artuz -e ssh --timeout=30 --modify-window=-1 --no-recursive --dirs --relative --force --files-from=- --from0 --delete-missing-args ./ backup@127.0.0.1:web/",
+                "-artuz -e ssh --timeout=30 --modify-window=-1 --no-recursive --dirs --relative --force --files-from=- --from0 --ignore-missing-args ./ backup@127.0.0.1:web/",
             ),
         ];
         for (transport, deletes, expected) in rows {
-            assert_eq!(joined(&batch(transport, *deletes)), *expected);
+            let _ = deletes;
+            assert_eq!(joined(&batch(transport)), *expected);
         }
+    }
+
+    #[test]
+    fn deletion_rules_table() {
+        let (rules, skeleton) =
+            deletion_rules([&b"a/b/gone"[..], b"top", b"a/x*y", b"", b"top/below"]);
+        let rules: Vec<String> = rules
+            .split(|&b| b == 0)
+            .filter(|r| !r.is_empty())
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        assert_eq!(
+            rules,
+            vec![
+                "+ /a/",
+                "+ /a/b/",
+                "+ /a/b/gone",
+                "+ /a/b/gone/***",
+                "+ /a/x\\*y",
+                "+ /a/x\\*y/***",
+                "+ /top",
+                "+ /top/***",
+                "- *",
+            ]
+        );
+        assert_eq!(skeleton, vec![b"a".to_vec(), b"a/b".to_vec()]);
+        let t = transport(false, true, None, None);
+        assert_eq!(
+            joined(&deletion(&t)),
+            "--sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --recursive --delete --force --from0 --filter=. - ./ rsync://backup@127.0.0.1/web/"
+        );
     }
 
     #[test]
@@ -424,7 +529,7 @@ mod tests {
     fn user_sockopts_win() {
         let mut t = transport(false, false, None, None);
         t.options.common_params = vec!["-az".into(), "--sockopts=SO_SNDBUF=65536".into()];
-        let argv = joined(&batch(&t, true));
+        let argv = joined(&batch(&t));
         assert!(!argv.contains("TCP_NODELAY"), "{argv}");
     }
 

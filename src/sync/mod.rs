@@ -158,24 +158,48 @@ impl Runner {
         match job {
             Job::Batch(batch) => {
                 let seeded = self.seed_renames(batch, ctx);
-                let purges: Vec<&[u8]> = batch.purges().map(|p| p.as_slice()).collect();
-                if !purges.is_empty() {
-                    let argv = argv::purge(&ctx.transport);
-                    let stdin = argv::nul_list(purges);
-                    let run = self.run(&argv, &self.empty_dir, stdin, ctx.debug, false);
-                    // 24: the purged paths' parents are "missing" on the empty sender too.
+                // What no longer exists locally (or was replaced) is deleted on the
+                // remote first; what exists is sent. rsync never sees a missing argument.
+                let mut delete: Vec<&[u8]> = Vec::new();
+                let mut send: Vec<&[u8]> = Vec::new();
+                for (path, action) in &batch.entries {
+                    let exists =
+                        std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path)))
+                            .is_ok();
+                    if !exists || *action == Action::Replace {
+                        delete.push(path);
+                    }
+                    if exists && !seeded.iter().any(|to| under(path, to)) {
+                        send.push(path);
+                    }
+                }
+                if ctx.propagate_deletes && !delete.is_empty() {
+                    let (rules, ancestors) = argv::deletion_rules(delete.iter().copied());
+                    let skeleton = match self.skeleton(&ancestors) {
+                        Ok(dir) => dir,
+                        Err(err) => {
+                            return (
+                                RunResult::SpawnFailed {
+                                    kind: err.kind(),
+                                    message: format!("cannot prepare the deletion run: {err}"),
+                                },
+                                String::new(),
+                                Vec::new(),
+                            );
+                        }
+                    };
+                    let argv = argv::deletion(&ctx.transport);
+                    let run = self.run(&argv, skeleton.path(), rules, ctx.debug, false);
+                    drop(skeleton);
                     if !matches!(run.result, RunResult::Exited(0) | RunResult::Exited(24)) {
                         return (run.result, run.stderr, argv);
                     }
                 }
-                let argv = argv::batch(&ctx.transport, ctx.propagate_deletes);
-                let stdin = argv::nul_list(
-                    batch
-                        .entries
-                        .iter()
-                        .map(|(p, _)| p.as_slice())
-                        .filter(|p| !seeded.iter().any(|to| under(p, to))),
-                );
+                let argv = argv::batch(&ctx.transport);
+                if send.is_empty() {
+                    return (RunResult::Exited(0), String::new(), argv);
+                }
+                let stdin = argv::nul_list(send);
                 let run = self.run(&argv, &ctx.root, stdin, ctx.debug, false);
                 (run.result, run.stderr, argv)
             }
@@ -216,6 +240,22 @@ impl Runner {
                 (run.result, run.stderr, argv)
             }
         }
+    }
+
+    /// A fresh directory under the runner's scratch space holding only `dirs` (empty
+    /// ancestors of the paths a deletion run removes); removed on drop.
+    fn skeleton(&self, dirs: &[Vec<u8>]) -> std::io::Result<Skeleton> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self
+            .empty_dir
+            .join(format!("skeleton-{}-{id}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        let skeleton = Skeleton { path };
+        for dir in dirs {
+            std::fs::create_dir_all(skeleton.path.join(std::ffi::OsStr::from_bytes(dir)))?;
+        }
+        Ok(skeleton)
     }
 
     /// Rebuilds renamed directories on the remote from their old copies; returns the
@@ -346,6 +386,23 @@ impl Runner {
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
             stdout,
         }
+    }
+}
+
+/// A scratch directory tree that removes itself.
+struct Skeleton {
+    path: PathBuf,
+}
+
+impl Skeleton {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Skeleton {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
