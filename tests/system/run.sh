@@ -297,7 +297,8 @@ boot_container() {
     deadline=$(( $(ms) + 60000 ))
     while :; do
         state=$(CT=60 c systemctl is-system-running --wait 2>/dev/null)
-        [ -z "$state" ] && [ "$(ms)" -lt "$deadline" ] || break
+        # "offline": PID 1 is up but has not yet marked the boot (/run/systemd/system).
+        { [ -z "$state" ] || [ "$state" = offline ]; } && [ "$(ms)" -lt "$deadline" ] || break
         sleep 0.2
     done
     case "$state" in
