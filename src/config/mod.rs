@@ -377,6 +377,35 @@ pub fn load(path: &Path) -> LoadResult {
     parse(path, &bytes)
 }
 
+/// Loads `path` and prints its diagnostics to stderr the one way both binaries do (each
+/// diagnostic, then for errors a `FILE: N errors in config, nothing started` line).
+/// `None` means the config was rejected (exit 78).
+pub fn load_and_report(path: &Path) -> Option<Config> {
+    match load(path) {
+        Ok((config, warnings)) => {
+            for warning in warnings {
+                eprintln!("{warning}");
+            }
+            Some(config)
+        }
+        Err(diagnostics) => {
+            let errors = diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            for diagnostic in &diagnostics {
+                eprintln!("{diagnostic}");
+            }
+            eprintln!(
+                "{}: {errors} error{} in config, nothing started",
+                path.display(),
+                if errors == 1 { "" } else { "s" }
+            );
+            None
+        }
+    }
+}
+
 /// Like [`load`], from bytes already in memory; `path` is used for messages and for nothing
 /// else.
 pub fn parse(path: &Path, bytes: &[u8]) -> LoadResult {

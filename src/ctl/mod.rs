@@ -21,7 +21,7 @@ use zbus::blocking::{Connection, MessageIterator};
 use zbus::message::Type as MessageType;
 use zbus::{MatchRule, Message};
 
-use crate::config::{self, Severity};
+use crate::config;
 use crate::control::client::{self, Failure};
 use crate::control::interface::{FullSyncFinished, StateChanged, SyncFailed};
 use crate::control::{BusArgs, Error, INTERFACE, OBJECT_PATH, Sersync1Proxy, names};
@@ -168,11 +168,8 @@ pub fn run(cli: &Cli) -> i32 {
 
 /// `sersyncctl check`: exactly what `sersyncd --check` prints and returns.
 pub fn check_config(path: &Path) -> i32 {
-    match config::load(path) {
-        Ok((config, warnings)) => {
-            for warning in warnings {
-                eprintln!("{warning}");
-            }
+    match config::load_and_report(path) {
+        Some(config) => {
             let remotes: usize = config.roots.iter().map(|r| r.remotes.len()).sum();
             println!(
                 "{}: configuration OK ({} watch root{}, {} remote{})",
@@ -184,21 +181,7 @@ pub fn check_config(path: &Path) -> i32 {
             );
             exit::OK
         }
-        Err(diagnostics) => {
-            let errors = diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Error)
-                .count();
-            for diagnostic in &diagnostics {
-                eprintln!("{diagnostic}");
-            }
-            eprintln!(
-                "{}: {errors} error{} in config, nothing started",
-                path.display(),
-                if errors == 1 { "" } else { "s" }
-            );
-            exit::CONFIG
-        }
+        None => exit::CONFIG,
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::ffi::OsStrExt;
 
-use crate::config::{self, Config, RootId, Severity};
+use crate::config::{self, Config, RootId};
 use crate::control::{self, Command, Counters, Event, FailureRecord, RemoteStatus, Status};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -104,40 +104,13 @@ const OVERFLOW_BACKOFF_MAX: Duration = Duration::from_secs(300);
 const PARTIAL_RETRY: Duration = Duration::from_secs(15);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Reads the config and prints its diagnostics; `None` means "exit 78".
-fn load_config(path: &Path) -> Option<Config> {
-    match config::load(path) {
-        Ok((config, warnings)) => {
-            for warning in warnings {
-                eprintln!("{warning}");
-            }
-            Some(config)
-        }
-        Err(diagnostics) => {
-            let errors = diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Error)
-                .count();
-            for diagnostic in &diagnostics {
-                eprintln!("{diagnostic}");
-            }
-            eprintln!(
-                "{}: {errors} error{} in config, nothing started",
-                path.display(),
-                if errors == 1 { "" } else { "s" }
-            );
-            None
-        }
-    }
-}
-
 /// Runs `sersyncd` with parsed arguments; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {
     if cli.check {
         // One implementation for `sersyncd --check` and `sersyncctl check`.
         return crate::ctl::check_config(&cli.config);
     }
-    let Some(config) = load_config(&cli.config) else {
+    let Some(config) = config::load_and_report(&cli.config) else {
         return exit::CONFIG;
     };
     let mut config = config;
