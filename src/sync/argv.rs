@@ -212,25 +212,43 @@ pub fn deletion(transport: &Transport) -> Vec<OsString> {
     argv
 }
 
-/// The stdin rules of a [`deletion`] run for `paths` (relative, raw bytes), and the
-/// ancestor directories the skeleton must contain.
-pub fn deletion_rules<'a>(paths: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, Vec<Vec<u8>>) {
+/// The stdin rules of a [`deletion`] run for `paths` (relative, raw bytes; `true` when the
+/// path is known to have been a file, so it needs no `/***` rule), and the ancestor
+/// directories the skeleton must contain. rsync tests every remote entry of the visited
+/// directories against the rules in order, so fewer rules is directly less work.
+pub fn deletion_rules<'a>(
+    paths: impl IntoIterator<Item = (&'a [u8], bool)>,
+) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut known_files: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    let mut chosen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
     let mut ancestors: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
     let mut targets: Vec<&[u8]> = Vec::new();
-    let mut sorted: Vec<&[u8]> = paths.into_iter().filter(|p| !p.is_empty()).collect();
+    let mut sorted: Vec<&[u8]> = Vec::new();
+    for (path, is_file) in paths {
+        if path.is_empty() {
+            continue; // never delete the root itself
+        }
+        if is_file {
+            known_files.insert(path);
+        }
+        sorted.push(path);
+    }
     sorted.sort();
     for path in sorted {
         // Below a path that is deleted already (its deletion covers it); keeping it would
         // put that path into the skeleton and leave it on the remote.
-        let covered = targets
+        let covered = path
             .iter()
-            .any(|t: &&[u8]| path.len() > t.len() && path.starts_with(t) && path[t.len()] == b'/');
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .any(|(i, _)| chosen.contains(&path[..i]));
         if covered {
             continue;
         }
         for (i, _) in path.iter().enumerate().filter(|(_, b)| **b == b'/') {
             ancestors.insert(path[..i].to_vec());
         }
+        chosen.insert(path);
         targets.push(path);
     }
     let mut rules = Vec::new();
@@ -248,6 +266,9 @@ pub fn deletion_rules<'a>(paths: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>
         let mut exact = b"+ ".to_vec();
         exact.extend(anchored_pattern(path));
         push(exact);
+        if known_files.contains(path) {
+            continue;
+        }
         // The pattern holds wildcards, so every wildcard and backslash in the name is
         // escaped.
         let mut below = b"+ /".to_vec();
@@ -477,8 +498,14 @@ mod tests {
 
     #[test]
     fn deletion_rules_table() {
-        let (rules, skeleton) =
-            deletion_rules([&b"a/b/gone"[..], b"top", b"a/x*y", b"", b"top/below"]);
+        let (rules, skeleton) = deletion_rules([
+            (&b"a/b/gone"[..], false),
+            (b"top", false),
+            (b"a/x*y", false),
+            (b"", false),
+            (b"top/below", false),
+            (b"file", true),
+        ]);
         let rules: Vec<String> = rules
             .split(|&b| b == 0)
             .filter(|r| !r.is_empty())
@@ -493,6 +520,7 @@ mod tests {
                 "+ /a/b/gone/***",
                 "+ /a/x\\*y",
                 "+ /a/x\\*y/***",
+                "+ /file",
                 "+ /top",
                 "+ /top/***",
                 "- *",

@@ -160,14 +160,15 @@ impl Runner {
                 let seeded = self.seed_renames(batch, ctx);
                 // What no longer exists locally (or was replaced) is deleted on the
                 // remote first; what exists is sent. rsync never sees a missing argument.
-                let mut delete: Vec<&[u8]> = Vec::new();
+                let mut delete: Vec<(&[u8], bool)> = Vec::new();
                 let mut send: Vec<&[u8]> = Vec::new();
                 for (path, action) in &batch.entries {
                     let exists =
                         std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path)))
                             .is_ok();
                     if !exists || *action == Action::Replace {
-                        delete.push(path);
+                        let was_file = *action == Action::Remove { dir: false };
+                        delete.push((path.as_slice(), was_file));
                     }
                     if exists && !seeded.iter().any(|to| under(path, to)) {
                         send.push(path);
