@@ -75,7 +75,7 @@ cat <<MSG
   Stop with Ctrl-C.
 
 MSG
-"$BIN" -r -o "$DEMO_DIR/demo.xml" --state-dir "$DEMO_DIR/state" &
+"$BIN" -r -o "$DEMO_DIR/demo.xml" --state-dir "$DEMO_DIR/state" --no-dbus &
 DAEMON=$!
 trap 'kill "$DAEMON" 2>/dev/null; wait "$DAEMON" 2>/dev/null; kill "$RSYNCD" 2>/dev/null; wait "$RSYNCD" 2>/dev/null || true' EXIT INT TERM
 wait "$DAEMON"
