@@ -20,6 +20,9 @@
 #
 # Prints the paths of the two packages on its last two lines.
 set -euo pipefail
+# grep that reads all its input: `grep -q` exits at the first match, and under
+# pipefail the writer's SIGPIPE would then fail the pipeline at random.
+has() { grep "$@" >/dev/null; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -54,7 +57,7 @@ ensure_tool generate-rpm cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION"
 METADATA=$(cargo metadata --format-version 1 --no-deps)
 TARGET_DIR=$(printf '%s' "$METADATA" | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 [ -n "$TARGET_DIR" ] || TARGET_DIR=$ROOT/target
-if printf '%s' "$METADATA" | grep -q '{"kind":\["bin"\],"crate_types":\["bin"\],"name":"sersync-generator"'; then
+if printf '%s' "$METADATA" | has '{"kind":\["bin"\],"crate_types":\["bin"\],"name":"sersync-generator"'; then
     HAS_GENERATOR=yes
 else
     HAS_GENERATOR=no

@@ -20,6 +20,9 @@
 # Cleans up: purges the package if it is still installed, removes the group "sersync"
 # if this script created it, unmounts and deletes its temporary directories.
 set -uo pipefail
+# grep that reads all its input: `grep -q` exits at the first match, and under
+# pipefail the writer's SIGPIPE would then fail the pipeline at random.
+has() { grep "$@" >/dev/null; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT" || exit 1
@@ -62,7 +65,7 @@ cleanup() {
         umount "$OVERLAY/merged" 2>/dev/null
         umount "$OVERLAY/upper" 2>/dev/null
     fi
-    if dpkg-query -W -f='${Status}' sersync 2>/dev/null | grep -qv 'not-installed'; then
+    if dpkg-query -W -f='${Status}' sersync 2>/dev/null | has -v 'not-installed'; then
         dpkg --purge sersync >/dev/null 2>&1
     fi
     rm -f "$FAKE_LINK"
@@ -96,11 +99,11 @@ if [ ${#need[@]} -gt 0 ]; then
         { cat "$T/apt.log"; echo "FAIL: apt-get install ${need[*]}"; exit 1; }
 fi
 # The package depends on rsync and dbus: dpkg -i needs them installed.
-dpkg-query -W -f='${Status}' dbus 2>/dev/null | grep -q 'ok installed' ||
+dpkg-query -W -f='${Status}' dbus 2>/dev/null | has 'ok installed' ||
     apt-get install -y -q --no-install-recommends dbus >/dev/null 2>&1
 
 # A previous interrupted run may have left the package installed.
-if dpkg-query -W -f='${Status}' sersync 2>/dev/null | grep -q 'ok installed'; then
+if dpkg-query -W -f='${Status}' sersync 2>/dev/null | has 'ok installed'; then
     echo "purging a sersync package left installed"
     dpkg --purge sersync >/dev/null
 fi
@@ -212,7 +215,7 @@ check "deb: Depends rsync, dbus (and libc6 from the binaries); Recommends openss
 
 conffiles_ok() {
     dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles | tee /dev/stderr |
-        grep -qx /etc/sersync/confxml.xml.example
+        has -x /etc/sersync/confxml.xml.example
 }
 check "deb: /etc/sersync/confxml.xml.example is a conffile" conffiles_ok
 
@@ -225,7 +228,7 @@ scripts_ok() {
         sh -n "$T/ctrl/$s" || return 1
         ! grep -n '@SYSCTL_FILES@' "$T/ctrl/$s" || return 1
     done
-    for s in "${SYSCTL[@]}"; do grep -q "for name in.*$s" "$T/ctrl/postinst" || return 1; done
+    for s in "${SYSCTL[@]}"; do has "for name in.*$s" "$T/ctrl/postinst" || return 1; done
 }
 check "deb: postinst/prerm/postrm present, executable, sh -n clean, sysctl names filled in" scripts_ok
 
@@ -287,8 +290,8 @@ check "deb: /usr/bin/sersyncd --version" /usr/bin/sersyncd --version
 version_matches() {
     local want
     want=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-    /usr/bin/sersyncd --version | tee /dev/stderr | grep -qF "$want" &&
-        /usr/bin/sersyncctl --version | tee /dev/stderr | grep -qF "$want"
+    /usr/bin/sersyncd --version | tee /dev/stderr | has -F "$want" &&
+        /usr/bin/sersyncctl --version | tee /dev/stderr | has -F "$want"
 }
 check "deb: the installed binaries report the Cargo.toml version" version_matches
 
@@ -297,7 +300,7 @@ sample_ok() {
     /usr/bin/sersyncctl check -o /etc/sersync/confxml.xml.example >"$T/sample.out" 2>"$T/sample.err"
     rc=$?
     cat "$T/sample.out" "$T/sample.err"
-    [ $rc = 0 ] && ! grep -q ': error:' "$T/sample.err"
+    [ $rc = 0 ] && ! has ': error:' "$T/sample.err"
 }
 if sample_ok >"$T/check.out" 2>&1; then
     pass "deb: sersyncctl check -o /etc/sersync/confxml.xml.example (exit 0$( [ -s "$T/sample.err" ] && echo ", $(grep -c 'warning' "$T/sample.err") warnings"))"
@@ -331,7 +334,7 @@ if [ -n "$GENERATOR" ]; then
         mkdir -p "$T/gen/conf" "$T/gen/normal" "$T/gen/early" "$T/gen/late"
         sed 's/<crontab start="false" schedule="600">/<crontab start="true" schedule="30">/' \
             /etc/sersync/confxml.xml.example >"$T/gen/conf/web.xml"
-        grep -q '<crontab start="true"' "$T/gen/conf/web.xml" || return 1
+        has '<crontab start="true"' "$T/gen/conf/web.xml" || return 1
         SERSYNC_CONFIG_DIR=$T/gen/conf "$GENERATOR" "$T/gen/normal" "$T/gen/early" "$T/gen/late" || return 1
         (cd "$T/gen/normal" && find . | sort)
         [ -n "$(find "$T/gen/normal" -name '*sersync-fullsync@web*')" ]
@@ -381,7 +384,7 @@ EOF
     [ -s "$T/bus.addr" ] || return 1
     # Unknown group or user names, bad attributes... are reported on stderr. (Raising
     # RLIMIT_NOFILE, which dbus-daemon tries as root, may be refused in a container.)
-    ! grep -v 'Failed to set fd limit' "$T/bus.err" | grep -q . || return 1
+    ! grep -v 'Failed to set fd limit' "$T/bus.err" | has . || return 1
     # The bus answers.
     dbus-send --bus="$(head -n 1 "$T/bus.addr")" --print-reply --dest=org.freedesktop.DBus \
         / org.freedesktop.DBus.GetId >/dev/null || return 1
@@ -391,7 +394,7 @@ EOF
 check "deb: dbus-daemon --config-file with the installed policy (${POLICIES[*]}): starts, no warning, answers" dbus_policy_ok
 
 reinstall_ok() {
-    dpkg -i "$DEB" && getent group sersync && dpkg-query -W -f='${Status}\n' sersync | grep -q 'ok installed'
+    dpkg -i "$DEB" && getent group sersync && dpkg-query -W -f='${Status}\n' sersync | has 'ok installed'
 }
 check "deb: dpkg -i again (the upgrade path of the scripts)" reinstall_ok
 
@@ -408,7 +411,7 @@ remove_keeps() {
     [ -f /etc/sersync/pkgtest.xml ] || { echo "/etc/sersync/pkgtest.xml gone"; return 1; }
     [ -f /etc/sersync/confxml.xml.example ] || { echo "conffile gone on remove"; return 1; }
     [ -f /var/lib/sersync/pkgtest/failures ] || { echo "/var/lib/sersync gone"; return 1; }
-    dpkg-query -W -f='${Status}\n' sersync | grep -q 'config-files'
+    dpkg-query -W -f='${Status}\n' sersync | has 'config-files'
 }
 check "deb: dpkg -r removes the files, keeps /etc/sersync and /var/lib/sersync" remove_keeps
 
@@ -422,7 +425,7 @@ purge_clean() {
     for path in /etc/sersync /var/lib/sersync /usr/share/doc/sersync "$FAKE_LINK"; do
         if [ -e "$path" ] || [ -L "$path" ]; then echo "left: $path"; left=1; fi
     done
-    if dpkg-query -W -f='${Status}\n' sersync 2>/dev/null | grep -qv 'not-installed'; then
+    if dpkg-query -W -f='${Status}\n' sersync 2>/dev/null | has -v 'not-installed'; then
         echo "dpkg still knows sersync: $(dpkg-query -W -f='${Status}' sersync)"; left=1
     fi
     return $left
@@ -440,7 +443,7 @@ grep -v '^running with root privileges' "$T/lintian.raw" >"$T/lintian.out"
 # is there. (A second run: with --show-overrides, lintian 2.116 exits 2 for an
 # overridden error.)
 lintian --tag-display-limit 0 --show-overrides "$DEB" 2>/dev/null | grep '^O: ' >>"$T/lintian.out"
-if grep -q '^E: ' "$T/lintian.out" || [ $lintian_rc != 0 ]; then
+if has '^E: ' "$T/lintian.out" || [ $lintian_rc != 0 ]; then
     fail "deb: lintian reports errors (exit $lintian_rc)"
 else
     pass "deb: lintian reports no error ($(grep -c '^W: ' "$T/lintian.out") warnings, $(grep -c '^I: ' "$T/lintian.out") info, $(grep -c '^O: ' "$T/lintian.out") overridden)"
@@ -472,17 +475,17 @@ rpm_modes_ok() {
 check "rpm: file modes (0755 binaries, 0644 the rest)" rpm_modes_ok
 
 rpm_config_ok() {
-    rpm -qcp "$RPM" | tee /dev/stderr | grep -qx /etc/sersync/confxml.xml.example || return 1
+    rpm -qcp "$RPM" | tee /dev/stderr | has -x /etc/sersync/confxml.xml.example || return 1
     # c = %config, n = noreplace.
     awk '$2 == "/etc/sersync/confxml.xml.example" { print $3 }' "$T/rpm-raw.txt" | tee /dev/stderr |
-        grep -q 'c' || return 1
-    awk '$2 == "/etc/sersync/confxml.xml.example" { print $3 }' "$T/rpm-raw.txt" | grep -q 'n'
+        has 'c' || return 1
+    awk '$2 == "/etc/sersync/confxml.xml.example" { print $3 }' "$T/rpm-raw.txt" | has 'n'
 }
 check "rpm: rpm -qcp: /etc/sersync/confxml.xml.example is %config(noreplace)" rpm_config_ok
 
 rpm_docs_ok() {
-    rpm -qdp "$RPM" | tee /dev/stderr | grep -qx /usr/share/doc/sersync/README.md &&
-        rpm -qdp "$RPM" | grep -qx /usr/share/doc/sersync/ARCHITECTURE.md
+    rpm -qdp "$RPM" | tee /dev/stderr | has -x /usr/share/doc/sersync/README.md &&
+        rpm -qdp "$RPM" | has -x /usr/share/doc/sersync/ARCHITECTURE.md
 }
 check "rpm: README.md and ARCHITECTURE.md are %doc" rpm_docs_ok
 
@@ -492,10 +495,10 @@ rpm_scripts_ok() {
     for want in 'preinstall scriptlet' 'postinstall scriptlet' 'preuninstall scriptlet' \
         'postuninstall scriptlet' 'groupadd -r sersync' 'daemon-reload' 'ReloadConfig' \
         "systemctl stop 'sersync@\*.service'" 'try-restart' 'rm -rf /var/lib/sersync'; do
-        grep -q "$want" "$T/rpm-scripts.txt" || { echo "no '$want' in the scriptlets"; return 1; }
+        has "$want" "$T/rpm-scripts.txt" || { echo "no '$want' in the scriptlets"; return 1; }
     done
     for want in "${SYSCTL[@]}"; do
-        grep -q "for name in.*$want" "$T/rpm-scripts.txt" || { echo "sysctl $want not applied"; return 1; }
+        has "for name in.*$want" "$T/rpm-scripts.txt" || { echo "sysctl $want not applied"; return 1; }
     done
     ! grep -n '@SYSCTL_FILES@' "$T/rpm-scripts.txt"
 }
@@ -506,8 +509,8 @@ rpm_deps_ok() {
     rpm -qp --recommends "$RPM" >"$T/rpm-rec.txt" 2>/dev/null
     echo "Requires: $(tr '\n' ' ' <"$T/rpm-req.txt")"
     echo "Recommends: $(tr '\n' ' ' <"$T/rpm-rec.txt")"
-    grep -q '^rsync' "$T/rpm-req.txt" && grep -q '^dbus' "$T/rpm-req.txt" &&
-        grep -q '^openssh-clients' "$T/rpm-rec.txt"
+    has '^rsync' "$T/rpm-req.txt" && has '^dbus' "$T/rpm-req.txt" &&
+        has '^openssh-clients' "$T/rpm-rec.txt"
 }
 check "rpm: Requires rsync, dbus; Recommends openssh-clients" rpm_deps_ok
 
