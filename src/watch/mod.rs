@@ -22,21 +22,23 @@
 //! Architecture invariant: this module never spawns processes and never touches the queue;
 //! it only reports [`WatchEvent`]s through the callback it was given.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use inotify::{EventMask, Inotify, WatchMask};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::config::{EventToggles, Filter, RootId};
 use crate::queue::{Action, RelPath};
+
+mod tree;
+use tree::{Place, WatchTree};
 
 /// One path-level change under a root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,15 +107,6 @@ const MOVE_PAIR_WAIT_MS: u8 = 2;
 const CHANGE_CHUNK: usize = 4096;
 
 #[derive(Debug)]
-struct Node {
-    wd: WatchDescriptor,
-    parent: Option<i32>,
-    name: Vec<u8>,
-    root: RootId,
-    children: HashMap<Vec<u8>, i32>,
-}
-
-#[derive(Debug)]
 struct PendingMove {
     cookie: u32,
     parent: i32,
@@ -125,7 +118,7 @@ struct PendingMove {
 pub struct Watcher<F: FnMut(WatchEvent)> {
     inotify: Inotify,
     spec: WatchSpec,
-    nodes: HashMap<i32, Node>,
+    tree: WatchTree,
     root_nodes: Vec<Option<i32>>,
     lost_roots: Vec<(RootId, Instant)>,
     pending_moves: Vec<PendingMove>,
@@ -142,7 +135,7 @@ pub struct Watcher<F: FnMut(WatchEvent)> {
 impl<F: FnMut(WatchEvent)> std::fmt::Debug for Watcher<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watcher")
-            .field("watches", &self.nodes.len())
+            .field("watches", &self.tree.len())
             .field("roots", &self.spec.roots)
             .finish()
     }
@@ -156,7 +149,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         Ok(Watcher {
             inotify,
             spec,
-            nodes: HashMap::new(),
+            tree: WatchTree::default(),
             root_nodes: vec![None; root_count],
             lost_roots: Vec::new(),
             pending_moves: Vec::new(),
@@ -199,9 +192,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             self.add_root(root);
         }
         (self.report)(WatchEvent::Ready {
-            watches: self.nodes.len(),
+            watches: self.tree.len(),
         });
-        self.last_reported_count = self.nodes.len();
+        self.last_reported_count = self.tree.len();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             match control.try_recv() {
@@ -258,7 +251,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             let changes = std::mem::take(&mut self.out);
             (self.report)(WatchEvent::Changes(changes));
         }
-        let count = self.nodes.len();
+        let count = self.tree.len();
         if count.abs_diff(self.last_reported_count) >= 64
             || (count != self.last_reported_count && count < 64)
         {
@@ -286,11 +279,10 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             self.spec = spec;
             return;
         }
-        let wds: Vec<WatchDescriptor> = self.nodes.values().map(|n| n.wd.clone()).collect();
-        for wd in wds {
-            let _ = self.inotify.watches().remove(wd);
+        for wd in self.tree.wds() {
+            self.rm_watch(wd);
         }
-        self.nodes.clear();
+        self.tree.clear();
         self.pending_moves.clear();
         self.lost_roots.clear();
         self.root_nodes = vec![None; spec.roots.len()];
@@ -300,7 +292,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             if self.root_nodes[root].is_some() {
                 (self.report)(WatchEvent::RootRestored {
                     root,
-                    watches: self.nodes.len(),
+                    watches: self.tree.len(),
                 });
             }
         }
@@ -313,14 +305,14 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
         self.limited_roots.clear();
         self.limit_reported = false;
-        let before = self.nodes.len();
+        let before = self.tree.len();
         for (parent, name) in unwatched {
-            if self.nodes.contains_key(&parent) {
+            if self.tree.contains(parent) {
                 self.add_subtree(parent, &name, true);
             }
         }
         self.flush();
-        let added = self.nodes.len() - before;
+        let added = self.tree.len() - before;
         if self.unwatched.is_empty() {
             tracing::info!(added, "every directory is watched again");
         } else {
@@ -346,7 +338,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             if self.root_nodes[root].is_some() {
                 (self.report)(WatchEvent::RootRestored {
                     root,
-                    watches: self.nodes.len(),
+                    watches: self.tree.len(),
                 });
             }
         }
@@ -357,16 +349,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         match self.inotify.watches().add(&path, self.mask()) {
             Ok(wd) => {
                 let id = wd.get_watch_descriptor_id();
-                self.nodes.insert(
-                    id,
-                    Node {
-                        wd,
-                        parent: None,
-                        name: Vec::new(),
-                        root,
-                        children: HashMap::new(),
-                    },
-                );
+                self.tree.insert_root(id, root);
                 self.root_nodes[root] = Some(id);
                 self.walk(id, false);
             }
@@ -382,26 +365,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
     }
 
-    /// Relative path of a watched directory.
-    fn rel_path(&self, mut id: i32) -> RelPath {
-        let mut parts: Vec<&[u8]> = Vec::new();
-        while let Some(node) = self.nodes.get(&id) {
-            match node.parent {
-                Some(parent) => {
-                    parts.push(&node.name);
-                    id = parent;
-                }
-                None => break,
-            }
-        }
-        let mut path = Vec::new();
-        for part in parts.iter().rev() {
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(part);
-        }
-        path
+    /// Stops watching one directory. The kernel answers with `IN_IGNORED`, which finds
+    /// the descriptor already forgotten.
+    fn rm_watch(&self, wd: i32) {
+        // SAFETY: plain syscall on the inotify fd this watcher owns; no memory is passed.
+        let _ = unsafe { libc::inotify_rm_watch(self.inotify.as_fd().as_raw_fd(), wd) };
     }
 
     fn abs_path(&self, root: RootId, rel: &[u8]) -> PathBuf {
@@ -423,10 +391,12 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     /// Adds a watch for `name` in directory `parent`, then walks what it contains.
     /// With `report`, the directory and every entry found are reported as changes.
     fn add_subtree(&mut self, parent: i32, name: &[u8], report: bool) {
-        let Some(root) = self.nodes.get(&parent).map(|n| n.root) else {
+        let (Some(root), Some(parent_rel)) =
+            (self.tree.root_of(parent), self.tree.rel_path(parent))
+        else {
             return;
         };
-        let rel = join(&self.rel_path(parent), name);
+        let rel = join(&parent_rel, name);
         if report {
             self.emit(root, rel.clone(), Action::Sync);
         }
@@ -439,36 +409,15 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         let path = self.abs_path(root, rel);
         match self.inotify.watches().add(&path, self.mask()) {
             Ok(wd) => {
+                // The same inode may already be watched (moved back in before its old
+                // watch was dropped): the tree moves it and keeps its children.
                 let id = wd.get_watch_descriptor_id();
-                if let Some(existing) = self.nodes.get(&id) {
-                    // The same inode is already watched (e.g. moved back in before its
-                    // old watch was dropped): detach it from its old place first.
-                    if let Some(old_parent) = existing.parent {
-                        let old_name = existing.name.clone();
-                        if let Some(p) = self.nodes.get_mut(&old_parent) {
-                            p.children.remove(&old_name);
-                        }
-                    }
+                if self.tree.attach(id, parent, name, root) {
+                    Some(id)
+                } else {
+                    self.rm_watch(id);
+                    None
                 }
-                let children = self
-                    .nodes
-                    .remove(&id)
-                    .map(|n| n.children)
-                    .unwrap_or_default();
-                self.nodes.insert(
-                    id,
-                    Node {
-                        wd,
-                        parent: Some(parent),
-                        name: name.to_vec(),
-                        root,
-                        children,
-                    },
-                );
-                if let Some(p) = self.nodes.get_mut(&parent) {
-                    p.children.insert(name.to_vec(), id);
-                }
-                Some(id)
             }
             Err(err) => {
                 match err.raw_os_error() {
@@ -499,10 +448,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     fn walk(&mut self, id: i32, report: bool) {
         let mut stack = vec![id];
         while let Some(dir_id) = stack.pop() {
-            let Some(root) = self.nodes.get(&dir_id).map(|n| n.root) else {
+            let (Some(root), Some(rel_dir)) =
+                (self.tree.root_of(dir_id), self.tree.rel_path(dir_id))
+            else {
                 continue;
             };
-            let rel_dir = self.rel_path(dir_id);
             let abs_dir = self.abs_path(root, &rel_dir);
             let entries = match std::fs::read_dir(&abs_dir) {
                 Ok(entries) => entries,
@@ -553,27 +503,29 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             self.forget(wd);
             return;
         }
-        let Some(node) = self.nodes.get(&wd) else {
+        let (Some(root), Some(place)) = (self.tree.root_of(wd), self.tree.place(wd)) else {
             return;
         };
-        let root = node.root;
-        let is_root = node.parent.is_none();
+        let is_root = place == Place::Root;
         if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
             if is_root {
                 self.lose_root(root, "watch root was deleted or moved away");
             }
             return;
         }
+        // An orphan's parent is gone, and so is any path for what happens in it.
+        let Some(dir_rel) = self.tree.rel_path(wd) else {
+            return;
+        };
         let Some(name) = name.filter(|n| !n.is_empty()) else {
             // An event on the directory itself (e.g. attrib of the root).
             if mask.contains(EventMask::ATTRIB) && self.spec.events.attrib {
-                let rel = self.rel_path(wd);
-                self.emit(root, rel, Action::Sync);
+                self.emit(root, dir_rel, Action::Sync);
             }
             return;
         };
         let is_dir = mask.contains(EventMask::ISDIR);
-        let rel = join(&self.rel_path(wd), &name);
+        let rel = join(&dir_rel, &name);
         if self.ignored(&rel, &name, is_dir) {
             return;
         }
@@ -625,14 +577,19 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     }
 
     fn renamed(&mut self, from: PendingMove, to_parent: i32, to_name: Vec<u8>, is_dir: bool) {
-        let Some(from_root) = self.nodes.get(&from.parent).map(|n| n.root) else {
+        let (Some(from_root), Some(from_dir)) = (
+            self.tree.root_of(from.parent),
+            self.tree.rel_path(from.parent),
+        ) else {
             return;
         };
-        let Some(to_root) = self.nodes.get(&to_parent).map(|n| n.root) else {
+        let (Some(to_root), Some(to_dir)) =
+            (self.tree.root_of(to_parent), self.tree.rel_path(to_parent))
+        else {
             return;
         };
-        let old_rel = join(&self.rel_path(from.parent), &from.name);
-        let new_rel = join(&self.rel_path(to_parent), &to_name);
+        let old_rel = join(&from_dir, &from.name);
+        let new_rel = join(&to_dir, &to_name);
         let toggles = self.spec.events;
         let same_root_dir = is_dir && from_root == to_root;
         if toggles.move_from && toggles.delete && !same_root_dir {
@@ -648,22 +605,12 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             }
             return;
         }
-        let moved = self
-            .nodes
-            .get_mut(&from.parent)
-            .and_then(|p| p.children.remove(&from.name));
+        let moved = self.tree.child(from.parent, &from.name);
         match moved {
             Some(id) if from_root == to_root => {
-                if let Some(node) = self.nodes.get_mut(&id) {
-                    node.parent = Some(to_parent);
-                    node.name = to_name.clone();
-                }
-                if let Some(p) = self.nodes.get_mut(&to_parent) {
-                    p.children.insert(to_name, id);
-                }
+                self.tree.move_to(id, to_parent, &to_name);
                 // The watches followed; the remote still needs the contents. Everything
                 // goes out in one report after the hint, so one batch can carry the move.
-                let old_rel = join(&self.rel_path(from.parent), &from.name);
                 self.flush();
                 (self.report)(WatchEvent::DirRenamed {
                     root: to_root,
@@ -701,14 +648,15 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     /// Walks every root and makes the watch tree match the directories on disk: adds
     /// missing watches, forgets directories that are gone. Returns how many were added.
     fn repair_watches(&mut self) -> usize {
-        let before = self.nodes.len();
+        let before = self.tree.len();
         let mut added = 0;
         let mut stack: Vec<i32> = self.root_nodes.iter().flatten().copied().collect();
         while let Some(dir_id) = stack.pop() {
-            let Some(root) = self.nodes.get(&dir_id).map(|n| n.root) else {
+            let (Some(root), Some(rel_dir)) =
+                (self.tree.root_of(dir_id), self.tree.rel_path(dir_id))
+            else {
                 continue;
             };
-            let rel_dir = self.rel_path(dir_id);
             let Ok(entries) = std::fs::read_dir(self.abs_path(root, &rel_dir)) else {
                 continue;
             };
@@ -728,10 +676,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     continue;
                 }
                 present.push(name.clone());
-                let known = self
-                    .nodes
-                    .get(&dir_id)
-                    .and_then(|n| n.children.get(&name).copied());
+                let known = self.tree.child(dir_id, &name);
                 match known {
                     Some(child) => stack.push(child),
                     None => {
@@ -742,27 +687,16 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     }
                 }
             }
-            let gone: Vec<(Vec<u8>, i32)> = self
-                .nodes
-                .get(&dir_id)
-                .map(|n| {
-                    n.children
-                        .iter()
-                        .filter(|(name, _)| !present.contains(name))
-                        .map(|(name, id)| (name.clone(), *id))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (name, id) in gone {
-                if let Some(node) = self.nodes.get_mut(&dir_id) {
-                    node.children.remove(&name);
+            present.sort_unstable();
+            for (name, id) in self.tree.children(dir_id) {
+                if present.binary_search(&name).is_err() {
+                    self.drop_subtree(id);
                 }
-                self.drop_subtree(id);
             }
         }
         tracing::info!(
             added,
-            watches = self.nodes.len(),
+            watches = self.tree.len(),
             was = before,
             "watch tree repaired after the overflow"
         );
@@ -771,10 +705,10 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
 
     /// Lists every entry below an already-watched directory without adding watches.
     fn walk_report_only(&mut self, id: i32, out: &mut Vec<Change>) {
-        let Some(root) = self.nodes.get(&id).map(|n| n.root) else {
+        let (Some(root), Some(rel)) = (self.tree.root_of(id), self.tree.rel_path(id)) else {
             return;
         };
-        let mut stack = vec![self.rel_path(id)];
+        let mut stack = vec![rel];
         while let Some(rel_dir) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(self.abs_path(root, &rel_dir)) else {
                 continue;
@@ -801,62 +735,41 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     fn flush_pending_moves(&mut self) {
         let moves = std::mem::take(&mut self.pending_moves);
         for m in moves {
-            let Some(parent) = self.nodes.get(&m.parent) else {
+            let Some(root) = self.tree.root_of(m.parent) else {
                 continue;
             };
-            let root = parent.root;
-            let child = if m.is_dir {
-                parent.children.get(&m.name).copied()
-            } else {
-                None
-            };
-            let rel = join(&self.rel_path(m.parent), &m.name);
-            if let Some(id) = child {
-                if let Some(p) = self.nodes.get_mut(&m.parent) {
-                    p.children.remove(&m.name);
+            if m.is_dir {
+                if let Some(id) = self.tree.child(m.parent, &m.name) {
+                    self.drop_subtree(id);
                 }
-                self.drop_subtree(id);
             }
+            let Some(dir) = self.tree.rel_path(m.parent) else {
+                continue;
+            };
             if self.spec.events.move_from && self.spec.events.delete {
-                self.emit(root, rel, Action::Remove { dir: m.is_dir });
+                self.emit(root, join(&dir, &m.name), Action::Remove { dir: m.is_dir });
             }
         }
     }
 
     /// Stops watching a subtree that left the watched tree.
     fn drop_subtree(&mut self, id: i32) {
-        let mut stack = vec![id];
-        while let Some(id) = stack.pop() {
-            if let Some(node) = self.nodes.remove(&id) {
-                stack.extend(node.children.values().copied());
-                let _ = self.inotify.watches().remove(node.wd);
-            }
+        for wd in self.tree.remove_subtree(id) {
+            self.rm_watch(wd);
         }
     }
 
     fn forget(&mut self, wd: i32) {
-        let Some(node) = self.nodes.remove(&wd) else {
+        // Children of a vanished directory become orphans: they get their own IN_IGNORED,
+        // and until then their events are dropped (they have no path).
+        let Some((root, place)) = self.tree.forget(wd) else {
             return;
         };
-        if let Some(parent) = node.parent {
-            if let Some(p) = self.nodes.get_mut(&parent) {
-                if p.children.get(&node.name) == Some(&wd) {
-                    p.children.remove(&node.name);
-                }
-            }
-        } else if self.root_nodes.get(node.root).copied().flatten() == Some(wd) {
+        if place == Place::Root && self.root_nodes.get(root).copied().flatten() == Some(wd) {
             self.lose_root(
-                node.root,
+                root,
                 "watch root is no longer watched (deleted or unmounted)",
             );
-        }
-        for child in node.children.values() {
-            // Children of a vanished directory get their own IN_IGNORED; make sure they
-            // are not left behind if the kernel already dropped them.
-            if let Some(c) = self.nodes.get_mut(child) {
-                c.parent = None;
-                c.name.clear();
-            }
         }
     }
 
@@ -865,13 +778,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             self.drop_subtree(id);
         }
         // Keep nodes of other roots; drop any orphan of this root.
-        let orphans: Vec<i32> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.root == root)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in orphans {
+        for id in self.tree.wds_of_root(root) {
             self.drop_subtree(id);
         }
         (self.report)(WatchEvent::RootLost {
