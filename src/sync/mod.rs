@@ -6,7 +6,8 @@
 //! and reports an [`Outcome`] through a callback; the daemon decides what a failure means.
 //!
 //! Architecture invariant: this is the only module that spawns processes, and it never
-//! builds shell text: paths reach rsync NUL-separated on stdin, options as argv elements.
+//! builds shell text: options and listed paths are argv elements (paths as `./path`, or
+//! NUL-separated on stdin when a list is too long for the command line).
 
 pub mod argv;
 
@@ -92,6 +93,8 @@ pub struct Runner {
     rsync: PathBuf,
     empty_dir: PathBuf,
     children: Arc<Mutex<HashSet<u32>>>,
+    /// Bytes of listed paths passed as arguments before falling back to stdin.
+    path_args_budget: usize,
 }
 
 impl Runner {
@@ -101,6 +104,7 @@ impl Runner {
             rsync,
             empty_dir,
             children: Arc::new(Mutex::new(HashSet::new())),
+            path_args_budget: argv::path_args_budget(),
         }
     }
 
@@ -196,11 +200,15 @@ impl Runner {
                         return (run.result, run.stderr, argv);
                     }
                 }
-                let argv = argv::batch(&ctx.transport);
                 if send.is_empty() {
-                    return (RunResult::Exited(0), String::new(), argv);
+                    return (
+                        RunResult::Exited(0),
+                        String::new(),
+                        argv::batch(&ctx.transport),
+                    );
                 }
-                let stdin = argv::nul_list(send);
+                let (argv, stdin) =
+                    argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
                 let run = self.run(&argv, &ctx.root, stdin, ctx.debug, false);
                 (run.result, run.stderr, argv)
             }
@@ -276,9 +284,10 @@ impl Runner {
                     }
                 })
                 .collect();
-            let argv = argv::rename_seed(&ctx.transport, from, to);
+            let paths: Vec<&[u8]> = list.iter().map(|p| p.as_slice()).collect();
+            let (argv, stdin) =
+                argv::rename_seed(&ctx.transport, from, to, &paths, self.path_args_budget);
             let cwd = ctx.root.join(std::ffi::OsStr::from_bytes(to));
-            let stdin = argv::nul_list(list.iter().map(|p| p.as_slice()));
             let run = self.run(&argv, &cwd, stdin, ctx.debug, false);
             if matches!(run.result, RunResult::Exited(0)) {
                 seeded.push(to.clone());

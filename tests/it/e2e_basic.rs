@@ -318,3 +318,39 @@ fn age(path: &std::path::Path) {
         file.set_modified(old).unwrap();
     }
 }
+
+/// Lists longer than the command line holds (rsync gets them on stdin instead of as
+/// arguments): a renamed directory of 5,200 files with 220-byte names is more than 1 MiB
+/// of paths for its `--copy-dest` seed run, whatever `ARG_MAX` is.
+#[test]
+fn rename_directory_with_a_path_list_longer_than_the_command_line() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let long = "n".repeat(212);
+    for i in 0..5200 {
+        write(
+            env.src(),
+            &format!("old/{long}{i:05}"),
+            &format!("file {i}\n"),
+        );
+    }
+    let _daemon = env.start(|b| b.arg("-r"));
+    env.converged();
+    fs::rename(env.src().join("old"), env.src().join("new")).unwrap();
+    env.converged();
+    assert!(!env.replica().join("old").exists());
+    assert_eq!(
+        fs::read_to_string(env.replica().join(format!("new/{long}05199"))).unwrap(),
+        "file 5199\n"
+    );
+    // A burst of the same size while running: batches take whichever route fits.
+    for i in 0..5200 {
+        write(
+            env.src(),
+            &format!("burst/{long}{i:05}"),
+            &format!("burst {i}\n"),
+        );
+    }
+    env.converged();
+}
