@@ -298,7 +298,11 @@ impl Daemon {
         let lanes = build_lanes(&config);
         let lane_roots: Vec<RootId> = lanes.iter().map(|l| l.root).collect();
         let (tx, rx) = mpsc::channel();
-        let runner = Runner::new(PathBuf::from("rsync"), state_dir.join("empty"));
+        let runner = Runner::new(
+            PathBuf::from("rsync"),
+            state_dir.join("empty"),
+            cli.worker_limit(),
+        );
         Ok(Daemon {
             queue: Queue::new(&lane_roots, DEFAULT_MAX_BATCH),
             lanes,

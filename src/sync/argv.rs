@@ -278,9 +278,27 @@ pub fn deletion(transport: &Transport) -> Vec<OsString> {
 pub fn deletion_rules<'a>(
     paths: impl IntoIterator<Item = (&'a [u8], bool)>,
 ) -> (Vec<u8>, Vec<Vec<u8>>) {
+    deletion_groups(paths, 1)
+        .pop()
+        .unwrap_or_else(|| (b"- *\0".to_vec(), Vec::new()))
+}
+
+/// Below this many deleted paths per run, another concurrent run costs more than it saves.
+pub const DELETION_GROUP_MIN: usize = 500;
+
+/// Like [`deletion_rules`], split into at most `max_groups` runs over disjoint, contiguous
+/// (in sorted order) sets of paths, each with its own rules and ancestors.
+///
+/// Why: the receiver tests each entry of every directory it visits against the rules in
+/// order, so one run costs about entries × rules; k runs over disjoint subtrees cost 1/k
+/// of that and run concurrently (5,000 deletions in 50 directories: one run 0.27–0.37 s,
+/// five concurrent runs 0.13 s, against 0.10 s for a plain `--delete` without rules).
+pub fn deletion_groups<'a>(
+    paths: impl IntoIterator<Item = (&'a [u8], bool)>,
+    max_groups: usize,
+) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
     let mut known_files: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
     let mut chosen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
-    let mut ancestors: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
     let mut targets: Vec<&[u8]> = Vec::new();
     let mut sorted: Vec<&[u8]> = Vec::new();
     for (path, is_file) in paths {
@@ -304,11 +322,29 @@ pub fn deletion_rules<'a>(
         if covered {
             continue;
         }
+        chosen.insert(path);
+        targets.push(path);
+    }
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    let groups = (targets.len() / DELETION_GROUP_MIN).clamp(1, max_groups.max(1));
+    let per_group = targets.len().div_ceil(groups);
+    targets
+        .chunks(per_group)
+        .map(|chunk| group_rules(chunk, &known_files))
+        .collect()
+}
+
+fn group_rules(
+    targets: &[&[u8]],
+    known_files: &std::collections::HashSet<&[u8]>,
+) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut ancestors: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
+    for path in targets {
         for (i, _) in path.iter().enumerate().filter(|(_, b)| **b == b'/') {
             ancestors.insert(path[..i].to_vec());
         }
-        chosen.insert(path);
-        targets.push(path);
     }
     let mut rules = Vec::new();
     let mut push = |rule: Vec<u8>| {
@@ -321,7 +357,7 @@ pub fn deletion_rules<'a>(
         rule.push(b'/');
         push(rule);
     }
-    for path in &targets {
+    for path in targets {
         let mut exact = b"+ ".to_vec();
         exact.extend(anchored_pattern(path));
         push(exact);
@@ -590,6 +626,56 @@ mod tests {
         assert_eq!(
             joined(&deletion(&t)),
             "--sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --recursive --delete --force --from0 --filter=. - ./ rsync://backup@127.0.0.1/web/"
+        );
+    }
+
+    #[test]
+    fn deletion_groups_split_disjoint_sorted_runs() {
+        let names: Vec<Vec<u8>> = (0..50)
+            .flat_map(|d| (0..100).map(move |f| format!("del/d{d:02}/f{f:02}").into_bytes()))
+            .chain([b"del/d00".to_vec()]) // covers d00's files: they need no rule
+            .collect();
+        let paths = || {
+            names
+                .iter()
+                .map(|n| (n.as_slice(), n.as_slice() != b"del/d00"))
+        };
+        // Below the minimum per run, or with one run allowed: a single group.
+        assert_eq!(deletion_groups(paths().take(999), 4).len(), 1);
+        assert_eq!(deletion_groups(paths(), 1).len(), 1);
+        assert_eq!(deletion_groups(paths(), 1)[0], deletion_rules(paths()));
+        assert!(deletion_groups(std::iter::empty(), 4).is_empty());
+        let groups = deletion_groups(paths(), 4);
+        assert_eq!(groups.len(), 4);
+        let mut seen: Vec<String> = Vec::new();
+        for (rules, ancestors) in &groups {
+            let rules: Vec<String> = rules
+                .split(|&b| b == 0)
+                .filter(|r| !r.is_empty())
+                .map(|r| String::from_utf8_lossy(r).into_owned())
+                .collect();
+            assert_eq!(rules.last().map(String::as_str), Some("- *"));
+            for dir in ancestors {
+                let rule = format!("+ /{}/", String::from_utf8_lossy(dir));
+                assert!(rules.contains(&rule), "{rule} missing");
+            }
+            seen.extend(
+                rules
+                    .into_iter()
+                    .filter(|r| !r.ends_with('/') && r != "- *"),
+            );
+        }
+        // Every target exactly once across the runs, none below a deleted directory.
+        let mut expected: Vec<String> = vec!["+ /del/d00".into(), "+ /del/d00/***".into()];
+        expected
+            .extend((1..50).flat_map(|d| (0..100).map(move |f| format!("+ /del/d{d:02}/f{f:02}"))));
+        seen.sort();
+        expected.sort();
+        assert!(
+            seen == expected,
+            "{} rules, expected {}",
+            seen.len(),
+            expected.len()
         );
     }
 

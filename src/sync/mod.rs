@@ -87,6 +87,10 @@ pub struct JobContext {
 
 const STDERR_KEEP: usize = 16 * 1024;
 
+/// A big deletion is split into at most this many concurrent runs (see
+/// [`argv::deletion_groups`]).
+pub const MAX_DELETION_RUNS: usize = 4;
+
 /// Starts rsync processes and keeps track of them by PID.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -95,12 +99,17 @@ pub struct Runner {
     children: Arc<Mutex<HashSet<u32>>>,
     /// Bytes of listed paths passed as arguments before falling back to stdin.
     path_args_budget: usize,
+    /// How many concurrent runs one big deletion may be split into.
+    deletion_runs: usize,
 }
 
 impl Runner {
     /// `empty_dir` must be an empty directory owned by us (the source of purges).
-    pub fn new(rsync: PathBuf, empty_dir: PathBuf) -> Runner {
+    /// `process_limit` (`-n`) caps how many rsyncs one deletion may run at once (never
+    /// more than [`MAX_DELETION_RUNS`]).
+    pub fn new(rsync: PathBuf, empty_dir: PathBuf, process_limit: usize) -> Runner {
         Runner {
+            deletion_runs: process_limit.clamp(1, MAX_DELETION_RUNS),
             rsync,
             empty_dir,
             children: Arc::new(Mutex::new(HashSet::new())),
@@ -179,7 +188,11 @@ impl Runner {
                     }
                 }
                 if ctx.propagate_deletes && !delete.is_empty() {
-                    let (rules, ancestors) = argv::deletion_rules(delete.iter().copied());
+                    let groups = argv::deletion_groups(delete.iter().copied(), self.deletion_runs);
+                    let mut ancestors: Vec<Vec<u8>> =
+                        groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
+                    ancestors.sort_unstable();
+                    ancestors.dedup();
                     let skeleton = match self.skeleton(&ancestors) {
                         Ok(dir) => dir,
                         Err(err) => {
@@ -194,10 +207,27 @@ impl Runner {
                         }
                     };
                     let argv = argv::deletion(&ctx.transport);
-                    let run = self.run(&argv, skeleton.path(), rules, ctx.debug, false);
+                    // Disjoint subtrees: the runs cannot delete each other's paths.
+                    let runs: Vec<Run> = std::thread::scope(|scope| {
+                        let handles: Vec<_> = groups
+                            .into_iter()
+                            .map(|(rules, _)| {
+                                let (argv, skeleton) = (&argv, skeleton.path());
+                                scope.spawn(move || {
+                                    self.run(argv, skeleton, rules, ctx.debug, false)
+                                })
+                            })
+                            .collect();
+                        handles
+                            .into_iter()
+                            .filter_map(|handle| handle.join().ok())
+                            .collect()
+                    });
                     drop(skeleton);
-                    if !matches!(run.result, RunResult::Exited(0) | RunResult::Exited(24)) {
-                        return (run.result, run.stderr, argv);
+                    if let Some(failed) = runs.into_iter().find(|run| {
+                        !matches!(run.result, RunResult::Exited(0) | RunResult::Exited(24))
+                    }) {
+                        return (failed.result, failed.stderr, argv);
                     }
                 }
                 if send.is_empty() {

@@ -354,3 +354,57 @@ fn rename_directory_with_a_path_list_longer_than_the_command_line() {
     }
     env.converged();
 }
+
+/// A mass delete is split into concurrent runs over disjoint subtrees: each deletes
+/// exactly its own paths, so remote-only files in the same directories survive.
+#[test]
+fn mass_delete_in_concurrent_runs_deletes_exactly_the_deleted_paths() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let _daemon = env.start(|b| b);
+    for d in 0..20 {
+        for f in 0..100 {
+            write(
+                env.src(),
+                &format!("d{d:02}/f{f:03}"),
+                &format!("{d}/{f}\n"),
+            );
+        }
+    }
+    write(env.src(), "d19/-x *?[ $(id)", "hostile\n");
+    env.converged();
+    for d in 0..20 {
+        write(env.replica(), &format!("d{d:02}/remote-only"), "keep\n");
+    }
+    for d in 0..20 {
+        for f in 0..100 {
+            fs::remove_file(env.src().join(format!("d{d:02}/f{f:03}"))).unwrap();
+        }
+    }
+    fs::remove_file(env.src().join("d19/-x *?[ $(id)")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let left = || {
+        (0..20)
+            .map(|d| {
+                fs::read_dir(env.replica().join(format!("d{d:02}")))
+                    .unwrap()
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    while left() > 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} entries left on the replica",
+            left()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for d in 0..20 {
+        assert_eq!(
+            fs::read_to_string(env.replica().join(format!("d{d:02}/remote-only"))).unwrap(),
+            "keep\n"
+        );
+    }
+}
