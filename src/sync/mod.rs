@@ -348,7 +348,12 @@ impl Runner {
         command
             .args(argv)
             .current_dir(cwd)
-            .stdin(Stdio::piped())
+            // Paths passed as arguments leave nothing for stdin: no pipe, no writer thread.
+            .stdin(if stdin.is_empty() {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
             .stdout(if capture_stdout {
                 Stdio::piped()
             } else {
