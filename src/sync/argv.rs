@@ -419,6 +419,68 @@ pub fn full_sync(
     argv
 }
 
+/// A full sync as concurrent runs, or `None` when one run is as good: `top_dirs` (the
+/// root's subdirectories) dealt round-robin into `ways` recursive runs (`./dir`
+/// arguments, `--ignore-missing-args` for one removed meanwhile), plus one run for the
+/// root itself (`--no-recursive --dirs ./`: its files and entries, and with deletes on,
+/// remote-only top-level entries). The runs touch disjoint paths.
+///
+/// Why: rsync is one sender and one receiver pipeline, and on a tree of small files both
+/// ends are CPU-bound in different processes; two pipelines use a second core (measured on
+/// 2 cores, 200,000 files in 52,550 dirs: 13.3 s → 11.3 s). Only without rules on stdin:
+/// filtered full syncs keep their single run and its dry-run protection.
+pub fn full_sync_split(
+    transport: &Transport,
+    propagate_deletes: bool,
+    rules: &FullSyncRules,
+    top_dirs: &[Vec<u8>],
+    ways: usize,
+    args_budget: usize,
+) -> Option<Vec<Vec<OsString>>> {
+    let ways = ways.min(top_dirs.len());
+    if ways < 2 || rules.rules_on_stdin {
+        return None;
+    }
+    let options = |recursive: bool| {
+        let mut argv = transport.common();
+        if recursive {
+            argv.push(OsString::from("--recursive"));
+            argv.push(OsString::from("--ignore-missing-args"));
+        } else {
+            argv.push(OsString::from("--no-recursive"));
+            argv.push(OsString::from("--dirs"));
+        }
+        if propagate_deletes {
+            argv.push(OsString::from("--delete"));
+            argv.push(OsString::from("--force"));
+        }
+        for pattern in &rules.glob_excludes {
+            argv.push(OsString::from(format!("--exclude={pattern}")));
+        }
+        argv
+    };
+    let mut runs = Vec::with_capacity(ways + 1);
+    let mut root = options(false);
+    root.push(OsString::from("./"));
+    root.push(transport.destination());
+    runs.push(root);
+    for way in 0..ways {
+        let dirs: Vec<&[u8]> = top_dirs
+            .iter()
+            .skip(way)
+            .step_by(ways)
+            .map(|d| d.as_slice())
+            .collect();
+        let mut argv = options(true);
+        if !push_listed(&mut argv, &dirs, args_budget).is_empty() {
+            return None; // too many to pass as arguments: one run does it
+        }
+        argv.push(transport.destination());
+        runs.push(argv);
+    }
+    Some(runs)
+}
+
 /// An rsync filter pattern that matches exactly `relative` (anchored at the transfer
 /// root). rsync only treats `\` as an escape when the pattern holds a wildcard, so names
 /// with `*?[` are escaped and others are left literal.
@@ -757,6 +819,46 @@ mod tests {
             joined(&full_sync(&t, true, &rules, false)),
             "-artuz --sockopts=TCP_NODELAY --recursive --delete --force --exclude=*.php --exclude=info/* --from0 --filter=. - ./ rsync://127.0.0.1/web/"
         );
+    }
+
+    #[test]
+    fn full_sync_split_table() {
+        let t = transport(false, false, None, None);
+        let plain = FullSyncRules::default();
+        let dirs: Vec<Vec<u8>> = ["a", "b", "-c", "d"]
+            .iter()
+            .map(|d| d.as_bytes().to_vec())
+            .collect();
+        let runs = full_sync_split(&t, true, &plain, &dirs, 2, 1024).expect("split");
+        let runs: Vec<String> = runs.iter().map(|r| joined(r)).collect();
+        assert_eq!(
+            runs,
+            vec![
+                "-artuz --sockopts=TCP_NODELAY --no-recursive --dirs --delete --force ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --recursive --ignore-missing-args --delete --force ./a ./-c rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --recursive --ignore-missing-args --delete --force ./b ./d rsync://127.0.0.1/web/",
+            ]
+        );
+        let globs = FullSyncRules {
+            glob_excludes: vec!["*.tmp".into()],
+            rules_on_stdin: false,
+        };
+        let runs = full_sync_split(&t, false, &globs, &dirs, 4, 1024).expect("split");
+        assert_eq!(runs.len(), 5);
+        assert!(
+            runs.iter()
+                .all(|r| r.contains(&OsString::from("--exclude=*.tmp")))
+        );
+        assert!(!runs.iter().any(|r| r.contains(&OsString::from("--delete"))));
+        // One run is as good: one way, one directory, rules on stdin, or too long a list.
+        assert!(full_sync_split(&t, true, &plain, &dirs, 1, 1024).is_none());
+        assert!(full_sync_split(&t, true, &plain, &dirs[..1], 4, 1024).is_none());
+        let stdin_rules = FullSyncRules {
+            glob_excludes: Vec::new(),
+            rules_on_stdin: true,
+        };
+        assert!(full_sync_split(&t, true, &stdin_rules, &dirs, 2, 1024).is_none());
+        assert!(full_sync_split(&t, true, &plain, &dirs, 2, 8).is_none());
     }
 
     #[test]

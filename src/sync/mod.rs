@@ -87,9 +87,10 @@ pub struct JobContext {
 
 const STDERR_KEEP: usize = 16 * 1024;
 
-/// A big deletion is split into at most this many concurrent runs (see
-/// [`argv::deletion_groups`]).
-pub const MAX_DELETION_RUNS: usize = 4;
+/// One job runs at most this many rsyncs at once: a big deletion split over disjoint
+/// subtrees ([`argv::deletion_groups`]), a full sync split by top-level directory
+/// ([`argv::full_sync_split`]).
+pub const MAX_PARALLEL_RUNS: usize = 4;
 
 /// Starts rsync processes and keeps track of them by PID.
 #[derive(Debug, Clone)]
@@ -99,17 +100,21 @@ pub struct Runner {
     children: Arc<Mutex<HashSet<u32>>>,
     /// Bytes of listed paths passed as arguments before falling back to stdin.
     path_args_budget: usize,
-    /// How many concurrent runs one big deletion may be split into.
-    deletion_runs: usize,
+    /// How many concurrent rsyncs one job may run.
+    parallel_runs: usize,
+    /// Destinations that refused a second connection (`max connections`): one run at a
+    /// time for them from then on.
+    serial_only: Arc<Mutex<HashSet<OsString>>>,
 }
 
 impl Runner {
     /// `empty_dir` must be an empty directory owned by us (the source of purges).
-    /// `process_limit` (`-n`) caps how many rsyncs one deletion may run at once (never
-    /// more than [`MAX_DELETION_RUNS`]).
+    /// `process_limit` (`-n`) caps how many rsyncs one job may run at once (never more
+    /// than [`MAX_PARALLEL_RUNS`]).
     pub fn new(rsync: PathBuf, empty_dir: PathBuf, process_limit: usize) -> Runner {
         Runner {
-            deletion_runs: process_limit.clamp(1, MAX_DELETION_RUNS),
+            parallel_runs: process_limit.clamp(1, MAX_PARALLEL_RUNS),
+            serial_only: Arc::new(Mutex::new(HashSet::new())),
             rsync,
             empty_dir,
             children: Arc::new(Mutex::new(HashSet::new())),
@@ -188,7 +193,7 @@ impl Runner {
                     }
                 }
                 if ctx.propagate_deletes && !delete.is_empty() {
-                    let groups = argv::deletion_groups(delete.iter().copied(), self.deletion_runs);
+                    let groups = argv::deletion_groups(delete.iter().copied(), self.ways(ctx));
                     let mut ancestors: Vec<Vec<u8>> =
                         groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
                     ancestors.sort_unstable();
@@ -208,26 +213,20 @@ impl Runner {
                     };
                     let argv = argv::deletion(&ctx.transport);
                     // Disjoint subtrees: the runs cannot delete each other's paths.
-                    let runs: Vec<Run> = std::thread::scope(|scope| {
-                        let handles: Vec<_> = groups
-                            .into_iter()
-                            .map(|(rules, _)| {
-                                let (argv, skeleton) = (&argv, skeleton.path());
-                                scope.spawn(move || {
-                                    self.run(argv, skeleton, rules, ctx.debug, false)
-                                })
-                            })
-                            .collect();
-                        handles
-                            .into_iter()
-                            .filter_map(|handle| handle.join().ok())
-                            .collect()
-                    });
+                    let split = groups.len() > 1;
+                    let runs = groups
+                        .into_iter()
+                        .map(|(rules, _)| (argv.clone(), rules))
+                        .collect();
+                    let (mut run, argv) = self.run_concurrently(runs, skeleton.path(), ctx.debug);
+                    if split && refused_at_start(&run) {
+                        self.go_serial(ctx);
+                        let (rules, _) = argv::deletion_rules(delete.iter().copied());
+                        run = self.run(&argv, skeleton.path(), rules, ctx.debug, false);
+                    }
                     drop(skeleton);
-                    if let Some(failed) = runs.into_iter().find(|run| {
-                        !matches!(run.result, RunResult::Exited(0) | RunResult::Exited(24))
-                    }) {
-                        return (failed.result, failed.stderr, argv);
+                    if !matches!(run.result, RunResult::Exited(0) | RunResult::Exited(24)) {
+                        return (run.result, run.stderr, argv);
                     }
                 }
                 if send.is_empty() {
@@ -274,6 +273,27 @@ impl Runner {
                     }
                 }
                 rules.rules_on_stdin = !stdin.is_empty();
+                if !rules.rules_on_stdin {
+                    let top = top_level_dirs(&ctx.root);
+                    let ways = self.ways(ctx).min(
+                        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                    );
+                    if let Some(argvs) = argv::full_sync_split(
+                        &ctx.transport,
+                        ctx.propagate_deletes,
+                        &rules,
+                        &top,
+                        ways,
+                        self.path_args_budget,
+                    ) {
+                        let runs = argvs.into_iter().map(|argv| (argv, Vec::new())).collect();
+                        let (run, argv) = self.run_concurrently(runs, &ctx.root, ctx.debug);
+                        if !refused_at_start(&run) {
+                            return (run.result, run.stderr, argv);
+                        }
+                        self.go_serial(ctx);
+                    }
+                }
                 let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, &rules, false);
                 let run = self.run(&argv, &ctx.root, stdin, ctx.debug, false);
                 (run.result, run.stderr, argv)
@@ -331,6 +351,85 @@ impl Runner {
             }
         }
         seeded
+    }
+
+    /// How many concurrent runs a job for this destination may use.
+    fn ways(&self, ctx: &JobContext) -> usize {
+        let serial = self
+            .serial_only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&ctx.transport.destination());
+        if serial { 1 } else { self.parallel_runs }
+    }
+
+    /// A destination refused one of several concurrent runs (rsync exit 5, typically
+    /// `max connections` on the module): from now on one run at a time for it. Waits a
+    /// moment so the daemon's side of the runs that got through has exited.
+    fn go_serial(&self, ctx: &JobContext) {
+        let destination = ctx.transport.destination();
+        let first = self
+            .serial_only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(destination.clone());
+        if first {
+            tracing::warn!(
+                destination = %destination.to_string_lossy(),
+                "the remote refused concurrent connections (max connections?): one rsync at a \
+                 time for it from now on"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Runs `(argv, stdin)` pairs at once in `cwd`; returns the run that decides the
+    /// outcome (the first failure, else the first exit 24, else the first) and its argv.
+    fn run_concurrently(
+        &self,
+        runs: Vec<(Vec<OsString>, Vec<u8>)>,
+        cwd: &Path,
+        debug: bool,
+    ) -> (Run, Vec<OsString>) {
+        let mut done: Vec<(Run, Vec<OsString>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = runs
+                .into_iter()
+                .map(|(argv, stdin)| {
+                    scope.spawn(move || (self.run(&argv, cwd, stdin, debug, false), argv))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle.join().unwrap_or_else(|_| {
+                        (
+                            Run {
+                                result: RunResult::Exited(-1),
+                                stderr: "an rsync supervisor thread panicked".into(),
+                                stdout: Vec::new(),
+                            },
+                            Vec::new(),
+                        )
+                    })
+                })
+                .collect()
+        });
+        let rank = |run: &Run| match run.result {
+            RunResult::Exited(0) => 2,
+            RunResult::Exited(24) => 1,
+            _ => 0,
+        };
+        match (0..done.len()).min_by_key(|&i| rank(&done[i].0)) {
+            Some(decisive) => done.swap_remove(decisive),
+            None => (
+                Run {
+                    result: RunResult::Exited(0),
+                    stderr: String::new(),
+                    stdout: Vec::new(),
+                },
+                Vec::new(),
+            ),
+        }
     }
 
     fn run(
@@ -432,6 +531,29 @@ impl Runner {
             stdout,
         }
     }
+}
+
+/// Whether a run of a concurrent set was turned away by the module's `max connections`
+/// (rsync exit 5 with the daemon's `@ERROR: max connections (N) reached`), so the work is
+/// worth one more try as a single run. Other start-up failures (auth, unknown module)
+/// are reported as they are.
+fn refused_at_start(run: &Run) -> bool {
+    run.result == RunResult::Exited(5) && run.stderr.contains("@ERROR: max connections")
+}
+
+/// The directories directly under `root` (not symlinks to directories), sorted.
+fn top_level_dirs(root: &Path) -> Vec<Vec<u8>> {
+    let mut dirs: Vec<Vec<u8>> = std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().as_bytes().to_vec())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
 }
 
 /// A scratch directory tree that removes itself.

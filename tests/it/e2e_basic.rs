@@ -408,3 +408,46 @@ fn mass_delete_in_concurrent_runs_deletes_exactly_the_deleted_paths() {
         );
     }
 }
+
+/// Full syncs and big deletions run several rsyncs at once; a module that allows one
+/// connection at a time (`max connections = 1`) still gets everything, one run at a time.
+#[test]
+fn one_connection_per_module_still_gets_split_full_syncs_and_mass_deletes() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    for d in 0..6 {
+        for f in 0..200 {
+            write(
+                env.src(),
+                &format!("top{d}/sub/f{f:03}"),
+                &format!("{d}/{f}\n"),
+            );
+        }
+    }
+    write(env.src(), "file-at-the-root", "root\n");
+    write(env.replica(), "remote-only-dir/x", "stale\n");
+    write(env.replica(), "top0/sub/remote-only", "stale\n");
+    env.rsyncd.set_last_module_option("max connections", "1");
+    env.rsyncd.set_last_module_option(
+        "lock file",
+        &env.rsyncd.dir().join("rsyncd.lock").display().to_string(),
+    );
+    // -n 4: the full sync and the deletions may be split into several runs.
+    let daemon = env.start(|b| b.arg("-r").arg("-n").arg("4"));
+    env.converged();
+    // With two cores or more the full sync was split, refused, and redone as one run.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        daemon.log().contains("refused concurrent connections"),
+        cores >= 2,
+        "{cores} cores; log:\n{}",
+        daemon.log()
+    );
+    for d in 0..6 {
+        for f in 0..200 {
+            fs::remove_file(env.src().join(format!("top{d}/sub/f{f:03}"))).unwrap();
+        }
+    }
+    env.converged();
+}

@@ -267,6 +267,17 @@ impl RsyncDaemon {
         self.set_client_password(PASSWORD);
     }
 
+    /// Adds `name = value` to the last module of rsyncd.conf (the daemon reads its
+    /// config on every connection, so it applies from the next one on).
+    pub fn set_last_module_option(&self, name: &str, value: &str) {
+        use std::io::Write;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("rsyncd.conf"))
+            .expect("open rsyncd.conf");
+        writeln!(conf, "    {name} = {value}").expect("append to rsyncd.conf");
+    }
+
     /// The daemon's working directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
