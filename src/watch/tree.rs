@@ -236,20 +236,22 @@ impl WatchTree {
         self.slab.release(slot);
     }
 
+    /// The slot of `wd`, taken out of its parent's children (it keeps its own), or a new
+    /// one.
+    fn detached_slot(&mut self, wd: i32, root: RootId) -> u32 {
+        if let Some(slot) = self.slot(wd) {
+            self.unlink(slot);
+            return slot;
+        }
+        let slot = self.slab.alloc(wd, root);
+        self.by_wd.insert(wd, slot);
+        slot
+    }
+
     /// Records `wd` as the watch of a root. A descriptor already known (the same inode)
     /// keeps its children.
     pub fn insert_root(&mut self, wd: i32, root: RootId) {
-        let slot = match self.slot(wd) {
-            Some(slot) => {
-                self.unlink(slot);
-                slot
-            }
-            None => {
-                let slot = self.slab.alloc(wd, root);
-                self.by_wd.insert(wd, slot);
-                slot
-            }
-        };
+        let slot = self.detached_slot(wd, root);
         self.slab.set_name(slot, b"");
         let node = self.node_mut(slot);
         node.parent = NIL;
@@ -269,17 +271,7 @@ impl WatchTree {
                 self.unlink(stale);
             }
         }
-        let slot = match self.slot(wd) {
-            Some(slot) => {
-                self.unlink(slot);
-                slot
-            }
-            None => {
-                let slot = self.slab.alloc(wd, root);
-                self.by_wd.insert(wd, slot);
-                slot
-            }
-        };
+        let slot = self.detached_slot(wd, root);
         self.slab.set_name(slot, name);
         self.node_mut(slot).root = root as u32;
         self.link(slot, parent_slot);
