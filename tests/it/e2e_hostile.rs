@@ -113,3 +113,39 @@ fn hostile_names_replicate_exactly_and_run_nothing() {
     }
     assert!(pwned.is_empty(), "a file name was executed: {pwned:?}");
 }
+
+/// A full sync split into concurrent runs passes top-level directories as `./name`
+/// arguments: hostile directory names replicate exactly, and hostile remote-only entries
+/// at the top level and below are deleted, with nothing run.
+#[test]
+fn hostile_top_level_directories_in_a_split_full_sync() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let names = hostile_names();
+    for name in &names {
+        std::fs::create_dir(path(env.src(), name)).unwrap();
+        let mut inner = name.clone();
+        inner.extend_from_slice(b"/-inner $(touch PWNED)");
+        std::fs::write(path(env.src(), &inner), &inner).unwrap();
+        // On the replica only: the full sync's --delete must remove them.
+        std::fs::create_dir_all(path(env.replica(), name)).unwrap();
+        let mut stale = name.clone();
+        stale.extend_from_slice(b"/stale `touch PWNED`");
+        std::fs::write(path(env.replica(), &stale), b"stale").unwrap();
+    }
+    for name in [&b"-remote only"[..], b"*x?", b"gone\n$(touch PWNED)"] {
+        let mut stale = b"zz-remote/".to_vec();
+        stale.extend_from_slice(name);
+        std::fs::create_dir_all(path(env.replica(), b"zz-remote")).unwrap();
+        std::fs::write(path(env.replica(), &stale), b"stale").unwrap();
+        std::fs::write(path(env.replica(), name), b"stale").unwrap();
+    }
+    let daemon = env.start(|b| b.arg("-r").arg("-n").arg("4"));
+    wait_converged(env.src(), env.replica(), Duration::from_secs(30));
+    let mut pwned = Vec::new();
+    for root in [env.src(), env.replica(), &daemon.cwd(), &daemon.state_dir()] {
+        pwned.extend(find_named(root, "PWNED"));
+    }
+    assert!(pwned.is_empty(), "a file name was executed: {pwned:?}");
+}
