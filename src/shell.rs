@@ -6,8 +6,9 @@
 //! in `"…"` and escaped only `$`. A file named ``a`touch PWNED`b`` therefore ran `touch` as
 //! root, a `"` in a name broke the command, and the broken commands were appended to a
 //! world-writable `rsync_fail_log.sh` that root later ran with `/bin/sh` (see the reference,
-//! §1.6–1.7). sersyncd never runs a shell: rsync is started with an argument vector and the
-//! paths go NUL-separated on its stdin. The only shell text we still write is the
+//! §1.6–1.7). sersyncd never runs a shell: rsync is started with an argument vector, and the
+//! paths are elements of it (`./path`) or go NUL-separated on its stdin. The only shell
+//! text we still write is the
 //! human-readable failure record `rsync_fail_log.sh` (see [`crate::failure::script`]), and
 //! every word in it goes through [`quote`].
 //!
