@@ -415,7 +415,10 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 if self.tree.attach(id, parent, name, root) {
                     Some(id)
                 } else {
-                    self.rm_watch(id);
+                    // Keep a watch the tree already holds (a directory inside itself).
+                    if !self.tree.contains(id) {
+                        self.rm_watch(id);
+                    }
                     None
                 }
             }

@@ -261,11 +261,26 @@ impl WatchTree {
     /// Records `wd` as the watch of `name` in the directory watched by `parent`. A
     /// descriptor already known (the same inode, moved) leaves its old place and keeps its
     /// children; a different directory still recorded under that name is orphaned.
-    /// Returns false when `parent` is not watched.
+    /// Returns false when `parent` is not watched, or when `wd` is `parent` or one of its
+    /// ancestors (nothing changes then).
     pub fn attach(&mut self, wd: i32, parent: i32, name: &[u8], root: RootId) -> bool {
         let Some(parent_slot) = self.slot(parent) else {
             return false;
         };
+        if let Some(slot) = self.slot(wd) {
+            // A directory found inside itself (a bind mount of an ancestor): it stays
+            // where it was first watched, or the tree would become a cycle.
+            let mut up = parent_slot;
+            loop {
+                if up == slot {
+                    return false;
+                }
+                match self.node(up).parent {
+                    NIL | ORPHAN => break,
+                    next => up = next,
+                }
+            }
+        }
         if let Some(stale) = self.lookup(parent_slot, name) {
             if self.node(stale).wd != wd {
                 self.unlink(stale);
@@ -516,6 +531,22 @@ mod tests {
         );
         assert_eq!(t.child(1, b"a"), None);
         assert!(!t.attach(40, 99, b"x", 0), "unknown parent");
+    }
+
+    #[test]
+    fn a_directory_inside_itself_stays_where_it_was() {
+        let mut t = tree();
+        // `a/b/x` is a bind mount of `a`: inotify answers with a's descriptor.
+        assert!(!t.attach(2, 3, b"x", 0));
+        assert!(!t.attach(1, 4, b"root-again", 0));
+        assert!(!t.attach(3, 3, b"self", 0));
+        assert_eq!(path(&t, 2).as_deref(), Some("a"));
+        assert_eq!(
+            path(&t, 4).as_deref(),
+            Some("a/b/a-name-longer-than-fifteen")
+        );
+        assert_eq!(path(&t, 1).as_deref(), Some(""));
+        assert_eq!(t.len(), 5);
     }
 
     #[test]
