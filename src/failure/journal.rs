@@ -224,15 +224,7 @@ impl Journal {
                     argv: argv.clone(),
                     stdin_paths: group
                         .iter()
-                        .map(|(path, _)| {
-                            // As on sersyncd's own stdin: `./` so `#`/`;` names are not comments.
-                            let mut entry = b"./".to_vec();
-                            entry.extend_from_slice(path);
-                            if path.is_empty() {
-                                entry.truncate(1);
-                            }
-                            entry
-                        })
+                        .map(|(path, _)| crate::sync::argv::dot_path(path))
                         .collect(),
                 });
             }

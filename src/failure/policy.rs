@@ -340,7 +340,7 @@ const SIGNALS: &[Signal] = &[
         "rsync is not installed on the remote (or not in PATH)",
     ),
     transient(
-        Match::Rsync("@ERROR: max connections"),
+        Match::Rsync(CONNECTION_LIMIT),
         "the daemon is at its connection limit",
     ),
     transient(
@@ -364,6 +364,18 @@ const SIGNALS: &[Signal] = &[
         "the remote host name does not resolve",
     ),
 ];
+
+/// The daemon's answer when a module's `max connections` is reached.
+const CONNECTION_LIMIT: &str = "@ERROR: max connections";
+
+/// Whether rsync's stderr holds the daemon's `max connections` refusal (as a line of
+/// its own, like every other message this module recognises).
+pub fn at_connection_limit(stderr_tail: &str) -> bool {
+    stderr_tail
+        .lines()
+        .filter_map(|line| rsync_message(line.trim()))
+        .any(|message| message.starts_with(CONNECTION_LIMIT))
+}
 
 /// Strips `rsync: ` and `rsync: [role] ` from a line written by rsync; `None` for lines
 /// that rsync did not write with one of its error prefixes.

@@ -114,12 +114,7 @@ fn command(entry: &ScriptEntry) -> Result<Vec<u8>, QuoteError> {
     if entry.argv.is_empty() {
         line.extend_from_slice(b"rsync");
     }
-    for (index, arg) in entry.argv.iter().enumerate() {
-        if index > 0 {
-            line.push(b' ');
-        }
-        line.extend_from_slice(&quote_os(arg)?);
-    }
+    line.extend_from_slice(&crate::shell::join(&entry.argv)?);
     if entry.stdin_paths.is_empty() {
         line.extend_from_slice(b" </dev/null");
     }

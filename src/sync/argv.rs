@@ -184,18 +184,21 @@ pub fn push_listed(argv: &mut Vec<OsString>, paths: &[&[u8]], budget: usize) -> 
         argv.extend(["--files-from=-", "--from0", "./"].map(OsString::from));
         return nul_list(paths.iter().copied());
     }
-    argv.reserve(paths.len());
-    for path in paths {
-        if path.is_empty() {
-            argv.push(OsString::from("."));
-        } else {
-            let mut arg = Vec::with_capacity(path.len() + 2);
-            arg.extend_from_slice(b"./");
-            arg.extend_from_slice(path);
-            argv.push(OsString::from_vec(arg));
-        }
-    }
+    argv.extend(paths.iter().map(|path| OsString::from_vec(dot_path(path))));
     Vec::new()
+}
+
+/// How a listed path reaches rsync: `./path`, and the root itself as `.`. The `./` keeps
+/// a leading `-` from reading as an option, and a leading `#` or `;` from reading as a
+/// comment in a `--files-from` list (even with `--from0`).
+pub fn dot_path(path: &[u8]) -> Vec<u8> {
+    if path.is_empty() {
+        return b".".to_vec();
+    }
+    let mut out = Vec::with_capacity(path.len() + 2);
+    out.extend_from_slice(b"./");
+    out.extend_from_slice(path);
+    out
 }
 
 /// The argv that rebuilds a renamed directory `to` on the remote from its old copy at
@@ -367,12 +370,7 @@ fn group_rules(
         // The pattern holds wildcards, so every wildcard and backslash in the name is
         // escaped.
         let mut below = b"+ /".to_vec();
-        for &b in path.iter() {
-            if matches!(b, b'*' | b'?' | b'[' | b'\\') {
-                below.push(b'\\');
-            }
-            below.push(b);
-        }
+        push_escaped(&mut below, path);
         below.extend_from_slice(b"/***");
         push(below);
     }
@@ -396,15 +394,7 @@ pub fn full_sync(
     rules: &FullSyncRules,
     dry_run: bool,
 ) -> Vec<OsString> {
-    let mut argv = transport.common();
-    argv.push(OsString::from("--recursive"));
-    if propagate_deletes {
-        argv.push(OsString::from("--delete"));
-        argv.push(OsString::from("--force"));
-    }
-    for pattern in &rules.glob_excludes {
-        argv.push(OsString::from(format!("--exclude={pattern}")));
-    }
+    let mut argv = full_sync_options(transport, &["--recursive"], propagate_deletes, rules);
     if rules.rules_on_stdin {
         // --from0 must come first: rsync reads the merged rules when it parses --filter.
         argv.push(OsString::from("--from0"));
@@ -416,6 +406,26 @@ pub fn full_sync(
     }
     argv.push(OsString::from("./"));
     argv.push(transport.destination());
+    argv
+}
+
+/// The options every full-sync run shares: the user's, how it recurses, deletion and the
+/// `<crontabfilter>` globs.
+fn full_sync_options(
+    transport: &Transport,
+    recursion: &[&str],
+    propagate_deletes: bool,
+    rules: &FullSyncRules,
+) -> Vec<OsString> {
+    let mut argv = transport.common();
+    argv.extend(recursion.iter().map(OsString::from));
+    if propagate_deletes {
+        argv.push(OsString::from("--delete"));
+        argv.push(OsString::from("--force"));
+    }
+    for pattern in &rules.glob_excludes {
+        argv.push(OsString::from(format!("--exclude={pattern}")));
+    }
     argv
 }
 
@@ -441,26 +451,10 @@ pub fn full_sync_split(
     if ways < 2 || rules.rules_on_stdin {
         return None;
     }
-    let options = |recursive: bool| {
-        let mut argv = transport.common();
-        if recursive {
-            argv.push(OsString::from("--recursive"));
-            argv.push(OsString::from("--ignore-missing-args"));
-        } else {
-            argv.push(OsString::from("--no-recursive"));
-            argv.push(OsString::from("--dirs"));
-        }
-        if propagate_deletes {
-            argv.push(OsString::from("--delete"));
-            argv.push(OsString::from("--force"));
-        }
-        for pattern in &rules.glob_excludes {
-            argv.push(OsString::from(format!("--exclude={pattern}")));
-        }
-        argv
-    };
+    let options =
+        |recursion: &[&str]| full_sync_options(transport, recursion, propagate_deletes, rules);
     let mut runs = Vec::with_capacity(ways + 1);
-    let mut root = options(false);
+    let mut root = options(&["--no-recursive", "--dirs"]);
     root.push(OsString::from("./"));
     root.push(transport.destination());
     runs.push(root);
@@ -471,7 +465,7 @@ pub fn full_sync_split(
             .step_by(ways)
             .map(|d| d.as_slice())
             .collect();
-        let mut argv = options(true);
+        let mut argv = options(&["--recursive", "--ignore-missing-args"]);
         if !push_listed(&mut argv, &dirs, args_budget).is_empty() {
             return None; // too many to pass as arguments: one run does it
         }
@@ -488,16 +482,21 @@ pub fn anchored_pattern(relative: &[u8]) -> Vec<u8> {
     let mut pattern = Vec::with_capacity(relative.len() + 8);
     pattern.push(b'/');
     if relative.iter().any(|b| matches!(b, b'*' | b'?' | b'[')) {
-        for &b in relative {
-            if matches!(b, b'*' | b'?' | b'[' | b'\\') {
-                pattern.push(b'\\');
-            }
-            pattern.push(b);
-        }
+        push_escaped(&mut pattern, relative);
     } else {
         pattern.extend_from_slice(relative);
     }
     pattern
+}
+
+/// Appends `literal` to a wildcard pattern, each `*?[\` escaped with a backslash.
+fn push_escaped(pattern: &mut Vec<u8>, literal: &[u8]) {
+    for &b in literal {
+        if matches!(b, b'*' | b'?' | b'[' | b'\\') {
+            pattern.push(b'\\');
+        }
+        pattern.push(b);
+    }
 }
 
 /// A protect rule (`P /path`) for stdin rule lists.
@@ -533,31 +532,8 @@ pub fn parse_deletions(stdout: &[u8]) -> Vec<(Vec<u8>, bool)> {
         .collect()
 }
 
-/// Undoes rsync's output escaping of unprintable bytes (`\#012` is a newline).
-pub fn unescape(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        if text[i] == b'\\'
-            && i + 4 < text.len() + 1
-            && text.get(i + 1) == Some(&b'#')
-            && text.len() >= i + 5
-            && text[i + 2..i + 5].iter().all(|d| (b'0'..=b'7').contains(d))
-        {
-            let value = text[i + 2..i + 5]
-                .iter()
-                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-            if let Ok(byte) = u8::try_from(value) {
-                out.push(byte);
-                i += 5;
-                continue;
-            }
-        }
-        out.push(text[i]);
-        i += 1;
-    }
-    out
-}
+/// rsync escapes unprintable bytes in its output the same way on stdout and stderr.
+pub use crate::failure::stderr::unescape;
 
 /// NUL-terminated list for `--files-from=- --from0`; the root itself is `.`. Every path
 /// is written as `./path`: rsync skips list entries starting with `#` or `;` as comments,
@@ -565,12 +541,7 @@ pub fn unescape(text: &[u8]) -> Vec<u8> {
 pub fn nul_list<'a>(paths: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = Vec::new();
     for path in paths {
-        if path.is_empty() {
-            out.push(b'.');
-        } else {
-            out.extend_from_slice(b"./");
-            out.extend_from_slice(path);
-        }
+        out.extend(dot_path(path));
         out.push(0);
     }
     out

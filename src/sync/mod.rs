@@ -37,8 +37,10 @@ pub enum RunResult {
 }
 
 impl RunResult {
-    pub fn success(&self) -> bool {
-        matches!(self, RunResult::Exited(0))
+    /// Whether the run did its work: exit 0, or 24 (files vanished before they were sent,
+    /// which the next events or sync account for).
+    pub fn is_done(&self) -> bool {
+        matches!(self, RunResult::Exited(0) | RunResult::Exited(24))
     }
 
     /// For the exit policy.
@@ -67,8 +69,6 @@ pub struct Outcome {
     pub result: RunResult,
     /// The last lines rsync wrote to stderr (bounded).
     pub stderr: String,
-    /// The argv of the run that decided the result (for the failure record).
-    pub argv: Vec<OsString>,
     pub elapsed: Duration,
 }
 
@@ -96,7 +96,7 @@ pub const MAX_PARALLEL_RUNS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct Runner {
     rsync: PathBuf,
-    empty_dir: PathBuf,
+    scratch_dir: PathBuf,
     children: Arc<Mutex<HashSet<u32>>>,
     /// Bytes of listed paths passed as arguments before falling back to stdin.
     path_args_budget: usize,
@@ -108,15 +108,16 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// `empty_dir` must be an empty directory owned by us (the source of purges).
+    /// `scratch_dir` is a directory owned by us, where deletion runs build their
+    /// skeletons.
     /// `process_limit` (`-n`) caps how many rsyncs one job may run at once (never more
     /// than [`MAX_PARALLEL_RUNS`]).
-    pub fn new(rsync: PathBuf, empty_dir: PathBuf, process_limit: usize) -> Runner {
+    pub fn new(rsync: PathBuf, scratch_dir: PathBuf, process_limit: usize) -> Runner {
         Runner {
             parallel_runs: process_limit.clamp(1, MAX_PARALLEL_RUNS),
             serial_only: Arc::new(Mutex::new(HashSet::new())),
             rsync,
-            empty_dir,
+            scratch_dir,
             children: Arc::new(Mutex::new(HashSet::new())),
             path_args_budget: argv::path_args_budget(),
         }
@@ -134,12 +135,11 @@ impl Runner {
             .name("rsync-job".into())
             .spawn(move || {
                 let started = Instant::now();
-                let (result, stderr, argv) = runner.execute(&job, &context);
+                let run = runner.execute(&job, &context);
                 done(Outcome {
                     job,
-                    result,
-                    stderr,
-                    argv,
+                    result: run.result,
+                    stderr: run.stderr,
                     elapsed: started.elapsed(),
                 });
             });
@@ -172,7 +172,7 @@ impl Runner {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn execute(&self, job: &Job, ctx: &JobContext) -> (RunResult, String, Vec<OsString>) {
+    fn execute(&self, job: &Job, ctx: &JobContext) -> Run {
         match job {
             Job::Batch(batch) => {
                 let seeded = self.seed_renames(batch, ctx);
@@ -201,14 +201,10 @@ impl Runner {
                     let skeleton = match self.skeleton(&ancestors) {
                         Ok(dir) => dir,
                         Err(err) => {
-                            return (
-                                RunResult::SpawnFailed {
-                                    kind: err.kind(),
-                                    message: format!("cannot prepare the deletion run: {err}"),
-                                },
-                                String::new(),
-                                Vec::new(),
-                            );
+                            return Run::ended(RunResult::SpawnFailed {
+                                kind: err.kind(),
+                                message: format!("cannot prepare the deletion run: {err}"),
+                            });
                         }
                     };
                     let argv = argv::deletion(&ctx.transport);
@@ -218,28 +214,23 @@ impl Runner {
                         .into_iter()
                         .map(|(rules, _)| (argv.clone(), rules))
                         .collect();
-                    let (mut run, argv) = self.run_concurrently(runs, skeleton.path(), ctx.debug);
+                    let mut run = self.run_concurrently(runs, skeleton.path(), ctx.debug);
                     if split && refused_at_start(&run) {
                         self.go_serial(ctx);
                         let (rules, _) = argv::deletion_rules(delete.iter().copied());
                         run = self.run(&argv, skeleton.path(), rules, ctx.debug, false);
                     }
                     drop(skeleton);
-                    if !matches!(run.result, RunResult::Exited(0) | RunResult::Exited(24)) {
-                        return (run.result, run.stderr, argv);
+                    if !run.result.is_done() {
+                        return run;
                     }
                 }
                 if send.is_empty() {
-                    return (
-                        RunResult::Exited(0),
-                        String::new(),
-                        argv::batch(&ctx.transport),
-                    );
+                    return Run::ended(RunResult::Exited(0));
                 }
                 let (argv, stdin) =
                     argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
-                let run = self.run(&argv, &ctx.root, stdin, ctx.debug, false);
-                (run.result, run.stderr, argv)
+                self.run(&argv, &ctx.root, stdin, ctx.debug, false)
             }
             Job::FullSync { reason, .. } => {
                 let mut rules = FullSyncRules {
@@ -261,8 +252,8 @@ impl Runner {
                         // ask rsync what it would delete and protect the excluded ones.
                         let argv = argv::full_sync(&ctx.transport, true, &rules, true);
                         let run = self.run(&argv, &ctx.root, stdin.clone(), ctx.debug, true);
-                        if !matches!(run.result, RunResult::Exited(0) | RunResult::Exited(24)) {
-                            return (run.result, run.stderr, argv);
+                        if !run.result.is_done() {
+                            return run;
                         }
                         for (path, is_dir) in argv::parse_deletions(&run.stdout) {
                             if excluded_with_ancestors(&ctx.filter, &path, is_dir) {
@@ -287,16 +278,15 @@ impl Runner {
                         self.path_args_budget,
                     ) {
                         let runs = argvs.into_iter().map(|argv| (argv, Vec::new())).collect();
-                        let (run, argv) = self.run_concurrently(runs, &ctx.root, ctx.debug);
+                        let run = self.run_concurrently(runs, &ctx.root, ctx.debug);
                         if !refused_at_start(&run) {
-                            return (run.result, run.stderr, argv);
+                            return run;
                         }
                         self.go_serial(ctx);
                     }
                 }
                 let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, &rules, false);
-                let run = self.run(&argv, &ctx.root, stdin, ctx.debug, false);
-                (run.result, run.stderr, argv)
+                self.run(&argv, &ctx.root, stdin, ctx.debug, false)
             }
         }
     }
@@ -307,7 +297,7 @@ impl Runner {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self
-            .empty_dir
+            .scratch_dir
             .join(format!("skeleton-{}-{id}", std::process::id()));
         std::fs::create_dir_all(&path)?;
         let skeleton = Skeleton { path };
@@ -384,32 +374,24 @@ impl Runner {
     }
 
     /// Runs `(argv, stdin)` pairs at once in `cwd`; returns the run that decides the
-    /// outcome (the first failure, else the first exit 24, else the first) and its argv.
+    /// outcome (the first failure, else the first exit 24, else the first).
     fn run_concurrently(
         &self,
         runs: Vec<(Vec<OsString>, Vec<u8>)>,
         cwd: &Path,
         debug: bool,
-    ) -> (Run, Vec<OsString>) {
-        let mut done: Vec<(Run, Vec<OsString>)> = std::thread::scope(|scope| {
+    ) -> Run {
+        let done: Vec<Run> = std::thread::scope(|scope| {
             let handles: Vec<_> = runs
                 .into_iter()
-                .map(|(argv, stdin)| {
-                    scope.spawn(move || (self.run(&argv, cwd, stdin, debug, false), argv))
-                })
+                .map(|(argv, stdin)| scope.spawn(move || self.run(&argv, cwd, stdin, debug, false)))
                 .collect();
             handles
                 .into_iter()
                 .map(|handle| {
-                    handle.join().unwrap_or_else(|_| {
-                        (
-                            Run {
-                                result: RunResult::Exited(-1),
-                                stderr: "an rsync supervisor thread panicked".into(),
-                                stdout: Vec::new(),
-                            },
-                            Vec::new(),
-                        )
+                    handle.join().unwrap_or_else(|_| Run {
+                        stderr: "an rsync supervisor thread panicked".into(),
+                        ..Run::ended(RunResult::Exited(-1))
                     })
                 })
                 .collect()
@@ -419,17 +401,9 @@ impl Runner {
             RunResult::Exited(24) => 1,
             _ => 0,
         };
-        match (0..done.len()).min_by_key(|&i| rank(&done[i].0)) {
-            Some(decisive) => done.swap_remove(decisive),
-            None => (
-                Run {
-                    result: RunResult::Exited(0),
-                    stderr: String::new(),
-                    stdout: Vec::new(),
-                },
-                Vec::new(),
-            ),
-        }
+        done.into_iter()
+            .min_by_key(rank)
+            .unwrap_or_else(|| Run::ended(RunResult::Exited(0)))
     }
 
     fn run(
@@ -462,14 +436,10 @@ impl Runner {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(err) => {
-                return Run {
-                    result: RunResult::SpawnFailed {
-                        kind: err.kind(),
-                        message: format!("cannot run {}: {err}", self.rsync.display()),
-                    },
-                    stderr: String::new(),
-                    stdout: Vec::new(),
-                };
+                return Run::ended(RunResult::SpawnFailed {
+                    kind: err.kind(),
+                    message: format!("cannot run {}: {err}", self.rsync.display()),
+                });
             }
         };
         let pid = child.id();
@@ -538,7 +508,7 @@ impl Runner {
 /// worth one more try as a single run. Other start-up failures (auth, unknown module)
 /// are reported as they are.
 fn refused_at_start(run: &Run) -> bool {
-    run.result == RunResult::Exited(5) && run.stderr.contains("@ERROR: max connections")
+    run.result == RunResult::Exited(5) && crate::failure::policy::at_connection_limit(&run.stderr)
 }
 
 /// The directories directly under `root` (not symlinks to directories), sorted.
@@ -577,6 +547,17 @@ struct Run {
     result: RunResult,
     stderr: String,
     stdout: Vec<u8>,
+}
+
+impl Run {
+    /// A run that ended as `result` with nothing on stdout or stderr.
+    fn ended(result: RunResult) -> Run {
+        Run {
+            result,
+            stderr: String::new(),
+            stdout: Vec::new(),
+        }
+    }
 }
 
 /// Whether `path` is `dir` or lies below it.
