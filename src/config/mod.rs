@@ -203,6 +203,17 @@ pub struct FailLog {
     pub interval_minutes: u32,
 }
 
+impl FailLog {
+    /// Time between replays of the failure journal (at least a minute).
+    pub fn interval(&self) -> std::time::Duration {
+        minutes(self.interval_minutes)
+    }
+}
+
+fn minutes(count: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(count.max(1)) * 60)
+}
+
 impl Default for FailLog {
     fn default() -> Self {
         FailLog {
@@ -222,6 +233,13 @@ pub struct Crontab {
     pub filter_enabled: bool,
     /// rsync glob patterns passed as `--exclude=PAT` to the periodic full sync.
     pub excludes: Vec<String>,
+}
+
+impl Crontab {
+    /// Time between periodic full syncs (at least a minute).
+    pub fn interval(&self) -> std::time::Duration {
+        minutes(self.schedule_minutes)
+    }
 }
 
 impl Default for Crontab {

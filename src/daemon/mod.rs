@@ -166,7 +166,6 @@ pub fn main(cli: Cli) -> i32 {
         plugins.start();
     }
     daemon.plugins = plugins;
-    daemon.plugin_only = daemon.cli.module.is_some();
     if let Err(err) = daemon.restore_state() {
         tracing::error!(path = %daemon.state.path().display(), "cannot use the state directory: {err}");
         return exit::CANTCREAT;
@@ -202,7 +201,6 @@ struct Daemon {
     in_flight: usize,
     next_lane: usize,
     watches: usize,
-    ready: bool,
     stopping: bool,
     notifier: notify::Notifier,
     state: state::StateDir,
@@ -224,7 +222,6 @@ struct Daemon {
     next_job_id: u64,
     last_journal_save: Option<Instant>,
     plugins: Option<PluginHost>,
-    plugin_only: bool,
     /// Per (root, path): the lanes a change was delivered to so far, for the after-sync
     /// plugin (which runs once a change reached every remote of its root).
     deliveries: HashMap<(RootId, Vec<u8>), Vec<usize>>,
@@ -243,6 +240,15 @@ impl std::fmt::Debug for Daemon {
             .field("lanes", &self.lanes.len())
             .finish()
     }
+}
+
+/// The lane of `root` pushing to `ip`'s module `name`.
+fn lane_position(lanes: &[Lane], root: &Path, ip: &str, name: &str) -> Option<usize> {
+    lanes.iter().position(|lane| {
+        lane.context.root == root
+            && lane.context.transport.remote.ip == ip
+            && lane.context.transport.remote.name == name
+    })
 }
 
 fn build_lanes(config: &Config) -> Vec<Lane> {
@@ -316,7 +322,6 @@ impl Daemon {
             in_flight: 0,
             next_lane: 0,
             watches: 0,
-            ready: false,
             stopping: false,
             notifier: notify::Notifier::from_env(),
             state: state::StateDir::new(state_dir),
@@ -347,7 +352,6 @@ impl Daemon {
             next_job_id: 1,
             last_journal_save: None,
             plugins: None,
-            plugin_only: false,
             deliveries: HashMap::new(),
             degraded_roots: Vec::new(),
             next_degraded_resync: None,
@@ -379,12 +383,12 @@ impl Daemon {
         let mut restored = 0usize;
         let mut orphaned = 0usize;
         for change in saved {
-            let lane = self.lanes.iter().position(|lane| {
-                lane.context.root == change.root
-                    && lane.context.transport.remote.ip == change.remote_ip
-                    && lane.context.transport.remote.name == change.remote_name
-            });
-            match lane {
+            match lane_position(
+                &self.lanes,
+                &change.root,
+                &change.remote_ip,
+                &change.remote_name,
+            ) {
                 Some(lane) => {
                     self.queue.push_lane(lane, &change.path, change.action);
                     restored += 1;
@@ -579,12 +583,11 @@ impl Daemon {
         let now = Instant::now();
         // Under systemd, the generator turns <crontab> into sersync-fullsync@NAME.timer
         // and the unit says so; running both would double every full sync.
-        let timer_in_charge = std::env::var_os("SERSYNC_CRONTAB").is_some_and(|v| v == "systemd");
-        self.next_crontab = (self.config.crontab.enabled && !timer_in_charge).then(|| {
-            now + Duration::from_secs(u64::from(self.config.crontab.schedule_minutes.max(1)) * 60)
-        });
-        self.next_replay =
-            now + Duration::from_secs(u64::from(self.config.fail_log.interval_minutes.max(1)) * 60);
+        let timer_in_charge = std::env::var_os(crate::generator::CRONTAB_ENV)
+            .is_some_and(|v| v == crate::generator::CRONTAB_BY_SYSTEMD);
+        self.next_crontab = (self.config.crontab.enabled && !timer_in_charge)
+            .then(|| now + self.config.crontab.interval());
+        self.next_replay = now + self.config.fail_log.interval();
     }
 
     fn on_overflow(&mut self) {
@@ -644,20 +647,14 @@ impl Daemon {
                 self.queue
                     .request_full_sync(root, FullSyncReason::Scheduled);
             }
-            self.next_crontab = Some(
-                now + Duration::from_secs(
-                    u64::from(self.config.crontab.schedule_minutes.max(1)) * 60,
-                ),
-            );
+            self.next_crontab = Some(now + self.config.crontab.interval());
         }
         if self.next_replay <= now {
-            self.requeue_journal();
-            let count = self.queue.expedite();
+            let count = self.replay_failures();
             if count > 0 {
                 tracing::info!(paths = count, "replaying failed changes now");
             }
-            self.next_replay = now
-                + Duration::from_secs(u64::from(self.config.fail_log.interval_minutes.max(1)) * 60);
+            self.next_replay = now + self.config.fail_log.interval();
         }
     }
 
@@ -725,8 +722,7 @@ impl Daemon {
                 let _ = reply.send(());
             }
             Command::RetryFailed(reply) => {
-                self.requeue_journal();
-                let queued = self.queue.expedite().max(self.journal.len());
+                let queued = self.replay_failures().max(self.journal.len());
                 tracing::info!(
                     paths = queued,
                     "retrying failed changes now (operator request)"
@@ -862,17 +858,12 @@ impl Daemon {
             return;
         }
         self.last_snapshot = Some(at);
-        let ssh = self.config.rsync.ssh;
         let remotes = self
             .lanes
             .iter()
             .enumerate()
             .map(|(id, lane)| RemoteStatus {
-                name: format!(
-                    "{} -> {}",
-                    lane.context.root.display(),
-                    lane.context.transport.remote.label(ssh)
-                ),
+                name: lane.label.clone(),
                 state: lane.state.as_str().to_owned(),
                 last_ok: lane.last_ok,
                 last_error: lane.last_error.clone(),
@@ -1012,7 +1003,8 @@ impl Daemon {
                         );
                     }
                     self.counters.events += 1;
-                    if self.plugin_only {
+                    // `-m NAME`: the plugin alone, no rsync.
+                    if self.cli.module.is_some() {
                         self.submit_plugin(change.root, &change.path, change.action, Vec::new());
                         continue;
                     }
@@ -1021,7 +1013,6 @@ impl Daemon {
             }
             WatchEvent::Ready { watches } => {
                 self.watches = watches;
-                self.ready = true;
                 tracing::info!(watches, "watching {watches} directories");
                 self.check_watch_headroom();
                 if self.control.is_none() {
@@ -1045,14 +1036,14 @@ impl Daemon {
             WatchEvent::Overflow => self.on_overflow(),
             WatchEvent::RootLost { root, reason } => {
                 tracing::error!(
-                    root = %crate::watch::describe_root(&self.roots(), root).display(),
+                    root = %self.root_path(root).display(),
                     "cannot watch root: {reason}; retrying every few seconds"
                 );
             }
             WatchEvent::RootRestored { root, watches } => {
                 self.watches = watches;
                 tracing::info!(
-                    root = %crate::watch::describe_root(&self.roots(), root).display(),
+                    root = %self.root_path(root).display(),
                     "watching root again; rescanning it"
                 );
                 self.queue.request_full_sync(root, FullSyncReason::Rescan);
@@ -1074,8 +1065,12 @@ impl Daemon {
         }
     }
 
-    fn roots(&self) -> Vec<PathBuf> {
-        self.config.roots.iter().map(|r| r.path.clone()).collect()
+    /// A root's path, for messages.
+    fn root_path(&self, root: RootId) -> &Path {
+        self.config
+            .roots
+            .get(root)
+            .map_or(Path::new("?"), |r| r.path.as_path())
     }
 
     fn check_watch_headroom(&self) {
@@ -1416,13 +1411,8 @@ impl Daemon {
         let lanes = &self.lanes;
         let ssh = self.config.rsync.ssh;
         let entries = self.journal.script_entries(1000, |key| {
-            lanes
-                .iter()
-                .find(|lane| {
-                    lane.context.root == key.root
-                        && lane.context.transport.remote.ip == key.remote_ip
-                        && lane.context.transport.remote.name == key.remote_name
-                })
+            lane_position(lanes, &key.root, &key.remote_ip, &key.remote_name)
+                .map(|id| &lanes[id])
                 .map(|lane| {
                     let mut argv = vec![std::ffi::OsString::from("rsync")];
                     argv.extend(crate::sync::argv::replay(
@@ -1447,47 +1437,41 @@ impl Daemon {
         }
     }
 
+    /// Sends every failed change again now: the journal back into the lanes, and every
+    /// waiting lane expedited. Returns how many paths that concerns.
+    fn replay_failures(&mut self) -> usize {
+        self.requeue_journal();
+        self.queue.expedite()
+    }
+
     /// Puts every journal entry back into its lane (merging with what is pending), so a
     /// replay covers failures whose batch is no longer queued.
-    fn requeue_journal(&mut self) {
+    /// Returns how many entries went back into a lane.
+    fn requeue_journal(&mut self) -> usize {
         let entries: Vec<(usize, Vec<u8>)> = self
             .journal
             .iter()
             .filter_map(|(key, path, _)| {
-                self.lanes
-                    .iter()
-                    .position(|lane| {
-                        lane.context.root == key.root
-                            && lane.context.transport.remote.ip == key.remote_ip
-                            && lane.context.transport.remote.name == key.remote_name
-                    })
+                lane_position(&self.lanes, &key.root, &key.remote_ip, &key.remote_name)
                     .map(|lane| (lane, path.to_vec()))
             })
             .collect();
+        let requeued = entries.len();
         for (lane, path) in entries {
             self.queue.push_lane(lane, &path, Action::Sync);
         }
+        requeued
     }
 
     fn load_journal(&mut self) {
         let path = self.state.path().join("failures");
         match failure::Journal::load(&path) {
             Ok(journal) => {
-                let mut requeued = 0;
-                for (key, path, _) in journal.iter() {
-                    if let Some(lane) = self.lanes.iter().position(|lane| {
-                        lane.context.root == key.root
-                            && lane.context.transport.remote.ip == key.remote_ip
-                            && lane.context.transport.remote.name == key.remote_name
-                    }) {
-                        self.queue.push_lane(lane, path, Action::Sync);
-                        requeued += 1;
-                    }
-                }
+                self.journal = journal;
+                let requeued = self.requeue_journal();
                 if requeued > 0 {
                     tracing::info!(requeued, "failed changes from the previous run are retried");
                 }
-                self.journal = journal;
             }
             Err(err) => tracing::error!(
                 "cannot read the failure journal ({err}); starting with an empty one"

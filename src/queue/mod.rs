@@ -94,16 +94,6 @@ pub struct Batch {
     pub renames: Vec<(RelPath, RelPath)>,
 }
 
-impl Batch {
-    /// Paths whose remote copy must be deleted before the batch is sent.
-    pub fn purges(&self) -> impl Iterator<Item = &RelPath> {
-        self.entries
-            .iter()
-            .filter(|(_, action)| *action == Action::Replace)
-            .map(|(path, _)| path)
-    }
-}
-
 #[derive(Debug)]
 struct Lane {
     root: RootId,
@@ -150,10 +140,6 @@ impl Queue {
                 .collect(),
             max_batch: max_batch.max(1),
         }
-    }
-
-    pub fn lane_count(&self) -> usize {
-        self.lanes.len()
     }
 
     /// Records a change of `path` under `root` in every lane of that root.
@@ -309,12 +295,9 @@ impl Queue {
             if lane.not_before.take().is_some() {
                 count += lane.pending.len();
             }
-            for (at, entries) in &mut lane.deferred {
-                count += entries.len();
-                *at = Instant::now().min(*at);
-            }
             let deferred = std::mem::take(&mut lane.deferred);
             for (_, entries) in deferred {
+                count += entries.len();
                 for (path, action) in entries {
                     lane.requeue(path, action);
                 }
@@ -356,16 +339,6 @@ impl Queue {
             .get(lane)
             .into_iter()
             .flat_map(|lane| lane.pending.iter())
-    }
-
-    /// Whether nothing is pending and nothing is in flight anywhere.
-    pub fn is_idle(&self) -> bool {
-        self.lanes.iter().all(|lane| {
-            !lane.busy
-                && lane.pending.is_empty()
-                && lane.full_sync.is_none()
-                && lane.deferred.is_empty()
-        })
     }
 }
 

@@ -27,7 +27,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -124,7 +124,6 @@ pub struct Watcher<F: FnMut(WatchEvent)> {
     pending_moves: Vec<PendingMove>,
     out: Vec<Change>,
     report: F,
-    limit_reported: bool,
     last_reported_count: usize,
     /// Directories (parent node, name) not watched because of the watch limit.
     unwatched: Vec<(i32, Vec<u8>)>,
@@ -155,7 +154,6 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             pending_moves: Vec::new(),
             out: Vec::new(),
             report,
-            limit_reported: false,
             last_reported_count: 0,
             unwatched: Vec::new(),
             limited_roots: Vec::new(),
@@ -288,13 +286,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         self.root_nodes = vec![None; spec.roots.len()];
         self.spec = spec;
         for root in 0..self.spec.roots.len() {
-            self.add_root(root);
-            if self.root_nodes[root].is_some() {
-                (self.report)(WatchEvent::RootRestored {
-                    root,
-                    watches: self.tree.len(),
-                });
-            }
+            self.restore_root(root);
         }
     }
 
@@ -304,7 +296,6 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             return;
         }
         self.limited_roots.clear();
-        self.limit_reported = false;
         let before = self.tree.len();
         for (parent, name) in unwatched {
             if self.tree.contains(parent) {
@@ -334,13 +325,28 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             .collect();
         for root in due {
             self.lost_roots.retain(|(r, _)| *r != root);
-            self.add_root(root);
-            if self.root_nodes[root].is_some() {
-                (self.report)(WatchEvent::RootRestored {
-                    root,
-                    watches: self.tree.len(),
-                });
-            }
+            self.restore_root(root);
+        }
+    }
+
+    /// Watches a root again (after a reload or once it is back) and says so if it worked.
+    fn restore_root(&mut self, root: RootId) {
+        self.add_root(root);
+        if self.root_nodes[root].is_some() {
+            (self.report)(WatchEvent::RootRestored {
+                root,
+                watches: self.tree.len(),
+            });
+        }
+    }
+
+    /// Whether a directory entry is a directory (not a symlink to one).
+    fn entry_is_dir(&self, entry: &std::fs::DirEntry) -> bool {
+        if self.spec.always_stat {
+            std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir())
+        } else {
+            // DirEntry::file_type falls back to lstat when d_type is DT_UNKNOWN.
+            entry.file_type().is_ok_and(|t| t.is_dir())
         }
     }
 
@@ -427,12 +433,12 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     // Gone already, or replaced by a non-directory: its own events say so.
                     Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
                     Some(libc::ENOSPC) => {
-                        if !self.limit_reported {
+                        // Once per exhaustion: `limited_roots` empties on each retry.
+                        if self.limited_roots.is_empty() {
                             tracing::error!(
                                 path = %path.display(),
                                 "{}", watch_limit_message()
                             );
-                            self.limit_reported = true;
                         }
                         self.unwatched.push((parent, name.to_vec()));
                         if !self.limited_roots.contains(&root) {
@@ -468,12 +474,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().as_bytes().to_vec();
-                let is_dir = if self.spec.always_stat {
-                    std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir())
-                } else {
-                    // DirEntry::file_type falls back to lstat when d_type is DT_UNKNOWN.
-                    entry.file_type().is_ok_and(|t| t.is_dir())
-                };
+                let is_dir = self.entry_is_dir(&entry);
                 let rel = join(&rel_dir, &name);
                 if self.ignored(&rel, &name, is_dir) {
                     continue;
@@ -620,20 +621,20 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     from: old_rel.clone(),
                     to: new_rel.clone(),
                 });
-                let mut changes = vec![Change {
-                    root: to_root,
-                    path: old_rel,
-                    action: Action::Remove { dir: true },
-                }];
+                let mut changes = Vec::new();
+                if toggles.move_from && toggles.delete {
+                    changes.push(Change {
+                        root: to_root,
+                        path: old_rel,
+                        action: Action::Remove { dir: true },
+                    });
+                }
                 changes.push(Change {
                     root: to_root,
                     path: new_rel,
                     action: Action::Sync,
                 });
                 self.walk_report_only(id, &mut changes);
-                if !(toggles.move_from && toggles.delete) {
-                    changes.remove(0);
-                }
                 (self.report)(WatchEvent::Changes(changes));
             }
             other => {
@@ -665,11 +666,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             };
             let mut present: Vec<Vec<u8>> = Vec::new();
             for entry in entries.flatten() {
-                let is_dir = if self.spec.always_stat {
-                    std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir())
-                } else {
-                    entry.file_type().is_ok_and(|t| t.is_dir())
-                };
+                let is_dir = self.entry_is_dir(&entry);
                 if !is_dir {
                     continue;
                 }
@@ -824,11 +821,6 @@ pub fn watch_limit_message() -> String {
          below this one are not watched; raise it, e.g. `sysctl fs.inotify.max_user_watches=1048576` \
          (persist in /etc/sysctl.d/), then reload"
     )
-}
-
-/// Resolves a root path for messages.
-pub fn describe_root(roots: &[PathBuf], root: RootId) -> &Path {
-    roots.get(root).map_or(Path::new("?"), |p| p.as_path())
 }
 
 #[cfg(test)]
