@@ -95,14 +95,7 @@ impl Sersync1 {
         }
     }
 
-    /// A copy of the current snapshot (a poisoned lock still holds the last good one).
-    fn snapshot(&self) -> Status {
-        match self.status.read() {
-            Ok(status) => status.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
+    /// Reads the current snapshot (a poisoned lock still holds the last good one).
     fn with_status<T>(&self, read: impl FnOnce(&Status) -> T) -> T {
         match self.status.read() {
             Ok(status) => read(&status),
@@ -314,11 +307,7 @@ impl Sersync1 {
     /// InFlight, Failed, Watches, Remotes, Counters).
     #[zbus(out_args("status"))]
     async fn get_status(&self) -> Result<StatusInfo, Error> {
-        Ok(StatusInfo::new(
-            &self.snapshot(),
-            &self.instance,
-            &self.config_path,
-        ))
+        Ok(self.with_status(|status| StatusInfo::new(status, &self.instance, &self.config_path)))
     }
 
     /// A change could not be delivered to a remote (after the retries rsync's exit allows).

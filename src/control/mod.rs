@@ -295,8 +295,8 @@ impl From<names::NameError> for ControlError {
     }
 }
 
-/// The running control interface. Dropping it (or [`ControlHandle::shutdown`]) stops the
-/// publisher, releases the bus name and closes the connection.
+/// The running control interface. Dropping it stops the publisher, releases the bus name
+/// and closes the connection.
 #[derive(Debug)]
 pub struct ControlHandle {
     connection: Option<Connection>,
@@ -310,16 +310,6 @@ impl ControlHandle {
     pub fn bus_name(&self) -> &str {
         &self.name
     }
-
-    /// The connection's unique name (`:1.42`).
-    pub fn unique_name(&self) -> Option<String> {
-        self.connection
-            .as_ref()
-            .and_then(|c| c.unique_name().map(|n| n.to_string()))
-    }
-
-    /// Stops serving now (what dropping does), for callers that want it explicit.
-    pub fn shutdown(self) {}
 }
 
 impl Drop for ControlHandle {

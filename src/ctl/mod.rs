@@ -351,18 +351,18 @@ impl Daemon<'_> {
 
     /// Turns an error of the interface into a failure with the right exit status.
     fn fail(&self, what: &str, err: Error) -> Fail {
-        let (code, message) = match &err {
+        let code = match client::classify_error(&err) {
+            Failure::AccessDenied => exit::NOPERM,
+            Failure::Unreachable => exit::UNAVAILABLE,
+            Failure::Daemon => exit::DAEMON,
+        };
+        let message = match &err {
             Error::ZBus(inner) => {
-                let code = match client::classify(inner) {
-                    Failure::AccessDenied => exit::NOPERM,
-                    Failure::Unreachable => exit::UNAVAILABLE,
-                    Failure::Daemon => exit::DAEMON,
-                };
                 let timed_out = matches!(
                     inner,
                     zbus::Error::InputOutput(io) if io.kind() == std::io::ErrorKind::TimedOut
                 );
-                let message = if timed_out {
+                if timed_out {
                     format!(
                         "{what}: the daemon did not answer within {} s; it may be hung (see its \
                          log)",
@@ -383,14 +383,13 @@ impl Daemon<'_> {
                     )
                 } else {
                     format!("{what}: {}", client::error_message(inner))
-                };
-                (code, message)
+                }
             }
-            Error::AccessDenied(m) => (exit::NOPERM, format!("{what}: access denied: {m}")),
-            Error::Unavailable(m) => (exit::UNAVAILABLE, format!("{what}: {m}")),
-            Error::UnknownRoot(m) | Error::Timeout(m) | Error::Rejected(m) => {
-                (exit::DAEMON, format!("{what}: {m}"))
-            }
+            Error::AccessDenied(m) => format!("{what}: access denied: {m}"),
+            Error::Unavailable(m)
+            | Error::UnknownRoot(m)
+            | Error::Timeout(m)
+            | Error::Rejected(m) => format!("{what}: {m}"),
         };
         Fail::new(code, format!("{}: {message}", self.instance))
     }

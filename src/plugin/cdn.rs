@@ -58,7 +58,7 @@ use regex::bytes::Regex;
 
 use super::encode::{Context, percent_encode};
 use super::http::{self, HttpUrl, Request, Response, Version};
-use super::{ChangeKind, Control, Job, Outcome, Plugin, PluginEvent, below, send_with_retries};
+use super::{ChangeKind, Control, Job, Outcome, Plugin, PluginEvent, send_with_retries, within};
 use crate::config::{PurgeRequest, RefreshCdnPlugin};
 
 /// The whole exchange with the CDN API, per attempt.
@@ -127,12 +127,7 @@ impl RefreshCdn {
 
     /// The path and URL tail for the change at `abs`, or why the change is skipped.
     pub(super) fn target(&self, abs: &[u8], is_dir: bool) -> Result<Target, String> {
-        let Some(relative) = below(abs, &self.watch) else {
-            return Err(format!(
-                "outside the plugin's <localpath watch=\"{}\">",
-                self.watch.display()
-            ));
-        };
+        let relative = within(abs, &self.watch)?;
         let mut path = relative.to_vec();
         if path.is_empty() {
             path.push(b'/');

@@ -114,11 +114,7 @@ impl HttpUrl {
 
     /// The value of the `Host` header: the host, with the port unless it is 80.
     pub fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = bracketed(&self.host);
         if self.port == 80 {
             host
         } else {
@@ -134,6 +130,15 @@ impl fmt::Display for HttpUrl {
 }
 
 /// Splits `host[:port]` or `[v6]:port`.
+/// A host as written before `:port`: IPv6 literals in brackets.
+pub(super) fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
 fn split_host_port(authority: &str) -> Result<(String, Option<u16>), String> {
     let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
         let Some(close) = inner.find(']') else {
@@ -245,11 +250,7 @@ impl Request {
 
     /// `METHOD http://host:port/target`, for logs.
     pub fn describe(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = bracketed(&self.host);
         format!("{} http://{host}:{}{}", self.method, self.port, self.target)
     }
 }

@@ -686,6 +686,17 @@ fn send_with_retries(
 /// The part of `abs` below `watch`, starting with `/` (empty when `abs` is `watch`);
 /// `None` when `abs` is not at or below `watch`. This is the relative path sersync 2.5
 /// built URLs from: the absolute path with the watch prefix cut off.
+/// The part of `abs` below the plugin's `<localpath watch>`, or why the change is not the
+/// plugin's.
+fn within<'a>(abs: &'a [u8], watch: &Path) -> Result<&'a [u8], String> {
+    below(abs, watch).ok_or_else(|| {
+        format!(
+            "outside the plugin's <localpath watch=\"{}\">",
+            watch.display()
+        )
+    })
+}
+
 fn below<'a>(abs: &'a [u8], watch: &Path) -> Option<&'a [u8]> {
     let watch = watch.as_os_str().as_bytes();
     let watch = if watch == b"/" { &b""[..] } else { watch };

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::http::connect;
-use super::{Control, Job, Outcome, Plugin, PluginEvent, below};
+use super::{Control, Job, Outcome, Plugin, PluginEvent, within};
 use crate::config::{SocketFraming, SocketPlugin};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -98,11 +98,7 @@ impl Socket {
     }
 
     fn target(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        format!("{}:{}", super::http::bracketed(&self.host), self.port)
     }
 
     fn open(&self) -> Result<TcpStream, String> {
@@ -230,13 +226,7 @@ fn peer_open(stream: &mut TcpStream) -> bool {
 
 impl Plugin for Socket {
     fn accept(&self, _event: &PluginEvent, abs: &[u8]) -> Result<(), String> {
-        match below(abs, &self.watch) {
-            Some(_) => Ok(()),
-            None => Err(format!(
-                "outside the plugin's <localpath watch=\"{}\">",
-                self.watch.display()
-            )),
-        }
+        within(abs, &self.watch).map(|_| ())
     }
 
     fn deliver(&self, job: &Job, control: &Control) -> Outcome {

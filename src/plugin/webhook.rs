@@ -33,7 +33,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::encode::json_strings;
 use super::http::{HttpUrl, Request};
-use super::{Control, Job, Outcome, Plugin, PluginEvent, below, send_with_retries};
+use super::{Control, Job, Outcome, Plugin, PluginEvent, send_with_retries, within};
 use crate::config::HttpPlugin;
 
 #[derive(Debug)]
@@ -93,13 +93,7 @@ pub(super) fn body(event: &PluginEvent) -> String {
 
 impl Plugin for Webhook {
     fn accept(&self, _event: &PluginEvent, abs: &[u8]) -> Result<(), String> {
-        match below(abs, &self.watch) {
-            Some(_) => Ok(()),
-            None => Err(format!(
-                "outside the plugin's <localpath watch=\"{}\">",
-                self.watch.display()
-            )),
-        }
+        within(abs, &self.watch).map(|_| ())
     }
 
     fn deliver(&self, job: &Job, control: &Control) -> Outcome {
