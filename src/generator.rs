@@ -154,7 +154,7 @@ pub enum Decision {
         minutes: u32,
     },
     /// A valid config without `<crontab start="true">`: nothing to write.
-    NoCrontab { instance: String, config: PathBuf },
+    NoCrontab,
     /// A file that cannot be used; nothing is written for it.
     Skipped { config: PathBuf, reason: SkipReason },
 }
@@ -323,7 +323,7 @@ fn decide(instance: String, config: PathBuf) -> Decision {
             config,
             minutes: parsed.crontab.schedule_minutes.max(1),
         },
-        Ok(_) => Decision::NoCrontab { instance, config },
+        Ok(_) => Decision::NoCrontab,
         Err(diagnostics) => Decision::Skipped {
             config,
             reason: SkipReason::Invalid {
@@ -407,27 +407,16 @@ fn write_drop_in(dir: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(&path, text).map_err(|source| Error::Write { path, source })
 }
 
-/// What one run did, for the caller's exit status and for tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Instances that got a timer.
-    pub timers: Vec<String>,
-    /// Config files skipped, or whose drop-ins could not be written.
-    pub problems: usize,
-}
-
 /// Runs the generator: scans `config_dir`, writes drop-ins into `dirs.normal`, and
 /// reports every skipped file and failed write on `log` (one line each, prefixed with
 /// `sersync-generator: `). Never fails: a problem with one instance does not stop the
 /// others.
-pub fn run(dirs: &OutputDirs, config_dir: &Path, log: &mut dyn Write) -> Summary {
-    let mut summary = Summary::default();
+pub fn run(dirs: &OutputDirs, config_dir: &Path, log: &mut dyn Write) {
     let decisions = match scan(config_dir) {
         Ok(decisions) => decisions,
         Err(err) => {
             let _ = writeln!(log, "sersync-generator: {err}; no full-sync timers");
-            summary.problems += 1;
-            return summary;
+            return;
         }
     };
     for decision in decisions {
@@ -437,28 +426,25 @@ pub fn run(dirs: &OutputDirs, config_dir: &Path, log: &mut dyn Write) -> Summary
                 config,
                 minutes,
             } => match write_drop_ins(&dirs.normal, &instance, &config, minutes) {
-                Ok(()) => summary.timers.push(instance),
+                Ok(()) => {}
                 Err(err) => {
                     let _ = writeln!(
                         log,
                         "sersync-generator: {err}; {} gets no full-sync timer",
                         service_unit(&instance)
                     );
-                    summary.problems += 1;
                 }
             },
-            Decision::NoCrontab { .. } => {}
+            Decision::NoCrontab => {}
             Decision::Skipped { config, reason } => {
                 let _ = writeln!(
                     log,
                     "sersync-generator: {}: {reason}; skipped, no full-sync timer",
                     comment_path(&config)
                 );
-                summary.problems += 1;
             }
         }
     }
-    summary
 }
 
 #[cfg(test)]

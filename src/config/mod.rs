@@ -407,10 +407,7 @@ pub fn load_and_report(path: &Path) -> Option<Config> {
             Some(config)
         }
         Err(diagnostics) => {
-            let errors = diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Error)
-                .count();
+            let errors = diagnostics.iter().filter(|d| d.is_error()).count();
             for diagnostic in &diagnostics {
                 eprintln!("{diagnostic}");
             }

@@ -291,7 +291,7 @@ impl Checker<'_> {
                 fail_log = self.fail_log(element);
             }
             if let Some(element) = self.single(sersync, "crontab") {
-                crontab = self.crontab(element, &filter);
+                crontab = self.crontab(element);
             }
         }
         let plugins = self.plugins(head, sersync);
@@ -852,7 +852,7 @@ impl Checker<'_> {
         fail_log
     }
 
-    fn crontab(&mut self, element: &Element, _filter: &Filter) -> Crontab {
+    fn crontab(&mut self, element: &Element) -> Crontab {
         let mut crontab = Crontab {
             enabled: self.flag(Some(element), "start", false),
             ..Crontab::default()

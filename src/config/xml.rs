@@ -183,33 +183,20 @@ impl TreeReader<'_> {
                         rest.next();
                     }
                 }
-                (Some(reference), None) if reference.starts_with('#') => {
-                    self.report(
-                        at,
-                        Severity::Warning,
-                        format!("invalid character reference \"&{reference};\" taken literally"),
-                    );
-                    value.push('&');
-                    char_at.push(at);
-                }
-                (Some(reference), None) => {
-                    self.report(
-                        at,
-                        Severity::Warning,
-                        format!(
+                (reference, _) => {
+                    let message = match reference {
+                        Some(reference) if reference.starts_with('#') => {
+                            format!("invalid character reference \"&{reference};\" taken literally")
+                        }
+                        Some(reference) => format!(
                             "unknown entity \"&{reference};\" taken literally (write a literal & as &amp;)"
                         ),
-                    );
-                    value.push('&');
-                    char_at.push(at);
-                }
-                (None, _) => {
-                    self.report(
-                        at,
-                        Severity::Warning,
-                        "bare \"&\" in an attribute value taken literally (write it as &amp;)"
-                            .to_owned(),
-                    );
+                        None => {
+                            "bare \"&\" in an attribute value taken literally (write it as &amp;)"
+                                .to_owned()
+                        }
+                    };
+                    self.report(at, Severity::Warning, message);
                     value.push('&');
                     char_at.push(at);
                 }
