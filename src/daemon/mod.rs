@@ -1147,13 +1147,12 @@ impl Daemon {
         let verdict = failure::classify(outcome.result.status(), &outcome.stderr);
         let lane = &mut self.lanes[lane_id];
         lane.full_sync_running = false;
-        let what = match &outcome.job {
-            Job::Batch(batch) => crate::sync::describe_batch(&batch.entries),
-            Job::FullSync { reason, .. } => format!("full sync ({reason:?})"),
-        };
-        let batch_size = match &outcome.job {
-            Job::Batch(batch) => batch.entries.len(),
-            Job::FullSync { .. } => 0,
+        let (what, batch_size) = match &outcome.job {
+            Job::Batch(batch) => (
+                crate::sync::describe_batch(&batch.entries),
+                batch.entries.len(),
+            ),
+            Job::FullSync { reason, .. } => (format!("full sync ({reason:?})"), 0),
         };
         if verdict.class.is_done() {
             if lane.state != LaneState::Ok {

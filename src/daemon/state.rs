@@ -6,10 +6,9 @@
 //! changes may have been lost before they were saved, so every root gets a full sync.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::queue::Action;
@@ -155,27 +154,9 @@ impl StateDir {
     }
 }
 
-/// Writes `contents` to `path` so that a crash leaves either the old or the new file:
-/// temp file in the same directory (mode 0600), fsync, rename, fsync of the directory.
-pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temp, path)?;
-    sync_dir(dir)
-}
+/// The one atomic writer (temp file 0600, fsync, rename, fsync of the directory), shared
+/// with the failure script.
+pub use crate::failure::write_atomically;
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
