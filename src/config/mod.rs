@@ -178,7 +178,8 @@ pub struct RsyncOptions {
 impl Default for RsyncOptions {
     fn default() -> Self {
         RsyncOptions {
-            common_params: vec!["-artuz".to_owned()],
+            // sersync 2.5 ships `-artuz`; `-u` is dropped (see `schema::drop_update`).
+            common_params: vec!["-artz".to_owned()],
             auth: None,
             port: None,
             timeout: None,
@@ -383,16 +384,70 @@ pub type LoadResult = Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>>;
 /// Reads, decodes (UTF-8, or ISO-8859-1 when the bytes are not UTF-8), parses and validates
 /// a config file.
 pub fn load(path: &Path) -> LoadResult {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) => {
-            return Err(vec![Diagnostic::file_error(
-                path,
-                format!("cannot read config file: {err}"),
-            )]);
-        }
-    };
-    parse(path, &bytes)
+    match read_config_file(path) {
+        Ok(bytes) => parse(path, &bytes),
+        Err(message) => Err(vec![Diagnostic::file_error(path, message)]),
+    }
+}
+
+/// The largest config file accepted; sersync 2.5's own is 2 KiB.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads a config file that must be a regular file of at most [`MAX_CONFIG_BYTES`]. It is
+/// opened without blocking, so a FIFO (or a device) is refused instead of hanging, and
+/// `/dev/zero` cannot fill memory.
+fn read_config_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|err| format!("cannot read config file: {err}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|err| format!("cannot read config file: {err}"))?;
+    if !meta.is_file() {
+        let kind = file_kind(&meta);
+        return Err(format!(
+            "cannot read config file: it is {kind}, not a regular file"
+        ));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "cannot read config file: {} bytes, more than the {} a config may have",
+            meta.len(),
+            MAX_CONFIG_BYTES
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| format!("cannot read config file: {err}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "cannot read config file: more than the {MAX_CONFIG_BYTES} bytes a config may have"
+        ));
+    }
+    Ok(bytes)
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// Loads `path` and prints its diagnostics to stderr the one way both binaries do (each

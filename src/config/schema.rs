@@ -738,6 +738,16 @@ impl Checker<'_> {
             // A missing attribute keeps the shipped `-artuz`; an empty one means no params.
             if let Some(params) = element.attr("params") {
                 options.common_params = self.words(element, params);
+                if drop_update(&mut options.common_params) {
+                    self.warn(
+                        params.value_at(),
+                        "-u (--update) in commonParams is not used: it makes rsync keep any \
+                         file that is newer on the remote, so a rollback to older files (a \
+                         deploy restoring the previous release) would never reach the \
+                         replica; a one-way mirror follows the source"
+                            .to_owned(),
+                    );
+                }
             }
         }
 
@@ -1464,4 +1474,40 @@ fn describe_regex_error(err: &regex::Error, locate: bool) -> RegexProblem {
         message,
         char_offset,
     }
+}
+
+/// Removes `-u`/`--update` from rsync options (also from a cluster such as `-artuz`, up to
+/// the first letter that takes an argument); returns whether it was there.
+pub fn drop_update(params: &mut Vec<String>) -> bool {
+    /// Short options of rsync that take an argument (the rest of the cluster is it).
+    const TAKES_ARGUMENT: &[char] = &['e', 'B', 'f', 'T', 'M', '@'];
+    let mut found = false;
+    params.retain_mut(|word| {
+        if word == "--update" || word == "-u" {
+            found = true;
+            return false;
+        }
+        if word.starts_with('-') && !word.starts_with("--") && word.len() > 2 {
+            let mut kept = String::from("-");
+            let mut in_argument = false;
+            for c in word[1..].chars() {
+                if in_argument {
+                    kept.push(c);
+                    continue;
+                }
+                if c == 'u' {
+                    found = true;
+                    continue;
+                }
+                in_argument = TAKES_ARGUMENT.contains(&c);
+                kept.push(c);
+            }
+            if kept.len() == 1 {
+                return false;
+            }
+            *word = kept;
+        }
+        true
+    });
+    found
 }

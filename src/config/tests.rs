@@ -62,15 +62,26 @@ fn stock_confxml_loads_with_the_values_of_the_sample() {
         Ok(loaded) => loaded,
         Err(diagnostics) => panic!("stock confxml.xml refused: {diagnostics:?}"),
     };
-    // The only acceptable warning is about /opt/tongbu not existing on this machine.
+    // The acceptable warnings: /opt/tongbu does not exist on this machine, and the
+    // shipped `-artuz` has a `-u` that a mirror must not use.
     for warning in &warnings {
         assert_eq!(warning.severity, Severity::Warning);
+        if warning.message.starts_with("-u (--update)") {
+            assert_eq!((warning.line, warning.col), (30, 28));
+            continue;
+        }
         assert!(
             warning.message.starts_with("watch root \"/opt/tongbu\""),
             "unexpected warning: {warning}"
         );
         assert_eq!((warning.line, warning.col), (24, 20));
     }
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.message.starts_with("-u (--update)")),
+        "the -u of the stock commonParams must be reported"
+    );
 
     assert_eq!(config.file, Path::new("confxml.xml"));
     assert_eq!(
@@ -114,7 +125,7 @@ fn stock_confxml_loads_with_the_values_of_the_sample() {
         }]
     );
     assert_eq!(config.rsync, RsyncOptions::default());
-    assert_eq!(config.rsync.common_params, ["-artuz"]);
+    assert_eq!(config.rsync.common_params, ["-artz"]);
     assert_eq!(
         config.fail_log,
         FailLog {
@@ -901,7 +912,7 @@ fn enabled_options_are_kept() {
     let (config, _) = loaded(&document);
     assert_eq!(
         config.rsync.common_params,
-        ["-artuz", "--exclude=*.tmp", "-e", "ssh -p 2222"]
+        ["-artz", "--exclude=*.tmp", "-e", "ssh -p 2222"]
     );
     assert_eq!(
         config.rsync.auth,

@@ -94,15 +94,26 @@ impl Transport {
                 argv.push(arg);
             }
         }
-        if let Some(timeout) = self.options.timeout {
-            argv.push(OsString::from(format!("--timeout={timeout}")));
-            if !self.options.ssh {
-                argv.push(OsString::from(format!("--contimeout={timeout}")));
-            }
+        // Every run gets a deadline for silence: without `<timeout>` a remote that
+        // accepts the connection and then stops reading would hold its lane for ever.
+        let (io, connect) = match self.options.timeout {
+            Some(seconds) => (seconds, seconds),
+            None => (DEFAULT_IO_TIMEOUT, DEFAULT_CONNECT_TIMEOUT),
+        };
+        argv.push(OsString::from(format!("--timeout={io}")));
+        if !self.options.ssh {
+            argv.push(OsString::from(format!("--contimeout={connect}")));
         }
         argv
     }
 }
+
+/// rsync's `--timeout` when `<timeout>` is off: a run that moves no data for this long
+/// ends (exit 30) and is retried. rsync ≥ 3.1 sends keep-alives at half this interval,
+/// so a healthy run that is busy (a receiver checksumming a big file) never trips it.
+pub const DEFAULT_IO_TIMEOUT: u32 = 120;
+/// `--contimeout` for rsync daemons when `<timeout>` is off.
+pub const DEFAULT_CONNECT_TIMEOUT: u32 = 30;
 
 /// The argv (after `rsync`) of an incremental batch's send run; the paths that exist go
 /// NUL-separated on stdin, relative to the root, which is the working directory. A path
@@ -129,16 +140,7 @@ pub fn batch_listed(
 
 fn batch_options(transport: &Transport) -> Vec<OsString> {
     let mut argv = transport.common();
-    // Every listed path is known to have changed: compare mtimes to the nanosecond, or a
-    // same-size rewrite within the same second is skipped by rsync's quick check.
-    if !transport
-        .options
-        .common_params
-        .iter()
-        .any(|p| p.starts_with("--modify-window") || p == "-@")
-    {
-        argv.push(OsString::from("--modify-window=-1"));
-    }
+    push_exact_times(&mut argv, transport);
     argv.extend(
         [
             "--no-recursive",
@@ -150,6 +152,20 @@ fn batch_options(transport: &Transport) -> Vec<OsString> {
         .map(OsString::from),
     );
     argv
+}
+
+/// Every listed path is known to have changed: compare mtimes to the nanosecond, or a
+/// same-size rewrite within the same second is skipped by rsync's quick check (and a
+/// rename seed would copy the old version from the remote's old directory).
+fn push_exact_times(argv: &mut Vec<OsString>, transport: &Transport) {
+    if !transport
+        .options
+        .common_params
+        .iter()
+        .any(|p| p.starts_with("--modify-window") || p.starts_with("-@"))
+    {
+        argv.push(OsString::from("--modify-window=-1"));
+    }
 }
 
 /// How many bytes of the command line the listed paths of one run may take: a quarter
@@ -214,6 +230,7 @@ pub fn rename_seed(
     budget: usize,
 ) -> (Vec<OsString>, Vec<u8>) {
     let mut argv = transport.common();
+    push_exact_times(&mut argv, transport);
     let depth = to.split(|&b| b == b'/').count();
     let mut basis = b"--copy-dest=".to_vec();
     for _ in 0..depth {
@@ -600,7 +617,7 @@ mod tests {
             (
                 transport(false, false, None, None),
                 true,
-                "-artuz --sockopts=TCP_NODELAY --modify-window=-1 --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
             ),
             (
                 transport(false, true, Some(874), Some(100)),
@@ -610,7 +627,7 @@ mod tests {
             (
                 transport(false, false, None, None),
                 false,
-                "-artuz --sockopts=TCP_NODELAY --modify-window=-1 --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
             ),
             (
                 transport(true, true, None, Some(30)),
@@ -658,7 +675,7 @@ mod tests {
         let t = transport(false, true, None, None);
         assert_eq!(
             joined(&deletion(&t)),
-            "--sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --recursive --delete --force --from0 --filter=. - ./ rsync://backup@127.0.0.1/web/"
+            "--sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=120 --contimeout=30 --recursive --delete --force --from0 --filter=. - ./ rsync://backup@127.0.0.1/web/"
         );
     }
 
@@ -719,13 +736,13 @@ mod tests {
         let (argv, stdin) = rename_seed(&t, b"a/old", b"b/c/new", &paths, 1024);
         assert_eq!(
             joined(&argv),
-            "-artuz --sockopts=TCP_NODELAY --copy-dest=../../../a/old --no-recursive --dirs --relative . ./x/-y rsync://127.0.0.1/web/b/c/new/"
+            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --copy-dest=../../../a/old --no-recursive --dirs --relative . ./x/-y rsync://127.0.0.1/web/b/c/new/"
         );
         assert!(stdin.is_empty());
         let (argv, stdin) = rename_seed(&t, b"a/old", b"b/c/new", &paths, 10);
         assert_eq!(
             joined(&argv),
-            "-artuz --sockopts=TCP_NODELAY --copy-dest=../../../a/old --no-recursive --dirs --relative --files-from=- --from0 ./ rsync://127.0.0.1/web/b/c/new/"
+            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --copy-dest=../../../a/old --no-recursive --dirs --relative --files-from=- --from0 ./ rsync://127.0.0.1/web/b/c/new/"
         );
         assert_eq!(stdin, b".\0./x/-y\0");
     }
@@ -788,7 +805,7 @@ mod tests {
         };
         assert_eq!(
             joined(&full_sync(&t, true, &rules, false)),
-            "-artuz --sockopts=TCP_NODELAY --recursive --delete --force --exclude=*.php --exclude=info/* --from0 --filter=. - ./ rsync://127.0.0.1/web/"
+            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --recursive --delete --force --exclude=*.php --exclude=info/* --from0 --filter=. - ./ rsync://127.0.0.1/web/"
         );
     }
 
@@ -805,9 +822,9 @@ mod tests {
         assert_eq!(
             runs,
             vec![
-                "-artuz --sockopts=TCP_NODELAY --no-recursive --dirs --delete --force ./ rsync://127.0.0.1/web/",
-                "-artuz --sockopts=TCP_NODELAY --recursive --ignore-missing-args --delete --force ./a ./-c rsync://127.0.0.1/web/",
-                "-artuz --sockopts=TCP_NODELAY --recursive --ignore-missing-args --delete --force ./b ./d rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --no-recursive --dirs --delete --force ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --recursive --ignore-missing-args --delete --force ./a ./-c rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --recursive --ignore-missing-args --delete --force ./b ./d rsync://127.0.0.1/web/",
             ]
         );
         let globs = FullSyncRules {

@@ -5,6 +5,8 @@
 //! replica equals the source. See `harness` for the pieces.
 
 // Test harness: rsync daemons, sersyncd processes, tree comparison, bounded waits.
+// Shared with tests/sim, which uses other parts of it.
+#[allow(dead_code)]
 mod harness;
 
 // Black-box CLI: --help, --version, --check on the stock config and on the fixtures.

@@ -35,6 +35,9 @@ pub struct RsyncDaemon {
     /// Unique per daemon, in every module's comment: proves that what answers on the port
     /// is this daemon and not another test's.
     token: String,
+    /// Extra `name = value` lines written into every module section (see
+    /// [`RsyncDaemon::set_module_options`]).
+    module_options: String,
     child: Option<Child>,
 }
 
@@ -44,7 +47,7 @@ impl RsyncDaemon {
         let mut last_error = String::new();
         for _ in 0..10 {
             let port = free_port(&["127.0.0.1"]);
-            match RsyncDaemon::start_on("127.0.0.1", port, modules) {
+            match RsyncDaemon::start_on("127.0.0.1", port, modules, None) {
                 Ok(daemon) => return daemon,
                 Err(err) => last_error = err,
             }
@@ -55,17 +58,23 @@ impl RsyncDaemon {
     /// Two daemons serving the same `modules` on the same free port, one on 127.0.0.1 and
     /// one on 127.0.0.2 (sersync has one port for every remote).
     pub fn pair(modules: &[&str]) -> (RsyncDaemon, RsyncDaemon) {
+        RsyncDaemon::pair_in(modules, [None, None])
+    }
+
+    /// [`RsyncDaemon::pair`] with each daemon's replica directories created under the
+    /// given parent (e.g. a small tmpfs, to fill it up), or in /tmp for `None`.
+    pub fn pair_in(modules: &[&str], parents: [Option<&Path>; 2]) -> (RsyncDaemon, RsyncDaemon) {
         let mut last_error = String::new();
         for _ in 0..10 {
             let port = free_port(&["127.0.0.1", "127.0.0.2"]);
-            let first = match RsyncDaemon::start_on("127.0.0.1", port, modules) {
+            let first = match RsyncDaemon::start_on("127.0.0.1", port, modules, parents[0]) {
                 Ok(daemon) => daemon,
                 Err(err) => {
                     last_error = err;
                     continue;
                 }
             };
-            match RsyncDaemon::start_on("127.0.0.2", port, modules) {
+            match RsyncDaemon::start_on("127.0.0.2", port, modules, parents[1]) {
                 Ok(second) => return (first, second),
                 Err(err) => last_error = err,
             }
@@ -73,7 +82,12 @@ impl RsyncDaemon {
         panic!("cannot start two rsync daemons on one port after 10 attempts:\n{last_error}");
     }
 
-    fn start_on(address: &str, port: u16, modules: &[&str]) -> Result<RsyncDaemon, String> {
+    fn start_on(
+        address: &str,
+        port: u16,
+        modules: &[&str],
+        module_parent: Option<&Path>,
+    ) -> Result<RsyncDaemon, String> {
         let dir = temp_dir("rsyncd");
         let token = format!(
             "sersync-it-{}-{}",
@@ -82,13 +96,38 @@ impl RsyncDaemon {
         );
         let modules: Vec<(String, TempDir)> = modules
             .iter()
-            .map(|m| (m.to_string(), temp_dir(&format!("replica-{m}"))))
+            .map(|m| {
+                let dir = match module_parent {
+                    Some(parent) => tempfile::Builder::new()
+                        .prefix(&format!("replica-{m}-"))
+                        .tempdir_in(parent)
+                        .expect("create a replica directory"),
+                    None => temp_dir(&format!("replica-{m}")),
+                };
+                (m.to_string(), dir)
+            })
             .collect();
         write_private(
             &dir.path().join("rsyncd.secrets"),
             &format!("{USER}:{PASSWORD}\n"),
         );
         write_private(&dir.path().join("client.pass"), &format!("{PASSWORD}\n"));
+        let mut daemon = RsyncDaemon {
+            dir,
+            modules,
+            address: address.to_owned(),
+            port,
+            token,
+            module_options: String::new(),
+            child: None,
+        };
+        daemon.write_conf();
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    /// Writes rsyncd.conf: globals, then every module with [`RsyncDaemon::module_options`].
+    fn write_conf(&self) {
         let mut conf = String::new();
         conf.push_str("use chroot = no\n");
         // With `use chroot = no` rsync munges symlinks by default; we want them verbatim.
@@ -96,30 +135,29 @@ impl RsyncDaemon {
         conf.push_str("reverse lookup = no\n");
         conf.push_str(&format!(
             "log file = {}\n",
-            dir.path().join("rsyncd.log").display()
+            self.dir.path().join("rsyncd.log").display()
         ));
         if nix::unistd::geteuid().is_root() {
             conf.push_str("uid = root\ngid = root\n");
         }
-        for (name, replica) in &modules {
+        for (name, replica) in &self.modules {
             conf.push_str(&format!(
-                "[{name}]\n    path = {}\n    comment = {token}\n    read only = no\n    \
-                 auth users = {USER}\n    secrets file = {}\n",
+                "[{name}]\n    path = {}\n    comment = {}\n    read only = no\n    \
+                 auth users = {USER}\n    secrets file = {}\n{}",
                 replica.path().display(),
-                dir.path().join("rsyncd.secrets").display()
+                self.token,
+                self.dir.path().join("rsyncd.secrets").display(),
+                self.module_options
             ));
         }
-        std::fs::write(dir.path().join("rsyncd.conf"), conf).expect("write rsyncd.conf");
-        let mut daemon = RsyncDaemon {
-            dir,
-            modules,
-            address: address.to_owned(),
-            port,
-            token,
-            child: None,
-        };
-        daemon.spawn()?;
-        Ok(daemon)
+        std::fs::write(self.dir.path().join("rsyncd.conf"), conf).expect("write rsyncd.conf");
+    }
+
+    /// Replaces the extra lines of every module (e.g. `"    read only = yes\n"`); the
+    /// daemon reads its config on every connection, so they apply from the next one on.
+    pub fn set_module_options(&mut self, lines: &str) {
+        self.module_options = lines.to_owned();
+        self.write_conf();
     }
 
     /// Starts the process and waits until this very daemon answers on the port.

@@ -74,7 +74,9 @@ pub struct SersyncdBuilder {
     raw_head_xml: String,
     raw_sersync_xml: String,
     fail_log: Option<(String, u32)>,
+    timeout: Option<Option<u32>>,
     args: Vec<OsString>,
+    launcher: Vec<OsString>,
 }
 
 impl SersyncdBuilder {
@@ -149,6 +151,20 @@ impl SersyncdBuilder {
     /// relative path resolves against the state directory.
     pub fn fail_log(mut self, path: &str, minutes: u32) -> Self {
         self.fail_log = Some((path.to_owned(), minutes));
+        self
+    }
+
+    /// `<rsync><timeout>`: `None` writes the stock `start="false"`; the default (when
+    /// this is not called) is `start="true" time="30"`.
+    pub fn timeout(mut self, seconds: Option<u32>) -> Self {
+        self.timeout = Some(seconds);
+        self
+    }
+
+    /// Runs the daemon through this command (e.g. `unshare --user ...`), which must
+    /// exec the binary given as its last arguments, so the PID stays the daemon's.
+    pub fn launcher(mut self, argv: &[&str]) -> Self {
+        self.launcher = argv.iter().map(OsString::from).collect();
         self
     }
 
@@ -234,7 +250,13 @@ impl SersyncdBuilder {
             )),
             None => x.push_str("            <userDefinedPort start=\"false\" port=\"874\"/>\n"),
         }
-        x.push_str("            <timeout start=\"true\" time=\"30\"/>\n");
+        match self.timeout {
+            None => x.push_str("            <timeout start=\"true\" time=\"30\"/>\n"),
+            Some(Some(time)) => x.push_str(&format!(
+                "            <timeout start=\"true\" time=\"{time}\"/>\n"
+            )),
+            Some(None) => x.push_str("            <timeout start=\"false\" time=\"100\"/>\n"),
+        }
         x.push_str("            <ssh start=\"false\"/>\n");
         x.push_str("        </rsync>\n");
         let (fail_log, minutes) = self
@@ -273,6 +295,7 @@ pub struct Sersyncd {
     dir: TempDir,
     /// The extra command-line arguments, kept for [`Sersyncd::restart`].
     args: Vec<OsString>,
+    launcher: Vec<OsString>,
     child: Option<Child>,
     status: Option<ExitStatus>,
     notifications: Arc<Mutex<Vec<String>>>,
@@ -312,6 +335,7 @@ impl Sersyncd {
         let mut daemon = Sersyncd {
             dir,
             args: builder.args,
+            launcher: builder.launcher,
             child: None,
             status: None,
             notifications,
@@ -330,7 +354,15 @@ impl Sersyncd {
             .append(true)
             .open(dir.join("sersyncd.log"))
             .expect("open log");
-        let child = Command::new(SERSYNCD)
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(SERSYNCD);
+                command
+            }
+            None => Command::new(SERSYNCD),
+        };
+        let child = command
             .arg("-o")
             .arg(dir.join("confxml.xml"))
             .arg("--state-dir")
@@ -360,6 +392,40 @@ impl Sersyncd {
         assert!(self.child.is_none(), "restart() of a running sersyncd");
         self.notifications.lock().unwrap().clear();
         self.spawn();
+    }
+
+    /// [`Sersyncd::restart`] with other extra arguments (kept for later restarts).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(OsString::from).collect();
+        self.restart();
+    }
+
+    /// Replaces the config file (for a reload).
+    pub fn write_config(&self, xml: &str) {
+        std::fs::write(self.dir.path().join("confxml.xml"), xml).expect("write confxml.xml");
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("confxml.xml")
+    }
+
+    /// Sends `signal` to the daemon (by its PID).
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(self.pid(), signal);
+    }
+
+    /// Whether the process is still running (false once it exited or was stopped here).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(status))) => {
+                self.child = None;
+                self.status = Some(status);
+                false
+            }
+            _ => false,
+        }
     }
 
     /// The PID of the running process.
