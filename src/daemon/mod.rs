@@ -28,7 +28,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::failure::{self, Backoff, ExitClass, Journal, LaneKey};
 use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
-use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, Queue, Retry};
+use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue, Retry};
 use crate::sync::argv::Transport;
 use crate::sync::{JobContext, Outcome, Runner};
 use crate::watch::{WatchControl, WatchEvent, WatchSpec, Watcher};
@@ -54,18 +54,23 @@ enum Input {
     Control(Command),
 }
 
-/// A full sync asked for over D-Bus, finished when every lane it covers has run one.
+/// A full sync asked for over D-Bus, finished when every lane it covers has completed a
+/// full sync that *started after* the request (one already running when it came may have
+/// read the tree before the caller's last write).
 #[derive(Debug)]
 struct FullSyncJob {
     id: u64,
     root: Option<PathBuf>,
-    remaining: Vec<usize>,
+    /// (lane, the sequence number of the lane's full sync that counts).
+    waiting: Vec<(LaneId, u64)>,
     success: bool,
 }
 
 /// One (root, remote) pair: the unit that progresses independently.
 #[derive(Debug, Clone)]
 struct Lane {
+    /// Stable across reloads (see [`LaneId`]).
+    id: LaneId,
     root: RootId,
     label: String,
     context: JobContext,
@@ -73,7 +78,31 @@ struct Lane {
     state: LaneState,
     last_error: Option<String>,
     last_ok: Option<std::time::SystemTime>,
+    /// Full syncs started so far; the one running (if any) has this number.
+    full_syncs_started: u64,
     full_sync_running: bool,
+    /// When the job in flight started, if any.
+    job_started: Option<Instant>,
+    /// The job in flight has moved no data for [`STALL_WARNING`] (reported once per job).
+    stalled: bool,
+}
+
+impl Lane {
+    /// Whether this lane pushes `root` to the remote `ip`/`name` (its identity, which a
+    /// reload and the state directory go by).
+    fn is(&self, root: &Path, ip: &str, name: &str) -> bool {
+        self.context.root == root
+            && self.context.transport.remote.ip == ip
+            && self.context.transport.remote.name == name
+    }
+
+    fn key(&self) -> LaneKey {
+        LaneKey {
+            root: self.context.root.clone(),
+            remote_ip: self.context.transport.remote.ip.clone(),
+            remote_name: self.context.transport.remote.name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +132,9 @@ const OVERFLOW_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// When paths that failed on their own (exit 23) are tried again.
 const PARTIAL_RETRY: Duration = Duration::from_secs(15);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// A job whose rsyncs have moved no data for this long is reported as stalled (in the
+/// log once, and in the status until it ends); rsync's own `--timeout` ends it.
+const STALL_WARNING: Duration = Duration::from_secs(30);
 
 /// Runs `sersyncd` with parsed arguments; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {
@@ -151,10 +183,13 @@ pub fn main(cli: Cli) -> i32 {
     let instance = cli.instance_name();
     logging::init(cli.log, cli.verbose || config.debug, &instance);
     let state_dir = cli.state_dir();
-    if let Err(err) = prepare_state_dir(&state_dir) {
-        tracing::error!(path = %state_dir.display(), "cannot use the state directory: {err}");
-        return exit::CANTCREAT;
-    }
+    let lock = match prepare_state_dir(&state_dir) {
+        Ok(lock) => lock,
+        Err(err) => {
+            tracing::error!(path = %state_dir.display(), "cannot use the state directory: {err}");
+            return exit::CANTCREAT;
+        }
+    };
     let mut daemon = match Daemon::new(cli, config, instance, state_dir) {
         Ok(daemon) => daemon,
         Err(err) => {
@@ -166,6 +201,7 @@ pub fn main(cli: Cli) -> i32 {
         plugins.start();
     }
     daemon.plugins = plugins;
+    daemon.state_lock = Some(lock);
     if let Err(err) = daemon.restore_state() {
         tracing::error!(path = %daemon.state.path().display(), "cannot use the state directory: {err}");
         return exit::CANTCREAT;
@@ -173,19 +209,23 @@ pub fn main(cli: Cli) -> i32 {
     daemon.run()
 }
 
-fn prepare_state_dir(dir: &Path) -> std::io::Result<()> {
+/// Creates the state directory, locks it for this process (a second daemon on the same
+/// directory would discard this one's saved changes), and clears the scratch space.
+fn prepare_state_dir(dir: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
+    let lock = state::StateDir::new(dir.to_path_buf()).lock()?;
     let empty = dir.join("empty");
     match std::fs::remove_dir_all(&empty) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err),
     }
-    std::fs::DirBuilder::new().mode(0o700).create(&empty)
+    std::fs::DirBuilder::new().mode(0o700).create(&empty)?;
+    Ok(lock)
 }
 
 struct Daemon {
@@ -205,6 +245,8 @@ struct Daemon {
     notifier: notify::Notifier,
     state: state::StateDir,
     recover_after_ready: bool,
+    /// The watches of every root are in place (the first `Ready` came).
+    ready: bool,
     exit_code: i32,
     /// When the next `<crontab>` full sync is due.
     next_crontab: Option<Instant>,
@@ -220,11 +262,16 @@ struct Daemon {
     control: Option<control::ControlHandle>,
     full_sync_jobs: Vec<FullSyncJob>,
     next_job_id: u64,
+    next_lane_id: LaneId,
+    /// The `flock` on the state directory, held for the daemon's life.
+    state_lock: Option<std::fs::File>,
+    /// When lanes were last checked for stalled rsyncs.
+    last_stall_check: Option<Instant>,
     last_journal_save: Option<Instant>,
     plugins: Option<PluginHost>,
     /// Per (root, path): the lanes a change was delivered to so far, for the after-sync
     /// plugin (which runs once a change reached every remote of its root).
-    deliveries: HashMap<(RootId, Vec<u8>), Vec<usize>>,
+    deliveries: HashMap<(RootId, Vec<u8>), Vec<LaneId>>,
     degraded_roots: Vec<RootId>,
     next_degraded_resync: Option<Instant>,
     /// No overflow rescan before this; a deferred one is due then.
@@ -244,14 +291,12 @@ impl std::fmt::Debug for Daemon {
 
 /// The lane of `root` pushing to `ip`'s module `name`.
 fn lane_position(lanes: &[Lane], root: &Path, ip: &str, name: &str) -> Option<usize> {
-    lanes.iter().position(|lane| {
-        lane.context.root == root
-            && lane.context.transport.remote.ip == ip
-            && lane.context.transport.remote.name == name
-    })
+    lanes.iter().position(|lane| lane.is(root, ip, name))
 }
 
-fn build_lanes(config: &Config) -> Vec<Lane> {
+/// The lanes of `config`. A lane that `old` has too (same root path and remote) keeps its
+/// id; new ones get ids from `next_id`.
+fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane> {
     let mut lanes = Vec::new();
     for (root_id, root) in config.roots.iter().enumerate() {
         for remote in &root.remotes {
@@ -259,7 +304,15 @@ fn build_lanes(config: &Config) -> Vec<Lane> {
                 options: config.rsync.clone(),
                 remote: remote.clone(),
             };
+            let id = match lane_position(old, &root.path, &remote.ip, &remote.name) {
+                Some(at) => old[at].id,
+                None => {
+                    *next_id += 1;
+                    *next_id
+                }
+            };
             lanes.push(Lane {
+                id,
                 root: root_id,
                 label: format!(
                     "{} -> {}",
@@ -282,11 +335,21 @@ fn build_lanes(config: &Config) -> Vec<Lane> {
                 state: LaneState::Ok,
                 last_error: None,
                 last_ok: None,
+                full_syncs_started: 0,
                 full_sync_running: false,
+                job_started: None,
+                stalled: false,
             });
         }
     }
+    // One remote listed twice under a root is one lane.
+    let mut seen = std::collections::HashSet::new();
+    lanes.retain(|lane| seen.insert(lane.id));
     lanes
+}
+
+fn queue_layout(lanes: &[Lane]) -> Vec<(LaneId, RootId)> {
+    lanes.iter().map(|lane| (lane.id, lane.root)).collect()
 }
 
 fn watch_spec(config: &Config) -> WatchSpec {
@@ -301,8 +364,8 @@ fn watch_spec(config: &Config) -> WatchSpec {
 
 impl Daemon {
     fn new(cli: Cli, config: Config, instance: String, state_dir: PathBuf) -> Result<Self, String> {
-        let lanes = build_lanes(&config);
-        let lane_roots: Vec<RootId> = lanes.iter().map(|l| l.root).collect();
+        let mut next_lane_id = 0;
+        let lanes = build_lanes(&config, &[], &mut next_lane_id);
         let (tx, rx) = mpsc::channel();
         let runner = Runner::new(
             PathBuf::from("rsync"),
@@ -310,7 +373,7 @@ impl Daemon {
             cli.worker_limit(),
         );
         Ok(Daemon {
-            queue: Queue::new(&lane_roots, DEFAULT_MAX_BATCH),
+            queue: Queue::new(&queue_layout(&lanes), DEFAULT_MAX_BATCH),
             lanes,
             cli,
             config,
@@ -326,6 +389,7 @@ impl Daemon {
             notifier: notify::Notifier::from_env(),
             state: state::StateDir::new(state_dir),
             recover_after_ready: false,
+            ready: false,
             exit_code: exit::OK,
             next_crontab: None,
             next_replay: Instant::now(),
@@ -350,6 +414,9 @@ impl Daemon {
             control: None,
             full_sync_jobs: Vec::new(),
             next_job_id: 1,
+            next_lane_id,
+            state_lock: None,
+            last_stall_check: None,
             last_journal_save: None,
             plugins: None,
             deliveries: HashMap::new(),
@@ -382,6 +449,7 @@ impl Daemon {
         };
         let mut restored = 0usize;
         let mut orphaned = 0usize;
+        let mut owed = 0usize;
         for change in saved {
             match lane_position(
                 &self.lanes,
@@ -389,12 +457,28 @@ impl Daemon {
                 &change.remote_ip,
                 &change.remote_name,
             ) {
-                Some(lane) => {
-                    self.queue.push_lane(lane, &change.path, change.action);
-                    restored += 1;
+                Some(at) => {
+                    let lane = self.lanes[at].id;
+                    match change.owed {
+                        state::Owed::Change(action) => {
+                            self.queue.push_lane(lane, &change.path, action);
+                            restored += 1;
+                        }
+                        state::Owed::FullSync => {
+                            self.queue
+                                .request_full_sync_lane(lane, FullSyncReason::Recovery);
+                            owed += 1;
+                        }
+                    }
                 }
                 None => orphaned += 1,
             }
+        }
+        if owed > 0 {
+            tracing::info!(
+                lanes = owed,
+                "the previous run stopped before finishing a full sync; running it once watched"
+            );
         }
         if restored > 0 {
             tracing::info!(restored, "restored changes saved by the previous run");
@@ -409,18 +493,30 @@ impl Daemon {
         self.state.discard_pending()
     }
 
-    /// Saves what could not be delivered and marks the stop as clean.
+    /// Saves what could not be delivered (changes and owed full syncs) and marks the stop
+    /// as clean.
     fn save_state(&self) {
         let mut saved = Vec::new();
-        for (lane_id, lane) in self.lanes.iter().enumerate() {
-            for (path, action) in self.queue.pending(lane_id) {
-                saved.push(state::SavedChange {
-                    root: lane.context.root.clone(),
-                    remote_ip: lane.context.transport.remote.ip.clone(),
-                    remote_name: lane.context.transport.remote.name.clone(),
-                    path: path.clone(),
-                    action: *action,
-                });
+        for lane in &self.lanes {
+            let record = |path: Vec<u8>, owed: state::Owed| state::SavedChange {
+                root: lane.context.root.clone(),
+                remote_ip: lane.context.transport.remote.ip.clone(),
+                remote_name: lane.context.transport.remote.name.clone(),
+                path,
+                owed,
+            };
+            // A full sync still owed: requested or failed (an interrupted one comes back
+            // as failed), a rescan deferred after overflows, a root not fully watched, or
+            // the recovery that the start after an unclean stop asked for.
+            let owes_full_sync = self.queue.full_sync_owed(lane.id).is_some()
+                || self.overflow_rescan_due
+                || self.degraded_roots.contains(&lane.root)
+                || (self.recover_after_ready && !self.ready);
+            if owes_full_sync {
+                saved.push(record(Vec::new(), state::Owed::FullSync));
+            }
+            for (path, action) in self.queue.undelivered(lane.id) {
+                saved.push(record(path, state::Owed::Change(action)));
             }
         }
         let count = saved.len();
@@ -548,7 +644,7 @@ impl Daemon {
     fn next_wakeup(&self) -> Duration {
         let now = Instant::now();
         let mut wake = Duration::from_secs(1);
-        for lane in 0..self.lanes.len() {
+        for lane in self.lanes.iter().map(|lane| lane.id) {
             if self.queue.lane_has_work(lane) && !self.queue.lane_busy(lane) {
                 if let Some(at) = self.queue.lane_not_before(lane) {
                     wake = wake.min(at.saturating_duration_since(now));
@@ -798,31 +894,35 @@ impl Daemon {
         }
         let id = self.next_job_id;
         self.next_job_id += 1;
-        let remaining: Vec<usize> = self
+        // The full sync that counts is the next one to start on each lane.
+        let waiting: Vec<(LaneId, u64)> = self
             .lanes
             .iter()
-            .enumerate()
-            .filter(|(_, lane)| roots.contains(&lane.root))
-            .map(|(i, _)| i)
+            .filter(|lane| roots.contains(&lane.root))
+            .map(|lane| (lane.id, lane.full_syncs_started + 1))
             .collect();
-        tracing::info!(job = id, lanes = remaining.len(), "full sync requested");
+        tracing::info!(job = id, lanes = waiting.len(), "full sync requested");
         self.full_sync_jobs.push(FullSyncJob {
             id,
             root,
-            remaining,
+            waiting,
             success: true,
         });
         self.finish_full_sync_jobs();
         Ok(id)
     }
 
-    /// Notes that `lane` finished a full sync and reports the jobs that are complete.
-    fn full_sync_done(&mut self, lane: usize, success: bool) {
+    /// Notes that full sync number `number` of `lane` ended and reports the requests that
+    /// are complete.
+    fn full_sync_done(&mut self, lane: LaneId, number: u64, success: bool) {
         for job in &mut self.full_sync_jobs {
-            if let Some(pos) = job.remaining.iter().position(|&l| l == lane) {
-                job.remaining.remove(pos);
-                job.success &= success;
-            }
+            job.waiting.retain(|&(waiting_lane, needed)| {
+                let done = waiting_lane == lane && needed <= number;
+                if done {
+                    job.success &= success;
+                }
+                !done
+            });
         }
         self.finish_full_sync_jobs();
     }
@@ -830,7 +930,7 @@ impl Daemon {
     fn finish_full_sync_jobs(&mut self) {
         let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.full_sync_jobs)
             .into_iter()
-            .partition(|job| job.remaining.is_empty());
+            .partition(|job| job.waiting.is_empty());
         self.full_sync_jobs = open;
         for job in done {
             tracing::info!(
@@ -861,13 +961,12 @@ impl Daemon {
         let remotes = self
             .lanes
             .iter()
-            .enumerate()
-            .map(|(id, lane)| RemoteStatus {
+            .map(|lane| RemoteStatus {
                 name: lane.label.clone(),
-                state: lane.state.as_str().to_owned(),
+                state: lane_state_text(lane),
                 last_ok: lane.last_ok,
                 last_error: lane.last_error.clone(),
-                pending: self.queue.lane_depth(id) as u64,
+                pending: self.queue.lane_depth(lane.id) as u64,
             })
             .collect();
         let snapshot = Status {
@@ -932,63 +1031,71 @@ impl Daemon {
         result
     }
 
-    /// Swaps in a new config whole. Lanes that exist in both keep their pending changes;
-    /// new lanes get a full sync.
+    /// Swaps in a new config whole. Lanes that exist in both (same root path and remote)
+    /// keep their id and everything queued for them, jobs in flight included; new lanes
+    /// get a full sync; removed lanes drop their work (their outcomes, when they come,
+    /// find no lane). Directories the watch limit left out are tried again: the usual
+    /// reason to reload is a raised limit.
     fn apply_config(&mut self, config: Config) {
-        let new_lanes = build_lanes(&config);
-        let same_shape = new_lanes.len() == self.lanes.len()
-            && new_lanes.iter().zip(&self.lanes).all(|(a, b)| {
-                a.root == b.root
-                    && a.context.root == b.context.root
-                    && a.context.transport.remote == b.context.transport.remote
-            });
-        if same_shape {
-            for (lane, new) in self.lanes.iter_mut().zip(new_lanes) {
-                lane.context = new.context;
-                lane.label = new.label;
+        let mut next_id = self.next_lane_id;
+        let mut new_lanes = build_lanes(&config, &self.lanes, &mut next_id);
+        self.next_lane_id = next_id;
+        for lane in &mut new_lanes {
+            if let Some(old) = self.lanes.iter().find(|old| old.id == lane.id) {
+                // Health and progress carry over; the context is the new config's.
+                lane.backoff = old.backoff.clone();
+                lane.state = old.state;
+                lane.last_error = old.last_error.clone();
+                lane.last_ok = old.last_ok;
+                lane.full_syncs_started = old.full_syncs_started;
+                lane.full_sync_running = old.full_sync_running;
+                lane.job_started = old.job_started;
+                lane.stalled = old.stalled;
             }
-        } else {
-            // Carry pending paths over to lanes with the same root path and remote.
-            let lane_roots: Vec<RootId> = new_lanes.iter().map(|l| l.root).collect();
-            let mut queue = Queue::new(&lane_roots, DEFAULT_MAX_BATCH);
-            for (new_id, new) in new_lanes.iter().enumerate() {
-                let old = self.lanes.iter().position(|old| {
-                    old.context.root == new.context.root
-                        && old.context.transport.remote == new.context.transport.remote
-                });
-                match old {
-                    Some(old_id) => {
-                        let pending: Vec<(Vec<u8>, Action)> = self
-                            .queue
-                            .pending(old_id)
-                            .map(|(p, a)| (p.clone(), *a))
-                            .collect();
-                        for (path, action) in pending {
-                            queue.push_lane(new_id, &path, action);
-                        }
-                        if self.queue.lane_busy(old_id) {
-                            // Its outcome arrives for the old lane id; resend to be safe.
-                            queue.request_full_sync(new.root, FullSyncReason::Rescan);
-                        }
-                    }
-                    None => queue.request_full_sync(new.root, FullSyncReason::Rescan),
-                }
-            }
-            if self.in_flight > 0 {
-                tracing::warn!(
-                    in_flight = self.in_flight,
-                    "lanes changed while rsync runs were in flight; their roots are rescanned"
-                );
-            }
-            self.queue = queue;
-            self.lanes = new_lanes;
         }
+        let added: Vec<LaneId> = new_lanes
+            .iter()
+            .filter(|lane| !self.lanes.iter().any(|old| old.id == lane.id))
+            .map(|lane| lane.id)
+            .collect();
+        let removed = self.queue.reconfigure(&queue_layout(&new_lanes));
+        for &lane in &added {
+            self.queue
+                .request_full_sync_lane(lane, FullSyncReason::Rescan);
+        }
+        if !removed.is_empty() {
+            tracing::info!(
+                removed = removed.len(),
+                "remotes no longer in the config: their queued changes were dropped"
+            );
+            for job in &mut self.full_sync_jobs {
+                job.waiting.retain(|(lane, _)| !removed.contains(lane));
+            }
+            self.deliveries
+                .retain(|_, lanes| !lanes.iter().any(|lane| removed.contains(lane)));
+        }
+        self.lanes = new_lanes;
+        self.finish_full_sync_jobs();
         if let Some(control) = &self.watch_control {
             let _ = control.send(WatchControl::Reconfigure(watch_spec(&config)));
+            if !self.degraded_roots.is_empty() {
+                // The watcher reports what it finds below the directories it can watch
+                // now; a full sync covers what was deleted there meanwhile.
+                let _ = control.send(WatchControl::RetryUnwatched);
+                for root in 0..config.roots.len() {
+                    self.queue.request_full_sync(root, FullSyncReason::Rescan);
+                }
+                self.degraded_roots.clear();
+                self.next_degraded_resync = None;
+            }
         }
         self.config = config;
         self.schedule_timers();
-        tracing::info!(lanes = self.lanes.len(), "configuration reloaded");
+        tracing::info!(
+            lanes = self.lanes.len(),
+            added = added.len(),
+            "configuration reloaded"
+        );
     }
 
     fn on_watch(&mut self, event: WatchEvent) {
@@ -1013,6 +1120,7 @@ impl Daemon {
             }
             WatchEvent::Ready { watches } => {
                 self.watches = watches;
+                self.ready = true;
                 tracing::info!(watches, "watching {watches} directories");
                 self.check_watch_headroom();
                 if self.control.is_none() {
@@ -1102,23 +1210,33 @@ impl Daemon {
             if self.in_flight >= limit {
                 break;
             }
-            let lane_id = (self.next_lane + step) % count;
+            let at = (self.next_lane + step) % count;
+            let lane_id = self.lanes[at].id;
             let Some(job) = self.queue.take_job(lane_id, now) else {
                 continue;
             };
-            let lane = &self.lanes[lane_id];
+            let lane = &mut self.lanes[at];
             match &job {
                 Job::Batch(batch) => tracing::debug!(
                     sersync_remote = %lane.label,
                     "sending {}",
                     crate::sync::describe_batch(&batch.entries)
                 ),
-                Job::FullSync { reason, .. } => {
-                    tracing::info!(sersync_remote = %lane.label, ?reason, "full sync started")
+                Job::FullSync { reason, then, .. } => {
+                    tracing::info!(
+                        sersync_remote = %lane.label,
+                        ?reason,
+                        pending = then.len(),
+                        "full sync started"
+                    )
                 }
             }
-            self.lanes[lane_id].full_sync_running = matches!(job, Job::FullSync { .. });
-            let lane = &self.lanes[lane_id];
+            lane.full_sync_running = matches!(job, Job::FullSync { .. });
+            if lane.full_sync_running {
+                lane.full_syncs_started += 1;
+            }
+            lane.job_started = Some(now);
+            lane.stalled = false;
             let tx = self.tx.clone();
             self.in_flight += 1;
             self.runner
@@ -1129,30 +1247,70 @@ impl Daemon {
         self.next_lane = (self.next_lane + 1) % count.max(1);
     }
 
-    fn lane_key(&self, lane_id: usize) -> Option<LaneKey> {
-        self.lanes.get(lane_id).map(|lane| LaneKey {
-            root: lane.context.root.clone(),
-            remote_ip: lane.context.transport.remote.ip.clone(),
-            remote_name: lane.context.transport.remote.name.clone(),
-        })
+    /// Reports lanes whose rsyncs moved no data for [`STALL_WARNING`] (checked every few
+    /// seconds): a remote that accepted the connection and stopped reading.
+    fn check_stalls(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_stall_check
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(2))
+        {
+            return;
+        }
+        self.last_stall_check = Some(now);
+        let silence = self.runner.silence();
+        let mut changed = Vec::new();
+        for lane in &mut self.lanes {
+            let silent = silence.get(&lane.id).copied().unwrap_or_default();
+            if lane.job_started.is_some() && !lane.stalled && silent >= STALL_WARNING {
+                lane.stalled = true;
+                tracing::warn!(
+                    sersync_remote = %lane.label,
+                    silent_s = silent.as_secs(),
+                    "rsync has moved no data for {} s: the remote may be stalled (the run ends \
+                     at rsync's --timeout and is retried)",
+                    silent.as_secs()
+                );
+                changed.push(lane.label.clone());
+            }
+        }
+        for remote in changed {
+            self.emit(Event::StateChanged {
+                remote,
+                state: "stalled".to_owned(),
+            });
+        }
     }
 
     fn on_job_done(&mut self, outcome: Outcome) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let lane_id = outcome.job.lane();
-        let Some(key) = self.lane_key(lane_id) else {
+        let Some(at) = self.lanes.iter().position(|lane| lane.id == lane_id) else {
+            // A reload removed the lane while its job ran.
+            tracing::debug!("outcome of a job for a remote no longer configured: ignored");
             return;
         };
+        let key = self.lanes[at].key();
         let now = Instant::now();
         let verdict = failure::classify(outcome.result.status(), &outcome.stderr);
-        let lane = &mut self.lanes[lane_id];
+        let lane = &mut self.lanes[at];
+        let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
         lane.full_sync_running = false;
+        lane.job_started = None;
+        lane.stalled = false;
         let (what, batch_size) = match &outcome.job {
             Job::Batch(batch) => (
                 crate::sync::describe_batch(&batch.entries),
                 batch.entries.len(),
             ),
-            Job::FullSync { reason, .. } => (format!("full sync ({reason:?})"), 0),
+            Job::FullSync { reason, then, .. } => (
+                format!("full sync ({reason:?}) and {} pending paths", then.len()),
+                then.len(),
+            ),
+        };
+        let entries: &[(Vec<u8>, Action)] = match &outcome.job {
+            Job::Batch(batch) => &batch.entries,
+            Job::FullSync { then, .. } => then,
         };
         if verdict.class.is_done() {
             if lane.state != LaneState::Ok {
@@ -1163,35 +1321,32 @@ impl Daemon {
                     state: LaneState::Ok.as_str().to_owned(),
                 });
             }
-            let lane = &mut self.lanes[lane_id];
+            let lane = &mut self.lanes[at];
             lane.backoff.success();
             lane.state = LaneState::Ok;
             lane.last_error = None;
             lane.last_ok = Some(std::time::SystemTime::now());
             self.counters.batches += 1;
-            if let (Job::Batch(batch), true) = (&outcome.job, self.plugins.is_some()) {
-                self.delivered(lane_id, batch);
+            self.counters.files += entries.len() as u64;
+            if self.plugins.is_some() {
+                self.delivered(lane_id, entries);
             }
-            let cleared = match &outcome.job {
-                Job::Batch(batch) => {
-                    self.counters.files += batch.entries.len() as u64;
-                    let mut cleared = self
-                        .journal
-                        .clear(&key, batch.entries.iter().map(|(p, _)| p.as_slice()));
-                    // A removed or replaced directory settles whatever failed below it.
-                    for (path, action) in &batch.entries {
-                        if matches!(action, Action::Remove { dir: true } | Action::Replace) {
-                            cleared += self.journal.clear_below(&key, path);
-                        }
-                    }
-                    cleared
-                }
+            let mut cleared = match &outcome.job {
+                Job::Batch(_) => self
+                    .journal
+                    .clear(&key, entries.iter().map(|(p, _)| p.as_slice())),
                 Job::FullSync { .. } => self.journal.clear_lane(&key),
             };
-            if matches!(outcome.job, Job::FullSync { .. }) {
-                self.full_sync_done(lane_id, true);
+            // A removed or replaced directory settles whatever failed below it.
+            for (path, action) in entries {
+                if matches!(action, Action::Remove { dir: true } | Action::Replace) {
+                    cleared += self.journal.clear_below(&key, path);
+                }
             }
-            let lane = &mut self.lanes[lane_id];
+            if let Some(number) = full_sync_number {
+                self.full_sync_done(lane_id, number, true);
+            }
+            let lane = &self.lanes[at];
             if cleared > 0 {
                 self.journal_dirty = true;
                 tracing::info!(sersync_remote = %lane.label, cleared, "previously failed changes delivered");
@@ -1215,9 +1370,9 @@ impl Daemon {
             format!("{}: {message}", verdict.reason)
         };
         lane.last_error = Some(detail.clone());
-        // Exit 23 with every failed path identified: retry those alone, later, and let
-        // the rest of the lane go on.
-        if verdict.partial {
+        // Exit 23 with every failed path identified (and none of stderr lost): retry those
+        // alone, later, and let the rest of the lane go on.
+        if verdict.partial && !outcome.stderr_truncated {
             if let Job::Batch(batch) = &outcome.job {
                 let paths: Vec<Vec<u8>> = batch.entries.iter().map(|(p, _)| p.clone()).collect();
                 let report = failure::stderr::parse(outcome.stderr.as_bytes());
@@ -1271,14 +1426,7 @@ impl Daemon {
         let state_changed = lane.state != new_state;
         lane.state = new_state;
         let label = lane.label.clone();
-        let first_path = match &outcome.job {
-            Job::Batch(batch) => batch
-                .entries
-                .first()
-                .map(|(p, _)| p.clone())
-                .unwrap_or_default(),
-            Job::FullSync { .. } => Vec::new(),
-        };
+        let first_path = entries.first().map(|(p, _)| p.clone()).unwrap_or_default();
         self.emit(Event::SyncFailed {
             remote: label.clone(),
             path: first_path,
@@ -1291,10 +1439,10 @@ impl Daemon {
                 state: new_state.as_str().to_owned(),
             });
         }
-        if matches!(outcome.job, Job::FullSync { .. }) {
-            self.full_sync_done(lane_id, false);
+        if let Some(number) = full_sync_number {
+            self.full_sync_done(lane_id, number, false);
         }
-        let lane = &mut self.lanes[lane_id];
+        let lane = &self.lanes[at];
         let delay = retry_at.saturating_duration_since(now);
         if fatal {
             tracing::error!(
@@ -1314,42 +1462,42 @@ impl Daemon {
             );
         }
         // Still failing after a retry (or a configuration error): it is a failure now.
-        if fatal || lane.backoff.failures() >= 2 {
-            if let Job::Batch(batch) = &outcome.job {
-                self.journal.record(
-                    &key,
-                    batch.entries.iter().map(|(p, _)| p.as_slice()),
-                    code,
-                    &message,
-                    std::time::SystemTime::now(),
-                );
-                self.journal_dirty = true;
-            }
+        if (fatal || lane.backoff.failures() >= 2) && !entries.is_empty() {
+            self.journal.record(
+                &key,
+                entries.iter().map(|(p, _)| p.as_slice()),
+                code,
+                &message,
+                std::time::SystemTime::now(),
+            );
+            self.journal_dirty = true;
         }
         let retry = match outcome.job {
             Job::Batch(batch) => Retry::Paths(batch.entries),
-            Job::FullSync { reason, .. } => Retry::FullSync(reason),
+            Job::FullSync { reason, then, .. } => Retry::FullSync { reason, then },
         };
         self.queue.finish(lane_id, Some((retry, retry_at)));
     }
 
     /// Counts a delivered batch towards the after-sync plugin: a change is handed to it
     /// once every remote of its root has it.
-    fn delivered(&mut self, lane_id: usize, batch: &crate::queue::Batch) {
-        let root = self.lanes[lane_id].root;
-        let lanes_of_root: Vec<usize> = self
+    fn delivered(&mut self, lane_id: LaneId, entries: &[(Vec<u8>, Action)]) {
+        let Some(root) = self
             .lanes
             .iter()
-            .enumerate()
-            .filter(|(_, lane)| lane.root == root)
-            .map(|(id, _)| id)
-            .collect();
+            .find(|lane| lane.id == lane_id)
+            .map(|lane| lane.root)
+        else {
+            return;
+        };
         let ssh = self.config.rsync.ssh;
-        let remotes: Vec<String> = lanes_of_root
+        let (lanes_of_root, remotes): (Vec<LaneId>, Vec<String>) = self
+            .lanes
             .iter()
-            .map(|&id| self.lanes[id].context.transport.remote.label(ssh))
-            .collect();
-        for (path, action) in &batch.entries {
+            .filter(|lane| lane.root == root)
+            .map(|lane| (lane.id, lane.context.transport.remote.label(ssh)))
+            .unzip();
+        for (path, action) in entries {
             let complete = if lanes_of_root.len() == 1 {
                 true
             } else {
@@ -1447,12 +1595,12 @@ impl Daemon {
     /// replay covers failures whose batch is no longer queued.
     /// Returns how many entries went back into a lane.
     fn requeue_journal(&mut self) -> usize {
-        let entries: Vec<(usize, Vec<u8>)> = self
+        let entries: Vec<(LaneId, Vec<u8>)> = self
             .journal
             .iter()
             .filter_map(|(key, path, _)| {
                 lane_position(&self.lanes, &key.root, &key.remote_ip, &key.remote_name)
-                    .map(|lane| (lane, path.to_vec()))
+                    .map(|at| (self.lanes[at].id, path.to_vec()))
             })
             .collect();
         let requeued = entries.len();
@@ -1479,6 +1627,7 @@ impl Daemon {
     }
 
     fn refresh_status(&mut self) {
+        self.check_stalls();
         self.publish_status(false);
         if self.journal_dirty
             && self
@@ -1502,14 +1651,9 @@ impl Daemon {
             .iter()
             .map(|l| {
                 format!(
-                    "{} {}{}",
+                    "{} {}",
                     l.context.transport.remote.label(self.config.rsync.ssh),
-                    l.state.as_str(),
-                    if l.full_sync_running {
-                        " (full sync running)"
-                    } else {
-                        ""
-                    }
+                    lane_state_text(l)
                 )
             })
             .collect();
@@ -1523,6 +1667,20 @@ impl Daemon {
             remotes.join(", ")
         )
     }
+}
+
+/// A lane's state for status: its health, and what it is doing if that matters.
+fn lane_state_text(lane: &Lane) -> String {
+    let mut text = lane.state.as_str().to_owned();
+    if lane.stalled {
+        let secs = lane.job_started.map_or(0, |at| at.elapsed().as_secs());
+        text.push_str(&format!(
+            " (stalled: rsync moved no data; running {secs} s)"
+        ));
+    } else if lane.full_sync_running {
+        text.push_str(" (full sync running)");
+    }
+    text
 }
 
 fn last_line(stderr: &str) -> String {

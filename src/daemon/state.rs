@@ -1,9 +1,13 @@
-//! What survives a restart: undelivered changes and the "a run is in progress" marker.
+//! What survives a restart: undelivered changes, owed full syncs, the "a run is in
+//! progress" marker, and the lock that keeps a second daemon out.
 //!
-//! A clean stop writes every pending change of every lane to `pending` (crash-safe: temp
-//! file, fsync, rename, fsync of the directory) and removes the `running` marker. A start
-//! that finds the marker knows the previous run ended uncleanly (kill -9, power loss):
-//! changes may have been lost before they were saved, so every root gets a full sync.
+//! A clean stop writes every undelivered change of every lane to `pending` (crash-safe:
+//! temp file, fsync, rename, fsync of the directory), with a record for each lane that
+//! still owes a full sync (one that was interrupted, requested, or deferred), and removes
+//! the `running` marker. A start that finds the marker knows the previous run ended
+//! uncleanly (kill -9, power loss): changes may have been lost before they were saved, so
+//! every root gets a full sync. A start that finds an owed full sync runs it, so a SIGTERM
+//! during a recovery does not end the recovery.
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -15,33 +19,44 @@ use crate::queue::Action;
 
 const PENDING: &str = "pending";
 const RUNNING: &str = "running";
+const LOCK: &str = "lock";
 const MAGIC: &[u8] = b"sersync-pending 1\n";
 
-/// One saved change: which lane (by root path and remote) and what.
+/// One saved record: which lane (by root path and remote) and what it owes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SavedChange {
     pub root: PathBuf,
     pub remote_ip: String,
     pub remote_name: String,
+    /// Empty for [`Owed::FullSync`].
     pub path: Vec<u8>,
-    pub action: Action,
+    pub owed: Owed,
 }
 
-fn action_code(action: Action) -> &'static [u8] {
-    match action {
-        Action::Sync => b"S",
-        Action::Remove { dir: false } => b"F",
-        Action::Remove { dir: true } => b"D",
-        Action::Replace => b"R",
+/// What a lane owes: one path's action, or a whole full sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owed {
+    Change(Action),
+    FullSync,
+}
+
+fn owed_code(owed: Owed) -> &'static [u8] {
+    match owed {
+        Owed::Change(Action::Sync) => b"S",
+        Owed::Change(Action::Remove { dir: false }) => b"F",
+        Owed::Change(Action::Remove { dir: true }) => b"D",
+        Owed::Change(Action::Replace) => b"R",
+        Owed::FullSync => b"A",
     }
 }
 
-fn action_from(code: &[u8]) -> Option<Action> {
+fn owed_from(code: &[u8]) -> Option<Owed> {
     Some(match code {
-        b"S" => Action::Sync,
-        b"F" => Action::Remove { dir: false },
-        b"D" => Action::Remove { dir: true },
-        b"R" => Action::Replace,
+        b"S" => Owed::Change(Action::Sync),
+        b"F" => Owed::Change(Action::Remove { dir: false }),
+        b"D" => Owed::Change(Action::Remove { dir: true }),
+        b"R" => Owed::Change(Action::Replace),
+        b"A" => Owed::FullSync,
         _ => return None,
     })
 }
@@ -59,6 +74,46 @@ impl StateDir {
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// Takes the directory's lock (`flock` on `lock`, which holds the owner's PID) for as
+    /// long as the returned file stays open. Another live daemon holding it is an error
+    /// that names its PID.
+    pub fn lock(&self) -> io::Result<File> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(LOCK);
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        // SAFETY: flock(2) on a descriptor this function owns; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is in use by another sersyncd (PID {}); give each instance a state \
+                         directory of its own (--state-dir)",
+                        self.dir.display(),
+                        holder.trim()
+                    ),
+                ));
+            }
+            return Err(err);
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(file)
     }
 
     /// Creates the `running` marker; returns whether one was already there (the previous
@@ -93,7 +148,7 @@ impl StateDir {
                 change.root.as_os_str().as_bytes(),
                 change.remote_ip.as_bytes(),
                 change.remote_name.as_bytes(),
-                action_code(change.action),
+                owed_code(change.owed),
                 &change.path,
             ] {
                 out.extend_from_slice(field);
@@ -130,7 +185,7 @@ impl StateDir {
         fields
             .chunks(5)
             .map(|record| {
-                let action = action_from(record[3]).ok_or_else(|| {
+                let owed = owed_from(record[3]).ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("{}: bad action code", path.display()),
@@ -140,7 +195,7 @@ impl StateDir {
                     root: PathBuf::from(OsStr::from_bytes(record[0])),
                     remote_ip: String::from_utf8_lossy(record[1]).into_owned(),
                     remote_name: String::from_utf8_lossy(record[2]).into_owned(),
-                    action,
+                    owed,
                     path: record[4].to_vec(),
                 })
             })
@@ -179,14 +234,21 @@ mod tests {
                 remote_ip: "127.0.0.1".into(),
                 remote_name: "web".into(),
                 path: b"x\ny\xff".to_vec(),
-                action: Action::Remove { dir: true },
+                owed: Owed::Change(Action::Remove { dir: true }),
             },
             SavedChange {
                 root: PathBuf::from("/srv/c"),
                 remote_ip: "::1".into(),
                 remote_name: "img".into(),
                 path: Vec::new(),
-                action: Action::Replace,
+                owed: Owed::Change(Action::Replace),
+            },
+            SavedChange {
+                root: PathBuf::from("/srv/c"),
+                remote_ip: "::1".into(),
+                remote_name: "img".into(),
+                path: Vec::new(),
+                owed: Owed::FullSync,
             },
         ];
         state.save_pending(&changes).unwrap();
@@ -195,6 +257,25 @@ mod tests {
         assert!(state.load_pending().unwrap().is_empty());
         state.clear_running().unwrap();
         assert!(!dir.join(RUNNING).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_holder_of_the_lock_is_refused_with_the_first_ones_pid() {
+        let dir = std::env::temp_dir().join(format!("sersync-lock-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let state = StateDir::new(dir.clone());
+        let first = state.lock().expect("first lock");
+        let err = state.lock().expect_err("second lock");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            err.to_string()
+                .contains(&format!("PID {}", std::process::id())),
+            "{err}"
+        );
+        drop(first);
+        let again = state.lock().expect("lock after the first holder closed it");
+        drop(again);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

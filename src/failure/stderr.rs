@@ -393,8 +393,10 @@ fn is_ancestor(ancestor: &[u8], path: &[u8]) -> bool {
 /// Narrowing happens only when the report is complete and every failure maps into the
 /// batch (receiver paths map only when the destination is the module's root or, over ssh,
 /// the destination directory itself): a failed path in the batch is retried; a failed implied parent directory retries
-/// the batch entries beneath it; a failure beneath a batch entry (a recursive sub-tree)
-/// retries that path. Anything else (unrecognised lines, no failure named, a path outside
+/// the batch entries beneath it; a failure beneath a batch entry (a directory the batch
+/// deleted or replaced recursively) retries the deepest such entry. The answer only ever
+/// holds batch entries: a path the batch does not hold would be retried without the action
+/// that failed on it. Anything else (unrecognised lines, no failure named, a path outside
 /// the root, a receiver path that cannot be mapped) returns `None`.
 pub fn retry_set(
     batch: &[Vec<u8>],
@@ -406,7 +408,6 @@ pub fn retry_set(
     }
     let entries: Vec<Vec<u8>> = batch.iter().map(|p| normalise(p)).collect::<Option<_>>()?;
     let mut wanted = HashSet::new();
-    let mut extra = Vec::new();
     for failure in &report.failures {
         let path = relative(failure, roots)?;
         if entries.contains(&path) {
@@ -418,22 +419,23 @@ pub fn retry_set(
                     .filter(|entry| is_ancestor(&path, entry))
                     .cloned(),
             );
-        } else if entries.iter().any(|entry| is_ancestor(entry, &path)) {
-            if !extra.contains(&path) {
-                extra.push(path);
-            }
+        } else if let Some(enclosing) = entries
+            .iter()
+            .filter(|entry| is_ancestor(entry, &path))
+            .max_by_key(|entry| entry.len())
+        {
+            wanted.insert(enclosing.clone());
         } else {
             return None;
         }
     }
     let mut seen = HashSet::new();
-    let mut retry: Vec<Vec<u8>> = batch
+    let retry: Vec<Vec<u8>> = batch
         .iter()
         .zip(&entries)
         .filter(|(_, normal)| wanted.contains(*normal) && seen.insert(normal.to_vec()))
         .map(|(original, _)| original.clone())
         .collect();
-    retry.extend(extra.into_iter().filter(|p| !wanted.contains(p)));
     Some(retry)
 }
 
@@ -807,10 +809,11 @@ rsync error: some files/attrs were not transferred (see previous errors) (code 2
             retry_set(&batch, &failure(b"e", Some(b"m")), root),
             Some(vec![b"e/f".to_vec()])
         );
-        // Beneath a batch entry ("d" as a sub-tree): the path itself.
+        // Beneath a batch entry ("d" deleted or replaced as a sub-tree): that entry, the
+        // deepest one that encloses it (not the root's).
         assert_eq!(
             retry_set(&batch, &failure(b"/r/d/x/y", None), root),
-            Some(vec![b"d/x/y".to_vec()])
+            Some(vec![b"d".to_vec()])
         );
         // The root itself.
         assert_eq!(

@@ -18,8 +18,10 @@ use crate::config::RootId;
 /// The root itself is the empty path.
 pub type RelPath = Vec<u8>;
 
-/// Index of a lane in [`Queue`]: one (watch root, remote) pair.
-pub type LaneId = usize;
+/// A lane: one (watch root, remote) pair. Ids are given by the daemon and never reused,
+/// so a job's outcome finds its lane (or learns that a reload removed it) even after the
+/// lanes were rebuilt.
+pub type LaneId = u64;
 
 /// What must happen to one path on the remote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,10 +56,14 @@ impl Action {
 pub enum Job {
     /// Send these paths (sorted, parents before children).
     Batch(Batch),
-    /// Push the whole root with deletions (initial sync, rescan after overflow, crontab).
+    /// Push the whole root with deletions (initial sync, rescan after overflow, crontab),
+    /// then the changes that were pending when it started (`then`, sorted): a full sync
+    /// does not cover what its filters exclude (`<crontabfilter>`), nor a rewrite that
+    /// rsync's quick check cannot see (same size, same second).
     FullSync {
         lane: LaneId,
         reason: FullSyncReason,
+        then: Vec<(RelPath, Action)>,
     },
 }
 
@@ -96,6 +102,7 @@ pub struct Batch {
 
 #[derive(Debug)]
 struct Lane {
+    id: LaneId,
     root: RootId,
     pending: BTreeMap<RelPath, Action>,
     full_sync: Option<FullSyncReason>,
@@ -112,8 +119,10 @@ struct Lane {
 /// All lanes' pending work.
 #[derive(Debug)]
 pub struct Queue {
+    /// Sorted by id.
     lanes: Vec<Lane>,
     max_batch: usize,
+    paused: bool,
 }
 
 const MAX_RENAME_HINTS: usize = 64;
@@ -122,24 +131,66 @@ const MAX_RENAME_HINTS: usize = 64;
 pub const DEFAULT_MAX_BATCH: usize = 20_000;
 
 impl Queue {
-    /// `lane_roots[lane]` is the root each lane belongs to.
-    pub fn new(lane_roots: &[RootId], max_batch: usize) -> Queue {
-        Queue {
-            lanes: lane_roots
-                .iter()
-                .map(|&root| Lane {
+    /// Lanes `(id, root)`.
+    pub fn new(lanes: &[(LaneId, RootId)], max_batch: usize) -> Queue {
+        let mut queue = Queue {
+            lanes: Vec::new(),
+            max_batch: max_batch.max(1),
+            paused: false,
+        };
+        queue.reconfigure(lanes);
+        queue
+    }
+
+    /// Makes the lanes `(id, root)`: a lane whose id is kept keeps everything it holds
+    /// (pending paths, a requested full sync, deferred retries, backoff, a job in flight)
+    /// and takes its new root index; new ids start empty; other lanes are dropped, with
+    /// their pending work. Returns the ids dropped.
+    pub fn reconfigure(&mut self, lanes: &[(LaneId, RootId)]) -> Vec<LaneId> {
+        let mut old = std::mem::take(&mut self.lanes);
+        for &(id, root) in lanes {
+            let lane = match old.iter().position(|lane| lane.id == id) {
+                Some(at) => {
+                    let mut lane = old.swap_remove(at);
+                    lane.root = root;
+                    lane
+                }
+                None => Lane {
+                    id,
                     root,
                     pending: BTreeMap::new(),
                     full_sync: None,
                     busy: false,
                     not_before: None,
-                    paused: false,
+                    paused: self.paused,
                     deferred: Vec::new(),
                     renames: Vec::new(),
-                })
-                .collect(),
-            max_batch: max_batch.max(1),
+                },
+            };
+            self.lanes.push(lane);
         }
+        self.lanes.sort_by_key(|lane| lane.id);
+        self.lanes.dedup_by_key(|lane| lane.id);
+        old.into_iter().map(|lane| lane.id).collect()
+    }
+
+    /// The lane ids, in order.
+    pub fn lane_ids(&self) -> impl Iterator<Item = LaneId> + '_ {
+        self.lanes.iter().map(|lane| lane.id)
+    }
+
+    fn lane(&self, id: LaneId) -> Option<&Lane> {
+        self.lanes
+            .binary_search_by_key(&id, |lane| lane.id)
+            .ok()
+            .map(|at| &self.lanes[at])
+    }
+
+    fn lane_mut(&mut self, id: LaneId) -> Option<&mut Lane> {
+        self.lanes
+            .binary_search_by_key(&id, |lane| lane.id)
+            .ok()
+            .map(|at| &mut self.lanes[at])
     }
 
     /// Records a change of `path` under `root` in every lane of that root.
@@ -149,9 +200,10 @@ impl Queue {
         }
     }
 
-    /// Records a change in one lane only (carrying pending work over after a reload).
+    /// Records a change in one lane only (restored from the state directory, or a failure
+    /// replayed from the journal).
     pub fn push_lane(&mut self, lane: LaneId, path: &[u8], action: Action) {
-        if let Some(lane) = self.lanes.get_mut(lane) {
+        if let Some(lane) = self.lane_mut(lane) {
             lane.merge(path, action);
         }
     }
@@ -167,16 +219,29 @@ impl Queue {
         }
     }
 
-    /// Asks for a full sync of every lane of `root`. Pending paths of those lanes are
-    /// covered by it and dropped when it starts.
+    /// Asks for a full sync of every lane of `root`. The paths pending when it starts
+    /// ride along and are sent right after it (see [`Job::FullSync`]).
     pub fn request_full_sync(&mut self, root: RootId, reason: FullSyncReason) {
         for lane in self.lanes.iter_mut().filter(|lane| lane.root == root) {
             lane.full_sync.get_or_insert(reason);
         }
     }
 
+    /// Asks for a full sync of one lane (a new remote, or one owed from the last run).
+    pub fn request_full_sync_lane(&mut self, lane: LaneId, reason: FullSyncReason) {
+        if let Some(lane) = self.lane_mut(lane) {
+            lane.full_sync.get_or_insert(reason);
+        }
+    }
+
+    /// The full sync a lane still owes (requested, or failed and waiting for its retry).
+    pub fn full_sync_owed(&self, lane: LaneId) -> Option<FullSyncReason> {
+        self.lane(lane).and_then(|lane| lane.full_sync)
+    }
+
     /// Holds back (or releases) new jobs for every lane; changes keep coalescing.
     pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
         for lane in &mut self.lanes {
             lane.paused = paused;
         }
@@ -186,17 +251,18 @@ impl Queue {
     /// The lane is busy until [`Queue::finish`] is called for it.
     pub fn take_job(&mut self, lane_id: LaneId, now: Instant) -> Option<Job> {
         let max_batch = self.max_batch;
-        let lane = self.lanes.get_mut(lane_id)?;
+        let lane = self.lane_mut(lane_id)?;
         if lane.busy || lane.paused || lane.not_before.is_some_and(|at| now < at) {
             return None;
         }
         lane.release_deferred(now);
         if let Some(reason) = lane.full_sync.take() {
-            lane.pending.clear();
             lane.busy = true;
+            lane.renames.clear();
             return Some(Job::FullSync {
                 lane: lane_id,
                 reason,
+                then: std::mem::take(&mut lane.pending).into_iter().collect(),
             });
         }
         if lane.pending.is_empty() {
@@ -238,8 +304,9 @@ impl Queue {
 
     /// Ends the job in flight on `lane`. `retry` is what must be tried again (the whole
     /// job, or for a partial transfer only the paths that failed) and when.
+    /// A lane removed by a reload meanwhile is not there any more: nothing happens.
     pub fn finish(&mut self, lane_id: LaneId, retry: Option<(Retry, Instant)>) {
-        let Some(lane) = self.lanes.get_mut(lane_id) else {
+        let Some(lane) = self.lane_mut(lane_id) else {
             return;
         };
         lane.busy = false;
@@ -248,8 +315,11 @@ impl Queue {
             Some((retry, at)) => {
                 lane.not_before = Some(at);
                 match retry {
-                    Retry::FullSync(reason) => {
+                    Retry::FullSync { reason, then } => {
                         lane.full_sync.get_or_insert(reason);
+                        for (path, older) in then {
+                            lane.requeue(path, older);
+                        }
                     }
                     Retry::Paths(entries) => {
                         for (path, older) in entries {
@@ -264,7 +334,7 @@ impl Queue {
     /// Retries `entries` of `lane` at `at`, without making the lane back off: used when a
     /// batch succeeded except for some paths (rsync exit 23).
     pub fn defer(&mut self, lane: LaneId, entries: Vec<(RelPath, Action)>, at: Instant) {
-        if let Some(lane) = self.lanes.get_mut(lane) {
+        if let Some(lane) = self.lane_mut(lane) {
             if !entries.is_empty() {
                 lane.deferred.push((at, entries));
             }
@@ -273,8 +343,7 @@ impl Queue {
 
     /// The earliest time a deferred retry of `lane` is due.
     pub fn lane_next_deferred(&self, lane: LaneId) -> Option<Instant> {
-        self.lanes
-            .get(lane)
+        self.lane(lane)
             .and_then(|lane| lane.deferred.iter().map(|(at, _)| *at).min())
     }
 
@@ -308,22 +377,22 @@ impl Queue {
 
     /// Pending paths of one lane (for status).
     pub fn lane_depth(&self, lane: LaneId) -> usize {
-        self.lanes.get(lane).map_or(0, |lane| lane.pending.len())
+        self.lane(lane).map_or(0, |lane| lane.pending.len())
     }
 
     /// Whether the lane has a job in flight.
     pub fn lane_busy(&self, lane: LaneId) -> bool {
-        self.lanes.get(lane).is_some_and(|lane| lane.busy)
+        self.lane(lane).is_some_and(|lane| lane.busy)
     }
 
     /// When a backing-off lane may run again.
     pub fn lane_not_before(&self, lane: LaneId) -> Option<Instant> {
-        self.lanes.get(lane).and_then(|lane| lane.not_before)
+        self.lane(lane).and_then(|lane| lane.not_before)
     }
 
     /// Whether a lane has anything to do (pending paths or a full sync).
     pub fn lane_has_work(&self, lane: LaneId) -> bool {
-        self.lanes.get(lane).is_some_and(|lane| {
+        self.lane(lane).is_some_and(|lane| {
             lane.full_sync.is_some() || !lane.pending.is_empty() || !lane.deferred.is_empty()
         })
     }
@@ -333,19 +402,40 @@ impl Queue {
         self.lanes.iter().map(|lane| lane.pending.len()).sum()
     }
 
-    /// The pending entries of a lane, in path order (for persistence at shutdown).
-    pub fn pending(&self, lane: LaneId) -> impl Iterator<Item = (&RelPath, &Action)> {
-        self.lanes
-            .get(lane)
-            .into_iter()
-            .flat_map(|lane| lane.pending.iter())
+    /// Everything a lane has not delivered yet, in path order: pending paths and the
+    /// deferred retries merged in (for persistence at shutdown).
+    pub fn undelivered(&self, lane: LaneId) -> Vec<(RelPath, Action)> {
+        let Some(lane) = self.lane(lane) else {
+            return Vec::new();
+        };
+        let mut merged = Lane {
+            id: lane.id,
+            root: lane.root,
+            pending: lane.pending.clone(),
+            full_sync: None,
+            busy: false,
+            not_before: None,
+            paused: false,
+            deferred: Vec::new(),
+            renames: Vec::new(),
+        };
+        for (_, entries) in &lane.deferred {
+            for (path, action) in entries {
+                merged.requeue(path.clone(), *action);
+            }
+        }
+        merged.pending.into_iter().collect()
     }
 }
 
 /// What a failed job leaves to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Retry {
-    FullSync(FullSyncReason),
+    /// The full sync again, and the changes that rode along with it.
+    FullSync {
+        reason: FullSyncReason,
+        then: Vec<(RelPath, Action)>,
+    },
     Paths(Vec<(RelPath, Action)>),
 }
 

@@ -46,7 +46,7 @@ fn render(job: Option<Job>) -> String {
 
 fn run(script: &[&str], max_batch: usize) -> Vec<String> {
     let now = Instant::now();
-    let mut queue = Queue::new(&[0], max_batch);
+    let mut queue = Queue::new(&[(0, 0)], max_batch);
     let mut last_batch: Option<Batch> = None;
     let mut out = Vec::new();
     for step in script {
@@ -198,7 +198,7 @@ fn batches_are_bounded() {
 #[test]
 fn lanes_progress_independently() {
     let now = Instant::now();
-    let mut queue = Queue::new(&[0, 0, 1], 100);
+    let mut queue = Queue::new(&[(0, 0), (1, 0), (2, 1)], 100);
     queue.push(0, b"x", Action::Sync);
     queue.push(1, b"y", Action::Sync);
     let first = queue.take_job(0, now).expect("lane 0 has work");
@@ -221,7 +221,7 @@ fn lanes_progress_independently() {
 #[test]
 fn paused_queue_keeps_coalescing() {
     let now = Instant::now();
-    let mut queue = Queue::new(&[0], 100);
+    let mut queue = Queue::new(&[(0, 0)], 100);
     queue.set_paused(true);
     queue.push(0, b"a", Action::Sync);
     queue.push(0, b"a", Action::Remove { dir: false });
@@ -233,7 +233,7 @@ fn paused_queue_keeps_coalescing() {
 
 #[test]
 fn million_events_on_few_paths_stay_small() {
-    let mut queue = Queue::new(&[0], DEFAULT_MAX_BATCH);
+    let mut queue = Queue::new(&[(0, 0)], DEFAULT_MAX_BATCH);
     for i in 0..1_000_000u32 {
         let path = format!("dir{}/file{}", i % 10, i % 1000);
         queue.push(0, path.as_bytes(), Action::Sync);
@@ -245,7 +245,7 @@ fn million_events_on_few_paths_stay_small() {
 fn deferred_paths_wait_without_blocking_the_lane() {
     let now = Instant::now();
     let later = now + std::time::Duration::from_secs(10);
-    let mut queue = Queue::new(&[0], 100);
+    let mut queue = Queue::new(&[(0, 0)], 100);
     queue.push(0, b"bad", Action::Sync);
     queue.push(0, b"good", Action::Sync);
     assert_eq!(render(queue.take_job(0, now)), "bad:S good:S");
@@ -272,7 +272,7 @@ fn deferred_paths_wait_without_blocking_the_lane() {
 fn expedite_makes_everything_due() {
     let now = Instant::now();
     let later = now + std::time::Duration::from_secs(60);
-    let mut queue = Queue::new(&[0, 0], 100);
+    let mut queue = Queue::new(&[(0, 0), (1, 0)], 100);
     queue.push(0, b"a", Action::Sync);
     let _ = queue.take_job(0, now);
     queue.finish(
@@ -289,7 +289,7 @@ fn expedite_makes_everything_due() {
 #[test]
 fn rename_hints_ride_with_the_batch_that_holds_both_ends() {
     let now = Instant::now();
-    let mut queue = Queue::new(&[0], 100);
+    let mut queue = Queue::new(&[(0, 0)], 100);
     queue.note_rename(0, b"old", b"new");
     queue.note_rename(0, b"x", b"y");
     queue.push(0, b"old", Action::Remove { dir: true });

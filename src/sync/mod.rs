@@ -11,18 +11,18 @@
 
 pub mod argv;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Filter;
-use crate::queue::{Action, Job};
+use crate::queue::{Action, Batch, Job, LaneId};
 use argv::{FullSyncRules, Transport};
 
 /// How an rsync run ended.
@@ -67,8 +67,11 @@ impl RunResult {
 pub struct Outcome {
     pub job: Job,
     pub result: RunResult,
-    /// The last lines rsync wrote to stderr (bounded).
+    /// The last lines rsync wrote to stderr (bounded), of every run that failed.
     pub stderr: String,
+    /// Whether `stderr` lost lines (its head was cut to the bound): it then cannot name
+    /// every failed path.
+    pub stderr_truncated: bool,
     pub elapsed: Duration,
 }
 
@@ -92,12 +95,46 @@ const STDERR_KEEP: usize = 16 * 1024;
 /// ([`argv::full_sync_split`]).
 pub const MAX_PARALLEL_RUNS: usize = 4;
 
+/// A running rsync: which lane it works for, and how much I/O it had done when last
+/// looked at (from `/proc/PID/io`), to tell a stalled run from a slow one.
+#[derive(Debug, Clone, Copy)]
+struct Child {
+    lane: LaneId,
+    io: u64,
+    io_changed: Instant,
+}
+
+/// A counting semaphore over rsync processes: `-n` bounds every rsync the daemon runs,
+/// including the concurrent runs of one job (rename seeds, split deletions, split full
+/// syncs), not only the jobs.
+#[derive(Debug)]
+struct Slots {
+    free: Mutex<usize>,
+    returned: Condvar,
+}
+
+impl Slots {
+    fn take(&self) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+    }
+
+    fn give_back(&self) {
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.returned.notify_one();
+    }
+}
+
 /// Starts rsync processes and keeps track of them by PID.
 #[derive(Debug, Clone)]
 pub struct Runner {
     rsync: PathBuf,
     scratch_dir: PathBuf,
-    children: Arc<Mutex<HashSet<u32>>>,
+    children: Arc<Mutex<HashMap<u32, Child>>>,
+    slots: Arc<Slots>,
     /// Bytes of listed paths passed as arguments before falling back to stdin.
     path_args_budget: usize,
     /// How many concurrent rsyncs one job may run.
@@ -118,7 +155,11 @@ impl Runner {
             serial_only: Arc::new(Mutex::new(HashSet::new())),
             rsync,
             scratch_dir,
-            children: Arc::new(Mutex::new(HashSet::new())),
+            children: Arc::new(Mutex::new(HashMap::new())),
+            slots: Arc::new(Slots {
+                free: Mutex::new(process_limit.max(1)),
+                returned: Condvar::new(),
+            }),
             path_args_budget: argv::path_args_budget(),
         }
     }
@@ -140,6 +181,7 @@ impl Runner {
                     job,
                     result: run.result,
                     stderr: run.stderr,
+                    stderr_truncated: run.truncated,
                     elapsed: started.elapsed(),
                 });
             });
@@ -150,7 +192,7 @@ impl Runner {
 
     /// Sends SIGTERM to every rsync still running (at shutdown).
     pub fn terminate_all(&self) {
-        let pids: Vec<u32> = self.lock().iter().copied().collect();
+        let pids: Vec<u32> = self.lock().keys().copied().collect();
         for pid in pids {
             if let Ok(pid) = i32::try_from(pid) {
                 let _ = nix::sys::signal::kill(
@@ -166,129 +208,178 @@ impl Runner {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Child>> {
         self.children
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
+    /// For each lane with rsyncs running: how long the longest-silent of them has done no
+    /// I/O at all (read or written a byte, per `/proc/PID/io`). Call it every few seconds.
+    pub fn silence(&self) -> HashMap<LaneId, Duration> {
+        let now = Instant::now();
+        let mut out: HashMap<LaneId, Duration> = HashMap::new();
+        for (pid, child) in self.lock().iter_mut() {
+            if let Some(io) = io_bytes(*pid) {
+                if io != child.io {
+                    child.io = io;
+                    child.io_changed = now;
+                }
+            }
+            let silent = now.duration_since(child.io_changed);
+            let entry = out.entry(child.lane).or_default();
+            *entry = (*entry).max(silent);
+        }
+        out
+    }
+
     fn execute(&self, job: &Job, ctx: &JobContext) -> Run {
         match job {
-            Job::Batch(batch) => {
-                let seeded = self.seed_renames(batch, ctx);
-                // What no longer exists locally (or was replaced) is deleted on the
-                // remote first; what exists is sent. rsync never sees a missing argument.
-                let mut delete: Vec<(&[u8], bool)> = Vec::new();
-                let mut send: Vec<&[u8]> = Vec::new();
-                for (path, action) in &batch.entries {
-                    let exists =
-                        std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path)))
-                            .is_ok();
-                    if !exists || *action == Action::Replace {
-                        let was_file = *action == Action::Remove { dir: false };
-                        delete.push((path.as_slice(), was_file));
-                    }
-                    if exists && !seeded.iter().any(|to| under(path, to)) {
-                        send.push(path);
-                    }
+            Job::Batch(batch) => self.execute_batch(batch, ctx),
+            Job::FullSync { lane, reason, then } => {
+                let run = self.execute_full_sync(*lane, *reason, ctx);
+                if !run.result.is_done() || then.is_empty() {
+                    return run;
                 }
-                if ctx.propagate_deletes && !delete.is_empty() {
-                    let groups = argv::deletion_groups(delete.iter().copied(), self.ways(ctx));
-                    let mut ancestors: Vec<Vec<u8>> =
-                        groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
-                    ancestors.sort_unstable();
-                    ancestors.dedup();
-                    let skeleton = match self.skeleton(&ancestors) {
-                        Ok(dir) => dir,
-                        Err(err) => {
-                            return Run::ended(RunResult::SpawnFailed {
-                                kind: err.kind(),
-                                message: format!("cannot prepare the deletion run: {err}"),
-                            });
-                        }
-                    };
-                    let argv = argv::deletion(&ctx.transport);
-                    // Disjoint subtrees: the runs cannot delete each other's paths.
-                    let split = groups.len() > 1;
-                    let runs = groups
-                        .into_iter()
-                        .map(|(rules, _)| (argv.clone(), rules))
-                        .collect();
-                    let mut run = self.run_concurrently(runs, skeleton.path(), ctx.debug);
-                    if split && refused_at_start(&run) {
-                        self.go_serial(ctx);
-                        let (rules, _) = argv::deletion_rules(delete.iter().copied());
-                        run = self.run(&argv, skeleton.path(), rules, ctx.debug, false);
-                    }
-                    drop(skeleton);
-                    if !run.result.is_done() {
-                        return run;
-                    }
+                // The changes that were pending when the full sync started.
+                let batch = Batch {
+                    lane: *lane,
+                    entries: then.clone(),
+                    renames: Vec::new(),
+                };
+                self.execute_batch(&batch, ctx)
+            }
+        }
+    }
+
+    fn execute_batch(&self, batch: &Batch, ctx: &JobContext) -> Run {
+        let lane = batch.lane;
+        let seeded = self.seed_renames(batch, ctx);
+        // What no longer exists locally (or was replaced) is deleted on the
+        // remote first; what exists is sent. rsync never sees a missing argument.
+        let mut delete: Vec<(&[u8], bool)> = Vec::new();
+        let mut send: Vec<&[u8]> = Vec::new();
+        for (path, action) in &batch.entries {
+            let exists =
+                std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path))).is_ok();
+            if !exists || *action == Action::Replace {
+                let was_file = *action == Action::Remove { dir: false };
+                delete.push((path.as_slice(), was_file));
+            }
+            if exists && !seeded.iter().any(|to| under(path, to)) {
+                send.push(path);
+            }
+        }
+        if ctx.propagate_deletes && !delete.is_empty() {
+            let groups = argv::deletion_groups(delete.iter().copied(), self.ways(ctx));
+            let mut ancestors: Vec<Vec<u8>> =
+                groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
+            ancestors.sort_unstable();
+            ancestors.dedup();
+            let skeleton = match self.skeleton(&ancestors) {
+                Ok(dir) => dir,
+                Err(err) => {
+                    return Run::ended(RunResult::SpawnFailed {
+                        kind: err.kind(),
+                        message: format!("cannot prepare the deletion run: {err}"),
+                    });
                 }
-                if send.is_empty() {
-                    return Run::ended(RunResult::Exited(0));
+            };
+            let argv = argv::deletion(&ctx.transport);
+            // Disjoint subtrees: the runs cannot delete each other's paths.
+            let split = groups.len() > 1;
+            let runs = groups
+                .into_iter()
+                .map(|(rules, _)| (argv.clone(), rules))
+                .collect();
+            let mut run = self.run_concurrently(lane, runs, skeleton.path(), ctx.debug);
+            if split && refused_at_start(&run) {
+                self.go_serial(ctx);
+                let (rules, _) = argv::deletion_rules(delete.iter().copied());
+                run = self.run(lane, &argv, skeleton.path(), rules, ctx.debug, false);
+            }
+            drop(skeleton);
+            if !run.result.is_done() {
+                // A deletion the receiver refused (exit 23) must not hold back the
+                // sends of the batch: they are independent paths. Anything else
+                // (the remote is unreachable, a configuration error) fails the
+                // whole batch at once.
+                if run.result != RunResult::Exited(23) || send.is_empty() {
+                    return run;
                 }
                 let (argv, stdin) =
                     argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
-                self.run(&argv, &ctx.root, stdin, ctx.debug, false)
-            }
-            Job::FullSync { reason, .. } => {
-                let mut rules = FullSyncRules {
-                    glob_excludes: if *reason == crate::queue::FullSyncReason::Scheduled {
-                        ctx.crontab_excludes.clone()
-                    } else {
-                        Vec::new()
-                    },
-                    rules_on_stdin: ctx.filter.enabled,
-                };
-                let mut stdin = Vec::new();
-                if ctx.filter.enabled {
-                    for path in excluded_paths(&ctx.root, &ctx.filter) {
-                        stdin.extend(argv::exclude_rule(&path));
-                        stdin.push(0);
-                    }
-                    if ctx.propagate_deletes {
-                        // Remote-only paths that the filter excludes must survive --delete:
-                        // ask rsync what it would delete and protect the excluded ones.
-                        let argv = argv::full_sync(&ctx.transport, true, &rules, true);
-                        let run = self.run(&argv, &ctx.root, stdin.clone(), ctx.debug, true);
-                        if !run.result.is_done() {
-                            return run;
-                        }
-                        for (path, is_dir) in argv::parse_deletions(&run.stdout) {
-                            if excluded_with_ancestors(&ctx.filter, &path, is_dir) {
-                                stdin.extend(argv::protect_rule(&path));
-                                stdin.push(0);
-                            }
-                        }
-                    }
-                }
-                rules.rules_on_stdin = !stdin.is_empty();
-                if !rules.rules_on_stdin {
-                    let top = top_level_dirs(&ctx.root);
-                    let ways = self.ways(ctx).min(
-                        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-                    );
-                    if let Some(argvs) = argv::full_sync_split(
-                        &ctx.transport,
-                        ctx.propagate_deletes,
-                        &rules,
-                        &top,
-                        ways,
-                        self.path_args_budget,
-                    ) {
-                        let runs = argvs.into_iter().map(|argv| (argv, Vec::new())).collect();
-                        let run = self.run_concurrently(runs, &ctx.root, ctx.debug);
-                        if !refused_at_start(&run) {
-                            return run;
-                        }
-                        self.go_serial(ctx);
-                    }
-                }
-                let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, &rules, false);
-                self.run(&argv, &ctx.root, stdin, ctx.debug, false)
+                let sent = self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false);
+                return Run::worst([run, sent]);
             }
         }
+        if send.is_empty() {
+            return Run::ended(RunResult::Exited(0));
+        }
+        let (argv, stdin) = argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
+        self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false)
+    }
+
+    fn execute_full_sync(
+        &self,
+        lane: LaneId,
+        reason: crate::queue::FullSyncReason,
+        ctx: &JobContext,
+    ) -> Run {
+        let mut rules = FullSyncRules {
+            glob_excludes: if reason == crate::queue::FullSyncReason::Scheduled {
+                ctx.crontab_excludes.clone()
+            } else {
+                Vec::new()
+            },
+            rules_on_stdin: ctx.filter.enabled,
+        };
+        let mut stdin = Vec::new();
+        if ctx.filter.enabled {
+            for path in excluded_paths(&ctx.root, &ctx.filter) {
+                stdin.extend(argv::exclude_rule(&path));
+                stdin.push(0);
+            }
+            if ctx.propagate_deletes {
+                // Remote-only paths that the filter excludes must survive --delete:
+                // ask rsync what it would delete and protect the excluded ones.
+                let argv = argv::full_sync(&ctx.transport, true, &rules, true);
+                let run = self.run(lane, &argv, &ctx.root, stdin.clone(), ctx.debug, true);
+                if !run.result.is_done() {
+                    return run;
+                }
+                for (path, is_dir) in argv::parse_deletions(&run.stdout) {
+                    if excluded_with_ancestors(&ctx.filter, &path, is_dir) {
+                        stdin.extend(argv::protect_rule(&path));
+                        stdin.push(0);
+                    }
+                }
+            }
+        }
+        rules.rules_on_stdin = !stdin.is_empty();
+        if !rules.rules_on_stdin {
+            let top = top_level_dirs(&ctx.root);
+            let ways = self
+                .ways(ctx)
+                .min(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+            if let Some(argvs) = argv::full_sync_split(
+                &ctx.transport,
+                ctx.propagate_deletes,
+                &rules,
+                &top,
+                ways,
+                self.path_args_budget,
+            ) {
+                let runs = argvs.into_iter().map(|argv| (argv, Vec::new())).collect();
+                let run = self.run_concurrently(lane, runs, &ctx.root, ctx.debug);
+                if !refused_at_start(&run) {
+                    return run;
+                }
+                self.go_serial(ctx);
+            }
+        }
+        let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, &rules, false);
+        self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false)
     }
 
     /// A fresh directory under the runner's scratch space holding only `dirs` (empty
@@ -328,7 +419,7 @@ impl Runner {
             let (argv, stdin) =
                 argv::rename_seed(&ctx.transport, from, to, &paths, self.path_args_budget);
             let cwd = ctx.root.join(std::ffi::OsStr::from_bytes(to));
-            let run = self.run(&argv, &cwd, stdin, ctx.debug, false);
+            let run = self.run(batch.lane, &argv, &cwd, stdin, ctx.debug, false);
             if matches!(run.result, RunResult::Exited(0)) {
                 seeded.push(to.clone());
             } else {
@@ -377,6 +468,7 @@ impl Runner {
     /// outcome (the first failure, else the first exit 24, else the first).
     fn run_concurrently(
         &self,
+        lane: LaneId,
         runs: Vec<(Vec<OsString>, Vec<u8>)>,
         cwd: &Path,
         debug: bool,
@@ -384,7 +476,9 @@ impl Runner {
         let done: Vec<Run> = std::thread::scope(|scope| {
             let handles: Vec<_> = runs
                 .into_iter()
-                .map(|(argv, stdin)| scope.spawn(move || self.run(&argv, cwd, stdin, debug, false)))
+                .map(|(argv, stdin)| {
+                    scope.spawn(move || self.run(lane, &argv, cwd, stdin, debug, false))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -396,18 +490,28 @@ impl Runner {
                 })
                 .collect()
         });
-        let rank = |run: &Run| match run.result {
-            RunResult::Exited(0) => 2,
-            RunResult::Exited(24) => 1,
-            _ => 0,
-        };
-        done.into_iter()
-            .min_by_key(rank)
-            .unwrap_or_else(|| Run::ended(RunResult::Exited(0)))
+        Run::worst(done)
     }
 
+    /// Runs rsync once, when one of the `-n` process slots is free.
     fn run(
         &self,
+        lane: LaneId,
+        argv: &[OsString],
+        cwd: &Path,
+        stdin: Vec<u8>,
+        debug: bool,
+        capture_stdout: bool,
+    ) -> Run {
+        self.slots.take();
+        let run = self.run_in_slot(lane, argv, cwd, stdin, debug, capture_stdout);
+        self.slots.give_back();
+        run
+    }
+
+    fn run_in_slot(
+        &self,
+        lane: LaneId,
         argv: &[OsString],
         cwd: &Path,
         stdin: Vec<u8>,
@@ -433,6 +537,23 @@ impl Runner {
                 Stdio::null()
             })
             .stderr(Stdio::piped());
+        // rsync dies with sersyncd: after a kill -9 an orphan would finish its transfer
+        // later, possibly over a newer version sent by the restarted daemon. The signal is
+        // tied to this thread, which waits for the child.
+        let parent = std::process::id();
+        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before prctl: the signal will never come.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(err) => {
@@ -443,7 +564,14 @@ impl Runner {
             }
         };
         let pid = child.id();
-        self.lock().insert(pid);
+        self.lock().insert(
+            pid,
+            Child {
+                lane,
+                io: 0,
+                io_changed: Instant::now(),
+            },
+        );
         // stdin is written on its own thread: rsync may fill stderr before it has read
         // the whole list, and neither side may wait for the other.
         let writer = child.stdin.take().map(|mut pipe| {
@@ -459,6 +587,7 @@ impl Runner {
             })
         });
         let mut stderr = Vec::new();
+        let mut truncated = false;
         if let Some(mut pipe) = child.stderr.take() {
             let mut chunk = [0u8; 8192];
             loop {
@@ -468,6 +597,7 @@ impl Runner {
                         stderr.extend_from_slice(&chunk[..n]);
                         if stderr.len() > 2 * STDERR_KEEP {
                             stderr.drain(..stderr.len() - STDERR_KEEP);
+                            truncated = true;
                         }
                     }
                 }
@@ -483,6 +613,7 @@ impl Runner {
             .unwrap_or_default();
         if stderr.len() > STDERR_KEEP {
             stderr.drain(..stderr.len() - STDERR_KEEP);
+            truncated = true;
         }
         let result = match status {
             Ok(status) => match (status.code(), status.signal()) {
@@ -498,9 +629,22 @@ impl Runner {
         Run {
             result,
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            truncated,
             stdout,
         }
     }
+}
+
+/// Bytes read plus bytes written by process `pid` so far (`rchar + wchar` of
+/// `/proc/PID/io`: every read(2) and write(2), sockets and pipes included).
+fn io_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+    };
+    Some(field("rchar:")? + field("wchar:")?)
 }
 
 /// Whether a run of a concurrent set was turned away by the module's `max connections`
@@ -546,6 +690,7 @@ impl Drop for Skeleton {
 struct Run {
     result: RunResult,
     stderr: String,
+    truncated: bool,
     stdout: Vec<u8>,
 }
 
@@ -555,8 +700,42 @@ impl Run {
         Run {
             result,
             stderr: String::new(),
+            truncated: false,
             stdout: Vec::new(),
         }
+    }
+
+    /// What several runs of one job amount to: the worst result (a failure, else exit
+    /// 24, else success), with the stderr of every run that did not succeed, so that
+    /// the paths each of them failed on can all be read.
+    fn worst(runs: impl IntoIterator<Item = Run>) -> Run {
+        let rank = |result: &RunResult| match result {
+            RunResult::Exited(0) => 3,
+            RunResult::Exited(24) => 2,
+            RunResult::Exited(23) => 1,
+            _ => 0,
+        };
+        let mut worst: Option<Run> = None;
+        let mut stderr = String::new();
+        let mut truncated = false;
+        for run in runs {
+            if !matches!(run.result, RunResult::Exited(0)) {
+                stderr.push_str(&run.stderr);
+                truncated |= run.truncated;
+            }
+            if worst
+                .as_ref()
+                .is_none_or(|w| rank(&run.result) < rank(&w.result))
+            {
+                worst = Some(run);
+            }
+        }
+        let mut run = worst.unwrap_or_else(|| Run::ended(RunResult::Exited(0)));
+        if !matches!(run.result, RunResult::Exited(0)) {
+            run.stderr = stderr;
+            run.truncated = truncated;
+        }
+        run
     }
 }
 

@@ -79,8 +79,11 @@ fn can_run() -> bool {
     true
 }
 
+/// A failed run: the rounds recorded so far and the report.
+type Failure = (Vec<Vec<Op>>, String);
+
 /// Runs one seed for `rounds` rounds; on failure returns the recorded ops and a report.
-fn run_seed(seed: u64, rounds: usize) -> Result<(usize, Duration), (Vec<Vec<Op>>, String)> {
+fn run_seed(seed: u64, rounds: usize) -> Result<(usize, Duration), Failure> {
     let started = Instant::now();
     let mut world = World::new();
     let mut generator = Generator::new(seed, 2, world.privileged);
@@ -186,7 +189,7 @@ fn shrink(mut rounds: Vec<Vec<Op>>) -> Vec<Vec<Op>> {
             let mut start = 0;
             while start < rounds[r].len() {
                 let end = (start + chunk).min(rounds[r].len());
-                if rounds[r][start..end].iter().any(|op| *op == Op::Quiesce) {
+                if rounds[r][start..end].contains(&Op::Quiesce) {
                     start = end;
                     continue;
                 }

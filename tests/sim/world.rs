@@ -22,6 +22,9 @@ use crate::snapshot;
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 const MODULE: &str = "web";
+/// As rsyncd is run in production: chrooted into the module, which keeps absolute
+/// symlink targets as they are (without a chroot the daemon strips their leading `/`).
+const MODULE_OPTIONS: &str = "    use chroot = yes\n";
 const QUEUED_EVENTS: &str = "/proc/sys/fs/inotify/max_queued_events";
 
 #[derive(Debug, Default)]
@@ -108,7 +111,11 @@ impl World {
             }
             mounts.push(dir);
         }
-        let (a, b) = RsyncDaemon::pair_in(&[MODULE], [Some(&mounts[0]), Some(&mounts[1])]);
+        let (mut a, mut b) = RsyncDaemon::pair_in(&[MODULE], [Some(&mounts[0]), Some(&mounts[1])]);
+        if privileged {
+            a.set_module_options(MODULE_OPTIONS);
+            b.set_module_options(MODULE_OPTIONS);
+        }
         let mut world = World {
             _base: base,
             src,
@@ -198,6 +205,10 @@ impl World {
         Ok(())
     }
 
+    fn module_options(&self) -> &'static str {
+        if self.privileged { MODULE_OPTIONS } else { "" }
+    }
+
     fn replica(&self, remote: usize) -> &Path {
         self.remotes[remote].replica(MODULE)
     }
@@ -217,7 +228,8 @@ impl World {
                 }
             }
             Fault::ReadOnlyModule { remote } => {
-                self.remotes[*remote].set_module_options("    read only = yes\n");
+                let options = format!("{}    read only = yes\n", self.module_options());
+                self.remotes[*remote].set_module_options(&options);
                 self.active.read_only[*remote] = true;
             }
             Fault::Immutable { remote, path } => {
@@ -364,7 +376,8 @@ impl World {
     /// Lifts every refusal of `remote` and frees its disk.
     fn repair(&mut self, remote: usize) {
         if self.active.read_only[remote] {
-            self.remotes[remote].set_module_options("");
+            let options = self.module_options();
+            self.remotes[remote].set_module_options(options);
             self.active.read_only[remote] = false;
         }
         if self.active.refusals[remote] {
@@ -525,7 +538,7 @@ fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < field.len() {
         if field[i] == b'\\'
-            && i + 3 < field.len() + 0
+            && i + 3 < field.len()
             && field[i + 1..i + 4]
                 .iter()
                 .all(|b| (b'0'..=b'7').contains(b))
