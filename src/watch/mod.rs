@@ -112,7 +112,25 @@ struct PendingMove {
     parent: i32,
     name: Vec<u8>,
     is_dir: bool,
+    /// The watch of the moved directory, taken when `IN_MOVED_FROM` arrived. Everything
+    /// later goes by it, never by `(parent, name)`: by then another directory may hold
+    /// that name (`mv a t; mv b a`), and a directory that comes back has the same watch.
+    node: Option<i32>,
 }
+
+/// What an event's name says about `O_TMPFILE` (see [`Watcher::tmpfile_link`]).
+#[derive(Debug)]
+enum Tmpfile {
+    /// A name like any other.
+    No,
+    /// The descriptor of a file linked in as this path.
+    LinkedAs(RootId, RelPath),
+    /// The descriptor of a file with no name (never linked, or linked too long ago).
+    Anonymous,
+}
+
+/// How many recently created files are remembered by inode (for `O_TMPFILE` links).
+const RECENT_CREATES: usize = 4096;
 
 /// The watcher: run it on its own thread with [`Watcher::run`].
 pub struct Watcher<F: FnMut(WatchEvent)> {
@@ -129,6 +147,10 @@ pub struct Watcher<F: FnMut(WatchEvent)> {
     unwatched: Vec<(i32, Vec<u8>)>,
     /// Roots for which a WatchLimit was reported since the last retry.
     limited_roots: Vec<RootId>,
+    /// Inode → path of regular files created lately and not synced on creation. A file
+    /// made with `open(dir, O_TMPFILE)` + `linkat` is written through a descriptor whose
+    /// name is `#<inode>`: its IN_CLOSE_WRITE never names the file.
+    recent_creates: std::collections::HashMap<u64, (RootId, RelPath)>,
 }
 
 impl<F: FnMut(WatchEvent)> std::fmt::Debug for Watcher<F> {
@@ -157,6 +179,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             last_reported_count: 0,
             unwatched: Vec::new(),
             limited_roots: Vec::new(),
+            recent_creates: std::collections::HashMap::new(),
         })
     }
 
@@ -169,8 +192,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             | WatchMask::DELETE_SELF
             | WatchMask::MOVE_SELF
             | WatchMask::ONLYDIR
-            | WatchMask::DONT_FOLLOW
-            | WatchMask::EXCL_UNLINK;
+            | WatchMask::DONT_FOLLOW;
+        // No IN_EXCL_UNLINK: it also hides the writes to an `O_TMPFILE` file (its name is
+        // `#<inode>`, never linked) that is then linked in, whose only other event is an
+        // IN_CREATE. A write to a deleted but open file costs a sync of a path that does
+        // not exist, which deletes nothing that still exists.
         if toggles.close_write {
             mask |= WatchMask::CLOSE_WRITE;
         }
@@ -535,11 +561,21 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
         let toggles = self.spec.events;
         if mask.contains(EventMask::MOVED_FROM) {
+            // The two halves of one rename are queued together: a move still waiting
+            // for its pair when another one starts left the tree, and must be reported
+            // before what happens next (`mv a OUT; mv b a`).
+            self.flush_pending_moves();
+            let node = if is_dir {
+                self.tree.child(wd, &name)
+            } else {
+                None
+            };
             self.pending_moves.push(PendingMove {
                 cookie,
                 parent: wd,
                 name,
                 is_dir,
+                node,
             });
             return;
         }
@@ -548,9 +584,12 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 let from = self.pending_moves.remove(index);
                 self.renamed(from, wd, name, is_dir);
             } else if is_dir {
-                self.add_subtree(wd, &name, true);
-            } else if toggles.move_to {
-                self.emit(root, rel, Action::Sync);
+                self.dir_moved_in(wd, name);
+            } else {
+                self.flush_pending_moves();
+                if toggles.move_to {
+                    self.emit(root, rel, Action::Sync);
+                }
             }
             return;
         }
@@ -559,7 +598,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         if mask.contains(EventMask::CREATE) {
             if is_dir {
                 self.add_subtree(wd, &name, true);
-            } else if toggles.create_file || self.create_needs_sync(root, &rel) {
+            } else if self.created_needs_sync(root, &rel) || toggles.create_file {
                 self.emit(root, rel, Action::Sync);
             }
         } else if mask.contains(EventMask::DELETE) {
@@ -567,17 +606,75 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 self.emit(root, rel, Action::Remove { dir: is_dir });
             }
         } else if mask.intersects(EventMask::CLOSE_WRITE | EventMask::MODIFY | EventMask::ATTRIB) {
-            self.emit(root, rel, Action::Sync);
+            match self.tmpfile_link(root, &rel, &name) {
+                Tmpfile::No => self.emit(root, rel, Action::Sync),
+                Tmpfile::LinkedAs(root, path) => self.emit(root, path, Action::Sync),
+                Tmpfile::Anonymous => {}
+            }
         }
     }
 
-    /// A created non-directory without a following IN_CLOSE_WRITE still needs a sync:
-    /// symlinks, hard links, fifos and device nodes.
-    fn create_needs_sync(&self, root: RootId, rel: &[u8]) -> bool {
+    /// Whether a created non-directory needs a sync now, without waiting for an
+    /// IN_CLOSE_WRITE that will never come: symlinks, hard links, fifos and device nodes.
+    /// Regular files are remembered by inode for [`Watcher::tmpfile_link`].
+    fn created_needs_sync(&mut self, root: RootId, rel: &[u8]) -> bool {
         match std::fs::symlink_metadata(self.abs_path(root, rel)) {
-            Ok(meta) => !meta.is_file() || meta.nlink() > 1,
+            Ok(meta) if !meta.is_file() || meta.nlink() > 1 => true,
+            Ok(meta) => {
+                if self.recent_creates.len() >= RECENT_CREATES {
+                    self.recent_creates.clear();
+                }
+                self.recent_creates.insert(meta.ino(), (root, rel.to_vec()));
+                false
+            }
             Err(_) => false,
         }
+    }
+
+    /// An event named `#<inode>` that names no file is the anonymous name of an
+    /// `O_TMPFILE` descriptor: the file it became (if it was linked in lately) is the path
+    /// that changed; one never linked has no path.
+    fn tmpfile_link(&self, root: RootId, rel: &[u8], name: &[u8]) -> Tmpfile {
+        let Some(digits) = name.strip_prefix(b"#") else {
+            return Tmpfile::No;
+        };
+        let Some(ino) = std::str::from_utf8(digits)
+            .ok()
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u64>().ok())
+        else {
+            return Tmpfile::No;
+        };
+        if std::fs::symlink_metadata(self.abs_path(root, rel)).is_ok() {
+            return Tmpfile::No; // a real file with that name
+        }
+        match self.recent_creates.get(&ino) {
+            Some((root, path)) => Tmpfile::LinkedAs(*root, path.clone()),
+            None => Tmpfile::Anonymous,
+        }
+    }
+
+    /// A directory moved in from outside (no `IN_MOVED_FROM` paired with it). If it is one
+    /// that left the tree a moment ago (its inode still has our watch: same descriptor), it
+    /// is that pending move coming back, under the same name or another; otherwise it is
+    /// new to the tree.
+    fn dir_moved_in(&mut self, parent: i32, name: Vec<u8>) {
+        if let (Some(root), Some(parent_rel)) =
+            (self.tree.root_of(parent), self.tree.rel_path(parent))
+        {
+            let path = self.abs_path(root, &join(&parent_rel, &name));
+            if let Ok(wd) = self.inotify.watches().add(&path, self.mask()) {
+                let id = wd.get_watch_descriptor_id();
+                if let Some(index) = self.pending_moves.iter().position(|m| m.node == Some(id)) {
+                    let from = self.pending_moves.remove(index);
+                    self.renamed(from, parent, name, true);
+                    return;
+                }
+                // Otherwise add_subtree gets the same descriptor again and records it.
+            }
+        }
+        self.flush_pending_moves();
+        self.add_subtree(parent, &name, true);
     }
 
     fn renamed(&mut self, from: PendingMove, to_parent: i32, to_name: Vec<u8>, is_dir: bool) {
@@ -609,7 +706,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             }
             return;
         }
-        let moved = self.tree.child(from.parent, &from.name);
+        let moved = from.node.filter(|&id| self.tree.contains(id));
         match moved {
             Some(id) if from_root == to_root => {
                 self.tree.move_to(id, to_parent, &to_name);
@@ -738,10 +835,10 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             let Some(root) = self.tree.root_of(m.parent) else {
                 continue;
             };
-            if m.is_dir {
-                if let Some(id) = self.tree.child(m.parent, &m.name) {
-                    self.drop_subtree(id);
-                }
+            // The directory that left, by its watch: what holds its old name now may be
+            // another directory that was moved there meanwhile.
+            if let Some(id) = m.node.filter(|&id| self.tree.contains(id)) {
+                self.drop_subtree(id);
             }
             let Some(dir) = self.tree.rel_path(m.parent) else {
                 continue;

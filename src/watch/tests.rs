@@ -189,3 +189,89 @@ fn deletions_and_symlinks() {
     );
     assert_eq!(got.get("existing"), Some(&Action::Remove { dir: true }));
 }
+
+/// `mv a OUT; mv b a`: the move of `a` is still waiting for its pair when `b` takes the
+/// name. The directory now called `a` is `b`'s, keeps its watches, and is not removed.
+#[test]
+fn a_directory_that_takes_a_pending_moves_name_keeps_its_watches() {
+    let h = Harness::start("takename", |_| {});
+    fs::create_dir_all(h.dir.join("b/inner")).unwrap();
+    fs::write(h.dir.join("b/inner/f"), b"b").unwrap();
+    h.settle();
+    let outside = h.dir.with_extension("takename-out");
+    let _ = fs::remove_dir_all(&outside);
+    fs::rename(h.dir.join("existing"), &outside).unwrap();
+    fs::rename(h.dir.join("b"), h.dir.join("existing")).unwrap();
+    let got = h.settle();
+    assert_ne!(
+        got.get("existing"),
+        Some(&Action::Remove { dir: true }),
+        "{got:?}"
+    );
+    assert_eq!(got.get("existing/inner/f"), Some(&Action::Sync), "{got:?}");
+    fs::write(h.dir.join("existing/inner/late"), b"x").unwrap();
+    let got = h.settle();
+    assert_eq!(keys(&got), vec!["existing/inner/late"]);
+    fs::remove_dir_all(&outside).unwrap();
+}
+
+/// A directory moved out and straight back (the same inode, so the same watch) is the
+/// pending move coming back: still watched, its contents reported, not removed.
+#[test]
+fn a_directory_moved_out_and_back_stays_watched() {
+    let h = Harness::start("outandback", |_| {});
+    fs::write(h.dir.join("existing/deeper/f"), b"1").unwrap();
+    h.settle();
+    let outside = h.dir.with_extension("outandback-out");
+    let _ = fs::remove_dir_all(&outside);
+    fs::rename(h.dir.join("existing"), &outside).unwrap();
+    fs::write(outside.join("deeper/while-out"), b"2").unwrap();
+    fs::rename(&outside, h.dir.join("existing")).unwrap();
+    let got = h.settle();
+    assert_ne!(
+        got.get("existing"),
+        Some(&Action::Remove { dir: true }),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.get("existing/deeper/while-out"),
+        Some(&Action::Sync),
+        "{got:?}"
+    );
+    fs::write(h.dir.join("existing/deeper/late"), b"x").unwrap();
+    let got = h.settle();
+    assert_eq!(keys(&got), vec!["existing/deeper/late"]);
+}
+
+/// `open(dir, O_TMPFILE)` + `linkat`: the writes go through a descriptor named `#<inode>`,
+/// so the file's own name never gets IN_CLOSE_WRITE. Written before or after the link.
+#[test]
+fn files_linked_in_from_o_tmpfile_are_reported() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let h = Harness::start("tmpfile", |_| {});
+    for (name, write_first) in [("before", true), ("after", false)] {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o644)
+            .open(&h.dir)
+            .unwrap();
+        if write_first {
+            file.write_all(b"contents").unwrap();
+        }
+        nix::unistd::linkat(
+            &file,
+            "",
+            nix::fcntl::AT_FDCWD,
+            &h.dir.join(name),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )
+        .unwrap();
+        if !write_first {
+            file.write_all(b"contents").unwrap();
+        }
+    }
+    let got = h.settle();
+    assert_eq!(keys(&got), vec!["after", "before"], "{got:?}");
+}
