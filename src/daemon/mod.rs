@@ -31,7 +31,7 @@ use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue, Retry};
 use crate::sync::argv::Transport;
 use crate::sync::{JobContext, Outcome, Runner};
-use crate::watch::{WatchControl, WatchEvent, WatchSpec, Watcher};
+use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
 pub use cli::Cli;
 
 /// Exit statuses (sysexits), which systemd units act on (`RestartPreventExitStatus=78`).
@@ -47,8 +47,11 @@ pub mod exit {
 /// Everything the loop reacts to.
 #[derive(Debug)]
 enum Input {
-    Watch(WatchEvent),
-    WatcherFailed(String),
+    /// An event from the watchers of generation `.0` (a reload that changes what is
+    /// watched starts a new generation; events of older ones are dropped, since their root
+    /// numbers may now mean other roots).
+    Watch(u64, WatchEvent),
+    WatcherFailed(u64, RootId, String),
     JobDone(Outcome),
     Signal(i32),
     Control(Command),
@@ -64,6 +67,18 @@ struct FullSyncJob {
     /// (lane, the sequence number of the lane's full sync that counts).
     waiting: Vec<(LaneId, u64)>,
     success: bool,
+}
+
+/// One root's watcher thread, as the loop sees it.
+#[derive(Debug)]
+struct RootWatcher {
+    control: Sender<WatchControl>,
+    heartbeat: Arc<Heartbeat>,
+    /// Its first watches are in place (`Ready` came).
+    ready: bool,
+    watches: usize,
+    /// Blocked for [`WATCHER_STUCK`] (a hung filesystem), reported once.
+    stuck: bool,
 }
 
 /// One (root, remote) pair: the unit that progresses independently.
@@ -135,6 +150,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A job whose rsyncs have moved no data for this long is reported as stalled (in the
 /// log once, and in the status until it ends); rsync's own `--timeout` ends it.
 const STALL_WARNING: Duration = Duration::from_secs(30);
+/// A watcher that has not made progress for this long is blocked in a filesystem call (a
+/// hung mount): reported in the log and the status. Only its own root waits.
+const WATCHER_STUCK: Duration = Duration::from_secs(30);
+/// READY=1 waits for every root's watches at most this long; a root still being set up
+/// (a huge tree, or a hung filesystem) is named in the log and catches up by itself.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `sersyncd` with parsed arguments; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {
@@ -237,7 +258,10 @@ struct Daemon {
     runner: Runner,
     tx: Sender<Input>,
     rx: Receiver<Input>,
-    watch_control: Option<Sender<WatchControl>>,
+    /// One per root, in root order.
+    watchers: Vec<RootWatcher>,
+    watcher_generation: u64,
+    watchers_started: Instant,
     in_flight: usize,
     next_lane: usize,
     watches: usize,
@@ -277,7 +301,8 @@ struct Daemon {
     /// No overflow rescan before this; a deferred one is due then.
     overflow_quiet_until: Option<Instant>,
     overflow_backoff: Duration,
-    overflow_rescan_due: bool,
+    /// Roots whose inotify queue overflowed and that wait for their rescan.
+    overflow_due: Vec<RootId>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -381,7 +406,9 @@ impl Daemon {
             runner,
             tx,
             rx,
-            watch_control: None,
+            watchers: Vec::new(),
+            watcher_generation: 0,
+            watchers_started: Instant::now(),
             in_flight: 0,
             next_lane: 0,
             watches: 0,
@@ -424,7 +451,7 @@ impl Daemon {
             next_degraded_resync: None,
             overflow_quiet_until: None,
             overflow_backoff: OVERFLOW_BACKOFF_START,
-            overflow_rescan_due: false,
+            overflow_due: Vec::new(),
         })
     }
 
@@ -509,9 +536,10 @@ impl Daemon {
             // as failed), a rescan deferred after overflows, a root not fully watched, or
             // the recovery that the start after an unclean stop asked for.
             let owes_full_sync = self.queue.full_sync_owed(lane.id).is_some()
-                || self.overflow_rescan_due
+                || self.overflow_due.contains(&lane.root)
                 || self.degraded_roots.contains(&lane.root)
-                || (self.recover_after_ready && !self.ready);
+                || (self.recover_after_ready
+                    && !self.watchers.get(lane.root).is_some_and(|w| w.ready));
             if owes_full_sync {
                 saved.push(record(Vec::new(), state::Owed::FullSync));
             }
@@ -538,26 +566,54 @@ impl Daemon {
         }
     }
 
-    fn start_watcher(&mut self) -> Result<(), String> {
-        let (control_tx, control_rx) = mpsc::channel();
-        let tx = self.tx.clone();
-        let watcher = Watcher::new(watch_spec(&self.config), move |event| {
-            let _ = tx.send(Input::Watch(event));
-        })
-        .map_err(|err| {
-            format!("cannot create an inotify instance: {err} (fs.inotify.max_user_instances?)")
-        })?;
-        let failed = self.tx.clone();
-        std::thread::Builder::new()
-            .name("inotify".into())
-            .spawn(move || {
-                if let Err(err) = watcher.run(control_rx) {
-                    let _ = failed.send(Input::WatcherFailed(err.to_string()));
-                }
+    /// Starts one watcher per root (stopping the ones running): a new generation.
+    fn start_watchers(&mut self) -> Result<(), String> {
+        self.stop_watchers();
+        self.watcher_generation += 1;
+        self.watchers_started = Instant::now();
+        let generation = self.watcher_generation;
+        let spec = watch_spec(&self.config);
+        for root in 0..spec.roots.len() {
+            let (control_tx, control_rx) = mpsc::channel();
+            let tx = self.tx.clone();
+            let heartbeat = Arc::new(Heartbeat::new());
+            let watcher = Watcher::new(spec.clone(), root, Arc::clone(&heartbeat), move |event| {
+                let _ = tx.send(Input::Watch(generation, event));
             })
-            .map_err(|err| format!("cannot start the inotify thread: {err}"))?;
-        self.watch_control = Some(control_tx);
+            .map_err(|err| {
+                format!("cannot create an inotify instance: {err} (fs.inotify.max_user_instances?)")
+            })?;
+            let failed = self.tx.clone();
+            std::thread::Builder::new()
+                .name(format!("inotify-{root}"))
+                .spawn(move || {
+                    if let Err(err) = watcher.run(control_rx) {
+                        let _ =
+                            failed.send(Input::WatcherFailed(generation, root, err.to_string()));
+                    }
+                })
+                .map_err(|err| format!("cannot start an inotify thread: {err}"))?;
+            self.watchers.push(RootWatcher {
+                control: control_tx,
+                heartbeat,
+                ready: false,
+                watches: 0,
+                stuck: false,
+            });
+        }
         Ok(())
+    }
+
+    fn stop_watchers(&mut self) {
+        for watcher in self.watchers.drain(..) {
+            let _ = watcher.control.send(WatchControl::Stop);
+        }
+    }
+
+    fn tell_watchers(&self, make: impl Fn() -> WatchControl) {
+        for watcher in &self.watchers {
+            let _ = watcher.control.send(make());
+        }
     }
 
     fn start_signal_listener(&self) -> Result<(), String> {
@@ -581,7 +637,7 @@ impl Daemon {
     fn run(mut self) -> i32 {
         if let Err(err) = self
             .start_signal_listener()
-            .and_then(|()| self.start_watcher())
+            .and_then(|()| self.start_watchers())
         {
             tracing::error!("{err}");
             return exit::SOFTWARE;
@@ -629,9 +685,7 @@ impl Daemon {
                 shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
             }
         }
-        if let Some(control) = &self.watch_control {
-            let _ = control.send(WatchControl::Stop);
-        }
+        self.stop_watchers();
         self.save_journal();
         self.save_state();
         if let Some(plugins) = self.plugins.take() {
@@ -662,10 +716,14 @@ impl Daemon {
         {
             wake = wake.min(at.saturating_duration_since(now));
         }
-        if self.overflow_rescan_due {
+        if !self.overflow_due.is_empty() {
             if let Some(until) = self.overflow_quiet_until {
                 wake = wake.min(until.saturating_duration_since(now));
             }
+        }
+        if !self.ready {
+            wake =
+                wake.min((self.watchers_started + READY_DEADLINE).saturating_duration_since(now));
         }
         if let Some(at) = self.notifier.next_ping() {
             wake = wake.min(at.saturating_duration_since(now));
@@ -686,18 +744,22 @@ impl Daemon {
         self.next_replay = now + self.config.fail_log.interval();
     }
 
-    fn on_overflow(&mut self) {
+    fn on_overflow(&mut self, root: RootId) {
         let now = Instant::now();
+        let first = !self.overflow_due.contains(&root);
+        if first {
+            self.overflow_due.push(root);
+        }
         match self.overflow_quiet_until {
             Some(until) if now < until => {
                 // Another overflow soon after a rescan: one more rescan, later.
-                if !self.overflow_rescan_due {
+                if first {
                     tracing::warn!(
+                        root = %self.root_path(root).display(),
                         in_s = until.saturating_duration_since(now).as_secs(),
                         "inotify overflowed again: next rescan deferred"
                     );
                 }
-                self.overflow_rescan_due = true;
             }
             _ => {
                 if self
@@ -706,30 +768,45 @@ impl Daemon {
                 {
                     self.overflow_backoff = OVERFLOW_BACKOFF_START;
                 }
-                self.rescan_all(now);
+                self.rescan_overflowed(now);
             }
         }
     }
 
-    fn rescan_all(&mut self, now: Instant) {
-        for root in 0..self.config.roots.len() {
+    fn rescan_overflowed(&mut self, now: Instant) {
+        for root in std::mem::take(&mut self.overflow_due) {
             self.queue.request_full_sync(root, FullSyncReason::Rescan);
         }
         self.overflow_quiet_until = Some(now + self.overflow_backoff);
         self.overflow_backoff = (self.overflow_backoff * 2).min(OVERFLOW_BACKOFF_MAX);
-        self.overflow_rescan_due = false;
     }
 
     fn run_timers(&mut self) {
         let now = Instant::now();
-        if self.overflow_rescan_due && self.overflow_quiet_until.is_none_or(|until| until <= now) {
+        if !self.overflow_due.is_empty()
+            && self.overflow_quiet_until.is_none_or(|until| until <= now)
+        {
             tracing::info!("rescanning after repeated inotify overflows");
-            self.rescan_all(now);
+            self.rescan_overflowed(now);
+        }
+        if !self.ready && now.duration_since(self.watchers_started) >= READY_DEADLINE {
+            let waiting: Vec<String> = self
+                .watchers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| !w.ready)
+                .map(|(root, _)| self.root_path(root).display().to_string())
+                .collect();
+            tracing::warn!(
+                "still setting up the watches of {} after {} s (a huge tree, or a hung \
+                 filesystem?): ready without them; they catch up by themselves",
+                waiting.join(", "),
+                READY_DEADLINE.as_secs()
+            );
+            self.announce_ready();
         }
         if self.next_degraded_resync.is_some_and(|at| at <= now) {
-            if let Some(control) = &self.watch_control {
-                let _ = control.send(WatchControl::RetryUnwatched);
-            }
+            self.tell_watchers(|| WatchControl::RetryUnwatched);
             for &root in &self.degraded_roots {
                 self.queue.request_full_sync(root, FullSyncReason::Rescan);
             }
@@ -756,14 +833,21 @@ impl Daemon {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Watch(event) => self.on_watch(event),
+            Input::Watch(generation, event) => {
+                if generation == self.watcher_generation {
+                    self.on_watch(event);
+                }
+            }
             Input::JobDone(outcome) => self.on_job_done(outcome),
-            Input::WatcherFailed(err) => {
-                tracing::error!(
-                    "the inotify reader stopped: {err}; stopping so systemd can restart"
-                );
-                self.stopping = true;
-                self.exit_code = exit::SOFTWARE;
+            Input::WatcherFailed(generation, root, err) => {
+                if generation == self.watcher_generation {
+                    tracing::error!(
+                        root = %self.root_path(root).display(),
+                        "an inotify reader stopped: {err}; stopping so systemd can restart"
+                    );
+                    self.stopping = true;
+                    self.exit_code = exit::SOFTWARE;
+                }
             }
             Input::Signal(signal) => self.on_signal(signal),
             Input::Control(command) => self.on_command(command),
@@ -1076,20 +1160,31 @@ impl Daemon {
         }
         self.lanes = new_lanes;
         self.finish_full_sync_jobs();
-        if let Some(control) = &self.watch_control {
-            let _ = control.send(WatchControl::Reconfigure(watch_spec(&config)));
-            if !self.degraded_roots.is_empty() {
-                // The watcher reports what it finds below the directories it can watch
-                // now; a full sync covers what was deleted there meanwhile.
-                let _ = control.send(WatchControl::RetryUnwatched);
-                for root in 0..config.roots.len() {
-                    self.queue.request_full_sync(root, FullSyncReason::Rescan);
-                }
-                self.degraded_roots.clear();
-                self.next_degraded_resync = None;
+        let spec = watch_spec(&config);
+        let rewatch = !spec.watches_like(&watch_spec(&self.config));
+        if !rewatch && !self.degraded_roots.is_empty() {
+            // The watchers report what they find below the directories they can watch
+            // now; a full sync covers what was deleted there meanwhile.
+            self.tell_watchers(|| WatchControl::RetryUnwatched);
+            for root in 0..config.roots.len() {
+                self.queue.request_full_sync(root, FullSyncReason::Rescan);
             }
         }
+        if rewatch || !self.degraded_roots.is_empty() {
+            self.degraded_roots.clear();
+            self.next_degraded_resync = None;
+        }
+        self.tell_watchers(|| WatchControl::Reconfigure(spec.clone()));
         self.config = config;
+        if rewatch {
+            // Other roots, or other filters: new watchers, and each root is rescanned once
+            // its watches are in place (see `Ready`).
+            if let Err(err) = self.start_watchers() {
+                tracing::error!("{err}; stopping so systemd can restart");
+                self.stopping = true;
+                self.exit_code = exit::SOFTWARE;
+            }
+        }
         self.schedule_timers();
         tracing::info!(
             lanes = self.lanes.len(),
@@ -1118,30 +1213,42 @@ impl Daemon {
                     self.queue.push(change.root, &change.path, change.action);
                 }
             }
-            WatchEvent::Ready { watches } => {
-                self.watches = watches;
-                self.ready = true;
-                tracing::info!(watches, "watching {watches} directories");
-                self.check_watch_headroom();
-                if self.control.is_none() {
-                    self.start_control();
-                }
-                let line = self.status_line();
-                self.notifier.ready_with_status(&line);
-                if self.cli.full_sync_first || self.recover_after_ready {
+            WatchEvent::Ready { root, watches } => {
+                let Some(watcher) = self.watchers.get_mut(root) else {
+                    return;
+                };
+                watcher.ready = true;
+                watcher.watches = watches;
+                self.watches = self.watchers.iter().map(|w| w.watches).sum();
+                if self.watcher_generation > 1 {
+                    // A watcher started by a reload: the root is rescanned now that its
+                    // watches are in place.
+                    tracing::info!(
+                        root = %self.root_path(root).display(),
+                        watches,
+                        "watching the root anew; rescanning it"
+                    );
+                    self.queue.request_full_sync(root, FullSyncReason::Rescan);
+                } else if self.cli.full_sync_first || self.recover_after_ready {
                     let reason = if self.recover_after_ready {
                         FullSyncReason::Recovery
                     } else {
                         FullSyncReason::Initial
                     };
-                    for root in 0..self.config.roots.len() {
-                        self.queue.request_full_sync(root, reason);
-                    }
+                    self.queue.request_full_sync(root, reason);
+                }
+                if !self.ready && self.watchers.iter().all(|w| w.ready) {
+                    self.announce_ready();
                 }
             }
-            WatchEvent::WatchCount(count) => self.watches = count,
+            WatchEvent::WatchCount { root, count } => {
+                if let Some(watcher) = self.watchers.get_mut(root) {
+                    watcher.watches = count;
+                }
+                self.watches = self.watchers.iter().map(|w| w.watches).sum();
+            }
             WatchEvent::DirRenamed { root, from, to } => self.queue.note_rename(root, &from, &to),
-            WatchEvent::Overflow => self.on_overflow(),
+            WatchEvent::Overflow { root } => self.on_overflow(root),
             WatchEvent::RootLost { root, reason } => {
                 tracing::error!(
                     root = %self.root_path(root).display(),
@@ -1149,7 +1256,10 @@ impl Daemon {
                 );
             }
             WatchEvent::RootRestored { root, watches } => {
-                self.watches = watches;
+                if let Some(watcher) = self.watchers.get_mut(root) {
+                    watcher.watches = watches;
+                }
+                self.watches = self.watchers.iter().map(|w| w.watches).sum();
                 tracing::info!(
                     root = %self.root_path(root).display(),
                     "watching root again; rescanning it"
@@ -1169,6 +1279,49 @@ impl Daemon {
                 }
                 self.next_degraded_resync
                     .get_or_insert_with(|| Instant::now() + DEGRADED_RESYNC);
+            }
+        }
+    }
+
+    /// READY=1: the watches are in place (or the deadline passed); the D-Bus interface
+    /// starts now.
+    fn announce_ready(&mut self) {
+        self.ready = true;
+        let watches = self.watches;
+        tracing::info!(watches, "watching {watches} directories");
+        self.check_watch_headroom();
+        if self.control.is_none() {
+            self.start_control();
+        }
+        let line = self.status_line();
+        self.notifier.ready_with_status(&line);
+    }
+
+    /// Reports watchers blocked in a filesystem call, and ones that came back.
+    fn check_watchers(&mut self) {
+        let mut news = Vec::new();
+        for (root, watcher) in self.watchers.iter_mut().enumerate() {
+            let silent = watcher.heartbeat.silent_for();
+            if !watcher.stuck && silent >= WATCHER_STUCK {
+                watcher.stuck = true;
+                news.push((root, Some(silent)));
+            } else if watcher.stuck && silent < WATCHER_STUCK {
+                watcher.stuck = false;
+                news.push((root, None));
+            }
+        }
+        for (root, silent) in news {
+            match silent {
+                Some(silent) => tracing::error!(
+                    root = %self.root_path(root).display(),
+                    "the watcher of this root has been blocked for {} s in a filesystem call \
+                     (a hung mount?); its changes wait, the other roots go on",
+                    silent.as_secs()
+                ),
+                None => tracing::info!(
+                    root = %self.root_path(root).display(),
+                    "the watcher of this root is unblocked"
+                ),
             }
         }
     }
@@ -1258,6 +1411,7 @@ impl Daemon {
             return;
         }
         self.last_stall_check = Some(now);
+        self.check_watchers();
         let silence = self.runner.silence();
         let mut changed = Vec::new();
         for lane in &mut self.lanes {
@@ -1657,9 +1811,23 @@ impl Daemon {
                 )
             })
             .collect();
+        let blocked: Vec<String> = self
+            .watchers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.stuck)
+            .map(|(root, w)| {
+                format!(
+                    "watcher of {} blocked {} s; ",
+                    self.root_path(root).display(),
+                    w.heartbeat.silent_for().as_secs()
+                )
+            })
+            .collect();
         format!(
-            "{}{} watches, {} queued, {} in flight, {} failed; {}",
+            "{}{}{} watches, {} queued, {} in flight, {} failed; {}",
             if self.paused { "PAUSED; " } else { "" },
+            blocked.concat(),
             self.watches,
             self.queue.depth() + self.queue.deferred_count(),
             self.in_flight,

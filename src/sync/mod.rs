@@ -259,16 +259,34 @@ impl Runner {
         // remote first; what exists is sent. rsync never sees a missing argument.
         let mut delete: Vec<(&[u8], bool)> = Vec::new();
         let mut send: Vec<&[u8]> = Vec::new();
+        // A directory the batch removes or replaces, that is a directory again now: the
+        // changes below it were folded into that removal, so its remote copy is purged
+        // and everything in it now is sent.
+        let mut whole: Vec<&[u8]> = Vec::new();
         for (path, action) in &batch.entries {
-            let exists =
-                std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path))).is_ok();
-            if !exists || *action == Action::Replace {
+            let meta = std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path)));
+            let exists = meta.is_ok();
+            let dir_again = meta.is_ok_and(|m| m.is_dir())
+                && matches!(action, Action::Remove { dir: true } | Action::Replace);
+            if !exists || *action == Action::Replace || dir_again {
                 let was_file = *action == Action::Remove { dir: false };
                 delete.push((path.as_slice(), was_file));
+            }
+            if dir_again && !path.is_empty() {
+                whole.push(path);
             }
             if exists && !seeded.iter().any(|to| under(path, to)) {
                 send.push(path);
             }
+        }
+        let below: Vec<Vec<u8>> = whole
+            .iter()
+            .flat_map(|dir| local_subtree(&ctx.root, dir, &ctx.filter))
+            .collect();
+        if !below.is_empty() {
+            send.extend(below.iter().map(Vec::as_slice));
+            send.sort_unstable();
+            send.dedup();
         }
         if ctx.propagate_deletes && !delete.is_empty() {
             let groups = argv::deletion_groups(delete.iter().copied(), self.ways(ctx));
@@ -753,6 +771,32 @@ pub fn excluded_with_ancestors(filter: &Filter, path: &[u8], is_dir: bool) -> bo
         .enumerate()
         .filter(|(_, b)| **b == b'/')
         .any(|(i, _)| filter.excludes(&path[..i], true))
+}
+
+/// Every path below directory `dir` (relative to `root`), not the ones the filter excludes
+/// or what lies below them, sorted.
+fn local_subtree(root: &Path, dir: &[u8], filter: &Filter) -> Vec<Vec<u8>> {
+    let mut found = Vec::new();
+    let mut stack: Vec<Vec<u8>> = vec![dir.to_vec()];
+    while let Some(rel_dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(root.join(std::ffi::OsStr::from_bytes(&rel_dir)))
+        else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let rel = crate::watch::join(&rel_dir, entry.file_name().as_bytes());
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if filter.excludes(&rel, is_dir) {
+                continue;
+            }
+            if is_dir {
+                stack.push(rel.clone());
+            }
+            found.push(rel);
+        }
+    }
+    found.sort_unstable();
+    found
 }
 
 /// The top-most local paths under `root` that the filter excludes (their subtrees are not

@@ -12,6 +12,9 @@
 //!   unpaired `IN_MOVED_FROM` is a removal and the watches of the moved-away subtree are
 //!   dropped so events from outside the tree never arrive under a stale name;
 //! - `IN_Q_OVERFLOW` is reported as [`WatchEvent::Overflow`] (the daemon rescans);
+//! - each root has a watcher (thread and inotify instance) of its own, so a root on a hung
+//!   filesystem (a blocked `read_dir` or `lstat`) stalls only itself; its [`Heartbeat`]
+//!   tells the daemon how long it has been stuck;
 //! - a root that disappears is reported and re-tried every few seconds, never a crash;
 //! - running out of watches (ENOSPC) names `fs.inotify.max_user_watches` and the daemon
 //!   keeps working on what it does watch.
@@ -53,18 +56,18 @@ pub struct Change {
 pub enum WatchEvent {
     /// Changes, in the order they happened.
     Changes(Vec<Change>),
-    /// The initial watches of every root are in place (or failed and are being retried).
-    Ready { watches: usize },
-    /// The kernel dropped events: every root must be rescanned.
-    Overflow,
+    /// The initial watches of the root are in place (or failed and are being retried).
+    Ready { root: RootId, watches: usize },
+    /// The kernel dropped events: the root must be rescanned.
+    Overflow { root: RootId },
     /// A root could not be watched or went away (deleted, moved, unmounted).
     RootLost { root: RootId, reason: String },
     /// A lost root is watched again; it must be rescanned.
     RootRestored { root: RootId, watches: usize },
     /// The inotify watch limit was hit; `path` and what lies below it are not watched.
     WatchLimit { root: RootId, path: PathBuf },
-    /// The number of watched directories changed noticeably (for status).
-    WatchCount(usize),
+    /// The number of watched directories of the root changed noticeably (for status).
+    WatchCount { root: RootId, count: usize },
     /// A directory was renamed inside a root: a hint that the remote's copy at `from` can
     /// serve as the basis for `to` (the changes themselves are reported as usual).
     DirRenamed {
@@ -84,6 +87,17 @@ pub struct WatchSpec {
     /// Always `lstat` entries instead of trusting `d_type` (DT_UNKNOWN filesystems are
     /// handled anyway; this is the original's `<fileSystem xfs>`).
     pub always_stat: bool,
+}
+
+impl WatchSpec {
+    /// Whether `other` watches the same roots, in the same order, the same way (the
+    /// watches of one can serve the other).
+    pub fn watches_like(&self, other: &WatchSpec) -> bool {
+        self.roots == other.roots
+            && self.events == other.events
+            && self.ignore_temp_files == other.ignore_temp_files
+            && filter_equal(&self.filter, &other.filter)
+    }
 }
 
 /// Requests from the daemon to the watcher thread.
@@ -116,6 +130,9 @@ struct PendingMove {
     /// later goes by it, never by `(parent, name)`: by then another directory may hold
     /// that name (`mv a t; mv b a`), and a directory that comes back has the same watch.
     node: Option<i32>,
+    /// The second half of a RENAME_EXCHANGE: its old path now holds the other directory
+    /// (reported by the first half), so it is not a removal.
+    exchanged: bool,
 }
 
 /// What an event's name says about `O_TMPFILE` (see [`Watcher::tmpfile_link`]).
@@ -132,10 +149,47 @@ enum Tmpfile {
 /// How many recently created files are remembered by inode (for `O_TMPFILE` links).
 const RECENT_CREATES: usize = 4096;
 
-/// The watcher: run it on its own thread with [`Watcher::run`].
+/// When a watcher last made progress, shared with the daemon: a watcher blocked in a
+/// filesystem call (a hung NFS or FUSE mount) stops beating.
+#[derive(Debug)]
+pub struct Heartbeat {
+    epoch: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Heartbeat {
+    pub fn new() -> Heartbeat {
+        Heartbeat {
+            epoch: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last beat.
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat::new()
+    }
+}
+
+/// The watcher of one root: run it on its own thread with [`Watcher::run`].
 pub struct Watcher<F: FnMut(WatchEvent)> {
     inotify: Inotify,
     spec: WatchSpec,
+    /// The root this watcher watches (an index into `spec.roots`).
+    root: RootId,
+    heartbeat: std::sync::Arc<Heartbeat>,
     tree: WatchTree,
     root_nodes: Vec<Option<i32>>,
     lost_roots: Vec<(RootId, Instant)>,
@@ -151,6 +205,12 @@ pub struct Watcher<F: FnMut(WatchEvent)> {
     /// made with `open(dir, O_TMPFILE)` + `linkat` is written through a descriptor whose
     /// name is `#<inode>`: its IN_CLOSE_WRITE never names the file.
     recent_creates: std::collections::HashMap<u64, (RootId, RelPath)>,
+    /// `(parent, name, watch)` of a directory that the last rename moved another one onto.
+    /// If the next move starts from that very name, it is the second half of a
+    /// RENAME_EXCHANGE (`renameat2`, atomic swaps) and moves *this* directory, not the one
+    /// that now holds the name. A plain rename over a directory removes it instead: its
+    /// IN_ATTRIB (link count) or IN_DELETE_SELF comes first and clears this.
+    displaced: Option<(i32, Vec<u8>, i32)>,
 }
 
 impl<F: FnMut(WatchEvent)> std::fmt::Debug for Watcher<F> {
@@ -163,13 +223,22 @@ impl<F: FnMut(WatchEvent)> std::fmt::Debug for Watcher<F> {
 }
 
 impl<F: FnMut(WatchEvent)> Watcher<F> {
-    /// Creates the inotify instance. Watches are added by [`Watcher::run`].
-    pub fn new(spec: WatchSpec, report: F) -> io::Result<Self> {
+    /// Creates the inotify instance for root `root` of `spec`. Watches are added by
+    /// [`Watcher::run`].
+    pub fn new(
+        spec: WatchSpec,
+        root: RootId,
+        heartbeat: std::sync::Arc<Heartbeat>,
+        report: F,
+    ) -> io::Result<Self> {
         let inotify = Inotify::init()?;
         let root_count = spec.roots.len();
+        heartbeat.beat();
         Ok(Watcher {
             inotify,
             spec,
+            root,
+            heartbeat,
             tree: WatchTree::default(),
             root_nodes: vec![None; root_count],
             lost_roots: Vec::new(),
@@ -180,6 +249,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             unwatched: Vec::new(),
             limited_roots: Vec::new(),
             recent_creates: std::collections::HashMap::new(),
+            displaced: None,
         })
     }
 
@@ -203,24 +273,25 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         if toggles.modify {
             mask |= WatchMask::MODIFY;
         }
-        if toggles.attrib {
-            mask |= WatchMask::ATTRIB;
-        }
+        // Always: besides chmod and touch (reported only with `<attrib>`), IN_ATTRIB on a
+        // directory that a rename replaced (its link count dropped) is what tells a plain
+        // rename over a directory from a RENAME_EXCHANGE (see `displaced`).
+        mask |= WatchMask::ATTRIB;
         mask
     }
 
     /// Sets up every root, reports [`WatchEvent::Ready`], then reads events until told to
     /// stop (or the control channel closes).
     pub fn run(mut self, control: Receiver<WatchControl>) -> io::Result<()> {
-        for root in 0..self.spec.roots.len() {
-            self.add_root(root);
-        }
+        self.add_root(self.root);
         (self.report)(WatchEvent::Ready {
+            root: self.root,
             watches: self.tree.len(),
         });
         self.last_reported_count = self.tree.len();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
+            self.heartbeat.beat();
             match control.try_recv() {
                 Ok(WatchControl::Stop) | Err(TryRecvError::Disconnected) => return Ok(()),
                 Ok(WatchControl::Reconfigure(spec)) => self.reconfigure(spec),
@@ -280,7 +351,10 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             || (count != self.last_reported_count && count < 64)
         {
             self.last_reported_count = count;
-            (self.report)(WatchEvent::WatchCount(count));
+            (self.report)(WatchEvent::WatchCount {
+                root: self.root,
+                count,
+            });
         }
     }
 
@@ -293,13 +367,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     }
 
     fn reconfigure(&mut self, spec: WatchSpec) {
-        // Roots are matched by path: unchanged roots keep their watches and ids only if
-        // the order is unchanged; anything else is rebuilt (and rescanned by the daemon).
-        let same_roots = spec.roots == self.spec.roots;
-        let same_watching = spec.events == self.spec.events
-            && spec.ignore_temp_files == self.spec.ignore_temp_files
-            && filter_equal(&spec.filter, &self.spec.filter);
-        if same_roots && same_watching {
+        // The daemon starts new watchers when the roots or what is watched change; a
+        // watcher told otherwise rebuilds its root (and reports it restored).
+        if spec.watches_like(&self.spec) {
             self.spec = spec;
             return;
         }
@@ -311,9 +381,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         self.lost_roots.clear();
         self.root_nodes = vec![None; spec.roots.len()];
         self.spec = spec;
-        for root in 0..self.spec.roots.len() {
-            self.restore_root(root);
-        }
+        self.restore_root(self.root);
     }
 
     fn retry_unwatched(&mut self) {
@@ -489,6 +557,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 continue;
             };
             let abs_dir = self.abs_path(root, &rel_dir);
+            self.heartbeat.beat();
             let entries = match std::fs::read_dir(&abs_dir) {
                 Ok(entries) => entries,
                 Err(err) => {
@@ -518,6 +587,17 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     }
 
     fn handle(&mut self, wd: i32, mask: EventMask, cookie: u32, name: Option<Vec<u8>>) {
+        if let Some((_, _, node)) = self.displaced {
+            let named = name.as_ref().is_some_and(|n| !n.is_empty());
+            let ends = if wd == node {
+                mask.intersects(EventMask::ATTRIB | EventMask::DELETE_SELF | EventMask::IGNORED)
+            } else {
+                named && !mask.contains(EventMask::MOVED_FROM)
+            };
+            if ends || mask.contains(EventMask::Q_OVERFLOW) {
+                self.displaced = None;
+            }
+        }
         if mask.contains(EventMask::Q_OVERFLOW) {
             tracing::warn!("inotify queue overflowed: events were lost, rescanning");
             self.flush_pending_moves();
@@ -526,7 +606,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             // ones may never get their IN_IGNORED: repair the watch tree first, so the
             // rescan the daemon starts next runs with every watch in place.
             self.repair_watches();
-            (self.report)(WatchEvent::Overflow);
+            (self.report)(WatchEvent::Overflow { root: self.root });
             return;
         }
         if mask.contains(EventMask::IGNORED) {
@@ -565,10 +645,18 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             // for its pair when another one starts left the tree, and must be reported
             // before what happens next (`mv a OUT; mv b a`).
             self.flush_pending_moves();
-            let node = if is_dir {
-                self.tree.child(wd, &name)
-            } else {
-                None
+            let displaced = self.displaced.take();
+            let (node, exchanged) = match displaced {
+                Some((parent, displaced_name, node))
+                    if is_dir
+                        && parent == wd
+                        && displaced_name == name
+                        && self.tree.contains(node) =>
+                {
+                    (Some(node), true)
+                }
+                _ if is_dir => (self.tree.child(wd, &name), false),
+                _ => (None, false),
             };
             self.pending_moves.push(PendingMove {
                 cookie,
@@ -576,6 +664,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 name,
                 is_dir,
                 node,
+                exchanged,
             });
             return;
         }
@@ -605,7 +694,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             if toggles.delete {
                 self.emit(root, rel, Action::Remove { dir: is_dir });
             }
-        } else if mask.intersects(EventMask::CLOSE_WRITE | EventMask::MODIFY | EventMask::ATTRIB) {
+        } else if mask.intersects(EventMask::CLOSE_WRITE | EventMask::MODIFY)
+            || (mask.contains(EventMask::ATTRIB) && toggles.attrib)
+        {
             match self.tmpfile_link(root, &rel, &name) {
                 Tmpfile::No => self.emit(root, rel, Action::Sync),
                 Tmpfile::LinkedAs(root, path) => self.emit(root, path, Action::Sync),
@@ -693,7 +784,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         let new_rel = join(&to_dir, &to_name);
         let toggles = self.spec.events;
         let same_root_dir = is_dir && from_root == to_root;
-        if toggles.move_from && toggles.delete && !same_root_dir {
+        // The old path of an exchange's second half holds the other directory now.
+        let removes_old = toggles.move_from && toggles.delete && !from.exchanged;
+        if removes_old && !same_root_dir {
             self.emit(
                 from_root,
                 old_rel.clone(),
@@ -707,6 +800,16 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             return;
         }
         let moved = from.node.filter(|&id| self.tree.contains(id));
+        // A directory already at the new name is replaced (a rename over an empty
+        // directory) or swapped away (RENAME_EXCHANGE): either way the remote's copy at the
+        // new name goes first, and if the next move starts from that name, it is that
+        // directory's.
+        let occupant = self
+            .tree
+            .child(to_parent, &to_name)
+            .filter(|&other| Some(other) != moved);
+        self.displaced = occupant.map(|other| (to_parent, to_name.clone(), other));
+        let purge_new = occupant.is_some() && toggles.delete;
         match moved {
             Some(id) if from_root == to_root => {
                 self.tree.move_to(id, to_parent, &to_name);
@@ -719,10 +822,17 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     to: new_rel.clone(),
                 });
                 let mut changes = Vec::new();
-                if toggles.move_from && toggles.delete {
+                if removes_old {
                     changes.push(Change {
                         root: to_root,
                         path: old_rel,
+                        action: Action::Remove { dir: true },
+                    });
+                }
+                if purge_new {
+                    changes.push(Change {
+                        root: to_root,
+                        path: new_rel.clone(),
                         action: Action::Remove { dir: true },
                     });
                 }
@@ -735,8 +845,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 (self.report)(WatchEvent::Changes(changes));
             }
             other => {
-                if same_root_dir && toggles.move_from && toggles.delete {
+                if same_root_dir && removes_old {
                     self.emit(from_root, old_rel, Action::Remove { dir: true });
+                }
+                if purge_new {
+                    self.emit(to_root, new_rel, Action::Remove { dir: true });
                 }
                 if let Some(id) = other {
                     self.drop_subtree(id);
@@ -758,6 +871,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             else {
                 continue;
             };
+            self.heartbeat.beat();
             let Ok(entries) = std::fs::read_dir(self.abs_path(root, &rel_dir)) else {
                 continue;
             };
@@ -807,6 +921,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         };
         let mut stack = vec![rel];
         while let Some(rel_dir) = stack.pop() {
+            self.heartbeat.beat();
             let Ok(entries) = std::fs::read_dir(self.abs_path(root, &rel_dir)) else {
                 continue;
             };

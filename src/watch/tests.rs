@@ -27,9 +27,14 @@ impl Harness {
         tweak(&mut spec);
         let (tx, events) = mpsc::channel();
         let (control, control_rx) = mpsc::channel();
-        let watcher = Watcher::new(spec, move |event| {
-            let _ = tx.send(event);
-        })
+        let watcher = Watcher::new(
+            spec,
+            0,
+            std::sync::Arc::new(Heartbeat::new()),
+            move |event| {
+                let _ = tx.send(event);
+            },
+        )
         .unwrap();
         let thread = std::thread::spawn(move || watcher.run(control_rx).unwrap());
         let harness = Harness {
@@ -39,7 +44,7 @@ impl Harness {
             thread: Some(thread),
         };
         match harness.events.recv_timeout(Duration::from_secs(5)).unwrap() {
-            WatchEvent::Ready { watches } => assert_eq!(watches, 3),
+            WatchEvent::Ready { root: 0, watches } => assert_eq!(watches, 3),
             other => panic!("expected Ready, got {other:?}"),
         }
         harness
@@ -274,4 +279,60 @@ fn files_linked_in_from_o_tmpfile_are_reported() {
     }
     let got = h.settle();
     assert_eq!(keys(&got), vec!["after", "before"], "{got:?}");
+}
+
+/// renameat2(RENAME_EXCHANGE) of two directories: both stay watched under their new
+/// names, each path is replaced on the remote (purge, then the contents now there), and
+/// nothing is removed.
+#[test]
+fn exchanged_directories_are_both_replaced_and_stay_watched() {
+    let h = Harness::start("exchange", |_| {});
+    fs::create_dir_all(h.dir.join("other/sub")).unwrap();
+    fs::write(h.dir.join("other/sub/o"), b"o").unwrap();
+    fs::write(h.dir.join("existing/deeper/e"), b"e").unwrap();
+    h.settle();
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &h.dir.join("existing"),
+        nix::fcntl::AT_FDCWD,
+        &h.dir.join("other"),
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .unwrap();
+    let got = h.settle();
+    assert_eq!(got.get("existing"), Some(&Action::Replace), "{got:?}");
+    assert_eq!(got.get("other"), Some(&Action::Replace), "{got:?}");
+    assert_eq!(got.get("existing/sub/o"), Some(&Action::Sync), "{got:?}");
+    assert_eq!(got.get("other/deeper/e"), Some(&Action::Sync), "{got:?}");
+    fs::write(h.dir.join("existing/sub/late1"), b"x").unwrap();
+    fs::write(h.dir.join("other/deeper/late2"), b"x").unwrap();
+    let got = h.settle();
+    assert_eq!(keys(&got), vec!["existing/sub/late1", "other/deeper/late2"]);
+}
+
+/// A rename over an empty directory replaces it; a rename back right after moves the
+/// renamed directory (not the replaced one) back.
+#[test]
+fn a_rename_over_an_empty_directory_and_back() {
+    let h = Harness::start("overempty", |_| {});
+    fs::create_dir(h.dir.join("empty")).unwrap();
+    fs::write(h.dir.join("existing/deeper/e"), b"e").unwrap();
+    h.settle();
+    fs::rename(h.dir.join("existing"), h.dir.join("empty")).unwrap();
+    fs::rename(h.dir.join("empty"), h.dir.join("existing")).unwrap();
+    let got = h.settle();
+    assert_eq!(
+        got.get("empty"),
+        Some(&Action::Remove { dir: true }),
+        "{got:?}"
+    );
+    assert_ne!(
+        got.get("existing"),
+        Some(&Action::Remove { dir: true }),
+        "{got:?}"
+    );
+    assert_eq!(got.get("existing/deeper/e"), Some(&Action::Sync), "{got:?}");
+    fs::write(h.dir.join("existing/deeper/late"), b"x").unwrap();
+    let got = h.settle();
+    assert_eq!(keys(&got), vec!["existing/deeper/late"]);
 }
