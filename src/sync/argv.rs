@@ -154,9 +154,11 @@ fn batch_options(transport: &Transport) -> Vec<OsString> {
     argv
 }
 
-/// Every listed path is known to have changed: compare mtimes to the nanosecond, or a
-/// same-size rewrite within the same second is skipped by rsync's quick check (and a
-/// rename seed would copy the old version from the remote's old directory).
+/// Compare mtimes to the nanosecond (unless the user set `--modify-window`): otherwise
+/// rsync's quick check skips a same-size rewrite within the same second (and a rename seed
+/// copies the old version from the remote's old directory). A receiver whose filesystem
+/// keeps no nanoseconds re-sends such files on every full sync; `--modify-window=1` in
+/// `commonParams` is the way out there.
 fn push_exact_times(argv: &mut Vec<OsString>, transport: &Transport) {
     if !transport
         .options
@@ -435,6 +437,11 @@ fn full_sync_options(
     rules: &FullSyncRules,
 ) -> Vec<OsString> {
     let mut argv = transport.common();
+    // Full syncs compare to the nanosecond too: a file rewritten with the same size
+    // within the same second (while the daemon was down, say) differs only there, and a
+    // symlink or directory created within the second of its source keeps the receiver's
+    // time otherwise.
+    push_exact_times(&mut argv, transport);
     argv.extend(recursion.iter().map(OsString::from));
     if propagate_deletes {
         argv.push(OsString::from("--delete"));
@@ -805,7 +812,7 @@ mod tests {
         };
         assert_eq!(
             joined(&full_sync(&t, true, &rules, false)),
-            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --recursive --delete --force --exclude=*.php --exclude=info/* --from0 --filter=. - ./ rsync://127.0.0.1/web/"
+            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --recursive --delete --force --exclude=*.php --exclude=info/* --from0 --filter=. - ./ rsync://127.0.0.1/web/"
         );
     }
 
@@ -822,9 +829,9 @@ mod tests {
         assert_eq!(
             runs,
             vec![
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --no-recursive --dirs --delete --force ./ rsync://127.0.0.1/web/",
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --recursive --ignore-missing-args --delete --force ./a ./-c rsync://127.0.0.1/web/",
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --recursive --ignore-missing-args --delete --force ./b ./d rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --no-recursive --dirs --delete --force ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --recursive --ignore-missing-args --delete --force ./a ./-c rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --recursive --ignore-missing-args --delete --force ./b ./d rsync://127.0.0.1/web/",
             ]
         );
         let globs = FullSyncRules {

@@ -5,10 +5,12 @@
 //!   NOTIFY_SOCKET and waits for READY=1.
 //! - [`Env`]: the common case of one source tree, one rsync daemon and one daemon.
 //! - [`wait_converged`] and friends: poll until the replica equals the source.
+//! - [`bus::Bus`]: a private `dbus-daemon` with the shipped policy.
 //!
 //! Everything is bounded: no wait here can block forever, and every child process is
 //! killed (by the PID we started, and only that) when its owner is dropped.
 
+pub mod bus;
 mod rsyncd;
 mod sersyncd;
 mod tree;
