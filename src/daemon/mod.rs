@@ -1248,7 +1248,7 @@ impl Daemon {
                 self.watches = self.watchers.iter().map(|w| w.watches).sum();
             }
             WatchEvent::DirRenamed { root, from, to } => self.queue.note_rename(root, &from, &to),
-            WatchEvent::Overflow { root } => self.on_overflow(root),
+            WatchEvent::Overflow { root } | WatchEvent::Rescan { root } => self.on_overflow(root),
             WatchEvent::RootLost { root, reason } => {
                 tracing::error!(
                     root = %self.root_path(root).display(),

@@ -60,6 +60,9 @@ pub enum WatchEvent {
     Ready { root: RootId, watches: usize },
     /// The kernel dropped events: the root must be rescanned.
     Overflow { root: RootId },
+    /// Events could not be applied as they happened (directories replaced faster than
+    /// they were watched): the watches are repaired; the root must be rescanned.
+    Rescan { root: RootId },
     /// A root could not be watched or went away (deleted, moved, unmounted).
     RootLost { root: RootId, reason: String },
     /// A lost root is watched again; it must be rescanned.
@@ -813,6 +816,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         match moved {
             Some(id) if from_root == to_root => {
                 self.tree.move_to(id, to_parent, &to_name);
+                if !self.still_at(to_root, &new_rel, id) {
+                    // The directory that moved here is not the one the tree moved.
+                    self.desync(to_root);
+                    return;
+                }
                 // The watches followed; the remote still needs the contents. Everything
                 // goes out in one report after the hint, so one batch can carry the move.
                 self.flush();
@@ -887,15 +895,17 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     continue;
                 }
                 present.push(name.clone());
+                // By inode, not by name: the directory now at this name may be another
+                // one than the tree holds there (inotify answers with the watch of the
+                // inode that is there now).
                 let known = self.tree.child(dir_id, &name);
-                match known {
-                    Some(child) => stack.push(child),
-                    None => {
-                        if let Some(child) = self.add_dir_watch(dir_id, &name, root, &rel) {
-                            added += 1;
-                            self.walk(child, false);
-                        }
+                match self.add_dir_watch(dir_id, &name, root, &rel) {
+                    Some(child) if Some(child) == known => stack.push(child),
+                    Some(child) => {
+                        added += 1;
+                        self.walk(child, false);
                     }
+                    None => {}
                 }
             }
             present.sort_unstable();
@@ -909,9 +919,44 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             added,
             watches = self.tree.len(),
             was = before,
-            "watch tree repaired after the overflow"
+            "watch tree repaired"
         );
         added
+    }
+
+    /// Whether the directory at `rel` now is the one watched as `expected` (the same inode
+    /// has the same watch descriptor). A path that is gone or not a directory any more
+    /// proves nothing: the events that moved it follow.
+    fn still_at(&mut self, root: RootId, rel: &[u8], expected: i32) -> bool {
+        match self
+            .inotify
+            .watches()
+            .add(self.abs_path(root, rel), self.mask())
+        {
+            Ok(wd) => {
+                let found = wd.get_watch_descriptor_id();
+                if found != expected && !self.tree.contains(found) {
+                    self.rm_watch(found);
+                }
+                found == expected
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// The tree no longer matches the directories on disk: they were created, moved and
+    /// replaced faster than the events could be applied, so some events went to the
+    /// wrong path and some directories were not watched for a moment. Repairs the tree by
+    /// inode and asks for a rescan of the root, as after an overflow.
+    fn desync(&mut self, root: RootId) {
+        tracing::warn!(
+            "directories were moved and replaced faster than they could be watched: \
+             repairing the watches and rescanning the root"
+        );
+        self.flush_pending_moves();
+        self.flush();
+        self.repair_watches();
+        (self.report)(WatchEvent::Rescan { root });
     }
 
     /// Lists every entry below an already-watched directory without adding watches.

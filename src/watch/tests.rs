@@ -336,3 +336,27 @@ fn a_rename_over_an_empty_directory_and_back() {
     let got = h.settle();
     assert_eq!(keys(&got), vec!["existing/deeper/late"]);
 }
+
+/// `mkdir a; mv a b; mkdir a` faster than the events are read: the IN_CREATE of the first
+/// `a` is applied when `a` is already the second directory. The tree is repaired by inode
+/// and a rescan asked for; afterwards both directories report under their own names.
+#[test]
+fn a_directory_replaced_before_its_events_are_read_is_repaired() {
+    let h = Harness::start("replaced", |_| {});
+    for round in 0..5 {
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        fs::create_dir(h.dir.join(&a)).unwrap();
+        fs::write(h.dir.join(&a).join("first"), b"1").unwrap();
+        fs::rename(h.dir.join(&a), h.dir.join(&b)).unwrap();
+        fs::create_dir(h.dir.join(&a)).unwrap();
+        h.settle();
+        fs::write(h.dir.join(&a).join("late"), b"x").unwrap();
+        fs::write(h.dir.join(&b).join("late"), b"y").unwrap();
+        let got = h.settle();
+        assert_eq!(
+            keys(&got),
+            vec![format!("{a}/late").as_str(), format!("{b}/late").as_str()],
+            "round {round}"
+        );
+    }
+}

@@ -20,6 +20,12 @@ use super::{POLL, tail, temp_dir};
 /// The binary under test.
 pub const SERSYNCD: &str = env!("CARGO_BIN_EXE_sersyncd");
 
+/// The daemon the tests run: [`SERSYNCD`], or the binary named by `SERSYNC_TEST_SERSYNCD`
+/// (to show that a regression test fails against a build of an older commit).
+pub fn sersyncd_binary() -> PathBuf {
+    std::env::var_os("SERSYNC_TEST_SERSYNCD").map_or_else(|| PathBuf::from(SERSYNCD), PathBuf::from)
+}
+
 /// How long the daemon may take to send READY=1.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -75,6 +81,7 @@ pub struct SersyncdBuilder {
     raw_sersync_xml: String,
     fail_log: Option<(String, u32)>,
     timeout: Option<Option<u32>>,
+    crontab_excludes: Vec<String>,
     args: Vec<OsString>,
     launcher: Vec<OsString>,
 }
@@ -158,6 +165,13 @@ impl SersyncdBuilder {
     /// this is not called) is `start="true" time="30"`.
     pub fn timeout(mut self, seconds: Option<u32>) -> Self {
         self.timeout = Some(seconds);
+        self
+    }
+
+    /// `<crontab start="false"><crontabfilter start="true">` with these excludes (applied
+    /// by full syncs that an operator or the timer asks for).
+    pub fn crontab_filter(mut self, patterns: &[&str]) -> Self {
+        self.crontab_excludes = patterns.iter().map(|p| p.to_string()).collect();
         self
     }
 
@@ -267,7 +281,19 @@ impl SersyncdBuilder {
             "        <failLog path=\"{}\" timeToExecute=\"{minutes}\"/>\n",
             attr(&fail_log)
         ));
-        x.push_str("        <crontab start=\"false\" schedule=\"600\"></crontab>\n");
+        if self.crontab_excludes.is_empty() {
+            x.push_str("        <crontab start=\"false\" schedule=\"600\"></crontab>\n");
+        } else {
+            x.push_str("        <crontab start=\"false\" schedule=\"600\">\n");
+            x.push_str("            <crontabfilter start=\"true\">\n");
+            for pattern in &self.crontab_excludes {
+                x.push_str(&format!(
+                    "                <exclude expression=\"{}\"/>\n",
+                    attr(pattern)
+                ));
+            }
+            x.push_str("            </crontabfilter>\n        </crontab>\n");
+        }
         x.push_str("        <plugin start=\"false\" name=\"command\"/>\n");
         x.push_str(&self.raw_sersync_xml);
         x.push_str("    </sersync>\n</head>\n");
@@ -357,10 +383,10 @@ impl Sersyncd {
         let mut command = match self.launcher.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(args).arg(SERSYNCD);
+                command.args(args).arg(sersyncd_binary());
                 command
             }
-            None => Command::new(SERSYNCD),
+            None => Command::new(sersyncd_binary()),
         };
         let child = command
             .arg("-o")
@@ -472,6 +498,11 @@ impl Sersyncd {
             .unwrap()
             .iter()
             .any(|datagram| datagram.lines().any(|line| line == assignment))
+    }
+
+    /// Every sd_notify datagram so far.
+    pub fn notifications(&self) -> Vec<String> {
+        self.notifications.lock().unwrap().clone()
     }
 
     /// Everything the daemon wrote to stdout and stderr so far.
