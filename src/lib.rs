@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod failure;
 pub mod generator;
 pub mod plugin;
+pub mod probe;
 pub mod queue;
 pub mod shell;
 pub mod sync;

@@ -717,17 +717,29 @@ impl Checker<'_> {
     /// Warns when a watch root is missing or not a directory: the daemon waits for it, so
     /// this is not fatal, but it is most often a typo.
     fn check_watch_root(&mut self, at: usize, path: &Path, text: &str) {
-        match std::fs::metadata(path) {
-            Ok(metadata) if metadata.is_dir() => {}
-            Ok(_) => self.warn(
+        // Bounded: a root on a hung filesystem must not hang start-up or a reload.
+        let probed = path.to_path_buf();
+        match crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+            std::fs::metadata(probed)
+        }) {
+            None => self.warn(
+                at,
+                format!(
+                    "watch root \"{text}\" did not answer within {} s (a hung filesystem?); \
+                     sersyncd watches it once it does",
+                    crate::probe::ANSWER_WITHIN.as_secs()
+                ),
+            ),
+            Some(Ok(metadata)) if metadata.is_dir() => {}
+            Some(Ok(_)) => self.warn(
                 at,
                 format!("watch root \"{text}\" is not a directory (yet); sersyncd retries it"),
             ),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => self.warn(
+            Some(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => self.warn(
                 at,
                 format!("watch root \"{text}\" does not exist (yet); sersyncd retries it"),
             ),
-            Err(err) => self.warn(at, format!("cannot inspect watch root \"{text}\": {err}")),
+            Some(Err(err)) => self.warn(at, format!("cannot inspect watch root \"{text}\": {err}")),
         }
     }
 

@@ -958,10 +958,27 @@ impl Daemon {
         let roots: Vec<RootId> = match &root {
             None => (0..self.config.roots.len()).collect(),
             Some(path) => {
-                let wanted = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-                let found = self.config.roots.iter().position(|r| {
-                    r.path == *path || std::fs::canonicalize(&r.path).is_ok_and(|c| c == wanted)
-                });
+                // By name first; resolving paths touches the roots' filesystems, and one of
+                // them may hang: bounded, so the loop never waits on it.
+                let canonical = |p: &Path| {
+                    let p = p.to_path_buf();
+                    crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+                        std::fs::canonicalize(p).ok()
+                    })
+                    .flatten()
+                };
+                let found = self
+                    .config
+                    .roots
+                    .iter()
+                    .position(|r| r.path == *path)
+                    .or_else(|| {
+                        let wanted = canonical(path).unwrap_or_else(|| path.clone());
+                        self.config
+                            .roots
+                            .iter()
+                            .position(|r| canonical(&r.path).is_some_and(|c| c == wanted))
+                    });
                 match found {
                     Some(id) => vec![id],
                     None => {
