@@ -406,6 +406,7 @@ impl Sersyncd {
             .stderr(log)
             .spawn()
             .expect("spawn sersyncd");
+        self.mark(&format!("started PID {}", child.id()));
         self.child = Some(child);
         self.status = None;
         self.wait_ready();
@@ -416,8 +417,35 @@ impl Sersyncd {
     /// READY=1 from the new process.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart() of a running sersyncd");
-        self.notifications.lock().unwrap().clear();
+        self.forget_notifications();
         self.spawn();
+    }
+
+    /// Forgets every notification of the processes before: a marker datagram goes through
+    /// the socket after them (the previous process is gone, so all it sent is queued
+    /// already), and everything up to the marker is dropped. A READY=1 the old process
+    /// sent just before it died must not pass for the new one's.
+    fn forget_notifications(&self) {
+        let marker = format!("HARNESS-BARRIER={:?}", Instant::now());
+        let sender = UnixDatagram::unbound().expect("a datagram socket");
+        sender
+            .send_to(marker.as_bytes(), self.dir.path().join("notify.sock"))
+            .expect("send the barrier");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            {
+                let mut seen = self.notifications.lock().unwrap();
+                if let Some(at) = seen.iter().position(|n| *n == marker) {
+                    seen.drain(..=at);
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the notification reader is stuck"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// [`Sersyncd::restart`] with other extra arguments (kept for later restarts).
@@ -465,8 +493,20 @@ impl Sersyncd {
         let mut child = self.child.take().expect("sersyncd is running");
         let _ = child.kill();
         let status = child.wait().expect("wait for a killed sersyncd");
+        self.mark(&format!("SIGKILL to PID {}: {status}", child.id()));
         self.status = Some(status);
         status
+    }
+
+    /// A line of the harness's own in the daemon's log, to read failures by.
+    fn mark(&self, what: &str) {
+        use std::io::Write;
+        if let Ok(mut log) = OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("sersyncd.log"))
+        {
+            let _ = writeln!(log, "---- harness: {what} ----");
+        }
     }
 
     fn wait_ready(&mut self) {
@@ -525,7 +565,10 @@ impl Sersyncd {
     /// Sends SIGTERM and waits (SIGKILL after 10 s); returns how the daemon exited.
     pub fn terminate(&mut self) -> ExitStatus {
         if let Some(child) = self.child.take() {
-            self.status = Some(terminate(child, STOP_TIMEOUT));
+            let pid = child.id();
+            let status = terminate(child, STOP_TIMEOUT);
+            self.mark(&format!("SIGTERM to PID {pid}: {status}"));
+            self.status = Some(status);
         }
         self.status.expect("the daemon has an exit status")
     }
