@@ -283,6 +283,10 @@ pub fn deletion(transport: &Transport) -> Vec<OsString> {
             "--recursive",
             "--delete",
             "--force",
+            // A deletion run deletes and nothing else: an ancestor that the remote lacks
+            // (it was moved or deleted there by an earlier batch) is not created from the
+            // skeleton.
+            "--existing",
             "--from0",
             "--filter=. -",
             "./",
@@ -682,7 +686,7 @@ mod tests {
         let t = transport(false, true, None, None);
         assert_eq!(
             joined(&deletion(&t)),
-            "--sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=120 --contimeout=30 --recursive --delete --force --from0 --filter=. - ./ rsync://backup@127.0.0.1/web/"
+            "--sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=120 --contimeout=30 --recursive --delete --force --existing --from0 --filter=. - ./ rsync://backup@127.0.0.1/web/"
         );
     }
 

@@ -166,7 +166,9 @@ fn report(
         file.display(),
         world.log.join("\n"),
     );
-    let _ = std::fs::write(dir.join(format!("{name}.log")), &text);
+    // The file has the daemon's whole log; stderr its tail.
+    let whole = text.replace(&tail, &log);
+    let _ = std::fs::write(dir.join(format!("{name}.log")), whole);
     (rounds.to_vec(), text)
 }
 
