@@ -83,8 +83,15 @@ fn can_run() -> bool {
 /// A failed run: the rounds recorded so far and the report.
 type Failure = (Vec<Vec<Op>>, String);
 
+/// What one seed did: operations, faults that took effect (by kind), time.
+type Ran = (
+    usize,
+    std::collections::BTreeMap<&'static str, usize>,
+    Duration,
+);
+
 /// Runs one seed for `rounds` rounds; on failure returns the recorded ops and a report.
-fn run_seed(seed: u64, rounds: usize) -> Result<(usize, Duration), Failure> {
+fn run_seed(seed: u64, rounds: usize) -> Result<Ran, Failure> {
     let started = Instant::now();
     let mut world = World::new();
     let mut generator = Generator::new(seed, 2, world.privileged);
@@ -128,7 +135,7 @@ fn run_seed(seed: u64, rounds: usize) -> Result<(usize, Duration), Failure> {
             ));
         }
     }
-    Ok((ops_count, started.elapsed()))
+    Ok((ops_count, world.faults_applied.clone(), started.elapsed()))
 }
 
 /// Runs a recorded list of rounds in a fresh world.
@@ -216,6 +223,8 @@ fn run_seeds(seeds: std::ops::Range<u64>, rounds: usize, soak: Option<Duration>)
     let started = Instant::now();
     let mut passed = 0;
     let mut total_ops = 0;
+    let mut total_faults: std::collections::BTreeMap<&'static str, usize> =
+        std::collections::BTreeMap::new();
     let mut seed = seeds.start;
     loop {
         let within = match soak {
@@ -226,11 +235,15 @@ fn run_seeds(seeds: std::ops::Range<u64>, rounds: usize, soak: Option<Duration>)
             break;
         }
         match run_seed(seed, rounds) {
-            Ok((ops, took)) => {
+            Ok((ops, faults, took)) => {
                 passed += 1;
                 total_ops += ops;
+                let applied: usize = faults.values().sum();
+                for (kind, n) in faults {
+                    *total_faults.entry(kind).or_default() += n;
+                }
                 eprintln!(
-                    "sim seed {seed}: {rounds} rounds, {ops} ops, converged ({:.1} s)",
+                    "sim seed {seed}: {rounds} rounds, {ops} ops, {applied} faults, converged ({:.1} s)",
                     took.as_secs_f64()
                 );
             }
@@ -253,8 +266,14 @@ fn run_seeds(seeds: std::ops::Range<u64>, rounds: usize, soak: Option<Duration>)
         }
         seed += 1;
     }
+    let faults: Vec<String> = total_faults
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
     eprintln!(
-        "simulation: {passed} seeds passed, {total_ops} ops, in {:.0} s",
+        "simulation: {passed} seeds passed, {total_ops} ops, {} faults ({}), in {:.0} s",
+        total_faults.values().sum::<usize>(),
+        faults.join(", "),
         started.elapsed().as_secs_f64()
     );
 }

@@ -296,7 +296,8 @@ impl Generator {
         for i in 0..=count {
             while fault_at.first() == Some(&i) {
                 fault_at.remove(0);
-                for op in self.fault() {
+                let tree = listing(root);
+                for op in self.fault(&tree) {
                     apply(&op);
                     ops.push(op);
                 }
@@ -634,7 +635,7 @@ impl Generator {
         }
     }
 
-    fn fault(&mut self) -> Vec<Op> {
+    fn fault(&mut self, tree: &[(Vec<u8>, Kind)]) -> Vec<Op> {
         let remote = self.rng.below(self.remotes);
         let p = self.privileged;
         let weights = [
@@ -667,11 +668,11 @@ impl Generator {
             }
             1 => ops.push(Op::Fault(Fault::ReadOnlyModule { remote })),
             2 => {
-                let path = self.pick_existing_or_root();
+                let path = self.pick_in(tree, |kind| kind != Kind::Symlink);
                 ops.push(Op::Fault(Fault::Immutable { remote, path }));
             }
             3 => {
-                let path = self.pick_existing_or_root();
+                let path = self.pick_in(tree, |kind| kind == Kind::Dir);
                 ops.push(Op::Fault(Fault::ReadOnlyMount { remote, path }));
             }
             4 => ops.push(Op::Fault(Fault::DiskFull { remote })),
@@ -720,17 +721,21 @@ impl Generator {
         ops
     }
 
-    /// A directory chosen when the fault is generated: its replica copy may or may not
-    /// exist then (the fault is a no-op if it does not).
-    fn pick_existing_or_root(&mut self) -> Vec<u8> {
-        if self.rng.chance(25) {
+    /// A source path of a kind that `fits` (or the root), chosen when the fault is
+    /// generated: its replica copy usually exists (the fault is a no-op if it does not).
+    fn pick_in(&mut self, tree: &[(Vec<u8>, Kind)], fits: impl Fn(Kind) -> bool) -> Vec<u8> {
+        let candidates: Vec<&Vec<u8>> = tree
+            .iter()
+            .filter(|(_, kind)| fits(*kind))
+            .map(|(path, _)| path)
+            .collect();
+        if candidates.is_empty() || self.rng.chance(20) {
             return Vec::new();
         }
-        let mut path = Vec::new();
-        for _ in 0..self.rng.below(3) {
-            path = join(&path, NAMES[self.rng.below(6)]);
-        }
-        path
+        self.rng
+            .pick(&candidates)
+            .map(|p| p.to_vec())
+            .unwrap_or_default()
     }
 }
 

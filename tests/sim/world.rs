@@ -59,6 +59,8 @@ pub struct World {
     active: Active,
     pub log: Vec<String>,
     round: usize,
+    /// How many faults of each kind took effect.
+    pub faults_applied: std::collections::BTreeMap<&'static str, usize>,
 }
 
 impl std::fmt::Debug for World {
@@ -134,6 +136,7 @@ impl World {
             },
             log: Vec::new(),
             round: 0,
+            faults_applied: std::collections::BTreeMap::new(),
         };
         world.daemon = Some(world.builder(0b11).start());
         world
@@ -188,7 +191,10 @@ impl World {
             Op::Fault(fault) => {
                 let result = self.fault(fault);
                 let note = match result {
-                    Ok(()) => String::new(),
+                    Ok(()) => {
+                        *self.faults_applied.entry(fault_kind(fault)).or_default() += 1;
+                        String::new()
+                    }
                     Err(err) => format!("  (not applied: {err})"),
                 };
                 self.record(format!("[round {}] {line}{note}", self.round));
@@ -511,6 +517,28 @@ impl Drop for World {
                 let _ = run("umount", &[OsStr::new("-l"), mount.as_os_str()]);
             }
         }
+    }
+}
+
+/// A fault's kind, for the summary of a run.
+fn fault_kind(fault: &Fault) -> &'static str {
+    match fault {
+        Fault::RemoteDown { .. } => "remote down",
+        Fault::RemoteUp { .. } => "remote up",
+        Fault::ReadOnlyModule { .. } => "read-only module",
+        Fault::Immutable { .. } => "immutable path",
+        Fault::ReadOnlyMount { .. } => "read-only mount",
+        Fault::DiskFull { .. } => "disk full",
+        Fault::Repair { .. } => "repair",
+        Fault::Kill9 => "kill -9",
+        Fault::Sigterm => "SIGTERM",
+        Fault::Start { .. } => "start",
+        Fault::SigtermDuringRecovery { .. } => "SIGTERM during recovery",
+        Fault::Reload => "reload",
+        Fault::SetRemotes { .. } => "reload with other remotes",
+        Fault::SmallQueue { .. } => "inotify overflow (tiny queue)",
+        Fault::WatchLimit { .. } => "watch limit",
+        Fault::WatchLimitLifted => "watch limit lifted",
     }
 }
 
