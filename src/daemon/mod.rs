@@ -604,6 +604,40 @@ impl Daemon {
         Ok(())
     }
 
+    /// At a clean stop: has every watcher report what the kernel queued before the stop
+    /// (changes made right before SIGTERM would be lost with the inotify instances), so
+    /// they are saved with the rest. A watcher that does not answer in time (blocked on a
+    /// hung filesystem) leaves its root owing a full sync.
+    fn drain_watchers(&mut self) {
+        const DRAIN_WITHIN: Duration = Duration::from_secs(3);
+        self.tell_watchers(|| WatchControl::Drain);
+        let mut waiting: Vec<RootId> = (0..self.watchers.len()).collect();
+        let deadline = Instant::now() + DRAIN_WITHIN;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Input::Watch(generation, event)) if generation == self.watcher_generation => {
+                    match event {
+                        WatchEvent::Drained { root } => waiting.retain(|&r| r != root),
+                        other => self.on_watch(other),
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        for root in waiting {
+            tracing::warn!(
+                root = %self.root_path(root).display(),
+                "the watcher of this root did not report its last changes in time; the next \
+                 start rescans the root"
+            );
+            if !self.degraded_roots.contains(&root) {
+                self.degraded_roots.push(root);
+            }
+        }
+    }
+
     fn stop_watchers(&mut self) {
         for watcher in self.watchers.drain(..) {
             let _ = watcher.control.send(WatchControl::Stop);
@@ -685,6 +719,7 @@ impl Daemon {
                 shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
             }
         }
+        self.drain_watchers();
         self.stop_watchers();
         self.save_journal();
         self.save_state();
@@ -1266,6 +1301,7 @@ impl Daemon {
             }
             WatchEvent::DirRenamed { root, from, to } => self.queue.note_rename(root, &from, &to),
             WatchEvent::Overflow { root } | WatchEvent::Rescan { root } => self.on_overflow(root),
+            WatchEvent::Drained { .. } => {}
             WatchEvent::RootLost { root, reason } => {
                 tracing::error!(
                     root = %self.root_path(root).display(),

@@ -60,6 +60,8 @@ pub enum WatchEvent {
     Ready { root: RootId, watches: usize },
     /// The kernel dropped events: the root must be rescanned.
     Overflow { root: RootId },
+    /// Everything queued before a [`WatchControl::Drain`] has been reported.
+    Drained { root: RootId },
     /// Events could not be applied as they happened (directories replaced faster than
     /// they were watched): the watches are repaired; the root must be rescanned.
     Rescan { root: RootId },
@@ -111,6 +113,8 @@ pub enum WatchControl {
     /// Try again to watch the directories the watch limit left out (and report their
     /// contents as changes).
     RetryUnwatched,
+    /// Report everything queued in the kernel now, then [`WatchEvent::Drained`].
+    Drain,
     Stop,
 }
 
@@ -299,6 +303,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 Ok(WatchControl::Stop) | Err(TryRecvError::Disconnected) => return Ok(()),
                 Ok(WatchControl::Reconfigure(spec)) => self.reconfigure(spec),
                 Ok(WatchControl::RetryUnwatched) => self.retry_unwatched(),
+                Ok(WatchControl::Drain) => self.drain(&mut buffer)?,
                 Err(TryRecvError::Empty) => {}
             }
             self.retry_lost_roots();
@@ -321,27 +326,44 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 self.flush();
                 continue;
             }
-            let events: Vec<(i32, EventMask, u32, Option<Vec<u8>>)> =
-                match self.inotify.read_events(&mut buffer) {
-                    Ok(events) => events
-                        .map(|e| {
-                            (
-                                e.wd.get_watch_descriptor_id(),
-                                e.mask,
-                                e.cookie,
-                                e.name.map(|n| n.as_bytes().to_vec()),
-                            )
-                        })
-                        .collect(),
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => Vec::new(),
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => Vec::new(),
-                    Err(err) => return Err(err),
-                };
-            for (wd, mask, cookie, name) in events {
-                self.handle(wd, mask, cookie, name);
-            }
+            self.read_available(&mut buffer)?;
             self.flush();
         }
+    }
+
+    /// Reads and handles the events queued now (none: returns false at once).
+    fn read_available(&mut self, buffer: &mut [u8]) -> io::Result<bool> {
+        let events: Vec<(i32, EventMask, u32, Option<Vec<u8>>)> =
+            match self.inotify.read_events(buffer) {
+                Ok(events) => events
+                    .map(|e| {
+                        (
+                            e.wd.get_watch_descriptor_id(),
+                            e.mask,
+                            e.cookie,
+                            e.name.map(|n| n.as_bytes().to_vec()),
+                        )
+                    })
+                    .collect(),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => Vec::new(),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => Vec::new(),
+                Err(err) => return Err(err),
+            };
+        let any = !events.is_empty();
+        for (wd, mask, cookie, name) in events {
+            self.handle(wd, mask, cookie, name);
+        }
+        Ok(any)
+    }
+
+    /// Reports every change the kernel has queued (at a clean stop, so that what happened
+    /// before it is saved, not lost with the inotify instance).
+    fn drain(&mut self, buffer: &mut [u8]) -> io::Result<()> {
+        while self.read_available(buffer)? {}
+        self.flush_pending_moves();
+        self.flush();
+        (self.report)(WatchEvent::Drained { root: self.root });
+        Ok(())
     }
 
     fn flush(&mut self) {
@@ -959,20 +981,23 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         (self.report)(WatchEvent::Rescan { root });
     }
 
-    /// Lists every entry below an already-watched directory without adding watches.
+    /// Lists every entry below a moved directory (already watched) into `out`, and
+    /// watches any subdirectory the tree lacks: one whose watch could not be added when
+    /// it was created, because by then its path led elsewhere (it was inside a directory
+    /// that was swapped away, say), would otherwise stay unwatched for good.
     fn walk_report_only(&mut self, id: i32, out: &mut Vec<Change>) {
         let (Some(root), Some(rel)) = (self.tree.root_of(id), self.tree.rel_path(id)) else {
             return;
         };
-        let mut stack = vec![rel];
-        while let Some(rel_dir) = stack.pop() {
+        let mut stack = vec![(id, rel)];
+        while let Some((dir_id, rel_dir)) = stack.pop() {
             self.heartbeat.beat();
             let Ok(entries) = std::fs::read_dir(self.abs_path(root, &rel_dir)) else {
                 continue;
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().as_bytes().to_vec();
-                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                let is_dir = self.entry_is_dir(&entry);
                 let rel = join(&rel_dir, &name);
                 if self.ignored(&rel, &name, is_dir) {
                     continue;
@@ -983,7 +1008,13 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     action: Action::Sync,
                 });
                 if is_dir {
-                    stack.push(rel);
+                    let child = match self.tree.child(dir_id, &name) {
+                        Some(child) => Some(child),
+                        None => self.add_dir_watch(dir_id, &name, root, &rel),
+                    };
+                    if let Some(child) = child {
+                        stack.push((child, rel));
+                    }
                 }
             }
         }

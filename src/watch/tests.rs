@@ -360,3 +360,26 @@ fn a_directory_replaced_before_its_events_are_read_is_repaired() {
         );
     }
 }
+
+/// A directory created inside one that is swapped with a file before its event is read:
+/// its watch cannot be added then (its path is a file's), so the walk after the swap
+/// adds it (found by the simulation, seed 12).
+#[test]
+fn a_subdirectory_created_just_before_its_parent_is_swapped_is_watched() {
+    let h = Harness::start("swapsub", |_| {});
+    fs::write(h.dir.join("file"), b"f").unwrap();
+    h.settle();
+    fs::create_dir(h.dir.join("existing/sub")).unwrap();
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &h.dir.join("existing"),
+        nix::fcntl::AT_FDCWD,
+        &h.dir.join("file"),
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .unwrap();
+    h.settle();
+    fs::write(h.dir.join("file/sub/late"), b"x").unwrap();
+    let got = h.settle();
+    assert_eq!(keys(&got), vec!["file/sub/late"]);
+}
