@@ -257,7 +257,7 @@ impl Runner {
         let seeded = self.seed_renames(batch, ctx);
         // What no longer exists locally (or was replaced) is deleted on the
         // remote first; what exists is sent. rsync never sees a missing argument.
-        let mut delete: Vec<(&[u8], bool)> = Vec::new();
+        let mut delete: Vec<&[u8]> = Vec::new();
         let mut send: Vec<&[u8]> = Vec::new();
         // A directory the batch removes or replaces, that is a directory again now: the
         // changes below it were folded into that removal, so its remote copy is purged
@@ -269,8 +269,7 @@ impl Runner {
             let dir_again = meta.is_ok_and(|m| m.is_dir())
                 && matches!(action, Action::Remove { dir: true } | Action::Replace);
             if !exists || *action == Action::Replace || dir_again {
-                let was_file = *action == Action::Remove { dir: false };
-                delete.push((path.as_slice(), was_file));
+                delete.push(path.as_slice());
             }
             if dir_again && !path.is_empty() {
                 whole.push(path);

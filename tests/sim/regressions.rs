@@ -922,3 +922,24 @@ fn changes_made_right_before_a_clean_stop_are_delivered_after_the_restart() {
     }
     converged_exactly(&src, env.replica(), CATCH_UP);
 }
+
+/// Seed 5: a path the events say was a file can be a directory on the remote (a
+/// directory→file replacement whose file was gone again when its batch ran); its deletion
+/// must delete that directory too, not keep it silently ("cannot delete non-empty
+/// directory" with exit 0).
+#[test]
+fn deleting_a_file_removes_the_directory_the_remote_has_there() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let _daemon = env.start(|b| b);
+    let src = env.src().to_owned();
+    write(&src, "d/x", "a file\n");
+    env.converged();
+    // The remote has a directory where the file was.
+    let remote_x = env.replica().join("d/x");
+    std::fs::remove_file(&remote_x).unwrap();
+    write(env.replica(), "d/x/left/over", "stale\n");
+    std::fs::remove_file(src.join("d/x")).unwrap();
+    converged_exactly(&src, env.replica(), CONVERGE);
+}
