@@ -3,6 +3,7 @@
 # then lints and runs every test tier. README.md and .ci/run call exactly this.
 #   1. cargo fmt --check, cargo clippy -D warnings
 #   2. cargo test: unit tables + tests/it (real sersyncd, rsync daemons, dbus-daemon)
+#      + tests/sim (the randomized simulation's CI seeds and its regressions; root)
 #   3. tests/packaging/run.sh: build the .deb/.rpm, install, check, purge   (root)
 #   4. tests/system/run.sh: the .deb in a real systemd (systemd-nspawn)      (root)
 # SERSYNC_TEST_TIERS=cargo limits the run to tiers 1-2 (for quick local runs).
@@ -10,11 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 need=()
-for tool in rsync dbus-daemon inotifywait; do command -v "$tool" >/dev/null || need+=("$tool"); done
+for tool in rsync dbus-daemon inotifywait bindfs chattr unshare; do command -v "$tool" >/dev/null || need+=("$tool"); done
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -q
-    $SUDO apt-get install -y -q rsync dbus inotify-tools
+    $SUDO apt-get install -y -q rsync dbus inotify-tools bindfs fuse3 e2fsprogs util-linux
 fi
 echo "== tier 1: fmt + clippy"
 cargo fmt --all -- --check

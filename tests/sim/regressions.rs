@@ -528,19 +528,41 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
         return;
     };
     let daemon = env.start(|b| b);
-    let out = Command::new(sersyncd_binary())
+    let mut second = Command::new(sersyncd_binary())
         .arg("-o")
         .arg(daemon.config_path())
         .arg("--state-dir")
         .arg(daemon.state_dir())
         .arg("--log")
         .arg("stderr")
+        .arg("--no-dbus")
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run a second sersyncd");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(73), "{stderr}");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second sersyncd on the same state directory kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    second
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(73), "{stderr}");
     assert!(
         stderr.contains(&format!("PID {}", daemon.pid())),
         "the error names the first daemon: {stderr}"
