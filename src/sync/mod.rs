@@ -419,6 +419,29 @@ impl Runner {
     /// `to` paths whose subtree was delivered that way (the batch skips them).
     fn seed_renames(&self, batch: &crate::queue::Batch, ctx: &JobContext) -> Vec<Vec<u8>> {
         let mut seeded = Vec::new();
+        if batch.renames.is_empty() {
+            return seeded;
+        }
+        // A seed run writes into DEST/NEW/, and the receiver follows whatever is there:
+        // a symlink left at NEW (the old occupant of the name) would take the whole
+        // subtree elsewhere. The new directories are sent first, as directories (a
+        // symlink or file in their place is replaced); only then are they seeded.
+        let targets: Vec<&[u8]> = batch
+            .renames
+            .iter()
+            .map(|(_, to)| to.as_slice())
+            .filter(|to| !to.is_empty())
+            .collect();
+        let (argv, stdin) = argv::batch_listed(&ctx.transport, &targets, self.path_args_budget);
+        let made = self.run(batch.lane, &argv, &ctx.root, stdin, ctx.debug, false);
+        if !matches!(made.result, RunResult::Exited(0)) {
+            tracing::debug!(
+                result = ?made.result,
+                "rename shortcut not taken: {}",
+                made.stderr.lines().last().unwrap_or("")
+            );
+            return seeded;
+        }
         for (from, to) in &batch.renames {
             let list: Vec<Vec<u8>> = batch
                 .entries

@@ -965,3 +965,23 @@ fn deleting_a_file_removes_the_directory_the_remote_has_there() {
     std::fs::remove_file(src.join("d/x")).unwrap();
     converged_exactly(&src, env.replica(), CONVERGE);
 }
+
+/// Seed 26: a directory renamed to a name that is a symlink on the remote (left there by
+/// an exchange that reached the remote in part): the rename's `--copy-dest` run must not
+/// write through that symlink into another directory.
+#[test]
+fn a_rename_onto_a_name_that_is_a_symlink_on_the_remote_stays_in_place() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let _daemon = env.start(|b| b);
+    let src = env.src().to_owned();
+    write(&src, "a/keep", "a\n");
+    for i in 0..3 {
+        write(&src, &format!("old/f{i}"), &format!("{i}\n"));
+    }
+    env.converged();
+    std::os::unix::fs::symlink("a", env.replica().join("b")).unwrap();
+    std::fs::rename(src.join("old"), src.join("b")).unwrap();
+    converged_exactly(&src, env.replica(), CONVERGE);
+}
