@@ -731,11 +731,17 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     }
 
     /// Whether a created non-directory needs a sync now, without waiting for an
-    /// IN_CLOSE_WRITE that will never come: symlinks, hard links, fifos and device nodes.
-    /// Regular files are remembered by inode for [`Watcher::tmpfile_link`].
+    /// IN_CLOSE_WRITE that will never come: symlinks, fifos, device nodes, and a name given
+    /// to an inode that existed before (a hard link, a linked `O_TMPFILE`). Its link
+    /// count tells only while the other name lasts; its ctime after its mtime tells
+    /// either way (a link changes the ctime, a file being written moves both together).
+    /// Other regular files are remembered by inode for [`Watcher::tmpfile_link`].
     fn created_needs_sync(&mut self, root: RootId, rel: &[u8]) -> bool {
         match std::fs::symlink_metadata(self.abs_path(root, rel)) {
             Ok(meta) if !meta.is_file() || meta.nlink() > 1 => true,
+            Ok(meta) if (meta.ctime(), meta.ctime_nsec()) > (meta.mtime(), meta.mtime_nsec()) => {
+                true
+            }
             Ok(meta) => {
                 if self.recent_creates.len() >= RECENT_CREATES {
                     self.recent_creates.clear();

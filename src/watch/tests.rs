@@ -383,3 +383,19 @@ fn a_subdirectory_created_just_before_its_parent_is_swapped_is_watched() {
     let got = h.settle();
     assert_eq!(keys(&got), vec!["file/sub/late"]);
 }
+
+/// A hard link whose other name is gone by the time its IN_CREATE is read has a link
+/// count of 1 like a file being written, but its ctime is after its mtime: it is synced
+/// now, not left waiting for an IN_CLOSE_WRITE that never comes (found by the simulation,
+/// seed 18).
+#[test]
+fn a_hard_link_whose_other_name_is_gone_is_reported() {
+    let h = Harness::start("linkgone", |_| {});
+    fs::write(h.dir.join("existing/orig"), b"content").unwrap();
+    h.settle();
+    std::thread::sleep(Duration::from_millis(20));
+    fs::hard_link(h.dir.join("existing/orig"), h.dir.join("linked")).unwrap();
+    fs::remove_file(h.dir.join("existing/orig")).unwrap();
+    let got = h.settle();
+    assert_eq!(got.get("linked"), Some(&Action::Sync), "{got:?}");
+}
