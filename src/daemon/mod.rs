@@ -238,7 +238,7 @@ fn prepare_state_dir(dir: &Path) -> std::io::Result<std::fs::File> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let lock = state::StateDir::new(dir.to_path_buf()).lock()?;
+    let lock = state::StateDir::new(dir.to_path_buf()).lock(Duration::from_secs(5))?;
     let empty = dir.join("empty");
     match std::fs::remove_dir_all(&empty) {
         Ok(()) => {}

@@ -77,9 +77,11 @@ impl StateDir {
     }
 
     /// Takes the directory's lock (`flock` on `lock`, which holds the owner's PID) for as
-    /// long as the returned file stays open. Another live daemon holding it is an error
-    /// that names its PID.
-    pub fn lock(&self) -> io::Result<File> {
+    /// long as the returned file stays open, waiting up to `patience` for it: a daemon
+    /// that was just killed may still have children between fork and exec (they hold a
+    /// copy of the descriptor until they are gone). Another live daemon holding it is an
+    /// error that names its PID.
+    pub fn lock(&self, patience: std::time::Duration) -> io::Result<File> {
         use std::io::{Read, Seek, Write};
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
@@ -92,9 +94,15 @@ impl StateDir {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)?;
+        let deadline = std::time::Instant::now() + patience;
         // SAFETY: flock(2) on a descriptor this function owns; no memory is passed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
@@ -265,8 +273,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sersync-lock-test-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let state = StateDir::new(dir.clone());
-        let first = state.lock().expect("first lock");
-        let err = state.lock().expect_err("second lock");
+        let first = state.lock(std::time::Duration::ZERO).expect("first lock");
+        let err = state
+            .lock(std::time::Duration::from_millis(200))
+            .expect_err("second lock");
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         assert!(
             err.to_string()
@@ -274,7 +284,9 @@ mod tests {
             "{err}"
         );
         drop(first);
-        let again = state.lock().expect("lock after the first holder closed it");
+        let again = state
+            .lock(std::time::Duration::ZERO)
+            .expect("lock after the first holder closed it");
         drop(again);
         fs::remove_dir_all(&dir).unwrap();
     }
