@@ -49,6 +49,12 @@ fn converged_exactly(source: &Path, replica: &Path, timeout: Duration) {
     }
 }
 
+/// `len` bytes that compress to nothing less (rsync's `-z` would make a bandwidth limit
+/// meaningless on repetitive data).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    crate::ops::contents(len, seed)
+}
+
 /// Polls `condition` (bounded); panics with `what`.
 fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -194,26 +200,26 @@ fn swapped_and_returning_directories_stay_replicated() {
 }
 
 /// #13.2 (fixed in 6e7e0bb): a file rewritten with the same size within the second of
-/// its old version, then its directory renamed, in one batch: the rename is rebuilt from
-/// the remote's old copy (`--copy-dest`), which must not win over the new contents.
+/// its old version, then its directory renamed, while the lane is busy (so both land in
+/// one batch, with the rename): the rename is rebuilt from the remote's old copy
+/// (`--copy-dest`), which must not win over the new contents.
 #[test]
 fn a_same_second_rewrite_then_a_directory_rename_sends_the_new_contents() {
-    let Some(mut env) = Env::new(&["web"]) else {
+    let Some(env) = Env::new(&["web"]) else {
         return;
     };
-    let daemon = env.start(|b| b);
+    let _daemon = env.start(|b| b.common_params("-artz --bwlimit=1000"));
     let src = env.src().to_owned();
     write(&src, "d/f", &"A".repeat(100));
     env.converged();
     let (secs, nsec) = mtime(&src.join("d/f"));
-    // One batch: the remote is away while both changes happen.
-    env.rsyncd.stop();
+    // The lane is busy for a few seconds with a file that cannot be compressed.
+    std::fs::write(src.join("busy.bin"), noise(3_000_000, 2)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     write(&src, "d/f", &"B".repeat(100));
     set_mtime(&src.join("d/f"), secs, (nsec + 1) % 1_000_000_000);
     std::fs::rename(src.join("d"), src.join("e")).unwrap();
-    env.rsyncd.start();
     converged_exactly(&src, env.replica(), CATCH_UP);
-    drop(daemon);
 }
 
 /// #13.3 (fixed in 6db70c3): a receiver that refuses one deletion (an immutable
@@ -295,8 +301,7 @@ fn kill_9_during_a_large_transfer_leaves_no_rsync_behind() {
     };
     let mut daemon = env.start(|b| b.common_params("-artz --bwlimit=1000"));
     let src = env.src().to_owned();
-    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(src.join("big.bin"), &big).unwrap();
+    std::fs::write(src.join("big.bin"), noise(6_000_000, 5)).unwrap();
     let password_file = env.rsyncd.password_file();
     let needle = password_file.as_os_str().as_bytes();
     wait_for("an rsync sending big.bin", CONVERGE, || {
@@ -331,8 +336,7 @@ fn sigterm_during_the_recovery_does_not_end_the_recovery() {
     env.converged();
     daemon.kill9();
     // While it is down: a big file (the recovery outlasts the 10 s stop grace) and more.
-    let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
-    std::fs::write(src.join("big.bin"), &big).unwrap();
+    std::fs::write(src.join("big.bin"), noise(8_000_000, 6)).unwrap();
     for i in 0..5 {
         write(&src, &format!("while-down/{i}"), "d\n");
     }
@@ -371,28 +375,24 @@ fn a_full_sync_keeps_the_pending_changes_it_cannot_see() {
     drop(daemon);
 }
 
-/// #13.8 (fixed in 6db70c3): `full-sync --wait` returns only after a full sync that
-/// started after the call (a file written just before it is there), and a reload while a
-/// full sync is queued keeps it.
+/// #13.8a (fixed in 6db70c3): `full-sync --wait` returns only after a full sync that
+/// started after the call: a file written just before the call is on the replica when it
+/// returns, although another full sync was running.
 #[test]
-fn full_sync_wait_and_a_reload_with_a_full_sync_queued() {
+fn full_sync_wait_waits_for_a_full_sync_that_started_after_the_call() {
     let Some(bus) = Bus::start(Policy::Permissive) else {
         return;
     };
-    let Some(mut env) = Env::new(&["web", "more"]) else {
+    let Some(env) = Env::new(&["web"]) else {
         return;
     };
-    let remote = env.rsyncd.remote("web");
-    let builder = SersyncdBuilder::new()
-        .root(env.src(), std::slice::from_ref(&remote))
-        .rsyncd(&env.rsyncd)
-        .common_params("-artz --bwlimit=2000");
-    let daemon = on_bus(builder.clone(), &bus).start();
+    let _daemon = env.start(|b| on_bus(b.common_params("-artz --bwlimit=1000"), &bus));
     let src = env.src().to_owned();
-    let replica = env.rsyncd.replica("web").to_owned();
-    // A full sync that takes a few seconds is running when the call comes.
-    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i % 241) as u8).collect();
-    std::fs::write(src.join("big.bin"), &big).unwrap();
+    std::fs::write(src.join("big.bin"), noise(3_000_000, 8)).unwrap();
+    converged_exactly(&src, env.replica(), CATCH_UP);
+    // A full sync that takes a few seconds (it sends big.bin again) is running when the
+    // call comes.
+    std::fs::remove_file(env.replica().join("big.bin")).unwrap();
     let (code, _, stderr) = ctl(&bus, &["full-sync"]);
     assert_eq!(code, 0, "{stderr}");
     std::thread::sleep(Duration::from_millis(300));
@@ -400,22 +400,43 @@ fn full_sync_wait_and_a_reload_with_a_full_sync_queued() {
     let (code, out, stderr) = ctl(&bus, &["full-sync", "--wait", "--json"]);
     assert_eq!(code, 0, "{out}{stderr}");
     assert!(
-        replica.join("written-before-the-call.txt").exists(),
+        env.replica().join("written-before-the-call.txt").exists(),
         "full-sync --wait returned before a file written before the call arrived"
     );
+}
 
+/// #13.8b (fixed in 6db70c3): a reload that rebuilds the lanes (here: another root
+/// changes its remote; the roots, and so the watches, stay) while a full sync is queued
+/// keeps that full sync.
+#[test]
+fn a_reload_keeps_a_queued_full_sync() {
+    let Some(bus) = Bus::start(Policy::Permissive) else {
+        return;
+    };
+    let Some(mut env) = Env::new(&["web", "other", "more"]) else {
+        return;
+    };
+    let second_root = temp_dir("second-root");
+    let web = env.rsyncd.remote("web");
+    let both = SersyncdBuilder::new()
+        .root(env.src(), std::slice::from_ref(&web))
+        .root(second_root.path(), &[env.rsyncd.remote("other")])
+        .rsyncd(&env.rsyncd);
+    let daemon = on_bus(both, &bus).start();
+    let src = env.src().to_owned();
+    let replica = env.rsyncd.replica("web").to_owned();
+    write(&src, "a.txt", "a\n");
+    converged_exactly(&src, &replica, CONVERGE);
     // A stray file on the replica goes only with a full sync.
     write(&replica, "stray.txt", "only on the replica\n");
     env.rsyncd.stop();
-    let (code, _, stderr) = ctl(&bus, &["full-sync"]);
+    let (code, _, stderr) = ctl(&bus, &["full-sync", "--root", &src.to_string_lossy()]);
     assert_eq!(code, 0, "{stderr}");
-    // The reload adds a remote: the lanes are rebuilt while the full sync waits.
-    let second = env.rsyncd.remote("more");
-    let reloaded = SersyncdBuilder::new()
-        .root(env.src(), &[remote, second])
-        .rsyncd(&env.rsyncd)
-        .common_params("-artz --bwlimit=2000");
-    daemon.write_config(&on_bus(reloaded, &bus).xml());
+    let moved = SersyncdBuilder::new()
+        .root(env.src(), &[web])
+        .root(second_root.path(), &[env.rsyncd.remote("more")])
+        .rsyncd(&env.rsyncd);
+    daemon.write_config(&on_bus(moved, &bus).xml());
     daemon.signal(Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
     env.rsyncd.start();
@@ -423,7 +444,6 @@ fn full_sync_wait_and_a_reload_with_a_full_sync_queued() {
         !replica.join("stray.txt").exists()
     });
     converged_exactly(&src, &replica, CATCH_UP);
-    converged_exactly(&src, env.rsyncd.replica("more"), CATCH_UP);
 }
 
 /// #13.9 (fixed in 6db70c3): after the inotify watch limit was hit, raising it and
@@ -644,9 +664,11 @@ fn minus_n_bounds_every_rsync_process() {
     }
     let (first, second) = RsyncDaemon::pair(&["web"]);
     let src = temp_dir("src");
-    for d in 0..12 {
-        for f in 0..10 {
-            write(src.path(), &format!("d{d:02}/f{f}"), &"x".repeat(20_000));
+    for d in 0..12u64 {
+        for f in 0..10u64 {
+            let path = src.path().join(format!("d{d:02}/f{f}"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, noise(20_000, d * 100 + f)).unwrap();
         }
     }
     let daemon = SersyncdBuilder::new()

@@ -29,8 +29,9 @@ pub fn sersyncd_binary() -> PathBuf {
 /// How long the daemon may take to send READY=1.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How long the daemon may take to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the daemon may take to exit after SIGTERM before it is killed: more than its
+/// own grace for rsync runs in flight (10 s, then SIGTERM to them and up to 5 s more).
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `<remote ip name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
