@@ -21,7 +21,9 @@ echo "== tier 1: fmt + clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== tier 2: cargo test"
-cargo test --all-targets
+cargo test --lib --bins --test it
+# The simulation's CI seeds and its regressions, with the per-seed summary shown.
+cargo test --test sim -- --nocapture
 if [ "${SERSYNC_TEST_TIERS:-all}" = cargo ]; then
     echo "tiers 3-4 (packaging, systemd) not run: SERSYNC_TEST_TIERS=cargo"
     exit 0
