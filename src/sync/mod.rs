@@ -114,17 +114,24 @@ struct Slots {
 }
 
 impl Slots {
-    fn take(&self) {
+    /// Waits for a free slot; it is given back when the guard drops.
+    fn take(&self) -> Slot<'_> {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         while *free == 0 {
             free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
         }
         *free -= 1;
+        Slot(self)
     }
+}
 
-    fn give_back(&self) {
-        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.returned.notify_one();
+/// One taken process slot.
+struct Slot<'a>(&'a Slots);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.returned.notify_one();
     }
 }
 
@@ -543,21 +550,7 @@ impl Runner {
         debug: bool,
         capture_stdout: bool,
     ) -> Run {
-        self.slots.take();
-        let run = self.run_in_slot(lane, argv, cwd, stdin, debug, capture_stdout);
-        self.slots.give_back();
-        run
-    }
-
-    fn run_in_slot(
-        &self,
-        lane: LaneId,
-        argv: &[OsString],
-        cwd: &Path,
-        stdin: Vec<u8>,
-        debug: bool,
-        capture_stdout: bool,
-    ) -> Run {
+        let _slot = self.slots.take();
         if debug {
             tracing::debug!(cwd = %cwd.display(), "run: {}", argv::display(self.rsync.as_os_str(), argv));
         }

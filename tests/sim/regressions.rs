@@ -55,6 +55,29 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
     crate::ops::contents(len, seed)
 }
 
+/// Waits for `child` at most `limit`; its exit status and stderr, or `None` (after
+/// killing it) when it was still running.
+fn finish_within(mut child: Child, limit: Duration) -> Option<(std::process::ExitStatus, String)> {
+    use std::io::Read;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    Some((status, stderr))
+}
+
 /// Polls `condition` (bounded); panics with `what`.
 fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -548,7 +571,7 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
         return;
     };
     let daemon = env.start(|b| b);
-    let mut second = Command::new(sersyncd_binary())
+    let second = Command::new(sersyncd_binary())
         .arg("-o")
         .arg(daemon.config_path())
         .arg("--state-dir")
@@ -562,26 +585,8 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run a second sersyncd");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = second.kill();
-            let _ = second.wait();
-            panic!("a second sersyncd on the same state directory kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    use std::io::Read;
-    second
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr) = finish_within(second, Duration::from_secs(10))
+        .expect("a second sersyncd on the same state directory kept running");
     assert_eq!(status.code(), Some(73), "{stderr}");
     assert!(
         stderr.contains(&format!("PID {}", daemon.pid())),
@@ -837,7 +842,7 @@ fn a_config_that_is_not_a_small_regular_file_is_refused_at_once() {
         (Path::new("/dev/zero"), "a character device"),
         (huge.as_path(), "more than"),
     ] {
-        let mut child = Command::new(sersyncd_binary())
+        let child = Command::new(sersyncd_binary())
             .arg("--check")
             .arg("-o")
             .arg(config)
@@ -846,26 +851,8 @@ fn a_config_that_is_not_a_small_regular_file_is_refused_at_once() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run sersyncd --check");
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("sersyncd --check -o {} hung", config.display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        use std::io::Read;
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let (status, stderr) = finish_within(child, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("sersyncd --check -o {} hung", config.display()));
         assert_eq!(status.code(), Some(78), "{}: {stderr}", config.display());
         assert!(stderr.contains(expected), "{}: {stderr}", config.display());
         assert!(
