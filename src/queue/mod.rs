@@ -174,11 +174,6 @@ impl Queue {
         old.into_iter().map(|lane| lane.id).collect()
     }
 
-    /// The lane ids, in order.
-    pub fn lane_ids(&self) -> impl Iterator<Item = LaneId> + '_ {
-        self.lanes.iter().map(|lane| lane.id)
-    }
-
     fn lane(&self, id: LaneId) -> Option<&Lane> {
         self.lanes
             .binary_search_by_key(&id, |lane| lane.id)

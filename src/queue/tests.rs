@@ -306,3 +306,98 @@ fn rename_hints_ride_with_the_batch_that_holds_both_ends() {
     };
     assert!(batch.renames.is_empty(), "hints do not outlive their batch");
 }
+
+fn full_entries(job: Option<Job>) -> (bool, Vec<(Vec<u8>, Action)>) {
+    match job {
+        Some(Job::FullSync { then, .. }) => (true, then),
+        Some(Job::Batch(batch)) => (false, batch.entries),
+        None => (false, Vec::new()),
+    }
+}
+
+/// A full sync takes the pending paths along (they are sent after it); a failed one puts
+/// both back.
+#[test]
+fn a_full_sync_carries_the_pending_paths_and_a_failure_keeps_both() {
+    let now = Instant::now();
+    let mut queue = Queue::new(&[(7, 0)], 100);
+    queue.push(0, b"same-second.txt", Action::Sync);
+    queue.push(0, b"gone", Action::Remove { dir: true });
+    queue.request_full_sync(0, FullSyncReason::Scheduled);
+    let (full, then) = full_entries(queue.take_job(7, now));
+    assert!(full);
+    assert_eq!(
+        then,
+        vec![
+            (b"gone".to_vec(), Action::Remove { dir: true }),
+            (b"same-second.txt".to_vec(), Action::Sync),
+        ]
+    );
+    assert_eq!(queue.depth(), 0);
+    assert_eq!(queue.full_sync_owed(7), None);
+    queue.push(0, b"newer", Action::Sync);
+    queue.finish(
+        7,
+        Some((
+            Retry::FullSync {
+                reason: FullSyncReason::Scheduled,
+                then,
+            },
+            now,
+        )),
+    );
+    assert_eq!(queue.full_sync_owed(7), Some(FullSyncReason::Scheduled));
+    let (full, then) = full_entries(queue.take_job(7, now));
+    assert!(full);
+    assert_eq!(then.len(), 3, "{then:?}");
+}
+
+/// A reload keeps what a kept lane holds (by id), drops removed lanes, and a new lane
+/// starts empty (and paused when the queue is).
+#[test]
+fn reconfigure_keeps_lanes_by_id() {
+    let now = Instant::now();
+    let mut queue = Queue::new(&[(1, 0), (2, 1)], 100);
+    queue.push(0, b"a", Action::Sync);
+    queue.push(1, b"b", Action::Sync);
+    queue.request_full_sync(1, FullSyncReason::Rescan);
+    let busy = queue.take_job(1, now).expect("lane 1 has work");
+    assert_eq!(busy.lane(), 1);
+    queue.set_paused(true);
+    // Roots swap places; lane 2 goes, lane 3 comes.
+    let removed = queue.reconfigure(&[(1, 1), (3, 0)]);
+    assert_eq!(removed, vec![2]);
+    assert!(queue.lane_busy(1), "the job in flight stays with its lane");
+    queue.push(1, b"c", Action::Sync);
+    assert_eq!(queue.lane_depth(1), 1, "lane 1 now belongs to root 1");
+    assert_eq!(queue.lane_depth(3), 0);
+    assert!(queue.take_job(3, now).is_none(), "paused");
+    // The outcome of the removed lane's job, if any, finds nothing.
+    queue.finish(2, None);
+    queue.finish(1, None);
+    queue.set_paused(false);
+    assert_eq!(render(queue.take_job(1, now)), "c:S");
+}
+
+/// What a clean stop saves: pending paths and deferred retries, merged.
+#[test]
+fn undelivered_includes_deferred_retries() {
+    let now = Instant::now();
+    let mut queue = Queue::new(&[(0, 0)], 100);
+    queue.push(0, b"a", Action::Sync);
+    let _ = queue.take_job(0, now);
+    queue.finish(0, None);
+    queue.defer(
+        0,
+        vec![(b"a".to_vec(), Action::Remove { dir: false })],
+        now + std::time::Duration::from_secs(15),
+    );
+    queue.push(0, b"b", Action::Sync);
+    assert_eq!(
+        queue.undelivered(0),
+        vec![
+            (b"a".to_vec(), Action::Remove { dir: false }),
+            (b"b".to_vec(), Action::Sync),
+        ]
+    );
+}
