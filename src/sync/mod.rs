@@ -275,13 +275,16 @@ impl Runner {
             let exists = meta.is_ok();
             let dir_again = meta.is_ok_and(|m| m.is_dir())
                 && matches!(action, Action::Remove { dir: true } | Action::Replace);
-            if !exists || *action == Action::Replace || dir_again {
+            let deleted = !exists || *action == Action::Replace || dir_again;
+            if deleted {
                 delete.push(path.as_slice());
             }
             if dir_again && !path.is_empty() {
                 whole.push(path);
             }
-            if exists && !seeded.iter().any(|to| under(path, to)) {
+            // A rename seed delivered its subtree already, except what the deletion run
+            // (which comes after the seeds, since they copy from the old path) purges.
+            if exists && (deleted || !seeded.iter().any(|to| under(path, to))) {
                 send.push(path);
             }
         }

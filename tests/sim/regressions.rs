@@ -994,3 +994,25 @@ fn a_rename_onto_a_name_that_is_a_symlink_on_the_remote_stays_in_place() {
     std::fs::rename(src.join("old"), src.join("b")).unwrap();
     converged_exactly(&src, env.replica(), CONVERGE);
 }
+
+/// Soak seed 1008: a directory renamed and, in the same batch, a subdirectory of it
+/// removed and made again (empty): the rename seed sent the subdirectory, then the
+/// deletion run purged it (a replaced directory), and the send run skipped it as seeded.
+#[test]
+fn a_directory_replaced_inside_a_renamed_one_is_sent_after_its_purge() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let _daemon = env.start(|b| b.common_params("-artz --bwlimit=1000"));
+    let src = env.src().to_owned();
+    write(&src, "old/sub/f", "1\n");
+    write(&src, "old/keep", "k\n");
+    env.converged();
+    // One batch: the lane is busy with a file that cannot be compressed.
+    std::fs::write(src.join("busy.bin"), noise(3_000_000, 9)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::rename(src.join("old"), src.join("new")).unwrap();
+    std::fs::remove_dir_all(src.join("new/sub")).unwrap();
+    std::fs::create_dir(src.join("new/sub")).unwrap();
+    converged_exactly(&src, env.replica(), CATCH_UP);
+}
