@@ -922,7 +922,7 @@ fn nanosecond_only_changes_made_while_the_daemon_was_down_are_recovered() {
     converged_exactly(&src, env.replica(), CATCH_UP);
 }
 
-/// Seed 23: changes made right before a SIGTERM are saved with the rest, not lost with
+/// Seed 23 (fixed in 5d4e9a0): changes made right before a SIGTERM are saved with the rest, not lost with
 /// the inotify queue they were still in (the loop stopped as soon as nothing was in
 /// flight, while the watcher was still reading the renamed directory).
 #[test]
@@ -954,7 +954,7 @@ fn changes_made_right_before_a_clean_stop_are_delivered_after_the_restart() {
     converged_exactly(&src, env.replica(), CATCH_UP);
 }
 
-/// Seed 5: a path the events say was a file can be a directory on the remote (a
+/// Seed 5 (fixed in fbfdb5d): a path the events say was a file can be a directory on the remote (a
 /// directory→file replacement whose file was gone again when its batch ran); its deletion
 /// must delete that directory too, not keep it silently ("cannot delete non-empty
 /// directory" with exit 0).
@@ -975,7 +975,7 @@ fn deleting_a_file_removes_the_directory_the_remote_has_there() {
     converged_exactly(&src, env.replica(), CONVERGE);
 }
 
-/// Seed 26: a directory renamed to a name that is a symlink on the remote (left there by
+/// Seed 26 (fixed in 50bb637): a directory renamed to a name that is a symlink on the remote (left there by
 /// an exchange that reached the remote in part): the rename's `--copy-dest` run must not
 /// write through that symlink into another directory.
 #[test]
@@ -995,7 +995,7 @@ fn a_rename_onto_a_name_that_is_a_symlink_on_the_remote_stays_in_place() {
     converged_exactly(&src, env.replica(), CONVERGE);
 }
 
-/// Soak seed 1008: a directory renamed and, in the same batch, a subdirectory of it
+/// Soak seed 1008 (fixed in af45313): a directory renamed and, in the same batch, a subdirectory of it
 /// removed and made again (empty): the rename seed sent the subdirectory, then the
 /// deletion run purged it (a replaced directory), and the send run skipped it as seeded.
 #[test]
@@ -1015,4 +1015,30 @@ fn a_directory_replaced_inside_a_renamed_one_is_sent_after_its_purge() {
     std::fs::remove_dir_all(src.join("new/sub")).unwrap();
     std::fs::create_dir(src.join("new/sub")).unwrap();
     converged_exactly(&src, env.replica(), CATCH_UP);
+}
+
+/// Seed 17 (fixed in d1ade7b): a deletion retried after its directory was moved away on
+/// the remote must not create that directory again (from the deletion run's skeleton).
+#[test]
+fn a_retried_deletion_does_not_recreate_its_directory() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let _daemon = env.start(|b| b);
+    let src = env.src().to_owned();
+    write(&src, "d/x", "x\n");
+    write(&src, "d/y", "y\n");
+    env.converged();
+    let Some(lock) = Immutable::set(&env.replica().join("d")) else {
+        return;
+    };
+    // Refused: retried on its own 15 s later.
+    std::fs::remove_file(src.join("d/x")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lock.lift();
+    std::fs::rename(src.join("d"), src.join("e")).unwrap();
+    converged_exactly(&src, env.replica(), CONVERGE);
+    // Past the retry of d/x: nothing may bring d back.
+    std::thread::sleep(Duration::from_secs(16));
+    converged_exactly(&src, env.replica(), Duration::from_millis(500));
 }
