@@ -6,7 +6,8 @@
 #   tests/sim.sh --soak 1800 [1000]  seeds from 1000 (default 1000) on, for 1800 s
 #   tests/sim.sh --replay FILE       the operations of a failure report again
 #   tests/sim.sh --shrink 100-199    on a failure, look for a shorter failing list
-# SERSYNC_SIM_ROUNDS=N sets rounds per seed (default 8).
+# SERSYNC_SIM_ROUNDS=N sets rounds per seed (default 8); SERSYNC_SIM_TIMEOUT=S how long a
+# quiescent point may take (default 120 s; shorter makes shrinking faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in

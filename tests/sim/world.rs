@@ -18,8 +18,14 @@ use crate::snapshot;
 
 /// How long a quiescent point may take to converge. The slowest legitimate path: a remote
 /// whose lane backed off to 16-32 s, or a deferred overflow rescan (10-20 s), plus a
-/// recovery full sync.
-pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// recovery full sync; a configuration error on the remote (a read-only module) is
+/// retried every 60 s. `SERSYNC_SIM_TIMEOUT` (seconds) sets it, e.g. shorter to shrink.
+fn converge_timeout() -> Duration {
+    std::env::var("SERSYNC_SIM_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(Duration::from_secs(120), Duration::from_secs)
+}
 
 const MODULE: &str = "web";
 /// As rsyncd is run in production: chrooted into the module, which keeps absolute
@@ -444,7 +450,8 @@ impl World {
     }
 
     fn wait_converged(&mut self) -> Result<(), Divergence> {
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        let timeout = converge_timeout();
+        let deadline = Instant::now() + timeout;
         let mut equal_since: Option<Instant> = None;
         loop {
             let source = snapshot::take(&self.src);
@@ -474,7 +481,7 @@ impl World {
                     round: self.round,
                     what: format!(
                         "replicas differ from the source {:?} after healing ({} differences):\n  {}",
-                        CONVERGE_TIMEOUT,
+                        timeout,
                         diffs.len(),
                         shown.join("\n  ")
                     ),
