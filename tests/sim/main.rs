@@ -151,6 +151,19 @@ fn run_recorded(rounds: &[Vec<Op>]) -> Result<(), String> {
     Ok(())
 }
 
+/// What kind of failure a report is (its first words), so that shrinking keeps looking
+/// for the same one.
+fn failure_kind(report: &str) -> String {
+    report
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn report(
     what: &str,
     world: &World,
@@ -180,8 +193,10 @@ fn report(
 }
 
 /// Looks for a shorter list that still fails: whole rounds first, then chunks of ops.
-fn shrink(mut rounds: Vec<Vec<Op>>) -> Vec<Vec<Op>> {
-    let fails = |candidate: &[Vec<Op>]| run_recorded(candidate).is_err();
+fn shrink(mut rounds: Vec<Vec<Op>>, kind: &str) -> Vec<Vec<Op>> {
+    let fails = |candidate: &[Vec<Op>]| {
+        run_recorded(candidate).is_err_and(|report| failure_kind(&report) == kind)
+    };
     let mut i = 0;
     while i + 1 < rounds.len() {
         let mut candidate = rounds.clone();
@@ -250,7 +265,7 @@ fn run_seeds(seeds: std::ops::Range<u64>, rounds: usize, soak: Option<Duration>)
             Err((recorded, text)) => {
                 eprintln!("{text}");
                 if std::env::var("SERSYNC_SIM_SHRINK").is_ok_and(|v| v == "1") {
-                    let short = shrink(recorded);
+                    let short = shrink(recorded, &failure_kind(&text));
                     let file = failures_dir().join(format!("seed-{seed}-shrunk.json"));
                     let _ = std::fs::write(&file, serde_json::to_vec(&short).unwrap_or_default());
                     let listing: Vec<String> = short.iter().flatten().map(ops::show).collect();

@@ -67,6 +67,10 @@ pub struct World {
     round: usize,
     /// How many faults of each kind took effect.
     pub faults_applied: std::collections::BTreeMap<&'static str, usize>,
+    /// The daemon was stopped by a fault and not started again: `Some(true)` after a clean
+    /// stop, `Some(false)` after kill -9. A quiescent point starts it (a shortened
+    /// operation list may lack the `Start`).
+    stopped: Option<bool>,
 }
 
 impl std::fmt::Debug for World {
@@ -143,6 +147,7 @@ impl World {
             log: Vec::new(),
             round: 0,
             faults_applied: std::collections::BTreeMap::new(),
+            stopped: None,
         };
         world.daemon = Some(world.builder(0b11).start());
         world
@@ -280,12 +285,14 @@ impl World {
                 if self.daemon().is_running() {
                     self.daemon().kill9();
                     self.after_stop();
+                    self.stopped = Some(false);
                 }
             }
             Fault::Sigterm => {
                 if self.daemon().is_running() {
                     let status = self.daemon().terminate();
                     self.after_stop();
+                    self.stopped = Some(true);
                     if !status.success() {
                         return Err(format!("sersyncd exited with {status} after SIGTERM"));
                     }
@@ -296,6 +303,7 @@ impl World {
                     let args: &[&str] = if *full_sync_first { &["-r"] } else { &[] };
                     self.daemon().restart_with(args);
                 }
+                self.stopped = None;
             }
             Fault::SigtermDuringRecovery { after_ms } => {
                 if self.daemon().is_running() {
@@ -426,6 +434,13 @@ impl World {
             }
         }
         self.lift_watch_limit();
+        if let Some(clean) = self.stopped.take() {
+            // Changes made while it was stopped cleanly need -r (README, known limits).
+            let args: &[&str] = if clean { &["-r"] } else { &[] };
+            if !self.daemon().is_running() {
+                self.daemon().restart_with(args);
+            }
+        }
         if !self.daemon().is_running() {
             return Err(Divergence {
                 round: self.round,
