@@ -272,6 +272,16 @@ impl Runner {
         let mut whole: Vec<&[u8]> = Vec::new();
         for (path, action) in &batch.entries {
             let meta = std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path)));
+            if meta
+                .as_ref()
+                .is_err_and(|err| err.raw_os_error() == Some(libc::ENOTDIR))
+            {
+                // An ancestor is not a directory any more: nothing below it exists, here or
+                // (once that ancestor's own change is sent, which replaces it whole) on
+                // the remote. A deletion run for this path would even turn a file the
+                // remote has at that ancestor into a directory (its skeleton).
+                continue;
+            }
             let exists = meta.is_ok();
             let dir_again = meta.is_ok_and(|m| m.is_dir())
                 && matches!(action, Action::Remove { dir: true } | Action::Replace);

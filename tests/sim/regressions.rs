@@ -1042,3 +1042,29 @@ fn a_retried_deletion_does_not_recreate_its_directory() {
     std::thread::sleep(Duration::from_secs(16));
     converged_exactly(&src, env.replica(), Duration::from_millis(500));
 }
+
+/// Soak seed 2046: a deletion retried after its parent directory became a file must not
+/// run: its skeleton turned the file on the remote back into an empty directory.
+#[test]
+fn a_retried_deletion_under_a_directory_that_became_a_file_leaves_the_file() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let _daemon = env.start(|b| b);
+    let src = env.src().to_owned();
+    write(&src, "c/x/y", "y\n");
+    write(&src, "c/x/z", "z\n");
+    env.converged();
+    let Some(lock) = Immutable::set(&env.replica().join("c/x")) else {
+        return;
+    };
+    // Refused: retried on its own 15 s later.
+    std::fs::remove_file(src.join("c/x/y")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lock.lift();
+    std::fs::remove_dir_all(src.join("c")).unwrap();
+    write(&src, "c", "now a file\n");
+    converged_exactly(&src, env.replica(), CONVERGE);
+    std::thread::sleep(Duration::from_secs(16));
+    converged_exactly(&src, env.replica(), Duration::from_millis(500));
+}
