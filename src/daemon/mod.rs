@@ -269,6 +269,14 @@ struct Daemon {
     notifier: notify::Notifier,
     state: state::StateDir,
     recover_after_ready: bool,
+    /// Lanes whose full sync the previous run still owed: requested once their root is
+    /// watched (a full sync that reads the tree before the watches exist misses what
+    /// changes in between).
+    owed_after_ready: Vec<LaneId>,
+    /// Jobs still running for lanes a reload removed, by the remote they write to: a lane
+    /// added back for the same root and remote waits for them (two rsyncs into one
+    /// destination at once would apply changes out of order).
+    retired_in_flight: Vec<(LaneId, LaneKey)>,
     /// The watches of every root are in place (the first `Ready` came).
     ready: bool,
     exit_code: i32,
@@ -325,6 +333,11 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
     let mut lanes = Vec::new();
     for (root_id, root) in config.roots.iter().enumerate() {
         for remote in &root.remotes {
+            if lane_position(&lanes, &root.path, &remote.ip, &remote.name).is_some() {
+                // One remote listed twice under a root is one lane (two would run two
+                // rsyncs into one module at once, out of order).
+                continue;
+            }
             let transport = Transport {
                 options: config.rsync.clone(),
                 remote: remote.clone(),
@@ -367,9 +380,6 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
             });
         }
     }
-    // One remote listed twice under a root is one lane.
-    let mut seen = std::collections::HashSet::new();
-    lanes.retain(|lane| seen.insert(lane.id));
     lanes
 }
 
@@ -416,6 +426,8 @@ impl Daemon {
             notifier: notify::Notifier::from_env(),
             state: state::StateDir::new(state_dir),
             recover_after_ready: false,
+            owed_after_ready: Vec::new(),
+            retired_in_flight: Vec::new(),
             ready: false,
             exit_code: exit::OK,
             next_crontab: None,
@@ -492,9 +504,10 @@ impl Daemon {
                             restored += 1;
                         }
                         state::Owed::FullSync => {
-                            self.queue
-                                .request_full_sync_lane(lane, FullSyncReason::Recovery);
-                            owed += 1;
+                            if !self.owed_after_ready.contains(&lane) {
+                                self.owed_after_ready.push(lane);
+                                owed += 1;
+                            }
                         }
                     }
                 }
@@ -538,6 +551,7 @@ impl Daemon {
             let owes_full_sync = self.queue.full_sync_owed(lane.id).is_some()
                 || self.overflow_due.contains(&lane.root)
                 || self.degraded_roots.contains(&lane.root)
+                || self.owed_after_ready.contains(&lane.id)
                 || (self.recover_after_ready
                     && !self.watchers.get(lane.root).is_some_and(|w| w.ready));
             if owes_full_sync {
@@ -587,10 +601,20 @@ impl Daemon {
             std::thread::Builder::new()
                 .name(format!("inotify-{root}"))
                 .spawn(move || {
-                    if let Err(err) = watcher.run(control_rx) {
-                        let _ =
-                            failed.send(Input::WatcherFailed(generation, root, err.to_string()));
-                    }
+                    // A panic would otherwise end the thread silently and the root
+                    // would stop being replicated with nothing said.
+                    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        watcher.run(control_rx)
+                    }));
+                    let failure = match ended {
+                        Ok(Ok(())) => return,
+                        Ok(Err(err)) => err.to_string(),
+                        Err(panic) => format!(
+                            "it panicked: {}",
+                            crate::sync::panic_message(panic.as_ref())
+                        ),
+                    };
+                    let _ = failed.send(Input::WatcherFailed(generation, root, failure));
                 })
                 .map_err(|err| format!("cannot start an inotify thread: {err}"))?;
             self.watchers.push(RootWatcher {
@@ -1195,6 +1219,11 @@ impl Daemon {
             .map(|lane| lane.id)
             .collect();
         let removed = self.queue.reconfigure(&queue_layout(&new_lanes));
+        for old in &self.lanes {
+            if old.job_started.is_some() && !new_lanes.iter().any(|lane| lane.id == old.id) {
+                self.retired_in_flight.push((old.id, old.key()));
+            }
+        }
         for &lane in &added {
             self.queue
                 .request_full_sync_lane(lane, FullSyncReason::Rescan);
@@ -1211,6 +1240,9 @@ impl Daemon {
                 .retain(|_, lanes| !lanes.iter().any(|lane| removed.contains(lane)));
         }
         self.lanes = new_lanes;
+        let lanes = &self.lanes;
+        self.owed_after_ready
+            .retain(|&id| lanes.iter().any(|lane| lane.id == id));
         self.finish_full_sync_jobs();
         let spec = watch_spec(&config);
         let rewatch = !spec.watches_like(&watch_spec(&self.config));
@@ -1226,7 +1258,11 @@ impl Daemon {
             self.degraded_roots.clear();
             self.next_degraded_resync = None;
         }
-        self.tell_watchers(|| WatchControl::Reconfigure(spec.clone()));
+        if !rewatch {
+            // With other roots or filters the watchers are replaced below; an old one told
+            // to reconfigure would rebuild its root (or index a root that is gone).
+            self.tell_watchers(|| WatchControl::Reconfigure(spec.clone()));
+        }
         self.config = config;
         if rewatch {
             // Other roots, or other filters: new watchers, and each root is rescanned once
@@ -1272,6 +1308,16 @@ impl Daemon {
                 watcher.ready = true;
                 watcher.watches = watches;
                 self.watches = self.watchers.iter().map(|w| w.watches).sum();
+                let lanes = &self.lanes;
+                let (owed_here, owed_elsewhere): (Vec<LaneId>, Vec<LaneId>) = self
+                    .owed_after_ready
+                    .iter()
+                    .partition(|&&id| lanes.iter().any(|lane| lane.id == id && lane.root == root));
+                self.owed_after_ready = owed_elsewhere;
+                for lane in owed_here {
+                    self.queue
+                        .request_full_sync_lane(lane, FullSyncReason::Recovery);
+                }
                 if self.watcher_generation > 1 {
                     // A watcher started by a reload: the root is rescanned now that its
                     // watches are in place.
@@ -1418,6 +1464,12 @@ impl Daemon {
             }
             let at = (self.next_lane + step) % count;
             let lane_id = self.lanes[at].id;
+            if !self.retired_in_flight.is_empty() {
+                let key = self.lanes[at].key();
+                if self.retired_in_flight.iter().any(|(_, k)| *k == key) {
+                    continue;
+                }
+            }
             let Some(job) = self.queue.take_job(lane_id, now) else {
                 continue;
             };
@@ -1492,6 +1544,7 @@ impl Daemon {
     fn on_job_done(&mut self, outcome: Outcome) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let lane_id = outcome.job.lane();
+        self.retired_in_flight.retain(|(id, _)| *id != lane_id);
         let Some(at) = self.lanes.iter().position(|lane| lane.id == lane_id) else {
             // A reload removed the lane while its job ran.
             tracing::debug!("outcome of a job for a remote no longer configured: ignored");
@@ -1584,9 +1637,14 @@ impl Daemon {
                 let paths: Vec<Vec<u8>> = batch.entries.iter().map(|(p, _)| p.clone()).collect();
                 let report = failure::stderr::parse(outcome.stderr.as_bytes());
                 let configured = lane.context.root.as_os_str().as_bytes().to_vec();
-                let resolved = std::fs::canonicalize(&lane.context.root)
-                    .map(|p| p.as_os_str().as_bytes().to_vec())
-                    .unwrap_or_else(|_| configured.clone());
+                // Bounded: the root may sit on a filesystem that stopped answering.
+                let root = lane.context.root.clone();
+                let resolved = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+                    std::fs::canonicalize(root)
+                })
+                .and_then(Result::ok)
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_else(|| configured.clone());
                 if let Some(failed) = failure::retry_set(&paths, &report, &[&configured, &resolved])
                 {
                     let retry: Vec<(Vec<u8>, Action)> = batch
@@ -1913,4 +1971,73 @@ fn last_line(stderr: &str) -> String {
         .unwrap_or("(no message)")
         .trim()
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(remotes: &str) -> Config {
+        let text = format!(
+            r#"<head version="2.5"><sersync><localpath watch="/tmp">{remotes}</localpath>
+            </sersync></head>"#
+        );
+        match crate::config::parse(Path::new("test.xml"), text.as_bytes()) {
+            Ok((config, _)) => config,
+            Err(errors) => panic!("{errors:?}"),
+        }
+    }
+
+    /// Remote names with their lane ids.
+    type Named = Vec<(String, LaneId)>;
+    /// One row: remotes, remotes after a reload, the lanes of each.
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        &'a [(&'a str, LaneId)],
+        &'a [(&'a str, LaneId)],
+    );
+
+    /// Lanes built from `remotes`, then from `then` with the first lanes as the old ones.
+    fn lanes(remotes: &str, then: &str) -> (Named, Named) {
+        let mut next_id = 0;
+        let first = build_lanes(&config(remotes), &[], &mut next_id);
+        let second = build_lanes(&config(then), &first, &mut next_id);
+        let named = |lanes: &[Lane]| {
+            lanes
+                .iter()
+                .map(|lane| (lane.context.transport.remote.name.clone(), lane.id))
+                .collect::<Vec<_>>()
+        };
+        (named(&first), named(&second))
+    }
+
+    #[test]
+    fn lane_ids_are_stable_and_unique() {
+        let a = r#"<remote ip="127.0.0.1" name="a"/>"#;
+        let b = r#"<remote ip="127.0.0.1" name="b"/>"#;
+        let table: &[Row] = &[
+            // A remote listed twice is one lane, from the first load on.
+            (&format!("{a}{a}"), a, &[("a", 1)], &[("a", 1)]),
+            (
+                &format!("{a}{b}{a}"),
+                &format!("{b}{a}{b}"),
+                &[("a", 1), ("b", 2)],
+                &[("b", 2), ("a", 1)],
+            ),
+            // A lane that stays keeps its id; a new one gets a fresh id, never a reused one.
+            (a, b, &[("a", 1)], &[("b", 2)]),
+            (&format!("{a}{b}"), a, &[("a", 1), ("b", 2)], &[("a", 1)]),
+        ];
+        for (remotes, then, want_first, want_second) in table {
+            let (first, second) = lanes(remotes, then);
+            let owned = |want: &[(&str, LaneId)]| {
+                want.iter()
+                    .map(|(name, id)| ((*name).to_owned(), *id))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(first, owned(want_first), "{remotes}");
+            assert_eq!(second, owned(want_second), "{remotes} then {then}");
+        }
+    }
 }

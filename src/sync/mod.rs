@@ -22,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Filter;
-use crate::queue::{Action, Batch, Job, LaneId};
+use crate::queue::{Action, Batch, Job, LaneId, RelPath};
 use argv::{FullSyncRules, Transport};
 
 /// How an rsync run ended.
@@ -171,7 +171,9 @@ impl Runner {
         }
     }
 
-    /// Runs `job` on a new thread; `done` receives the outcome.
+    /// Runs `job` on a new thread; `done` receives the outcome, always: a job whose
+    /// thread cannot start or panics ends as a retryable failure, so its lane is never
+    /// left busy forever.
     pub fn start(
         &self,
         job: Job,
@@ -179,11 +181,27 @@ impl Runner {
         done: impl FnOnce(Outcome) + Send + 'static,
     ) {
         let runner = self.clone();
+        // Shared so that a thread that cannot start still hands the job back.
+        let handed = Arc::new(Mutex::new(Some((job, done))));
+        let in_thread = Arc::clone(&handed);
         let spawned = std::thread::Builder::new()
             .name("rsync-job".into())
             .spawn(move || {
+                let Some((job, done)) = in_thread.lock().ok().and_then(|mut h| h.take()) else {
+                    return;
+                };
                 let started = Instant::now();
-                let run = runner.execute(&job, &context);
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runner.execute(&job, &context)
+                }))
+                .unwrap_or_else(|panic| {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!("an rsync job thread panicked: {message}");
+                    Run::ended(RunResult::SpawnFailed {
+                        kind: std::io::ErrorKind::Other,
+                        message: format!("the job thread panicked: {message}"),
+                    })
+                });
                 done(Outcome {
                     job,
                     result: run.result,
@@ -194,6 +212,18 @@ impl Runner {
             });
         if let Err(err) = spawned {
             tracing::error!("cannot start a thread for rsync: {err}");
+            if let Some((job, done)) = handed.lock().ok().and_then(|mut h| h.take()) {
+                done(Outcome {
+                    job,
+                    result: RunResult::SpawnFailed {
+                        kind: err.kind(),
+                        message: format!("cannot start a thread for rsync: {err}"),
+                    },
+                    stderr: String::new(),
+                    stderr_truncated: false,
+                    elapsed: Duration::ZERO,
+                });
+            }
         }
     }
 
@@ -249,9 +279,13 @@ impl Runner {
                     return run;
                 }
                 // The changes that were pending when the full sync started.
+                let covered = ctx.propagate_deletes
+                    && !ctx.filter.enabled
+                    && (*reason != crate::queue::FullSyncReason::Scheduled
+                        || ctx.crontab_excludes.is_empty());
                 let batch = Batch {
                     lane: *lane,
-                    entries: then.clone(),
+                    entries: after_full_sync(then, covered),
                     renames: Vec::new(),
                 };
                 self.execute_batch(&batch, ctx)
@@ -862,4 +896,69 @@ pub fn describe_batch(entries: &[(Vec<u8>, Action)]) -> String {
         .filter(|(_, a)| matches!(a, Action::Remove { .. }))
         .count();
     format!("{} paths ({} removals)", entries.len(), removed)
+}
+
+/// The changes pending when a full sync started, as they must still be sent after it.
+/// A full sync that covered the whole tree with deletions (`covered`) already purged what
+/// a removed or replaced directory left on the remote: purging it again would delete, and
+/// send once more, a directory that was just made equal (and leave the replica without it
+/// in between). What it may have missed is only a rewrite its quick check cannot see, which
+/// sending the path again covers.
+pub fn after_full_sync(then: &[(RelPath, Action)], covered: bool) -> Vec<(RelPath, Action)> {
+    then.iter()
+        .map(|(path, action)| {
+            let action = match action {
+                Action::Replace | Action::Remove { .. } if covered => Action::Sync,
+                other => *other,
+            };
+            (path.clone(), action)
+        })
+        .collect()
+}
+
+/// The text a panic was raised with, when it has one.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_changes_after_a_full_sync() {
+        use Action::*;
+        let then = |action| vec![(b"d".to_vec(), action)];
+        // (pending action, covered by a full sync with deletions, what is sent after it)
+        let table = [
+            (Sync, true, Sync),
+            (Replace, true, Sync),
+            (Remove { dir: true }, true, Sync),
+            (Remove { dir: false }, true, Sync),
+            (Sync, false, Sync),
+            (Replace, false, Replace),
+            (Remove { dir: true }, false, Remove { dir: true }),
+        ];
+        for (pending, covered, sent) in table {
+            assert_eq!(
+                after_full_sync(&then(pending), covered),
+                then(sent),
+                "{pending:?} covered={covered}"
+            );
+        }
+    }
+
+    #[test]
+    fn panic_messages() {
+        let text: Box<dyn std::any::Any + Send> = Box::new("static text");
+        assert_eq!(panic_message(text.as_ref()), "static text");
+        let owned: Box<dyn std::any::Any + Send> = Box::new(String::from("formatted 7"));
+        assert_eq!(panic_message(owned.as_ref()), "formatted 7");
+        let other: Box<dyn std::any::Any + Send> = Box::new(7_u8);
+        assert_eq!(panic_message(other.as_ref()), "(no message)");
+    }
 }

@@ -359,8 +359,18 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     /// Reports every change the kernel has queued (at a clean stop, so that what happened
     /// before it is saved, not lost with the inotify instance).
     fn drain(&mut self, buffer: &mut [u8]) -> io::Result<()> {
-        while self.read_available(buffer)? {}
+        // Bounded: a writer that never stops would keep this loop busy forever. What is
+        // left unread at the deadline is covered by a rescan, which a stopping daemon
+        // saves as a full sync owed.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut more = true;
+        while more && Instant::now() < deadline {
+            more = self.read_available(buffer)?;
+        }
         self.flush_pending_moves();
+        if more {
+            (self.report)(WatchEvent::Rescan { root: self.root });
+        }
         self.flush();
         (self.report)(WatchEvent::Drained { root: self.root });
         Ok(())

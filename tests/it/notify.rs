@@ -26,9 +26,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use crate::harness::{CONVERGE, Env, POLL, SersyncdBuilder, tail, temp_dir, write};
-
-const SERSYNCD: &str = env!("CARGO_BIN_EXE_sersyncd");
+use crate::harness::{
+    CONVERGE, Env, POLL, SersyncdBuilder, sersyncd_binary, tail, temp_dir, write,
+};
 
 /// How long the daemon may take to send READY=1 (also after SIGHUP).
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -100,7 +100,7 @@ impl Notified {
             })
         };
         let log = std::fs::File::create(dir.path().join("sersyncd.log")).expect("create log");
-        let mut command = Command::new(SERSYNCD);
+        let mut command = Command::new(sersyncd_binary());
         command
             .arg("-o")
             .arg(&config)
@@ -435,6 +435,28 @@ fn sighup_with_a_valid_config_reloads_and_uses_it() {
     );
     wait_file(&env.replica().join("after.txt"), "after\n", CONVERGE);
     assert!(daemon.try_exit().is_none(), "sersyncd exited after SIGHUP");
+
+    // Then the first root goes: the second one is root 0 now, and the old watchers must
+    // not be told to rebuild roots by their old numbers (one panicked on a root index that
+    // no longer exists).
+    let fewer = SersyncdBuilder::new()
+        .root(second_root.path(), &[env.rsyncd.remote("more")])
+        .rsyncd(&env.rsyncd);
+    std::fs::write(&daemon.config, fewer.xml()).unwrap();
+    reload(&mut daemon);
+    write(second_root.path(), "after-shrink.txt", "one root\n");
+    wait_file(
+        &env.rsyncd.replica("more").join("after-shrink.txt"),
+        "one root\n",
+        CONVERGE,
+    );
+    assert!(daemon.try_exit().is_none(), "sersyncd exited after SIGHUP");
+    let log = daemon.log();
+    assert!(
+        !log.contains("panicked"),
+        "a thread panicked during the reload:\n{}",
+        tail(&log, 30)
+    );
 }
 
 #[test]
