@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod failure;
 pub mod generator;
+pub mod guard;
 pub mod plugin;
 pub mod probe;
 pub mod queue;

@@ -187,7 +187,7 @@ _sersyncctl() {
             return 0
             ;;
         sersyncctl__subcmd__full__subcmd__sync)
-            opts="-i -h --root --wait --timeout --instance --json --bus --bus-address --help"
+            opts="-i -h --root --wait --timeout --force --instance --json --bus --bus-address --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -73,6 +73,7 @@ complete -c sersyncctl -n "__fish_sersyncctl_using_subcommand full-sync" -l bus 
 session\t'The session bus of the user (`$DBUS_SESSION_BUS_ADDRESS`), for unprivileged use'"
 complete -c sersyncctl -n "__fish_sersyncctl_using_subcommand full-sync" -l bus-address -d 'Connect to this D-Bus address instead of the system or session bus (e.g. unix:path=/run/sersync-test/bus)' -r
 complete -c sersyncctl -n "__fish_sersyncctl_using_subcommand full-sync" -l wait -d 'Wait until the full sync finished; exit 1 if it failed'
+complete -c sersyncctl -n "__fish_sersyncctl_using_subcommand full-sync" -l force -d 'Past the replica guard: for a root that is meant to be empty now, or that moved to another filesystem (its deletions reach the remotes)'
 complete -c sersyncctl -n "__fish_sersyncctl_using_subcommand full-sync" -l json -d 'Print JSON instead of text (JSON Lines for monitor)'
 complete -c sersyncctl -n "__fish_sersyncctl_using_subcommand full-sync" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c sersyncctl -n "__fish_sersyncctl_using_subcommand failures" -s i -l instance -d 'The instance to talk to (sersync@NAME); needed only when several run' -r

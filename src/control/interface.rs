@@ -275,9 +275,34 @@ impl Sersync1 {
         use std::os::unix::ffi::OsStringExt;
         self.authorize(connection, &header, "FullSync").await?;
         let root = (!root.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(root)));
-        self.request("FullSync", |reply| Command::FullSync { root, reply })
-            .await?
-            .map_err(Error::UnknownRoot)
+        self.request("FullSync", |reply| Command::FullSync {
+            root,
+            force: false,
+            reply,
+        })
+        .await?
+        .map_err(Error::UnknownRoot)
+    }
+
+    /// Like FullSync, past the replica guard: for a root that is meant to be empty now, or
+    /// that moved to another filesystem (recorded anew once the full sync succeeded).
+    #[zbus(out_args("job_id"))]
+    async fn force_full_sync(
+        &self,
+        root: Vec<u8>,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<u64, Error> {
+        use std::os::unix::ffi::OsStringExt;
+        self.authorize(connection, &header, "ForceFullSync").await?;
+        let root = (!root.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(root)));
+        self.request("ForceFullSync", |reply| Command::FullSync {
+            root,
+            force: true,
+            reply,
+        })
+        .await?
+        .map_err(Error::UnknownRoot)
     }
 
     /// Every change that is still failing after retries, one dictionary each: Remote s,

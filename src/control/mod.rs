@@ -42,6 +42,8 @@ pub enum Command {
     /// root is unknown.
     FullSync {
         root: Option<PathBuf>,
+        /// Past the replica guard (`full-sync --force`).
+        force: bool,
         reply: Sender<Result<u64, String>>,
     },
     ListFailures(Sender<Vec<FailureRecord>>),

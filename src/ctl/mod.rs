@@ -93,6 +93,10 @@ pub enum CtlCommand {
         /// With --wait: give up after this many seconds (exit 1).
         #[arg(long = "timeout", value_name = "SECONDS", requires = "wait")]
         timeout: Option<u64>,
+        /// Past the replica guard: for a root that is meant to be empty now, or that
+        /// moved to another filesystem (its deletions reach the remotes).
+        #[arg(long = "force")]
+        force: bool,
     },
     /// List the changes that still fail after retries.
     Failures,
@@ -319,7 +323,15 @@ impl Daemon<'_> {
                 root,
                 wait,
                 timeout,
-            } => return self.full_sync(root.as_deref(), *wait, timeout.map(Duration::from_secs)),
+                force,
+            } => {
+                return self.full_sync(
+                    root.as_deref(),
+                    *wait,
+                    timeout.map(Duration::from_secs),
+                    *force,
+                );
+            }
             CtlCommand::Failures => {
                 let failures = self
                     .proxy
@@ -415,7 +427,13 @@ impl Daemon<'_> {
             })
     }
 
-    fn full_sync(&self, root: Option<&Path>, wait: bool, timeout: Option<Duration>) -> Outcome {
+    fn full_sync(
+        &self,
+        root: Option<&Path>,
+        wait: bool,
+        timeout: Option<Duration>,
+        force: bool,
+    ) -> Outcome {
         let root_bytes = root
             .map(|r| r.as_os_str().as_bytes().to_vec())
             .unwrap_or_default();
@@ -425,10 +443,12 @@ impl Daemon<'_> {
         } else {
             None
         };
-        let job_id = self
-            .proxy
-            .full_sync(root_bytes)
-            .map_err(|e| self.fail("full-sync", e))?;
+        let job_id = if force {
+            self.proxy.force_full_sync(root_bytes)
+        } else {
+            self.proxy.full_sync(root_bytes)
+        }
+        .map_err(|e| self.fail("full-sync", e))?;
         let Some(watch) = watch else {
             self.done(
                 json!({"job_id": job_id}),

@@ -28,9 +28,9 @@ use std::sync::{Arc, RwLock};
 
 use crate::failure::{self, Backoff, ExitClass, Journal, LaneKey};
 use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
-use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue, Retry};
+use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue, RelPath, Retry};
 use crate::sync::argv::Transport;
-use crate::sync::{JobContext, Outcome, Runner};
+use crate::sync::{JobContext, Outcome, RunResult, Runner};
 use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
 pub use cli::Cli;
 
@@ -125,6 +125,8 @@ enum LaneState {
     Ok,
     Backoff,
     Failing,
+    /// The replica guard holds its deletions or full sync back (see [`crate::guard`]).
+    Guarded,
 }
 
 impl LaneState {
@@ -133,6 +135,7 @@ impl LaneState {
             LaneState::Ok => "ok",
             LaneState::Backoff => "backoff",
             LaneState::Failing => "failing",
+            LaneState::Guarded => "guarded",
         }
     }
 }
@@ -144,6 +147,8 @@ const DEGRADED_RESYNC: Duration = Duration::from_secs(600);
 const OVERFLOW_BACKOFF_START: Duration = Duration::from_secs(10);
 const OVERFLOW_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
+/// How often a run the replica guard held back is tried again.
+const GUARD_RETRY: Duration = Duration::from_secs(10);
 /// When paths that failed on their own (exit 23) are tried again.
 const PARTIAL_RETRY: Duration = Duration::from_secs(15);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -277,6 +282,11 @@ struct Daemon {
     /// added back for the same root and remote waits for them (two rsyncs into one
     /// destination at once would apply changes out of order).
     retired_in_flight: Vec<(LaneId, LaneKey)>,
+    /// The filesystem each root was on when first watched (kept in the state directory).
+    recorded_fs: Vec<(PathBuf, crate::guard::FsIdentity)>,
+    /// Full syncs the replica guard held back: (lane, reason, when to try again). They
+    /// wait here, not in the queue, so that the lane's other changes keep flowing.
+    guarded_full_syncs: Vec<(LaneId, FullSyncReason, Instant)>,
     /// The watches of every root are in place (the first `Ready` came).
     ready: bool,
     exit_code: i32,
@@ -368,6 +378,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                         Vec::new()
                     },
                     debug: config.debug,
+                    recorded_fs: None,
                 },
                 backoff: Backoff::default(),
                 state: LaneState::Ok,
@@ -428,6 +439,8 @@ impl Daemon {
             recover_after_ready: false,
             owed_after_ready: Vec::new(),
             retired_in_flight: Vec::new(),
+            recorded_fs: Vec::new(),
+            guarded_full_syncs: Vec::new(),
             ready: false,
             exit_code: exit::OK,
             next_crontab: None,
@@ -530,7 +543,59 @@ impl Daemon {
             );
         }
         self.load_journal();
+        match self.state.load_roots() {
+            Ok(recorded) => self.recorded_fs = recorded,
+            Err(err) => tracing::error!(
+                "cannot read which filesystems the roots were on ({err}); recording them anew"
+            ),
+        }
+        self.apply_recorded_fs();
         self.state.discard_pending()
+    }
+
+    /// Hands each lane the recorded filesystem of its root (the guard's identity).
+    fn apply_recorded_fs(&mut self) {
+        for lane in &mut self.lanes {
+            lane.context.recorded_fs = self
+                .recorded_fs
+                .iter()
+                .find(|(root, _)| *root == lane.context.root)
+                .map(|(_, fs)| fs.clone());
+        }
+    }
+
+    /// Records the filesystem `root` is on now, if none is recorded yet (or `anew`, after
+    /// the operator forced a full sync). An empty root is recorded only when forced: it
+    /// may be a mount point with nothing mounted, and what is mounted there later is the
+    /// real one.
+    fn record_fs(&mut self, root: RootId, anew: bool) {
+        let path = self.root_path(root).to_path_buf();
+        if !anew && self.recorded_fs.iter().any(|(r, _)| *r == path) {
+            return;
+        }
+        let probe_path = path.clone();
+        let found = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+            if !anew && crate::guard::is_empty(&probe_path)? {
+                return Ok(None);
+            }
+            crate::guard::identity_of(&probe_path).map(Some)
+        });
+        let identity = match found {
+            Some(Ok(Some(identity))) => identity,
+            Some(Ok(None)) => return,
+            Some(Err(err)) => {
+                tracing::warn!(root = %path.display(), "cannot tell which filesystem holds the root: {err}");
+                return;
+            }
+            None => return,
+        };
+        tracing::info!(root = %path.display(), filesystem = %identity, "root's filesystem recorded for the replica guard");
+        self.recorded_fs.retain(|(r, _)| *r != path);
+        self.recorded_fs.push((path, identity));
+        if let Err(err) = self.state.save_roots(&self.recorded_fs) {
+            tracing::error!("cannot save which filesystems the roots are on: {err}");
+        }
+        self.apply_recorded_fs();
     }
 
     /// Saves what could not be delivered (changes and owed full syncs) and marks the stop
@@ -552,6 +617,10 @@ impl Daemon {
                 || self.overflow_due.contains(&lane.root)
                 || self.degraded_roots.contains(&lane.root)
                 || self.owed_after_ready.contains(&lane.id)
+                || self
+                    .guarded_full_syncs
+                    .iter()
+                    .any(|(id, ..)| *id == lane.id)
                 || (self.recover_after_ready
                     && !self.watchers.get(lane.root).is_some_and(|w| w.ready));
             if owes_full_sync {
@@ -864,6 +933,13 @@ impl Daemon {
             );
             self.announce_ready();
         }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.guarded_full_syncs)
+            .into_iter()
+            .partition(|(_, _, at)| *at <= now);
+        self.guarded_full_syncs = later;
+        for (lane, reason, _) in due {
+            self.queue.request_full_sync_lane(lane, reason);
+        }
         if self.next_degraded_resync.is_some_and(|at| at <= now) {
             self.tell_watchers(|| WatchControl::RetryUnwatched);
             for &root in &self.degraded_roots {
@@ -968,8 +1044,8 @@ impl Daemon {
                 );
                 let _ = reply.send(u32::try_from(queued).unwrap_or(u32::MAX));
             }
-            Command::FullSync { root, reply } => {
-                let _ = reply.send(self.request_full_sync_job(root));
+            Command::FullSync { root, force, reply } => {
+                let _ = reply.send(self.request_full_sync_job(root, force));
             }
             Command::ListFailures(reply) => {
                 let ssh = self.config.rsync.ssh;
@@ -1013,7 +1089,7 @@ impl Daemon {
         self.queue.set_paused(paused);
     }
 
-    fn request_full_sync_job(&mut self, root: Option<PathBuf>) -> Result<u64, String> {
+    fn request_full_sync_job(&mut self, root: Option<PathBuf>, force: bool) -> Result<u64, String> {
         let roots: Vec<RootId> = match &root {
             None => (0..self.config.roots.len()).collect(),
             Some(path) => {
@@ -1049,8 +1125,21 @@ impl Daemon {
                 }
             }
         };
+        let reason = if force {
+            FullSyncReason::Forced
+        } else {
+            FullSyncReason::Scheduled
+        };
         for &id in &roots {
-            self.queue.request_full_sync(id, FullSyncReason::Scheduled);
+            self.queue.request_full_sync(id, reason);
+        }
+        if force {
+            let lanes = &self.lanes;
+            self.guarded_full_syncs.retain(|(id, ..)| {
+                !lanes
+                    .iter()
+                    .any(|lane| lane.id == *id && roots.contains(&lane.root))
+            });
         }
         let id = self.next_job_id;
         self.next_job_id += 1;
@@ -1240,9 +1329,12 @@ impl Daemon {
                 .retain(|_, lanes| !lanes.iter().any(|lane| removed.contains(lane)));
         }
         self.lanes = new_lanes;
+        self.apply_recorded_fs();
         let lanes = &self.lanes;
         self.owed_after_ready
             .retain(|&id| lanes.iter().any(|lane| lane.id == id));
+        self.guarded_full_syncs
+            .retain(|(id, ..)| lanes.iter().any(|lane| lane.id == *id));
         self.finish_full_sync_jobs();
         let spec = watch_spec(&config);
         let rewatch = !spec.watches_like(&watch_spec(&self.config));
@@ -1308,6 +1400,7 @@ impl Daemon {
                 watcher.ready = true;
                 watcher.watches = watches;
                 self.watches = self.watchers.iter().map(|w| w.watches).sum();
+                self.record_fs(root, false);
                 let lanes = &self.lanes;
                 let (owed_here, owed_elsewhere): (Vec<LaneId>, Vec<LaneId>) = self
                     .owed_after_ready
@@ -1363,6 +1456,7 @@ impl Daemon {
                     root = %self.root_path(root).display(),
                     "watching root again; rescanning it"
                 );
+                self.record_fs(root, false);
                 self.queue.request_full_sync(root, FullSyncReason::Rescan);
             }
             WatchEvent::WatchLimit { root, path } => {
@@ -1552,6 +1646,23 @@ impl Daemon {
         };
         let key = self.lanes[at].key();
         let now = Instant::now();
+        if let RunResult::Guarded { reason, held } = &outcome.result {
+            let (reason, held) = (reason.clone(), held.clone());
+            self.on_guarded(at, key, outcome, &reason, held, now);
+            return;
+        }
+        if matches!(
+            outcome.job,
+            Job::FullSync {
+                reason: FullSyncReason::Forced,
+                ..
+            }
+        ) && outcome.result.is_done()
+        {
+            // The operator vouched for the root as it is now.
+            let root = self.lanes[at].root;
+            self.record_fs(root, true);
+        }
         let verdict = failure::classify(outcome.result.status(), &outcome.stderr);
         let lane = &mut self.lanes[at];
         let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
@@ -1742,6 +1853,102 @@ impl Daemon {
             Job::FullSync { reason, then, .. } => Retry::FullSync { reason, then },
         };
         self.queue.finish(lane_id, Some((retry, retry_at)));
+    }
+
+    /// A run the replica guard held back: the lane shows as guarded, the refusal is a
+    /// failure (journal, `SyncFailed`), and the held work is tried again later; the sends
+    /// of a batch went through.
+    fn on_guarded(
+        &mut self,
+        at: usize,
+        key: LaneKey,
+        outcome: Outcome,
+        reason: &str,
+        held: Vec<RelPath>,
+        now: Instant,
+    ) {
+        let lane = &mut self.lanes[at];
+        let lane_id = lane.id;
+        let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
+        lane.full_sync_running = false;
+        lane.job_started = None;
+        lane.stalled = false;
+        let message = format!("replica guard: {reason}");
+        let state_changed = lane.state != LaneState::Guarded;
+        lane.state = LaneState::Guarded;
+        lane.last_error = Some(message.clone());
+        let label = lane.label.clone();
+        let root = lane.context.root.clone();
+        let what = match &outcome.job {
+            Job::Batch(_) => format!("deletion of {} path(s)", held.len()),
+            Job::FullSync { .. } => "full sync".to_owned(),
+        };
+        if state_changed {
+            tracing::error!(
+                sersync_remote = %label,
+                root = %root.display(),
+                "{what} held back: {reason}; nothing is deleted on the remote until the root \
+                 is as it was (retrying every {} s), or `sersyncctl full-sync --force`",
+                GUARD_RETRY.as_secs()
+            );
+        } else {
+            tracing::debug!(sersync_remote = %label, "{what} still held back: {reason}");
+        }
+        self.counters.errors += 1;
+        let first_path = held.first().cloned().unwrap_or_default();
+        self.emit(Event::SyncFailed {
+            remote: label.clone(),
+            path: first_path,
+            rsync_exit: -1,
+            message: message.clone(),
+        });
+        if state_changed {
+            self.emit(Event::StateChanged {
+                remote: label,
+                state: LaneState::Guarded.as_str().to_owned(),
+            });
+        }
+        let retry_at = now + GUARD_RETRY;
+        match outcome.job {
+            Job::FullSync {
+                reason: why, then, ..
+            } => {
+                // The root itself (the empty path) names a held full sync.
+                self.journal
+                    .record(&key, [&b""[..]], -1, &message, std::time::SystemTime::now());
+                if let Some(number) = full_sync_number {
+                    self.full_sync_done(lane_id, number, false);
+                }
+                self.queue.finish(lane_id, None);
+                // What was pending goes on as a batch (its deletions guarded on their own).
+                self.queue.defer(lane_id, then, now);
+                if !self
+                    .guarded_full_syncs
+                    .iter()
+                    .any(|(id, ..)| *id == lane_id)
+                {
+                    self.guarded_full_syncs.push((lane_id, why, retry_at));
+                }
+            }
+            Job::Batch(batch) => {
+                let (held, sent): (Vec<_>, Vec<_>) = batch
+                    .entries
+                    .into_iter()
+                    .partition(|(path, _)| held.contains(path));
+                self.journal.record(
+                    &key,
+                    held.iter().map(|(p, _)| p.as_slice()),
+                    -1,
+                    &message,
+                    std::time::SystemTime::now(),
+                );
+                self.journal
+                    .clear(&key, sent.iter().map(|(p, _)| p.as_slice()));
+                self.queue.finish(lane_id, None);
+                self.queue.defer(lane_id, held, retry_at);
+            }
+        }
+        self.journal_dirty = true;
     }
 
     /// Counts a delivered batch towards the after-sync plugin: a change is handed to it

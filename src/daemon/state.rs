@@ -15,12 +15,15 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::guard::FsIdentity;
 use crate::queue::Action;
 
 const PENDING: &str = "pending";
 const RUNNING: &str = "running";
 const LOCK: &str = "lock";
 const MAGIC: &[u8] = b"sersync-pending 1\n";
+const ROOTS: &str = "roots";
+const ROOTS_MAGIC: &[u8] = b"sersync-roots 1\n";
 
 /// One saved record: which lane (by root path and remote) and what it owes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +213,60 @@ impl StateDir {
             .collect()
     }
 
+    /// Saves which filesystem each root was on when first watched (see [`crate::guard`]).
+    pub fn save_roots(&self, roots: &[(PathBuf, FsIdentity)]) -> io::Result<()> {
+        let mut out = ROOTS_MAGIC.to_vec();
+        for (root, fs) in roots {
+            for field in [
+                root.as_os_str().as_bytes(),
+                &fs.mount_point,
+                fs.fs_type.as_bytes(),
+                fs.source.as_bytes(),
+                &fs.mount_root,
+            ] {
+                out.extend_from_slice(field);
+                out.push(0);
+            }
+        }
+        write_atomically(&self.dir.join(ROOTS), &out)
+    }
+
+    /// The recorded filesystems of the roots (none recorded yet: empty).
+    pub fn load_roots(&self) -> io::Result<Vec<(PathBuf, FsIdentity)>> {
+        let path = self.dir.join(ROOTS);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        let invalid = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: not a sersync roots file", path.display()),
+            )
+        };
+        let body = bytes.strip_prefix(ROOTS_MAGIC).ok_or_else(invalid)?;
+        let fields: Vec<&[u8]> = body.split(|&b| b == 0).collect();
+        let fields = &fields[..fields.len().saturating_sub(1)];
+        if fields.len() % 5 != 0 {
+            return Err(invalid());
+        }
+        Ok(fields
+            .chunks(5)
+            .map(|record| {
+                (
+                    PathBuf::from(OsStr::from_bytes(record[0])),
+                    FsIdentity {
+                        mount_point: record[1].to_vec(),
+                        fs_type: String::from_utf8_lossy(record[2]).into_owned(),
+                        source: String::from_utf8_lossy(record[3]).into_owned(),
+                        mount_root: record[4].to_vec(),
+                    },
+                )
+            })
+            .collect())
+    }
+
     /// Removes the pending file once its contents are in memory (the `running` marker
     /// covers a crash from here on).
     pub fn discard_pending(&self) -> io::Result<()> {
@@ -288,6 +345,48 @@ mod tests {
             .lock(std::time::Duration::ZERO)
             .expect("lock after the first holder closed it");
         drop(again);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod roots_tests {
+    use super::*;
+
+    #[test]
+    fn roots_round_trip() {
+        let dir = std::env::temp_dir().join(format!("sersync-roots-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let state = StateDir::new(dir.clone());
+        assert_eq!(
+            state.load_roots().unwrap(),
+            Vec::new(),
+            "nothing recorded yet"
+        );
+        let roots = vec![
+            (
+                PathBuf::from("/srv/www"),
+                FsIdentity {
+                    mount_point: b"/srv/www".to_vec(),
+                    fs_type: "tmpfs".into(),
+                    source: "tmpfs".into(),
+                    mount_root: b"/".to_vec(),
+                },
+            ),
+            (
+                PathBuf::from("/srv/odd\nname"),
+                FsIdentity {
+                    mount_point: b"/".to_vec(),
+                    fs_type: "ext4".into(),
+                    source: "/dev/sda1".into(),
+                    mount_root: b"/".to_vec(),
+                },
+            ),
+        ];
+        state.save_roots(&roots).unwrap();
+        assert_eq!(state.load_roots().unwrap(), roots);
+        fs::write(dir.join(ROOTS), b"something else").unwrap();
+        assert!(state.load_roots().is_err(), "a foreign file is an error");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -87,6 +87,9 @@ pub enum FullSyncReason {
     Scheduled,
     /// A previous run ended uncleanly; changes may have been lost before they were saved.
     Recovery,
+    /// The operator's `full-sync --force`: runs even where the replica guard holds full
+    /// syncs back (see [`crate::guard`]).
+    Forced,
 }
 
 /// A batch of paths for one lane.
@@ -218,14 +221,20 @@ impl Queue {
     /// ride along and are sent right after it (see [`Job::FullSync`]).
     pub fn request_full_sync(&mut self, root: RootId, reason: FullSyncReason) {
         for lane in self.lanes.iter_mut().filter(|lane| lane.root == root) {
-            lane.full_sync.get_or_insert(reason);
+            lane.want_full_sync(reason);
+            if reason == FullSyncReason::Forced {
+                lane.not_before = None;
+            }
         }
     }
 
     /// Asks for a full sync of one lane (a new remote, or one owed from the last run).
     pub fn request_full_sync_lane(&mut self, lane: LaneId, reason: FullSyncReason) {
         if let Some(lane) = self.lane_mut(lane) {
-            lane.full_sync.get_or_insert(reason);
+            lane.want_full_sync(reason);
+            if reason == FullSyncReason::Forced {
+                lane.not_before = None;
+            }
         }
     }
 
@@ -311,7 +320,7 @@ impl Queue {
                 lane.not_before = Some(at);
                 match retry {
                     Retry::FullSync { reason, then } => {
-                        lane.full_sync.get_or_insert(reason);
+                        lane.want_full_sync(reason);
                         for (path, older) in then {
                             lane.requeue(path, older);
                         }
@@ -435,6 +444,16 @@ pub enum Retry {
 }
 
 impl Lane {
+    /// Owes a full sync for `reason`. An operator's forced one replaces any other (and
+    /// does not wait for the retry of one the guard held back).
+    fn want_full_sync(&mut self, reason: FullSyncReason) {
+        if reason == FullSyncReason::Forced {
+            self.full_sync = Some(reason);
+        } else {
+            self.full_sync.get_or_insert(reason);
+        }
+    }
+
     fn merge(&mut self, path: &[u8], action: Action) {
         if let Action::Remove { dir: true } = action {
             // Deleting the directory on the remote covers whatever was pending below it.

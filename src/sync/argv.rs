@@ -297,6 +297,23 @@ pub fn deletion(transport: &Transport) -> Vec<OsString> {
     argv
 }
 
+/// The argv (after `rsync`) that lists the top level of the remote (for the emptiness
+/// guard, [`crate::guard`]): one line per entry, `.` included.
+pub fn list_top(transport: &Transport) -> Vec<OsString> {
+    let mut argv = transport.transport_only();
+    argv.push(OsString::from("--list-only"));
+    argv.push(transport.destination());
+    argv
+}
+
+/// Whether a [`list_top`] listing shows any entry besides the module's top directory.
+pub fn listing_has_entries(stdout: &[u8]) -> bool {
+    stdout.split(|&b| b == b'\n').any(|line| {
+        let name = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+        !line.is_empty() && name != b"."
+    })
+}
+
 /// The stdin rules of a [`deletion`] run for `paths` (relative, raw bytes), and the
 /// ancestor directories the skeleton must contain.
 ///
@@ -774,6 +791,27 @@ mod tests {
         assert_eq!(stdin, nul_list(hostile));
         let budget = path_args_budget();
         assert!((32 * 1024..=1024 * 1024).contains(&budget), "{budget}");
+    }
+
+    #[test]
+    fn remote_listings() {
+        let table: &[(&[u8], bool)] = &[
+            (b"", false),
+            (b"drwxr-xr-x          4,096 2026/12/06 15:00:00 .\n", false),
+            (
+                b"drwxr-xr-x          4,096 2026/12/06 15:00:00 .\n\
+                  -rw-r--r--              6 2026/12/06 15:00:00 a file\n",
+                true,
+            ),
+        ];
+        for (stdout, has) in table {
+            assert_eq!(
+                listing_has_entries(stdout),
+                *has,
+                "{}",
+                String::from_utf8_lossy(stdout)
+            );
+        }
     }
 
     #[test]

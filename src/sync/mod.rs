@@ -34,6 +34,13 @@ pub enum RunResult {
         kind: std::io::ErrorKind,
         message: String,
     },
+    /// The replica guard refused to delete on the remote ([`crate::guard`]): for a full
+    /// sync nothing ran; for a batch its sends ran and the paths of its deletion run are
+    /// `held`.
+    Guarded {
+        reason: String,
+        held: Vec<RelPath>,
+    },
 }
 
 impl RunResult {
@@ -50,6 +57,8 @@ impl RunResult {
             RunResult::Exited(code) => ExitStatusLike::Code(*code),
             RunResult::Signaled(signal) => ExitStatusLike::Signal(*signal),
             RunResult::SpawnFailed { kind, .. } => ExitStatusLike::SpawnFailed(*kind),
+            // The daemon handles a guarded run before any exit policy applies.
+            RunResult::Guarded { .. } => ExitStatusLike::SpawnFailed(std::io::ErrorKind::Other),
         }
     }
 
@@ -86,6 +95,8 @@ pub struct JobContext {
     /// `<crontabfilter>` globs, for scheduled full syncs.
     pub crontab_excludes: Vec<String>,
     pub debug: bool,
+    /// The filesystem the root was on when first watched (the replica guard's identity).
+    pub recorded_fs: Option<crate::guard::FsIdentity>,
 }
 
 const STDERR_KEEP: usize = 16 * 1024;
@@ -274,6 +285,11 @@ impl Runner {
         match job {
             Job::Batch(batch) => self.execute_batch(batch, ctx),
             Job::FullSync { lane, reason, then } => {
+                if ctx.propagate_deletes && *reason != crate::queue::FullSyncReason::Forced {
+                    if let Some(refused) = self.full_sync_refusal(*lane, ctx) {
+                        return refused;
+                    }
+                }
                 let run = self.execute_full_sync(*lane, *reason, ctx);
                 if !run.result.is_done() || then.is_empty() {
                     return run;
@@ -342,6 +358,19 @@ impl Runner {
             send.dedup();
         }
         if ctx.propagate_deletes && !delete.is_empty() {
+            if let Some(reason) = crate::guard::refusal(&ctx.root, ctx.recorded_fs.as_ref()) {
+                // Deletions wait for the root's filesystem; what exists is still sent.
+                let held: Vec<RelPath> = delete.iter().map(|p| p.to_vec()).collect();
+                if !send.is_empty() {
+                    let (argv, stdin) =
+                        argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
+                    let sent = self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false);
+                    if !sent.result.is_done() {
+                        return sent;
+                    }
+                }
+                return Run::ended(RunResult::Guarded { reason, held });
+            }
             let groups = argv::deletion_groups(delete.iter().copied(), self.ways(ctx));
             let mut ancestors: Vec<Vec<u8>> =
                 groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
@@ -389,6 +418,47 @@ impl Runner {
         }
         let (argv, stdin) = argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
         self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false)
+    }
+
+    /// Why a full sync with `--delete` must not run now, as a guarded run (see
+    /// [`crate::guard`]); a failed listing of the remote is returned as that failure.
+    fn full_sync_refusal(&self, lane: LaneId, ctx: &JobContext) -> Option<Run> {
+        let guarded = |reason: String| {
+            Some(Run::ended(RunResult::Guarded {
+                reason,
+                held: Vec::new(),
+            }))
+        };
+        if let Some(reason) = crate::guard::refusal(&ctx.root, ctx.recorded_fs.as_ref()) {
+            return guarded(reason);
+        }
+        match crate::guard::is_empty(&ctx.root) {
+            Ok(false) => None,
+            Err(err) => guarded(format!("cannot read the root: {err}")),
+            Ok(true) => {
+                // Only an empty root costs a listing of the remote's top level.
+                let listing = self.run(
+                    lane,
+                    &argv::list_top(&ctx.transport),
+                    &ctx.root,
+                    Vec::new(),
+                    ctx.debug,
+                    true,
+                );
+                if !listing.result.is_done() {
+                    return Some(listing);
+                }
+                if argv::listing_has_entries(&listing.stdout) {
+                    guarded(
+                        "the root is empty while the remote is not: a full sync would delete \
+                         everything there"
+                            .to_owned(),
+                    )
+                } else {
+                    None
+                }
+            }
+        }
     }
 
     fn execute_full_sync(

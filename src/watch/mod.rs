@@ -200,6 +200,11 @@ pub struct Watcher<F: FnMut(WatchEvent)> {
     tree: WatchTree,
     root_nodes: Vec<Option<i32>>,
     lost_roots: Vec<(RootId, Instant)>,
+    /// (device, inode) of the root directory as watched, and when to look again: a
+    /// filesystem mounted over the root, or unmounted from under it, raises no event on
+    /// the directory that is watched.
+    root_dir: Option<(u64, u64)>,
+    next_mount_check: Instant,
     pending_moves: Vec<PendingMove>,
     out: Vec<Change>,
     report: F,
@@ -249,6 +254,8 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             tree: WatchTree::default(),
             root_nodes: vec![None; root_count],
             lost_roots: Vec::new(),
+            root_dir: None,
+            next_mount_check: Instant::now() + ROOT_RETRY,
             pending_moves: Vec::new(),
             out: Vec::new(),
             report,
@@ -307,6 +314,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 Err(TryRecvError::Empty) => {}
             }
             self.retry_lost_roots();
+            self.check_root_mount();
             let timeout = if self.pending_moves.is_empty() {
                 PollTimeout::from(250u16)
             } else {
@@ -444,6 +452,29 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
     }
 
+    /// Watches the root anew when another directory answers at its path now (a
+    /// filesystem was mounted over it or unmounted from under it): the daemon rescans it
+    /// once `RootRestored` comes, and the replica guard decides whether that may delete.
+    fn check_root_mount(&mut self) {
+        let now = Instant::now();
+        if now < self.next_mount_check {
+            return;
+        }
+        self.next_mount_check = now + ROOT_RETRY;
+        let (Some(watched), Some(_)) = (self.root_dir, self.root_nodes[self.root]) else {
+            return;
+        };
+        let Ok(meta) = std::fs::metadata(&self.spec.roots[self.root]) else {
+            return;
+        };
+        if (meta.dev(), meta.ino()) != watched {
+            let root = self.root;
+            self.lose_root(root, "another filesystem is mounted at the root now");
+            self.lost_roots.retain(|(r, _)| *r != root);
+            self.restore_root(root);
+        }
+    }
+
     fn retry_lost_roots(&mut self) {
         let now = Instant::now();
         let due: Vec<RootId> = self
@@ -484,6 +515,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         match self.inotify.watches().add(&path, self.mask()) {
             Ok(wd) => {
                 let id = wd.get_watch_descriptor_id();
+                if root == self.root {
+                    self.root_dir = std::fs::metadata(&path)
+                        .ok()
+                        .map(|meta| (meta.dev(), meta.ino()));
+                }
                 self.tree.insert_root(id, root);
                 self.root_nodes[root] = Some(id);
                 self.walk(id, false);

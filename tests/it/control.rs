@@ -395,7 +395,8 @@ fn stub_loop(
             ControlCommand::Pause(_) => "Pause",
             ControlCommand::Resume(_) => "Resume",
             ControlCommand::RetryFailed(_) => "RetryFailed",
-            ControlCommand::FullSync { .. } => "FullSync",
+            ControlCommand::FullSync { force: false, .. } => "FullSync",
+            ControlCommand::FullSync { force: true, .. } => "ForceFullSync",
             ControlCommand::ListFailures(_) => "ListFailures",
             ControlCommand::Reload(_) => "Reload",
         };
@@ -419,7 +420,7 @@ fn stub_loop(
                 status.write().unwrap().failed = 0;
                 let _ = reply.send(queued);
             }
-            ControlCommand::FullSync { root, reply } => {
+            ControlCommand::FullSync { root, reply, .. } => {
                 let success = match root.as_deref().and_then(Path::to_str) {
                     None | Some("/srv/www") => true,
                     Some("/srv/fails") => false,

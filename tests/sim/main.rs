@@ -18,6 +18,7 @@
 #[allow(dead_code, unused_imports)] // shared with tests/it; each binary uses part of it
 mod harness;
 mod ops;
+mod guard;
 mod regressions;
 mod rng;
 mod snapshot;

@@ -175,7 +175,13 @@ pub enum Kind {
     Other,
 }
 
-/// The source tree as a sorted list of (path, kind).
+/// A file at the top of the source that no operation touches (it is left out of
+/// [`listing`]): the replica guard refuses a full sync from an empty root to a remote that
+/// is not empty, by design (README "Replica guard"), which is not what the simulation is
+/// about. Every replica starts with a copy.
+pub const ANCHOR: &str = "anchor.keep";
+
+/// The source tree as a sorted list of (path, kind), without the [`ANCHOR`].
 pub fn listing(root: &Path) -> Vec<(Vec<u8>, Kind)> {
     fn walk(dir: &Path, prefix: &[u8], out: &mut Vec<(Vec<u8>, Kind)>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -189,6 +195,9 @@ pub fn listing(root: &Path) -> Vec<(Vec<u8>, Kind)> {
                 rel.push(b'/');
             }
             rel.extend_from_slice(entry.file_name().as_bytes());
+            if rel == ANCHOR.as_bytes() {
+                continue;
+            }
             let kind = match std::fs::symlink_metadata(entry.path()) {
                 Ok(m) if m.file_type().is_symlink() => Kind::Symlink,
                 Ok(m) if m.is_dir() => Kind::Dir,

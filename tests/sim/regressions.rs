@@ -26,7 +26,7 @@ const CATCH_UP: Duration = Duration::from_secs(45);
 
 /// Waits until `replica` equals `source` to the nanosecond of every mtime (the
 /// simulation's comparison); panics with the differences.
-fn converged_exactly(source: &Path, replica: &Path, timeout: Duration) {
+pub(crate) fn converged_exactly(source: &Path, replica: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let diffs = snapshot::differences(&snapshot::take(source), &snapshot::take(replica));
@@ -79,7 +79,7 @@ fn finish_within(mut child: Child, limit: Duration) -> Option<(std::process::Exi
 }
 
 /// Polls `condition` (bounded); panics with `what`.
-fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
@@ -163,7 +163,7 @@ fn processes_mentioning(needle: &[u8]) -> Vec<i32> {
 }
 
 /// `sersyncctl --bus-address BUS args…`; returns (exit code, stdout, stderr).
-fn ctl(bus: &Bus, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn ctl(bus: &Bus, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(SERSYNCCTL)
         .arg("--bus-address")
         .arg(bus.address())
@@ -178,7 +178,7 @@ fn ctl(bus: &Bus, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn on_bus(builder: SersyncdBuilder, bus: &Bus) -> SersyncdBuilder {
+pub(crate) fn on_bus(builder: SersyncdBuilder, bus: &Bus) -> SersyncdBuilder {
     builder
         .arg("--bus-address")
         .arg(bus.address())

@@ -123,6 +123,15 @@ impl World {
             }
             mounts.push(dir);
         }
+        let anchor = src.join(crate::ops::ANCHOR);
+        std::fs::write(&anchor, b"never touched by an operation\n").unwrap();
+        for dir in &mounts {
+            run(
+                "cp",
+                &[OsStr::new("-a"), anchor.as_os_str(), dir.as_os_str()],
+            )
+            .expect("copy the anchor to a replica");
+        }
         let (mut a, mut b) = RsyncDaemon::pair_in(&[MODULE], [Some(&mounts[0]), Some(&mounts[1])]);
         if privileged {
             a.set_module_options(MODULE_OPTIONS);

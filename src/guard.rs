@@ -1,0 +1,253 @@
+//! Refusing to copy a disaster to the replicas.
+//!
+//! A run with deletions makes the remote look like the root. When the root is not what it
+//! was — its filesystem is no longer mounted, so the path shows the (usually empty)
+//! directory below the mount point — that run would wipe every replica. So before every
+//! run that can delete on a remote (a full sync with `--delete`, the deletion run of a
+//! batch) the job checks the root here:
+//!
+//! - **Identity**: the filesystem the root lives on must be the one recorded when the root
+//!   was first watched: the mount point, filesystem type, source and the mount's root
+//!   from `/proc/self/mountinfo`. A raw `st_dev` is not an identity (every tmpfs mount gets
+//!   a new one), and these four are what an operator would call "the same filesystem".
+//! - **Emptiness** (full syncs only): a root with no entries at all while the remote has
+//!   some is refused, which also covers a first start with nothing recorded yet.
+//!
+//! A refused run is held, never skipped: the daemon shows the lane as guarded, retries,
+//! and runs it once the check passes (the filesystem is back), or when the operator forces
+//! it (`sersyncctl full-sync --force`), which also records the root's filesystem anew.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Which filesystem a root lives on, as an operator would name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsIdentity {
+    pub mount_point: Vec<u8>,
+    pub fs_type: String,
+    pub source: String,
+    /// The directory of the filesystem that is mounted there (not `/` for bind mounts).
+    pub mount_root: Vec<u8>,
+}
+
+impl std::fmt::Display for FsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} from {}",
+            String::from_utf8_lossy(&self.mount_point),
+            self.fs_type,
+            self.source
+        )?;
+        if self.mount_root != b"/" {
+            write!(f, ", {}", String::from_utf8_lossy(&self.mount_root))?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub dev: (u64, u64),
+    pub identity: FsIdentity,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\012` for a newline, ...).
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut at = 0;
+    while at < field.len() {
+        let digits = field.get(at + 1..at + 4);
+        if field[at] == b'\\' && digits.is_some_and(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)))
+        {
+            let d = digits.unwrap_or_default();
+            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            at += 4;
+        } else {
+            out.push(field[at]);
+            at += 1;
+        }
+    }
+    out
+}
+
+/// Parses `/proc/self/mountinfo` (proc(5)); malformed lines are skipped.
+pub fn parse_mountinfo(text: &[u8]) -> Vec<Mount> {
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let separator = fields.iter().position(|f| *f == b"-")?;
+            if separator < 6 || fields.len() < separator + 3 {
+                return None;
+            }
+            let dev = std::str::from_utf8(fields[2]).ok()?;
+            let (major, minor) = dev.split_once(':')?;
+            Some(Mount {
+                dev: (major.parse().ok()?, minor.parse().ok()?),
+                identity: FsIdentity {
+                    mount_root: unescape(fields[3]),
+                    mount_point: unescape(fields[4]),
+                    fs_type: String::from_utf8_lossy(&unescape(fields[separator + 1])).into(),
+                    source: String::from_utf8_lossy(&unescape(fields[separator + 2])).into(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// Whether `path` is `prefix` or below it.
+fn path_within(path: &[u8], prefix: &[u8]) -> bool {
+    prefix == b"/"
+        || path == prefix
+        || (path.starts_with(prefix) && path.get(prefix.len()) == Some(&b'/'))
+}
+
+/// The mount a (canonical) path on device `dev` lives on: among the mounts of that device,
+/// the deepest whose mount point contains the path (a device mounted twice, or bind
+/// mounted, has several lines).
+pub fn mount_of(mounts: &[Mount], dev: (u64, u64), path: &[u8]) -> Option<FsIdentity> {
+    mounts
+        .iter()
+        .filter(|m| m.dev == dev && path_within(path, &m.identity.mount_point))
+        .max_by_key(|m| m.identity.mount_point.len())
+        .map(|m| m.identity.clone())
+}
+
+/// The filesystem `root` lives on now.
+pub fn identity_of(root: &Path) -> io::Result<FsIdentity> {
+    let canonical = std::fs::canonicalize(root)?;
+    let meta = std::fs::metadata(&canonical)?;
+    let dev = (
+        u64::from(libc::major(meta.dev())),
+        u64::from(libc::minor(meta.dev())),
+    );
+    let mounts = parse_mountinfo(&std::fs::read("/proc/self/mountinfo")?);
+    mount_of(&mounts, dev, canonical.as_os_str().as_bytes()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no mount of device {}:{} holds {}",
+                dev.0,
+                dev.1,
+                canonical.display()
+            ),
+        )
+    })
+}
+
+/// Why a run that could delete on a remote must not run now (`None`: it may).
+pub fn refusal(root: &Path, recorded: Option<&FsIdentity>) -> Option<String> {
+    let now = match identity_of(root) {
+        Ok(now) => now,
+        Err(err) => {
+            return Some(format!(
+                "cannot tell which filesystem holds the root: {err}"
+            ));
+        }
+    };
+    match recorded {
+        Some(recorded) if *recorded != now => Some(format!(
+            "the root is on {now}, not on {recorded} where it was first watched (not mounted?)"
+        )),
+        _ => None,
+    }
+}
+
+/// Whether the root has no entries at all.
+pub fn is_empty(root: &Path) -> io::Result<bool> {
+    Ok(std::fs::read_dir(root)?.next().is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &[u8] = b"\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+25 22 0:23 / /proc rw,nosuid shared:12 - proc proc rw
+40 22 0:41 / /srv/www rw,relatime shared:20 - tmpfs tmpfs rw,size=1024k
+41 22 8:1 /var/data /srv/bind rw,relatime shared:1 - ext4 /dev/sda1 rw
+42 22 0:42 / /mnt/with\\040space rw master:3 - nfs4 host:/export\\040x rw
+bad line
+";
+
+    fn id(mount_point: &str, fs_type: &str, source: &str, mount_root: &str) -> FsIdentity {
+        FsIdentity {
+            mount_point: mount_point.into(),
+            fs_type: fs_type.into(),
+            source: source.into(),
+            mount_root: mount_root.into(),
+        }
+    }
+
+    #[test]
+    fn mountinfo_lines() {
+        let mounts = parse_mountinfo(MOUNTINFO);
+        assert_eq!(mounts.len(), 5, "{mounts:?}");
+        assert_eq!(mounts[2].dev, (0, 41));
+        assert_eq!(mounts[2].identity, id("/srv/www", "tmpfs", "tmpfs", "/"));
+        assert_eq!(
+            mounts[4].identity,
+            id("/mnt/with space", "nfs4", "host:/export x", "/")
+        );
+    }
+
+    #[test]
+    fn the_mount_of_a_path() {
+        let mounts = parse_mountinfo(MOUNTINFO);
+        let table: &[((u64, u64), &str, Option<FsIdentity>)] = &[
+            (
+                (0, 41),
+                "/srv/www",
+                Some(id("/srv/www", "tmpfs", "tmpfs", "/")),
+            ),
+            (
+                (0, 41),
+                "/srv/www/site",
+                Some(id("/srv/www", "tmpfs", "tmpfs", "/")),
+            ),
+            // The mount point itself with nothing mounted: the parent filesystem.
+            ((8, 1), "/srv/www", Some(id("/", "ext4", "/dev/sda1", "/"))),
+            // A device mounted twice: the deepest mount that holds the path.
+            (
+                (8, 1),
+                "/srv/bind/x",
+                Some(id("/srv/bind", "ext4", "/dev/sda1", "/var/data")),
+            ),
+            (
+                (8, 1),
+                "/srv/binder",
+                Some(id("/", "ext4", "/dev/sda1", "/")),
+            ),
+            ((9, 9), "/srv/www", None),
+        ];
+        for (dev, path, want) in table {
+            assert_eq!(
+                &mount_of(&mounts, *dev, path.as_bytes()),
+                want,
+                "{path} on {dev:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(unescape(b"a\\040b\\012c\\134"), b"a b\nc\\");
+        assert_eq!(unescape(b"trailing\\04"), b"trailing\\04");
+        assert_eq!(unescape(b"\\999"), b"\\999");
+    }
+
+    #[test]
+    fn the_live_root_filesystem_is_found_and_accepted() {
+        let root = identity_of(Path::new("/")).expect("/ has a mount");
+        assert_eq!(root.mount_point, b"/");
+        assert_eq!(refusal(Path::new("/"), Some(&root)), None);
+        let other = id("/elsewhere", "tmpfs", "tmpfs", "/");
+        let refused = refusal(Path::new("/"), Some(&other)).expect("refused");
+        assert!(refused.contains("not on /elsewhere"), "{refused}");
+        assert!(refusal(Path::new("/nonexistent-root"), None).is_some());
+    }
+}

@@ -1,0 +1,189 @@
+//! The replica guard (issue #14): a root whose filesystem is not mounted, or that is empty
+//! while its remote is not, never empties a replica, and replication resumes by itself
+//! once the filesystem is back. Real bind mounts, a real rsync daemon, a real bus.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::bus::{Bus, Policy};
+use crate::harness::{Env, SersyncdBuilder, temp_dir, write};
+use crate::regressions::{converged_exactly, ctl, on_bus, wait_for};
+
+const CATCH_UP: Duration = Duration::from_secs(45);
+
+/// `mount --bind FROM TO` for the length of the test (lazily unmounted at the end).
+struct BindMount {
+    from: PathBuf,
+    at: PathBuf,
+    mounted: bool,
+}
+
+impl BindMount {
+    fn new(from: &Path, at: &Path) -> BindMount {
+        let mut mount = BindMount {
+            from: from.to_owned(),
+            at: at.to_owned(),
+            mounted: false,
+        };
+        mount.mount();
+        mount
+    }
+
+    fn mount(&mut self) {
+        mount_cmd(&[
+            OsStr::new("--bind"),
+            self.from.as_os_str(),
+            self.at.as_os_str(),
+        ]);
+        self.mounted = true;
+    }
+
+    /// `umount -l`: what a failed or lazily undone mount leaves, the bare directory.
+    fn lazy_unmount(&mut self) {
+        let status = Command::new("umount")
+            .arg("-l")
+            .arg(&self.at)
+            .status()
+            .expect("run umount");
+        assert!(status.success(), "umount -l {}", self.at.display());
+        self.mounted = false;
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+fn mount_cmd(args: &[&OsStr]) {
+    let status = Command::new("mount")
+        .args(args)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount {args:?}");
+}
+
+fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, Iterator::count)
+}
+
+fn status_json(bus: &Bus) -> String {
+    let (_, out, _) = ctl(bus, &["status", "--json"]);
+    out
+}
+
+#[test]
+fn an_unmounted_root_never_empties_the_replica_and_replication_resumes_once_it_is_back() {
+    let Some(bus) = Bus::start(Policy::Permissive) else {
+        return;
+    };
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let base = temp_dir("guard");
+    let data = base.path().join("data");
+    let root = base.path().join("www");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    for i in 0..20 {
+        write(&data, &format!("page{i}.html"), &format!("page {i}\n"));
+    }
+    let mut mount = BindMount::new(&data, &root);
+    let builder = SersyncdBuilder::new()
+        .root(&root, &[env.rsyncd.remote("web")])
+        .rsyncd(&env.rsyncd)
+        .arg("-r");
+    let mut daemon = on_bus(builder, &bus).start();
+    let replica = env.rsyncd.replica("web").to_owned();
+    converged_exactly(&root, &replica, CATCH_UP);
+    wait_for("the root's filesystem to be recorded", CATCH_UP, || {
+        daemon.state_dir().join("roots").exists()
+    });
+
+    // Unmounted under the running daemon: the root is the bare directory now.
+    mount.lazy_unmount();
+    assert_eq!(entries(&root), 0);
+    wait_for("the lane to show as guarded", CATCH_UP, || {
+        status_json(&bus).contains("guarded")
+    });
+    let (code, failures, _) = ctl(&bus, &["failures"]);
+    assert_eq!(code, 0);
+    assert!(
+        failures.contains("replica guard") && failures.contains(&*root.to_string_lossy()),
+        "sersyncctl failures does not name the root and the guard:\n{failures}"
+    );
+    // Live changes keep flowing (nothing here is a deletion).
+    write(&root, "written-while-unmounted.txt", "on the bare directory\n");
+    wait_for("a live change to be sent while guarded", CATCH_UP, || {
+        replica.join("written-while-unmounted.txt").exists()
+    });
+    assert_eq!(entries(&replica), 21, "the replica lost files while guarded");
+
+    // Mounted again, with a change made meanwhile: replication resumes by itself.
+    std::fs::remove_file(root.join("written-while-unmounted.txt")).unwrap();
+    write(&data, "added-meanwhile.txt", "added\n");
+    mount.mount();
+    wait_for("the change made while unmounted to arrive", CATCH_UP, || {
+        replica.join("added-meanwhile.txt").exists()
+    });
+    write(&root, "after-remount.txt", "watched again\n");
+    converged_exactly(&root, &replica, CATCH_UP);
+    wait_for("the guarded state to clear", CATCH_UP, || {
+        !status_json(&bus).contains("guarded")
+    });
+
+    // Stopped, unmounted, started with -r (a failed mount at boot): held again.
+    daemon.terminate();
+    mount.lazy_unmount();
+    let address = bus.address().to_owned();
+    daemon.restart_with(&["--bus-address", &address, "--instance", "web", "-r"]);
+    wait_for("the lane to show as guarded after -r", CATCH_UP, || {
+        status_json(&bus).contains("guarded")
+    });
+    assert_eq!(entries(&replica), 22, "the -r full sync emptied the replica");
+    let log = daemon.log();
+    assert!(
+        log.contains("not on") && log.contains("held back"),
+        "the log does not say why the full sync was held back"
+    );
+
+    // An intended wipe goes through when forced.
+    let (code, out, stderr) = ctl(&bus, &["full-sync", "--force", "--wait"]);
+    assert_eq!(code, 0, "{out}{stderr}");
+    converged_exactly(&root, &replica, CATCH_UP);
+    assert_eq!(entries(&replica), 0);
+}
+
+#[test]
+fn an_empty_root_with_nothing_recorded_does_not_empty_a_full_replica() {
+    let Some(bus) = Bus::start(Policy::Permissive) else {
+        return;
+    };
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    for i in 0..5 {
+        write(env.replica(), &format!("kept{i}.txt"), "kept\n");
+    }
+    let daemon = env.start(|b| on_bus(b.arg("-r"), &bus));
+    wait_for("the lane to show as guarded", CATCH_UP, || {
+        status_json(&bus).contains("guarded")
+    });
+    assert!(
+        daemon.log().contains("the root is empty while the remote is not"),
+        "the log does not say why the full sync was held back"
+    );
+    assert_eq!(entries(env.replica()), 5, "the replica lost files");
+    // Live changes keep flowing meanwhile. (Once the root is not empty any more, the
+    // held full sync runs at its next try and makes the replica equal the root.)
+    write(env.src(), "new.txt", "new\n");
+    wait_for("a live change to be sent while guarded", CATCH_UP, || {
+        env.replica().join("new.txt").exists()
+    });
+    converged_exactly(env.src(), env.replica(), CATCH_UP);
+}
