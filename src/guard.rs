@@ -138,8 +138,20 @@ pub fn identity_of(root: &Path) -> io::Result<FsIdentity> {
     })
 }
 
-/// Why a run that could delete on a remote must not run now (`None`: it may).
-pub fn refusal(root: &Path, recorded: Option<&FsIdentity>) -> Option<String> {
+/// Why a run that could delete on a remote must not run now (`None`: it may): the root
+/// is not on its recorded filesystem, or lacks the configured sentinel file.
+pub fn refusal(
+    root: &Path,
+    recorded: Option<&FsIdentity>,
+    sentinel: Option<&str>,
+) -> Option<String> {
+    if let Some(sentinel) = sentinel {
+        if std::fs::symlink_metadata(root.join(sentinel)).is_err() {
+            return Some(format!(
+                "the sentinel file {sentinel} is missing from the root (not mounted?)"
+            ));
+        }
+    }
     let now = match identity_of(root) {
         Ok(now) => now,
         Err(err) => {
@@ -154,6 +166,44 @@ pub fn refusal(root: &Path, recorded: Option<&FsIdentity>) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// How many entries the tree under `root` has, counting no further than `limit` (so that
+/// the cost is bounded by what the caller needs to know).
+pub fn count_entries(root: &Path, limit: usize) -> usize {
+    let mut count = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            count += 1;
+            if count >= limit {
+                return count;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    count
+}
+
+/// Whether `deleted` deletions (in the window) remove more than `share` percent of a tree
+/// that still has `remaining` entries. `remaining` may be a count cut short at
+/// [`remaining_needed`]: that many is enough to say no.
+pub fn too_many_deletions(deleted: usize, remaining: usize, share: u32, minimum: u32) -> bool {
+    share > 0
+        && share < 100
+        && deleted >= minimum as usize
+        && remaining < remaining_needed(deleted, share)
+}
+
+/// How many entries must remain for `deleted` to be at most `share` percent of the tree.
+pub fn remaining_needed(deleted: usize, share: u32) -> usize {
+    let share = share.clamp(1, 99) as usize;
+    (deleted * (100 - share)).div_ceil(share)
 }
 
 /// Whether the root has no entries at all.
@@ -234,6 +284,31 @@ bad line
     }
 
     #[test]
+    fn deletion_shares() {
+        // (deleted, remaining, share %, minimum, held)
+        let table = [
+            (100, 200, 50, 100, false), // a third of the tree
+            (150, 150, 50, 100, false), // exactly half
+            (151, 149, 50, 100, true),  // more than half
+            (99, 0, 50, 100, false),    // below the minimum
+            (180, 120, 50, 100, true),  // 60 %
+            (30, 270, 50, 10, false),   // 10 %
+            (30, 270, 5, 10, true),     // 10 % over a 5 % share
+            (1000, 0, 0, 1, false),     // share 0: off
+            (1000, 0, 100, 1, false),   // 100 %: everything may go
+        ];
+        for (deleted, remaining, share, minimum, held) in table {
+            assert_eq!(
+                too_many_deletions(deleted, remaining, share, minimum),
+                held,
+                "{deleted} deleted, {remaining} left, share {share}, minimum {minimum}"
+            );
+        }
+        assert_eq!(remaining_needed(151, 50), 151);
+        assert_eq!(remaining_needed(10, 20), 40);
+    }
+
+    #[test]
     fn escapes() {
         assert_eq!(unescape(b"a\\040b\\012c\\134"), b"a b\nc\\");
         assert_eq!(unescape(b"trailing\\04"), b"trailing\\04");
@@ -244,10 +319,13 @@ bad line
     fn the_live_root_filesystem_is_found_and_accepted() {
         let root = identity_of(Path::new("/")).expect("/ has a mount");
         assert_eq!(root.mount_point, b"/");
-        assert_eq!(refusal(Path::new("/"), Some(&root)), None);
+        assert_eq!(refusal(Path::new("/"), Some(&root), None), None);
+        assert_eq!(refusal(Path::new("/"), Some(&root), Some("proc")), None);
+        let missing = refusal(Path::new("/"), Some(&root), Some("no-such-sentinel"));
+        assert!(missing.is_some_and(|m| m.contains("sentinel")));
         let other = id("/elsewhere", "tmpfs", "tmpfs", "/");
-        let refused = refusal(Path::new("/"), Some(&other)).expect("refused");
+        let refused = refusal(Path::new("/"), Some(&other), None).expect("refused");
         assert!(refused.contains("not on /elsewhere"), "{refused}");
-        assert!(refusal(Path::new("/nonexistent-root"), None).is_some());
+        assert!(refusal(Path::new("/nonexistent-root"), None, None).is_some());
     }
 }

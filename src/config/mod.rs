@@ -51,6 +51,30 @@ pub struct Config {
     pub crontab: Crontab,
     /// `<sersync><plugin start name>` and the top-level `<plugin name=...>` sections.
     pub plugins: Plugins,
+    /// `<sersync><deleteGuard share minimum sentinel>` (ours): see [`crate::guard`].
+    pub delete_guard: DeleteGuard,
+}
+
+/// `<deleteGuard>`: when deletions are held instead of run (see [`crate::guard`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteGuard {
+    /// Live deletions in one minute that would remove more than this percentage of a
+    /// root's entries are held (0: never by share).
+    pub share: u32,
+    /// Fewer deletions than this in a minute are never held by share.
+    pub minimum: u32,
+    /// A file that must exist in every root for a run that deletes (relative to the root).
+    pub sentinel: Option<String>,
+}
+
+impl Default for DeleteGuard {
+    fn default() -> Self {
+        DeleteGuard {
+            share: 50,
+            minimum: 100,
+            sentinel: None,
+        }
+    }
 }
 
 /// `<host hostip port>`.

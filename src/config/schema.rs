@@ -25,9 +25,9 @@ use super::source::Source;
 use super::words::split_words_located;
 use super::xml::{Attr, Element};
 use super::{
-    Auth, CommandPlugin, Config, Crontab, EventToggles, ExcludeRegex, FailLog, Filter, HostSection,
-    HttpHeader, HttpPlugin, Plugins, PurgeRequest, RefreshCdnPlugin, Remote, RsyncOptions,
-    SocketFraming, SocketPlugin, WatchRoot,
+    Auth, CommandPlugin, Config, Crontab, DeleteGuard, EventToggles, ExcludeRegex, FailLog, Filter,
+    HostSection, HttpHeader, HttpPlugin, Plugins, PurgeRequest, RefreshCdnPlugin, Remote,
+    RsyncOptions, SocketFraming, SocketPlugin, WatchRoot,
 };
 use crate::plugin::http::HttpUrl;
 
@@ -127,6 +127,7 @@ const HEAD: Spec = Spec {
                     }],
                 },
                 leaf("plugin", &["start", "name"]),
+                leaf("deleteGuard", &["share", "minimum", "sentinel"]),
             ],
         },
         // The children of a top-level <plugin> depend on its name: see `PluginKind::spec`.
@@ -283,7 +284,11 @@ impl Checker<'_> {
         let mut rsync = RsyncOptions::default();
         let mut fail_log = FailLog::default();
         let mut crontab = Crontab::default();
+        let mut delete_guard = DeleteGuard::default();
         if let Some(sersync) = sersync {
+            if let Some(element) = self.single(sersync, "deleteGuard") {
+                delete_guard = self.delete_guard(element);
+            }
             if let Some(element) = self.single(sersync, "rsync") {
                 rsync = self.rsync(element);
             }
@@ -309,6 +314,50 @@ impl Checker<'_> {
             fail_log,
             crontab,
             plugins,
+            delete_guard,
+        }
+    }
+
+    fn delete_guard(&mut self, element: &Element) -> DeleteGuard {
+        let defaults = DeleteGuard::default();
+        let mut share = self
+            .optional_count(element, "share", 0, "percent", defaults.share)
+            .unwrap_or(defaults.share);
+        if share > 100 {
+            if let Some(attr) = Self::given(element, "share") {
+                self.error(
+                    attr.value_at(),
+                    format!(
+                        "invalid share \"{}\" in <deleteGuard>: expected a percentage, 0 to 100 \
+                         (0: no share limit)",
+                        attr.value
+                    ),
+                );
+            }
+            share = defaults.share;
+        }
+        let minimum = self
+            .optional_count(element, "minimum", 1, "deletions", defaults.minimum)
+            .unwrap_or(defaults.minimum);
+        let sentinel = Self::given(element, "sentinel").and_then(|attr| {
+            let name = attr.value.trim();
+            if name.starts_with('/') || name.split('/').any(|part| part == "..") {
+                self.error(
+                    attr.value_at(),
+                    format!(
+                        "invalid sentinel \"{name}\" in <deleteGuard>: expected a path relative \
+                         to each root, without \"..\""
+                    ),
+                );
+                None
+            } else {
+                Some(name.to_owned())
+            }
+        });
+        DeleteGuard {
+            share,
+            minimum,
+            sentinel,
         }
     }
 

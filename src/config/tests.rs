@@ -1251,3 +1251,41 @@ fn plugin_extension_errors_point_at_the_value() {
         );
     }
 }
+
+#[test]
+fn delete_guard_values_and_errors() {
+    let (config, _) = loaded(&in_sersync_after_root(""));
+    assert_eq!(config.delete_guard, DeleteGuard::default());
+    assert_eq!(
+        (config.delete_guard.share, config.delete_guard.minimum),
+        (50, 100)
+    );
+    let (config, _) = loaded(&in_sersync_after_root(
+        r#"<deleteGuard share="0" minimum="5" sentinel=".mounted"/>"#,
+    ));
+    assert_eq!(
+        config.delete_guard,
+        DeleteGuard {
+            share: 0,
+            minimum: 5,
+            sentinel: Some(".mounted".into())
+        }
+    );
+    // (element, words the error must carry); each on line 4.
+    let table = [
+        (r#"<deleteGuard share="101"/>"#, "0 to 100"),
+        (r#"<deleteGuard share="half"/>"#, "invalid number"),
+        (r#"<deleteGuard minimum="0"/>"#, "1 or more"),
+        (r#"<deleteGuard sentinel="/abs"/>"#, "relative"),
+        (r#"<deleteGuard sentinel="a/../../b"/>"#, "relative"),
+    ];
+    for (element, words) in table {
+        let errors = errors_of(&in_sersync_after_root(element));
+        assert!(
+            errors.iter().any(|e| e.line == 4
+                && e.message.contains(words)
+                && e.message.contains("deleteGuard")),
+            "{element}: {errors:?}"
+        );
+    }
+}

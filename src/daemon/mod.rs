@@ -147,6 +147,10 @@ const DEGRADED_RESYNC: Duration = Duration::from_secs(600);
 const OVERFLOW_BACKOFF_START: Duration = Duration::from_secs(10);
 const OVERFLOW_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
+/// The sliding window over which live deletions are counted for `<deleteGuard share>`:
+/// adaptive batching slices an `rm -rf` into many small batches, so a per-batch share
+/// would never trip.
+const DELETION_WINDOW: Duration = Duration::from_secs(60);
 /// How often a run the replica guard held back is tried again.
 const GUARD_RETRY: Duration = Duration::from_secs(10);
 /// When paths that failed on their own (exit 23) are tried again.
@@ -284,6 +288,14 @@ struct Daemon {
     retired_in_flight: Vec<(LaneId, LaneKey)>,
     /// The filesystem each root was on when first watched (kept in the state directory).
     recorded_fs: Vec<(PathBuf, crate::guard::FsIdentity)>,
+    /// Deletions seen in each root (by path) over the last [`DELETION_WINDOW`].
+    deletion_windows: HashMap<PathBuf, std::collections::VecDeque<(Instant, usize)>>,
+    /// Per root: the deletion count at which its tree is counted again (each count walks
+    /// up to that many entries, so counts are spaced geometrically during a storm).
+    next_deletion_check: HashMap<PathBuf, usize>,
+    /// Roots whose deletions are held (too many at once), with the reason, until the
+    /// operator releases them with a forced full sync.
+    deletions_held: Vec<(PathBuf, String)>,
     /// Full syncs the replica guard held back: (lane, reason, when to try again). They
     /// wait here, not in the queue, so that the lane's other changes keep flowing.
     guarded_full_syncs: Vec<(LaneId, FullSyncReason, Instant)>,
@@ -379,6 +391,8 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                     },
                     debug: config.debug,
                     recorded_fs: None,
+                    sentinel: config.delete_guard.sentinel.clone(),
+                    deletions_held: None,
                 },
                 backoff: Backoff::default(),
                 state: LaneState::Ok,
@@ -440,6 +454,9 @@ impl Daemon {
             owed_after_ready: Vec::new(),
             retired_in_flight: Vec::new(),
             recorded_fs: Vec::new(),
+            deletion_windows: HashMap::new(),
+            next_deletion_check: HashMap::new(),
+            deletions_held: Vec::new(),
             guarded_full_syncs: Vec::new(),
             ready: false,
             exit_code: exit::OK,
@@ -549,19 +566,78 @@ impl Daemon {
                 "cannot read which filesystems the roots were on ({err}); recording them anew"
             ),
         }
-        self.apply_recorded_fs();
+        self.apply_guards();
         self.state.discard_pending()
     }
 
-    /// Hands each lane the recorded filesystem of its root (the guard's identity).
-    fn apply_recorded_fs(&mut self) {
+    /// Hands each lane what the replica guard knows of its root: the recorded filesystem,
+    /// and whether its deletions are held.
+    fn apply_guards(&mut self) {
         for lane in &mut self.lanes {
             lane.context.recorded_fs = self
                 .recorded_fs
                 .iter()
                 .find(|(root, _)| *root == lane.context.root)
                 .map(|(_, fs)| fs.clone());
+            lane.context.deletions_held = self
+                .deletions_held
+                .iter()
+                .find(|(root, _)| *root == lane.context.root)
+                .map(|(_, reason)| reason.clone());
         }
+    }
+
+    /// Counts `count` live deletions in `root` and holds the root's deletions when those
+    /// of the last minute would remove more than `<deleteGuard share>` of its entries.
+    /// The tree is counted only then, and no further than the answer needs.
+    fn count_deletions(&mut self, root: RootId, count: usize) {
+        let guard = self.config.delete_guard.clone();
+        let path = self.root_path(root).to_path_buf();
+        if guard.share == 0 || guard.share >= 100 {
+            return;
+        }
+        if self.deletions_held.iter().any(|(held, _)| *held == path) {
+            return;
+        }
+        let now = Instant::now();
+        let window = self.deletion_windows.entry(path.clone()).or_default();
+        window.push_back((now, count));
+        while window
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > DELETION_WINDOW)
+        {
+            window.pop_front();
+        }
+        let deleted: usize = window.iter().map(|(_, n)| n).sum();
+        if deleted < guard.minimum as usize {
+            self.next_deletion_check.remove(&path);
+            return;
+        }
+        let due = self.next_deletion_check.get(&path).copied().unwrap_or(0);
+        if deleted < due {
+            return;
+        }
+        self.next_deletion_check
+            .insert(path.clone(), deleted + (deleted / 8).max(1));
+        let needed = crate::guard::remaining_needed(deleted, guard.share);
+        let counted = path.clone();
+        let Some(remaining) = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+            crate::guard::count_entries(&counted, needed)
+        }) else {
+            return;
+        };
+        if !crate::guard::too_many_deletions(deleted, remaining, guard.share, guard.minimum) {
+            return;
+        }
+        let reason = format!(
+            "{deleted} deletions within {} s would remove more than {}% of the root's entries \
+             ({remaining} left): held until released with `sersyncctl full-sync --force`",
+            DELETION_WINDOW.as_secs(),
+            guard.share
+        );
+        tracing::error!(root = %path.display(), "{reason}");
+        self.deletions_held.push((path, reason));
+        self.apply_guards();
     }
 
     /// Records the filesystem `root` is on now, if none is recorded yet (or `anew`, after
@@ -595,7 +671,7 @@ impl Daemon {
         if let Err(err) = self.state.save_roots(&self.recorded_fs) {
             tracing::error!("cannot save which filesystems the roots are on: {err}");
         }
-        self.apply_recorded_fs();
+        self.apply_guards();
     }
 
     /// Saves what could not be delivered (changes and owed full syncs) and marks the stop
@@ -1134,6 +1210,16 @@ impl Daemon {
             self.queue.request_full_sync(id, reason);
         }
         if force {
+            for &root in &roots {
+                let path = self.root_path(root).to_path_buf();
+                if self.deletions_held.iter().any(|(held, _)| *held == path) {
+                    tracing::warn!(root = %path.display(), "held deletions released by the operator");
+                }
+                self.deletions_held.retain(|(held, _)| *held != path);
+                self.deletion_windows.remove(&path);
+                self.next_deletion_check.remove(&path);
+            }
+            self.apply_guards();
             let lanes = &self.lanes;
             self.guarded_full_syncs.retain(|(id, ..)| {
                 !lanes
@@ -1329,7 +1415,7 @@ impl Daemon {
                 .retain(|_, lanes| !lanes.iter().any(|lane| removed.contains(lane)));
         }
         self.lanes = new_lanes;
-        self.apply_recorded_fs();
+        self.apply_guards();
         let lanes = &self.lanes;
         self.owed_after_ready
             .retain(|&id| lanes.iter().any(|lane| lane.id == id));
@@ -1376,7 +1462,14 @@ impl Daemon {
     fn on_watch(&mut self, event: WatchEvent) {
         match event {
             WatchEvent::Changes(changes) => {
+                let mut removals: Vec<(RootId, usize)> = Vec::new();
                 for change in changes {
+                    if matches!(change.action, Action::Remove { .. }) {
+                        match removals.iter_mut().find(|(root, _)| *root == change.root) {
+                            Some((_, count)) => *count += 1,
+                            None => removals.push((change.root, 1)),
+                        }
+                    }
                     if self.config.debug || self.cli.verbose {
                         tracing::debug!(
                             sersync_path = %String::from_utf8_lossy(&change.path),
@@ -1391,6 +1484,9 @@ impl Daemon {
                         continue;
                     }
                     self.queue.push(change.root, &change.path, change.action);
+                }
+                for (root, count) in removals {
+                    self.count_deletions(root, count);
                 }
             }
             WatchEvent::Ready { root, watches } => {

@@ -97,6 +97,23 @@ pub struct JobContext {
     pub debug: bool,
     /// The filesystem the root was on when first watched (the replica guard's identity).
     pub recorded_fs: Option<crate::guard::FsIdentity>,
+    /// `<deleteGuard sentinel>`.
+    pub sentinel: Option<String>,
+    /// Why the daemon holds this root's deletions (too many in a minute), until released.
+    pub deletions_held: Option<String>,
+}
+
+impl JobContext {
+    /// Why a run that deletes on the remote must not run now (see [`crate::guard`]).
+    fn deletion_refusal(&self) -> Option<String> {
+        self.deletions_held.clone().or_else(|| {
+            crate::guard::refusal(
+                &self.root,
+                self.recorded_fs.as_ref(),
+                self.sentinel.as_deref(),
+            )
+        })
+    }
 }
 
 const STDERR_KEEP: usize = 16 * 1024;
@@ -320,18 +337,16 @@ impl Runner {
         // changes below it were folded into that removal, so its remote copy is purged
         // and everything in it now is sent.
         let mut whole: Vec<&[u8]> = Vec::new();
+        let mut ancestors_checked: HashMap<Vec<u8>, bool> = HashMap::new();
         for (path, action) in &batch.entries {
-            let meta = std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path)));
-            if meta
-                .as_ref()
-                .is_err_and(|err| err.raw_os_error() == Some(libc::ENOTDIR))
-            {
-                // An ancestor is not a directory any more: nothing below it exists, here or
+            if below_a_non_directory(&ctx.root, path, &mut ancestors_checked) {
+                // An ancestor is a file or a symlink now: nothing below it exists, here or
                 // (once that ancestor's own change is sent, which replaces it whole) on
-                // the remote. A deletion run for this path would even turn a file the
-                // remote has at that ancestor into a directory (its skeleton).
+                // the remote. A deletion run for this path would even turn the file or
+                // symlink the remote has at that ancestor into a directory (its skeleton).
                 continue;
             }
+            let meta = std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path)));
             let exists = meta.is_ok();
             let dir_again = meta.is_ok_and(|m| m.is_dir())
                 && matches!(action, Action::Remove { dir: true } | Action::Replace);
@@ -358,7 +373,7 @@ impl Runner {
             send.dedup();
         }
         if ctx.propagate_deletes && !delete.is_empty() {
-            if let Some(reason) = crate::guard::refusal(&ctx.root, ctx.recorded_fs.as_ref()) {
+            if let Some(reason) = ctx.deletion_refusal() {
                 // Deletions wait for the root's filesystem; what exists is still sent.
                 let held: Vec<RelPath> = delete.iter().map(|p| p.to_vec()).collect();
                 if !send.is_empty() {
@@ -429,7 +444,7 @@ impl Runner {
                 held: Vec::new(),
             }))
         };
-        if let Some(reason) = crate::guard::refusal(&ctx.root, ctx.recorded_fs.as_ref()) {
+        if let Some(reason) = ctx.deletion_refusal() {
             return guarded(reason);
         }
         match crate::guard::is_empty(&ctx.root) {
@@ -968,6 +983,32 @@ pub fn describe_batch(entries: &[(Vec<u8>, Action)]) -> String {
     format!("{} paths ({} removals)", entries.len(), removed)
 }
 
+/// Whether an ancestor of `path` (below the root) exists and is not a directory (a file,
+/// a symlink — also one to a directory — or another type). `checked` caches the answer
+/// per ancestor for one batch.
+fn below_a_non_directory(root: &Path, path: &[u8], checked: &mut HashMap<Vec<u8>, bool>) -> bool {
+    let mut end = 0;
+    while let Some(at) = path[end..].iter().position(|&b| b == b'/') {
+        end += at;
+        let ancestor = &path[..end];
+        let not_a_dir = match checked.get(ancestor) {
+            Some(&known) => known,
+            None => {
+                let meta =
+                    std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(ancestor)));
+                let known = meta.is_ok_and(|m| !m.is_dir());
+                checked.insert(ancestor.to_vec(), known);
+                known
+            }
+        };
+        if not_a_dir {
+            return true;
+        }
+        end += 1;
+    }
+    false
+}
+
 /// The changes pending when a full sync started, as they must still be sent after it.
 /// A full sync that covered the whole tree with deletions (`covered`) already purged what
 /// a removed or replaced directory left on the remote: purging it again would delete, and
@@ -1020,6 +1061,36 @@ mod tests {
                 "{pending:?} covered={covered}"
             );
         }
+    }
+
+    #[test]
+    fn paths_below_files_and_symlinks() {
+        let root = std::env::temp_dir().join(format!("sersync-below-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("d/sub")).unwrap();
+        std::fs::write(root.join("f"), b"").unwrap();
+        std::fs::write(root.join("d/file"), b"").unwrap();
+        std::os::unix::fs::symlink("d", root.join("s")).unwrap();
+        std::os::unix::fs::symlink("nowhere", root.join("dangling")).unwrap();
+        let table: &[(&str, bool)] = &[
+            ("top", false),
+            ("d/x", false),
+            ("d/sub/x", false),
+            ("missing/x", false),
+            ("f/x", true),
+            ("d/file/x/y", true),
+            ("s/x", true),
+            ("s/sub/x", true),
+            ("dangling/x", true),
+        ];
+        let mut checked = HashMap::new();
+        for (path, below) in table {
+            assert_eq!(
+                below_a_non_directory(&root, path.as_bytes(), &mut checked),
+                *below,
+                "{path}"
+            );
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -118,19 +118,29 @@ fn an_unmounted_root_never_empties_the_replica_and_replication_resumes_once_it_i
         "sersyncctl failures does not name the root and the guard:\n{failures}"
     );
     // Live changes keep flowing (nothing here is a deletion).
-    write(&root, "written-while-unmounted.txt", "on the bare directory\n");
+    write(
+        &root,
+        "written-while-unmounted.txt",
+        "on the bare directory\n",
+    );
     wait_for("a live change to be sent while guarded", CATCH_UP, || {
         replica.join("written-while-unmounted.txt").exists()
     });
-    assert_eq!(entries(&replica), 21, "the replica lost files while guarded");
+    assert_eq!(
+        entries(&replica),
+        21,
+        "the replica lost files while guarded"
+    );
 
     // Mounted again, with a change made meanwhile: replication resumes by itself.
     std::fs::remove_file(root.join("written-while-unmounted.txt")).unwrap();
     write(&data, "added-meanwhile.txt", "added\n");
     mount.mount();
-    wait_for("the change made while unmounted to arrive", CATCH_UP, || {
-        replica.join("added-meanwhile.txt").exists()
-    });
+    wait_for(
+        "the change made while unmounted to arrive",
+        CATCH_UP,
+        || replica.join("added-meanwhile.txt").exists(),
+    );
     write(&root, "after-remount.txt", "watched again\n");
     converged_exactly(&root, &replica, CATCH_UP);
     wait_for("the guarded state to clear", CATCH_UP, || {
@@ -145,7 +155,11 @@ fn an_unmounted_root_never_empties_the_replica_and_replication_resumes_once_it_i
     wait_for("the lane to show as guarded after -r", CATCH_UP, || {
         status_json(&bus).contains("guarded")
     });
-    assert_eq!(entries(&replica), 22, "the -r full sync emptied the replica");
+    assert_eq!(
+        entries(&replica),
+        22,
+        "the -r full sync emptied the replica"
+    );
     let log = daemon.log();
     assert!(
         log.contains("not on") && log.contains("held back"),
@@ -175,7 +189,9 @@ fn an_empty_root_with_nothing_recorded_does_not_empty_a_full_replica() {
         status_json(&bus).contains("guarded")
     });
     assert!(
-        daemon.log().contains("the root is empty while the remote is not"),
+        daemon
+            .log()
+            .contains("the root is empty while the remote is not"),
         "the log does not say why the full sync was held back"
     );
     assert_eq!(entries(env.replica()), 5, "the replica lost files");
@@ -186,4 +202,65 @@ fn an_empty_root_with_nothing_recorded_does_not_empty_a_full_replica() {
         env.replica().join("new.txt").exists()
     });
     converged_exactly(env.src(), env.replica(), CATCH_UP);
+}
+
+#[test]
+fn a_mass_deletion_is_held_until_released_while_a_small_one_goes_through() {
+    let Some(bus) = Bus::start(Policy::Permissive) else {
+        return;
+    };
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let src = env.src().to_owned();
+    let replica = env.replica().to_owned();
+    for d in 0..3 {
+        for i in 0..100 {
+            write(&src, &format!("d{d}/f{i}.txt"), &format!("{d} {i}\n"));
+        }
+    }
+    let daemon = env.start(|b| {
+        on_bus(
+            b.raw_sersync_xml(r#"<deleteGuard share="50" minimum="10"/>"#)
+                .arg("-r"),
+            &bus,
+        )
+    });
+    converged_exactly(&src, &replica, CATCH_UP);
+
+    // 10 % of the tree: delivered.
+    for i in 0..30 {
+        std::fs::remove_file(src.join(format!("d0/f{i}.txt"))).unwrap();
+    }
+    converged_exactly(&src, &replica, CATCH_UP);
+    assert!(!status_json(&bus).contains("guarded"));
+
+    // Then two thirds of what is left, within the same minute: held once more than half
+    // the tree would be gone.
+    std::fs::remove_dir_all(src.join("d1")).unwrap();
+    std::fs::remove_dir_all(src.join("d2")).unwrap();
+    wait_for("the lane to show as guarded", CATCH_UP, || {
+        status_json(&bus).contains("guarded")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let left = entries(&replica.join("d1")) + entries(&replica.join("d2"));
+    assert!(left > 0, "every deletion went through");
+    let (_, failures, _) = ctl(&bus, &["failures"]);
+    assert!(
+        failures.contains("deletions within"),
+        "sersyncctl failures does not say why:\n{failures}"
+    );
+    assert!(daemon.log().contains("would remove more than 50%"));
+    // New files still go.
+    write(&src, "d0/new.txt", "new\n");
+    wait_for(
+        "a new file to be sent while deletions are held",
+        CATCH_UP,
+        || replica.join("d0/new.txt").exists(),
+    );
+
+    // Released by the operator.
+    let (code, out, stderr) = ctl(&bus, &["full-sync", "--force", "--wait"]);
+    assert_eq!(code, 0, "{out}{stderr}");
+    converged_exactly(&src, &replica, CATCH_UP);
 }

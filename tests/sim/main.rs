@@ -14,11 +14,11 @@
 //!   operations to `target/tmp/sim-failures/seed-N.json`; `SERSYNC_SIM_REPLAY=FILE` runs
 //!   exactly those again, and `SERSYNC_SIM_SHRINK=1` searches for a shorter failing list.
 
+mod guard;
 #[path = "../it/harness/mod.rs"]
 #[allow(dead_code, unused_imports)] // shared with tests/it; each binary uses part of it
 mod harness;
 mod ops;
-mod guard;
 mod regressions;
 mod rng;
 mod snapshot;

@@ -1068,3 +1068,30 @@ fn a_retried_deletion_under_a_directory_that_became_a_file_leaves_the_file() {
     std::thread::sleep(Duration::from_secs(16));
     converged_exactly(&src, env.replica(), Duration::from_millis(500));
 }
+
+/// Soak seed 4027: a path retried after its parent directory became a symlink (here a
+/// dangling one: `link_stat` says the path is missing, not "not a directory") must not
+/// run: its deletion skeleton turned the symlink on the remote back into a directory.
+#[test]
+fn a_retried_path_under_a_directory_that_became_a_symlink_leaves_the_symlink() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let _daemon = env.start(|b| b);
+    let src = env.src().to_owned();
+    write(&src, "c/x/y", "y\n");
+    write(&src, "c/x/z", "z\n");
+    env.converged();
+    let Some(lock) = Immutable::set(&env.replica().join("c/x")) else {
+        return;
+    };
+    // Refused: retried on its own 15 s later.
+    std::fs::remove_file(src.join("c/x/y")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lock.lift();
+    std::fs::remove_dir_all(src.join("c")).unwrap();
+    std::os::unix::fs::symlink("nowhere", src.join("c")).unwrap();
+    converged_exactly(&src, env.replica(), CONVERGE);
+    std::thread::sleep(Duration::from_secs(16));
+    converged_exactly(&src, env.replica(), Duration::from_millis(500));
+}

@@ -123,16 +123,16 @@ impl World {
             }
             mounts.push(dir);
         }
+        let (mut a, mut b) = RsyncDaemon::pair_in(&[MODULE], [Some(&mounts[0]), Some(&mounts[1])]);
         let anchor = src.join(crate::ops::ANCHOR);
         std::fs::write(&anchor, b"never touched by an operation\n").unwrap();
-        for dir in &mounts {
+        for replica in [a.replica(MODULE), b.replica(MODULE)] {
             run(
                 "cp",
-                &[OsStr::new("-a"), anchor.as_os_str(), dir.as_os_str()],
+                &[OsStr::new("-a"), anchor.as_os_str(), replica.as_os_str()],
             )
             .expect("copy the anchor to a replica");
         }
-        let (mut a, mut b) = RsyncDaemon::pair_in(&[MODULE], [Some(&mounts[0]), Some(&mounts[1])]);
         if privileged {
             a.set_module_options(MODULE_OPTIONS);
             b.set_module_options(MODULE_OPTIONS);
@@ -182,7 +182,11 @@ impl World {
             .rsyncd(&self.remotes[0])
             .attrib(true)
             .ignore_temp_files(false)
-            .timeout(None);
+            .timeout(None)
+            // The share limit holds mass deletions by design (a sim tree is small, so most
+            // rounds would trip it); tests/sim/guard.rs covers it. The mount and emptiness
+            // guards stay on here.
+            .raw_sersync_xml(r#"<deleteGuard share="0"/>"#);
         if self.privileged {
             builder =
                 builder.launcher(&["unshare", "--user", "--map-user=0", "--map-group=0", "--"]);
