@@ -2130,11 +2130,12 @@ impl Daemon {
                 .map(|id| &lanes[id])
                 .map(|lane| {
                     let mut argv = vec![std::ffi::OsString::from("rsync")];
-                    argv.extend(crate::sync::argv::replay(
+                    let (replay, input) = crate::sync::argv::replay(
                         &lane.context.transport,
                         lane.context.propagate_deletes,
-                    ));
-                    (lane.context.transport.remote.label(ssh), argv)
+                    );
+                    argv.extend(replay);
+                    (lane.context.transport.remote.label(ssh), argv, input)
                 })
         });
         if let Err(err) = failure::write_atomically(&script_path, &failure::render(&entries)) {

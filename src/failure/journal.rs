@@ -195,11 +195,15 @@ impl Journal {
     }
 
     /// The failure script's entries: per lane, commands of at most `chunk` paths each.
-    /// `argv_for` gives the argv (program first) that re-sends a lane's paths.
+    /// `argv_for` gives the remote's label, the argv (program first) that re-sends a lane's
+    /// paths, and what that argv reads on stdin.
     pub fn script_entries(
         &self,
         chunk: usize,
-        mut argv_for: impl FnMut(&LaneKey) -> Option<(String, Vec<OsString>)>,
+        mut argv_for: impl FnMut(
+            &LaneKey,
+        )
+            -> Option<(String, Vec<OsString>, crate::sync::argv::ReplayInput)>,
     ) -> Vec<super::ScriptEntry> {
         let mut by_lane: BTreeMap<&LaneKey, Vec<(&[u8], &FailureInfo)>> = BTreeMap::new();
         for ((lane, path), info) in &self.entries {
@@ -207,7 +211,7 @@ impl Journal {
         }
         let mut out = Vec::new();
         for (lane, paths) in by_lane {
-            let Some((remote, argv)) = argv_for(lane) else {
+            let Some((remote, argv, input)) = argv_for(lane) else {
                 continue;
             };
             for group in paths.chunks(chunk.max(1)) {
@@ -222,10 +226,22 @@ impl Journal {
                     time: newest.last,
                     root: lane.root.clone(),
                     argv: argv.clone(),
-                    stdin_paths: group
-                        .iter()
-                        .map(|(path, _)| crate::sync::argv::dot_path(path))
-                        .collect(),
+                    stdin_paths: match input {
+                        crate::sync::argv::ReplayInput::Paths => group
+                            .iter()
+                            .map(|(path, _)| crate::sync::argv::dot_path(path))
+                            .collect(),
+                        crate::sync::argv::ReplayInput::Rules => {
+                            let (rules, _) = crate::sync::argv::deletion_rules(
+                                group.iter().map(|(path, _)| *path),
+                            );
+                            rules
+                                .split(|&b| b == 0)
+                                .filter(|rule| !rule.is_empty())
+                                .map(<[u8]>::to_vec)
+                                .collect()
+                        }
+                    },
                 });
             }
         }
@@ -299,12 +315,47 @@ mod tests {
             "down",
             now,
         );
-        let entries =
-            journal.script_entries(2, |_| Some(("127.0.0.1::web".into(), vec!["rsync".into()])));
+        use crate::sync::argv::ReplayInput;
+        let entries = journal.script_entries(2, |_| {
+            Some((
+                "127.0.0.1::web".into(),
+                vec!["rsync".into()],
+                ReplayInput::Paths,
+            ))
+        });
         assert_eq!(entries.len(), 3);
         assert_eq!(
             entries[0].stdin_paths,
             vec![b"./f0".to_vec(), b"./f1".to_vec()]
         );
+        // With deletions: the rules that send or delete each path, and nothing else.
+        journal.record(&lane("web"), [&b"d/e/gone"[..]], 10, "down", now);
+        let entries = journal.script_entries(10, |_| {
+            Some((
+                "127.0.0.1::web".into(),
+                vec!["rsync".into()],
+                ReplayInput::Rules,
+            ))
+        });
+        assert_eq!(entries.len(), 1);
+        let rules: Vec<String> = entries[0]
+            .stdin_paths
+            .iter()
+            .map(|rule| String::from_utf8_lossy(rule).into_owned())
+            .collect();
+        for wanted in [
+            "+ /d/",
+            "+ /d/e/",
+            "+ /d/e/gone",
+            "+ /d/e/gone/***",
+            "+ /f0",
+            "- *",
+        ] {
+            assert!(
+                rules.iter().any(|r| r == wanted),
+                "{wanted} not in {rules:?}"
+            );
+        }
+        assert_eq!(rules.last().map(String::as_str), Some("- *"));
     }
 }

@@ -1,8 +1,8 @@
 //! rsync argument vectors: pure functions of the config, tested by tables.
 //!
 //! Every rsync run is an argv (never a shell string). Incremental batches send an exact,
-//! NUL-separated list of paths on stdin; the remote is made to match each listed path by
-//! its existence at transfer time (`--delete-missing-args`), and nothing that is not
+//! NUL-separated list of paths on stdin (what exists is sent; what no longer exists is
+//! deleted by a separate deletion run, see [`deletion`]), and nothing that is not
 //! listed is touched (`--no-recursive` after the user's params, because our `<filter>` is
 //! applied by sersyncd and rsync must not recurse into excluded entries).
 
@@ -249,20 +249,46 @@ pub fn rename_seed(
     (argv, stdin)
 }
 
-/// The argv written into the failure script for re-sending paths by hand: the batch argv,
-/// with `--delete-missing-args` so a path that no longer exists is deleted remotely (fine
-/// with rsync >= 3.5 receivers; older ones reject nested missing paths, see [`deletion`]).
-pub fn replay(transport: &Transport, propagate_deletes: bool) -> Vec<OsString> {
-    batch(transport)
+/// How the failure script hands a replay its paths on stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayInput {
+    /// `./path` records for `--files-from=-` (what exists is sent; nothing is deleted).
+    Paths,
+    /// [`deletion_rules`] for `--filter='. -'`: each path is sent if it exists when the
+    /// script runs and deleted on the remote if it does not.
+    Rules,
+}
+
+/// The argv written into the failure script for re-sending paths by hand, and what its
+/// stdin holds. With deletions on, one run per entry does what the daemon's deletion and
+/// send runs do together, on every receiver: `--recursive --delete` over the root, limited
+/// by rules that include exactly the paths (and their ancestors) — no
+/// `--delete-missing-args`, which receivers of rsync 3.2.x-3.4.x reject for nested paths
+/// (see [`deletion`]). The user's `--delete*` options are left out: `--delete-excluded`
+/// would delete everything the rules exclude.
+pub fn replay(transport: &Transport, propagate_deletes: bool) -> (Vec<OsString>, ReplayInput) {
+    if !propagate_deletes {
+        return (batch(transport), ReplayInput::Paths);
+    }
+    let mut argv: Vec<OsString> = transport
+        .common()
         .into_iter()
-        .map(|arg| {
-            if propagate_deletes && arg == "--ignore-missing-args" {
-                OsString::from("--delete-missing-args")
-            } else {
-                arg
-            }
-        })
-        .collect()
+        .filter(|arg| !arg.as_encoded_bytes().starts_with(b"--del"))
+        .collect();
+    push_exact_times(&mut argv, transport);
+    argv.extend(
+        [
+            "--recursive",
+            "--delete",
+            "--force",
+            "--from0",
+            "--filter=. -",
+            "./",
+        ]
+        .map(OsString::from),
+    );
+    argv.push(transport.destination());
+    (argv, ReplayInput::Rules)
 }
 
 /// The argv of a deletion run: from a skeleton directory that holds only the ancestors of

@@ -1054,3 +1054,49 @@ fn exit_policy_covers_every_exit_value_of_rsync_1() {
     let unknown = classify(ExitStatusLike::Code(7), "");
     assert!(!unknown.class.is_done(), "{unknown:?}");
 }
+
+/// #14.5: the failure script, run by hand, delivers what failed: a nested path that no
+/// longer exists is deleted on the remote and a new one is sent, on every rsync version
+/// (receivers of rsync 3.2.x-3.4.x, Debian 12's among them, reject
+/// `--delete-missing-args` for nested paths, which the script used before).
+#[test]
+fn the_failure_script_run_by_hand_deletes_and_sends_what_failed() {
+    let Some(mut env) = Env::new(&["web"]) else {
+        return;
+    };
+    let mut daemon = env.start(|b| b.fail_log("rsync_fail_log.sh", 60));
+    write(env.src(), "d/e/old.txt", "old\n");
+    write(env.src(), "d/e/keep.txt", "keep\n");
+    env.converged();
+    env.rsyncd.stop();
+    std::fs::remove_file(env.src().join("d/e/old.txt")).unwrap();
+    write(env.src(), "d/e/new.txt", "new\n");
+    let state = daemon.state_dir();
+    let script = state.join("rsync_fail_log.sh");
+    wait_until(
+        Duration::from_secs(30),
+        "the failure script names both failed paths",
+        || {
+            std::fs::read(&script).is_ok_and(|text| {
+                let text = String::from_utf8_lossy(&text);
+                text.contains("d/e/old.txt") && text.contains("d/e/new.txt")
+            })
+        },
+        || tail(&daemon.log(), 20),
+    );
+    // The daemon is stopped first: what delivers is the script alone.
+    daemon.terminate();
+    env.rsyncd.start();
+    let out = Command::new("sh")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "the failure script failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&std::fs::read(&script).unwrap_or_default())
+    );
+    wait_converged(env.src(), env.replica(), Duration::from_secs(5));
+}
