@@ -197,6 +197,27 @@ pub struct RsyncOptions {
     pub timeout: Option<u32>,
     /// `<ssh start>`.
     pub ssh: bool,
+    /// `<sersync><softDelete start dir keepDays>` (ours) when start is true.
+    pub soft_delete: Option<SoftDelete>,
+}
+
+/// `<softDelete>`: what a run deletes or overwrites on a remote is moved into a dated
+/// directory there instead (rsync `--backup --backup-dir`), kept for `keep_days`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoftDelete {
+    /// Relative to the module (or ssh target directory), one path component.
+    pub dir: String,
+    /// Dated directories older than this are pruned by the daemon.
+    pub keep_days: u32,
+}
+
+impl Default for SoftDelete {
+    fn default() -> Self {
+        SoftDelete {
+            dir: ".sersync-trash".to_owned(),
+            keep_days: 30,
+        }
+    }
 }
 
 impl Default for RsyncOptions {
@@ -208,6 +229,7 @@ impl Default for RsyncOptions {
             port: None,
             timeout: None,
             ssh: false,
+            soft_delete: None,
         }
     }
 }

@@ -27,7 +27,7 @@ use super::xml::{Attr, Element};
 use super::{
     Auth, CommandPlugin, Config, Crontab, DeleteGuard, EventToggles, ExcludeRegex, FailLog, Filter,
     HostSection, HttpHeader, HttpPlugin, Plugins, PurgeRequest, RefreshCdnPlugin, Remote,
-    RsyncOptions, SocketFraming, SocketPlugin, WatchRoot,
+    RsyncOptions, SocketFraming, SocketPlugin, SoftDelete, WatchRoot,
 };
 use crate::plugin::http::HttpUrl;
 
@@ -128,6 +128,7 @@ const HEAD: Spec = Spec {
                 },
                 leaf("plugin", &["start", "name"]),
                 leaf("deleteGuard", &["share", "minimum", "sentinel"]),
+                leaf("softDelete", &["start", "dir", "keepDays"]),
             ],
         },
         // The children of a top-level <plugin> depend on its name: see `PluginKind::spec`.
@@ -292,6 +293,10 @@ impl Checker<'_> {
             if let Some(element) = self.single(sersync, "rsync") {
                 rsync = self.rsync(element);
             }
+            let soft_delete = self.single(sersync, "softDelete");
+            if self.flag(soft_delete, "start", false) {
+                rsync.soft_delete = soft_delete.and_then(|element| self.soft_delete(element));
+            }
             if let Some(element) = self.single(sersync, "failLog") {
                 fail_log = self.fail_log(element);
             }
@@ -316,6 +321,38 @@ impl Checker<'_> {
             plugins,
             delete_guard,
         }
+    }
+
+    fn soft_delete(&mut self, element: &Element) -> Option<SoftDelete> {
+        let defaults = SoftDelete::default();
+        let keep_days = self
+            .optional_count(element, "keepDays", 1, "days", defaults.keep_days)
+            .unwrap_or(defaults.keep_days);
+        let dir = match Self::given(element, "dir") {
+            None => defaults.dir,
+            Some(attr) => {
+                let dir = attr.value.trim();
+                let plain = !dir.contains('/')
+                    && dir != "."
+                    && dir != ".."
+                    && dir
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"*?[\\".contains(&b));
+                if !plain {
+                    self.error(
+                        attr.value_at(),
+                        format!(
+                            "invalid dir \"{dir}\" in <softDelete>: expected one plain name \
+                             (no \"/\", no wildcard), the directory on each remote that keeps \
+                             what was deleted"
+                        ),
+                    );
+                    return None;
+                }
+                dir.to_owned()
+            }
+        };
+        Some(SoftDelete { dir, keep_days })
     }
 
     fn delete_guard(&mut self, element: &Element) -> DeleteGuard {

@@ -1289,3 +1289,37 @@ fn delete_guard_values_and_errors() {
         );
     }
 }
+
+#[test]
+fn soft_delete_values_and_errors() {
+    let (config, _) = loaded(&in_sersync_after_root(""));
+    assert_eq!(config.rsync.soft_delete, None);
+    let (config, _) = loaded(&in_sersync_after_root(r#"<softDelete start="false"/>"#));
+    assert_eq!(config.rsync.soft_delete, None);
+    let (config, _) = loaded(&in_sersync_after_root(r#"<softDelete start="true"/>"#));
+    assert_eq!(config.rsync.soft_delete, Some(SoftDelete::default()));
+    let (config, _) = loaded(&in_sersync_after_root(
+        r#"<softDelete start="true" dir=".trash" keepDays="7"/>"#,
+    ));
+    assert_eq!(
+        config.rsync.soft_delete,
+        Some(SoftDelete {
+            dir: ".trash".into(),
+            keep_days: 7
+        })
+    );
+    for element in [
+        r#"<softDelete start="true" dir="a/b"/>"#,
+        r#"<softDelete start="true" dir=".."/>"#,
+        r#"<softDelete start="true" dir="tr*sh"/>"#,
+        r#"<softDelete start="true" keepDays="0"/>"#,
+    ] {
+        let errors = errors_of(&in_sersync_after_root(element));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == 4 && e.message.contains("softDelete")),
+            "{element}: {errors:?}"
+        );
+    }
+}

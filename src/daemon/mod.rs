@@ -151,6 +151,8 @@ const OVERFLOW_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// adaptive batching slices an `rm -rf` into many small batches, so a per-batch share
 /// would never trip.
 const DELETION_WINDOW: Duration = Duration::from_secs(60);
+/// How often the remotes' expired soft-delete directories are pruned (and once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
 /// How often a run the replica guard held back is tried again.
 const GUARD_RETRY: Duration = Duration::from_secs(10);
 /// When paths that failed on their own (exit 23) are tried again.
@@ -299,6 +301,8 @@ struct Daemon {
     /// Full syncs the replica guard held back: (lane, reason, when to try again). They
     /// wait here, not in the queue, so that the lane's other changes keep flowing.
     guarded_full_syncs: Vec<(LaneId, FullSyncReason, Instant)>,
+    /// When the remotes' expired soft-delete directories are pruned next (`<softDelete>`).
+    next_prune: Option<Instant>,
     /// The watches of every root are in place (the first `Ready` came).
     ready: bool,
     exit_code: i32,
@@ -458,6 +462,7 @@ impl Daemon {
             next_deletion_check: HashMap::new(),
             deletions_held: Vec::new(),
             guarded_full_syncs: Vec::new(),
+            next_prune: None,
             ready: false,
             exit_code: exit::OK,
             next_crontab: None,
@@ -916,6 +921,7 @@ impl Daemon {
             .next_crontab
             .iter()
             .chain(self.next_degraded_resync.iter())
+            .chain(self.next_prune.iter())
             .chain([&self.next_replay])
         {
             wake = wake.min(at.saturating_duration_since(now));
@@ -1008,6 +1014,18 @@ impl Daemon {
                 READY_DEADLINE.as_secs()
             );
             self.announce_ready();
+        }
+        if self.ready && self.config.rsync.soft_delete.is_some() {
+            match self.next_prune {
+                None => self.next_prune = Some(now),
+                Some(at) if at <= now => {
+                    for lane in &self.lanes {
+                        self.runner.prune_trash(lane.id, lane.context.clone());
+                    }
+                    self.next_prune = Some(now + PRUNE_EVERY);
+                }
+                Some(_) => {}
+            }
         }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.guarded_full_syncs)
             .into_iter()

@@ -36,5 +36,5 @@ pub mod stderr;
 pub use backoff::Backoff;
 pub use journal::{Journal, LaneKey};
 pub use policy::{ExitClass, ExitStatusLike, Verdict, classify, describe};
-pub use script::{ScriptEntry, render, write_atomically};
+pub use script::{ScriptEntry, render, rfc3339_utc, write_atomically};
 pub use stderr::{FailedPath, FailureKind, Side, StderrReport, failed_paths, retry_set};

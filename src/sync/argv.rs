@@ -58,18 +58,35 @@ impl Transport {
     /// Options every run carries: the user's `commonParams`, then what the config's
     /// transport elements add.
     fn common(&self) -> Vec<OsString> {
-        let mut argv: Vec<OsString> = self
-            .options
-            .common_params
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let mut argv = self.user_params();
         argv.extend(self.transport_only());
         argv
     }
 
-    /// Transport options without the user's params (for runs whose semantics we fix).
+    fn user_params(&self) -> Vec<OsString> {
+        self.options
+            .common_params
+            .iter()
+            .map(OsString::from)
+            .collect()
+    }
+
+    /// Transport options without the user's params (for runs whose semantics we fix),
+    /// with `<softDelete>`'s for runs into the module's top (its directory is relative to
+    /// the destination, and a daemon strips `../` from it).
     fn transport_only(&self) -> Vec<OsString> {
+        let mut argv = self.connection();
+        if let Some(soft) = &self.options.soft_delete {
+            argv.extend(soft_delete_options(
+                soft,
+                &utc_date(std::time::SystemTime::now()),
+            ));
+        }
+        argv
+    }
+
+    /// How to reach the remote, and nothing that changes what a run does there.
+    fn connection(&self) -> Vec<OsString> {
         let mut argv = Vec::new();
         let user_sets = |prefix: &str| {
             self.options
@@ -231,7 +248,11 @@ pub fn rename_seed(
     paths: &[&[u8]],
     budget: usize,
 ) -> (Vec<OsString>, Vec<u8>) {
-    let mut argv = transport.common();
+    // No soft delete here: the destination is a directory below the module, where the
+    // soft-delete directory cannot be named (a daemon strips `../`), and a seed only fills
+    // a directory that the rename just created (rename(2) replaces only an empty one).
+    let mut argv = transport.user_params();
+    argv.extend(transport.connection());
     push_exact_times(&mut argv, transport);
     let depth = to.split(|&b| b == b'/').count();
     let mut basis = b"--copy-dest=".to_vec();
@@ -312,6 +333,93 @@ pub fn deletion(transport: &Transport) -> Vec<OsString> {
             // A deletion run deletes and nothing else: an ancestor that the remote lacks
             // (it was moved or deleted there by an earlier batch) is not created from the
             // skeleton.
+            "--existing",
+            "--from0",
+            "--filter=. -",
+            "./",
+        ]
+        .map(OsString::from),
+    );
+    argv.push(transport.destination());
+    argv
+}
+
+/// `<softDelete>`: what a run deletes or overwrites goes to `DIR/YYYY-MM-DD` on the remote,
+/// and `DIR` itself is neither sent nor deleted (`P` protects it even from a user's
+/// `--delete-excluded`). These come before any rules on stdin, so they win.
+pub fn soft_delete_options(soft: &crate::config::SoftDelete, date: &str) -> Vec<OsString> {
+    vec![
+        OsString::from("--backup"),
+        OsString::from(format!("--backup-dir={}/{date}", soft.dir)),
+        OsString::from(format!("--filter=P /{}/", soft.dir)),
+        OsString::from(format!("--filter=- /{}/", soft.dir)),
+    ]
+}
+
+/// `YYYY-MM-DD` (UTC) of `time`.
+pub fn utc_date(time: std::time::SystemTime) -> String {
+    crate::failure::rfc3339_utc(time)[..10].to_owned()
+}
+
+/// The dated directories of a `--list-only` listing of the soft-delete directory that
+/// are older than `keep_days` on `today` (both `YYYY-MM-DD`, compared as dates).
+pub fn expired_trash(listing: &[u8], today: &str, keep_days: u32) -> Vec<String> {
+    let Some(today) = days_from_date(today) else {
+        return Vec::new();
+    };
+    listing
+        .split(|&b| b == b'\n')
+        .filter(|line| line.first() == Some(&b'd'))
+        .filter_map(|line| line.rsplit(|&b| b == b' ').next())
+        .filter_map(|name| std::str::from_utf8(name).ok())
+        .filter(|name| days_from_date(name).is_some_and(|day| today - day > i64::from(keep_days)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` date (proleptic Gregorian).
+fn days_from_date(date: &str) -> Option<i64> {
+    let bytes = date.as_bytes();
+    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+        return None;
+    }
+    let y: i64 = date[..4].parse().ok()?;
+    let m: i64 = date[5..7].parse().ok()?;
+    let d: i64 = date[8..10].parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// The argv that lists the remote's soft-delete directory (for pruning).
+pub fn list_trash(transport: &Transport, soft: &crate::config::SoftDelete) -> Vec<OsString> {
+    let mut argv = transport.connection();
+    argv.push(OsString::from("--list-only"));
+    let mut destination = transport.destination().into_vec();
+    destination.extend_from_slice(soft.dir.as_bytes());
+    destination.push(b'/');
+    argv.push(OsString::from_vec(destination));
+    argv
+}
+
+/// The argv of a run that deletes the dated directories `expired` from the remote's
+/// soft-delete directory: like [`deletion`], from an empty skeleton, but without the
+/// soft-delete options (which would protect them, and back up what is pruned). Its rules
+/// (on stdin) come from [`deletion_rules`] over `DIR/DATE` paths.
+pub fn prune_trash(transport: &Transport) -> Vec<OsString> {
+    let mut argv = transport.connection();
+    argv.extend(
+        [
+            "--recursive",
+            "--delete",
+            "--force",
             "--existing",
             "--from0",
             "--filter=. -",
@@ -634,6 +742,7 @@ mod tests {
                 port,
                 timeout,
                 ssh,
+                soft_delete: None,
             },
             remote: Remote {
                 ip: "127.0.0.1".into(),
@@ -817,6 +926,40 @@ mod tests {
         assert_eq!(stdin, nul_list(hostile));
         let budget = path_args_budget();
         assert!((32 * 1024..=1024 * 1024).contains(&budget), "{budget}");
+    }
+
+    #[test]
+    fn soft_delete_dates() {
+        let soft = crate::config::SoftDelete::default();
+        assert_eq!(
+            soft_delete_options(&soft, "2026-12-06"),
+            [
+                "--backup",
+                "--backup-dir=.sersync-trash/2026-12-06",
+                "--filter=P /.sersync-trash/",
+                "--filter=- /.sersync-trash/"
+            ]
+            .map(OsString::from)
+        );
+        assert_eq!(days_from_date("1970-01-01"), Some(0));
+        assert_eq!(days_from_date("2000-03-01"), Some(11_017));
+        assert_eq!(days_from_date("2026-12-06"), Some(20_793));
+        for bad in ["", "2026-13-01", "2026-1-01", "20261206", "yyyy-mm-dd"] {
+            assert_eq!(days_from_date(bad), None, "{bad}");
+        }
+        let listing = b"drwx------          4,096 2026/12/06 15:00:00 .\n\
+            drwx------          4,096 2026/10/01 15:00:00 2026-10-01\n\
+            drwx------          4,096 2026/11/06 15:00:00 2026-11-06\n\
+            drwx------          4,096 2026/11/05 15:00:00 2026-11-05\n\
+            -rw-------              4 2020/01/01 15:00:00 2020-01-01\n\
+            drwx------          4,096 2026/11/05 15:00:00 not-a-date\n";
+        // 30 days kept: 2026-11-06 is 30 days before 2026-12-06 and stays; a file with a
+        // date's name is not a dated directory.
+        assert_eq!(
+            expired_trash(listing, "2026-12-06", 30),
+            ["2026-10-01", "2026-11-05"]
+        );
+        assert!(expired_trash(listing, "bad", 30).is_empty());
     }
 
     #[test]

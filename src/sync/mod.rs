@@ -255,6 +255,74 @@ impl Runner {
         }
     }
 
+    /// `<softDelete>`: removes the remote's dated soft-delete directories older than
+    /// `keep_days`, on a thread of its own (it touches only those directories, which
+    /// every other run protects, so it may overlap the lane's jobs). Logs what it did.
+    pub fn prune_trash(&self, lane: LaneId, context: JobContext) {
+        let runner = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rsync-prune".into())
+            .spawn(move || runner.execute_prune(lane, &context));
+        if let Err(err) = spawned {
+            tracing::warn!("cannot start a thread to prune soft-deleted files: {err}");
+        }
+    }
+
+    fn execute_prune(&self, lane: LaneId, ctx: &JobContext) {
+        let Some(soft) = ctx.transport.options.soft_delete.clone() else {
+            return;
+        };
+        let remote = ctx.transport.destination();
+        let listing = self.run(
+            lane,
+            &argv::list_trash(&ctx.transport, &soft),
+            &self.scratch_dir,
+            Vec::new(),
+            ctx.debug,
+            true,
+        );
+        if !listing.result.is_done() {
+            // No soft-delete directory yet (nothing was deleted) is the common case.
+            tracing::debug!(remote = ?remote, "no soft-deleted files to prune: {}", listing.stderr.trim());
+            return;
+        }
+        let today = argv::utc_date(std::time::SystemTime::now());
+        let expired = argv::expired_trash(&listing.stdout, &today, soft.keep_days);
+        if expired.is_empty() {
+            return;
+        }
+        let paths: Vec<Vec<u8>> = expired
+            .iter()
+            .map(|date| format!("{}/{date}", soft.dir).into_bytes())
+            .collect();
+        let (rules, ancestors) = argv::deletion_rules(paths.iter().map(Vec::as_slice));
+        let skeleton = match self.skeleton(&ancestors) {
+            Ok(skeleton) => skeleton,
+            Err(err) => {
+                tracing::warn!("cannot prepare pruning soft-deleted files: {err}");
+                return;
+            }
+        };
+        let run = self.run(
+            lane,
+            &argv::prune_trash(&ctx.transport),
+            skeleton.path(),
+            rules,
+            ctx.debug,
+            false,
+        );
+        if run.result.is_done() {
+            tracing::info!(
+                remote = ?remote,
+                pruned = ?expired,
+                "soft-deleted files older than {} days pruned",
+                soft.keep_days
+            );
+        } else {
+            tracing::warn!(remote = ?remote, "pruning soft-deleted files failed: {}", run.stderr.trim());
+        }
+    }
+
     /// Sends SIGTERM to every rsync still running (at shutdown).
     pub fn terminate_all(&self) {
         let pids: Vec<u32> = self.lock().keys().copied().collect();

@@ -264,3 +264,63 @@ fn a_mass_deletion_is_held_until_released_while_a_small_one_goes_through() {
     assert_eq!(code, 0, "{out}{stderr}");
     converged_exactly(&src, &replica, CATCH_UP);
 }
+
+/// `<softDelete>` (#14.3): what a deletion, an overwrite or a full sync's `--delete`
+/// removes from a remote is kept there in `DIR/YYYY-MM-DD`; that directory is neither
+/// replicated nor deleted by full syncs; dated directories older than `keepDays` are
+/// pruned, and only those.
+#[test]
+fn soft_deleted_files_are_recoverable_on_the_remote_and_pruned_when_expired() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let src = env.src().to_owned();
+    let replica = env.replica().to_owned();
+    let trash = replica.join(".sersync-trash");
+    let today = sersync::sync::argv::utc_date(std::time::SystemTime::now());
+    write(&trash, "2020-01-01/expired.txt", "old\n");
+    write(&trash, &format!("{today}/recent.txt"), "recent\n");
+    write(&replica, "remote-only.txt", "deleted by the full sync\n");
+    write(&src, "a.txt", "version 1\n");
+    write(&src, "d/gone.txt", "to be deleted\n");
+    let ignore_trash = |path: &[u8]| path.starts_with(b".sersync-trash");
+    let _daemon = env.start(|b| {
+        b.arg("-r")
+            .raw_sersync_xml(r#"<softDelete start="true" keepDays="30"/>"#)
+    });
+    crate::harness::wait_converged_ignoring(&src, &replica, CATCH_UP, &ignore_trash);
+    wait_for("the expired dated directory to be pruned", CATCH_UP, || {
+        !trash.join("2020-01-01").exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(trash.join(&today).join("recent.txt")).unwrap(),
+        "recent\n",
+        "a dated directory within keepDays was pruned"
+    );
+    let kept = trash.join(&today);
+    assert_eq!(
+        std::fs::read_to_string(kept.join("remote-only.txt")).unwrap(),
+        "deleted by the full sync\n"
+    );
+
+    // A live deletion and an overwrite.
+    std::fs::remove_file(src.join("d/gone.txt")).unwrap();
+    write(&src, "a.txt", "version 2, longer\n");
+    crate::harness::wait_converged_ignoring(&src, &replica, CATCH_UP, &ignore_trash);
+    wait_for("the deleted file to be kept", CATCH_UP, || {
+        kept.join("d/gone.txt").exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(kept.join("d/gone.txt")).unwrap(),
+        "to be deleted\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(kept.join("a.txt")).unwrap(),
+        "version 1\n",
+        "the overwritten version is kept"
+    );
+    assert!(
+        !src.join(".sersync-trash").exists(),
+        "the soft-delete directory came back to the source"
+    );
+}
