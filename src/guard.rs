@@ -6,10 +6,14 @@
 //! run that can delete on a remote (a full sync with `--delete`, the deletion run of a
 //! batch) the job checks the root here:
 //!
-//! - **Identity**: the filesystem the root lives on must be the one recorded when the root
-//!   was first watched: the mount point, filesystem type, source and the mount's root
-//!   from `/proc/self/mountinfo`. A raw `st_dev` is not an identity (every tmpfs mount gets
-//!   a new one), and these four are what an operator would call "the same filesystem".
+//! - **Identity**: the root must be the same directory of the same filesystem as when it
+//!   was first watched: the filesystem's type and source from `/proc/self/mountinfo`, and
+//!   the root's path *within* that filesystem (the mount's root joined with the rest of
+//!   the path below the mount point). A raw `st_dev` is not an identity (every tmpfs
+//!   mount gets a new one). Where the filesystem is mounted is not part of it either, so
+//!   a sandbox that bind-mounts the root's parent (systemd's `ProtectHome=read-only`) sees
+//!   the same identity as a run by hand; an unmounted root shows the directory below the
+//!   mount point, on the parent filesystem, or at another path within it.
 //! - **Emptiness** (full syncs only): a root with no entries at all while the remote has
 //!   some is refused, which also covers a first start with nothing recorded yet.
 //!
@@ -22,29 +26,24 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// Which filesystem a root lives on, as an operator would name it.
+/// Which directory of which filesystem a root is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsIdentity {
-    pub mount_point: Vec<u8>,
     pub fs_type: String,
     pub source: String,
-    /// The directory of the filesystem that is mounted there (not `/` for bind mounts).
-    pub mount_root: Vec<u8>,
+    /// The root's path within its filesystem (`/` for the top of a mounted filesystem).
+    pub fs_path: Vec<u8>,
 }
 
 impl std::fmt::Display for FsIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({} from {}",
-            String::from_utf8_lossy(&self.mount_point),
+            "{} of {} {}",
+            String::from_utf8_lossy(&self.fs_path),
             self.fs_type,
             self.source
-        )?;
-        if self.mount_root != b"/" {
-            write!(f, ", {}", String::from_utf8_lossy(&self.mount_root))?;
-        }
-        write!(f, ")")
+        )
     }
 }
 
@@ -52,7 +51,11 @@ impl std::fmt::Display for FsIdentity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     pub dev: (u64, u64),
-    pub identity: FsIdentity,
+    /// The directory of the filesystem that is mounted (not `/` for bind mounts).
+    pub mount_root: Vec<u8>,
+    pub mount_point: Vec<u8>,
+    pub fs_type: String,
+    pub source: String,
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, `\012` for a newline, ...).
@@ -87,12 +90,10 @@ pub fn parse_mountinfo(text: &[u8]) -> Vec<Mount> {
             let (major, minor) = dev.split_once(':')?;
             Some(Mount {
                 dev: (major.parse().ok()?, minor.parse().ok()?),
-                identity: FsIdentity {
-                    mount_root: unescape(fields[3]),
-                    mount_point: unescape(fields[4]),
-                    fs_type: String::from_utf8_lossy(&unescape(fields[separator + 1])).into(),
-                    source: String::from_utf8_lossy(&unescape(fields[separator + 2])).into(),
-                },
+                mount_root: unescape(fields[3]),
+                mount_point: unescape(fields[4]),
+                fs_type: String::from_utf8_lossy(&unescape(fields[separator + 1])).into(),
+                source: String::from_utf8_lossy(&unescape(fields[separator + 2])).into(),
             })
         })
         .collect()
@@ -109,11 +110,28 @@ fn path_within(path: &[u8], prefix: &[u8]) -> bool {
 /// the deepest whose mount point contains the path (a device mounted twice, or bind
 /// mounted, has several lines).
 pub fn mount_of(mounts: &[Mount], dev: (u64, u64), path: &[u8]) -> Option<FsIdentity> {
-    mounts
+    let mount = mounts
         .iter()
-        .filter(|m| m.dev == dev && path_within(path, &m.identity.mount_point))
-        .max_by_key(|m| m.identity.mount_point.len())
-        .map(|m| m.identity.clone())
+        .filter(|m| m.dev == dev && path_within(path, &m.mount_point))
+        .max_by_key(|m| m.mount_point.len())?;
+    let below = if mount.mount_point == b"/" {
+        path.strip_prefix(b"/").unwrap_or(path)
+    } else {
+        let rest = &path[mount.mount_point.len()..];
+        rest.strip_prefix(b"/").unwrap_or(rest)
+    };
+    let mut fs_path = mount.mount_root.clone();
+    if !below.is_empty() {
+        if fs_path.last() != Some(&b'/') {
+            fs_path.push(b'/');
+        }
+        fs_path.extend_from_slice(below);
+    }
+    Some(FsIdentity {
+        fs_type: mount.fs_type.clone(),
+        source: mount.source.clone(),
+        fs_path,
+    })
 }
 
 /// The filesystem `root` lives on now.
@@ -162,7 +180,7 @@ pub fn refusal(
     };
     match recorded {
         Some(recorded) if *recorded != now => Some(format!(
-            "the root is on {now}, not on {recorded} where it was first watched (not mounted?)"
+            "the root is {now} now, not {recorded} as when it was first watched (not mounted?)"
         )),
         _ => None,
     }
@@ -224,12 +242,11 @@ mod tests {
 bad line
 ";
 
-    fn id(mount_point: &str, fs_type: &str, source: &str, mount_root: &str) -> FsIdentity {
+    fn id(fs_path: &str, fs_type: &str, source: &str) -> FsIdentity {
         FsIdentity {
-            mount_point: mount_point.into(),
             fs_type: fs_type.into(),
             source: source.into(),
-            mount_root: mount_root.into(),
+            fs_path: fs_path.into(),
         }
     }
 
@@ -238,39 +255,44 @@ bad line
         let mounts = parse_mountinfo(MOUNTINFO);
         assert_eq!(mounts.len(), 5, "{mounts:?}");
         assert_eq!(mounts[2].dev, (0, 41));
-        assert_eq!(mounts[2].identity, id("/srv/www", "tmpfs", "tmpfs", "/"));
-        assert_eq!(
-            mounts[4].identity,
-            id("/mnt/with space", "nfs4", "host:/export x", "/")
-        );
+        assert_eq!(mounts[2].mount_point, b"/srv/www");
+        assert_eq!(mounts[3].mount_root, b"/var/data");
+        assert_eq!(mounts[4].mount_point, b"/mnt/with space");
+        assert_eq!(mounts[4].source, "host:/export x");
     }
 
     #[test]
     fn the_mount_of_a_path() {
         let mounts = parse_mountinfo(MOUNTINFO);
         let table: &[((u64, u64), &str, Option<FsIdentity>)] = &[
-            (
-                (0, 41),
-                "/srv/www",
-                Some(id("/srv/www", "tmpfs", "tmpfs", "/")),
-            ),
+            ((0, 41), "/srv/www", Some(id("/", "tmpfs", "tmpfs"))),
             (
                 (0, 41),
                 "/srv/www/site",
-                Some(id("/srv/www", "tmpfs", "tmpfs", "/")),
+                Some(id("/site", "tmpfs", "tmpfs")),
             ),
             // The mount point itself with nothing mounted: the parent filesystem.
-            ((8, 1), "/srv/www", Some(id("/", "ext4", "/dev/sda1", "/"))),
-            // A device mounted twice: the deepest mount that holds the path.
+            (
+                (8, 1),
+                "/srv/www",
+                Some(id("/srv/www", "ext4", "/dev/sda1")),
+            ),
+            // A device mounted twice: the deepest mount that holds the path, and the path
+            // within the filesystem is the same however it is reached.
             (
                 (8, 1),
                 "/srv/bind/x",
-                Some(id("/srv/bind", "ext4", "/dev/sda1", "/var/data")),
+                Some(id("/var/data/x", "ext4", "/dev/sda1")),
+            ),
+            (
+                (8, 1),
+                "/var/data/x",
+                Some(id("/var/data/x", "ext4", "/dev/sda1")),
             ),
             (
                 (8, 1),
                 "/srv/binder",
-                Some(id("/", "ext4", "/dev/sda1", "/")),
+                Some(id("/srv/binder", "ext4", "/dev/sda1")),
             ),
             ((9, 9), "/srv/www", None),
         ];
@@ -318,14 +340,13 @@ bad line
     #[test]
     fn the_live_root_filesystem_is_found_and_accepted() {
         let root = identity_of(Path::new("/")).expect("/ has a mount");
-        assert_eq!(root.mount_point, b"/");
         assert_eq!(refusal(Path::new("/"), Some(&root), None), None);
         assert_eq!(refusal(Path::new("/"), Some(&root), Some("proc")), None);
         let missing = refusal(Path::new("/"), Some(&root), Some("no-such-sentinel"));
         assert!(missing.is_some_and(|m| m.contains("sentinel")));
-        let other = id("/elsewhere", "tmpfs", "tmpfs", "/");
+        let other = id("/elsewhere", "tmpfs", "tmpfs");
         let refused = refusal(Path::new("/"), Some(&other), None).expect("refused");
-        assert!(refused.contains("not on /elsewhere"), "{refused}");
+        assert!(refused.contains("not /elsewhere of tmpfs"), "{refused}");
         assert!(refusal(Path::new("/nonexistent-root"), None, None).is_some());
     }
 }

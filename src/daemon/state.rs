@@ -23,7 +23,7 @@ const RUNNING: &str = "running";
 const LOCK: &str = "lock";
 const MAGIC: &[u8] = b"sersync-pending 1\n";
 const ROOTS: &str = "roots";
-const ROOTS_MAGIC: &[u8] = b"sersync-roots 1\n";
+const ROOTS_MAGIC: &[u8] = b"sersync-roots 2\n";
 
 /// One saved record: which lane (by root path and remote) and what it owes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,10 +219,9 @@ impl StateDir {
         for (root, fs) in roots {
             for field in [
                 root.as_os_str().as_bytes(),
-                &fs.mount_point,
                 fs.fs_type.as_bytes(),
                 fs.source.as_bytes(),
-                &fs.mount_root,
+                &fs.fs_path,
             ] {
                 out.extend_from_slice(field);
                 out.push(0);
@@ -248,19 +247,18 @@ impl StateDir {
         let body = bytes.strip_prefix(ROOTS_MAGIC).ok_or_else(invalid)?;
         let fields: Vec<&[u8]> = body.split(|&b| b == 0).collect();
         let fields = &fields[..fields.len().saturating_sub(1)];
-        if fields.len() % 5 != 0 {
+        if fields.len() % 4 != 0 {
             return Err(invalid());
         }
         Ok(fields
-            .chunks(5)
+            .chunks(4)
             .map(|record| {
                 (
                     PathBuf::from(OsStr::from_bytes(record[0])),
                     FsIdentity {
-                        mount_point: record[1].to_vec(),
-                        fs_type: String::from_utf8_lossy(record[2]).into_owned(),
-                        source: String::from_utf8_lossy(record[3]).into_owned(),
-                        mount_root: record[4].to_vec(),
+                        fs_type: String::from_utf8_lossy(record[1]).into_owned(),
+                        source: String::from_utf8_lossy(record[2]).into_owned(),
+                        fs_path: record[3].to_vec(),
                     },
                 )
             })
@@ -367,19 +365,17 @@ mod roots_tests {
             (
                 PathBuf::from("/srv/www"),
                 FsIdentity {
-                    mount_point: b"/srv/www".to_vec(),
                     fs_type: "tmpfs".into(),
                     source: "tmpfs".into(),
-                    mount_root: b"/".to_vec(),
+                    fs_path: b"/".to_vec(),
                 },
             ),
             (
                 PathBuf::from("/srv/odd\nname"),
                 FsIdentity {
-                    mount_point: b"/".to_vec(),
                     fs_type: "ext4".into(),
                     source: "/dev/sda1".into(),
-                    mount_root: b"/".to_vec(),
+                    fs_path: b"/srv/odd\nname".to_vec(),
                 },
             ),
         ];

@@ -162,7 +162,7 @@ fn an_unmounted_root_never_empties_the_replica_and_replication_resumes_once_it_i
     );
     let log = daemon.log();
     assert!(
-        log.contains("not on") && log.contains("held back"),
+        log.contains("as when it was first watched") && log.contains("held back"),
         "the log does not say why the full sync was held back"
     );
 
