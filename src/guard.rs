@@ -110,10 +110,15 @@ fn path_within(path: &[u8], prefix: &[u8]) -> bool {
 /// the deepest whose mount point contains the path (a device mounted twice, or bind
 /// mounted, has several lines).
 pub fn mount_of(mounts: &[Mount], dev: (u64, u64), path: &[u8]) -> Option<FsIdentity> {
-    let mount = mounts
-        .iter()
-        .filter(|m| m.dev == dev && path_within(path, &m.mount_point))
-        .max_by_key(|m| m.mount_point.len())?;
+    let deepest = |same_device: bool| {
+        mounts
+            .iter()
+            .filter(|m| (!same_device || m.dev == dev) && path_within(path, &m.mount_point))
+            .max_by_key(|m| m.mount_point.len())
+    };
+    // btrfs reports a subvolume's own device number in `st_dev`, not the mount's: then the
+    // deepest mount point that holds the path is the mount.
+    let mount = deepest(true).or_else(|| deepest(false))?;
     let below = if mount.mount_point == b"/" {
         path.strip_prefix(b"/").unwrap_or(path)
     } else {
@@ -134,10 +139,21 @@ pub fn mount_of(mounts: &[Mount], dev: (u64, u64), path: &[u8]) -> Option<FsIden
     })
 }
 
-/// The filesystem `root` lives on now.
+/// The filesystem `root` lives on now. A root that is a symlink (`current -> releases/7`)
+/// is the symlink: pointing it at another release does not make it another root.
 pub fn identity_of(root: &Path) -> io::Result<FsIdentity> {
-    let canonical = std::fs::canonicalize(root)?;
-    let meta = std::fs::metadata(&canonical)?;
+    let meta = std::fs::symlink_metadata(root)?;
+    let canonical = match (root.parent(), root.file_name()) {
+        (Some(parent), Some(name)) if meta.file_type().is_symlink() => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            std::fs::canonicalize(parent)?.join(name)
+        }
+        _ => std::fs::canonicalize(root)?,
+    };
     let dev = (
         u64::from(libc::major(meta.dev())),
         u64::from(libc::minor(meta.dev())),
@@ -294,7 +310,8 @@ bad line
                 "/srv/binder",
                 Some(id("/srv/binder", "ext4", "/dev/sda1")),
             ),
-            ((9, 9), "/srv/www", None),
+            // A device no mount reports (a btrfs subvolume): the deepest mount point.
+            ((9, 9), "/srv/www/x", Some(id("/x", "tmpfs", "tmpfs"))),
         ];
         for (dev, path, want) in table {
             assert_eq!(
@@ -328,6 +345,25 @@ bad line
         }
         assert_eq!(remaining_needed(151, 50), 151);
         assert_eq!(remaining_needed(10, 20), 40);
+    }
+
+    #[test]
+    fn a_symlinked_root_is_the_symlink() {
+        let dir = std::env::temp_dir().join(format!("sersync-guard-link-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("release-1")).unwrap();
+        std::fs::create_dir_all(dir.join("release-2")).unwrap();
+        let current = dir.join("current");
+        std::os::unix::fs::symlink("release-1", &current).unwrap();
+        let before = identity_of(&current).unwrap();
+        std::fs::remove_file(&current).unwrap();
+        std::os::unix::fs::symlink("release-2", &current).unwrap();
+        assert_eq!(
+            identity_of(&current).unwrap(),
+            before,
+            "a deploy is not another root"
+        );
+        assert_ne!(identity_of(&dir.join("release-1")).unwrap(), before);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

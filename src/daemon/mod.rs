@@ -397,6 +397,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                     recorded_fs: None,
                     sentinel: config.delete_guard.sentinel.clone(),
                     deletions_held: None,
+                    guard_released: false,
                 },
                 backoff: Backoff::default(),
                 state: LaneState::Ok,
@@ -571,6 +572,15 @@ impl Daemon {
                 "cannot read which filesystems the roots were on ({err}); recording them anew"
             ),
         }
+        match self.state.load_held() {
+            Ok(held) => {
+                for (root, reason) in &held {
+                    tracing::error!(root = %root.display(), "deletions still held from the previous run: {reason}");
+                }
+                self.deletions_held = held;
+            }
+            Err(err) => tracing::error!("cannot read which roots had their deletions held: {err}"),
+        }
         self.apply_guards();
         self.state.discard_pending()
     }
@@ -589,6 +599,12 @@ impl Daemon {
                 .iter()
                 .find(|(root, _)| *root == lane.context.root)
                 .map(|(_, reason)| reason.clone());
+        }
+    }
+
+    fn save_held(&self) {
+        if let Err(err) = self.state.save_held(&self.deletions_held) {
+            tracing::error!("cannot save which roots have their deletions held: {err}");
         }
     }
 
@@ -642,6 +658,7 @@ impl Daemon {
         );
         tracing::error!(root = %path.display(), "{reason}");
         self.deletions_held.push((path, reason));
+        self.save_held();
         self.apply_guards();
     }
 
@@ -1237,6 +1254,7 @@ impl Daemon {
                 self.deletion_windows.remove(&path);
                 self.next_deletion_check.remove(&path);
             }
+            self.save_held();
             self.apply_guards();
             let lanes = &self.lanes;
             self.guarded_full_syncs.retain(|(id, ..)| {
@@ -1797,8 +1815,18 @@ impl Daemon {
             Job::Batch(batch) => &batch.entries,
             Job::FullSync { then, .. } => then,
         };
+        // A lane whose deletions are held stays `guarded` while only sends succeed: it is
+        // the next run that deletes (or a full sync) that shows the hold is over.
+        let deleted_something = match &outcome.job {
+            Job::FullSync { .. } => true,
+            Job::Batch(batch) => batch
+                .entries
+                .iter()
+                .any(|(_, action)| !matches!(action, Action::Sync)),
+        };
+        let still_guarded = lane.state == LaneState::Guarded && !deleted_something;
         if verdict.class.is_done() {
-            if lane.state != LaneState::Ok {
+            if lane.state != LaneState::Ok && !still_guarded {
                 tracing::info!(sersync_remote = %lane.label, "remote is reachable again");
                 let remote = lane.label.clone();
                 self.emit(Event::StateChanged {
@@ -1808,8 +1836,10 @@ impl Daemon {
             }
             let lane = &mut self.lanes[at];
             lane.backoff.success();
-            lane.state = LaneState::Ok;
-            lane.last_error = None;
+            if !still_guarded {
+                lane.state = LaneState::Ok;
+                lane.last_error = None;
+            }
             lane.last_ok = Some(std::time::SystemTime::now());
             self.counters.batches += 1;
             self.counters.files += entries.len() as u64;
@@ -2045,6 +2075,7 @@ impl Daemon {
                 }
             }
             Job::Batch(batch) => {
+                let held: std::collections::HashSet<RelPath> = held.into_iter().collect();
                 let (held, sent): (Vec<_>, Vec<_>) = batch
                     .entries
                     .into_iter()

@@ -24,6 +24,8 @@ const LOCK: &str = "lock";
 const MAGIC: &[u8] = b"sersync-pending 1\n";
 const ROOTS: &str = "roots";
 const ROOTS_MAGIC: &[u8] = b"sersync-roots 2\n";
+const HELD: &str = "held";
+const HELD_MAGIC: &[u8] = b"sersync-held 1\n";
 
 /// One saved record: which lane (by root path and remote) and what it owes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +267,57 @@ impl StateDir {
             .collect())
     }
 
+    /// Saves the roots whose deletions are held (too many at once), with the reason, so
+    /// that a restart keeps holding them until the operator releases them.
+    pub fn save_held(&self, held: &[(PathBuf, String)]) -> io::Result<()> {
+        let path = self.dir.join(HELD);
+        if held.is_empty() {
+            return match fs::remove_file(&path) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+                _ => sync_dir(&self.dir),
+            };
+        }
+        let mut out = HELD_MAGIC.to_vec();
+        for (root, reason) in held {
+            for field in [root.as_os_str().as_bytes(), reason.as_bytes()] {
+                out.extend_from_slice(field);
+                out.push(0);
+            }
+        }
+        write_atomically(&path, &out)
+    }
+
+    /// The roots whose deletions were held when the previous run stopped.
+    pub fn load_held(&self) -> io::Result<Vec<(PathBuf, String)>> {
+        let path = self.dir.join(HELD);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        let invalid = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: not a sersync held-deletions file", path.display()),
+            )
+        };
+        let body = bytes.strip_prefix(HELD_MAGIC).ok_or_else(invalid)?;
+        let fields: Vec<&[u8]> = body.split(|&b| b == 0).collect();
+        let fields = &fields[..fields.len().saturating_sub(1)];
+        if fields.len() % 2 != 0 {
+            return Err(invalid());
+        }
+        Ok(fields
+            .chunks(2)
+            .map(|pair| {
+                (
+                    PathBuf::from(OsStr::from_bytes(pair[0])),
+                    String::from_utf8_lossy(pair[1]).into_owned(),
+                )
+            })
+            .collect())
+    }
+
     /// Removes the pending file once its contents are in memory (the `running` marker
     /// covers a crash from here on).
     pub fn discard_pending(&self) -> io::Result<()> {
@@ -381,6 +434,12 @@ mod roots_tests {
         ];
         state.save_roots(&roots).unwrap();
         assert_eq!(state.load_roots().unwrap(), roots);
+        assert_eq!(state.load_held().unwrap(), Vec::new());
+        let held = vec![(PathBuf::from("/srv/www"), "300 deletions".to_owned())];
+        state.save_held(&held).unwrap();
+        assert_eq!(state.load_held().unwrap(), held);
+        state.save_held(&[]).unwrap();
+        assert!(!dir.join(HELD).exists());
         fs::write(dir.join(ROOTS), b"something else").unwrap();
         assert!(state.load_roots().is_err(), "a foreign file is an error");
         fs::remove_dir_all(&dir).unwrap();

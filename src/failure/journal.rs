@@ -207,6 +207,10 @@ impl Journal {
     ) -> Vec<super::ScriptEntry> {
         let mut by_lane: BTreeMap<&LaneKey, Vec<(&[u8], &FailureInfo)>> = BTreeMap::new();
         for ((lane, path), info) in &self.entries {
+            if path.is_empty() {
+                // A held full sync (the root itself): no command re-sends "a path" for it.
+                continue;
+            }
             by_lane.entry(lane).or_default().push((path, info));
         }
         let mut out = Vec::new();

@@ -58,9 +58,25 @@ impl Transport {
     /// Options every run carries: the user's `commonParams`, then what the config's
     /// transport elements add.
     fn common(&self) -> Vec<OsString> {
-        let mut argv = self.user_params();
+        // The soft-delete rules first: rsync applies the first rule that matches, and a
+        // user's `--include=*/` must not expose the soft-delete directory.
+        let mut argv = self.soft_delete_filters();
+        argv.extend(self.user_params());
         argv.extend(self.transport_only());
         argv
+    }
+
+    /// `<softDelete>`'s `P`/`-` rules for its directory (none without it).
+    fn soft_delete_filters(&self) -> Vec<OsString> {
+        self.options
+            .soft_delete
+            .as_ref()
+            .map_or_else(Vec::new, |soft| {
+                soft_delete_options(soft, "")
+                    .into_iter()
+                    .filter(|arg| arg.as_encoded_bytes().starts_with(b"--filter="))
+                    .collect()
+            })
     }
 
     fn user_params(&self) -> Vec<OsString> {
@@ -291,23 +307,19 @@ pub fn replay(transport: &Transport, propagate_deletes: bool) -> (Vec<OsString>,
     if !propagate_deletes {
         return (batch(transport), ReplayInput::Paths);
     }
-    let mut argv: Vec<OsString> = transport
-        .common()
-        .into_iter()
-        .filter(|arg| !arg.as_encoded_bytes().starts_with(b"--del"))
-        .collect();
-    push_exact_times(&mut argv, transport);
+    // Our rules before the user's params: rsync applies the first rule that matches, and
+    // an `--include`, `--filter` or `-F` there must not let the run touch other paths.
+    let mut argv = transport.soft_delete_filters();
+    argv.extend(["--from0", "--filter=. -"].map(OsString::from));
     argv.extend(
-        [
-            "--recursive",
-            "--delete",
-            "--force",
-            "--from0",
-            "--filter=. -",
-            "./",
-        ]
-        .map(OsString::from),
+        transport
+            .user_params()
+            .into_iter()
+            .filter(|arg| !arg.as_encoded_bytes().starts_with(b"--del")),
     );
+    argv.extend(transport.transport_only());
+    push_exact_times(&mut argv, transport);
+    argv.extend(["--recursive", "--delete", "--force", "./"].map(OsString::from));
     argv.push(transport.destination());
     (argv, ReplayInput::Rules)
 }
@@ -926,6 +938,29 @@ mod tests {
         assert_eq!(stdin, nul_list(hostile));
         let budget = path_args_budget();
         assert!((32 * 1024..=1024 * 1024).contains(&budget), "{budget}");
+    }
+
+    #[test]
+    fn replays_put_their_rules_first_and_drop_the_users_deletions() {
+        let mut t = transport(false, false, None, None);
+        t.options.common_params = ["-artz", "--include=*.html", "--delete-excluded", "-F"]
+            .map(String::from)
+            .to_vec();
+        let (argv, input) = replay(&t, true);
+        assert_eq!(input, ReplayInput::Rules);
+        let at = |word: &str| argv.iter().position(|a| a == word);
+        assert_eq!(at("--filter=. -"), Some(1), "{argv:?}");
+        assert!(at("--filter=. -") < at("--include=*.html"));
+        assert!(at("--filter=. -") < at("-F"));
+        assert_eq!(at("--delete-excluded"), None);
+        assert!(at("--delete").is_some());
+        t.options.soft_delete = Some(crate::config::SoftDelete::default());
+        let (argv, _) = replay(&t, true);
+        assert_eq!(argv[0], "--filter=P /.sersync-trash/", "{argv:?}");
+        assert_eq!(argv[1], "--filter=- /.sersync-trash/");
+        let (paths, input) = replay(&t, false);
+        assert_eq!(input, ReplayInput::Paths);
+        assert!(paths.iter().any(|a| a == "--files-from=-"));
     }
 
     #[test]

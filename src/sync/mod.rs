@@ -101,11 +101,16 @@ pub struct JobContext {
     pub sentinel: Option<String>,
     /// Why the daemon holds this root's deletions (too many in a minute), until released.
     pub deletions_held: Option<String>,
+    /// The operator forced this job past the replica guard.
+    pub guard_released: bool,
 }
 
 impl JobContext {
     /// Why a run that deletes on the remote must not run now (see [`crate::guard`]).
     fn deletion_refusal(&self) -> Option<String> {
+        if self.guard_released {
+            return None;
+        }
         self.deletions_held.clone().or_else(|| {
             crate::guard::refusal(
                 &self.root,
@@ -282,8 +287,16 @@ impl Runner {
             true,
         );
         if !listing.result.is_done() {
-            // No soft-delete directory yet (nothing was deleted) is the common case.
-            tracing::debug!(remote = ?remote, "no soft-deleted files to prune: {}", listing.stderr.trim());
+            if listing.stderr.contains("No such file or directory") {
+                // No soft-delete directory yet: nothing was deleted there so far.
+                tracing::debug!(remote = ?remote, "no soft-deleted files to prune");
+            } else {
+                tracing::warn!(
+                    remote = ?remote,
+                    "cannot list the soft-deleted files to prune them (retried in 6 h): {}",
+                    listing.stderr.trim()
+                );
+            }
             return;
         }
         let today = argv::utc_date(std::time::SystemTime::now());
@@ -389,6 +402,15 @@ impl Runner {
                     entries: after_full_sync(then, covered),
                     renames: Vec::new(),
                 };
+                if *reason == crate::queue::FullSyncReason::Forced {
+                    // The operator vouched for the root as it is: its pending deletions go
+                    // with the forced full sync (held again, they would bring it back).
+                    let released = JobContext {
+                        guard_released: true,
+                        ..ctx.clone()
+                    };
+                    return self.execute_batch(&batch, &released);
+                }
                 self.execute_batch(&batch, ctx)
             }
         }

@@ -219,7 +219,7 @@ fn a_mass_deletion_is_held_until_released_while_a_small_one_goes_through() {
             write(&src, &format!("d{d}/f{i}.txt"), &format!("{d} {i}\n"));
         }
     }
-    let daemon = env.start(|b| {
+    let mut daemon = env.start(|b| {
         on_bus(
             b.raw_sersync_xml(r#"<deleteGuard share="50" minimum="10"/>"#)
                 .arg("-r"),
@@ -257,6 +257,21 @@ fn a_mass_deletion_is_held_until_released_while_a_small_one_goes_through() {
         "a new file to be sent while deletions are held",
         CATCH_UP,
         || replica.join("d0/new.txt").exists(),
+    );
+    // A restart keeps holding them.
+    daemon.terminate();
+    let address = bus.address().to_owned();
+    daemon.restart_with(&["--bus-address", &address, "--instance", "web"]);
+    wait_for(
+        "the lane to show as guarded after a restart",
+        CATCH_UP,
+        || status_json(&bus).contains("guarded"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        entries(&replica.join("d1")) + entries(&replica.join("d2")),
+        left,
+        "a restart released the held deletions"
     );
 
     // Released by the operator.
