@@ -131,6 +131,17 @@ fn an_unmounted_root_never_empties_the_replica_and_replication_resumes_once_it_i
         21,
         "the replica lost files while guarded"
     );
+    // The operator's (or the timer's) full sync is held the same way, and says so.
+    let (code, out, stderr) = ctl(&bus, &["full-sync", "--wait", "--timeout", "30"]);
+    assert_eq!(
+        code, 1,
+        "a held full sync must not report success: {out}{stderr}"
+    );
+    assert_eq!(
+        entries(&replica),
+        21,
+        "sersyncctl full-sync emptied the replica"
+    );
 
     // Mounted again, with a change made meanwhile: replication resumes by itself.
     std::fs::remove_file(root.join("written-while-unmounted.txt")).unwrap();
