@@ -1778,9 +1778,13 @@ impl Daemon {
         };
         let key = self.lanes[at].key();
         let now = Instant::now();
-        if let RunResult::Guarded { reason, held } = &outcome.result {
-            let (reason, held) = (reason.clone(), held.clone());
-            self.on_guarded(at, key, outcome, &reason, held, now);
+        let lane = &mut self.lanes[at];
+        let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
+        lane.full_sync_running = false;
+        lane.job_started = None;
+        lane.stalled = false;
+        if let RunResult::Guarded { reason, held } = outcome.result {
+            self.on_guarded(at, key, outcome.job, full_sync_number, &reason, held);
             return;
         }
         if matches!(
@@ -1797,10 +1801,6 @@ impl Daemon {
         }
         let verdict = failure::classify(outcome.result.status(), &outcome.stderr);
         let lane = &mut self.lanes[at];
-        let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
-        lane.full_sync_running = false;
-        lane.job_started = None;
-        lane.stalled = false;
         let (what, batch_size) = match &outcome.job {
             Job::Batch(batch) => (
                 crate::sync::describe_batch(&batch.entries),
@@ -2006,24 +2006,21 @@ impl Daemon {
         &mut self,
         at: usize,
         key: LaneKey,
-        outcome: Outcome,
+        job: Job,
+        full_sync_number: Option<u64>,
         reason: &str,
         held: Vec<RelPath>,
-        now: Instant,
     ) {
+        let now = Instant::now();
         let lane = &mut self.lanes[at];
         let lane_id = lane.id;
-        let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
-        lane.full_sync_running = false;
-        lane.job_started = None;
-        lane.stalled = false;
         let message = format!("replica guard: {reason}");
         let state_changed = lane.state != LaneState::Guarded;
         lane.state = LaneState::Guarded;
         lane.last_error = Some(message.clone());
         let label = lane.label.clone();
         let root = lane.context.root.clone();
-        let what = match &outcome.job {
+        let what = match &job {
             Job::Batch(_) => format!("deletion of {} path(s)", held.len()),
             Job::FullSync { .. } => "full sync".to_owned(),
         };
@@ -2053,7 +2050,7 @@ impl Daemon {
             });
         }
         let retry_at = now + GUARD_RETRY;
-        match outcome.job {
+        match job {
             Job::FullSync {
                 reason: why, then, ..
             } => {

@@ -217,50 +217,32 @@ impl StateDir {
 
     /// Saves which filesystem each root was on when first watched (see [`crate::guard`]).
     pub fn save_roots(&self, roots: &[(PathBuf, FsIdentity)]) -> io::Result<()> {
-        let mut out = ROOTS_MAGIC.to_vec();
-        for (root, fs) in roots {
-            for field in [
-                root.as_os_str().as_bytes(),
-                fs.fs_type.as_bytes(),
-                fs.source.as_bytes(),
-                &fs.fs_path,
-            ] {
-                out.extend_from_slice(field);
-                out.push(0);
-            }
-        }
-        write_atomically(&self.dir.join(ROOTS), &out)
+        self.save_records(
+            ROOTS,
+            ROOTS_MAGIC,
+            roots.iter().map(|(root, fs)| {
+                vec![
+                    root.as_os_str().as_bytes(),
+                    fs.fs_type.as_bytes(),
+                    fs.source.as_bytes(),
+                    &fs.fs_path,
+                ]
+            }),
+        )
     }
 
     /// The recorded filesystems of the roots (none recorded yet: empty).
     pub fn load_roots(&self) -> io::Result<Vec<(PathBuf, FsIdentity)>> {
-        let path = self.dir.join(ROOTS);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(err),
-        };
-        let invalid = || {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: not a sersync roots file", path.display()),
-            )
-        };
-        let body = bytes.strip_prefix(ROOTS_MAGIC).ok_or_else(invalid)?;
-        let fields: Vec<&[u8]> = body.split(|&b| b == 0).collect();
-        let fields = &fields[..fields.len().saturating_sub(1)];
-        if fields.len() % 4 != 0 {
-            return Err(invalid());
-        }
-        Ok(fields
-            .chunks(4)
+        let records = self.load_records(ROOTS, ROOTS_MAGIC, 4, "roots")?;
+        Ok(records
+            .into_iter()
             .map(|record| {
                 (
-                    PathBuf::from(OsStr::from_bytes(record[0])),
+                    PathBuf::from(OsStr::from_bytes(&record[0])),
                     FsIdentity {
-                        fs_type: String::from_utf8_lossy(record[1]).into_owned(),
-                        source: String::from_utf8_lossy(record[2]).into_owned(),
-                        fs_path: record[3].to_vec(),
+                        fs_type: String::from_utf8_lossy(&record[1]).into_owned(),
+                        source: String::from_utf8_lossy(&record[2]).into_owned(),
+                        fs_path: record[3].clone(),
                     },
                 )
             })
@@ -270,26 +252,63 @@ impl StateDir {
     /// Saves the roots whose deletions are held (too many at once), with the reason, so
     /// that a restart keeps holding them until the operator releases them.
     pub fn save_held(&self, held: &[(PathBuf, String)]) -> io::Result<()> {
-        let path = self.dir.join(HELD);
-        if held.is_empty() {
+        self.save_records(
+            HELD,
+            HELD_MAGIC,
+            held.iter()
+                .map(|(root, reason)| vec![root.as_os_str().as_bytes(), reason.as_bytes()]),
+        )
+    }
+
+    /// The roots whose deletions were held when the previous run stopped.
+    pub fn load_held(&self) -> io::Result<Vec<(PathBuf, String)>> {
+        let records = self.load_records(HELD, HELD_MAGIC, 2, "held-deletions")?;
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                (
+                    PathBuf::from(OsStr::from_bytes(&record[0])),
+                    String::from_utf8_lossy(&record[1]).into_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// Writes `name` as `magic` then NUL-terminated fields, record after record (no
+    /// records: the file is removed).
+    fn save_records<'a>(
+        &self,
+        name: &str,
+        magic: &[u8],
+        records: impl Iterator<Item = Vec<&'a [u8]>>,
+    ) -> io::Result<()> {
+        let path = self.dir.join(name);
+        let mut out = magic.to_vec();
+        for record in records {
+            for field in record {
+                out.extend_from_slice(field);
+                out.push(0);
+            }
+        }
+        if out.len() == magic.len() {
             return match fs::remove_file(&path) {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
                 _ => sync_dir(&self.dir),
             };
         }
-        let mut out = HELD_MAGIC.to_vec();
-        for (root, reason) in held {
-            for field in [root.as_os_str().as_bytes(), reason.as_bytes()] {
-                out.extend_from_slice(field);
-                out.push(0);
-            }
-        }
         write_atomically(&path, &out)
     }
 
-    /// The roots whose deletions were held when the previous run stopped.
-    pub fn load_held(&self) -> io::Result<Vec<(PathBuf, String)>> {
-        let path = self.dir.join(HELD);
+    /// Reads what [`StateDir::save_records`] wrote, `width` fields a record (a missing
+    /// file: none; a foreign or truncated one: an error naming it as a `what` file).
+    fn load_records(
+        &self,
+        name: &str,
+        magic: &[u8],
+        width: usize,
+        what: &str,
+    ) -> io::Result<Vec<Vec<Vec<u8>>>> {
+        let path = self.dir.join(name);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -298,23 +317,18 @@ impl StateDir {
         let invalid = || {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: not a sersync held-deletions file", path.display()),
+                format!("{}: not a sersync {what} file", path.display()),
             )
         };
-        let body = bytes.strip_prefix(HELD_MAGIC).ok_or_else(invalid)?;
+        let body = bytes.strip_prefix(magic).ok_or_else(invalid)?;
         let fields: Vec<&[u8]> = body.split(|&b| b == 0).collect();
         let fields = &fields[..fields.len().saturating_sub(1)];
-        if fields.len() % 2 != 0 {
+        if fields.len() % width != 0 {
             return Err(invalid());
         }
         Ok(fields
-            .chunks(2)
-            .map(|pair| {
-                (
-                    PathBuf::from(OsStr::from_bytes(pair[0])),
-                    String::from_utf8_lossy(pair[1]).into_owned(),
-                )
-            })
+            .chunks(width)
+            .map(|record| record.iter().map(|field| field.to_vec()).collect())
             .collect())
     }
 

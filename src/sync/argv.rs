@@ -336,7 +336,11 @@ pub fn replay(transport: &Transport, propagate_deletes: bool) -> (Vec<OsString>,
 /// Only transport options are passed: the user's params (which might hold
 /// `--delete-excluded`) must not change what a deletion run deletes.
 pub fn deletion(transport: &Transport) -> Vec<OsString> {
-    let mut argv = transport.transport_only();
+    deletion_from(transport, transport.transport_only())
+}
+
+/// `options`, then what makes a run from a skeleton a deletion run (see [`deletion`]).
+fn deletion_from(transport: &Transport, mut argv: Vec<OsString>) -> Vec<OsString> {
     argv.extend(
         [
             "--recursive",
@@ -426,21 +430,7 @@ pub fn list_trash(transport: &Transport, soft: &crate::config::SoftDelete) -> Ve
 /// soft-delete options (which would protect them, and back up what is pruned). Its rules
 /// (on stdin) come from [`deletion_rules`] over `DIR/DATE` paths.
 pub fn prune_trash(transport: &Transport) -> Vec<OsString> {
-    let mut argv = transport.connection();
-    argv.extend(
-        [
-            "--recursive",
-            "--delete",
-            "--force",
-            "--existing",
-            "--from0",
-            "--filter=. -",
-            "./",
-        ]
-        .map(OsString::from),
-    );
-    argv.push(transport.destination());
-    argv
+    deletion_from(transport, transport.connection())
 }
 
 /// The argv (after `rsync`) that lists the top level of the remote (for the emptiness

@@ -1048,26 +1048,7 @@ fn a_retried_deletion_does_not_recreate_its_directory() {
 /// run: its skeleton turned the file on the remote back into an empty directory.
 #[test]
 fn a_retried_deletion_under_a_directory_that_became_a_file_leaves_the_file() {
-    let Some(env) = Env::new(&["web"]) else {
-        return;
-    };
-    let _daemon = env.start(|b| b);
-    let src = env.src().to_owned();
-    write(&src, "c/x/y", "y\n");
-    write(&src, "c/x/z", "z\n");
-    env.converged();
-    let Some(lock) = Immutable::set(&env.replica().join("c/x")) else {
-        return;
-    };
-    // Refused: retried on its own 15 s later.
-    std::fs::remove_file(src.join("c/x/y")).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    lock.lift();
-    std::fs::remove_dir_all(src.join("c")).unwrap();
-    write(&src, "c", "now a file\n");
-    converged_exactly(&src, env.replica(), CONVERGE);
-    std::thread::sleep(Duration::from_secs(16));
-    converged_exactly(&src, env.replica(), Duration::from_millis(500));
+    retried_change_under_a_replaced_directory(|c| write(c.parent().unwrap(), "c", "now a file\n"));
 }
 
 /// Soak seed 4027: a path retried after its parent directory became a symlink (here a
@@ -1075,6 +1056,15 @@ fn a_retried_deletion_under_a_directory_that_became_a_file_leaves_the_file() {
 /// run: its deletion skeleton turned the symlink on the remote back into a directory.
 #[test]
 fn a_retried_path_under_a_directory_that_became_a_symlink_leaves_the_symlink() {
+    retried_change_under_a_replaced_directory(|c| {
+        std::os::unix::fs::symlink("nowhere", c).unwrap();
+    });
+}
+
+/// A deletion in `c/x` is refused by the receiver (retried on its own 15 s later); then
+/// `c` is removed and `replace` puts something else at `c`. The replica must equal the
+/// source, also after the retry.
+fn retried_change_under_a_replaced_directory(replace: impl Fn(&Path)) {
     let Some(env) = Env::new(&["web"]) else {
         return;
     };
@@ -1086,12 +1076,11 @@ fn a_retried_path_under_a_directory_that_became_a_symlink_leaves_the_symlink() {
     let Some(lock) = Immutable::set(&env.replica().join("c/x")) else {
         return;
     };
-    // Refused: retried on its own 15 s later.
     std::fs::remove_file(src.join("c/x/y")).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     lock.lift();
     std::fs::remove_dir_all(src.join("c")).unwrap();
-    std::os::unix::fs::symlink("nowhere", src.join("c")).unwrap();
+    replace(&src.join("c"));
     converged_exactly(&src, env.replica(), CONVERGE);
     std::thread::sleep(Duration::from_secs(16));
     converged_exactly(&src, env.replica(), Duration::from_millis(500));
