@@ -16,6 +16,9 @@
 //!   mount point, on the parent filesystem, or at another path within it.
 //! - **Emptiness** (full syncs only): a root with no entries at all while the remote has
 //!   some is refused, which also covers a first start with nothing recorded yet.
+//! - **Share and count** (`<deleteGuard>`): live deletions are counted by the daemon over
+//!   a sliding minute; a full sync's are counted beforehand by a dry run of it
+//!   ([`FullSyncPreview`]), against the entries the remote has.
 //!
 //! A refused run is held, never skipped: the daemon shows the lane as guarded, retries,
 //! and runs it once the check passes (the filesystem is back), or when the operator forces
@@ -25,6 +28,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use crate::config::DeleteGuard;
 
 /// Which directory of which filesystem a root is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +245,83 @@ pub fn remaining_needed(deleted: usize, share: u32) -> usize {
     (deleted * (100 - share)).div_ceil(share)
 }
 
+/// What a full sync would do to a remote, from the output of the same run with
+/// `--dry-run --itemize-changes --stats` (rsync ≥ 3.1 prints the created count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullSyncPreview {
+    /// Entries the remote would lose (the `*deleting` lines).
+    pub deleted: usize,
+    /// Entries of the remote that the full sync keeps (the root's entries, less those it
+    /// would create); `None` when rsync printed no counts.
+    pub kept: Option<usize>,
+}
+
+impl FullSyncPreview {
+    pub fn parse(stdout: &[u8]) -> FullSyncPreview {
+        let lines = || stdout.split(|&b| b == b'\n');
+        let number = |label: &[u8]| {
+            lines().find_map(|line| {
+                let rest = line.strip_prefix(label)?;
+                let digits: String = rest
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit() || matches!(b, b',' | b'.' | b' '))
+                    .filter(|b| b.is_ascii_digit())
+                    .map(|&b| char::from(b))
+                    .collect();
+                digits.parse::<usize>().ok()
+            })
+        };
+        let deleted = lines()
+            .filter(|line| line.starts_with(b"*deleting "))
+            .count();
+        let kept = match (
+            number(b"Number of files: "),
+            number(b"Number of created files: "),
+        ) {
+            (Some(files), Some(created)) => Some(files.saturating_sub(created)),
+            _ => None,
+        };
+        FullSyncPreview { deleted, kept }
+    }
+
+    /// Why `<deleteGuard>` holds this full sync back, if it does.
+    pub fn refusal(&self, guard: &DeleteGuard) -> Option<String> {
+        let deleted = self.deleted;
+        let why = if let Some(maximum) = guard.maximum.filter(|&m| deleted > m as usize) {
+            format!(
+                "a full sync would delete {deleted} entries on the remote, more than the \
+                 {maximum} <deleteGuard maximum> allows"
+            )
+        } else {
+            let kept = self.kept?;
+            if !too_many_deletions(deleted, kept, guard.share, guard.minimum) {
+                return None;
+            }
+            format!(
+                "a full sync would delete {deleted} of the remote's {} entries, more than {}%",
+                deleted + kept,
+                guard.share
+            )
+        };
+        Some(format!(
+            "{why}: held until released with `sersyncctl full-sync --force`"
+        ))
+    }
+}
+
+/// Whether `<deleteGuard>` limits deletions by share or count at all.
+pub fn limits_deletions(guard: &DeleteGuard) -> bool {
+    (guard.share > 0 && guard.share < 100) || guard.maximum.is_some()
+}
+
+/// Whether `deleted` deletions are more than `<deleteGuard maximum>` allows, whatever
+/// share of the tree they are.
+pub fn over_maximum(deleted: usize, guard: &DeleteGuard) -> bool {
+    guard
+        .maximum
+        .is_some_and(|maximum| deleted > maximum as usize)
+}
+
 /// Whether the root has no entries at all.
 pub fn is_empty(root: &Path) -> io::Result<bool> {
     Ok(std::fs::read_dir(root)?.next().is_none())
@@ -345,6 +427,72 @@ bad line
         }
         assert_eq!(remaining_needed(151, 50), 151);
         assert_eq!(remaining_needed(10, 20), 40);
+    }
+
+    #[test]
+    fn full_sync_previews() {
+        const DRY_RUN: &[u8] = b"*deleting   b/2\n*deleting   b/1\n*deleting   b/\n\
+            *deleting   a/9\n>f+++++++++ x\n>f+++++++++ a/2\n>f+++++++++ a/3\n\n\
+            Number of files: 6 (reg: 4, dir: 2)\nNumber of created files: 3 (reg: 3)\n\
+            Number of deleted files: 4 (reg: 3, dir: 1)\n";
+        let preview = FullSyncPreview::parse(DRY_RUN);
+        assert_eq!(
+            preview,
+            FullSyncPreview {
+                deleted: 4,
+                kept: Some(3)
+            }
+        );
+        let big = FullSyncPreview::parse(
+            b"Number of files: 1,234,567 (reg: 1,000,000, dir: 234,567)\n\
+              Number of created files: 0\n",
+        );
+        assert_eq!(big.kept, Some(1_234_567));
+        assert_eq!(FullSyncPreview::parse(b"*deleting   a\n").kept, None);
+
+        let guard = |share, minimum, maximum| DeleteGuard {
+            share,
+            minimum,
+            maximum,
+            sentinel: None,
+        };
+        let preview = |deleted, kept| FullSyncPreview { deleted, kept };
+        // (preview, guard, words of the refusal or None when it runs)
+        let table = [
+            (
+                preview(4, Some(3)),
+                guard(50, 1, None),
+                Some("4 of the remote's 7"),
+            ),
+            (preview(4, Some(3)), guard(50, 100, None), None), // below the minimum
+            (preview(3, Some(3)), guard(50, 1, None), None),   // exactly half
+            (preview(4, Some(3)), guard(0, 1, None), None),    // share off
+            (preview(0, Some(0)), guard(50, 1, None), None),
+            (
+                preview(10, Some(1000)),
+                guard(50, 1, Some(9)),
+                Some("more than the 9"),
+            ),
+            (preview(9, None), guard(50, 1, Some(9)), None), // no counts: share unknown
+            (
+                preview(600, Some(400)),
+                guard(50, 100, None),
+                Some("more than 50%"),
+            ),
+            (preview(100, Some(900)), guard(50, 100, None), None), // 10 %
+        ];
+        for (preview, guard, words) in table {
+            let refusal = preview.refusal(&guard);
+            match words {
+                None => assert_eq!(refusal, None, "{preview:?} {guard:?}"),
+                Some(words) => assert!(
+                    refusal
+                        .as_deref()
+                        .is_some_and(|r| r.contains(words) && r.contains("--force")),
+                    "{preview:?} {guard:?}: {refusal:?}"
+                ),
+            }
+        }
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct DeleteGuard {
     pub share: u32,
     /// Fewer deletions than this in a minute are never held by share.
     pub minimum: u32,
+    /// More deletions than this (in a minute, or in one full sync) are held whatever
+    /// share of the tree they are (`None`: no such limit).
+    pub maximum: Option<u32>,
     /// A file that must exist in every root for a run that deletes (relative to the root).
     pub sentinel: Option<String>,
 }
@@ -72,6 +75,7 @@ impl Default for DeleteGuard {
         DeleteGuard {
             share: 50,
             minimum: 100,
+            maximum: None,
             sentinel: None,
         }
     }

@@ -376,6 +376,8 @@ impl Checker<'_> {
         let minimum = self
             .optional_count(element, "minimum", 1, "deletions", defaults.minimum)
             .unwrap_or(defaults.minimum);
+        let maximum = Self::given(element, "maximum")
+            .and_then(|attr| self.count(element, attr, 1, "deletions"));
         let sentinel = Self::given(element, "sentinel").and_then(|attr| {
             let name = attr.value.trim();
             if name.starts_with('/') || name.split('/').any(|part| part == "..") {
@@ -394,6 +396,7 @@ impl Checker<'_> {
         DeleteGuard {
             share,
             minimum,
+            maximum,
             sentinel,
         }
     }

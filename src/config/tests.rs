@@ -1261,13 +1261,14 @@ fn delete_guard_values_and_errors() {
         (50, 100)
     );
     let (config, _) = loaded(&in_sersync_after_root(
-        r#"<deleteGuard share="0" minimum="5" sentinel=".mounted"/>"#,
+        r#"<deleteGuard share="0" minimum="5" maximum="20000" sentinel=".mounted"/>"#,
     ));
     assert_eq!(
         config.delete_guard,
         DeleteGuard {
             share: 0,
             minimum: 5,
+            maximum: Some(20_000),
             sentinel: Some(".mounted".into())
         }
     );
@@ -1276,6 +1277,8 @@ fn delete_guard_values_and_errors() {
         (r#"<deleteGuard share="101"/>"#, "0 to 100"),
         (r#"<deleteGuard share="half"/>"#, "invalid number"),
         (r#"<deleteGuard minimum="0"/>"#, "1 or more"),
+        (r#"<deleteGuard maximum="0"/>"#, "1 or more"),
+        (r#"<deleteGuard maximum="many"/>"#, "invalid number"),
         (r#"<deleteGuard sentinel="/abs"/>"#, "relative"),
         (r#"<deleteGuard sentinel="a/../../b"/>"#, "relative"),
     ];

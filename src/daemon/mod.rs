@@ -395,7 +395,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                     },
                     debug: config.debug,
                     recorded_fs: None,
-                    sentinel: config.delete_guard.sentinel.clone(),
+                    delete_guard: config.delete_guard.clone(),
                     deletions_held: None,
                     guard_released: false,
                 },
@@ -614,7 +614,7 @@ impl Daemon {
     fn count_deletions(&mut self, root: RootId, count: usize) {
         let guard = self.config.delete_guard.clone();
         let path = self.root_path(root).to_path_buf();
-        if guard.share == 0 || guard.share >= 100 {
+        if !crate::guard::limits_deletions(&guard) {
             return;
         }
         if self.deletions_held.iter().any(|(held, _)| *held == path) {
@@ -630,33 +630,57 @@ impl Daemon {
             window.pop_front();
         }
         let deleted: usize = window.iter().map(|(_, n)| n).sum();
-        if deleted < guard.minimum as usize {
-            self.next_deletion_check.remove(&path);
-            return;
-        }
-        let due = self.next_deletion_check.get(&path).copied().unwrap_or(0);
-        if deleted < due {
-            return;
-        }
-        self.next_deletion_check
-            .insert(path.clone(), deleted + (deleted / 8).max(1));
-        let needed = crate::guard::remaining_needed(deleted, guard.share);
-        let counted = path.clone();
-        let Some(remaining) = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
-            crate::guard::count_entries(&counted, needed)
-        }) else {
-            return;
+        let why = if crate::guard::over_maximum(deleted, &guard) {
+            format!(
+                "{deleted} deletions within {} s are more than the {} <deleteGuard maximum> \
+                 allows",
+                DELETION_WINDOW.as_secs(),
+                guard.maximum.unwrap_or_default()
+            )
+        } else {
+            if deleted < guard.minimum as usize || guard.share == 0 || guard.share >= 100 {
+                self.next_deletion_check.remove(&path);
+                return;
+            }
+            let due = self.next_deletion_check.get(&path).copied().unwrap_or(0);
+            if deleted < due {
+                return;
+            }
+            self.next_deletion_check
+                .insert(path.clone(), deleted + (deleted / 8).max(1));
+            let needed = crate::guard::remaining_needed(deleted, guard.share);
+            let counted = path.clone();
+            let Some(remaining) = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+                crate::guard::count_entries(&counted, needed)
+            }) else {
+                return;
+            };
+            if !crate::guard::too_many_deletions(deleted, remaining, guard.share, guard.minimum) {
+                return;
+            }
+            format!(
+                "{deleted} deletions within {} s would remove more than {}% of the root's \
+                 entries ({remaining} left)",
+                DELETION_WINDOW.as_secs(),
+                guard.share
+            )
         };
-        if !crate::guard::too_many_deletions(deleted, remaining, guard.share, guard.minimum) {
+        let reason = format!("{why}: held until released with `sersyncctl full-sync --force`");
+        tracing::error!(root = %path.display(), "{reason}");
+        self.hold_root_deletions(path, reason);
+    }
+
+    /// Holds every deletion of the root of lane `at` (a full sync found it would delete
+    /// too much), until the operator releases it.
+    fn hold_deletions(&mut self, at: usize, reason: &str) {
+        let path = self.lanes[at].context.root.clone();
+        self.hold_root_deletions(path, reason.to_owned());
+    }
+
+    fn hold_root_deletions(&mut self, path: PathBuf, reason: String) {
+        if self.deletions_held.iter().any(|(held, _)| *held == path) {
             return;
         }
-        let reason = format!(
-            "{deleted} deletions within {} s would remove more than {}% of the root's entries \
-             ({remaining} left): held until released with `sersyncctl full-sync --force`",
-            DELETION_WINDOW.as_secs(),
-            guard.share
-        );
-        tracing::error!(root = %path.display(), "{reason}");
         self.deletions_held.push((path, reason));
         self.save_held();
         self.apply_guards();
@@ -1783,7 +1807,15 @@ impl Daemon {
         lane.full_sync_running = false;
         lane.job_started = None;
         lane.stalled = false;
-        if let RunResult::Guarded { reason, held } = outcome.result {
+        if let RunResult::Guarded {
+            reason,
+            held,
+            latch,
+        } = outcome.result
+        {
+            if latch {
+                self.hold_deletions(at, &reason);
+            }
             self.on_guarded(at, key, outcome.job, full_sync_number, &reason, held);
             return;
         }

@@ -563,6 +563,8 @@ pub fn full_sync(
     if dry_run {
         argv.push(OsString::from("--dry-run"));
         argv.push(OsString::from("--itemize-changes"));
+        // The counts the replica guard compares (see `guard::FullSyncPreview`).
+        argv.push(OsString::from("--stats"));
     }
     argv.push(OsString::from("./"));
     argv.push(transport.destination());

@@ -36,10 +36,13 @@ pub enum RunResult {
     },
     /// The replica guard refused to delete on the remote ([`crate::guard`]): for a full
     /// sync nothing ran; for a batch its sends ran and the paths of its deletion run are
-    /// `held`.
+    /// `held`. A `latch`ed refusal is a count that nothing but the operator changes (a
+    /// full sync that would delete too much): the root's deletions stay held until
+    /// released; others end by themselves (the filesystem comes back).
     Guarded {
         reason: String,
         held: Vec<RelPath>,
+        latch: bool,
     },
 }
 
@@ -97,8 +100,8 @@ pub struct JobContext {
     pub debug: bool,
     /// The filesystem the root was on when first watched (the replica guard's identity).
     pub recorded_fs: Option<crate::guard::FsIdentity>,
-    /// `<deleteGuard sentinel>`.
-    pub sentinel: Option<String>,
+    /// `<deleteGuard>`: the sentinel, and the limits a full sync's deletions are held at.
+    pub delete_guard: crate::config::DeleteGuard,
     /// Why the daemon holds this root's deletions (too many in a minute), until released.
     pub deletions_held: Option<String>,
     /// The operator forced this job past the replica guard.
@@ -115,7 +118,7 @@ impl JobContext {
             crate::guard::refusal(
                 &self.root,
                 self.recorded_fs.as_ref(),
-                self.sentinel.as_deref(),
+                self.delete_guard.sentinel.as_deref(),
             )
         })
     }
@@ -474,7 +477,11 @@ impl Runner {
                         return sent;
                     }
                 }
-                return Run::ended(RunResult::Guarded { reason, held });
+                return Run::ended(RunResult::Guarded {
+                    reason,
+                    held,
+                    latch: false,
+                });
             }
             let groups = argv::deletion_groups(delete.iter().copied(), self.ways(ctx));
             let mut ancestors: Vec<Vec<u8>> =
@@ -532,6 +539,7 @@ impl Runner {
             Some(Run::ended(RunResult::Guarded {
                 reason,
                 held: Vec::new(),
+                latch: false,
             }))
         };
         if let Some(reason) = ctx.deletion_refusal() {
@@ -586,14 +594,32 @@ impl Runner {
                 stdin.extend(argv::exclude_rule(&path));
                 stdin.push(0);
             }
-            if ctx.propagate_deletes {
-                // Remote-only paths that the filter excludes must survive --delete:
-                // ask rsync what it would delete and protect the excluded ones.
-                let argv = argv::full_sync(&ctx.transport, true, &rules, true);
-                let run = self.run(lane, &argv, &ctx.root, stdin.clone(), ctx.debug, true);
-                if !run.result.is_done() {
-                    return run;
+        }
+        // Remote-only paths that the filter excludes must survive --delete, and the
+        // replica guard must know how much the full sync would delete: both are asked of
+        // rsync by a dry run of the same full sync.
+        let protect_excluded = ctx.filter.enabled && ctx.propagate_deletes;
+        let count_deletions = ctx.propagate_deletes
+            && reason != crate::queue::FullSyncReason::Forced
+            && !ctx.guard_released
+            && crate::guard::limits_deletions(&ctx.delete_guard);
+        if protect_excluded || count_deletions {
+            let argv = argv::full_sync(&ctx.transport, true, &rules, true);
+            let run = self.run(lane, &argv, &ctx.root, stdin.clone(), ctx.debug, true);
+            if !run.result.is_done() {
+                return run;
+            }
+            if count_deletions {
+                let preview = crate::guard::FullSyncPreview::parse(&run.stdout);
+                if let Some(reason) = preview.refusal(&ctx.delete_guard) {
+                    return Run::ended(RunResult::Guarded {
+                        reason,
+                        held: Vec::new(),
+                        latch: true,
+                    });
                 }
+            }
+            if protect_excluded {
                 for (path, is_dir) in argv::parse_deletions(&run.stdout) {
                     if excluded_with_ancestors(&ctx.filter, &path, is_dir) {
                         stdin.extend(argv::protect_rule(&path));

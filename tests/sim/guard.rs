@@ -291,6 +291,87 @@ fn a_mass_deletion_is_held_until_released_while_a_small_one_goes_through() {
     converged_exactly(&src, &replica, CATCH_UP);
 }
 
+/// #14.2 for full syncs: deletions made while the daemon was stopped are counted by a dry
+/// run of the full sync that `-r` starts with: 10 % of the tree goes through, two thirds
+/// of it are held (the replica keeps them, across `sersyncctl full-sync`), until forced.
+#[test]
+fn a_full_sync_that_would_delete_most_of_the_replica_is_held_until_released() {
+    let Some(bus) = Bus::start(Policy::Permissive) else {
+        return;
+    };
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let src = env.src().to_owned();
+    let replica = env.replica().to_owned();
+    for d in 0..3 {
+        for i in 0..100 {
+            write(&src, &format!("d{d}/f{i}.txt"), &format!("{d} {i}\n"));
+        }
+    }
+    let mut daemon = env.start(|b| {
+        on_bus(
+            b.raw_sersync_xml(r#"<deleteGuard share="50" minimum="10"/>"#)
+                .arg("-r"),
+            &bus,
+        )
+    });
+    converged_exactly(&src, &replica, CATCH_UP);
+    let address = bus.address().to_owned();
+    let restart_args = ["-r", "--bus-address", &address, "--instance", "web"];
+
+    // Stopped, 10 % deleted, started with -r: delivered.
+    daemon.terminate();
+    for i in 0..30 {
+        std::fs::remove_file(src.join(format!("d0/f{i}.txt"))).unwrap();
+    }
+    daemon.restart_with(&restart_args);
+    converged_exactly(&src, &replica, CATCH_UP);
+    assert!(!status_json(&bus).contains("guarded"));
+
+    // Stopped, two thirds deleted, started with -r: the full sync is held.
+    daemon.terminate();
+    std::fs::remove_dir_all(src.join("d1")).unwrap();
+    std::fs::remove_dir_all(src.join("d2")).unwrap();
+    daemon.restart_with(&restart_args);
+    wait_for("the lane to show as guarded", CATCH_UP, || {
+        status_json(&bus).contains("guarded")
+    });
+    assert_eq!(
+        entries(&replica.join("d1")) + entries(&replica.join("d2")),
+        200,
+        "the full sync deleted on the replica"
+    );
+    let (_, failures, _) = ctl(&bus, &["failures"]);
+    assert!(
+        failures.contains("a full sync would delete 202 of the remote's"),
+        "sersyncctl failures does not say why:\n{failures}"
+    );
+    // New files still go; an ordinary full sync is held too.
+    write(&src, "d0/new.txt", "new\n");
+    wait_for(
+        "a new file to be sent while the full sync is held",
+        CATCH_UP,
+        || replica.join("d0/new.txt").exists(),
+    );
+    let (code, out, stderr) = ctl(&bus, &["full-sync", "--wait"]);
+    assert_eq!(
+        code, 1,
+        "an ordinary full sync was not held:\n{out}{stderr}"
+    );
+    assert_eq!(
+        entries(&replica.join("d1")) + entries(&replica.join("d2")),
+        200,
+        "sersyncctl full-sync deleted on the replica"
+    );
+
+    // Released by the operator.
+    let (code, out, stderr) = ctl(&bus, &["full-sync", "--force", "--wait"]);
+    assert_eq!(code, 0, "{out}{stderr}");
+    converged_exactly(&src, &replica, CATCH_UP);
+    assert!(daemon.log().contains("a full sync would delete"));
+}
+
 /// `<softDelete>` (#14.3): what a deletion, an overwrite or a full sync's `--delete`
 /// removes from a remote is kept there in `DIR/YYYY-MM-DD`; that directory is neither
 /// replicated nor deleted by full syncs; dated directories older than `keepDays` are
