@@ -53,6 +53,10 @@ pub struct Config {
     pub plugins: Plugins,
     /// `<sersync><deleteGuard share minimum sentinel>` (ours): see [`crate::guard`].
     pub delete_guard: DeleteGuard,
+    /// `<sersync><queue maxPending>` (ours): the cap of pending paths per remote of a
+    /// root, above which they are folded into dirty directories (see
+    /// [`crate::queue::Queue::set_max_pending`]).
+    pub max_pending: usize,
 }
 
 /// `<deleteGuard>`: when deletions are held instead of run (see [`crate::guard`]).

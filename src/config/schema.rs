@@ -127,8 +127,9 @@ const HEAD: Spec = Spec {
                     }],
                 },
                 leaf("plugin", &["start", "name"]),
-                leaf("deleteGuard", &["share", "minimum", "sentinel"]),
+                leaf("deleteGuard", &["share", "minimum", "maximum", "sentinel"]),
                 leaf("softDelete", &["start", "dir", "keepDays"]),
+                leaf("queue", &["maxPending"]),
             ],
         },
         // The children of a top-level <plugin> depend on its name: see `PluginKind::spec`.
@@ -286,7 +287,14 @@ impl Checker<'_> {
         let mut fail_log = FailLog::default();
         let mut crontab = Crontab::default();
         let mut delete_guard = DeleteGuard::default();
+        let mut max_pending = crate::queue::DEFAULT_MAX_PENDING;
         if let Some(sersync) = sersync {
+            if let Some(element) = self.single(sersync, "queue") {
+                let default = u32::try_from(max_pending).unwrap_or(u32::MAX);
+                max_pending = self
+                    .optional_count(element, "maxPending", 16, "paths", default)
+                    .map_or(max_pending, |cap| cap as usize);
+            }
             if let Some(element) = self.single(sersync, "deleteGuard") {
                 delete_guard = self.delete_guard(element);
             }
@@ -320,6 +328,7 @@ impl Checker<'_> {
             crontab,
             plugins,
             delete_guard,
+            max_pending,
         }
     }
 

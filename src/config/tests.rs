@@ -1294,6 +1294,28 @@ fn delete_guard_values_and_errors() {
 }
 
 #[test]
+fn queue_cap_values_and_errors() {
+    let (config, _) = loaded(&in_sersync_after_root(""));
+    assert_eq!(config.max_pending, crate::queue::DEFAULT_MAX_PENDING);
+    let (config, _) = loaded(&in_sersync_after_root(r#"<queue maxPending="5000"/>"#));
+    assert_eq!(config.max_pending, 5000);
+    // (element, words the error must carry); each on line 4.
+    let table = [
+        (r#"<queue maxPending="15"/>"#, "16 or more"),
+        (r#"<queue maxPending="lots"/>"#, "invalid number"),
+    ];
+    for (element, words) in table {
+        let errors = errors_of(&in_sersync_after_root(element));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == 4 && e.message.contains(words) && e.message.contains("queue")),
+            "{element}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn soft_delete_values_and_errors() {
     let (config, _) = loaded(&in_sersync_after_root(""));
     assert_eq!(config.rsync.soft_delete, None);

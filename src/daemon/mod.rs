@@ -438,7 +438,11 @@ impl Daemon {
             cli.worker_limit(),
         );
         Ok(Daemon {
-            queue: Queue::new(&queue_layout(&lanes), DEFAULT_MAX_BATCH),
+            queue: {
+                let mut queue = Queue::new(&queue_layout(&lanes), DEFAULT_MAX_BATCH);
+                queue.set_max_pending(config.max_pending);
+                queue
+            },
             lanes,
             cli,
             config,
@@ -668,6 +672,26 @@ impl Daemon {
         let reason = format!("{why}: held until released with `sersyncctl full-sync --force`");
         tracing::error!(root = %path.display(), "{reason}");
         self.hold_root_deletions(path, reason);
+    }
+
+    /// Says which lanes went over `<queue maxPending>` and were folded into dirty
+    /// directories (see [`Queue::set_max_pending`]).
+    fn log_folds(&mut self) {
+        for fold in self.queue.take_folds() {
+            let Some(lane) = self.lanes.iter().find(|lane| lane.id == fold.lane) else {
+                continue;
+            };
+            tracing::warn!(
+                sersync_remote = %lane.label,
+                before = fold.before,
+                after = fold.after,
+                "more than {} changes pending: {} folded into {} entries (dirty directories \
+                 are synced recursively when the remote takes them)",
+                self.config.max_pending,
+                fold.before,
+                fold.after
+            );
+        }
     }
 
     /// Holds every deletion of the root of lane `at` (a full sync found it would delete
@@ -1122,6 +1146,7 @@ impl Daemon {
             Input::Signal(signal) => self.on_signal(signal),
             Input::Control(command) => self.on_command(command),
         }
+        self.log_folds();
     }
 
     /// Offers the D-Bus interface; without a bus the daemon keeps working, uncontrolled.
@@ -1454,6 +1479,7 @@ impl Daemon {
             .map(|lane| lane.id)
             .collect();
         let removed = self.queue.reconfigure(&queue_layout(&new_lanes));
+        self.queue.set_max_pending(config.max_pending);
         for old in &self.lanes {
             if old.job_started.is_some() && !new_lanes.iter().any(|lane| lane.id == old.id) {
                 self.retired_in_flight.push((old.id, old.key()));
@@ -1884,9 +1910,13 @@ impl Daemon {
                     .clear(&key, entries.iter().map(|(p, _)| p.as_slice())),
                 Job::FullSync { .. } => self.journal.clear_lane(&key),
             };
-            // A removed or replaced directory settles whatever failed below it.
+            // A removed, replaced or recursively synced directory settles whatever failed
+            // below it.
             for (path, action) in entries {
-                if matches!(action, Action::Remove { dir: true } | Action::Replace) {
+                if matches!(
+                    action,
+                    Action::Remove { dir: true } | Action::Replace | Action::Tree
+                ) {
                     cleared += self.journal.clear_below(&key, path);
                 }
             }
@@ -2173,7 +2203,7 @@ impl Daemon {
         };
         let (kind, is_dir) = match action {
             Action::Remove { dir } => (ChangeKind::Deleted, dir),
-            Action::Sync | Action::Replace => {
+            Action::Sync | Action::Replace | Action::Tree => {
                 let abs = crate::watch::join(root_path.as_os_str().as_bytes(), path);
                 match std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&abs)) {
                     Ok(meta) => (ChangeKind::Updated, meta.is_dir()),

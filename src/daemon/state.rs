@@ -51,6 +51,7 @@ fn owed_code(owed: Owed) -> &'static [u8] {
         Owed::Change(Action::Remove { dir: false }) => b"F",
         Owed::Change(Action::Remove { dir: true }) => b"D",
         Owed::Change(Action::Replace) => b"R",
+        Owed::Change(Action::Tree) => b"T",
         Owed::FullSync => b"A",
     }
 }
@@ -61,6 +62,7 @@ fn owed_from(code: &[u8]) -> Option<Owed> {
         b"F" => Owed::Change(Action::Remove { dir: false }),
         b"D" => Owed::Change(Action::Remove { dir: true }),
         b"R" => Owed::Change(Action::Replace),
+        b"T" => Owed::Change(Action::Tree),
         b"A" => Owed::FullSync,
         _ => return None,
     })
@@ -372,6 +374,13 @@ mod tests {
                 remote_name: "img".into(),
                 path: Vec::new(),
                 owed: Owed::Change(Action::Replace),
+            },
+            SavedChange {
+                root: PathBuf::from("/srv/c"),
+                remote_ip: "::1".into(),
+                remote_name: "img".into(),
+                path: b"dirty/dir".to_vec(),
+                owed: Owed::Change(Action::Tree),
             },
             SavedChange {
                 root: PathBuf::from("/srv/c"),

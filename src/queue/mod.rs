@@ -36,6 +36,11 @@ pub enum Action {
     /// A directory was removed and something new now exists at the path: the remote copy
     /// is purged first (so none of the old children survive), then the path is sent.
     Replace,
+    /// Anything below this directory may have changed: the remote copy is made equal to
+    /// it recursively (with deletions), or deleted if the path is gone. Never reported by
+    /// the watcher: a lane above its cap of pending paths folds them into these (see
+    /// [`Queue::set_max_pending`]).
+    Tree,
 }
 
 impl Action {
@@ -44,7 +49,8 @@ impl Action {
         use Action::*;
         match (older, newer) {
             (Remove { dir: true }, Sync) | (Replace, Sync) => Replace,
-            (Replace, Remove { .. }) => Remove { dir: true },
+            (Tree, Sync) => Tree,
+            (Replace | Tree, Remove { .. }) => Remove { dir: true },
             (Remove { dir: a }, Remove { dir: b }) => Remove { dir: a || b },
             (_, newer) => newer,
         }
@@ -125,7 +131,20 @@ pub struct Queue {
     /// Sorted by id.
     lanes: Vec<Lane>,
     max_batch: usize,
+    /// Above this many pending paths a lane folds them into dirty directories.
+    max_pending: usize,
+    /// Folds since the last [`Queue::take_folds`], for the daemon to log.
+    folds: Vec<Fold>,
     paused: bool,
+}
+
+/// A lane folded its pending paths into dirty directories ([`Queue::set_max_pending`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fold {
+    pub lane: LaneId,
+    /// Pending paths before and after.
+    pub before: usize,
+    pub after: usize,
 }
 
 const MAX_RENAME_HINTS: usize = 64;
@@ -133,12 +152,17 @@ const MAX_RENAME_HINTS: usize = 64;
 /// The default upper bound of paths in one batch (one rsync run).
 pub const DEFAULT_MAX_BATCH: usize = 20_000;
 
+/// The default cap of pending paths per lane (see [`Queue::set_max_pending`]).
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
+
 impl Queue {
     /// Lanes `(id, root)`.
     pub fn new(lanes: &[(LaneId, RootId)], max_batch: usize) -> Queue {
         let mut queue = Queue {
             lanes: Vec::new(),
             max_batch: max_batch.max(1),
+            max_pending: DEFAULT_MAX_PENDING,
+            folds: Vec::new(),
             paused: false,
         };
         queue.reconfigure(lanes);
@@ -191,19 +215,44 @@ impl Queue {
             .map(|at| &mut self.lanes[at])
     }
 
+    /// Caps the pending paths of each lane (at least 2). While a remote is down for hours
+    /// its lane would otherwise grow with every change; above the cap, the lane's pending
+    /// paths are folded into their ancestor directories at the deepest level that leaves
+    /// at most half the cap, each marked [`Action::Tree`] (synced recursively with
+    /// deletions), and changes below such a directory are absorbed by it. Recovery then
+    /// sends only the dirty subtrees. Folded into the root itself, that is a full sync.
+    pub fn set_max_pending(&mut self, max_pending: usize) {
+        self.max_pending = max_pending.max(2);
+        let cap = self.max_pending;
+        for lane in &mut self.lanes {
+            self.folds.extend(lane.bound(cap));
+        }
+    }
+
+    /// The folds since the last call.
+    pub fn take_folds(&mut self) -> Vec<Fold> {
+        std::mem::take(&mut self.folds)
+    }
+
     /// Records a change of `path` under `root` in every lane of that root.
     pub fn push(&mut self, root: RootId, path: &[u8], action: Action) {
+        let cap = self.max_pending;
         for lane in self.lanes.iter_mut().filter(|lane| lane.root == root) {
             lane.merge(path, action);
+            self.folds.extend(lane.bound(cap));
         }
     }
 
     /// Records a change in one lane only (restored from the state directory, or a failure
     /// replayed from the journal).
-    pub fn push_lane(&mut self, lane: LaneId, path: &[u8], action: Action) {
-        if let Some(lane) = self.lane_mut(lane) {
-            lane.merge(path, action);
-        }
+    pub fn push_lane(&mut self, lane_id: LaneId, path: &[u8], action: Action) {
+        let cap = self.max_pending;
+        let Ok(at) = self.lanes.binary_search_by_key(&lane_id, |lane| lane.id) else {
+            return;
+        };
+        let lane = &mut self.lanes[at];
+        lane.merge(path, action);
+        self.folds.extend(lane.bound(cap));
     }
 
     /// Remembers that directory `from` was renamed to `to` under `root` (see
@@ -310,9 +359,11 @@ impl Queue {
     /// job, or for a partial transfer only the paths that failed) and when.
     /// A lane removed by a reload meanwhile is not there any more: nothing happens.
     pub fn finish(&mut self, lane_id: LaneId, retry: Option<(Retry, Instant)>) {
-        let Some(lane) = self.lane_mut(lane_id) else {
+        let cap = self.max_pending;
+        let Ok(at) = self.lanes.binary_search_by_key(&lane_id, |lane| lane.id) else {
             return;
         };
+        let lane = &mut self.lanes[at];
         lane.busy = false;
         match retry {
             None => lane.not_before = None,
@@ -331,6 +382,7 @@ impl Queue {
                         }
                     }
                 }
+                self.folds.extend(lane.bound(cap));
             }
         }
     }
@@ -455,6 +507,9 @@ impl Lane {
     }
 
     fn merge(&mut self, path: &[u8], action: Action) {
+        if self.below_a_tree(path) {
+            return;
+        }
         if let Action::Remove { dir: true } = action {
             // Deleting the directory on the remote covers whatever was pending below it.
             let mut prefix = path.to_vec();
@@ -493,12 +548,92 @@ impl Lane {
         }
     }
 
+    /// Whether an ancestor of `path` is pending as [`Action::Tree`], which covers it.
+    fn below_a_tree(&self, path: &[u8]) -> bool {
+        if self.pending.get(&b""[..]) == Some(&Action::Tree) && !path.is_empty() {
+            return true;
+        }
+        path.iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .any(|(at, _)| self.pending.get(&path[..at]) == Some(&Action::Tree))
+    }
+
+    /// Folds the pending paths into dirty directories when there are more than `cap`.
+    fn bound(&mut self, cap: usize) -> Option<Fold> {
+        if self.pending.len() <= cap {
+            return None;
+        }
+        let before = self.pending.len();
+        fold_into_trees(&mut self.pending, cap / 2);
+        Some(Fold {
+            lane: self.id,
+            before,
+            after: self.pending.len(),
+        })
+    }
+
     /// Puts back an action from a failed batch: it happened before anything now pending.
     fn requeue(&mut self, path: RelPath, older: Action) {
         match self.pending.get_mut(&path) {
             Some(newer) => *newer = Action::then(older, *newer),
             None => {
                 self.pending.insert(path, older);
+            }
+        }
+    }
+}
+
+/// How deep `path` is: the root 0, `a` 1, `a/b` 2.
+fn depth(path: &[u8]) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        1 + path.iter().filter(|&&b| b == b'/').count()
+    }
+}
+
+/// `path` cut to its first `level` components (itself if it is not deeper).
+fn cut(path: &[u8], level: usize) -> &[u8] {
+    if level == 0 {
+        return &path[..0];
+    }
+    let mut seen = 0;
+    for (at, &b) in path.iter().enumerate() {
+        if b == b'/' {
+            seen += 1;
+            if seen == level {
+                return &path[..at];
+            }
+        }
+    }
+    path
+}
+
+/// Replaces every pending path deeper than some level by its ancestor at that level,
+/// marked [`Action::Tree`]; the level is the deepest that leaves at most `target` entries
+/// (the root itself, as one `Tree`, when no level does).
+fn fold_into_trees(pending: &mut BTreeMap<RelPath, Action>, target: usize) {
+    let deepest = pending.keys().map(|p| depth(p)).max().unwrap_or(0);
+    let mut level = deepest.saturating_sub(1);
+    while level > 0 {
+        let kept: std::collections::HashSet<&[u8]> =
+            pending.keys().map(|p| cut(p, level)).collect();
+        if kept.len() <= target {
+            break;
+        }
+        level -= 1;
+    }
+    let old = std::mem::take(pending);
+    for (path, action) in old {
+        if depth(&path) > level {
+            pending.insert(cut(&path, level).to_vec(), Action::Tree);
+        } else {
+            match pending.get_mut(&path) {
+                Some(folded) => *folded = Action::then(action, *folded),
+                None => {
+                    pending.insert(path, action);
+                }
             }
         }
     }

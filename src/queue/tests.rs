@@ -6,9 +6,10 @@
 //! - `ok` finishes lane 0's job successfully; `fail` finishes it with a retry of the whole
 //!   batch that was taken last, due at once
 //! - `full` asks for a full sync of root 0
+//! - `cap N` caps the pending paths per lane at N
 //!
-//! Expected batches are written as `"path:act path:act"` with act one of `S F D R` (R =
-//! replace), `FULL` for a full sync, or `-` for "no job".
+//! Expected batches are written as `"path:act path:act"` with act one of `S F D R T` (R =
+//! replace, T = dirty directory), `FULL` for a full sync, or `-` for "no job".
 
 use super::*;
 
@@ -18,6 +19,7 @@ fn action_of(code: &str) -> Action {
         "F" => Action::Remove { dir: false },
         "D" => Action::Remove { dir: true },
         "R" => Action::Replace,
+        "T" => Action::Tree,
         other => panic!("bad action code {other}"),
     }
 }
@@ -28,6 +30,7 @@ fn code_of(action: Action) -> &'static str {
         Action::Remove { dir: false } => "F",
         Action::Remove { dir: true } => "D",
         Action::Replace => "R",
+        Action::Tree => "T",
     }
 }
 
@@ -64,6 +67,9 @@ fn run(script: &[&str], max_batch: usize) -> Vec<String> {
                 queue.finish(0, Some((Retry::Paths(entries), now)));
             }
             "full" => queue.request_full_sync(0, FullSyncReason::Scheduled),
+            other if other.starts_with("cap ") => {
+                queue.set_max_pending(other[4..].parse().expect("cap N"));
+            }
             other => {
                 let (code, path) = other.split_once(' ').expect("step is `CODE path`");
                 queue.push(0, path.as_bytes(), action_of(code));
@@ -75,6 +81,62 @@ fn run(script: &[&str], max_batch: usize) -> Vec<String> {
 
 /// (name, script, expected outputs of each `take`)
 const ROWS: &[(&str, &[&str], &[&str])] = &[
+    (
+        "over the cap, the deepest level that leaves half of it",
+        &[
+            "cap 4", "S a/b/1", "S a/b/2", "S a/c/1", "S x", "S a/b/3", "take",
+        ],
+        &["a:T x:S"],
+    ),
+    (
+        "under the cap nothing is folded",
+        &[
+            "cap 5", "S a/b/1", "S a/b/2", "S a/c/1", "S x", "S a/b/3", "take",
+        ],
+        &["a/b/1:S a/b/2:S a/b/3:S a/c/1:S x:S"],
+    ),
+    (
+        "one level up is enough",
+        &[
+            "cap 6", "S a/b/1", "S a/b/2", "S a/b/3", "S a/c/1", "S x", "S a/b/4", "S a/b/5",
+            "take",
+        ],
+        &["a/b:T a/c:T x:S"],
+    ),
+    (
+        "changes below a dirty directory are absorbed by it",
+        &[
+            "cap 4", "S a/b/1", "S a/b/2", "S a/c/1", "S x", "S a/b/3", "S a/new", "D a/b",
+            "F a/c/1", "take",
+        ],
+        &["a:T x:S"],
+    ),
+    (
+        "a dirty directory's own entry joins it",
+        &["cap 4", "S a", "S a/1", "S a/2", "S b", "S a/3", "take"],
+        &["a:T b:S"],
+    ),
+    (
+        "a dirty directory removed, then recreated",
+        &[
+            "cap 4", "S a/b/1", "S a/b/2", "S a/c/1", "S x", "S a/b/3", "D a", "take", "ok",
+            "S a/b/1", "S a/b/2", "S a/c/1", "S x", "S a/b/3", "D a", "S a", "take",
+        ],
+        &["a:D x:S", "a:R x:S"],
+    ),
+    (
+        "folded into the root: everything below it",
+        &["cap 2", "S a", "S b", "S c", "S d/e", "take"],
+        &[":T"],
+    ),
+    (
+        "a failed dirty batch comes back as it was",
+        &[
+            "cap 4", "S a/b/1", "S a/b/2", "S a/c/1", "S x", "S a/b/3", "take", "fail", "S a/b/4",
+            "S y", "take",
+        ],
+        &["a:T x:S", "a:T x:S y:S"],
+    ),
     ("single sync", &["S a", "take"], &["a:S"]),
     ("nothing pending", &["take"], &["-"]),
     (

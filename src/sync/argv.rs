@@ -642,6 +642,30 @@ pub fn full_sync_split(
     Some(runs)
 }
 
+/// The argv and stdin of a run that makes the remote copies of the directories `dirs`
+/// equal to the local ones, recursively (with deletions inside them when deletions are
+/// propagated): `--files-from` with `--recursive` recurses into each listed directory and
+/// deletes only there; the directories' ancestors are implied, not touched.
+pub fn trees(
+    transport: &Transport,
+    propagate_deletes: bool,
+    dirs: &[&[u8]],
+) -> (Vec<OsString>, Vec<u8>) {
+    let rules = FullSyncRules {
+        glob_excludes: Vec::new(),
+        rules_on_stdin: false,
+    };
+    let mut argv = full_sync_options(
+        transport,
+        &["--recursive", "--relative", "--ignore-missing-args"],
+        propagate_deletes,
+        &rules,
+    );
+    argv.extend(["--files-from=-", "--from0", "./"].map(OsString::from));
+    argv.push(transport.destination());
+    (argv, nul_list(dirs.iter().copied()))
+}
+
 /// An rsync filter pattern that matches exactly `relative` (anchored at the transfer
 /// root). rsync only treats `\` as an escape when the pattern holds a wildcard, so names
 /// with `*?[` are escaped and others are left literal.
@@ -789,6 +813,30 @@ mod tests {
         for (transport, deletes, expected) in rows {
             let _ = deletes;
             assert_eq!(joined(&batch(transport)), *expected);
+        }
+    }
+
+    #[test]
+    fn dirty_directory_argv_table() {
+        // (deletions propagated, argv)
+        let rows = [
+            (
+                true,
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --recursive --relative --ignore-missing-args --delete --force --files-from=- --from0 ./ rsync://127.0.0.1/web/",
+            ),
+            (
+                false,
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --recursive --relative --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
+            ),
+        ];
+        for (propagate_deletes, expected) in rows {
+            let (argv, stdin) = trees(
+                &transport(false, false, None, None),
+                propagate_deletes,
+                &[&b"a/b"[..], b"-x", b""],
+            );
+            assert_eq!(joined(&argv), expected);
+            assert_eq!(stdin, b"./a/b\0./-x\0.\0");
         }
     }
 

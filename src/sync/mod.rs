@@ -430,6 +430,9 @@ impl Runner {
         // changes below it were folded into that removal, so its remote copy is purged
         // and everything in it now is sent.
         let mut whole: Vec<&[u8]> = Vec::new();
+        // Dirty directories (a lane over its cap folded its paths into them): synced
+        // recursively, with deletions, after the rest.
+        let mut trees: Vec<&[u8]> = Vec::new();
         let mut ancestors_checked: HashMap<Vec<u8>, bool> = HashMap::new();
         for (path, action) in &batch.entries {
             if below_a_non_directory(&ctx.root, path, &mut ancestors_checked) {
@@ -440,10 +443,16 @@ impl Runner {
                 continue;
             }
             let meta = std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path)));
+            if *action == Action::Tree && meta.as_ref().is_ok_and(std::fs::Metadata::is_dir) {
+                trees.push(path);
+                continue;
+            }
             let exists = meta.is_ok();
             let dir_again = meta.is_ok_and(|m| m.is_dir())
                 && matches!(action, Action::Remove { dir: true } | Action::Replace);
-            let deleted = !exists || *action == Action::Replace || dir_again;
+            // A dirty directory that is gone, or no longer a directory, is purged like a
+            // replaced one.
+            let deleted = !exists || matches!(action, Action::Replace | Action::Tree) || dir_again;
             if deleted {
                 delete.push(path.as_slice());
             }
@@ -465,10 +474,10 @@ impl Runner {
             send.sort_unstable();
             send.dedup();
         }
-        if ctx.propagate_deletes && !delete.is_empty() {
+        if ctx.propagate_deletes && !(delete.is_empty() && trees.is_empty()) {
             if let Some(reason) = ctx.deletion_refusal() {
                 // Deletions wait for the root's filesystem; what exists is still sent.
-                let held: Vec<RelPath> = delete.iter().map(|p| p.to_vec()).collect();
+                let held: Vec<RelPath> = delete.iter().chain(&trees).map(|p| p.to_vec()).collect();
                 if !send.is_empty() {
                     let (argv, stdin) =
                         argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
@@ -483,6 +492,8 @@ impl Runner {
                     latch: false,
                 });
             }
+        }
+        if ctx.propagate_deletes && !delete.is_empty() {
             let groups = argv::deletion_groups(delete.iter().copied(), self.ways(ctx));
             let mut ancestors: Vec<Vec<u8>> =
                 groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
@@ -516,20 +527,62 @@ impl Runner {
                 // sends of the batch: they are independent paths. Anything else
                 // (the remote is unreachable, a configuration error) fails the
                 // whole batch at once.
-                if run.result != RunResult::Exited(23) || send.is_empty() {
+                if run.result != RunResult::Exited(23) || (send.is_empty() && trees.is_empty()) {
                     return run;
                 }
-                let (argv, stdin) =
-                    argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
-                let sent = self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false);
+                let sent = self.send_and_sync_trees(lane, &send, &trees, ctx);
                 return Run::worst([run, sent]);
             }
         }
-        if send.is_empty() {
-            return Run::ended(RunResult::Exited(0));
+        self.send_and_sync_trees(lane, &send, &trees, ctx)
+    }
+
+    /// Sends `send` (as listed), then makes the remote copies of the directories `trees`
+    /// equal to them, recursively. Under a `<filter>` (which rsync cannot apply by itself)
+    /// the trees are done by a full sync, which knows how.
+    fn send_and_sync_trees(
+        &self,
+        lane: LaneId,
+        send: &[&[u8]],
+        trees: &[&[u8]],
+        ctx: &JobContext,
+    ) -> Run {
+        let sent = if send.is_empty() {
+            Run::ended(RunResult::Exited(0))
+        } else {
+            let (argv, stdin) = argv::batch_listed(&ctx.transport, send, self.path_args_budget);
+            self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false)
+        };
+        if trees.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
+            return sent;
         }
-        let (argv, stdin) = argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
-        self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false)
+        let synced = if ctx.filter.enabled {
+            let rescan = crate::queue::FullSyncReason::Rescan;
+            let refused = if ctx.propagate_deletes {
+                self.full_sync_refusal(lane, ctx)
+            } else {
+                None
+            };
+            match refused {
+                Some(Run {
+                    result: RunResult::Guarded { reason, latch, .. },
+                    ..
+                }) => Run::ended(RunResult::Guarded {
+                    reason,
+                    held: trees.iter().map(|p| p.to_vec()).collect(),
+                    latch,
+                }),
+                Some(failed) => failed,
+                None => self.execute_full_sync(lane, rescan, ctx),
+            }
+        } else {
+            let (argv, stdin) = argv::trees(&ctx.transport, ctx.propagate_deletes, trees);
+            self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false)
+        };
+        if let RunResult::Guarded { .. } = synced.result {
+            return synced;
+        }
+        Run::worst([sent, synced])
     }
 
     /// Why a full sync with `--delete` must not run now, as a guarded run (see
@@ -1135,7 +1188,7 @@ pub fn after_full_sync(then: &[(RelPath, Action)], covered: bool) -> Vec<(RelPat
     then.iter()
         .map(|(path, action)| {
             let action = match action {
-                Action::Replace | Action::Remove { .. } if covered => Action::Sync,
+                Action::Replace | Action::Remove { .. } | Action::Tree if covered => Action::Sync,
                 other => *other,
             };
             (path.clone(), action)

@@ -1165,3 +1165,69 @@ fn the_failure_script_run_by_hand_deletes_and_sends_what_failed() {
     );
     wait_converged(env.src(), env.replica(), Duration::from_secs(5));
 }
+
+/// #14.4: while the remote is down, a lane over `<queue maxPending>` folds its pending
+/// changes into dirty directories (so memory stays bounded however long the outage); the
+/// fold survives a restart (the pending file), and when the remote is back the dirty
+/// directories are synced recursively: new files, rewrites, deletions and a directory
+/// rename all arrive, and the replica equals the source exactly.
+#[test]
+fn a_long_outage_folds_pending_changes_into_dirty_directories_and_recovers_exactly() {
+    let Some(mut env) = Env::new(&["web"]) else {
+        return;
+    };
+    let src = env.src().to_owned();
+    for i in 0..100 {
+        write(&src, &format!("keep/f{i:03}"), &format!("keep {i}\n"));
+    }
+    for i in 0..60 {
+        write(&src, &format!("del/sub/f{i:03}"), &format!("del {i}\n"));
+    }
+    for i in 0..20 {
+        write(&src, &format!("olddir/g{i:03}"), &format!("g {i}\n"));
+    }
+    let mut daemon = env.start(|b| b.raw_sersync_xml(r#"<queue maxPending="100"/>"#).arg("-r"));
+    env.converged();
+
+    env.rsyncd.stop();
+    for i in 0..1500 {
+        write(
+            &src,
+            &format!("new/s{}/t{}/n{i:04}", i % 10, i % 7),
+            &format!("new {i}\n"),
+        );
+    }
+    for i in (0..100).step_by(2) {
+        write(&src, &format!("keep/f{i:03}"), &format!("rewritten {i}\n"));
+    }
+    for i in 0..60 {
+        std::fs::remove_file(src.join(format!("del/sub/f{i:03}"))).unwrap();
+    }
+    std::fs::rename(src.join("olddir"), src.join("newdir")).unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the lane to fold its pending changes",
+        || daemon.log().contains("folded into"),
+        || tail(&daemon.log(), 40),
+    );
+    // Folded work is saved like any other at a stop, and taken up again.
+    daemon.terminate();
+    let pending = std::fs::read(daemon.state_dir().join("pending")).unwrap_or_default();
+    assert!(
+        pending.len() < 100 * 64,
+        "the pending file holds {} bytes: not folded",
+        pending.len()
+    );
+    // Without -r: the folded entries alone must bring the replica back.
+    daemon.restart_with(&[]);
+    env.rsyncd.start();
+    env.converged();
+    let log = daemon.log();
+    let second_run = log
+        .rsplit_once("restored changes saved by the previous run")
+        .map_or("", |(_, after)| after);
+    assert!(
+        second_run.contains("synced") && !second_run.contains("full sync"),
+        "the folded entries were not what recovered the replica:\n{second_run}"
+    );
+}

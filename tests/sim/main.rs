@@ -88,6 +88,7 @@ type Failure = (Vec<Vec<Op>>, String);
 type Ran = (
     usize,
     std::collections::BTreeMap<&'static str, usize>,
+    usize,
     Duration,
 );
 
@@ -136,7 +137,12 @@ fn run_seed(seed: u64, rounds: usize) -> Result<Ran, Failure> {
             ));
         }
     }
-    Ok((ops_count, world.faults_applied.clone(), started.elapsed()))
+    Ok((
+        ops_count,
+        world.faults_applied.clone(),
+        world.folds(),
+        started.elapsed(),
+    ))
 }
 
 /// Runs a recorded list of rounds in a fresh world.
@@ -239,6 +245,7 @@ fn run_seeds(seeds: std::ops::Range<u64>, rounds: usize, soak: Option<Duration>)
     let started = Instant::now();
     let mut passed = 0;
     let mut total_ops = 0;
+    let mut total_folds = 0;
     let mut total_faults: std::collections::BTreeMap<&'static str, usize> =
         std::collections::BTreeMap::new();
     let mut seed = seeds.start;
@@ -251,15 +258,17 @@ fn run_seeds(seeds: std::ops::Range<u64>, rounds: usize, soak: Option<Duration>)
             break;
         }
         match run_seed(seed, rounds) {
-            Ok((ops, faults, took)) => {
+            Ok((ops, faults, folds, took)) => {
                 passed += 1;
                 total_ops += ops;
+                total_folds += folds;
                 let applied: usize = faults.values().sum();
                 for (kind, n) in faults {
                     *total_faults.entry(kind).or_default() += n;
                 }
                 eprintln!(
-                    "sim seed {seed}: {rounds} rounds, {ops} ops, {applied} faults, converged ({:.1} s)",
+                    "sim seed {seed}: {rounds} rounds, {ops} ops, {applied} faults, {folds} queue \
+                     folds, converged ({:.1} s)",
                     took.as_secs_f64()
                 );
             }
@@ -287,7 +296,8 @@ fn run_seeds(seeds: std::ops::Range<u64>, rounds: usize, soak: Option<Duration>)
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
     eprintln!(
-        "simulation: {passed} seeds passed, {total_ops} ops, {} faults ({}), in {:.0} s",
+        "simulation: {passed} seeds passed, {total_ops} ops, {} faults ({}), {total_folds} \
+         queue folds, in {:.0} s",
         total_faults.values().sum::<usize>(),
         faults.join(", "),
         started.elapsed().as_secs_f64()

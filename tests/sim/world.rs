@@ -186,7 +186,11 @@ impl World {
             // The share limit holds mass deletions by design (a sim tree is small, so most
             // rounds would trip it); tests/sim/guard.rs covers it. The mount and emptiness
             // guards stay on here.
-            .raw_sersync_xml(r#"<deleteGuard share="0"/>"#);
+            .raw_sersync_xml(r#"<deleteGuard share="0"/>"#)
+            // The smallest cap the config allows, which a sim tree reaches in its bigger
+            // rounds and outages (64 it never did): folding into dirty directories runs
+            // under every fault, while small rounds keep the ordinary path.
+            .raw_sersync_xml(r#"<queue maxPending="16"/>"#);
         if self.privileged {
             builder =
                 builder.launcher(&["unshare", "--user", "--map-user=0", "--map-group=0", "--"]);
@@ -533,6 +537,16 @@ impl World {
     /// Every remote back in the config (reload), for the final check of a run.
     pub fn all_remotes(&mut self) -> Option<Op> {
         (self.configured != 0b11).then_some(Op::Fault(Fault::SetRemotes { mask: 0b11 }))
+    }
+}
+
+impl World {
+    /// How often the daemon folded a lane's pending paths into dirty directories (its
+    /// `<queue maxPending>`), to show that the runs exercised it.
+    pub fn folds(&self) -> usize {
+        self.daemon
+            .as_ref()
+            .map_or(0, |daemon| daemon.log().matches("folded into").count())
     }
 }
 
