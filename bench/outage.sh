@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Memory during a long outage (issue #14.4): the remote is down while 2,000,000 new files
-# appear (2,000 directories x 1,000 empty files, on /dev/shm), then it comes back. Run
+# appear (2,000 directories x 1,000 empty files, on /dev/shm; the replica on /var/tmp, as
+# a tmpfs has too few inodes for both), then it comes back. Run
 # once with the default <queue maxPending="100000"/> and once with the cap out of reach
 # (what the daemon did before the cap: one pending entry per path), it prints sersyncd's
 # peak RSS, how often pending paths were folded into dirty directories, how long the
@@ -16,12 +17,13 @@ DIRS=${2:-2000}
 [ -x "$BIN" ] || { echo "build first: cargo build --release (or set OURS_BIN)" >&2; exit 64; }
 command -v rsync >/dev/null || { echo "rsync is not installed" >&2; exit 69; }
 W=$(mktemp -d /dev/shm/sersync-outage.XXXXXX)
+R=$(mktemp -d /var/tmp/sersync-outage.XXXXXX)
 OLD_QUEUE=$(cat /proc/sys/fs/inotify/max_queued_events)
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
     if [ "$(id -u)" = 0 ]; then echo "$OLD_QUEUE" > /proc/sys/fs/inotify/max_queued_events; fi
-    rm -rf "$W"
+    rm -rf "$W" "$R"
 }
 trap cleanup EXIT
 if [ "$(id -u)" = 0 ]; then echo 8388608 > /proc/sys/fs/inotify/max_queued_events; fi
@@ -30,14 +32,14 @@ kib() { awk -v k="$1" '/^'"$1"':/ {print $2}' "/proc/$2/status"; }
 
 # One run: $1 label, $2 the <queue> element.
 run() {
-    local label=$1 queue=$2 dir="$W/$1"
-    mkdir -p "$dir/src" "$dir/replica" "$dir/state"
+    local label=$1 queue=$2 dir="$W/$1" replica="$R/$1"
+    mkdir -p "$dir/src" "$replica" "$dir/state"
     local port
     port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
     cat > "$dir/rsyncd.conf" <<CONF
 use chroot = no
 [backup]
-path = $dir/replica
+path = $replica
 read only = no
 uid = root
 gid = root
@@ -85,14 +87,14 @@ PY
     back=$(date +%s.%N)
     wanted=$(find "$dir/src" | wc -l)
     for _ in $(seq 1200); do
-        got=$(find "$dir/replica" | wc -l)
+        got=$(find "$replica" | wc -l)
         [ "$got" -ge "$wanted" ] && break
         sleep 1
     done
     caught_up=$(date +%s.%N)
     sleep 2
     local equal=no
-    if diff <(cd "$dir/src" && find . | sort) <(cd "$dir/replica" && find . | sort) >/dev/null; then
+    if diff <(cd "$dir/src" && find . | sort) <(cd "$replica" && find . | sort) >/dev/null; then
         equal=yes
     fi
     local folds overflows
@@ -111,7 +113,7 @@ print("%-14s %9d entries made in %5.1f s | outage: peak RSS %7.1f MiB, RSS %7.1f
          int(hwm_end) / 1024, equal))
 PY
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    rm -rf "$dir/src" "$dir/replica"
+    rm -rf "$dir/src" "$replica"
 }
 
 run capped ''

@@ -271,9 +271,12 @@ impl FullSyncPreview {
                 digits.parse::<usize>().ok()
             })
         };
+        // `Number of deleted files` is the receiver's own count; the `*deleting` lines
+        // are there even without it (and the user's `--out-format` changes them).
         let deleted = lines()
             .filter(|line| line.starts_with(b"*deleting "))
-            .count();
+            .count()
+            .max(number(b"Number of deleted files: ").unwrap_or(0));
         let kept = match (
             number(b"Number of files: "),
             number(b"Number of created files: "),
@@ -287,13 +290,21 @@ impl FullSyncPreview {
     /// Why `<deleteGuard>` holds this full sync back, if it does.
     pub fn refusal(&self, guard: &DeleteGuard) -> Option<String> {
         let deleted = self.deleted;
+        let Some(kept) = self.kept else {
+            // Fail closed: not knowing is not a reason to delete.
+            return Some(
+                "cannot tell what a full sync would delete (its dry run printed no \
+                 `--stats` counts: is `-q` or `--info=stats0` in commonParams?): held \
+                 until released with `sersyncctl full-sync --force`"
+                    .to_owned(),
+            );
+        };
         let why = if let Some(maximum) = guard.maximum.filter(|&m| deleted > m as usize) {
             format!(
                 "a full sync would delete {deleted} entries on the remote, more than the \
                  {maximum} <deleteGuard maximum> allows"
             )
         } else {
-            let kept = self.kept?;
             if !too_many_deletions(deleted, kept, guard.share, guard.minimum) {
                 return None;
             }
@@ -449,6 +460,18 @@ bad line
         );
         assert_eq!(big.kept, Some(1_234_567));
         assert_eq!(FullSyncPreview::parse(b"*deleting   a\n").kept, None);
+        // The user's --out-format drops the `*deleting` lines, not the receiver's count.
+        let reformatted = FullSyncPreview::parse(
+            b"deleting b/1\nNumber of files: 10 (reg: 9, dir: 1)\n\
+              Number of created files: 0\nNumber of deleted files: 5 (reg: 5)\n",
+        );
+        assert_eq!(
+            reformatted,
+            FullSyncPreview {
+                deleted: 5,
+                kept: Some(10)
+            }
+        );
 
         let guard = |share, minimum, maximum| DeleteGuard {
             share,
@@ -473,7 +496,7 @@ bad line
                 guard(50, 1, Some(9)),
                 Some("more than the 9"),
             ),
-            (preview(9, None), guard(50, 1, Some(9)), None), // no counts: share unknown
+            (preview(0, None), guard(50, 1, None), Some("cannot tell")), // no counts
             (
                 preview(600, Some(400)),
                 guard(50, 100, None),

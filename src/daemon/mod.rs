@@ -681,6 +681,26 @@ impl Daemon {
             let Some(lane) = self.lanes.iter().find(|lane| lane.id == fold.lane) else {
                 continue;
             };
+            // The failure journal folds the same way: what failed below a dirty directory
+            // is that directory's failure now (it would otherwise keep every path).
+            let key = lane.key();
+            for tree in self.queue.lane_trees(fold.lane) {
+                let message = self
+                    .journal
+                    .first_below(&key, &tree)
+                    .map(|(code, message)| (code, message.to_owned()));
+                if let Some((code, message)) = message {
+                    self.journal.clear_below(&key, &tree);
+                    self.journal.record(
+                        &key,
+                        [tree.as_slice()],
+                        code,
+                        &message,
+                        std::time::SystemTime::now(),
+                    );
+                    self.journal_dirty = true;
+                }
+            }
             tracing::warn!(
                 sersync_remote = %lane.label,
                 before = fold.before,

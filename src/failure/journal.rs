@@ -43,6 +43,16 @@ pub struct Journal {
 
 const MAGIC: &[u8] = b"sersync-failures 1\n";
 
+/// The paths below `dir` sort between `dir/` and `dir0` ('0' follows '/'): a range, not a
+/// scan (a batch of folded directories looks below each of them). `dir` is not empty.
+fn below_bounds(dir: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut from = dir.to_vec();
+    from.push(b'/');
+    let mut to = dir.to_vec();
+    to.push(b'/' + 1);
+    (from, to)
+}
+
 impl Journal {
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -100,18 +110,27 @@ impl Journal {
         removed
     }
 
+    /// The exit code and message of one entry of `lane` below directory `dir`, if any.
+    pub fn first_below(&self, lane: &LaneKey, dir: &[u8]) -> Option<(i32, &str)> {
+        let mut below = if dir.is_empty() {
+            Box::new(self.entries.iter().filter(|((key, _), _)| key == lane))
+                as Box<dyn Iterator<Item = _>>
+        } else {
+            let (from, to) = below_bounds(dir);
+            Box::new(self.entries.range((lane.clone(), from)..(lane.clone(), to)))
+        };
+        below
+            .next()
+            .map(|(_, info)| (info.exit_code, info.message.as_str()))
+    }
+
     /// Forgets the entries of `lane` below directory `dir` (it was removed or replaced on
     /// the remote, which settles them).
     pub fn clear_below(&mut self, lane: &LaneKey, dir: &[u8]) -> usize {
         if dir.is_empty() {
             return self.clear_lane(lane);
         }
-        // The paths below `dir` sort between `dir/` and `dir0` ('0' follows '/'): a range,
-        // not a scan (a batch of folded directories clears below each of them).
-        let mut from = dir.to_vec();
-        from.push(b'/');
-        let mut to = dir.to_vec();
-        to.push(b'/' + 1);
+        let (from, to) = below_bounds(dir);
         let below: Vec<(LaneKey, Vec<u8>)> = self
             .entries
             .range((lane.clone(), from)..(lane.clone(), to))
@@ -326,6 +345,18 @@ mod tests {
             5,
             "bad\\xff, dx, d-x, d and the other lane's d/q remain"
         );
+        assert_eq!(
+            journal
+                .first_below(&lane("web"), b"d")
+                .map(|(code, _)| code),
+            None
+        );
+        assert_eq!(
+            journal.first_below(&lane("img"), b"d"),
+            Some((10, "down")),
+            "d/q of the other lane"
+        );
+        assert!(journal.first_below(&lane("img"), b"").is_some());
         assert_eq!(journal.clear_below(&lane("img"), b""), 1);
         assert!(Journal::from_bytes(b"garbage").is_err());
     }

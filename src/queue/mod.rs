@@ -229,6 +229,17 @@ impl Queue {
         }
     }
 
+    /// The dirty directories pending on `lane` (see [`Queue::set_max_pending`]).
+    pub fn lane_trees(&self, lane: LaneId) -> Vec<RelPath> {
+        self.lane(lane).map_or_else(Vec::new, |lane| {
+            lane.pending
+                .iter()
+                .filter(|(_, action)| **action == Action::Tree)
+                .map(|(path, _)| path.clone())
+                .collect()
+        })
+    }
+
     /// The folds since the last call.
     pub fn take_folds(&mut self) -> Vec<Fold> {
         std::mem::take(&mut self.folds)

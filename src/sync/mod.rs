@@ -486,6 +486,20 @@ impl Runner {
                         return sent;
                     }
                 }
+                // What is new or changed in a held dirty directory still goes (without
+                // deleting anything); the directory stays held for its deletions.
+                let additions: Vec<&[u8]> = trees
+                    .iter()
+                    .copied()
+                    .filter(|tree| !tree.is_empty())
+                    .collect();
+                if !additions.is_empty() {
+                    let (argv, stdin) = argv::trees(&ctx.transport, false, &additions);
+                    let sent = self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false);
+                    if !sent.result.is_done() {
+                        return sent;
+                    }
+                }
                 return Run::ended(RunResult::Guarded {
                     reason,
                     held,
@@ -538,8 +552,9 @@ impl Runner {
     }
 
     /// Sends `send` (as listed), then makes the remote copies of the directories `trees`
-    /// equal to them, recursively. Under a `<filter>` (which rsync cannot apply by itself)
-    /// the trees are done by a full sync, which knows how.
+    /// equal to them, recursively. The root itself folded into one (it is then a full
+    /// sync in all but name), or any under a `<filter>` (which rsync cannot apply by
+    /// itself), are done by a full sync, with its guards.
     fn send_and_sync_trees(
         &self,
         lane: LaneId,
@@ -556,33 +571,34 @@ impl Runner {
         if trees.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;
         }
-        let synced = if ctx.filter.enabled {
+        let synced = if ctx.filter.enabled || trees.iter().any(|tree| tree.is_empty()) {
             let rescan = crate::queue::FullSyncReason::Rescan;
             let refused = if ctx.propagate_deletes {
                 self.full_sync_refusal(lane, ctx)
             } else {
                 None
             };
-            match refused {
-                Some(Run {
-                    result: RunResult::Guarded { reason, latch, .. },
-                    ..
-                }) => Run::ended(RunResult::Guarded {
-                    reason,
-                    held: trees.iter().map(|p| p.to_vec()).collect(),
-                    latch,
-                }),
-                Some(failed) => failed,
-                None => self.execute_full_sync(lane, rescan, ctx),
-            }
+            refused.unwrap_or_else(|| self.execute_full_sync(lane, rescan, ctx))
         } else {
             let (argv, stdin) = argv::trees(&ctx.transport, ctx.propagate_deletes, trees);
             self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false)
         };
-        if let RunResult::Guarded { .. } = synced.result {
-            return synced;
+        match synced.result {
+            // Held, the dirty directories wait (with what failed to send, so that nothing
+            // counts as delivered that was not).
+            RunResult::Guarded { reason, latch, .. } => {
+                let mut held: Vec<RelPath> = trees.iter().map(|p| p.to_vec()).collect();
+                if !sent.result.is_done() {
+                    held.extend(send.iter().map(|p| p.to_vec()));
+                }
+                Run::ended(RunResult::Guarded {
+                    reason,
+                    held,
+                    latch,
+                })
+            }
+            _ => Run::worst([sent, synced]),
         }
-        Run::worst([sent, synced])
     }
 
     /// Why a full sync with `--delete` must not run now, as a guarded run (see
@@ -659,25 +675,34 @@ impl Runner {
         if protect_excluded || count_deletions {
             let argv = argv::full_sync(&ctx.transport, true, &rules, true);
             let run = self.run(lane, &argv, &ctx.root, stdin.clone(), ctx.debug, true);
-            if !run.result.is_done() {
+            // An unreadable entry (exit 23) does not stop the count: rsync lists what it
+            // would delete all the same (and deletes nothing after an I/O error). The
+            // protection of excluded paths needs a complete list.
+            let counted = run.result.is_done() || run.result == RunResult::Exited(23);
+            if !(run.result.is_done() || (counted && !protect_excluded)) {
                 return run;
             }
+            let mut protected = 0;
+            if protect_excluded {
+                for (path, is_dir) in argv::parse_deletions(&run.stdout) {
+                    if excluded_with_ancestors(&ctx.filter, &path, is_dir) {
+                        stdin.extend(argv::protect_rule(&path));
+                        stdin.push(0);
+                        protected += 1;
+                    }
+                }
+            }
             if count_deletions {
-                let preview = crate::guard::FullSyncPreview::parse(&run.stdout);
+                let mut preview = crate::guard::FullSyncPreview::parse(&run.stdout);
+                // What the filter protects is not deleted, and stays on the remote.
+                preview.deleted = preview.deleted.saturating_sub(protected);
+                preview.kept = preview.kept.map(|kept| kept + protected);
                 if let Some(reason) = preview.refusal(&ctx.delete_guard) {
                     return Run::ended(RunResult::Guarded {
                         reason,
                         held: Vec::new(),
                         latch: true,
                     });
-                }
-            }
-            if protect_excluded {
-                for (path, is_dir) in argv::parse_deletions(&run.stdout) {
-                    if excluded_with_ancestors(&ctx.filter, &path, is_dir) {
-                        stdin.extend(argv::protect_rule(&path));
-                        stdin.push(0);
-                    }
                 }
             }
         }
