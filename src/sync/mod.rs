@@ -678,8 +678,8 @@ impl Runner {
             // An unreadable entry (exit 23) does not stop the count: rsync lists what it
             // would delete all the same (and deletes nothing after an I/O error). The
             // protection of excluded paths needs a complete list.
-            let counted = run.result.is_done() || run.result == RunResult::Exited(23);
-            if !(run.result.is_done() || (counted && !protect_excluded)) {
+            let partial = run.result == RunResult::Exited(23);
+            if !(run.result.is_done() || (partial && !protect_excluded)) {
                 return run;
             }
             let mut protected = 0;

@@ -215,6 +215,25 @@ fn an_empty_root_with_nothing_recorded_does_not_empty_a_full_replica() {
     converged_exactly(env.src(), env.replica(), CATCH_UP);
 }
 
+/// 300 files in `d0`..`d2`, a daemon started with `-r` and `<deleteGuard share="50"
+/// minimum="10">` on `bus`, and the replica equal to them.
+fn three_dirs_replicated_under_a_low_minimum(env: &Env, bus: &Bus) -> crate::harness::Sersyncd {
+    for d in 0..3 {
+        for i in 0..100 {
+            write(env.src(), &format!("d{d}/f{i}.txt"), &format!("{d} {i}\n"));
+        }
+    }
+    let daemon = env.start(|b| {
+        on_bus(
+            b.raw_sersync_xml(r#"<deleteGuard share="50" minimum="10"/>"#)
+                .arg("-r"),
+            bus,
+        )
+    });
+    converged_exactly(env.src(), env.replica(), CATCH_UP);
+    daemon
+}
+
 #[test]
 fn a_mass_deletion_is_held_until_released_while_a_small_one_goes_through() {
     let Some(bus) = Bus::start(Policy::Permissive) else {
@@ -225,19 +244,7 @@ fn a_mass_deletion_is_held_until_released_while_a_small_one_goes_through() {
     };
     let src = env.src().to_owned();
     let replica = env.replica().to_owned();
-    for d in 0..3 {
-        for i in 0..100 {
-            write(&src, &format!("d{d}/f{i}.txt"), &format!("{d} {i}\n"));
-        }
-    }
-    let mut daemon = env.start(|b| {
-        on_bus(
-            b.raw_sersync_xml(r#"<deleteGuard share="50" minimum="10"/>"#)
-                .arg("-r"),
-            &bus,
-        )
-    });
-    converged_exactly(&src, &replica, CATCH_UP);
+    let mut daemon = three_dirs_replicated_under_a_low_minimum(&env, &bus);
 
     // 10 % of the tree: delivered.
     for i in 0..30 {
@@ -304,19 +311,7 @@ fn a_full_sync_that_would_delete_most_of_the_replica_is_held_until_released() {
     };
     let src = env.src().to_owned();
     let replica = env.replica().to_owned();
-    for d in 0..3 {
-        for i in 0..100 {
-            write(&src, &format!("d{d}/f{i}.txt"), &format!("{d} {i}\n"));
-        }
-    }
-    let mut daemon = env.start(|b| {
-        on_bus(
-            b.raw_sersync_xml(r#"<deleteGuard share="50" minimum="10"/>"#)
-                .arg("-r"),
-            &bus,
-        )
-    });
-    converged_exactly(&src, &replica, CATCH_UP);
+    let mut daemon = three_dirs_replicated_under_a_low_minimum(&env, &bus);
     let address = bus.address().to_owned();
     let restart_args = ["-r", "--bus-address", &address, "--instance", "web"];
 
