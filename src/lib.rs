@@ -16,4 +16,5 @@ pub mod probe;
 pub mod queue;
 pub mod shell;
 pub mod sync;
+pub mod trusted;
 pub mod watch;

@@ -169,6 +169,20 @@ pub struct WatchRoot {
     pub remotes: Vec<Remote>,
     /// 1-based line of the `<localpath>` element.
     pub line: usize,
+    /// Whose privileges rsync runs with for this root (`<localpath user>`).
+    pub run_as: RunAs,
+}
+
+/// The user rsync runs as for a root: least privilege, so that a run cannot read what the
+/// tree's owner could not (a directory swapped for a symlink to a private one between an
+/// event and the run is then refused by the kernel, not published).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RunAs {
+    /// No `user` attribute: the owner of the watch root (root for a root-owned tree).
+    #[default]
+    RootOwner,
+    /// `user="NAME"`, which exists in the user database (`root` keeps full privileges).
+    User(String),
 }
 
 /// `<remote ip name>`: an rsync daemon module, or with `<ssh>` a host and remote path.

@@ -27,7 +27,7 @@ use super::xml::{Attr, Element};
 use super::{
     Auth, CommandPlugin, Config, Crontab, DeleteGuard, EventToggles, ExcludeRegex, FailLog, Filter,
     HostSection, HttpHeader, HttpPlugin, Plugins, PurgeRequest, RefreshCdnPlugin, Remote,
-    RsyncOptions, SocketFraming, SocketPlugin, SoftDelete, WatchRoot,
+    RsyncOptions, RunAs, SocketFraming, SocketPlugin, SoftDelete, WatchRoot,
 };
 use crate::plugin::http::HttpUrl;
 
@@ -102,7 +102,7 @@ const HEAD: Spec = Spec {
             children: &[
                 Spec {
                     name: "localpath",
-                    attrs: &["watch"],
+                    attrs: &["watch", "user"],
                     children: &[leaf("remote", &["ip", "name"])],
                 },
                 Spec {
@@ -751,6 +751,8 @@ impl Checker<'_> {
                 remote_elements += 1;
                 let ip = self.required(remote, "ip");
                 let name = self.required(remote, "name");
+                let ip = ip.filter(|ip| self.argv_safe(remote, ip, "ip"));
+                let name = name.filter(|name| self.argv_safe(remote, name, "name"));
                 if let (Some(ip), Some(name)) = (ip, name) {
                     remotes.push(Remote {
                         ip: ip.value.trim().to_owned(),
@@ -796,10 +798,12 @@ impl Checker<'_> {
                 );
             }
             self.check_watch_root(value_at, &path, &text);
+            let run_as = self.run_as(element);
             roots.push(WatchRoot {
                 path,
                 remotes,
                 line,
+                run_as,
             });
             texts.push(text);
         }
@@ -810,6 +814,61 @@ impl Checker<'_> {
             );
         }
         roots
+    }
+
+    /// `<localpath user>`: a user that exists (looked up now, so that a typo is a config
+    /// error and not a failing run).
+    fn run_as(&mut self, element: &Element) -> RunAs {
+        let Some(attr) = Self::given(element, "user") else {
+            return RunAs::RootOwner;
+        };
+        let name = attr.value.trim();
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(_)) => RunAs::User(name.to_owned()),
+            Ok(None) => {
+                self.error(
+                    attr.value_at(),
+                    format!(
+                        "user=\"{name}\": no such user (rsync runs as this user for this root)"
+                    ),
+                );
+                RunAs::RootOwner
+            }
+            Err(err) => {
+                self.error(
+                    attr.value_at(),
+                    format!("user=\"{name}\": cannot look it up: {err}"),
+                );
+                RunAs::RootOwner
+            }
+        }
+    }
+
+    /// Whether a `<remote>` value can go into rsync's (and ssh's) argv as it is: a value
+    /// starting with `-` would be read as an option, and a control character (a newline)
+    /// has no place in a host or module name.
+    fn argv_safe(&mut self, element: &Element, attr: &Attr, what: &str) -> bool {
+        let value = attr.value.trim();
+        let problem = if value.starts_with('-') {
+            "starts with \"-\", which rsync and ssh would take as an option"
+        } else if value.chars().any(char::is_control) {
+            "holds a control character (a newline or tab)"
+        } else if what == "ip"
+            && value.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
+        {
+            "is not a host name or address (it holds a space, \"/\" or \"@\")"
+        } else {
+            return true;
+        };
+        self.error(
+            attr.value_at(),
+            format!(
+                "<{}> {what}=\"{}\" {problem}",
+                element.name,
+                value.escape_debug()
+            ),
+        );
+        false
     }
 
     /// Warns when a watch root is missing or not a directory: the daemon waits for it, so

@@ -122,6 +122,7 @@ fn stock_confxml_loads_with_the_values_of_the_sample() {
                 name: "tongbu1".into()
             }],
             line: 24,
+            run_as: RunAs::RootOwner,
         }]
     );
     assert_eq!(config.rsync, RsyncOptions::default());
@@ -1347,4 +1348,58 @@ fn soft_delete_values_and_errors() {
             "{element}: {errors:?}"
         );
     }
+}
+
+#[test]
+fn remote_values_that_argv_would_misread_are_refused_with_their_line() {
+    for (remote, expected) in [
+        (
+            r#"ip="-oProxyCommand=sh" name="m""#,
+            r#"ip="-oProxyCommand=sh" starts with "-""#,
+        ),
+        (
+            r#"ip="h" name="--delete-excluded""#,
+            r#"name="--delete-excluded" starts with "-""#,
+        ),
+        ("ip=\"h\" name=\"m&#10;x\"", "holds a control character"),
+        (r#"ip="a b" name="m""#, "is not a host name or address"),
+        (r#"ip="u@h" name="m""#, "is not a host name or address"),
+    ] {
+        let text = in_sersync(&format!(
+            "<localpath watch=\"/tmp\">\n<remote {remote}/></localpath>"
+        ));
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{remote}: {errors:?}");
+        let shown = errors[0].to_string();
+        assert!(shown.contains(expected), "{remote}: {shown}");
+        assert!(shown.contains("test.xml:4"), "{remote}: {shown}");
+    }
+    for ok in [
+        r#"ip="::1" name="m""#,
+        r#"ip="backup-1.example" name="/srv/www-1""#,
+    ] {
+        let text = in_sersync(&format!(
+            "<localpath watch=\"/tmp\"><remote {ok}/></localpath>"
+        ));
+        loaded(&text);
+    }
+}
+
+#[test]
+fn localpath_user_names_an_existing_user() {
+    let (config, _) = loaded(&in_sersync(
+        r#"<localpath watch="/tmp" user="root"><remote ip="h" name="m"/></localpath>"#,
+    ));
+    assert_eq!(config.roots[0].run_as, RunAs::User("root".into()));
+    let (config, _) = loaded(&in_sersync(LOCALPATH));
+    assert_eq!(config.roots[0].run_as, RunAs::RootOwner);
+    let errors = errors_of(&in_sersync(
+        r#"<localpath watch="/tmp" user="no-such-user-sersync"><remote ip="h" name="m"/></localpath>"#,
+    ));
+    assert!(
+        errors[0]
+            .to_string()
+            .contains(r#"user="no-such-user-sersync": no such user"#),
+        "{errors:?}"
+    );
 }

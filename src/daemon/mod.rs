@@ -198,6 +198,7 @@ pub fn main(cli: Cli) -> i32 {
                 path: watch.to_path_buf(),
                 remotes: Vec::new(),
                 line,
+                run_as: config::RunAs::default(),
             }];
         }
         for root in &mut config.roots {
@@ -249,6 +250,8 @@ fn prepare_state_dir(dir: &Path) -> std::io::Result<std::fs::File> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
+    // What is read back from here decides what reaches the replicas.
+    crate::trusted::check_directory(dir)?;
     let lock = state::StateDir::new(dir.to_path_buf()).lock(Duration::from_secs(5))?;
     let empty = dir.join("empty");
     match std::fs::remove_dir_all(&empty) {
@@ -256,7 +259,14 @@ fn prepare_state_dir(dir: &Path) -> std::io::Result<std::fs::File> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err),
     }
+    // 0711: runs that take a user's credentials enter it (and the skeletons in it) by
+    // descriptor; the state directory above keeps everyone else out.
     std::fs::DirBuilder::new().mode(0o700).create(&empty)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Whatever the umask (the unit's is 0077).
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o711))?;
+    }
     Ok(lock)
 }
 
@@ -367,6 +377,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
             let transport = Transport {
                 options: config.rsync.clone(),
                 remote: remote.clone(),
+                password_in_env: false,
             };
             let id = match lane_position(old, &root.path, &remote.ip, &remote.name) {
                 Some(at) => old[at].id,
@@ -398,6 +409,9 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                     delete_guard: config.delete_guard.clone(),
                     deletions_held: None,
                     guard_released: false,
+                    run_as: root.run_as.clone(),
+                    identity: None,
+                    password: None,
                 },
                 backoff: Backoff::default(),
                 state: LaneState::Ok,
@@ -539,13 +553,23 @@ impl Daemon {
                 Some(at) => {
                     let lane = self.lanes[at].id;
                     match change.owed {
+                        state::Owed::Change(_)
+                            if !crate::trusted::is_plain_relative(&change.path) =>
+                        {
+                            tracing::error!(
+                                root = %change.root.display(),
+                                path = %crate::trusted::printable(&change.path),
+                                "a saved change names a path outside its root; ignored, and the \
+                                 root gets a full sync instead"
+                            );
+                            self.owe_full_sync_once_watched(lane);
+                        }
                         state::Owed::Change(action) => {
                             self.queue.push_lane(lane, &change.path, action);
                             restored += 1;
                         }
                         state::Owed::FullSync => {
-                            if !self.owed_after_ready.contains(&lane) {
-                                self.owed_after_ready.push(lane);
+                            if self.owe_full_sync_once_watched(lane) {
                                 owed += 1;
                             }
                         }
@@ -583,7 +607,25 @@ impl Daemon {
                 }
                 self.deletions_held = held;
             }
-            Err(err) => tracing::error!("cannot read which roots had their deletions held: {err}"),
+            Err(err) => {
+                // Fail closed: a hold the previous run had must not end because its record
+                // cannot be read.
+                let reason = format!(
+                    "cannot read which roots had their deletions held ({err}); every root's \
+                     deletions are held until released with `sersyncctl full-sync --force`"
+                );
+                tracing::error!("{reason}");
+                for lane in &self.lanes {
+                    if !self
+                        .deletions_held
+                        .iter()
+                        .any(|(root, _)| *root == lane.context.root)
+                    {
+                        self.deletions_held
+                            .push((lane.context.root.clone(), reason.clone()));
+                    }
+                }
+            }
         }
         self.apply_guards();
         self.state.discard_pending()
@@ -2307,19 +2349,54 @@ impl Daemon {
         requeued
     }
 
+    /// Runs `lane`'s full sync once its root is watched (whatever the previous run owed);
+    /// returns whether it was not owed already.
+    fn owe_full_sync_once_watched(&mut self, lane: LaneId) -> bool {
+        if self.owed_after_ready.contains(&lane) {
+            return false;
+        }
+        self.owed_after_ready.push(lane);
+        true
+    }
+
     fn load_journal(&mut self) {
         let path = self.state.path().join("failures");
         match failure::Journal::load(&path) {
-            Ok(journal) => {
+            Ok(mut journal) => {
+                let outside: Vec<(failure::LaneKey, Vec<u8>)> = journal
+                    .iter()
+                    .filter(|(_, path, _)| !crate::trusted::is_plain_relative(path))
+                    .map(|(key, path, _)| (key.clone(), path.to_vec()))
+                    .collect();
+                for (key, bad) in &outside {
+                    tracing::error!(
+                        root = %key.root.display(),
+                        path = %crate::trusted::printable(bad),
+                        "the failure journal names a path outside its root; ignored, and the \
+                         root gets a full sync instead"
+                    );
+                    journal.clear(key, [bad.as_slice()]);
+                    if let Some(at) =
+                        lane_position(&self.lanes, &key.root, &key.remote_ip, &key.remote_name)
+                    {
+                        let lane = self.lanes[at].id;
+                        self.owe_full_sync_once_watched(lane);
+                    }
+                }
                 self.journal = journal;
                 let requeued = self.requeue_journal();
                 if requeued > 0 {
                     tracing::info!(requeued, "failed changes from the previous run are retried");
                 }
             }
-            Err(err) => tracing::error!(
-                "cannot read the failure journal ({err}); starting with an empty one"
-            ),
+            Err(err) => {
+                // What failed before is unknown: a full sync of every root covers it.
+                tracing::error!(
+                    "cannot read the failure journal ({err}); starting with an empty one and a \
+                     full sync of every root once watched"
+                );
+                self.recover_after_ready = true;
+            }
         }
     }
 

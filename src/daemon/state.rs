@@ -177,10 +177,8 @@ impl StateDir {
     /// a partial silent load).
     pub fn load_pending(&self) -> io::Result<Vec<SavedChange>> {
         let path = self.dir.join(PENDING);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(err),
+        let Some(bytes) = crate::trusted::read_state_file(&path)? else {
+            return Ok(Vec::new());
         };
         let body = bytes.strip_prefix(MAGIC).ok_or_else(|| {
             io::Error::new(
@@ -311,10 +309,8 @@ impl StateDir {
         what: &str,
     ) -> io::Result<Vec<Vec<Vec<u8>>>> {
         let path = self.dir.join(name);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(err),
+        let Some(bytes) = crate::trusted::read_state_file(&path)? else {
+            return Ok(Vec::new());
         };
         let invalid = || {
             io::Error::new(

@@ -216,11 +216,10 @@ impl Journal {
 
     /// Loads the journal file; a missing file is an empty journal.
     pub fn load(path: &Path) -> io::Result<Journal> {
-        match std::fs::read(path) {
-            Ok(bytes) => Journal::from_bytes(&bytes)
+        match crate::trusted::read_state_file(path)? {
+            Some(bytes) => Journal::from_bytes(&bytes)
                 .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display()))),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Journal::default()),
-            Err(err) => Err(err),
+            None => Ok(Journal::default()),
         }
     }
 

@@ -10,10 +10,12 @@
 //! NUL-separated on stdin when a list is too long for the command line).
 
 pub mod argv;
+pub mod identity;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -106,9 +108,47 @@ pub struct JobContext {
     pub deletions_held: Option<String>,
     /// The operator forced this job past the replica guard.
     pub guard_released: bool,
+    /// `<localpath user>`: whose privileges the runs take.
+    pub run_as: crate::config::RunAs,
+    /// `run_as` resolved when the job starts (`None`: as the daemon, root).
+    pub identity: Option<identity::Identity>,
+    /// The daemon password for a run that cannot read the password file itself.
+    pub password: Option<Secret>,
+}
+
+/// A password: kept out of `Debug` output and logs.
+#[derive(Clone)]
+pub struct Secret(OsString);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl JobContext {
+    /// Resolves whose privileges this job's runs take, now (the root's owner may have
+    /// changed since the config was read), and when that is not root and rsync talks to
+    /// a daemon with a password, reads the password for it. The error is the run that
+    /// failed, in rsync's words.
+    fn take_identity(&mut self) -> Result<(), Run> {
+        let failed = |message: String| Run {
+            stderr: format!("{message}\n"),
+            ..Run::ended(RunResult::Exited(1))
+        };
+        self.identity = identity::Identity::resolve(&self.run_as, &self.root).map_err(failed)?;
+        self.password = None;
+        self.transport.password_in_env = false;
+        if self.identity.is_some() && !self.transport.options.ssh {
+            if let Some(auth) = &self.transport.options.auth {
+                let password = identity::read_password(&auth.password_file).map_err(failed)?;
+                self.password = Some(Secret(password));
+                self.transport.password_in_env = true;
+            }
+        }
+        Ok(())
+    }
+
     /// Why a run that deletes on the remote must not run now (see [`crate::guard`]).
     fn deletion_refusal(&self) -> Option<String> {
         if self.guard_released {
@@ -227,8 +267,12 @@ impl Runner {
                     return;
                 };
                 let started = Instant::now();
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    runner.execute(&job, &context)
+                let mut context = context;
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match context
+                    .take_identity()
+                {
+                    Ok(()) => runner.execute(&job, &context),
+                    Err(failed) => failed,
                 }))
                 .unwrap_or_else(|panic| {
                     let message = panic_message(panic.as_ref());
@@ -270,7 +314,15 @@ impl Runner {
         let runner = self.clone();
         let spawned = std::thread::Builder::new()
             .name("rsync-prune".into())
-            .spawn(move || runner.execute_prune(lane, &context));
+            .spawn(move || {
+                let mut context = context;
+                match context.take_identity() {
+                    Ok(()) => runner.execute_prune(lane, &context),
+                    Err(failed) => {
+                        tracing::warn!("cannot prune soft-deleted files: {}", failed.stderr.trim())
+                    }
+                }
+            });
         if let Err(err) = spawned {
             tracing::warn!("cannot start a thread to prune soft-deleted files: {err}");
         }
@@ -281,12 +333,19 @@ impl Runner {
             return;
         };
         let remote = ctx.transport.destination();
+        let scratch = match std::fs::File::open(&self.scratch_dir) {
+            Ok(dir) => dir,
+            Err(err) => {
+                tracing::warn!("cannot prepare pruning soft-deleted files: {err}");
+                return;
+            }
+        };
         let listing = self.run(
             lane,
             &argv::list_trash(&ctx.transport, &soft),
-            &self.scratch_dir,
+            Cwd::Scratch(scratch.as_fd()),
             Vec::new(),
-            ctx.debug,
+            ctx,
             true,
         );
         if !listing.result.is_done() {
@@ -312,7 +371,7 @@ impl Runner {
             .map(|date| format!("{}/{date}", soft.dir).into_bytes())
             .collect();
         let (rules, ancestors) = argv::deletion_rules(paths.iter().map(Vec::as_slice));
-        let skeleton = match self.skeleton(&ancestors) {
+        let skeleton = match self.skeleton(&ancestors, ctx) {
             Ok(skeleton) => skeleton,
             Err(err) => {
                 tracing::warn!("cannot prepare pruning soft-deleted files: {err}");
@@ -322,9 +381,9 @@ impl Runner {
         let run = self.run(
             lane,
             &argv::prune_trash(&ctx.transport),
-            skeleton.path(),
+            skeleton.cwd(),
             rules,
-            ctx.debug,
+            ctx,
             false,
         );
         if run.result.is_done() {
@@ -481,7 +540,7 @@ impl Runner {
                 if !send.is_empty() {
                     let (argv, stdin) =
                         argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
-                    let sent = self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false);
+                    let sent = self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false);
                     if !sent.result.is_done() {
                         return sent;
                     }
@@ -495,7 +554,7 @@ impl Runner {
                     .collect();
                 if !additions.is_empty() {
                     let (argv, stdin) = argv::trees(&ctx.transport, false, &additions);
-                    let sent = self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false);
+                    let sent = self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false);
                     if !sent.result.is_done() {
                         return sent;
                     }
@@ -513,7 +572,7 @@ impl Runner {
                 groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
             ancestors.sort_unstable();
             ancestors.dedup();
-            let skeleton = match self.skeleton(&ancestors) {
+            let skeleton = match self.skeleton(&ancestors, ctx) {
                 Ok(dir) => dir,
                 Err(err) => {
                     return Run::ended(RunResult::SpawnFailed {
@@ -529,11 +588,11 @@ impl Runner {
                 .into_iter()
                 .map(|(rules, _)| (argv.clone(), rules))
                 .collect();
-            let mut run = self.run_concurrently(lane, runs, skeleton.path(), ctx.debug);
+            let mut run = self.run_concurrently(lane, runs, skeleton.cwd(), ctx);
             if split && refused_at_start(&run) {
                 self.go_serial(ctx);
                 let (rules, _) = argv::deletion_rules(delete.iter().copied());
-                run = self.run(lane, &argv, skeleton.path(), rules, ctx.debug, false);
+                run = self.run(lane, &argv, skeleton.cwd(), rules, ctx, false);
             }
             drop(skeleton);
             if !run.result.is_done() {
@@ -566,7 +625,7 @@ impl Runner {
             Run::ended(RunResult::Exited(0))
         } else {
             let (argv, stdin) = argv::batch_listed(&ctx.transport, send, self.path_args_budget);
-            self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false)
+            self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false)
         };
         if trees.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;
@@ -581,7 +640,7 @@ impl Runner {
             refused.unwrap_or_else(|| self.execute_full_sync(lane, rescan, ctx))
         } else {
             let (argv, stdin) = argv::trees(&ctx.transport, ctx.propagate_deletes, trees);
-            self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false)
+            self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false)
         };
         match synced.result {
             // Held, the dirty directories wait (with what failed to send, so that nothing
@@ -622,9 +681,9 @@ impl Runner {
                 let listing = self.run(
                     lane,
                     &argv::list_top(&ctx.transport),
-                    &ctx.root,
+                    Cwd::Tree(&ctx.root),
                     Vec::new(),
-                    ctx.debug,
+                    ctx,
                     true,
                 );
                 if !listing.result.is_done() {
@@ -674,7 +733,7 @@ impl Runner {
             && crate::guard::limits_deletions(&ctx.delete_guard);
         if protect_excluded || count_deletions {
             let argv = argv::full_sync(&ctx.transport, true, &rules, true);
-            let run = self.run(lane, &argv, &ctx.root, stdin.clone(), ctx.debug, true);
+            let run = self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin.clone(), ctx, true);
             // An unreadable entry (exit 23) does not stop the count: rsync lists what it
             // would delete all the same (and deletes nothing after an I/O error). The
             // protection of excluded paths needs a complete list.
@@ -721,7 +780,7 @@ impl Runner {
                 self.path_args_budget,
             ) {
                 let runs = argvs.into_iter().map(|argv| (argv, Vec::new())).collect();
-                let run = self.run_concurrently(lane, runs, &ctx.root, ctx.debug);
+                let run = self.run_concurrently(lane, runs, Cwd::Tree(&ctx.root), ctx);
                 if !refused_at_start(&run) {
                     return run;
                 }
@@ -729,21 +788,58 @@ impl Runner {
             }
         }
         let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, &rules, false);
-        self.run(lane, &argv, &ctx.root, stdin, ctx.debug, false)
+        self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false)
     }
 
     /// A fresh directory under the runner's scratch space holding only `dirs` (empty
     /// ancestors of the paths a deletion run removes); removed on drop.
-    fn skeleton(&self, dirs: &[Vec<u8>]) -> std::io::Result<Skeleton> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = self
-            .scratch_dir
-            .join(format!("skeleton-{}-{id}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        let skeleton = Skeleton { path };
+    ///
+    /// Whatever rsync finds in it is sent, so nothing in it may come from elsewhere: it is
+    /// made like `mkdtemp` (a new name, never an existing entry or a symlink), mode 0700
+    /// and owned by the user the runs take, and its directories are made below it by
+    /// descriptor (`mkdirat`, `openat` with `O_NOFOLLOW`), never by a path resolved again.
+    fn skeleton(&self, dirs: &[Vec<u8>], ctx: &JobContext) -> std::io::Result<Skeleton> {
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let template = self.scratch_dir.join("skeleton-XXXXXX");
+        let path = nix::unistd::mkdtemp(&template)?;
+        let open_dir = |at: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr| {
+            nix::fcntl::openat(
+                at,
+                name,
+                OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+                Mode::empty(),
+            )
+        };
+        let top = match open_dir(
+            std::fs::File::open(&self.scratch_dir)?.as_fd(),
+            path.file_name().unwrap_or_default(),
+        ) {
+            Ok(top) => top,
+            Err(err) => {
+                let _ = std::fs::remove_dir(&path);
+                return Err(err.into());
+            }
+        };
+        let skeleton = Skeleton { path, dir: top };
+        if let Some(identity) = &ctx.identity {
+            nix::unistd::fchown(
+                &skeleton.dir,
+                Some(nix::unistd::Uid::from_raw(identity.uid)),
+                Some(nix::unistd::Gid::from_raw(identity.gid)),
+            )?;
+        }
         for dir in dirs {
-            std::fs::create_dir_all(skeleton.path.join(std::ffi::OsStr::from_bytes(dir)))?;
+            let mut parent: Option<std::os::fd::OwnedFd> = None;
+            for name in dir.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
+                let name = std::ffi::OsStr::from_bytes(name);
+                let at = parent.as_ref().map_or(skeleton.dir.as_fd(), AsFd::as_fd);
+                match nix::sys::stat::mkdirat(at, name, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(err) => return Err(err.into()),
+                }
+                parent = Some(open_dir(at, name)?);
+            }
         }
         Ok(skeleton)
     }
@@ -766,7 +862,7 @@ impl Runner {
             .filter(|to| !to.is_empty())
             .collect();
         let (argv, stdin) = argv::batch_listed(&ctx.transport, &targets, self.path_args_budget);
-        let made = self.run(batch.lane, &argv, &ctx.root, stdin, ctx.debug, false);
+        let made = self.run(batch.lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false);
         if !matches!(made.result, RunResult::Exited(0)) {
             tracing::debug!(
                 result = ?made.result,
@@ -792,7 +888,7 @@ impl Runner {
             let (argv, stdin) =
                 argv::rename_seed(&ctx.transport, from, to, &paths, self.path_args_budget);
             let cwd = ctx.root.join(std::ffi::OsStr::from_bytes(to));
-            let run = self.run(batch.lane, &argv, &cwd, stdin, ctx.debug, false);
+            let run = self.run(batch.lane, &argv, Cwd::Tree(&cwd), stdin, ctx, false);
             if matches!(run.result, RunResult::Exited(0)) {
                 seeded.push(to.clone());
             } else {
@@ -843,14 +939,14 @@ impl Runner {
         &self,
         lane: LaneId,
         runs: Vec<(Vec<OsString>, Vec<u8>)>,
-        cwd: &Path,
-        debug: bool,
+        cwd: Cwd<'_>,
+        ctx: &JobContext,
     ) -> Run {
         let done: Vec<Run> = std::thread::scope(|scope| {
             let handles: Vec<_> = runs
                 .into_iter()
                 .map(|(argv, stdin)| {
-                    scope.spawn(move || self.run(lane, &argv, cwd, stdin, debug, false))
+                    scope.spawn(move || self.run(lane, &argv, cwd, stdin, ctx, false))
                 })
                 .collect();
             handles
@@ -866,24 +962,29 @@ impl Runner {
         Run::worst(done)
     }
 
-    /// Runs rsync once, when one of the `-n` process slots is free.
+    /// Runs rsync once, when one of the `-n` process slots is free, with the credentials
+    /// of `ctx`'s identity (see [`identity`]).
     fn run(
         &self,
         lane: LaneId,
         argv: &[OsString],
-        cwd: &Path,
+        cwd: Cwd<'_>,
         stdin: Vec<u8>,
-        debug: bool,
+        ctx: &JobContext,
         capture_stdout: bool,
     ) -> Run {
         let _slot = self.slots.take();
-        if debug {
-            tracing::debug!(cwd = %cwd.display(), "run: {}", argv::display(self.rsync.as_os_str(), argv));
+        if ctx.debug {
+            tracing::debug!(
+                cwd = ?cwd,
+                user = ctx.identity.as_ref().map_or("root", |who| who.name.as_str()),
+                "run: {}",
+                argv::display(self.rsync.as_os_str(), argv)
+            );
         }
         let mut command = Command::new(&self.rsync);
         command
             .args(argv)
-            .current_dir(cwd)
             // Paths passed as arguments leave nothing for stdin: no pipe, no writer thread.
             .stdin(if stdin.is_empty() {
                 Stdio::null()
@@ -896,13 +997,48 @@ impl Runner {
                 Stdio::null()
             })
             .stderr(Stdio::piped());
+        if let Some(identity) = &ctx.identity {
+            command.envs(identity.environment());
+        }
+        if let Some(password) = &ctx.password {
+            command.env("RSYNC_PASSWORD", &password.0);
+        }
+        // Everything the child needs is prepared here: between fork and exec nothing may
+        // allocate.
+        let credentials = ctx
+            .identity
+            .as_ref()
+            .map(|who| (who.groups.clone(), who.gid, who.uid));
+        let (cwd_path, cwd_fd) = match cwd {
+            Cwd::Tree(path) => match std::ffi::CString::new(path.as_os_str().as_bytes()) {
+                Ok(path) => (Some(path), None),
+                Err(err) => {
+                    return Run::ended(RunResult::SpawnFailed {
+                        kind: std::io::ErrorKind::InvalidInput,
+                        message: format!("{}: {err}", path.display()),
+                    });
+                }
+            },
+            Cwd::Scratch(fd) => (None, Some(fd.as_raw_fd())),
+        };
         // rsync dies with sersyncd: after a kill -9 an orphan would finish its transfer
         // later, possibly over a newer version sent by the restarted daemon. The signal is
         // tied to this thread, which waits for the child.
         let parent = std::process::id();
-        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid).
+        // SAFETY: between fork and exec only async-signal-safe calls (setgroups, setgid,
+        // setuid, prctl, getppid, chdir, fchdir) on data prepared before the fork.
         unsafe {
             command.pre_exec(move || {
+                if let Some((groups, gid, uid)) = &credentials {
+                    // Groups, then group, then user: after setuid nothing else may change.
+                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                        || libc::setgid(*gid) != 0
+                        || libc::setuid(*uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // After the credentials: changing them clears the parent-death signal.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -910,15 +1046,33 @@ impl Runner {
                 if libc::getppid() as u32 != parent {
                     libc::_exit(1);
                 }
+                // As the run's user: a tree directory it could not reach stays unreached.
+                let entered = match (&cwd_path, cwd_fd) {
+                    (Some(path), _) => libc::chdir(path.as_ptr()),
+                    (None, Some(fd)) => libc::fchdir(fd),
+                    (None, None) => 0,
+                };
+                if entered != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(err) => {
+                let who = ctx
+                    .identity
+                    .as_ref()
+                    .map(|who| format!(" as user {}", who.name))
+                    .unwrap_or_default();
+                let place = match cwd {
+                    Cwd::Tree(path) => format!(" in {}", path.display()),
+                    Cwd::Scratch(_) => String::new(),
+                };
                 return Run::ended(RunResult::SpawnFailed {
                     kind: err.kind(),
-                    message: format!("cannot run {}: {err}", self.rsync.display()),
+                    message: format!("cannot run {}{who}{place}: {err}", self.rsync.display()),
                 });
             }
         };
@@ -1029,15 +1183,27 @@ fn top_level_dirs(root: &Path) -> Vec<Vec<u8>> {
     dirs
 }
 
-/// A scratch directory tree that removes itself.
+/// A scratch directory tree that removes itself; runs start in it by descriptor.
 struct Skeleton {
     path: PathBuf,
+    dir: std::os::fd::OwnedFd,
 }
 
 impl Skeleton {
-    fn path(&self) -> &Path {
-        &self.path
+    fn cwd(&self) -> Cwd<'_> {
+        Cwd::Scratch(self.dir.as_fd())
     }
+}
+
+/// Where an rsync run starts.
+#[derive(Debug, Clone, Copy)]
+enum Cwd<'a> {
+    /// A directory of the tree, entered by path with the run's own credentials (the
+    /// kernel checks every component against the user the run takes).
+    Tree(&'a Path),
+    /// A directory of ours, entered by descriptor: the state directory above it is for
+    /// root alone.
+    Scratch(std::os::fd::BorrowedFd<'a>),
 }
 
 impl Drop for Skeleton {

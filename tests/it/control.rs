@@ -18,6 +18,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::harness::users::{TestUser, account_tool};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -30,7 +32,7 @@ use sersync::control::{
 
 use crate::harness::bus::{Bus, Policy, SERSYNCCTL};
 use crate::harness::{
-    CONVERGE, Env, POLL, Remote, SersyncdBuilder, require_tool, temp_dir, wait_converged, write,
+    CONVERGE, Env, POLL, Remote, SersyncdBuilder, temp_dir, wait_converged, write,
 };
 
 const SERSYNCD: &str = env!("CARGO_BIN_EXE_sersyncd");
@@ -140,68 +142,6 @@ fn ctl_as(user: &TestUser, bus: &Bus, args: &[&str]) -> Ctl {
 // ---------------------------------------------------------------------------------------
 // Unprivileged users
 // ---------------------------------------------------------------------------------------
-
-static USERS: AtomicUsize = AtomicUsize::new(0);
-
-/// useradd and friends lock /etc/passwd and fail rather than wait when another runs: the
-/// tests of this binary take turns.
-static ACCOUNTS: Mutex<()> = Mutex::new(());
-
-/// Runs an account tool (useradd, userdel, groupadd, groupdel) in turn with the others.
-fn account_tool(command: &mut Command) -> std::process::ExitStatus {
-    let _turn = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
-    command.status().expect("run an account tool")
-}
-
-/// A system user made for one test (`useradd --system`), removed on drop.
-#[derive(Debug)]
-struct TestUser {
-    name: String,
-}
-
-impl TestUser {
-    /// `None` (after a SKIP line) when not root; under CI (`CI=true`) that is a failure.
-    fn create(groups: &[&str]) -> Option<TestUser> {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "creating test users needs root (CI=true: not skipping)"
-            );
-            eprintln!("SKIP: creating test users needs root");
-            return None;
-        }
-        if !require_tool("useradd") || !require_tool("runuser") {
-            return None;
-        }
-        let name = format!(
-            "sersync-it-{}-{}",
-            std::process::id(),
-            USERS.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut command = Command::new("useradd");
-        command
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-            ])
-            .arg("--home-dir")
-            .arg("/nonexistent");
-        if !groups.is_empty() {
-            command.arg("--groups").arg(groups.join(","));
-        }
-        let status = account_tool(command.arg(&name));
-        assert!(status.success(), "useradd {name} failed: {status}");
-        Some(TestUser { name })
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        account_tool(Command::new("userdel").arg(&self.name));
-    }
-}
 
 /// The group `sersync`, created for the test when the machine has none (and then removed).
 #[derive(Debug)]

@@ -21,6 +21,9 @@ mod e2e_hostile;
 mod e2e_remotes;
 // Remote down, auth failure, kill -9, clean restart, inotify overflow, the failure script.
 mod e2e_failures;
+// Least privilege: rsync takes the tree owner's credentials (a swapped symlink publishes
+// nothing private); a state directory another user could change is refused.
+mod privilege;
 // D-Bus control interface and sersyncctl over private dbus-daemons: the adapter with a
 // scripted loop, the bus policy, unprivileged callers, and end to end against sersyncd.
 mod control;

@@ -14,6 +14,7 @@ pub mod bus;
 mod rsyncd;
 mod sersyncd;
 mod tree;
+pub mod users;
 
 pub use rsyncd::RsyncDaemon;
 pub use sersyncd::{Remote, Sersyncd, SersyncdBuilder, sersyncd_binary};

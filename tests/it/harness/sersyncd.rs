@@ -72,6 +72,8 @@ impl Default for Events {
 #[derive(Debug, Clone, Default)]
 pub struct SersyncdBuilder {
     roots: Vec<(PathBuf, Vec<Remote>)>,
+    /// `<localpath user>` of every root.
+    run_as: Option<String>,
     events: Events,
     excludes: Option<Vec<String>>,
     ignore_temp_files: Option<bool>,
@@ -99,6 +101,12 @@ impl SersyncdBuilder {
     }
 
     /// `<auth>` and `<userDefinedPort>` matching `rsyncd`.
+    /// `<localpath user="NAME">` on every root: whose credentials rsync takes.
+    pub fn run_as(mut self, user: &str) -> Self {
+        self.run_as = Some(user.to_owned());
+        self
+    }
+
     pub fn rsyncd(mut self, rsyncd: &RsyncDaemon) -> Self {
         self.auth = Some((USER.to_owned(), rsyncd.password_file()));
         self.port = Some(rsyncd.port());
@@ -231,8 +239,13 @@ impl SersyncdBuilder {
         x.push_str(&self.raw_head_xml);
         x.push_str("    <sersync>\n");
         for (watch, remotes) in &self.roots {
+            let user = self
+                .run_as
+                .as_ref()
+                .map(|user| format!(" user=\"{}\"", attr(user)))
+                .unwrap_or_default();
             x.push_str(&format!(
-                "        <localpath watch=\"{}\">\n",
+                "        <localpath watch=\"{}\"{user}>\n",
                 attr(&watch.display().to_string())
             ));
             for remote in remotes {

@@ -1,0 +1,182 @@
+//! Whose privileges an rsync run takes: least privilege for the process that reads the
+//! tree.
+//!
+//! sersyncd runs as root so that it can watch and read any tree. rsync, as root, would
+//! read whatever a path resolves to at the moment it opens it, and no check made before
+//! the run can hold: rsync resolves the path again. A user who can write anywhere in the
+//! tree could swap a directory for a symlink to a private one between an event and the
+//! run, and the private files would be published on the replica. So rsync runs with the
+//! credentials of the tree's owner (or the configured `<localpath user>`): the kernel then
+//! checks every component of every path rsync opens against that user, at the moment it
+//! opens it, and a swapped symlink to something the owner cannot read is refused there.
+//! What the owner can read anyway is not a leak.
+//!
+//! A root-owned tree (the default owner) keeps rsync as root: configure `user=` for it
+//! when other users can write below it.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::config::RunAs;
+
+/// An unprivileged user rsync runs as: resolved in the parent, applied in the child
+/// between fork and exec (where nothing may allocate or read the user database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// Every group of the user (primary included), as `initgroups` would set them.
+    pub groups: Vec<libc::gid_t>,
+    pub home: PathBuf,
+}
+
+impl Identity {
+    /// Who runs rsync for `root`: `None` means as the daemon itself (root). A root that
+    /// cannot be examined yet (missing, hung) is run as the daemon with the owner unknown:
+    /// nothing below it can be read then either.
+    pub fn resolve(run_as: &RunAs, root: &Path) -> Result<Option<Identity>, String> {
+        let user = match run_as {
+            RunAs::User(name) => match nix::unistd::User::from_name(name) {
+                Ok(Some(user)) => user,
+                Ok(None) => return Err(format!("user {name} (<localpath user>) no longer exists")),
+                Err(err) => return Err(format!("cannot look up user {name}: {err}")),
+            },
+            RunAs::RootOwner => {
+                let Ok(meta) = std::fs::metadata(root) else {
+                    return Ok(None);
+                };
+                if meta.uid() == 0 {
+                    return Ok(None);
+                }
+                match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid())) {
+                    Ok(Some(user)) => user,
+                    // An owner without an account: its uid and the root's group.
+                    _ => {
+                        return Ok(Some(Identity {
+                            name: meta.uid().to_string(),
+                            uid: meta.uid(),
+                            gid: meta.gid(),
+                            groups: vec![meta.gid()],
+                            home: PathBuf::from("/"),
+                        }));
+                    }
+                }
+            }
+        };
+        if user.uid.is_root() {
+            return Ok(None);
+        }
+        let groups = CString::new(user.name.as_bytes())
+            .ok()
+            .and_then(|name| nix::unistd::getgrouplist(&name, user.gid).ok())
+            .unwrap_or_else(|| vec![user.gid]);
+        Ok(Some(Identity {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups: groups.into_iter().map(nix::unistd::Gid::as_raw).collect(),
+            home: user.dir,
+            name: user.name,
+        }))
+    }
+
+    /// The environment a login of this user would have for rsync (and ssh).
+    pub fn environment(&self) -> [(&'static str, OsString); 3] {
+        [
+            ("HOME", self.home.clone().into_os_string()),
+            ("USER", OsString::from(&self.name)),
+            ("LOGNAME", OsString::from(&self.name)),
+        ]
+    }
+}
+
+/// The rsync daemon password, read by sersyncd for a run that cannot read the password
+/// file itself (it belongs to root and must stay private): rsync takes it from
+/// `RSYNC_PASSWORD` instead. The same rules as rsync's own: the file must not be readable
+/// by others, and its first line is the password.
+pub fn read_password(file: &Path) -> Result<OsString, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(file);
+    let mut opened = opened.map_err(|err| {
+        format!(
+            "could not open password file {}: {err} (sersyncd reads it for rsync)",
+            file.display()
+        )
+    })?;
+    let meta = opened
+        .metadata()
+        .map_err(|err| format!("could not open password file {}: {err}", file.display()))?;
+    if meta.mode() & 0o006 != 0 {
+        return Err("ERROR: password file must not be other-accessible".to_owned());
+    }
+    let mut bytes = Vec::new();
+    opened
+        .read_to_end(&mut bytes)
+        .map_err(|err| format!("could not open password file {}: {err}", file.display()))?;
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(format!(
+            "ERROR: failed to read a password from {}",
+            file.display()
+        ));
+    }
+    Ok(std::ffi::OsStr::from_bytes(line).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_root_owned_tree_runs_rsync_as_root_and_a_named_user_as_that_user() {
+        let tmp = tempfile::tempdir().unwrap();
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(Identity::resolve(&RunAs::RootOwner, tmp.path()), Ok(None));
+        }
+        let nobody = Identity::resolve(&RunAs::User("nobody".into()), tmp.path())
+            .unwrap()
+            .expect("nobody is not root");
+        assert_eq!(nobody.name, "nobody");
+        assert_ne!(nobody.uid, 0);
+        assert!(nobody.groups.contains(&nobody.gid));
+        assert_eq!(
+            Identity::resolve(&RunAs::User("root".into()), tmp.path()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn the_password_is_the_first_line_of_a_private_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("rsync.pass");
+        std::fs::write(&file, b"s3cret\r\nignored\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password(&file), Ok(OsString::from("s3cret")));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o604)).unwrap();
+        assert!(
+            read_password(&file)
+                .unwrap_err()
+                .contains("other-accessible")
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&file, b"\n").unwrap();
+        assert!(
+            read_password(&file)
+                .unwrap_err()
+                .contains("failed to read a password")
+        );
+        let missing = read_password(&tmp.path().join("missing")).unwrap_err();
+        assert!(
+            missing.starts_with("could not open password file"),
+            "{missing}"
+        );
+    }
+}

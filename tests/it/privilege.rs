@@ -1,0 +1,277 @@
+//! What another local user controls cannot steer what sersyncd sends or where it writes:
+//! rsync runs with the tree owner's credentials, and the state directory is root's alone.
+//!
+//! These tests need root (CI runs as root): they create users and hand them parts of the
+//! tree.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::harness::users::TestUser;
+use crate::harness::{CONVERGE, Env, sersyncd_binary, temp_dir, wait_converged_ignoring};
+
+const BAIT: &[u8] = b"TOP-SECRET-BAIT root-only key material\n";
+
+fn chown(path: &Path, (uid, gid): (u32, u32)) {
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap_or_else(|e| panic!("chown {path:?}: {e}"));
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {path:?}: {e}"));
+}
+
+/// Swaps the two names atomically (`renameat2(RENAME_EXCHANGE)`): a directory and a
+/// symlink trade places with no moment where either name is missing.
+fn exchange(a: &Path, b: &Path) {
+    let a = CString::new(a.as_os_str().as_bytes()).unwrap();
+    let b = CString::new(b.as_os_str().as_bytes()).unwrap();
+    // SAFETY: two valid NUL-terminated paths; no memory is kept.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(done, 0, "renameat2: {}", std::io::Error::last_os_error());
+}
+
+/// Every regular file below `root` whose contents hold the bait.
+fn baited(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file()
+                && std::fs::read(entry.path())
+                    .is_ok_and(|bytes| bytes.windows(BAIT.len()).any(|window| window == BAIT))
+            {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// The tree belongs to one user; another owns `uploads/` in it and, while their changes
+/// are replicated, keeps swapping their directories for symlinks to private places of
+/// root's (a directory only root may enter, and a file only root may read) and back. The
+/// swaps are done here, as root, but they are exactly what the owner of `uploads/` may do
+/// there. rsync runs as the tree's owner, so the kernel refuses the private files; no
+/// byte of them may ever reach the replica, and once the swapping stops the replica
+/// equals the source.
+#[test]
+fn swapping_directories_for_symlinks_never_publishes_what_the_tree_owner_cannot_read() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let (Some(owner), Some(intruder)) = (TestUser::create(&[]), TestUser::create(&[])) else {
+        return;
+    };
+    // Root's private places, outside the tree.
+    let private = temp_dir("private");
+    let closed_dir = private.path().join("closed");
+    let closed_file_dir = private.path().join("open");
+    for dir in [&closed_dir, &closed_file_dir] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("key.pem"), BAIT).unwrap();
+    }
+    chmod(&closed_dir, 0o700);
+    chmod(&closed_dir.join("key.pem"), 0o644);
+    chmod(&closed_file_dir, 0o755);
+    chmod(&closed_file_dir.join("key.pem"), 0o600);
+    chmod(private.path(), 0o755);
+
+    let src = env.src();
+    chmod(src, 0o755);
+    chown(src, owner.ids());
+    std::fs::write(src.join("index.html"), "owner's page\n").unwrap();
+    chown(&src.join("index.html"), owner.ids());
+    let uploads = src.join("uploads");
+    std::fs::create_dir(&uploads).unwrap();
+    chown(&uploads, intruder.ids());
+    const PAIRS: usize = 6;
+    let mut pairs = Vec::new();
+    for i in 0..PAIRS {
+        let dir = uploads.join(format!("d{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("key.pem"), format!("intruder's own {i}\n")).unwrap();
+        chown(&dir, intruder.ids());
+        chown(&dir.join("key.pem"), intruder.ids());
+        let link = uploads.join(format!("l{i}"));
+        let target = if i % 2 == 0 {
+            &closed_dir
+        } else {
+            &closed_file_dir
+        };
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        chown(&link, intruder.ids());
+        pairs.push((dir, link));
+    }
+
+    // The rsync daemon (use chroot = no) rewrites symlinks that point out of the module;
+    // what they point at is not what this test is about.
+    let links = |path: &[u8]| path.starts_with(b"uploads/l");
+    let daemon = env.start(|b| b.arg("-r"));
+    wait_converged_ignoring(src, env.replica(), CONVERGE, &links);
+    assert!(baited(env.replica()).is_empty());
+
+    // Watch the replica the whole time: a leaked copy could be replaced later.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = Arc::clone(&stop);
+        let replica = env.replica().to_path_buf();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) && seen.is_empty() {
+                seen = baited(&replica);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut round = 0u64;
+    while Instant::now() < deadline {
+        for (i, (dir, link)) in pairs.iter().enumerate() {
+            // A change below the directory, then the directory becomes the symlink (and
+            // back, at changing moments): the change's path now leads into root's place.
+            let file = dir.join("key.pem");
+            std::fs::write(&file, format!("intruder's own {i} round {round}\n")).unwrap();
+            exchange(dir, link);
+            std::thread::sleep(Duration::from_millis((round + i as u64) % 7));
+            exchange(dir, link);
+        }
+        round += 1;
+    }
+    // The swaps end with every directory in place; a last quiet change each.
+    for (dir, _) in &pairs {
+        std::fs::write(dir.join("key.pem"), "settled\n").unwrap();
+    }
+    wait_converged_ignoring(src, env.replica(), CONVERGE * 2, &links);
+    stop.store(true, Ordering::Relaxed);
+    let leaked = watcher.join().unwrap();
+    assert!(
+        leaked.is_empty(),
+        "root-only content reached the replica at {leaked:?} ({round} rounds)"
+    );
+    assert!(baited(env.replica()).is_empty());
+    // The runs were the owner's: rsync's files on the remote side are not the point, the
+    // log says who ran them.
+    drop(daemon);
+}
+
+/// Starts sersyncd on `state_dir` with a valid config and waits for it to exit (it must,
+/// quickly): returns its exit code and what it wrote.
+fn start_on_state_dir(env: &Env, state_dir: &Path) -> (Option<i32>, String) {
+    let dir = temp_dir("conf");
+    let conf = dir.path().join("confxml.xml");
+    std::fs::write(&conf, env.builder().xml()).unwrap();
+    let mut child = Command::new(sersyncd_binary())
+        .arg("-o")
+        .arg(&conf)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sersyncd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&output.stderr));
+            return (status.code(), text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sersyncd accepted the state directory {state_dir:?} and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A state directory another user owns, or below a directory others may write, is
+/// refused at start-up with exit 73 and a message naming the path, its owner and mode.
+#[test]
+fn a_state_directory_another_user_could_change_is_refused_with_exit_73() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let Some(user) = TestUser::create(&[]) else {
+        return;
+    };
+    let scratch = temp_dir("statedirs");
+    chmod(scratch.path(), 0o755);
+
+    let theirs = scratch.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    chmod(&theirs, 0o700);
+    chown(&theirs, user.ids());
+    let (code, text) = start_on_state_dir(&env, &theirs);
+    assert_eq!(code, Some(73), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} (owner uid {} ({})",
+            theirs.display(),
+            user.ids().0,
+            user.name
+        )) && text.contains("mode 0700")
+            && text.contains("owned by another user"),
+        "{text}"
+    );
+
+    let shared = scratch.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o777);
+    let below = shared.join("state");
+    let (code, text) = start_on_state_dir(&env, &below);
+    assert_eq!(code, Some(73), "{text}");
+    assert!(
+        text.contains(&format!("{} (owner uid 0", shared.display()))
+            && text.contains("mode 0777")
+            && text.contains("writable by every user"),
+        "{text}"
+    );
+
+    // A symlink on the way that another user owns could be pointed elsewhere later.
+    let link = scratch.path().join("link");
+    std::os::unix::fs::symlink(scratch.path(), &link).unwrap();
+    chown(&link, user.ids());
+    let (code, text) = start_on_state_dir(&env, &link.join("state"));
+    assert_eq!(code, Some(73), "{text}");
+    assert!(
+        text.contains("is a symlink owned by another user"),
+        "{text}"
+    );
+}
