@@ -63,15 +63,34 @@ fn is_ours(uid: u32) -> bool {
 /// the module documentation). `dir` itself may not be writable by others even when
 /// sticky. Both the path as written and the path its symlinks resolve to are checked.
 pub fn check_directory(dir: &Path) -> Result<(), CheckError> {
+    check_path(dir, Last::Private)
+}
+
+/// Checks a directory root writes one file into by a fresh name and a rename (the
+/// failure script): the same as [`check_directory`], except that the directory itself
+/// may be a sticky one such as `/tmp`, where no one else can remove or replace what root
+/// creates.
+pub fn check_parent_directory(dir: &Path) -> Result<(), CheckError> {
+    check_path(dir, Last::StickyAllowed)
+}
+
+/// What the last directory of a checked path may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    Private,
+    StickyAllowed,
+}
+
+fn check_path(dir: &Path, last: Last) -> Result<(), CheckError> {
     let absolute = if dir.is_absolute() {
         dir.to_path_buf()
     } else {
         std::env::current_dir().map_err(CheckError::Io)?.join(dir)
     };
-    check_chain(&absolute, false)?;
+    check_chain(&absolute, last)?;
     let resolved = absolute.canonicalize().map_err(CheckError::Io)?;
     if resolved != absolute {
-        check_chain(&resolved, true)?;
+        check_chain(&resolved, last)?;
     }
     Ok(())
 }
@@ -105,7 +124,7 @@ impl From<CheckError> for io::Error {
 
 /// Walks `path` from `/`, checking each prefix with `lstat`: directories by owner and
 /// mode, symlinks by owner (what they point to is checked through the resolved path).
-fn check_chain(path: &Path, resolved: bool) -> Result<(), CheckError> {
+fn check_chain(path: &Path, last_may_be: Last) -> Result<(), CheckError> {
     let mut prefix = PathBuf::new();
     let components: Vec<Component<'_>> = path.components().collect();
     for (index, component) in components.iter().enumerate() {
@@ -141,7 +160,6 @@ fn check_chain(path: &Path, resolved: bool) -> Result<(), CheckError> {
             }));
         }
         if meta.file_type().is_symlink() {
-            debug_assert!(!resolved, "a canonical path has no symlinks");
             continue;
         }
         if !meta.is_dir() {
@@ -150,7 +168,8 @@ fn check_chain(path: &Path, resolved: bool) -> Result<(), CheckError> {
         let sticky = meta.mode() & 0o1000 != 0;
         let others_write = meta.mode() & 0o002 != 0;
         let group_write = meta.mode() & 0o020 != 0 && meta.gid() != 0;
-        if (others_write || group_write) && (last || !sticky) {
+        let sticky_enough = sticky && (!last || last_may_be == Last::StickyAllowed);
+        if (others_write || group_write) && !sticky_enough {
             return Err(untrusted(if others_write {
                 "is writable by every user"
             } else {
@@ -295,6 +314,11 @@ mod tests {
         assert!(err.starts_with(&format!("{} ", parent.display())), "{err}");
         std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
         check_directory(&below).unwrap();
+        // Sticky like /tmp: fine for a file written by a fresh name, not for state.
+        check_parent_directory(&parent).unwrap();
+        assert!(check_directory(&parent).is_err());
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_parent_directory(&parent).is_err());
     }
 
     #[test]

@@ -2308,6 +2308,20 @@ impl Daemon {
                     (lane.context.transport.remote.label(ssh), argv, input)
                 })
         });
+        // A parent another user could swap for a symlink would take root's write
+        // elsewhere (and the script would be theirs to change before someone runs it).
+        let parent = script_path.parent().unwrap_or(Path::new("/"));
+        let checked = std::os::unix::fs::DirBuilderExt::mode(
+            std::fs::DirBuilder::new().recursive(true),
+            0o700,
+        )
+        .create(parent)
+        .map_err(crate::trusted::CheckError::Io)
+        .and_then(|()| crate::trusted::check_parent_directory(parent));
+        if let Err(err) = checked {
+            tracing::error!(path = %script_path.display(), "not writing the failure script: {err}");
+            return;
+        }
         if let Err(err) = failure::write_atomically(&script_path, &failure::render(&entries)) {
             tracing::error!(path = %script_path.display(), "cannot write the failure script: {err}");
         }

@@ -275,3 +275,139 @@ fn a_state_directory_another_user_could_change_is_refused_with_exit_73() {
         "{text}"
     );
 }
+
+/// A saved change whose path leads out of its root (`../`) is not followed: the start
+/// says so in the log, owes the root a full sync instead, and nothing from outside the
+/// tree reaches the replica.
+#[test]
+fn a_saved_change_that_leads_out_of_its_root_is_refused_with_a_log_line() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let outside = temp_dir("outside");
+    std::fs::write(outside.path().join("escaped.txt"), BAIT).unwrap();
+    let mut daemon = env.start(|b| b);
+    std::fs::write(env.src().join("kept.txt"), "in the tree\n").unwrap();
+    env.converged();
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    let remote = env.rsyncd.remote("web");
+    let escape = format!(
+        "../{}/escaped.txt",
+        outside.path().file_name().unwrap().to_string_lossy()
+    );
+    let mut pending = b"sersync-pending 1\n".to_vec();
+    for field in [
+        env.src().as_os_str().as_bytes(),
+        remote.ip.as_bytes(),
+        remote.name.as_bytes(),
+        b"S",
+        escape.as_bytes(),
+    ] {
+        pending.extend_from_slice(field);
+        pending.push(0);
+    }
+    let file = daemon.state_dir().join("pending");
+    std::fs::write(&file, &pending).unwrap();
+    chmod(&file, 0o600);
+    // Changed while the daemon was down: only the owed full sync sends it.
+    std::fs::write(env.src().join("later.txt"), "sent by the full sync\n").unwrap();
+    daemon.restart();
+    env.converged();
+    let log = daemon.log();
+    assert!(
+        log.contains("a saved change names a path outside its root")
+            && log.contains(&format!("path={escape}")),
+        "{log}"
+    );
+    assert!(baited(env.replica()).is_empty());
+    assert!(baited(env.rsyncd.dir()).is_empty());
+}
+
+/// Symlinks planted where the daemon builds its scratch directories (its `empty`
+/// directory before a start, the names its skeletons used to have after it) lead
+/// nowhere: deletions still delete, and the replica never gets the planted content.
+#[test]
+fn symlinks_planted_at_scratch_paths_are_not_followed() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let planted = temp_dir("planted");
+    for name in ["victim.txt", "other.txt"] {
+        std::fs::write(planted.path().join(name), BAIT).unwrap();
+    }
+    let mut daemon = env.start(|b| b);
+    for name in ["victim.txt", "other.txt"] {
+        std::fs::write(env.src().join(name), "the source's own\n").unwrap();
+    }
+    env.converged();
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let empty = daemon.state_dir().join("empty");
+    std::fs::remove_dir_all(&empty).unwrap();
+    std::os::unix::fs::symlink(planted.path(), &empty).unwrap();
+    daemon.restart();
+    assert!(
+        std::fs::symlink_metadata(&empty).unwrap().is_dir(),
+        "the planted symlink at {empty:?} is still there"
+    );
+    assert_eq!(std::fs::read_dir(planted.path()).unwrap().count(), 2);
+    // The names skeletons had before they were made like mkdtemp: PID and a counter.
+    let pid = daemon.pid();
+    for n in 0..64 {
+        std::os::unix::fs::symlink(planted.path(), empty.join(format!("skeleton-{pid}-{n}")))
+            .unwrap();
+    }
+    std::fs::remove_file(env.src().join("victim.txt")).unwrap();
+    env.converged();
+    std::fs::remove_file(env.src().join("other.txt")).unwrap();
+    env.converged();
+    assert!(baited(env.replica()).is_empty());
+    assert_eq!(std::fs::read_dir(planted.path()).unwrap().count(), 2);
+}
+
+/// A `<failLog path>` whose directory leads through a symlink another user owns (in a
+/// place everyone may write) is not written: root's write would go wherever that user
+/// points it, and the script would be theirs to change before someone runs it.
+#[test]
+fn the_failure_script_is_not_written_through_a_symlink_another_user_owns() {
+    let Some(mut env) = Env::new(&["web"]) else {
+        return;
+    };
+    let Some(user) = TestUser::create(&[]) else {
+        return;
+    };
+    let shared = temp_dir("shared");
+    chmod(shared.path(), 0o1777);
+    let elsewhere = temp_dir("elsewhere");
+    let link = shared.path().join("sersync");
+    std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+    chown(&link, user.ids());
+    let script = link.join("fail.sh");
+    let daemon = env.start(|b| b.fail_log(&script.display().to_string(), 60));
+    std::fs::write(env.src().join("before.txt"), "delivered\n").unwrap();
+    env.converged();
+    env.rsyncd.stop();
+    std::fs::write(
+        env.src().join("during.txt"),
+        "fails while the remote is down\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon.log().contains("not writing the failure script") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal in the log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("{} (owner uid {}", link.display(), user.ids().0))
+            && log.contains("is a symlink owned by another user"),
+        "{log}"
+    );
+    assert!(!elsewhere.path().join("fail.sh").exists());
+    env.rsyncd.start();
+    env.converged();
+}
