@@ -1,6 +1,7 @@
 //! Log output: plain text on stderr, or the systemd journal with structured fields.
 
-use std::io::IsTerminal;
+use std::borrow::Cow;
+use std::io::{IsTerminal, Write};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -47,9 +48,66 @@ pub fn init(target: LogTarget, verbose: bool, instance: &str) {
         .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(|| OneLine(std::io::stderr()))
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_target(false),
         )
         .try_init();
+}
+
+/// Plain-text log output where every event is exactly one line: a newline or carriage
+/// return inside an event (a file name is allowed to hold one) is written as `\n` or `\r`,
+/// so that a name cannot forge a log line of its own. The journal keeps fields apart by
+/// itself and needs none of this.
+#[derive(Debug)]
+struct OneLine<W>(W);
+
+impl<W: Write> Write for OneLine<W> {
+    fn write(&mut self, event: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(&one_line(event))?;
+        Ok(event.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `event` with its inner line breaks escaped; the final newline stays.
+fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
+    let (body, end) = match event.strip_suffix(b"\n") {
+        Some(body) => (body, &b"\n"[..]),
+        None => (event, &b""[..]),
+    };
+    if !body.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return Cow::Borrowed(event);
+    }
+    let mut out = Vec::with_capacity(event.len() + 8);
+    for &byte in body {
+        match byte {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(byte),
+        }
+    }
+    out.extend_from_slice(end);
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn every_event_is_one_line() {
+        for (event, written) in [
+            (&b"plain\n"[..], &b"plain\n"[..]),
+            (b"path=a\nERROR forged\n", b"path=a\\nERROR forged\n"),
+            (b"cr\rhere\n", b"cr\\rhere\n"),
+            (b"no end", b"no end"),
+            (b"two\nlines", b"two\\nlines"),
+        ] {
+            assert_eq!(&*one_line(event), written);
+        }
+    }
 }

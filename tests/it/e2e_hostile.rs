@@ -112,6 +112,18 @@ fn hostile_names_replicate_exactly_and_run_nothing() {
         }
     }
     assert!(pwned.is_empty(), "a file name was executed: {pwned:?}");
+    // The debug log names every path: a newline in a name must not start a line of its
+    // own ("line\ntouch PWNED" would forge one).
+    let log = daemon.log();
+    assert!(
+        log.contains("line\\ntouch PWNED"),
+        "the name is not in the log:\n{log}"
+    );
+    let forged: Vec<&str> = log
+        .lines()
+        .filter(|line| line.starts_with("touch PWNED") || line.starts_with("here"))
+        .collect();
+    assert!(forged.is_empty(), "file names forged log lines: {forged:?}");
 }
 
 /// A full sync split into concurrent runs passes top-level directories as `./name`
