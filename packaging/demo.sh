@@ -15,6 +15,16 @@ fi
 cargo build --release --quiet
 BIN=$PWD/target/release/sersyncd
 
+# The demo writes secrets and configs there as you (often root): a directory someone else
+# made first (in /tmp anyone can) would let them read the secrets or redirect the writes.
+if [ -L "$DEMO_DIR" ]; then
+    echo "demo: $DEMO_DIR is a symlink; set DEMO_DIR to a directory of your own" >&2; exit 1
+fi
+(umask 077 && mkdir -p "$DEMO_DIR")
+if [ "$(stat -c %u "$DEMO_DIR")" != "$(id -u)" ] || [ -n "$(find "$DEMO_DIR" -maxdepth 0 -perm /022)" ]; then
+    echo "demo: $DEMO_DIR belongs to another user or others may write it ($(stat -c '%U %a' "$DEMO_DIR")); set DEMO_DIR to a directory of your own" >&2
+    exit 1
+fi
 mkdir -p "$DEMO_DIR"/{src,replica,state}
 DEMO_DIR=$(cd "$DEMO_DIR" && pwd)
 cat > "$DEMO_DIR/rsyncd.conf" <<CONF
