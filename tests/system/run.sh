@@ -522,13 +522,15 @@ step4_changes_journal_reload() {
 
     # Valid reload: a second watch root (module docs); a new root gets a full sync.
     pid=$(prop sersync@web.service MainPID)
-    csh 'echo readme >/srv/docs/readme.txt'
+    # /srv/docs belongs to www-data: rsync for it runs as www-data, which the unit's
+    # sandbox must allow (CAP_SETUID/CAP_SETGID, the @setuid system calls).
+    csh 'echo readme >/srv/docs/readme.txt && chown -R www-data:www-data /srv/docs'
     write_config docs
     cur=$(jcursor)
     check "systemctl reload sersync@web (valid config adding the root /srv/docs)" \
         c systemctl reload sersync@web.service
     check "journal: 'configuration reloaded'" wait_until 10 jhas "$cur" 'configuration reloaded'
-    check "the new root is replicated (full sync of /srv/docs, then live changes)" \
+    check "the new root, owned by www-data, is replicated by rsync as www-data (full sync, then live changes)" \
         wait_until 15 eval 'c cmp -s /srv/docs/readme.txt /srv/backup/docs/readme.txt &&
             c sh -c "echo live >/srv/docs/live.txt" && wait_until 10 c cmp -s /srv/docs/live.txt /srv/backup/docs/live.txt'
     check "same MainPID ($pid), still active" eval '[ "$(prop sersync@web.service MainPID)" = "$pid" ] && unit_is ActiveState active'
