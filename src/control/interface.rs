@@ -17,11 +17,29 @@
 //!
 //! # Who may do what
 //!
-//! Reading (properties, `GetStatus`, `ListFailures`, `Introspect`) is open to everyone.
-//! Changing (`Pause`, `Resume`, `RetryFailed`, `FullSync`, `Reload`) is for root, for the
-//! user the daemon runs as, and for members of the group [`ADMIN_GROUP`]. The system-bus
-//! policy in `dbus/org.sersync.Sersync1.conf` says the same, and the handlers check again
-//! because the policy does not apply on a session bus or a bus with a laxer policy.
+//! "Privileged" below means root, the user the daemon runs as, and the members of the
+//! group [`ADMIN_GROUP`].
+//!
+//! - The status is open to everyone: the properties, `GetStatus`, `Introspect`, and the
+//!   signals `StateChanged`, `FullSyncFinished` and `PropertiesChanged`. None of them names
+//!   a file: a remote's `LastError` there is a path-free summary (`rsync exit 23: partial
+//!   transfer due to error`), never rsync's own words, which quote paths. (Roots, remote
+//!   names and the config path are configuration, not file names, and stay public.)
+//! - File names are privileged: `ListFailures`, the paths and rsync messages of failures
+//!   (`WatchFailures`), and `GetStatus`'s `LastError` in full, which privileged callers
+//!   get instead of the summary. A file's name in a directory only its owner may read
+//!   must not reach other users through the daemon, which runs as root.
+//! - `SyncFailed` is broadcast to everyone with an empty path and the summary as its
+//!   message; a caller of `WatchFailures` also gets each one in full, as a signal
+//!   addressed to its own unique name alone (which the bus delivers to nobody else),
+//!   until it leaves the bus.
+//! - Changing (`Pause`, `Resume`, `RetryFailed`, `FullSync`, `ForceFullSync`, `Reload`) is
+//!   privileged.
+//!
+//! The system-bus policy in `dbus/org.sersync.Sersync1.conf` says the same for methods
+//! (everyone else may call only `GetStatus`, the properties, introspection and ping), and
+//! the handlers check again because the policy does not apply on a session bus or a bus
+//! with a laxer policy.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -33,10 +51,11 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, DBusError, interface};
 
-use super::wire::{FailureInfo, RemoteInfo, StatusInfo};
-use super::{Command, Status};
+use super::wire::{Audience, FailureInfo, RemoteInfo, StatusInfo};
+use super::{Command, Status, Watcher};
 
-/// Members of this group may change the daemon's state, as may root.
+/// Members of this group may change the daemon's state and see the names of files that
+/// failed, as may root.
 pub const ADMIN_GROUP: &str = "sersync";
 
 /// The error domain `org.sersync.Sersync1.Error.*`. Every message says what to do next.
@@ -46,7 +65,7 @@ pub enum Error {
     /// A transport or protocol failure (the error keeps its own D-Bus name).
     #[zbus(error)]
     ZBus(zbus::Error),
-    /// The caller may read the status but not change anything.
+    /// The caller may read the status but neither change anything nor see file names.
     AccessDenied(String),
     /// `FullSync` named a directory that is not a watched root.
     UnknownRoot(String),
@@ -63,6 +82,8 @@ pub enum Error {
 pub struct Sersync1 {
     status: Arc<RwLock<Status>>,
     commands: Arc<dyn Fn(Command) + Send + Sync>,
+    /// To the publisher, which owns the listeners of full `SyncFailed` signals.
+    watchers: Sender<Watcher>,
     instance: String,
     config_path: PathBuf,
     reply_timeout: Duration,
@@ -82,6 +103,7 @@ impl Sersync1 {
     pub(crate) fn new(
         status: Arc<RwLock<Status>>,
         commands: Arc<dyn Fn(Command) + Send + Sync>,
+        watchers: Sender<Watcher>,
         instance: String,
         config_path: PathBuf,
         reply_timeout: Duration,
@@ -89,6 +111,7 @@ impl Sersync1 {
         Sersync1 {
             status,
             commands,
+            watchers,
             instance,
             config_path,
             reply_timeout,
@@ -127,7 +150,7 @@ impl Sersync1 {
     }
 
     /// Refuses callers who are neither root, nor the daemon's own user, nor in
-    /// [`ADMIN_GROUP`].
+    /// [`ADMIN_GROUP`]. `what` starts the message: "`what` needs root or …".
     async fn authorize(
         &self,
         connection: &Connection,
@@ -135,14 +158,23 @@ impl Sersync1 {
         what: &str,
     ) -> Result<(), Error> {
         let caller = Caller::of(connection, header).await?;
-        if caller.may_change() {
+        if caller.privileged() {
             return Ok(());
         }
         Err(Error::AccessDenied(format!(
-            "{what} needs root or membership in group {ADMIN_GROUP}; {} is neither (reading \
-             the status is open to everyone)",
+            "{what} needs root or membership in group {ADMIN_GROUP}; {} is neither (the \
+             status, without file names, is open to everyone)",
             caller.describe()
         )))
+    }
+
+    /// What the caller may see: everything when privileged, else what names no file
+    /// (also when the bus cannot say who is calling).
+    async fn audience(&self, connection: &Connection, header: &Header<'_>) -> Audience {
+        match Caller::of(connection, header).await {
+            Ok(caller) if caller.privileged() => Audience::Privileged,
+            _ => Audience::Everyone,
+        }
     }
 }
 
@@ -186,8 +218,9 @@ impl Caller {
         })?;
         Ok(Caller { uid, groups })
     }
-    /// Root, the daemon's own user, or a member of [`ADMIN_GROUP`].
-    pub fn may_change(&self) -> bool {
+    /// Root, the daemon's own user, or a member of [`ADMIN_GROUP`]: may change the daemon
+    /// and see file names.
+    pub fn privileged(&self) -> bool {
         if self.uid == 0 || self.uid == Uid::effective().as_raw() {
             return true;
         }
@@ -307,11 +340,67 @@ impl Sersync1 {
 
     /// Every change that is still failing after retries, one dictionary each: Remote s,
     /// Root ay, Path ay (relative to Root), RsyncExit i, Message s, SinceUsec t
-    /// (microseconds since the Unix epoch).
+    /// (microseconds since the Unix epoch). They name files: for root and group sersync
+    /// only (AccessDenied for others; the Failed property counts them for everyone).
     #[zbus(out_args("failures"))]
-    async fn list_failures(&self) -> Result<Vec<FailureInfo>, Error> {
+    async fn list_failures(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<FailureInfo>, Error> {
+        self.authorize(connection, &header, "listing failures (ListFailures)")
+            .await?;
         let records = self.request("ListFailures", Command::ListFailures).await?;
         Ok(records.iter().map(FailureInfo::from).collect())
+    }
+
+    /// For root and group sersync: from now on, until the caller leaves the bus, every
+    /// SyncFailed is also sent to the caller alone, in full (the path and rsync's message).
+    /// The broadcast copy everyone receives has an empty path and a path-free message; a
+    /// caller can tell the two apart by the destination field (only its own copy has one).
+    async fn watch_failures(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), Error> {
+        self.authorize(
+            connection,
+            &header,
+            "watching failures with their paths (WatchFailures)",
+        )
+        .await?;
+        let Some(name) = header.sender() else {
+            return Err(Error::Unavailable(
+                "WatchFailures needs a message bus: the caller has no unique name to send \
+                 failures to"
+                    .into(),
+            ));
+        };
+        let name = name.to_owned();
+        // Subscribe to the caller's leaving before looking whether it is still there, so
+        // that it cannot leave unnoticed in between.
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.DBus")?
+            .interface("org.freedesktop.DBus")?
+            .member("NameOwnerChanged")?
+            .arg(0, name.as_str())?
+            .build();
+        let gone = zbus::MessageStream::for_match_rule(rule, connection, Some(4)).await?;
+        let bus = zbus::fdo::DBusProxy::new(connection).await?;
+        if !bus
+            .name_has_owner(name.clone().into())
+            .await
+            .map_err(|e| Error::ZBus(e.into()))?
+        {
+            return Ok(());
+        }
+        self.watchers
+            .send(Watcher {
+                name: name.into(),
+                gone,
+            })
+            .map_err(|_| Error::Unavailable("the daemon is shutting down".into()))
     }
 
     /// Re-reads the config file. When the new config is refused, the error Rejected carries
@@ -329,13 +418,26 @@ impl Sersync1 {
 
     /// The whole status snapshot at one instant: the properties as one dictionary with
     /// the same names and types (Version, Instance, ConfigPath, Paused, QueueDepth,
-    /// InFlight, Failed, Watches, Remotes, Counters).
+    /// InFlight, Failed, Watches, Remotes, Counters). For root and group sersync, a
+    /// remote's LastError is rsync's own words (which may name files) instead of the
+    /// path-free summary everyone else gets.
     #[zbus(out_args("status"))]
-    async fn get_status(&self) -> Result<StatusInfo, Error> {
-        Ok(self.with_status(|status| StatusInfo::new(status, &self.instance, &self.config_path)))
+    async fn get_status(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<StatusInfo, Error> {
+        let audience = self.audience(connection, &header).await;
+        Ok(self.with_status(|status| {
+            StatusInfo::new(status, &self.instance, &self.config_path, audience)
+        }))
     }
 
     /// A change could not be delivered to a remote (after the retries rsync's exit allows).
+    /// Broadcast to everyone with an empty path and a path-free message (the diagnosis,
+    /// e.g. "rsync exit 23: partial transfer due to error"); callers of WatchFailures
+    /// (root and group sersync) also get it addressed to them alone with the batch's first
+    /// path and rsync's message.
     #[zbus(signal)]
     pub async fn sync_failed(
         emitter: &SignalEmitter<'_>,
@@ -411,11 +513,17 @@ impl Sersync1 {
     }
 
     /// One dictionary per (root, remote): Name s, State s (ok, backoff or failing),
-    /// LastOkUsec t (absent: never), LastError s (absent: the last attempt succeeded),
-    /// Pending t (paths waiting for this remote).
+    /// LastOkUsec t (absent: never), LastError s (absent: the last attempt succeeded; a
+    /// path-free summary here, rsync's own words in GetStatus for root and group
+    /// sersync), Pending t (paths waiting for this remote).
     #[zbus(property)]
     fn remotes(&self) -> Vec<RemoteInfo> {
-        self.with_status(|s| s.remotes.iter().map(RemoteInfo::from).collect())
+        self.with_status(|s| {
+            s.remotes
+                .iter()
+                .map(|r| RemoteInfo::new(r, Audience::Everyone))
+                .collect()
+        })
     }
 
     /// Counters since start, all t: Events, Batches, Files, Bytes, Errors.
@@ -430,20 +538,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn root_and_the_daemons_own_user_may_change() {
+    fn root_and_the_daemons_own_user_are_privileged() {
         assert!(
             Caller {
                 uid: 0,
                 groups: Some(vec![])
             }
-            .may_change()
+            .privileged()
         );
         assert!(
             Caller {
                 uid: Uid::effective().as_raw(),
                 groups: None
             }
-            .may_change()
+            .privileged()
         );
     }
 
@@ -456,7 +564,7 @@ mod tests {
                     uid: 4_000_000,
                     groups: Some(vec![0, 1, 2])
                 }
-                .may_change()
+                .privileged()
             );
             return;
         };
@@ -469,9 +577,9 @@ mod tests {
             groups: Some(vec![group.gid.as_raw()]),
         };
         assert_eq!(
-            outsider.may_change(),
+            outsider.privileged(),
             Uid::effective().as_raw() == 4_000_000
         );
-        assert!(member.may_change());
+        assert!(member.privileged());
     }
 }

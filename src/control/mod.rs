@@ -9,6 +9,11 @@
 //! Threads: zbus runs the connection on its own executor thread; method calls wait for the
 //! loop's answers on the `blocking` thread pool; one publisher thread turns events into
 //! signals and emits `PropertiesChanged` at most once a second.
+//!
+//! File names are for root and group `sersync` only (see "Who may do what" in
+//! [`interface`]): what everyone receives (properties, `PropertiesChanged`, the broadcast
+//! `SyncFailed`) is built from the path-free fields ([`RemoteStatus::last_error_summary`],
+//! [`Event::SyncFailed`]'s `summary`); the rest goes to callers the handlers checked.
 
 pub mod client;
 pub mod interface;
@@ -18,7 +23,7 @@ pub mod wire;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -71,7 +76,13 @@ pub struct RemoteStatus {
     /// `ok`, `backoff` or `failing`.
     pub state: String,
     pub last_ok: Option<SystemTime>,
+    /// The last error in full: rsync's own words, which may name files. Only for root and
+    /// group `sersync`.
     pub last_error: Option<String>,
+    /// The same error without file names or anything quoted from rsync (e.g. `rsync exit
+    /// 23: partial transfer due to error`): what everyone may see. Set whenever
+    /// `last_error` is.
+    pub last_error_summary: Option<String>,
     pub pending: u64,
 }
 
@@ -106,9 +117,14 @@ pub struct Status {
 pub enum Event {
     SyncFailed {
         remote: String,
+        /// The failed batch's first path: only for root and group `sersync`.
         path: Vec<u8>,
         rsync_exit: i32,
+        /// rsync's own words (may name files): only for root and group `sersync`.
         message: String,
+        /// The diagnosis without file names or anything quoted from rsync: the message of
+        /// the broadcast everyone receives.
+        summary: String,
     },
     FullSyncFinished {
         job_id: u64,
@@ -348,9 +364,11 @@ pub fn serve(
     let bus = describe_bus(options.bus, options.bus_address.as_deref());
     // Absolute, so that what clients see does not depend on the daemon's working directory.
     let config_path = std::path::absolute(&options.config_path).unwrap_or(options.config_path);
+    let (watchers, new_watchers) = mpsc::channel();
     let object = Sersync1::new(
         Arc::clone(&status),
         Arc::from(commands),
+        watchers,
         options.instance.clone(),
         config_path,
         options.reply_timeout,
@@ -381,7 +399,7 @@ pub fn serve(
         let stop = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("sersync-dbus".into())
-            .spawn(move || publish(&connection, &status, &events, &stop))
+            .spawn(move || publish(&connection, &status, &events, &new_watchers, &stop))
             .map_err(|e| ControlError::Serve(zbus::Error::InputOutput(Arc::new(e))))?
     };
     Ok(ControlHandle {
@@ -395,13 +413,73 @@ pub fn serve(
 /// How often the publisher looks at the stop flag while idle.
 const STOP_POLL: Duration = Duration::from_millis(200);
 
+/// A listener that asked for failures with their paths (`WatchFailures`, checked by the
+/// handler): its unique name, and its subscription to `NameOwnerChanged` for that name,
+/// which says when it left the bus. Unique names are never reused, so a name that left
+/// can never belong to anyone else; it is forgotten all the same.
+pub(crate) struct Watcher {
+    pub name: zbus::names::OwnedUniqueName,
+    pub gone: zbus::MessageStream,
+}
+
+impl fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watcher")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watcher {
+    /// Whether the listener left the bus (or its subscription broke, which is treated
+    /// the same: better one listener too few than one too many). Never waits.
+    fn left(&mut self) -> bool {
+        use std::task::{Context, Poll, Waker};
+        use zbus::export::futures_core::Stream;
+        let mut context = Context::from_waker(Waker::noop());
+        loop {
+            match std::pin::Pin::new(&mut self.gone).poll_next(&mut context) {
+                Poll::Pending => return false,
+                Poll::Ready(None | Some(Err(_))) => return true,
+                Poll::Ready(Some(Ok(message))) => {
+                    // (name, old owner, new owner): an empty new owner means it left.
+                    match message.body().deserialize::<(&str, &str, &str)>() {
+                        Ok((_, _, "")) | Err(_) => return true,
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The listeners of unicast `SyncFailed`: takes the new ones (once each) and forgets those
+/// that left.
+fn refresh_watchers(watchers: &mut Vec<Watcher>, new: &Receiver<Watcher>) {
+    for watcher in new.try_iter() {
+        if !watchers.iter().any(|w| w.name == watcher.name) {
+            tracing::debug!("D-Bus: {} watches failures in full", watcher.name);
+            watchers.push(watcher);
+        }
+    }
+    watchers.retain_mut(|w| {
+        let left = w.left();
+        if left {
+            tracing::debug!("D-Bus: {} left the bus; it gets no more failures", w.name);
+        }
+        !left
+    });
+}
+
 /// The publisher thread: events become signals as they come; every
 /// [`PROPERTIES_INTERVAL`] the snapshot is compared with the last one published and one
-/// `PropertiesChanged` carries what differs.
+/// `PropertiesChanged` carries what differs. It owns the [`Watcher`]s (so their
+/// subscriptions end with it).
 fn publish(
     connection: &Connection,
     status: &RwLock<Status>,
     events: &Receiver<Event>,
+    new_watchers: &Receiver<Watcher>,
     stop: &AtomicBool,
 ) {
     let iface = match connection
@@ -420,17 +498,16 @@ fn publish(
         Err(poisoned) => poisoned.into_inner().clone(),
     };
     let mut published = read();
+    let mut watchers = Vec::new();
     let mut next_tick = Instant::now() + PROPERTIES_INTERVAL;
     while !stop.load(Ordering::Relaxed) {
         let wait = next_tick
             .saturating_duration_since(Instant::now())
             .min(STOP_POLL);
-        match events.recv_timeout(wait) {
-            Ok(event) => {
-                if let Err(err) = zbus::block_on(emit_event(emitter, event)) {
-                    tracing::warn!("D-Bus: cannot emit a signal: {err}");
-                }
-            }
+        let event = events.recv_timeout(wait);
+        refresh_watchers(&mut watchers, new_watchers);
+        match event {
+            Ok(event) => zbus::block_on(emit_event(emitter, &watchers, event)),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -455,18 +532,40 @@ fn publish(
     }
 }
 
+/// Emits the signal of one event. `SyncFailed` is sent in full to each watcher alone (a
+/// signal with a destination reaches nobody else), and broadcast without its path and
+/// with the path-free summary as its message.
 async fn emit_event(
-    emitter: &zbus::object_server::SignalEmitter<'_>,
+    emitter: &zbus::object_server::SignalEmitter<'static>,
+    watchers: &[Watcher],
     event: Event,
-) -> zbus::Result<()> {
+) {
     use std::os::unix::ffi::OsStringExt;
-    match event {
+    let result = match event {
         Event::SyncFailed {
             remote,
             path,
             rsync_exit,
             message,
-        } => Sersync1::sync_failed(emitter, remote, path, rsync_exit, message).await,
+            summary,
+        } => {
+            for watcher in watchers {
+                let to = emitter
+                    .clone()
+                    .set_destination(zbus::names::BusName::Unique(watcher.name.clone().into()));
+                let unicast = Sersync1::sync_failed(
+                    &to,
+                    remote.clone(),
+                    path.clone(),
+                    rsync_exit,
+                    message.clone(),
+                );
+                if let Err(err) = unicast.await {
+                    tracing::warn!("D-Bus: cannot send SyncFailed to {}: {err}", watcher.name);
+                }
+            }
+            Sersync1::sync_failed(emitter, remote, Vec::new(), rsync_exit, summary).await
+        }
         Event::FullSyncFinished {
             job_id,
             root,
@@ -478,6 +577,9 @@ async fn emit_event(
         Event::StateChanged { remote, state } => {
             Sersync1::state_changed(emitter, remote, state).await
         }
+    };
+    if let Err(err) = result {
+        tracing::warn!("D-Bus: cannot emit a signal: {err}");
     }
 }
 
@@ -497,8 +599,16 @@ fn changed_properties(old: &Status, new: &Status) -> Vec<(&'static str, Value<'s
             changed.push((name, Value::from(after)));
         }
     }
-    if old.remotes != new.remotes {
-        let remotes: Vec<wire::RemoteInfo> = new.remotes.iter().map(Into::into).collect();
+    // What everyone sees: a change of a full error alone is no change to them.
+    let public = |status: &Status| -> Vec<wire::RemoteInfo> {
+        status
+            .remotes
+            .iter()
+            .map(|r| wire::RemoteInfo::new(r, wire::Audience::Everyone))
+            .collect()
+    };
+    let remotes = public(new);
+    if public(old) != remotes {
         changed.push(("Remotes", Value::from(remotes)));
     }
     if old.counters != new.counters {

@@ -7,6 +7,10 @@
 //! names. Times are microseconds since the Unix epoch (`t`, as systemd does); an absent
 //! key means "never" or "none". Paths are byte arrays (`ay`): file names need not be
 //! UTF-8, and D-Bus strings must be.
+//!
+//! What may name files depends on who asks ([`Audience`]): a remote's `LastError` is
+//! rsync's own words for root and group `sersync`, and a path-free summary for everyone
+//! else (and in the properties, whose changes are broadcast).
 
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
@@ -28,7 +32,9 @@ pub struct RemoteInfo {
     pub state: String,
     /// When a batch last reached this remote; absent: never since start.
     pub last_ok_usec: Option<u64>,
-    /// The last error; absent when the last attempt succeeded.
+    /// The last error; absent when the last attempt succeeded. For
+    /// [`Audience::Privileged`]: in full (rsync's words, which may name files); for
+    /// [`Audience::Everyone`]: the path-free summary.
     pub last_error: Option<String>,
     /// Distinct paths waiting for this remote.
     pub pending: u64,
@@ -89,13 +95,34 @@ pub fn system_time(usec: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(usec)
 }
 
-impl From<&RemoteStatus> for RemoteInfo {
-    fn from(remote: &RemoteStatus) -> Self {
+/// Who an answer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Any local user, and every broadcast: nothing that names a file.
+    Everyone,
+    /// Root, the daemon's own user and group `sersync`: everything.
+    Privileged,
+}
+
+impl RemoteInfo {
+    /// A remote's state as `audience` may see it.
+    pub fn new(remote: &RemoteStatus, audience: Audience) -> Self {
+        let last_error = match audience {
+            Audience::Privileged => remote.last_error.clone(),
+            // A summary is set with every error; should one be missing, say only that
+            // there was an error rather than fall back to the full text.
+            Audience::Everyone => remote.last_error.as_ref().map(|_| {
+                remote
+                    .last_error_summary
+                    .clone()
+                    .unwrap_or_else(|| "failed".to_owned())
+            }),
+        };
         RemoteInfo {
             name: remote.name.clone(),
             state: remote.state.clone(),
             last_ok_usec: remote.last_ok.map(usec),
-            last_error: remote.last_error.clone(),
+            last_error,
             pending: remote.pending,
         }
     }
@@ -114,10 +141,15 @@ impl From<&Counters> for CountersInfo {
 }
 
 impl StatusInfo {
-    /// The snapshot as sent on the bus. `instance` and `config_path` are the adapter's own
-    /// (they name the object being served and never change), so a snapshot the daemon has
-    /// not filled in yet still identifies itself correctly.
-    pub fn new(status: &Status, instance: &str, config_path: &std::path::Path) -> Self {
+    /// The snapshot as sent on the bus to `audience`. `instance` and `config_path` are the
+    /// adapter's own (they name the object being served and never change), so a snapshot
+    /// the daemon has not filled in yet still identifies itself correctly.
+    pub fn new(
+        status: &Status,
+        instance: &str,
+        config_path: &std::path::Path,
+        audience: Audience,
+    ) -> Self {
         StatusInfo {
             version: version_of(status),
             instance: instance.to_owned(),
@@ -127,7 +159,11 @@ impl StatusInfo {
             in_flight: status.in_flight,
             failed: status.failed,
             watches: status.watches,
-            remotes: status.remotes.iter().map(RemoteInfo::from).collect(),
+            remotes: status
+                .remotes
+                .iter()
+                .map(|r| RemoteInfo::new(r, audience))
+                .collect(),
             counters: CountersInfo::from(&status.counters),
         }
     }
@@ -189,13 +225,20 @@ mod tests {
                     state: "ok".into(),
                     last_ok: Some(UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456)),
                     last_error: None,
+                    last_error_summary: None,
                     pending: 3,
                 },
                 RemoteStatus {
                     name: "/srv/www -> 10.0.0.3::www".into(),
                     state: "failing".into(),
                     last_ok: None,
-                    last_error: Some("rsync exited with 10".into()),
+                    last_error: Some(
+                        "rsync exit 23: partial transfer due to error: rsync: [sender] \
+                         send_files failed to open \"/srv/www/secret.txt\": Permission \
+                         denied (13)"
+                            .into(),
+                    ),
+                    last_error_summary: Some("rsync exit 23: partial transfer due to error".into()),
                     pending: 4,
                 },
             ],
@@ -215,6 +258,7 @@ mod tests {
             &sample_status(),
             "web",
             std::path::Path::new("/etc/sersync/web.xml"),
+            Audience::Privileged,
         );
         assert_eq!(info.instance, "web");
         assert_eq!(info.config_path, "/etc/sersync/web.xml");
@@ -223,6 +267,38 @@ mod tests {
         let bytes = to_bytes(ctxt, &info).unwrap();
         let (back, _): (StatusInfo, _) = bytes.deserialize().unwrap();
         assert_eq!(back, info);
+    }
+
+    #[test]
+    fn everyone_sees_the_summary_of_an_error_and_privileged_callers_the_whole_error() {
+        let status = sample_status();
+        let path = std::path::Path::new("/etc/sersync/web.xml");
+        let everyone = StatusInfo::new(&status, "web", path, Audience::Everyone);
+        let privileged = StatusInfo::new(&status, "web", path, Audience::Privileged);
+        assert_eq!(
+            everyone.remotes[1].last_error.as_deref(),
+            Some("rsync exit 23: partial transfer due to error")
+        );
+        assert!(
+            privileged.remotes[1]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("/srv/www/secret.txt")),
+            "{privileged:?}"
+        );
+        // No error, nothing to show either way; otherwise the same snapshot.
+        assert_eq!(everyone.remotes[0], privileged.remotes[0]);
+        assert_eq!(everyone.remotes[0].last_error, None);
+        assert_eq!(everyone.counters, privileged.counters);
+        // An error without a summary is not shown in full to everyone.
+        let mut bare = status.remotes[1].clone();
+        bare.last_error_summary = None;
+        assert_eq!(
+            RemoteInfo::new(&bare, Audience::Everyone)
+                .last_error
+                .as_deref(),
+            Some("failed")
+        );
     }
 
     #[test]

@@ -48,9 +48,10 @@ pub mod exit {
     version,
     about = "Control and inspect running sersyncd instances over D-Bus",
     long_about = "Control and inspect running sersyncd instances over D-Bus.\n\n\
-        Reading (status, failures, list, monitor) is open to every user; changing (pause, \
-        resume, retry-failed, full-sync, reload) needs root or membership in the group \
-        sersync.\n\n\
+        The status (status, list, monitor) is open to every user, without file names. File \
+        names (failures; in status and monitor, the paths of failed changes and rsync's own \
+        error messages) and changing (pause, resume, retry-failed, full-sync, reload) need \
+        root or membership in the group sersync.\n\n\
         Exit status: 0 ok, 1 the daemon answered with an error, 64 usage error, 69 the \
         daemon is not running or the bus is unreachable, 77 access denied, 78 (check) the \
         config is invalid."
@@ -98,7 +99,8 @@ pub enum CtlCommand {
         #[arg(long = "force")]
         force: bool,
     },
-    /// List the changes that still fail after retries.
+    /// List the changes that still fail after retries (they name files: root and group
+    /// sersync only).
     Failures,
     /// Re-read the config file; a config with errors is refused and the old one stays.
     Reload,
@@ -115,7 +117,8 @@ pub enum CtlCommand {
         )]
         config: PathBuf,
     },
-    /// Print the daemon's signals as they happen, until it stops or you interrupt.
+    /// Print the daemon's signals as they happen, until it stops or you interrupt (the
+    /// paths of failures only for root and group sersync).
     Monitor,
 }
 
@@ -388,9 +391,13 @@ impl Daemon<'_> {
                         client::error_message(inner)
                     )
                 } else if code == exit::NOPERM {
+                    let action = match self.cli.command {
+                        CtlCommand::Failures => "listing failures (they name files)",
+                        _ => "changing sersyncd",
+                    };
                     format!(
-                        "{what}: access denied: changing sersyncd needs root or membership in \
-                         group sersync ({})",
+                        "{what}: access denied: {action} needs root or membership in group \
+                         sersync ({})",
                         client::error_message(inner)
                     )
                 } else {
@@ -523,6 +530,27 @@ impl Daemon<'_> {
 
     fn monitor(&self) -> Outcome {
         let watch = self.watch_signals(None)?;
+        // Failures in full come addressed to this connection alone; the broadcast copy
+        // (no path, a summary for a message) is then the same failure again. Failures
+        // broadcast while this call is on its way are skipped like those before the start.
+        let full_failures = match self.proxy.watch_failures() {
+            Ok(()) => true,
+            Err(err) => {
+                if client::classify_error(&err) == Failure::AccessDenied {
+                    eprintln!(
+                        "sersyncctl: {}: failures are shown without their paths (those need \
+                         root or membership in group sersync)",
+                        self.instance
+                    );
+                } else {
+                    eprintln!(
+                        "sersyncctl: {}; failures are shown without their paths",
+                        self.fail("WatchFailures", err).message
+                    );
+                }
+                false
+            }
+        };
         if !self.cli.json {
             println!(
                 "{}: monitoring {} on {} (Ctrl-C to stop)",
@@ -538,6 +566,10 @@ impl Daemon<'_> {
                     let Some(seen) = parse_signal(&message) else {
                         continue;
                     };
+                    let addressed = message.header().destination().is_some();
+                    if full_failures && !addressed && matches!(seen, Seen::SyncFailed { .. }) {
+                        continue;
+                    }
                     let now = SystemTime::now();
                     if self.cli.json {
                         print_json(&render::seen_json(now, &seen));

@@ -81,6 +81,20 @@ struct RootWatcher {
     stuck: bool,
 }
 
+/// A lane's last error, twice: in full for root and group `sersync`, and as a summary
+/// without file names for everyone (see `control::interface`, "Who may do what").
+#[derive(Debug, Clone)]
+struct LastError {
+    /// The verdict's reason and rsync's last line: may name files.
+    full: String,
+    /// Built from fixed texts and numbers only.
+    summary: String,
+}
+
+/// The public summary of a run the replica guard held back (its reason is in the full
+/// error, the log and `sersyncctl failures`).
+const GUARD_SUMMARY: &str = "replica guard: deletions on the remote are held back";
+
 /// One (root, remote) pair: the unit that progresses independently.
 #[derive(Debug, Clone)]
 struct Lane {
@@ -91,7 +105,7 @@ struct Lane {
     context: JobContext,
     backoff: Backoff,
     state: LaneState,
-    last_error: Option<String>,
+    last_error: Option<LastError>,
     last_ok: Option<std::time::SystemTime>,
     /// Full syncs started so far; the one running (if any) has this number.
     full_syncs_started: u64,
@@ -1447,7 +1461,8 @@ impl Daemon {
                 name: lane.label.clone(),
                 state: lane_state_text(lane),
                 last_ok: lane.last_ok,
-                last_error: lane.last_error.clone(),
+                last_error: lane.last_error.as_ref().map(|e| e.full.clone()),
+                last_error_summary: lane.last_error.as_ref().map(|e| e.summary.clone()),
                 pending: self.queue.lane_depth(lane.id) as u64,
             })
             .collect();
@@ -2008,7 +2023,10 @@ impl Daemon {
         } else {
             format!("{}: {message}", verdict.reason)
         };
-        lane.last_error = Some(detail.clone());
+        lane.last_error = Some(LastError {
+            full: detail.clone(),
+            summary: verdict.summary.clone(),
+        });
         // Exit 23 with every failed path identified (and none of stderr lost): retry those
         // alone, later, and let the rest of the lane go on.
         if verdict.partial && !outcome.stderr_truncated {
@@ -2076,6 +2094,7 @@ impl Daemon {
             path: first_path,
             rsync_exit: code,
             message: message.clone(),
+            summary: verdict.summary.clone(),
         });
         if state_changed {
             self.emit(Event::StateChanged {
@@ -2141,7 +2160,10 @@ impl Daemon {
         let message = format!("replica guard: {reason}");
         let state_changed = lane.state != LaneState::Guarded;
         lane.state = LaneState::Guarded;
-        lane.last_error = Some(message.clone());
+        lane.last_error = Some(LastError {
+            full: message.clone(),
+            summary: GUARD_SUMMARY.to_owned(),
+        });
         let label = lane.label.clone();
         let root = lane.context.root.clone();
         let what = match &job {
@@ -2166,6 +2188,7 @@ impl Daemon {
             path: first_path,
             rsync_exit: -1,
             message: message.clone(),
+            summary: GUARD_SUMMARY.to_owned(),
         });
         if state_changed {
             self.emit(Event::StateChanged {

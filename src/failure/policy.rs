@@ -108,8 +108,13 @@ impl From<&io::Error> for ExitStatusLike {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub class: ExitClass,
-    /// One line for humans, e.g. `rsync exit 10: error in socket I/O`.
+    /// One line for humans, e.g. `rsync exit 10: error in socket I/O`. It may quote a
+    /// line of rsync's stderr, and with it a file name.
     pub reason: String,
+    /// The reason without anything quoted from rsync's output: built from fixed texts and
+    /// numbers only, so it never names a file. What every local user may see (the public
+    /// `LastError` and `SyncFailed` on D-Bus).
+    pub summary: String,
     /// Exit 23: some paths failed and the rest were transferred. Retry exactly the failed
     /// paths when [`super::stderr::retry_set`] can name them, the whole batch otherwise.
     pub partial: bool,
@@ -465,9 +470,8 @@ fn signal_name(signal: i32) -> &'static str {
 pub fn classify(status: ExitStatusLike, stderr_tail: &str) -> Verdict {
     match status {
         ExitStatusLike::Code(code) => classify_code(code, stderr_tail),
-        ExitStatusLike::Signal(signal) => Verdict {
-            class: Retryable,
-            reason: format!(
+        ExitStatusLike::Signal(signal) => {
+            let reason = format!(
                 "rsync killed by signal {signal} ({}){}",
                 signal_name(signal),
                 if signal == libc::SIGKILL {
@@ -475,10 +479,15 @@ pub fn classify(status: ExitStatusLike, stderr_tail: &str) -> Verdict {
                 } else {
                     ""
                 }
-            ),
-            partial: false,
-            fatal_text: false,
-        },
+            );
+            Verdict {
+                class: Retryable,
+                summary: reason.clone(),
+                reason,
+                partial: false,
+                fatal_text: false,
+            }
+        }
         ExitStatusLike::SpawnFailed(kind) => {
             let (class, what) = match kind {
                 io::ErrorKind::NotFound => (
@@ -490,9 +499,11 @@ pub fn classify(status: ExitStatusLike, stderr_tail: &str) -> Verdict {
                 io::ErrorKind::InvalidInput => (Fatal, "invalid argument (a NUL byte in argv?)"),
                 _ => (Retryable, "a transient system error"),
             };
+            let reason = format!("could not start rsync ({kind}): {what}");
             Verdict {
                 class,
-                reason: format!("could not start rsync ({kind}): {what}"),
+                summary: reason.clone(),
+                reason,
                 partial: false,
                 fatal_text: false,
             }
@@ -511,6 +522,7 @@ fn classify_code(code: i32, stderr_tail: &str) -> Verdict {
         ),
     };
     let mut reason = format!("rsync exit {code}: {meaning}");
+    let mut summary = reason.clone();
     let mut fatal_text = false;
     let signal = if code == 0 {
         None
@@ -523,13 +535,16 @@ fn classify_code(code: i32, stderr_tail: &str) -> Verdict {
             fatal_text = true;
         }
         reason.push_str(&format!("; {}: {}", signal.meaning, excerpt(line)));
+        summary.push_str(&format!("; {}", signal.meaning));
     }
     if let Some(hint) = hint {
         reason.push_str(&format!(" ({hint})"));
+        summary.push_str(&format!(" ({hint})"));
     }
     Verdict {
         class,
         reason,
+        summary,
         partial: code == 23,
         fatal_text,
     }
@@ -829,7 +844,39 @@ mod tests {
                 "{:?} lacks {words:?}",
                 verdict.reason
             );
+            assert!(
+                verdict.summary.contains(words),
+                "{:?} lacks {words:?}",
+                verdict.summary
+            );
             assert!(!verdict.reason.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn summaries_keep_the_diagnosis_and_quote_nothing_from_stderr() {
+        let stderr = concat!(
+            "rsync: [sender] send_files failed to open \"/srv/hush-dir/plan.txt\": Permission denied (13)\n",
+            "@ERROR: auth failed on module hush-module\n",
+            "rsync error: some files/attrs were not transferred (see previous errors) (code 23) at main.c(1394) [sender=3.5.0]\n",
+        );
+        let refused = classify(ExitStatusLike::Code(5), stderr);
+        assert!(refused.reason.contains("hush-module"), "{}", refused.reason);
+        assert!(
+            refused.summary.contains("rejected the user or password"),
+            "{}",
+            refused.summary
+        );
+        for status in [
+            ExitStatusLike::Code(5),
+            ExitStatusLike::Code(23),
+            ExitStatusLike::Code(-7),
+            ExitStatusLike::Signal(libc::SIGKILL),
+            ExitStatusLike::SpawnFailed(io::ErrorKind::NotFound),
+        ] {
+            let verdict = classify(status, stderr);
+            assert!(!verdict.summary.contains("hush"), "{status:?}: {verdict:?}");
+            assert!(!verdict.summary.is_empty(), "{status:?}");
         }
     }
 

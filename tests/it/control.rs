@@ -32,7 +32,7 @@ use sersync::control::{
 
 use crate::harness::bus::{Bus, Policy, SERSYNCCTL};
 use crate::harness::{
-    CONVERGE, Env, POLL, Remote, SersyncdBuilder, temp_dir, wait_converged, write,
+    CONVERGE, Env, POLL, Remote, SersyncdBuilder, require_tool, temp_dir, wait_converged, write,
 };
 
 const SERSYNCD: &str = env!("CARGO_BIN_EXE_sersyncd");
@@ -139,41 +139,173 @@ fn ctl_as(user: &TestUser, bus: &Bus, args: &[&str]) -> Ctl {
     }
 }
 
+/// A running `sersyncctl monitor`, as root or (through runuser) as a test user, whose
+/// lines are collected as they come. Stopped (SIGTERM to the process we started, which
+/// runuser passes on) when dropped.
+struct Monitor {
+    child: Option<std::process::Child>,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Monitor {
+    fn start(bus: &Bus, user: Option<&TestUser>, args: &[&str]) -> Monitor {
+        let mut command = match user {
+            None => Command::new(SERSYNCCTL),
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command
+                    .arg("-u")
+                    .arg(&user.name)
+                    .arg("--")
+                    .arg(bus.public_sersyncctl());
+                command
+            }
+        };
+        let mut child = command
+            .arg("--bus-address")
+            .arg(bus.address())
+            .arg("monitor")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sersyncctl monitor");
+        let (lines_tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let stderr = Arc::clone(&stderr);
+            let pipe = child.stderr.take().expect("piped stderr");
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut text = stderr.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            });
+        }
+        Monitor {
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// The next line, if one comes within `timeout`.
+    fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Waits (bounded) for a line that satisfies `want`, and returns it.
+    #[track_caller]
+    fn wait_for(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left.min(Duration::from_millis(200))) {
+                Some(line) if want(&line) => return line,
+                Some(_) => {}
+                None => assert!(
+                    Instant::now() < deadline,
+                    "the monitor never printed {what}; it printed:\n{}\nstderr:\n{}",
+                    self.seen.join("\n"),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Every line printed so far.
+    fn output(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            crate::harness::terminate(child, Duration::from_secs(5));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Unprivileged users
 // ---------------------------------------------------------------------------------------
 
-/// The group `sersync`, created for the test when the machine has none (and then removed).
+/// The group `sersync`, created for the tests when the machine has none, and removed
+/// again when the last test holding it is done (tests run at once: one must not remove
+/// the group under another, whose bus resolved it when it started).
 #[derive(Debug)]
-struct AdminGroup {
-    created: bool,
-}
+struct AdminGroup(());
+
+/// (tests holding the group, whether they created it).
+static ADMIN_GROUP_HELD: Mutex<(usize, bool)> = Mutex::new((0, false));
 
 impl AdminGroup {
     fn ensure() -> AdminGroup {
-        if nix::unistd::Group::from_name(control::interface::ADMIN_GROUP)
+        let mut held = ADMIN_GROUP_HELD.lock().unwrap_or_else(|e| e.into_inner());
+        let exists = nix::unistd::Group::from_name(control::interface::ADMIN_GROUP)
             .ok()
             .flatten()
-            .is_some()
-        {
-            return AdminGroup { created: false };
+            .is_some();
+        if !exists {
+            let status = account_tool(
+                Command::new("groupadd")
+                    .arg("--system")
+                    .arg(control::interface::ADMIN_GROUP),
+            );
+            assert!(status.success(), "groupadd sersync failed: {status}");
+            held.1 = true;
         }
-        let status = account_tool(
-            Command::new("groupadd")
-                .arg("--system")
-                .arg(control::interface::ADMIN_GROUP),
-        );
-        assert!(status.success(), "groupadd sersync failed: {status}");
-        AdminGroup { created: true }
+        held.0 += 1;
+        AdminGroup(())
     }
 }
 
 impl Drop for AdminGroup {
     fn drop(&mut self) {
-        if self.created {
+        let mut held = ADMIN_GROUP_HELD.lock().unwrap_or_else(|e| e.into_inner());
+        held.0 -= 1;
+        if held.0 == 0 && held.1 {
             account_tool(Command::new("groupdel").arg(control::interface::ADMIN_GROUP));
+            held.1 = false;
         }
     }
+}
+
+/// Root is needed to create users and groups: `false` (after a SKIP line) without it;
+/// under CI (`CI=true`) that is a failure.
+fn can_create_users() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "creating test users needs root (CI=true: not skipping)"
+    );
+    eprintln!("SKIP: needs root to create users and groups");
+    false
 }
 
 // ---------------------------------------------------------------------------------------
@@ -262,6 +394,13 @@ impl Stub {
     }
 }
 
+/// The stub's failing remote's last error in full: it names a file.
+const LAST_ERROR: &str = "rsync exit 23: partial transfer due to error: rsync: [sender] \
+                          send_files failed to open \"/srv/www/secret-dir/plan.txt\": \
+                          Permission denied (13)";
+/// The same error as everyone sees it.
+const LAST_ERROR_SUMMARY: &str = "rsync exit 23: partial transfer due to error";
+
 fn sample_status(instance: &str) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -278,13 +417,15 @@ fn sample_status(instance: &str) -> Status {
                 state: "ok".into(),
                 last_ok: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
                 last_error: None,
+                last_error_summary: None,
                 pending: 3,
             },
             RemoteStatus {
                 name: "/srv/www -> 10.0.0.3::www".into(),
                 state: "failing".into(),
                 last_ok: None,
-                last_error: Some("rsync exit 5: @ERROR: auth failed on module www".into()),
+                last_error: Some(LAST_ERROR.into()),
+                last_error_summary: Some(LAST_ERROR_SUMMARY.into()),
                 pending: 0,
             },
         ],
@@ -437,10 +578,8 @@ fn status_and_every_method_round_trip_through_sersyncctl() {
     assert_eq!(json["remotes"][0]["last_ok"], "2023-11-14T22:13:20Z");
     assert!(json["remotes"][0]["last_error"].is_null());
     assert!(json["remotes"][1]["last_ok"].is_null());
-    assert_eq!(
-        json["remotes"][1]["last_error"],
-        "rsync exit 5: @ERROR: auth failed on module www"
-    );
+    // Root gets rsync's own words.
+    assert_eq!(json["remotes"][1]["last_error"], LAST_ERROR);
     assert_eq!(json["counters"]["bytes"], 4096);
 
     ctl(&bus, &["pause"]).expect(0);
@@ -611,16 +750,17 @@ fn monitor_prints_signals_and_throttled_property_changes_as_json_lines() {
             path: b"x/\xffy".to_vec(),
             rsync_exit: 23,
             message: "some files could not be transferred".into(),
+            summary: "rsync exit 23: partial transfer due to error".into(),
         })
         .unwrap();
     stub.update(|s| {
         s.paused = true;
         s.queue_depth = 99;
     });
-    let mut saw_failed = false;
+    let mut saw_failed = 0;
     let mut saw_properties = false;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !(saw_failed && saw_properties) {
+    while !(saw_failed > 0 && saw_properties) {
         let line = lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| {
@@ -629,9 +769,11 @@ fn monitor_prints_signals_and_throttled_property_changes_as_json_lines() {
         let json: Json = serde_json::from_str(&line).unwrap();
         match json["signal"].as_str() {
             Some("SyncFailed") => {
+                // Root gets the failure in full, once (not also the path-less broadcast).
                 assert_eq!(json["rsync_exit"], 23);
                 assert_eq!(json["path_bytes"], serde_json::json!([120, 47, 255, 121]));
-                saw_failed = true;
+                assert_eq!(json["message"], "some files could not be transferred");
+                saw_failed += 1;
             }
             Some("PropertiesChanged") if json["changed"].get("Paused").is_some() => {
                 assert_eq!(json["changed"]["Paused"], true);
@@ -641,6 +783,26 @@ fn monitor_prints_signals_and_throttled_property_changes_as_json_lines() {
             _ => {}
         }
     }
+    // A marker after everything: whatever came of the failure came before it.
+    stub.events
+        .send(Event::StateChanged {
+            remote: "marker".into(),
+            state: "ok".into(),
+        })
+        .unwrap();
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the marker");
+        let json: Json = serde_json::from_str(&line).unwrap();
+        if json["remote"] == "marker" {
+            break;
+        }
+        if json["signal"] == "SyncFailed" {
+            saw_failed += 1;
+        }
+    }
+    assert_eq!(saw_failed, 1, "one failure, printed {saw_failed} times");
 
     // The daemon leaving ends the monitor with 69.
     stub.stop();
@@ -930,7 +1092,7 @@ fn an_instance_name_is_owned_by_one_daemon_only() {
 }
 
 #[test]
-fn unprivileged_users_read_but_the_policy_denies_changes() {
+fn unprivileged_users_read_the_status_but_the_policy_denies_changes_and_file_names() {
     let Some(bus) = Bus::start(Policy::SystemLike) else {
         return;
     };
@@ -940,7 +1102,12 @@ fn unprivileged_users_read_but_the_policy_denies_changes() {
     let stub = Stub::start(&bus, StubOptions::new("web"));
     let json = ctl_as(&user, &bus, &["status", "--json"]).expect(0).json();
     assert_eq!(json["instance"], "web");
-    ctl_as(&user, &bus, &["failures"]).expect(0);
+    assert_eq!(json["failed"], 2);
+    // The remote's state, and its error without rsync's words (which name a file).
+    assert_eq!(json["remotes"][1]["state"], "failing");
+    assert_eq!(json["remotes"][1]["last_error"], LAST_ERROR_SUMMARY);
+    let text = ctl_as(&user, &bus, &["status"]).expect(0).stdout;
+    assert!(!text.contains("secret-dir"), "{text}");
     assert_eq!(ctl_as(&user, &bus, &["list"]).expect(0).stdout, "web\n");
     for args in [
         &["pause"][..],
@@ -948,12 +1115,30 @@ fn unprivileged_users_read_but_the_policy_denies_changes() {
         &["retry-failed"][..],
         &["full-sync"][..],
         &["reload"][..],
+        &["failures"][..],
     ] {
         let denied = ctl_as(&user, &bus, args).expect(77);
         assert!(denied.stderr.contains("access denied"), "{}", denied.stderr);
+        // The bus said no, before the daemon was asked.
+        assert!(
+            denied
+                .stderr
+                .contains("org.freedesktop.DBus.Error.AccessDenied"),
+            "{}",
+            denied.stderr
+        );
     }
-    // Only the read went through to the loop.
-    assert_eq!(stub.received(), ["ListFailures"]);
+    let denied = ctl_as(&user, &bus, &["failures", "--json"]).expect(77);
+    assert!(
+        denied.stderr.contains(
+            "listing failures (they name files) needs root or membership in group sersync"
+        ),
+        "{}",
+        denied.stderr
+    );
+    assert_eq!(denied.stdout, "");
+    // Nothing went through to the loop.
+    assert!(stub.received().is_empty(), "{:?}", stub.received());
 }
 
 #[test]
@@ -965,7 +1150,16 @@ fn the_daemon_checks_the_caller_where_the_bus_policy_does_not() {
         return;
     };
     let stub = Stub::start(&bus, StubOptions::new("web"));
-    ctl_as(&user, &bus, &["status"]).expect(0);
+    let json = ctl_as(&user, &bus, &["status", "--json"]).expect(0).json();
+    assert_eq!(json["remotes"][1]["last_error"], LAST_ERROR_SUMMARY);
+    let denied = ctl_as(&user, &bus, &["failures"]).expect(77);
+    assert!(
+        denied
+            .stderr
+            .contains("listing failures (ListFailures) needs root"),
+        "{}",
+        denied.stderr
+    );
     for args in [&["pause"][..], &["retry-failed"][..], &["full-sync"][..]] {
         let denied = ctl_as(&user, &bus, args).expect(77);
         assert!(
@@ -984,8 +1178,7 @@ fn the_daemon_checks_the_caller_where_the_bus_policy_does_not() {
 
 #[test]
 fn members_of_group_sersync_may_change() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: needs root to create users and groups");
+    if !can_create_users() {
         return;
     }
     // The group must exist before the bus reads its policy.
@@ -998,14 +1191,204 @@ fn members_of_group_sersync_may_change() {
             return;
         };
         let stub = Stub::start(&bus, StubOptions::new("web"));
+        // File names too: the failures, and the remote's error in rsync's own words.
+        let failures = ctl_as(&member, &bus, &["failures", "--json"])
+            .expect(0)
+            .json();
+        assert_eq!(failures[1]["path"], "dir/bad\u{fffd}name", "{policy:?}");
+        let json = ctl_as(&member, &bus, &["status", "--json"])
+            .expect(0)
+            .json();
+        assert_eq!(json["remotes"][1]["last_error"], LAST_ERROR, "{policy:?}");
         ctl_as(&member, &bus, &["pause"]).expect(0);
         ctl_as(&member, &bus, &["retry-failed"]).expect(0);
         ctl_as(&member, &bus, &["full-sync"]).expect(0);
         assert_eq!(
             stub.received(),
-            ["Pause", "RetryFailed", "FullSync"],
+            ["ListFailures", "Pause", "RetryFailed", "FullSync"],
             "{policy:?}"
         );
+    }
+}
+
+/// `dbus-send` as `user`: `method` of instance `web`'s object, without arguments.
+fn dbus_send_as(user: &TestUser, bus: &Bus, method: &str) -> Ctl {
+    let mut command = Command::new("runuser");
+    command
+        .arg("-u")
+        .arg(&user.name)
+        .arg("--")
+        .arg("dbus-send")
+        .arg(format!("--bus={}", bus.address()))
+        .arg("--print-reply")
+        .arg(format!(
+            "--dest={}",
+            control::names::bus_name("web").unwrap()
+        ))
+        .arg(control::OBJECT_PATH)
+        .arg(format!("{}.{method}", control::INTERFACE));
+    run(command)
+}
+
+/// Sends `StateChanged` through the stub until every monitor printed one: each is then
+/// subscribed, and has its answer to `WatchFailures` (asked before it prints anything).
+fn until_monitors_listen(stub: &Stub, monitors: &mut [(&str, Monitor)]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ready = vec![false; monitors.len()];
+    while !ready.iter().all(|r| *r) {
+        assert!(
+            Instant::now() < deadline,
+            "monitors not listening: {ready:?}"
+        );
+        stub.events
+            .send(Event::StateChanged {
+                remote: "warm-up".into(),
+                state: "ok".into(),
+            })
+            .unwrap();
+        for ((_, monitor), ready) in monitors.iter_mut().zip(&mut ready) {
+            while let Some(line) = monitor.next_line(Duration::from_millis(100)) {
+                *ready |= line.contains("warm-up");
+            }
+        }
+    }
+}
+
+#[test]
+fn file_names_reach_root_and_group_sersync_but_no_other_user() {
+    if !can_create_users() || !require_tool("dbus-send") {
+        return;
+    }
+    // The group must exist before the bus reads its policy.
+    let _group = AdminGroup::ensure();
+    for policy in [Policy::SystemLike, Policy::Permissive] {
+        let Some(bus) = Bus::start(policy) else {
+            return;
+        };
+        let Some(member) = TestUser::create(&[control::interface::ADMIN_GROUP]) else {
+            return;
+        };
+        let Some(outsider) = TestUser::create(&[]) else {
+            return;
+        };
+        let stub = Stub::start(&bus, StubOptions::new("web"));
+
+        // Both layers refuse the outsider: the bus policy where it applies, the daemon's
+        // handlers on a bus that lets everything through.
+        let refused_by = match policy {
+            Policy::SystemLike => "org.freedesktop.DBus.Error.AccessDenied",
+            Policy::Permissive => "org.sersync.Sersync1.Error.AccessDenied",
+        };
+        for method in ["ListFailures", "WatchFailures"] {
+            let refused = dbus_send_as(&outsider, &bus, method);
+            assert_ne!(refused.code, 0, "{policy:?} {method}: {refused:?}");
+            assert!(
+                refused.stderr.contains(refused_by),
+                "{policy:?} {method}: {}",
+                refused.stderr
+            );
+            dbus_send_as(&member, &bus, method).expect(0);
+        }
+        ctl_as(&outsider, &bus, &["failures"]).expect(77);
+        assert!(
+            ctl(&bus, &["failures"])
+                .expect(0)
+                .stdout
+                .contains("/srv/www/a.txt")
+        );
+
+        let mut monitors = [
+            ("root", Monitor::start(&bus, None, &["--json"])),
+            ("member", Monitor::start(&bus, Some(&member), &["--json"])),
+            (
+                "outsider",
+                Monitor::start(&bus, Some(&outsider), &["--json"]),
+            ),
+        ];
+        until_monitors_listen(&stub, &mut monitors);
+        stub.events
+            .send(Event::SyncFailed {
+                remote: "/srv/www -> 10.0.0.3::www".into(),
+                path: b"secret-dir/plan.txt".to_vec(),
+                rsync_exit: 23,
+                message: "rsync: [sender] send_files failed to open \
+                          \"/srv/www/secret-dir/plan.txt\": Permission denied (13)"
+                    .into(),
+                summary: LAST_ERROR_SUMMARY.into(),
+            })
+            .unwrap();
+        // The remote's error changes too: PropertiesChanged, which everyone receives.
+        stub.update(|s| {
+            s.remotes[1].state = "backoff".into();
+            s.remotes[1].last_error = Some(format!("{LAST_ERROR} again"));
+            s.remotes[1].last_error_summary = Some(format!("{LAST_ERROR_SUMMARY} again"));
+        });
+        // After the failure: whatever came of it came before this.
+        stub.events
+            .send(Event::StateChanged {
+                remote: "marker".into(),
+                state: "ok".into(),
+            })
+            .unwrap();
+
+        for (who, monitor) in &mut monitors {
+            let mut failures = Vec::new();
+            let (mut marker, mut remotes) = (false, false);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !(marker && remotes) {
+                let line = monitor
+                    .next_line(deadline.saturating_duration_since(Instant::now()))
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{policy:?} {who}: no marker ({marker}) or remotes ({remotes}):\n{}",
+                            monitor.output()
+                        )
+                    });
+                let json: Json = serde_json::from_str(&line).unwrap();
+                match json["signal"].as_str() {
+                    Some("SyncFailed") => failures.push(json),
+                    Some("StateChanged") => marker |= json["remote"] == "marker",
+                    Some("PropertiesChanged") if json["changed"].get("Remotes").is_some() => {
+                        // The properties are everyone's: the summary, for root too.
+                        assert_eq!(
+                            json["changed"]["Remotes"][1]["LastError"],
+                            format!("{LAST_ERROR_SUMMARY} again"),
+                            "{policy:?} {who}"
+                        );
+                        remotes = true;
+                    }
+                    _ => {}
+                }
+            }
+            // Once each: a listener in full does not print the broadcast copy as well.
+            assert_eq!(failures.len(), 1, "{policy:?} {who}: {failures:?}");
+            let failure = &failures[0];
+            assert_eq!(failure["remote"], "/srv/www -> 10.0.0.3::www");
+            assert_eq!(failure["rsync_exit"], 23);
+            if *who == "outsider" {
+                assert_eq!(failure["path"], "", "{policy:?}");
+                assert_eq!(failure["message"], LAST_ERROR_SUMMARY, "{policy:?}");
+                let output = monitor.output();
+                assert!(
+                    !output.contains("secret-dir"),
+                    "{policy:?}: the outsider saw a file name:\n{output}"
+                );
+                assert!(
+                    monitor.stderr().contains("without their paths"),
+                    "{policy:?}: {}",
+                    monitor.stderr()
+                );
+            } else {
+                assert_eq!(failure["path"], "secret-dir/plan.txt", "{policy:?} {who}");
+                assert!(
+                    failure["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("/srv/www/secret-dir/plan.txt")),
+                    "{policy:?} {who}: {failure}"
+                );
+                assert_eq!(monitor.stderr(), "", "{policy:?} {who}");
+            }
+        }
     }
 }
 
@@ -1285,8 +1668,12 @@ fn e2e_an_unprivileged_user_reads_status_but_may_not_change_anything() {
     let json = ctl_as(&user, &bus, &["status", "--json"]).expect(0).json();
     assert_eq!(json["instance"], "web");
     assert_eq!(json["paused"], false);
-    ctl_as(&user, &bus, &["failures", "--json"]).expect(0);
-    for args in [&["pause"][..], &["retry-failed"][..], &["full-sync"][..]] {
+    for args in [
+        &["pause"][..],
+        &["retry-failed"][..],
+        &["full-sync"][..],
+        &["failures", "--json"][..],
+    ] {
         ctl_as(&user, &bus, args).expect(77);
     }
     // Nothing changed: still running, and changes still flow.
@@ -1296,6 +1683,114 @@ fn e2e_an_unprivileged_user_reads_status_but_may_not_change_anything() {
     );
     write(env.src(), "still-flowing.txt", "yes\n");
     env.converged();
+}
+
+#[test]
+fn e2e_failed_file_names_are_shown_to_root_and_group_sersync_only() {
+    if !can_create_users() {
+        return;
+    }
+    let _group = AdminGroup::ensure();
+    let Some(bus) = Bus::start(Policy::SystemLike) else {
+        return;
+    };
+    let Some(mut env) = Env::new(&["web"]) else {
+        return;
+    };
+    let Some(member) = TestUser::create(&[control::interface::ADMIN_GROUP]) else {
+        return;
+    };
+    let Some(outsider) = TestUser::create(&[]) else {
+        return;
+    };
+    // The module refuses files named hush-file*: rsync names each one on stderr ("daemon
+    // refused to receive file …", exit 23), so the failure, its message and the remote's
+    // last error all carry the name.
+    env.rsyncd.set_module_options("    exclude = hush-file*\n");
+    let _daemon = env.start(|b| on_bus(b, &bus, "web"));
+    write(env.src(), "first.txt", "1\n");
+    env.converged();
+    let mut root_monitor = Monitor::start(&bus, None, &[]);
+    let mut member_monitor = Monitor::start(&bus, Some(&member), &[]);
+    let mut outsider_monitor = Monitor::start(&bus, Some(&outsider), &[]);
+    for monitor in [
+        &mut root_monitor,
+        &mut member_monitor,
+        &mut outsider_monitor,
+    ] {
+        // Printed once subscribed, and answered about WatchFailures.
+        monitor.wait_for("its header", |l| l.contains("monitoring"));
+    }
+
+    // A directory only root may read, holding a file the remote refuses.
+    let private = env.src().join("hush-dir");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    write(env.src(), "hush-dir/hush-file.txt", "not for everyone\n");
+
+    // Root and group sersync: the failure with its path, the list, the error in full.
+    for monitor in [&mut root_monitor, &mut member_monitor] {
+        monitor.wait_for("the failure with its path", |l| {
+            l.contains(" sync-failed ") && l.contains("hush-")
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failures = ctl(&bus, &["failures", "--json"]).expect(0).json();
+        if failures
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["path"] == "hush-dir/hush-file.txt"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused file was never listed: {failures}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listed = ctl_as(&member, &bus, &["failures"]).expect(0).stdout;
+    assert!(listed.contains("hush-dir/hush-file.txt"), "{listed}");
+    for status in [
+        ctl(&bus, &["status", "--json"]),
+        ctl_as(&member, &bus, &["status", "--json"]),
+    ] {
+        let status = status.expect(0).json();
+        assert!(
+            status["remotes"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("hush-file")),
+            "{status}"
+        );
+    }
+
+    // Everyone else: that something failed, and where to, without the name.
+    outsider_monitor.wait_for("the failure", |l| l.contains(" sync-failed "));
+    outsider_monitor.wait_for("the remote's error", |l| {
+        l.contains(" properties ") && l.contains("LastError")
+    });
+    let denied = ctl_as(&outsider, &bus, &["failures"]).expect(77);
+    assert!(
+        denied.stderr.contains("listing failures"),
+        "{}",
+        denied.stderr
+    );
+    let status = ctl_as(&outsider, &bus, &["status", "--json"])
+        .expect(0)
+        .json();
+    assert!(status["failed"].as_u64() > Some(0), "{status}");
+    let last_error = status["remotes"][0]["last_error"].as_str().unwrap_or("");
+    assert!(last_error.starts_with("rsync exit 23"), "{status}");
+    assert!(!last_error.contains("hush-"), "{status}");
+    let seen = outsider_monitor.output();
+    assert!(
+        !seen.contains("hush-"),
+        "the outsider saw a file name:\n{seen}"
+    );
 }
 
 #[test]

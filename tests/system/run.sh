@@ -598,9 +598,14 @@ step5_ctl() {
         test "$rc" = 77
     out=$(as_user tester sersyncctl -i web retry-failed 2>&1); rc=$?
     check "unprivileged user 'tester': sersyncctl retry-failed is denied with exit 77 (got $rc)" test "$rc" = 77
+    out=$(as_user tester sersyncctl -i web failures 2>&1); rc=$?
+    check "unprivileged user 'tester': sersyncctl failures (file names) is denied with exit 77 (got $rc)" \
+        test "$rc" = 77
     check "the daemon is not paused after the denied call" eval '! ctl status 2>&1 | gq -i paused'
     check "member of group sersync ('syncop'): pause and resume are allowed" \
         eval 'as_user syncop sersyncctl -i web pause && as_user syncop sersyncctl -i web resume'
+    check "member of group sersync ('syncop'): sersyncctl failures is allowed" \
+        as_user syncop sersyncctl -i web failures
 }
 
 step6_failures() {
