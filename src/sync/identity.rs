@@ -115,6 +115,9 @@ pub fn read_password(file: &Path) -> Result<OsString, String> {
     if meta.mode() & 0o006 != 0 {
         return Err("ERROR: password file must not be other-accessible".to_owned());
     }
+    if meta.uid() != 0 && meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err("ERROR: password file must be owned by root when running as root".to_owned());
+    }
     let mut bytes = Vec::new();
     opened
         .read_to_end(&mut bytes)
@@ -173,6 +176,15 @@ mod tests {
                 .unwrap_err()
                 .contains("failed to read a password")
         );
+        if nix::unistd::geteuid().is_root() {
+            std::fs::write(&file, b"s3cret\n").unwrap();
+            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+            assert!(
+                read_password(&file)
+                    .unwrap_err()
+                    .contains("must be owned by root")
+            );
+        }
         let missing = read_password(&tmp.path().join("missing")).unwrap_err();
         assert!(
             missing.starts_with("could not open password file"),
