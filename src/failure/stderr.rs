@@ -84,6 +84,9 @@ pub enum FailureKind {
     Create,
     /// Writing the destination file failed.
     Write,
+    /// The daemon's module filter (`exclude`, `filter`, a per-directory merge file)
+    /// refused the entry; a refused directory is skipped with everything below it.
+    Refused,
 }
 
 /// One path named in a per-file error message.
@@ -181,6 +184,14 @@ static MAKE_WAY: LazyLock<Regex> = LazyLock::new(|| {
     )
 });
 
+/// `ERROR: daemon refused to receive file "dir/name"` (or `directory`): a receiver-side
+/// `rprintf` the daemon forwards to the client, relative to the destination directory.
+static REFUSED: LazyLock<Regex> = LazyLock::new(|| {
+    constant_regex(
+        r#"^(?:rsync: (?:\[[A-Za-z]+\] )?)?ERROR: daemon refused to receive (?:file|directory) "(?P<p>.*)"$"#,
+    )
+});
+
 /// `file has vanished: "/srv/www/a"` (exit 24).
 static VANISHED: LazyLock<Regex> = LazyLock::new(|| {
     constant_regex(&format!(
@@ -257,6 +268,15 @@ fn parse_line(line: &[u8], report: &mut StderrReport) -> Result<(), ()> {
     }
     if let Some(caps) = VANISHED.captures(line) {
         report.vanished.push(unescape(&caps["p"]));
+        return Ok(());
+    }
+    if let Some(caps) = REFUSED.captures(line) {
+        report.failures.push(FailedPath {
+            path: unescape(&caps["p"]),
+            kind: FailureKind::Refused,
+            side: Side::Generator,
+            module: None,
+        });
         return Ok(());
     }
     if let Some(caps) = MAKE_WAY.captures(line) {
@@ -411,6 +431,15 @@ pub fn retry_set(
     let mut wanted = HashSet::new();
     for failure in &report.failures {
         let path = relative(failure, roots)?;
+        if failure.kind == FailureKind::Refused {
+            // A refused directory takes everything below it along, unnamed.
+            wanted.extend(
+                entries
+                    .iter()
+                    .filter(|entry| is_ancestor(&path, entry))
+                    .cloned(),
+            );
+        }
         if entries.contains(&path) {
             wanted.insert(path);
         } else if entries.iter().any(|entry| is_ancestor(&path, entry)) {
@@ -838,6 +867,34 @@ rsync error: some files/attrs were not transferred (see previous errors) (code 2
         assert_eq!(
             retry_set(&doubled, &failure(b"/r/x", None), root),
             Some(vec![b"x".to_vec()])
+        );
+    }
+
+    /// A module that refuses names (`exclude = …` in rsyncd.conf): rsync 3.5.0 skips the
+    /// refused entry (a directory with everything below it), sends the rest, exits 23.
+    #[test]
+    fn daemon_refusals_name_their_entry_and_a_directory_takes_its_contents() {
+        let stderr = "ERROR: daemon refused to receive file \"bulk/refused-1.txt\"\n\
+             ERROR: daemon refused to receive directory \"secret \\#012dir\"\n\
+             rsync error: some files/attrs were not transferred (see previous errors) (code 23) at main.c(1338) [sender=3.5.0]\n";
+        let report = parse(stderr);
+        assert!(report.complete(), "{report:?}");
+        assert_eq!(
+            report.failures,
+            vec![
+                fp(b"bulk/refused-1.txt", Refused, Side::Generator, None),
+                fp(b"secret \ndir", Refused, Side::Generator, None),
+            ]
+        );
+        let batch = vec![
+            b"bulk/ok.txt".to_vec(),
+            b"bulk/refused-1.txt".to_vec(),
+            b"secret \ndir".to_vec(),
+            b"secret \ndir/inner.txt".to_vec(),
+        ];
+        assert_eq!(
+            retry_set(&batch, &report, &[b"/r"]),
+            Some(batch[1..].to_vec())
         );
     }
 
