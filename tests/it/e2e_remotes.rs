@@ -194,7 +194,7 @@ fn reloads_that_insert_and_remove_remotes_mid_batch_keep_lanes_apart() {
     let journal = loop {
         let journal =
             sersync::failure::Journal::load(&daemon.state_dir().join("failures")).unwrap();
-        if journal.len() > 0 || std::time::Instant::now() > deadline {
+        if !journal.is_empty() || std::time::Instant::now() > deadline {
             break journal;
         }
         std::thread::sleep(Duration::from_millis(100));
