@@ -114,6 +114,10 @@ struct Lane {
     job_started: Option<Instant>,
     /// The job in flight has moved no data for [`STALL_WARNING`] (reported once per job).
     stalled: bool,
+    /// Batches in a row that ended in exit 23 without rsync saying which paths failed:
+    /// they are split in halves to find the failing path, unless so many fail that the
+    /// failure is not one path's (then the lane backs off as for any failure).
+    unexplained_partials: u32,
 }
 
 impl Lane {
@@ -171,6 +175,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
 const GUARD_RETRY: Duration = Duration::from_secs(10);
 /// When paths that failed on their own (exit 23) are tried again.
 const PARTIAL_RETRY: Duration = Duration::from_secs(15);
+/// When the halves of a batch that failed without saying which paths (exit 23) are tried:
+/// soon, as finding the failing path takes about two runs per halving.
+const UNEXPLAINED_RETRY: Duration = Duration::from_secs(2);
+/// Unexplained partial failures in a row (no success between them) after which the lane
+/// backs off instead of splitting further: enough to isolate one failing path in the
+/// largest batch (two per halving), too few to split a remote-wide failure into a run per
+/// path.
+const MAX_UNEXPLAINED_PARTIALS: u32 = 40;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A job whose rsyncs have moved no data for this long is reported as stalled (in the
 /// log once, and in the status until it ends); rsync's own `--timeout` ends it.
@@ -435,6 +447,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                 full_sync_running: false,
                 job_started: None,
                 stalled: false,
+                unexplained_partials: 0,
             });
         }
     }
@@ -1971,6 +1984,7 @@ impl Daemon {
             }
             let lane = &mut self.lanes[at];
             lane.backoff.success();
+            lane.unexplained_partials = 0;
             if !still_guarded {
                 lane.state = LaneState::Ok;
                 lane.last_error = None;
@@ -2027,29 +2041,53 @@ impl Daemon {
             full: detail.clone(),
             summary: verdict.summary.clone(),
         });
-        // Exit 23 with every failed path identified (and none of stderr lost): retry those
-        // alone, later, and let the rest of the lane go on.
-        if verdict.partial && !outcome.stderr_truncated {
-            if let Job::Batch(batch) = &outcome.job {
+        // Exit 23: the remote is there and took what it could. Retry what failed alone,
+        // later, and let the rest of the lane go on: a file that keeps failing must not
+        // hold back every change queued behind it. When stderr names every failed path
+        // (and none of it was lost), that is those paths; otherwise the whole batch,
+        // which then waits aside the same way instead of holding the lane in backoff.
+        if verdict.partial {
+            if let Job::Batch(batch) = &outcome.job
+                && lane.unexplained_partials < MAX_UNEXPLAINED_PARTIALS
+            {
                 let paths: Vec<Vec<u8>> = batch.entries.iter().map(|(p, _)| p.clone()).collect();
-                let report = failure::stderr::parse(outcome.stderr.as_bytes());
-                let configured = lane.context.root.as_os_str().as_bytes().to_vec();
-                // Bounded: the root may sit on a filesystem that stopped answering.
-                let root = lane.context.root.clone();
-                let resolved = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
-                    std::fs::canonicalize(root)
-                })
-                .and_then(Result::ok)
-                .map(|p| p.as_os_str().as_bytes().to_vec())
-                .unwrap_or_else(|| configured.clone());
-                if let Some(failed) = failure::retry_set(&paths, &report, &[&configured, &resolved])
-                {
-                    let retry: Vec<(Vec<u8>, Action)> = batch
-                        .entries
-                        .iter()
-                        .filter(|(p, _)| failed.contains(p))
-                        .cloned()
-                        .collect();
+                let identified = if outcome.stderr_truncated {
+                    None
+                } else {
+                    let report = failure::stderr::parse(outcome.stderr.as_bytes());
+                    let configured = lane.context.root.as_os_str().as_bytes().to_vec();
+                    // Bounded: the root may sit on a filesystem that stopped answering.
+                    let root = lane.context.root.clone();
+                    let resolved = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+                        std::fs::canonicalize(root)
+                    })
+                    .and_then(Result::ok)
+                    .map(|p| p.as_os_str().as_bytes().to_vec())
+                    .unwrap_or_else(|| configured.clone());
+                    failure::retry_set(&paths, &report, &[&configured, &resolved])
+                };
+                let whole_batch = identified.is_none();
+                if whole_batch {
+                    lane.unexplained_partials += 1;
+                }
+                let failed: std::collections::HashSet<Vec<u8>> =
+                    identified.unwrap_or(paths).into_iter().collect();
+                let retry: Vec<(Vec<u8>, Action)> = batch
+                    .entries
+                    .iter()
+                    .filter(|(p, _)| failed.contains(p))
+                    .cloned()
+                    .collect();
+                if whole_batch {
+                    tracing::warn!(
+                        sersync_remote = %lane.label,
+                        failed = retry.len(),
+                        rsync_exit = code,
+                        "{what}: some paths failed ({detail}) and rsync's messages do not say \
+                         which; the batch is tried again in halves in {}s while the lane goes on",
+                        UNEXPLAINED_RETRY.as_secs()
+                    );
+                } else {
                     tracing::warn!(
                         sersync_remote = %lane.label,
                         failed = retry.len(),
@@ -2058,24 +2096,33 @@ impl Daemon {
                         retry.len(),
                         PARTIAL_RETRY.as_secs()
                     );
-                    self.journal.record(
-                        &key,
-                        retry.iter().map(|(p, _)| p.as_slice()),
-                        code,
-                        &message,
-                        std::time::SystemTime::now(),
-                    );
-                    let delivered = batch
-                        .entries
-                        .iter()
-                        .filter(|(p, _)| !failed.contains(p))
-                        .map(|(p, _)| p.as_slice());
-                    self.journal.clear(&key, delivered);
-                    self.journal_dirty = true;
-                    self.queue.finish(lane_id, None);
-                    self.queue.defer(lane_id, retry, now + PARTIAL_RETRY);
-                    return;
                 }
+                self.journal.record(
+                    &key,
+                    retry.iter().map(|(p, _)| p.as_slice()),
+                    code,
+                    &message,
+                    std::time::SystemTime::now(),
+                );
+                let delivered = batch
+                    .entries
+                    .iter()
+                    .filter(|(p, _)| !failed.contains(p))
+                    .map(|(p, _)| p.as_slice());
+                self.journal.clear(&key, delivered);
+                self.journal_dirty = true;
+                self.queue.finish(lane_id, None);
+                if whole_batch && retry.len() > 1 {
+                    // Two halves, retried as batches of their own: the one that succeeds
+                    // is delivered, the other splits again, down to the failing path.
+                    let mut first = retry;
+                    let second = first.split_off(first.len() / 2);
+                    self.queue.defer(lane_id, first, now + UNEXPLAINED_RETRY);
+                    self.queue.defer(lane_id, second, now + UNEXPLAINED_RETRY);
+                } else {
+                    self.queue.defer(lane_id, retry, now + PARTIAL_RETRY);
+                }
+                return;
             }
         }
         let retry_at = lane.backoff.failure(now, verdict.class);

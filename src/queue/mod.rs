@@ -319,7 +319,6 @@ impl Queue {
         if lane.busy || lane.paused || lane.not_before.is_some_and(|at| now < at) {
             return None;
         }
-        lane.release_deferred(now);
         if let Some(reason) = lane.full_sync.take() {
             lane.busy = true;
             lane.renames.clear();
@@ -328,6 +327,16 @@ impl Queue {
                 reason,
                 then: std::mem::take(&mut lane.pending).into_iter().collect(),
             });
+        }
+        // A retry that is due runs as a batch of its own: merged into the pending paths,
+        // a path that keeps failing would take every change batched with it down too.
+        if let Some(entries) = lane.take_due_retry(now) {
+            lane.busy = true;
+            return Some(Job::Batch(Batch {
+                lane: lane_id,
+                entries,
+                renames: Vec::new(),
+            }));
         }
         if lane.pending.is_empty() {
             return None;
@@ -544,19 +553,31 @@ impl Lane {
         }
     }
 
-    fn release_deferred(&mut self, now: Instant) {
-        if self.deferred.iter().all(|(at, _)| *at > now) {
-            return;
+    /// The earliest deferred retry that is due, as a batch: a newer pending action for one
+    /// of its paths travels with it (after the older one), so each path still goes out in
+    /// the order its changes happened.
+    fn take_due_retry(&mut self, now: Instant) -> Option<Vec<(RelPath, Action)>> {
+        let (at, _) = self
+            .deferred
+            .iter()
+            .enumerate()
+            .filter(|(_, (due, _))| *due <= now)
+            .min_by_key(|(_, (due, _))| *due)?;
+        let (_, group) = self.deferred.remove(at);
+        let mut entries: BTreeMap<RelPath, Action> = BTreeMap::new();
+        for (path, older) in group {
+            let action = match entries.remove(&path) {
+                Some(earlier) => Action::then(earlier, older),
+                None => older,
+            };
+            entries.insert(path, action);
         }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
-            .into_iter()
-            .partition(|(at, _)| *at <= now);
-        self.deferred = later;
-        for (_, entries) in due {
-            for (path, action) in entries {
-                self.requeue(path, action);
+        for (path, action) in &mut entries {
+            if let Some(newer) = self.pending.remove(path) {
+                *action = Action::then(*action, newer);
             }
         }
+        Some(entries.into_iter().collect())
     }
 
     /// Whether an ancestor of `path` is pending as [`Action::Tree`], which covers it.

@@ -330,6 +330,48 @@ fn deferred_paths_wait_without_blocking_the_lane() {
     );
 }
 
+/// A retry that comes due runs as a batch of its own (with any newer action for its own
+/// paths), so a path that keeps failing cannot take fresh changes down with it; retries
+/// split apart stay apart.
+#[test]
+fn a_due_retry_runs_alone_and_split_retries_stay_apart() {
+    let now = Instant::now();
+    let later = now + std::time::Duration::from_secs(10);
+    let mut queue = Queue::new(&[(0, 0)], 100);
+    queue.defer(
+        0,
+        vec![
+            (b"a1".to_vec(), Action::Sync),
+            (b"a2".to_vec(), Action::Sync),
+        ],
+        later,
+    );
+    queue.defer(0, vec![(b"b1".to_vec(), Action::Sync)], later);
+    queue.push(0, b"fresh", Action::Sync);
+    queue.push(0, b"a2", Action::Remove { dir: false });
+    assert_eq!(
+        render(queue.take_job(0, now)),
+        "a2:F fresh:S",
+        "nothing due yet"
+    );
+    queue.finish(0, None);
+    queue.push(0, b"fresh2", Action::Sync);
+    queue.push(0, b"a1", Action::Remove { dir: false });
+    assert_eq!(
+        render(queue.take_job(0, later)),
+        "a1:F a2:S",
+        "the first retry alone, with the newer removal of its own path"
+    );
+    queue.finish(0, None);
+    assert_eq!(
+        render(queue.take_job(0, later)),
+        "b1:S",
+        "the second retry alone"
+    );
+    queue.finish(0, None);
+    assert_eq!(render(queue.take_job(0, later)), "fresh2:S");
+}
+
 #[test]
 fn expedite_makes_everything_due() {
     let now = Instant::now();

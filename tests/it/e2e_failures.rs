@@ -1231,3 +1231,83 @@ fn a_long_outage_folds_pending_changes_into_dirty_directories_and_recovers_exact
         "the folded entries were not what recovered the replica:\n{second_run}"
     );
 }
+
+/// A batch that fails with exit 23 and a message sersyncd cannot read is split in halves,
+/// each retried as a batch of its own, until the failing path stands alone: every other
+/// file of the batch, and everything changed after it, reaches the replica, and the
+/// failure is recorded for that one path. (The "remote" here is rsync behind a wrapper
+/// that refuses any run listing `poison.txt`, sends nothing, and says something no rsync
+/// says.)
+#[test]
+fn an_unexplained_partial_failure_is_narrowed_down_to_its_path() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let real = std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("rsync"))
+                .find(|candidate| candidate.is_file())
+        })
+        .expect("rsync on PATH");
+    let wrapper_dir = temp_dir("wrapper");
+    let wrapper = wrapper_dir.path().join("rsync");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/bash\n\
+             list=$(mktemp)\n\
+             cat > \"$list\"\n\
+             if grep -qa poison \"$list\" || [[ \"$*\" == *poison* ]]; then\n\
+             \x20   rm -f \"$list\"\n\
+             \x20   echo 'rsync: [sender] something no rsync has ever said' >&2\n\
+             \x20   exit 23\n\
+             fi\n\
+             '{}' \"$@\" < \"$list\"\n\
+             rc=$?\n\
+             rm -f \"$list\"\n\
+             exit $rc\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "PATH={}:{}",
+        wrapper_dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let daemon = env.start(|b| b.launcher(&["env", &path]));
+    for i in 0..60 {
+        write(
+            env.src(),
+            &format!("batch-{i:02}.txt"),
+            "in the poisoned batch\n",
+        );
+    }
+    write(env.src(), "poison.txt", "never accepted\n");
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..10 {
+        write(env.src(), &format!("after-{i}.txt"), "changed afterwards\n");
+    }
+    let poison = |path: &[u8]| path == b"poison.txt";
+    crate::harness::wait_converged_ignoring(
+        env.src(),
+        env.replica(),
+        Duration::from_secs(90),
+        &poison,
+    );
+    assert!(!env.replica().join("poison.txt").exists());
+    wait_until(
+        Duration::from_secs(30),
+        "the journal holds poison.txt alone",
+        || journal_paths(&daemon.state_dir()) == Some(BTreeSet::from([b"poison.txt".to_vec()])),
+        || {
+            format!(
+                "{:?}\n{}",
+                journal_paths(&daemon.state_dir()),
+                tail(&daemon.log(), 40)
+            )
+        },
+    );
+}
