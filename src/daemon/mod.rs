@@ -2046,84 +2046,83 @@ impl Daemon {
         // hold back every change queued behind it. When stderr names every failed path
         // (and none of it was lost), that is those paths; otherwise the whole batch,
         // which then waits aside the same way instead of holding the lane in backoff.
-        if verdict.partial {
-            if let Job::Batch(batch) = &outcome.job
-                && lane.unexplained_partials < MAX_UNEXPLAINED_PARTIALS
-            {
-                let paths: Vec<Vec<u8>> = batch.entries.iter().map(|(p, _)| p.clone()).collect();
-                let identified = if outcome.stderr_truncated {
-                    None
-                } else {
-                    let report = failure::stderr::parse(outcome.stderr.as_bytes());
-                    let configured = lane.context.root.as_os_str().as_bytes().to_vec();
-                    // Bounded: the root may sit on a filesystem that stopped answering.
-                    let root = lane.context.root.clone();
-                    let resolved = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
-                        std::fs::canonicalize(root)
-                    })
-                    .and_then(Result::ok)
-                    .map(|p| p.as_os_str().as_bytes().to_vec())
-                    .unwrap_or_else(|| configured.clone());
-                    failure::retry_set(&paths, &report, &[&configured, &resolved])
-                };
-                let whole_batch = identified.is_none();
-                if whole_batch {
-                    lane.unexplained_partials += 1;
-                }
-                let failed: std::collections::HashSet<Vec<u8>> =
-                    identified.unwrap_or(paths).into_iter().collect();
-                let retry: Vec<(Vec<u8>, Action)> = batch
-                    .entries
-                    .iter()
-                    .filter(|(p, _)| failed.contains(p))
-                    .cloned()
-                    .collect();
-                if whole_batch {
-                    tracing::warn!(
-                        sersync_remote = %lane.label,
-                        failed = retry.len(),
-                        rsync_exit = code,
-                        "{what}: some paths failed ({detail}) and rsync's messages do not say \
-                         which; the batch is tried again in halves in {}s while the lane goes on",
-                        UNEXPLAINED_RETRY.as_secs()
-                    );
-                } else {
-                    tracing::warn!(
-                        sersync_remote = %lane.label,
-                        failed = retry.len(),
-                        rsync_exit = code,
-                        "{what}: {} path(s) failed ({detail}); retrying them in {}s",
-                        retry.len(),
-                        PARTIAL_RETRY.as_secs()
-                    );
-                }
-                self.journal.record(
-                    &key,
-                    retry.iter().map(|(p, _)| p.as_slice()),
-                    code,
-                    &message,
-                    std::time::SystemTime::now(),
-                );
-                let delivered = batch
-                    .entries
-                    .iter()
-                    .filter(|(p, _)| !failed.contains(p))
-                    .map(|(p, _)| p.as_slice());
-                self.journal.clear(&key, delivered);
-                self.journal_dirty = true;
-                self.queue.finish(lane_id, None);
-                if whole_batch && retry.len() > 1 {
-                    // Two halves, retried as batches of their own: the one that succeeds
-                    // is delivered, the other splits again, down to the failing path.
-                    let mut first = retry;
-                    let second = first.split_off(first.len() / 2);
-                    self.queue.defer(lane_id, first, now + UNEXPLAINED_RETRY);
-                    self.queue.defer(lane_id, second, now + UNEXPLAINED_RETRY);
-                } else {
-                    self.queue.defer(lane_id, retry, now + PARTIAL_RETRY);
-                }
-                return;
+        if verdict.partial
+            && let Job::Batch(batch) = &outcome.job
+            && lane.unexplained_partials < MAX_UNEXPLAINED_PARTIALS
+        {
+            let paths: Vec<Vec<u8>> = batch.entries.iter().map(|(p, _)| p.clone()).collect();
+            let identified = if outcome.stderr_truncated {
+                None
+            } else {
+                let report = failure::stderr::parse(outcome.stderr.as_bytes());
+                let configured = lane.context.root.as_os_str().as_bytes().to_vec();
+                // Bounded: the root may sit on a filesystem that stopped answering.
+                let root = lane.context.root.clone();
+                let resolved = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+                    std::fs::canonicalize(root)
+                })
+                .and_then(Result::ok)
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_else(|| configured.clone());
+                failure::retry_set(&paths, &report, &[&configured, &resolved])
+            };
+            let whole_batch = identified.is_none();
+            if whole_batch {
+                lane.unexplained_partials += 1;
             }
+            let failed: std::collections::HashSet<Vec<u8>> =
+                identified.unwrap_or(paths).into_iter().collect();
+            let retry: Vec<(Vec<u8>, Action)> = batch
+                .entries
+                .iter()
+                .filter(|(p, _)| failed.contains(p))
+                .cloned()
+                .collect();
+            if whole_batch {
+                tracing::warn!(
+                    sersync_remote = %lane.label,
+                    failed = retry.len(),
+                    rsync_exit = code,
+                    "{what}: some paths failed ({detail}) and rsync's messages do not say \
+                     which; the batch is tried again in halves in {}s while the lane goes on",
+                    UNEXPLAINED_RETRY.as_secs()
+                );
+            } else {
+                tracing::warn!(
+                    sersync_remote = %lane.label,
+                    failed = retry.len(),
+                    rsync_exit = code,
+                    "{what}: {} path(s) failed ({detail}); retrying them in {}s",
+                    retry.len(),
+                    PARTIAL_RETRY.as_secs()
+                );
+            }
+            self.journal.record(
+                &key,
+                retry.iter().map(|(p, _)| p.as_slice()),
+                code,
+                &message,
+                std::time::SystemTime::now(),
+            );
+            let delivered = batch
+                .entries
+                .iter()
+                .filter(|(p, _)| !failed.contains(p))
+                .map(|(p, _)| p.as_slice());
+            self.journal.clear(&key, delivered);
+            self.journal_dirty = true;
+            self.queue.finish(lane_id, None);
+            if whole_batch && retry.len() > 1 {
+                // Two halves, retried as batches of their own: the one that succeeds
+                // is delivered, the other splits again, down to the failing path.
+                let mut first = retry;
+                let second = first.split_off(first.len() / 2);
+                self.queue.defer(lane_id, first, now + UNEXPLAINED_RETRY);
+                self.queue.defer(lane_id, second, now + UNEXPLAINED_RETRY);
+            } else {
+                self.queue.defer(lane_id, retry, now + PARTIAL_RETRY);
+            }
+            return;
         }
         let retry_at = lane.backoff.failure(now, verdict.class);
         let fatal = verdict.class == ExitClass::Fatal;
