@@ -2111,6 +2111,20 @@ impl Daemon {
                 .map(|(p, _)| p.as_slice());
             self.journal.clear(&key, delivered);
             self.journal_dirty = true;
+            // Watchers hear of a batch's failure once (its first failed path, as for any
+            // failure), once the paths are known, not at every halving on the way.
+            if let Some((path, _)) = retry.first()
+                && (!whole_batch || retry.len() == 1)
+            {
+                let remote = self.lanes[at].label.clone();
+                self.emit(Event::SyncFailed {
+                    remote,
+                    path: path.clone(),
+                    rsync_exit: code,
+                    message: message.clone(),
+                    summary: verdict.summary.clone(),
+                });
+            }
             self.queue.finish(lane_id, None);
             if whole_batch && retry.len() > 1 {
                 // Two halves, retried as batches of their own: the one that succeeds
