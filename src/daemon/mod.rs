@@ -285,14 +285,7 @@ fn prepare_state_dir(dir: &Path) -> std::io::Result<std::fs::File> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err),
     }
-    // 0711: runs that take a user's credentials enter it (and the skeletons in it) by
-    // descriptor; the state directory above keeps everyone else out.
     std::fs::DirBuilder::new().mode(0o700).create(&empty)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Whatever the umask (the unit's is 0077).
-        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o711))?;
-    }
     Ok(lock)
 }
 

@@ -333,7 +333,7 @@ impl Runner {
             return;
         };
         let remote = ctx.transport.destination();
-        let scratch = match std::fs::File::open(&self.scratch_dir) {
+        let scratch = match self.skeleton(&[], ctx) {
             Ok(dir) => dir,
             Err(err) => {
                 tracing::warn!("cannot prepare pruning soft-deleted files: {err}");
@@ -343,7 +343,7 @@ impl Runner {
         let listing = self.run(
             lane,
             &argv::list_trash(&ctx.transport, &soft),
-            Cwd::Scratch(scratch.as_fd()),
+            scratch.cwd(),
             Vec::new(),
             ctx,
             true,
@@ -801,7 +801,18 @@ impl Runner {
     fn skeleton(&self, dirs: &[Vec<u8>], ctx: &JobContext) -> std::io::Result<Skeleton> {
         use nix::fcntl::OFlag;
         use nix::sys::stat::Mode;
-        let template = self.scratch_dir.join("skeleton-XXXXXX");
+        // rsync opens its source by absolute path (from getcwd), so a run that takes a
+        // user's credentials needs a skeleton that user can reach by path: in the temporary
+        // directory (sticky, like /tmp: no one else can replace what root makes in it),
+        // not below the state directory, which is root's alone.
+        let parent = if ctx.identity.is_some() {
+            let temp = std::env::temp_dir();
+            crate::trusted::check_parent_directory(&temp)?;
+            temp
+        } else {
+            self.scratch_dir.clone()
+        };
+        let template = parent.join("sersync-skeleton-XXXXXX");
         let path = nix::unistd::mkdtemp(&template)?;
         let open_dir = |at: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr| {
             nix::fcntl::openat(
@@ -812,7 +823,7 @@ impl Runner {
             )
         };
         let top = match open_dir(
-            std::fs::File::open(&self.scratch_dir)?.as_fd(),
+            std::fs::File::open(&parent)?.as_fd(),
             path.file_name().unwrap_or_default(),
         ) {
             Ok(top) => top,
@@ -1201,8 +1212,8 @@ enum Cwd<'a> {
     /// A directory of the tree, entered by path with the run's own credentials (the
     /// kernel checks every component against the user the run takes).
     Tree(&'a Path),
-    /// A directory of ours, entered by descriptor: the state directory above it is for
-    /// root alone.
+    /// A scratch directory of ours (a skeleton), entered by the descriptor it was made
+    /// with, never by a path resolved again.
     Scratch(std::os::fd::BorrowedFd<'a>),
 }
 

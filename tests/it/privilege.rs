@@ -411,3 +411,44 @@ fn the_failure_script_is_not_written_through_a_symlink_another_user_owns() {
     env.rsyncd.start();
     env.converged();
 }
+
+/// A tree that belongs to a user, changed by that user: creations, a private file (0600),
+/// renames of files and directories, a symlink, deletions of files and of a whole
+/// directory. rsync runs as the owner (the deletion runs from a scratch directory it can
+/// only enter by descriptor), and the replica follows exactly.
+#[test]
+fn a_users_tree_changed_by_that_user_replicates_with_deletions_and_renames() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let Some(owner) = TestUser::create(&[]) else {
+        return;
+    };
+    let src = env.src();
+    chmod(src, 0o755);
+    chown(src, owner.ids());
+    let daemon = env.start(|b| b);
+    let as_owner = |script: &str| {
+        let status = owner
+            .command("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(src)
+            .status()
+            .expect("run a shell as the owner");
+        assert!(status.success(), "{script}: {status}");
+    };
+    as_owner(
+        "mkdir -p site/img old && echo home > site/index.html && echo key > site/private.key \
+         && chmod 600 site/private.key && echo png > site/img/a.png && echo gone > old/x.txt \
+         && echo moved > before.txt && ln -s site/index.html link",
+    );
+    wait_converged_ignoring(src, env.replica(), CONVERGE, &|_| false);
+    as_owner(
+        "mv before.txt after.txt && mv site/img site/images && rm -r old \
+         && rm site/index.html && echo v2 > site/new.html",
+    );
+    wait_converged_ignoring(src, env.replica(), CONVERGE, &|_| false);
+    let log = daemon.log();
+    assert!(!log.contains(" failed"), "a run failed:\n{log}");
+}
