@@ -74,6 +74,36 @@ pub fn check_parent_directory(dir: &Path) -> Result<(), CheckError> {
     check_path(dir, Last::StickyAllowed)
 }
 
+/// Creates `dir` (mode 0700) and any missing parents, once the nearest existing one has
+/// passed [`check_parent_directory`]: nothing is created through a directory or symlink
+/// another user controls. The caller checks `dir` itself afterwards.
+pub fn create_checked(dir: &Path) -> Result<(), CheckError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut existing = dir;
+    while std::fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => {
+                existing = Path::new(".");
+                break;
+            }
+        }
+    }
+    if existing != dir {
+        check_parent_directory(existing)?;
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|err| {
+            CheckError::Io(io::Error::new(
+                err.kind(),
+                format!("{}: {err}", dir.display()),
+            ))
+        })
+}
+
 /// What the last directory of a checked path may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Last {
@@ -167,7 +197,8 @@ fn check_chain(path: &Path, last_may_be: Last) -> Result<(), CheckError> {
         }
         let sticky = meta.mode() & 0o1000 != 0;
         let others_write = meta.mode() & 0o002 != 0;
-        let group_write = meta.mode() & 0o020 != 0 && meta.gid() != 0;
+        // Whatever the group: an ACL can grant a group's write to anyone.
+        let group_write = meta.mode() & 0o020 != 0;
         let sticky_enough = sticky && (!last || last_may_be == Last::StickyAllowed);
         if (others_write || group_write) && !sticky_enough {
             return Err(untrusted(if others_write {

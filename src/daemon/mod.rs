@@ -196,6 +196,18 @@ const READY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `sersyncd` with parsed arguments; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {
+    // Descriptors inherited from whoever started us (a shell, a supervisor) must not
+    // reach the rsync children, which may run as another user. (Linux 5.11; on older
+    // kernels the call fails and nothing changes.)
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
     if cli.check {
         // One implementation for `sersyncd --check` and `sersyncctl check`.
         return crate::ctl::check_config(&cli.config);
@@ -265,6 +277,7 @@ pub fn main(cli: Cli) -> i32 {
         tracing::error!(path = %daemon.state.path().display(), "cannot use the state directory: {err}");
         return exit::CANTCREAT;
     }
+    daemon.log_run_users();
     daemon.run()
 }
 
@@ -272,11 +285,8 @@ pub fn main(cli: Cli) -> i32 {
 /// directory would discard this one's saved changes), and clears the scratch space.
 fn prepare_state_dir(dir: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
     // What is read back from here decides what reaches the replicas.
+    crate::trusted::create_checked(dir)?;
     crate::trusted::check_directory(dir)?;
     let lock = state::StateDir::new(dir.to_path_buf()).lock(Duration::from_secs(5))?;
     let empty = dir.join("empty");
@@ -396,7 +406,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
             let transport = Transport {
                 options: config.rsync.clone(),
                 remote: remote.clone(),
-                password_in_env: false,
+                password_piped: false,
             };
             let id = match lane_position(old, &root.path, &remote.ip, &remote.name) {
                 Some(at) => old[at].id,
@@ -1626,6 +1636,29 @@ impl Daemon {
             added = added.len(),
             "configuration reloaded"
         );
+        self.log_run_users();
+    }
+
+    /// Says whose credentials each root's rsync runs take (resolved again at every job),
+    /// and what cannot run.
+    fn log_run_users(&self) {
+        for root in &self.config.roots {
+            let path = root.path.display();
+            match crate::sync::identity::Identity::resolve(&root.run_as, &root.path) {
+                Ok(None) => tracing::info!(root = %path, "rsync runs as root for this root"),
+                Ok(Some(who)) if self.config.rsync.ssh => tracing::warn!(
+                    root = %path,
+                    user = %who.name,
+                    "rsync runs as {} for this root: over ssh, that user's keys and known_hosts \
+                     are used",
+                    who.name
+                ),
+                Ok(Some(who)) => {
+                    tracing::info!(root = %path, user = %who.name, "rsync runs as {}", who.name)
+                }
+                Err(err) => tracing::warn!(root = %path, "{err}"),
+            }
+        }
     }
 
     fn on_watch(&mut self, event: WatchEvent) {
@@ -2041,7 +2074,6 @@ impl Daemon {
         // which then waits aside the same way instead of holding the lane in backoff.
         if verdict.partial
             && let Job::Batch(batch) = &outcome.job
-            && lane.unexplained_partials < MAX_UNEXPLAINED_PARTIALS
         {
             let paths: Vec<Vec<u8>> = batch.entries.iter().map(|(p, _)| p.clone()).collect();
             let identified = if outcome.stderr_truncated {
@@ -2059,77 +2091,26 @@ impl Daemon {
                 .unwrap_or_else(|| configured.clone());
                 failure::retry_set(&paths, &report, &[&configured, &resolved])
             };
-            let whole_batch = identified.is_none();
-            if whole_batch {
-                lane.unexplained_partials += 1;
-            }
-            let failed: std::collections::HashSet<Vec<u8>> =
-                identified.unwrap_or(paths).into_iter().collect();
-            let retry: Vec<(Vec<u8>, Action)> = batch
-                .entries
-                .iter()
-                .filter(|(p, _)| failed.contains(p))
-                .cloned()
-                .collect();
-            if whole_batch {
-                tracing::warn!(
-                    sersync_remote = %lane.label,
-                    failed = retry.len(),
-                    rsync_exit = code,
-                    "{what}: some paths failed ({detail}) and rsync's messages do not say \
-                     which; the batch is tried again in halves in {}s while the lane goes on",
-                    UNEXPLAINED_RETRY.as_secs()
+            // Unknown which paths failed, among several: split, unless so many splits
+            // failed in a row that it is no single path's failure (then back off below).
+            let split = identified.is_none() && paths.len() > 1;
+            if !split || lane.unexplained_partials < MAX_UNEXPLAINED_PARTIALS {
+                if split {
+                    lane.unexplained_partials += 1;
+                }
+                let failed: std::collections::HashSet<Vec<u8>> =
+                    identified.unwrap_or(paths).into_iter().collect();
+                let retry: Vec<(Vec<u8>, Action)> = batch
+                    .entries
+                    .iter()
+                    .filter(|(p, _)| failed.contains(p))
+                    .cloned()
+                    .collect();
+                self.settle_partial(
+                    at, &key, batch, &failed, retry, split, code, &message, &verdict,
                 );
-            } else {
-                tracing::warn!(
-                    sersync_remote = %lane.label,
-                    failed = retry.len(),
-                    rsync_exit = code,
-                    "{what}: {} path(s) failed ({detail}); retrying them in {}s",
-                    retry.len(),
-                    PARTIAL_RETRY.as_secs()
-                );
+                return;
             }
-            self.journal.record(
-                &key,
-                retry.iter().map(|(p, _)| p.as_slice()),
-                code,
-                &message,
-                std::time::SystemTime::now(),
-            );
-            let delivered = batch
-                .entries
-                .iter()
-                .filter(|(p, _)| !failed.contains(p))
-                .map(|(p, _)| p.as_slice());
-            self.journal.clear(&key, delivered);
-            self.journal_dirty = true;
-            // Watchers hear of a batch's failure once (its first failed path, as for any
-            // failure), once the paths are known, not at every halving on the way.
-            if let Some((path, _)) = retry.first()
-                && (!whole_batch || retry.len() == 1)
-            {
-                let remote = self.lanes[at].label.clone();
-                self.emit(Event::SyncFailed {
-                    remote,
-                    path: path.clone(),
-                    rsync_exit: code,
-                    message: message.clone(),
-                    summary: verdict.summary.clone(),
-                });
-            }
-            self.queue.finish(lane_id, None);
-            if whole_batch && retry.len() > 1 {
-                // Two halves, retried as batches of their own: the one that succeeds
-                // is delivered, the other splits again, down to the failing path.
-                let mut first = retry;
-                let second = first.split_off(first.len() / 2);
-                self.queue.defer(lane_id, first, now + UNEXPLAINED_RETRY);
-                self.queue.defer(lane_id, second, now + UNEXPLAINED_RETRY);
-            } else {
-                self.queue.defer(lane_id, retry, now + PARTIAL_RETRY);
-            }
-            return;
         }
         let retry_at = lane.backoff.failure(now, verdict.class);
         let fatal = verdict.class == ExitClass::Fatal;
@@ -2193,6 +2174,87 @@ impl Daemon {
             Job::FullSync { reason, then, .. } => Retry::FullSync { reason, then },
         };
         self.queue.finish(lane_id, Some((retry, retry_at)));
+    }
+
+    /// The end of a batch that partly failed (exit 23) with `retry` the entries to try
+    /// again (the failed ones, or with `split` all of them, not knowing which): those are
+    /// deferred as batches of their own, in halves when `split`, and the lane goes on.
+    /// The journal and `SyncFailed` hear of paths known to fail, not of every halving.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_partial(
+        &mut self,
+        at: usize,
+        key: &failure::LaneKey,
+        batch: &crate::queue::Batch,
+        failed: &std::collections::HashSet<Vec<u8>>,
+        retry: Vec<(Vec<u8>, Action)>,
+        split: bool,
+        code: i32,
+        message: &str,
+        verdict: &failure::Verdict,
+    ) {
+        let now = Instant::now();
+        let lane = &self.lanes[at];
+        let lane_id = lane.id;
+        let what = crate::sync::describe_batch(&batch.entries);
+        let detail = lane
+            .last_error
+            .as_ref()
+            .map(|error| error.full.clone())
+            .unwrap_or_default();
+        if split {
+            tracing::warn!(
+                sersync_remote = %lane.label,
+                failed = retry.len(),
+                rsync_exit = code,
+                "{what}: some paths failed ({detail}) and rsync's messages do not say \
+                 which; tried again in halves in {}s while the lane goes on",
+                UNEXPLAINED_RETRY.as_secs()
+            );
+        } else {
+            tracing::warn!(
+                sersync_remote = %lane.label,
+                failed = retry.len(),
+                rsync_exit = code,
+                "{what}: {} path(s) failed ({detail}); retrying them in {}s",
+                retry.len(),
+                PARTIAL_RETRY.as_secs()
+            );
+            self.journal.record(
+                key,
+                retry.iter().map(|(p, _)| p.as_slice()),
+                code,
+                message,
+                std::time::SystemTime::now(),
+            );
+            if let Some((path, _)) = retry.first() {
+                self.emit(Event::SyncFailed {
+                    remote: self.lanes[at].label.clone(),
+                    path: path.clone(),
+                    rsync_exit: code,
+                    message: message.to_owned(),
+                    summary: verdict.summary.clone(),
+                });
+            }
+        }
+        let delivered = batch
+            .entries
+            .iter()
+            .filter(|(p, _)| !failed.contains(p))
+            .map(|(p, _)| p.as_slice());
+        self.journal.clear(key, delivered);
+        self.journal_dirty = true;
+        self.queue.finish(lane_id, None);
+        if split {
+            // Two halves, retried as batches of their own: the one that succeeds is
+            // delivered, the other splits again, down to the failing path.
+            let mut first = retry;
+            let second = first.split_off(first.len() / 2);
+            self.queue.defer(lane_id, first, now + UNEXPLAINED_RETRY);
+            self.queue.defer(lane_id, second, now + UNEXPLAINED_RETRY);
+        } else {
+            self.queue.defer(lane_id, retry, now + PARTIAL_RETRY);
+        }
     }
 
     /// A run the replica guard held back: the lane shows as guarded, the refusal is a
@@ -2387,13 +2449,8 @@ impl Daemon {
         // A parent another user could swap for a symlink would take root's write
         // elsewhere (and the script would be theirs to change before someone runs it).
         let parent = script_path.parent().unwrap_or(Path::new("/"));
-        let checked = std::os::unix::fs::DirBuilderExt::mode(
-            std::fs::DirBuilder::new().recursive(true),
-            0o700,
-        )
-        .create(parent)
-        .map_err(crate::trusted::CheckError::Io)
-        .and_then(|()| crate::trusted::check_parent_directory(parent));
+        let checked = crate::trusted::create_checked(parent)
+            .and_then(|()| crate::trusted::check_parent_directory(parent));
         if let Err(err) = checked {
             tracing::error!(path = %script_path.display(), "not writing the failure script: {err}");
             return;

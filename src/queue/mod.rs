@@ -441,7 +441,8 @@ impl Queue {
                 count += lane.pending.len();
             }
             let deferred = std::mem::take(&mut lane.deferred);
-            for (_, entries) in deferred {
+            // Newest first: each is put back as older than what is pending already.
+            for (_, entries) in deferred.into_iter().rev() {
                 count += entries.len();
                 for (path, action) in entries {
                     lane.requeue(path, action);
@@ -495,7 +496,8 @@ impl Queue {
             deferred: Vec::new(),
             renames: Vec::new(),
         };
-        for (_, entries) in &lane.deferred {
+        // Newest first: each is put back as older than what is there already.
+        for (_, entries) in lane.deferred.iter().rev() {
             for (path, action) in entries {
                 merged.requeue(path.clone(), *action);
             }

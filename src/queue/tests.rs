@@ -505,3 +505,32 @@ fn undelivered_includes_deferred_retries() {
         ]
     );
 }
+
+/// Two deferred retries of one path, put back for a clean stop or an operator's retry:
+/// the older one first, as the changes happened.
+#[test]
+fn deferred_retries_of_one_path_are_put_back_in_the_order_they_happened() {
+    let now = Instant::now();
+    let later = now + std::time::Duration::from_secs(10);
+    let removed = Action::Remove { dir: false };
+    assert_ne!(
+        Action::then(removed, Action::Sync),
+        Action::then(Action::Sync, removed),
+        "the order must matter for this test to mean anything"
+    );
+    let mut queue = Queue::new(&[(0, 0)], 100);
+    queue.defer(0, vec![(b"p".to_vec(), removed)], later);
+    queue.defer(0, vec![(b"p".to_vec(), Action::Sync)], later);
+    assert_eq!(
+        queue.undelivered(0),
+        vec![(b"p".to_vec(), Action::then(removed, Action::Sync))]
+    );
+    assert_eq!(queue.expedite(), 2);
+    let Some(Job::Batch(batch)) = queue.take_job(0, now) else {
+        panic!("a batch");
+    };
+    assert_eq!(
+        batch.entries,
+        vec![(b"p".to_vec(), Action::then(removed, Action::Sync))]
+    );
+}

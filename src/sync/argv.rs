@@ -16,9 +16,10 @@ use crate::config::{Remote, RsyncOptions};
 pub struct Transport {
     pub options: RsyncOptions,
     pub remote: Remote,
-    /// rsync gets the daemon password from `RSYNC_PASSWORD`, not `--password-file` (it
-    /// runs as a user who may not read the file; see [`super::identity`]).
-    pub password_in_env: bool,
+    /// sersyncd hands rsync the daemon password through a pipe instead of the configured
+    /// `--password-file` (rsync runs as a user who may not read the file; see
+    /// [`super::identity`]), and adds the option for it itself.
+    pub password_piped: bool,
 }
 
 impl Transport {
@@ -124,7 +125,7 @@ impl Transport {
             if !user_sets("--sockopts") {
                 argv.push(OsString::from("--sockopts=TCP_NODELAY"));
             }
-            if let Some(auth) = self.options.auth.as_ref().filter(|_| !self.password_in_env) {
+            if let Some(auth) = self.options.auth.as_ref().filter(|_| !self.password_piped) {
                 let mut arg = OsString::from("--password-file=");
                 arg.push(&auth.password_file);
                 argv.push(arg);
@@ -779,7 +780,7 @@ mod tests {
                 ip: "127.0.0.1".into(),
                 name: "web".into(),
             },
-            password_in_env: false,
+            password_piped: false,
         }
     }
 

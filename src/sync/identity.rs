@@ -17,7 +17,7 @@
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::RunAs;
 
@@ -30,27 +30,47 @@ pub struct Identity {
     pub gid: libc::gid_t,
     /// Every group of the user (primary included), as `initgroups` would set them.
     pub groups: Vec<libc::gid_t>,
-    pub home: PathBuf,
 }
 
 impl Identity {
-    /// Who runs rsync for `root`: `None` means as the daemon itself (root). A root that
-    /// cannot be examined yet (missing, hung) is run as the daemon with the owner unknown:
-    /// nothing below it can be read then either.
+    /// Who runs rsync for `root`: `None` means as the daemon itself (root).
+    ///
+    /// The root is examined without following a symlink: whoever can write the directory
+    /// above it could put a symlink (or another directory) in its place, and rsync must
+    /// not then run as root, or as someone else, in whatever it points to. So the root
+    /// must be a directory; a root-owned one keeps rsync as root only if no one else could
+    /// have replaced it (every directory above it is root's and not writable by others,
+    /// sticky ones aside). Anything else is an error: no run, rather than a run with the
+    /// wrong credentials.
     pub fn resolve(run_as: &RunAs, root: &Path) -> Result<Option<Identity>, String> {
+        let meta = std::fs::symlink_metadata(root)
+            .map_err(|err| format!("the watch root {}: {err}", root.display()))?;
+        if !meta.is_dir() {
+            return Err(format!(
+                "the watch root {} is not a directory (a symlink put in its place?); no rsync \
+                 runs for it until it is one again",
+                root.display()
+            ));
+        }
         let user = match run_as {
             RunAs::User(name) => match nix::unistd::User::from_name(name) {
                 Ok(Some(user)) => user,
                 Ok(None) => return Err(format!("user {name} (<localpath user>) no longer exists")),
                 Err(err) => return Err(format!("cannot look up user {name}: {err}")),
             },
+            RunAs::RootOwner if meta.uid() == 0 => {
+                let above = root.parent().unwrap_or(Path::new("/"));
+                crate::trusted::check_parent_directory(above).map_err(|err| {
+                    format!(
+                        "the watch root {} belongs to root, but {err}: that user could put \
+                         another directory in its place and have rsync read it as root; set \
+                         <localpath user=\"…\"> for this root",
+                        root.display()
+                    )
+                })?;
+                return Ok(None);
+            }
             RunAs::RootOwner => {
-                let Ok(meta) = std::fs::metadata(root) else {
-                    return Ok(None);
-                };
-                if meta.uid() == 0 {
-                    return Ok(None);
-                }
                 match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid())) {
                     Ok(Some(user)) => user,
                     // An owner without an account: its uid and the root's group.
@@ -60,7 +80,6 @@ impl Identity {
                             uid: meta.uid(),
                             gid: meta.gid(),
                             groups: vec![meta.gid()],
-                            home: PathBuf::from("/"),
                         }));
                     }
                 }
@@ -77,24 +96,36 @@ impl Identity {
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
             groups: groups.into_iter().map(nix::unistd::Gid::as_raw).collect(),
-            home: user.dir,
             name: user.name,
         }))
     }
 
-    /// The environment a login of this user would have for rsync (and ssh).
-    pub fn environment(&self) -> [(&'static str, OsString); 3] {
-        [
-            ("HOME", self.home.clone().into_os_string()),
+    /// The whole environment of an rsync run as this user: nothing of the daemon's own
+    /// (the user can read their process's environment), and `HOME=/`, so that rsync
+    /// reads no `~/.popt` of theirs (its aliases could turn a run into a dry run). ssh
+    /// finds the user's keys from the user database, not from `HOME`.
+    pub fn environment(&self) -> Vec<(&'static str, OsString)> {
+        let mut env = vec![
+            ("HOME", OsString::from("/")),
             ("USER", OsString::from(&self.name)),
             ("LOGNAME", OsString::from(&self.name)),
-        ]
+            (
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin")),
+            ),
+        ];
+        for name in ["LANG", "LC_ALL", "LC_CTYPE", "TZ"] {
+            if let Some(value) = std::env::var_os(name) {
+                env.push((name, value));
+            }
+        }
+        env
     }
 }
 
 /// The rsync daemon password, read by sersyncd for a run that cannot read the password
-/// file itself (it belongs to root and must stay private): rsync takes it from
-/// `RSYNC_PASSWORD` instead. The same rules as rsync's own: the file must not be readable
+/// file itself (it belongs to root and must stay private): rsync reads it from a pipe
+/// instead. The same rules as rsync's own: the file must not be readable
 /// by others, and its first line is the password.
 pub fn read_password(file: &Path) -> Result<OsString, String> {
     use std::io::Read;
@@ -154,6 +185,31 @@ mod tests {
             Identity::resolve(&RunAs::User("root".into()), tmp.path()),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn a_root_that_someone_else_could_replace_runs_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = Identity::resolve(&RunAs::RootOwner, &link).unwrap_err();
+        assert!(err.contains("is not a directory (a symlink"), "{err}");
+        let err = Identity::resolve(&RunAs::User("nobody".into()), &link).unwrap_err();
+        assert!(err.contains("is not a directory"), "{err}");
+        assert!(Identity::resolve(&RunAs::RootOwner, &tmp.path().join("gone")).is_err());
+        if nix::unistd::geteuid().is_root() {
+            // Root's directory below one that everyone may write (not sticky).
+            let shared = tmp.path().join("shared");
+            let root = shared.join("root");
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let err = Identity::resolve(&RunAs::RootOwner, &root).unwrap_err();
+            assert!(err.contains("set <localpath user="), "{err}");
+            std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+            assert_eq!(Identity::resolve(&RunAs::RootOwner, &root), Ok(None));
+        }
     }
 
     #[test]

@@ -129,21 +129,25 @@ impl std::fmt::Debug for Secret {
 impl JobContext {
     /// Resolves whose privileges this job's runs take, now (the root's owner may have
     /// changed since the config was read), and when that is not root and rsync talks to
-    /// a daemon with a password, reads the password for it. The error is the run that
-    /// failed, in rsync's words.
+    /// a daemon with a password, reads the password for it. The error is a run that could
+    /// not start (retried), with the reason as its stderr.
     fn take_identity(&mut self) -> Result<(), Run> {
+        // Retryable: the root, the user or the password file may be back by the next try.
         let failed = |message: String| Run {
             stderr: format!("{message}\n"),
-            ..Run::ended(RunResult::Exited(1))
+            ..Run::ended(RunResult::SpawnFailed {
+                kind: std::io::ErrorKind::Other,
+                message,
+            })
         };
         self.identity = identity::Identity::resolve(&self.run_as, &self.root).map_err(failed)?;
         self.password = None;
-        self.transport.password_in_env = false;
+        self.transport.password_piped = false;
         if self.identity.is_some() && !self.transport.options.ssh {
             if let Some(auth) = &self.transport.options.auth {
                 let password = identity::read_password(&auth.password_file).map_err(failed)?;
                 self.password = Some(Secret(password));
-                self.transport.password_in_env = true;
+                self.transport.password_piped = true;
             }
         }
         Ok(())
@@ -845,11 +849,22 @@ impl Runner {
             for name in dir.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
                 let name = std::ffi::OsStr::from_bytes(name);
                 let at = parent.as_ref().map_or(skeleton.dir.as_fd(), AsFd::as_fd);
-                match nix::sys::stat::mkdirat(at, name, Mode::from_bits_truncate(0o755)) {
-                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                let made = match nix::sys::stat::mkdirat(at, name, Mode::from_bits_truncate(0o700))
+                {
+                    Ok(()) => true,
+                    Err(nix::errno::Errno::EEXIST) => false,
                     Err(err) => return Err(err.into()),
+                };
+                let dir = open_dir(at, name)?;
+                // The run's user must be able to enter it, whatever the umask.
+                if made && let Some(identity) = &ctx.identity {
+                    nix::unistd::fchown(
+                        &dir,
+                        Some(nix::unistd::Uid::from_raw(identity.uid)),
+                        Some(nix::unistd::Gid::from_raw(identity.gid)),
+                    )?;
                 }
-                parent = Some(open_dir(at, name)?);
+                parent = Some(dir);
             }
         }
         Ok(skeleton)
@@ -993,7 +1008,25 @@ impl Runner {
                 argv::display(self.rsync.as_os_str(), argv)
             );
         }
+        // The password for a run as another user: through a pipe that user owns, named
+        // on the command line (never in the environment, which that user can read).
+        let password = match (&ctx.password, &ctx.identity) {
+            (Some(secret), Some(identity)) => match password_pipe(secret, identity) {
+                Ok(read_end) => Some(read_end),
+                Err(err) => {
+                    return Run::ended(RunResult::SpawnFailed {
+                        kind: err.kind(),
+                        message: format!("cannot hand rsync the password: {err}"),
+                    });
+                }
+            },
+            _ => None,
+        };
         let mut command = Command::new(&self.rsync);
+        if let Some(read_end) = &password {
+            // Options first: rsync reads them before the paths.
+            command.arg(format!("--password-file=/dev/fd/{}", read_end.as_raw_fd()));
+        }
         command
             .args(argv)
             // Paths passed as arguments leave nothing for stdin: no pipe, no writer thread.
@@ -1009,11 +1042,9 @@ impl Runner {
             })
             .stderr(Stdio::piped());
         if let Some(identity) = &ctx.identity {
-            command.envs(identity.environment());
+            command.env_clear().envs(identity.environment());
         }
-        if let Some(password) = &ctx.password {
-            command.env("RSYNC_PASSWORD", &password.0);
-        }
+        let password_fd = password.as_ref().map(AsRawFd::as_raw_fd);
         // Everything the child needs is prepared here: between fork and exec nothing may
         // allocate.
         let credentials = ctx
@@ -1046,6 +1077,12 @@ impl Runner {
                         || libc::setgid(*gid) != 0
                         || libc::setuid(*uid) != 0
                     {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // The password pipe stays open across exec (it was made close-on-exec).
+                if let Some(fd) = password_fd {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -1192,6 +1229,26 @@ fn top_level_dirs(root: &Path) -> Vec<Vec<u8>> {
         .unwrap_or_default();
     dirs.sort();
     dirs
+}
+
+/// A pipe holding `secret` and a newline, whose read end (returned, close-on-exec) belongs
+/// to `identity`, so that rsync running as that user can open it as `/dev/fd/N`: a pipe
+/// made by root is root's, mode 0600, and rsync refuses a password file others can read.
+fn password_pipe(
+    secret: &Secret,
+    identity: &identity::Identity,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::unistd::fchown(
+        &read_end,
+        Some(nix::unistd::Uid::from_raw(identity.uid)),
+        Some(nix::unistd::Gid::from_raw(identity.gid)),
+    )?;
+    let mut writer = std::fs::File::from(write_end);
+    // Far below the pipe's buffer: the write cannot block.
+    writer.write_all(secret.0.as_bytes())?;
+    writer.write_all(b"\n")?;
+    Ok(read_end)
 }
 
 /// A scratch directory tree that removes itself; runs start in it by descriptor.

@@ -427,7 +427,9 @@ fn a_users_tree_changed_by_that_user_replicates_with_deletions_and_renames() {
     let src = env.src();
     chmod(src, 0o755);
     chown(src, owner.ids());
-    let daemon = env.start(|b| b);
+    // As under the unit (UMask=0077): what the daemon makes for the owner's runs must
+    // still be theirs to enter.
+    let daemon = env.start(|b| b.launcher(&["sh", "-c", "umask 077; exec \"$@\"", "sh"]));
     let as_owner = |script: &str| {
         let status = owner
             .command("/bin/sh")
@@ -449,6 +451,87 @@ fn a_users_tree_changed_by_that_user_replicates_with_deletions_and_renames() {
          && rm site/index.html && echo v2 > site/new.html",
     );
     wait_converged_ignoring(src, env.replica(), CONVERGE, &|_| false);
+    // Deletions deep down: the skeleton's directories are made for the owner too.
+    as_owner("mkdir -p deep/er/est && echo d > deep/er/est/f && echo e > deep/er/g");
+    wait_converged_ignoring(src, env.replica(), CONVERGE, &|_| false);
+    as_owner("rm deep/er/est/f deep/er/g");
+    wait_converged_ignoring(src, env.replica(), CONVERGE, &|_| false);
     let log = daemon.log();
     assert!(!log.contains(" failed"), "a run failed:\n{log}");
+}
+
+/// The owner of a tree renames its root away and puts a symlink to a private directory of
+/// root's in its place: runs for the root stop (no rsync as root, or as anyone, in what
+/// the symlink points to), nothing of root's reaches the replica, and nothing on the
+/// replica is deleted; once the root is back, it converges.
+#[test]
+fn a_root_swapped_for_a_symlink_runs_nothing() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let Some(owner) = TestUser::create(&[]) else {
+        return;
+    };
+    let private = temp_dir("private");
+    let secret = private.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    chmod(&secret, 0o700);
+    std::fs::write(secret.join("key.pem"), BAIT).unwrap();
+    chmod(&secret.join("key.pem"), 0o600);
+    chmod(private.path(), 0o755);
+    let src = env.src().to_path_buf();
+    chmod(&src, 0o755);
+    chown(&src, owner.ids());
+    std::fs::write(src.join("index.html"), "owner's page\n").unwrap();
+    chown(&src.join("index.html"), owner.ids());
+    // A file the module refuses: its retry (15 s later) is a job that runs after the
+    // swap below.
+    env.rsyncd.set_last_module_option("exclude", "refused-*");
+    let daemon = env.start(|b| b.arg("-r"));
+    env.converged();
+    std::fs::write(src.join("refused-1.txt"), "retried\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains("retrying them in") {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // All of it what the owner may do in /tmp (sticky, but the root is theirs).
+    let moved = src.with_extension("moved");
+    let script = format!(
+        "echo mine > {src}/key.pem && echo changed > {src}/index.html && mv {src} {moved} \
+         && ln -s {secret} {src}",
+        src = src.display(),
+        moved = moved.display(),
+        secret = secret.display()
+    );
+    let status = owner
+        .command("/bin/sh")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}: {status}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon
+        .log()
+        .contains("is not a directory (a symlink put in its place?)")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no run was refused:\n{}",
+            daemon.log()
+        );
+        assert!(baited(env.replica()).is_empty(), "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(baited(env.replica()).is_empty(), "{}", daemon.log());
+    assert!(
+        env.replica().join("index.html").exists(),
+        "the replica lost index.html"
+    );
+    std::fs::remove_file(&src).unwrap();
+    std::fs::rename(&moved, &src).unwrap();
+    std::fs::write(src.join("after.txt"), "the root is back\n").unwrap();
+    let refused = |path: &[u8]| path == b"refused-1.txt";
+    wait_converged_ignoring(&src, env.replica(), Duration::from_secs(60), &refused);
 }
