@@ -1118,10 +1118,22 @@ impl Runner {
                     Cwd::Tree(path) => format!(" in {}", path.display()),
                     Cwd::Scratch(_) => String::new(),
                 };
-                return Run::ended(RunResult::SpawnFailed {
-                    kind: err.kind(),
-                    message: format!("cannot run {}{who}{place}: {err}", self.rsync.display()),
-                });
+                let message = format!("cannot run {}{who}{place}: {err}", self.rsync.display());
+                // The child's chdir and exec fail with the same errno: a directory that
+                // went away during the run (moved, deleted) is not a missing rsync, and
+                // the next try may find it again.
+                let kind = match cwd {
+                    Cwd::Tree(path)
+                        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) =>
+                    {
+                        std::io::ErrorKind::Other
+                    }
+                    _ => err.kind(),
+                };
+                return Run {
+                    stderr: format!("{message}\n"),
+                    ..Run::ended(RunResult::SpawnFailed { kind, message })
+                };
             }
         };
         let pid = child.id();
