@@ -1640,11 +1640,20 @@ impl Daemon {
     }
 
     /// Says whose credentials each root's rsync runs take (resolved again at every job),
-    /// and what cannot run.
+    /// and what cannot run. Bounded: a root on a filesystem that stopped answering must not
+    /// hold up the loop.
     fn log_run_users(&self) {
         for root in &self.config.roots {
             let path = root.path.display();
-            match crate::sync::identity::Identity::resolve(&root.run_as, &root.path) {
+            let (run_as, probed) = (root.run_as.clone(), root.path.clone());
+            let resolved = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+                crate::sync::identity::Identity::resolve(&run_as, &probed)
+            });
+            let Some(resolved) = resolved else {
+                tracing::warn!(root = %path, "cannot tell who rsync runs as: the root does not answer");
+                continue;
+            };
+            match resolved {
                 Ok(None) => tracing::info!(root = %path, "rsync runs as root for this root"),
                 Ok(Some(who)) if self.config.rsync.ssh => tracing::warn!(
                     root = %path,
