@@ -100,6 +100,38 @@ impl Identity {
         }))
     }
 
+    /// Runs `make` with this thread's filesystem identity (fsuid, fsgid) set to this
+    /// user's, so that what it creates (a pipe, a scratch directory) belongs to them
+    /// without `CAP_CHOWN`, which the unit does not grant; and what it opens is checked
+    /// as for them. The thread's own identity comes back afterwards, even on a panic.
+    /// Linux keeps these per thread, so the daemon's other threads are not affected.
+    pub fn creating_as<T>(&self, make: impl FnOnce() -> T) -> std::io::Result<T> {
+        use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
+        struct Restore(Uid, Gid);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                setfsuid(self.0);
+                setfsgid(self.1);
+            }
+        }
+        let old_gid = setfsgid(Gid::from_raw(self.gid));
+        let old_uid = setfsuid(Uid::from_raw(self.uid));
+        let restore = Restore(old_uid, old_gid);
+        // An invalid id changes nothing and answers the current one: did the change take?
+        let now_uid = setfsuid(Uid::from_raw(u32::MAX));
+        let now_gid = setfsgid(Gid::from_raw(u32::MAX));
+        if now_uid.as_raw() != self.uid || now_gid.as_raw() != self.gid {
+            drop(restore);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("cannot act as user {} (CAP_SETUID/CAP_SETGID?)", self.name),
+            ));
+        }
+        let made = make();
+        drop(restore);
+        Ok(made)
+    }
+
     /// The whole environment of an rsync run as this user: nothing of the daemon's own
     /// (the user can read their process's environment), and `HOME=/`, so that rsync
     /// reads no `~/.popt` of theirs (its aliases could turn a run into a dry run). ssh

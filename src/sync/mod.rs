@@ -803,13 +803,21 @@ impl Runner {
     /// and owned by the user the runs take, and its directories are made below it by
     /// descriptor (`mkdirat`, `openat` with `O_NOFOLLOW`), never by a path resolved again.
     fn skeleton(&self, dirs: &[Vec<u8>], ctx: &JobContext) -> std::io::Result<Skeleton> {
+        match &ctx.identity {
+            // Made as that user, so that it is theirs without CAP_CHOWN.
+            Some(identity) => identity.creating_as(|| self.make_skeleton(dirs, true))?,
+            None => self.make_skeleton(dirs, false),
+        }
+    }
+
+    fn make_skeleton(&self, dirs: &[Vec<u8>], for_user: bool) -> std::io::Result<Skeleton> {
         use nix::fcntl::OFlag;
         use nix::sys::stat::Mode;
         // rsync opens its source by absolute path (from getcwd), so a run that takes a
         // user's credentials needs a skeleton that user can reach by path: in the temporary
         // directory (sticky, like /tmp: no one else can replace what root makes in it),
         // not below the state directory, which is root's alone.
-        let parent = if ctx.identity.is_some() {
+        let parent = if for_user {
             let temp = std::env::temp_dir();
             crate::trusted::check_parent_directory(&temp)?;
             temp
@@ -837,34 +845,17 @@ impl Runner {
             }
         };
         let skeleton = Skeleton { path, dir: top };
-        if let Some(identity) = &ctx.identity {
-            nix::unistd::fchown(
-                &skeleton.dir,
-                Some(nix::unistd::Uid::from_raw(identity.uid)),
-                Some(nix::unistd::Gid::from_raw(identity.gid)),
-            )?;
-        }
         for dir in dirs {
             let mut parent: Option<std::os::fd::OwnedFd> = None;
             for name in dir.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
                 let name = std::ffi::OsStr::from_bytes(name);
                 let at = parent.as_ref().map_or(skeleton.dir.as_fd(), AsFd::as_fd);
-                let made = match nix::sys::stat::mkdirat(at, name, Mode::from_bits_truncate(0o700))
-                {
-                    Ok(()) => true,
-                    Err(nix::errno::Errno::EEXIST) => false,
+                // 0700 whatever the umask: the maker (root, or the run's user) enters it.
+                match nix::sys::stat::mkdirat(at, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
                     Err(err) => return Err(err.into()),
-                };
-                let dir = open_dir(at, name)?;
-                // The run's user must be able to enter it, whatever the umask.
-                if made && let Some(identity) = &ctx.identity {
-                    nix::unistd::fchown(
-                        &dir,
-                        Some(nix::unistd::Uid::from_raw(identity.uid)),
-                        Some(nix::unistd::Gid::from_raw(identity.gid)),
-                    )?;
                 }
-                parent = Some(dir);
+                parent = Some(open_dir(at, name)?);
             }
         }
         Ok(skeleton)
@@ -1014,10 +1005,14 @@ impl Runner {
             (Some(secret), Some(identity)) => match password_pipe(secret, identity) {
                 Ok(read_end) => Some(read_end),
                 Err(err) => {
-                    return Run::ended(RunResult::SpawnFailed {
-                        kind: err.kind(),
-                        message: format!("cannot hand rsync the password: {err}"),
-                    });
+                    let message = format!("cannot hand rsync the password: {err}");
+                    return Run {
+                        stderr: format!("{message}\n"),
+                        ..Run::ended(RunResult::SpawnFailed {
+                            kind: err.kind(),
+                            message,
+                        })
+                    };
                 }
             },
             _ => None,
@@ -1245,17 +1240,14 @@ fn top_level_dirs(root: &Path) -> Vec<Vec<u8>> {
 
 /// A pipe holding `secret` and a newline, whose read end (returned, close-on-exec) belongs
 /// to `identity`, so that rsync running as that user can open it as `/dev/fd/N`: a pipe
-/// made by root is root's, mode 0600, and rsync refuses a password file others can read.
+/// is its maker's, mode 0600 (and rsync refuses a password file others can read).
 fn password_pipe(
     secret: &Secret,
     identity: &identity::Identity,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    nix::unistd::fchown(
-        &read_end,
-        Some(nix::unistd::Uid::from_raw(identity.uid)),
-        Some(nix::unistd::Gid::from_raw(identity.gid)),
-    )?;
+    // Made as that user: a pipe belongs to whoever made it.
+    let (read_end, write_end) =
+        identity.creating_as(|| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))??;
     let mut writer = std::fs::File::from(write_end);
     // Far below the pipe's buffer: the write cannot block.
     writer.write_all(secret.0.as_bytes())?;

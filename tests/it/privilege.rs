@@ -427,9 +427,22 @@ fn a_users_tree_changed_by_that_user_replicates_with_deletions_and_renames() {
     let src = env.src();
     chmod(src, 0o755);
     chown(src, owner.ids());
-    // As under the unit (UMask=0077): what the daemon makes for the owner's runs must
-    // still be theirs to enter.
-    let daemon = env.start(|b| b.launcher(&["sh", "-c", "umask 077; exec \"$@\"", "sh"]));
+    // As under the unit: UMask=0077 (what the daemon makes for the owner's runs must still
+    // be theirs to enter) and no CAP_CHOWN (it must be made as theirs, not chowned).
+    if !crate::harness::require_tool("setpriv") {
+        return;
+    }
+    let daemon = env.start(|b| {
+        b.launcher(&[
+            "setpriv",
+            "--bounding-set=-chown",
+            "--",
+            "sh",
+            "-c",
+            "umask 077; exec \"$@\"",
+            "sh",
+        ])
+    });
     let as_owner = |script: &str| {
         let status = owner
             .command("/bin/sh")
