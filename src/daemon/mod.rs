@@ -2107,17 +2107,8 @@ impl Daemon {
                 if split {
                     lane.unexplained_partials += 1;
                 }
-                let failed: std::collections::HashSet<Vec<u8>> =
-                    identified.unwrap_or(paths).into_iter().collect();
-                let retry: Vec<(Vec<u8>, Action)> = batch
-                    .entries
-                    .iter()
-                    .filter(|(p, _)| failed.contains(p))
-                    .cloned()
-                    .collect();
-                self.settle_partial(
-                    at, &key, batch, &failed, retry, split, code, &message, &verdict,
-                );
+                let failed = identified.unwrap_or(paths).into_iter().collect();
+                self.settle_partial(at, &outcome, failed, split, &verdict);
                 return;
             }
         }
@@ -2185,24 +2176,31 @@ impl Daemon {
         self.queue.finish(lane_id, Some((retry, retry_at)));
     }
 
-    /// The end of a batch that partly failed (exit 23) with `retry` the entries to try
-    /// again (the failed ones, or with `split` all of them, not knowing which): those are
+    /// The end of a batch that partly failed (exit 23), `failed` its paths to try again
+    /// (the failed ones, or with `split` all of them, not knowing which): those entries are
     /// deferred as batches of their own, in halves when `split`, and the lane goes on.
     /// The journal and `SyncFailed` hear of paths known to fail, not of every halving.
-    #[allow(clippy::too_many_arguments)]
     fn settle_partial(
         &mut self,
         at: usize,
-        key: &failure::LaneKey,
-        batch: &crate::queue::Batch,
-        failed: &std::collections::HashSet<Vec<u8>>,
-        retry: Vec<(Vec<u8>, Action)>,
+        outcome: &Outcome,
+        failed: std::collections::HashSet<Vec<u8>>,
         split: bool,
-        code: i32,
-        message: &str,
         verdict: &failure::Verdict,
     ) {
+        let Job::Batch(batch) = &outcome.job else {
+            return;
+        };
+        let (code, message) = (outcome.result.code(), last_line(&outcome.stderr));
+        let message = message.as_str();
         let now = Instant::now();
+        let key = &self.lanes[at].key();
+        let retry: Vec<(Vec<u8>, Action)> = batch
+            .entries
+            .iter()
+            .filter(|(p, _)| failed.contains(p))
+            .cloned()
+            .collect();
         let lane = &self.lanes[at];
         let lane_id = lane.id;
         let what = crate::sync::describe_batch(&batch.entries);
