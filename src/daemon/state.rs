@@ -150,66 +150,40 @@ impl StateDir {
 
     /// Saves pending changes (replacing any earlier file; none means remove it).
     pub fn save_pending(&self, changes: &[SavedChange]) -> io::Result<()> {
-        let path = self.dir.join(PENDING);
-        if changes.is_empty() {
-            return match fs::remove_file(&path) {
-                Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-                _ => sync_dir(&self.dir),
-            };
-        }
-        let mut out = MAGIC.to_vec();
-        for change in changes {
-            for field in [
-                change.root.as_os_str().as_bytes(),
-                change.remote_ip.as_bytes(),
-                change.remote_name.as_bytes(),
-                owed_code(change.owed),
-                &change.path,
-            ] {
-                out.extend_from_slice(field);
-                out.push(0);
-            }
-        }
-        write_atomically(&path, &out)
+        self.save_records(
+            PENDING,
+            MAGIC,
+            changes.iter().map(|change| {
+                vec![
+                    change.root.as_os_str().as_bytes(),
+                    change.remote_ip.as_bytes(),
+                    change.remote_name.as_bytes(),
+                    owed_code(change.owed),
+                    &change.path,
+                ]
+            }),
+        )
     }
 
     /// Reads saved pending changes (an unreadable or foreign file yields an error, never
     /// a partial silent load).
     pub fn load_pending(&self) -> io::Result<Vec<SavedChange>> {
-        let path = self.dir.join(PENDING);
-        let Some(bytes) = crate::trusted::read_state_file(&path)? else {
-            return Ok(Vec::new());
-        };
-        let body = bytes.strip_prefix(MAGIC).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: not a sersync pending-changes file", path.display()),
-            )
-        })?;
-        let fields: Vec<&[u8]> = body.split(|&b| b == 0).collect();
-        // split() yields one empty tail after the last NUL.
-        let fields = &fields[..fields.len().saturating_sub(1)];
-        if fields.len() % 5 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: truncated record", path.display()),
-            ));
-        }
-        fields
-            .chunks(5)
+        let records = self.load_records(PENDING, MAGIC, 5, "pending-changes")?;
+        records
+            .into_iter()
             .map(|record| {
-                let owed = owed_from(record[3]).ok_or_else(|| {
+                let owed = owed_from(&record[3]).ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("{}: bad action code", path.display()),
+                        format!("{}: bad action code", self.dir.join(PENDING).display()),
                     )
                 })?;
                 Ok(SavedChange {
-                    root: PathBuf::from(OsStr::from_bytes(record[0])),
-                    remote_ip: String::from_utf8_lossy(record[1]).into_owned(),
-                    remote_name: String::from_utf8_lossy(record[2]).into_owned(),
+                    root: PathBuf::from(OsStr::from_bytes(&record[0])),
+                    remote_ip: String::from_utf8_lossy(&record[1]).into_owned(),
+                    remote_name: String::from_utf8_lossy(&record[2]).into_owned(),
                     owed,
-                    path: record[4].to_vec(),
+                    path: record[4].clone(),
                 })
             })
             .collect()
