@@ -13,6 +13,7 @@
 pub mod cli;
 mod logging;
 mod notify;
+mod settle;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -26,13 +27,14 @@ use crate::control::{self, Command, Counters, Event, FailureRecord, RemoteStatus
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::failure::{self, Backoff, ExitClass, Journal, LaneKey};
+use crate::failure::{self, Backoff, Journal, LaneKey};
 use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
-use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue, RelPath, Retry};
+use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue};
 use crate::sync::argv::Transport;
-use crate::sync::{JobContext, Outcome, RunResult, Runner};
+use crate::sync::{JobContext, Outcome, Runner};
 use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
 pub use cli::Cli;
+use settle::Health;
 
 /// Exit statuses (sysexits), which systemd units act on (`RestartPreventExitStatus=78`).
 pub mod exit {
@@ -81,20 +83,6 @@ struct RootWatcher {
     stuck: bool,
 }
 
-/// A lane's last error, twice: in full for root and group `sersync`, and as a summary
-/// without file names for everyone (see `control::interface`, "Who may do what").
-#[derive(Debug, Clone)]
-struct LastError {
-    /// The verdict's reason and rsync's last line: may name files.
-    full: String,
-    /// Built from fixed texts and numbers only.
-    summary: String,
-}
-
-/// The public summary of a run the replica guard held back (its reason is in the full
-/// error, the log and `sersyncctl failures`).
-const GUARD_SUMMARY: &str = "replica guard: deletions on the remote are held back";
-
 /// One (root, remote) pair: the unit that progresses independently.
 #[derive(Debug, Clone)]
 struct Lane {
@@ -103,10 +91,8 @@ struct Lane {
     root: RootId,
     label: String,
     context: JobContext,
-    backoff: Backoff,
-    state: LaneState,
-    last_error: Option<LastError>,
-    last_ok: Option<std::time::SystemTime>,
+    /// What the ends of its jobs made of it ([`settle`]).
+    health: Health,
     /// Full syncs started so far; the one running (if any) has this number.
     full_syncs_started: u64,
     full_sync_running: bool,
@@ -114,10 +100,6 @@ struct Lane {
     job_started: Option<Instant>,
     /// The job in flight has moved no data for [`STALL_WARNING`] (reported once per job).
     stalled: bool,
-    /// Batches in a row that ended in exit 23 without rsync saying which paths failed:
-    /// they are split in halves to find the failing path, unless so many fail that the
-    /// failure is not one path's (then the lane backs off as for any failure).
-    unexplained_partials: u32,
 }
 
 impl Lane {
@@ -138,26 +120,6 @@ impl Lane {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LaneState {
-    Ok,
-    Backoff,
-    Failing,
-    /// The replica guard holds its deletions or full sync back (see [`crate::guard`]).
-    Guarded,
-}
-
-impl LaneState {
-    fn as_str(self) -> &'static str {
-        match self {
-            LaneState::Ok => "ok",
-            LaneState::Backoff => "backoff",
-            LaneState::Failing => "failing",
-            LaneState::Guarded => "guarded",
-        }
-    }
-}
-
 /// How often roots with unwatched directories (watch limit) get a full sync.
 const DEGRADED_RESYNC: Duration = Duration::from_secs(600);
 /// Rescans after inotify overflows: the first at once, repeated ones spaced out from
@@ -171,18 +133,6 @@ const OVERFLOW_BACKOFF_MAX: Duration = Duration::from_secs(300);
 const DELETION_WINDOW: Duration = Duration::from_secs(60);
 /// How often the remotes' expired soft-delete directories are pruned (and once at start).
 const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
-/// How often a run the replica guard held back is tried again.
-const GUARD_RETRY: Duration = Duration::from_secs(10);
-/// When paths that failed on their own (exit 23) are tried again.
-const PARTIAL_RETRY: Duration = Duration::from_secs(15);
-/// When the halves of a batch that failed without saying which paths (exit 23) are tried:
-/// soon, as finding the failing path takes about two runs per halving.
-const UNEXPLAINED_RETRY: Duration = Duration::from_secs(2);
-/// Unexplained partial failures in a row (no success between them) after which the lane
-/// backs off instead of splitting further: enough to isolate one failing path in the
-/// largest batch (two per halving), too few to split a remote-wide failure into a run per
-/// path.
-const MAX_UNEXPLAINED_PARTIALS: u32 = 40;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A job whose rsyncs have moved no data for this long is reported as stalled (in the
 /// log once, and in the status until it ends); rsync's own `--timeout` ends it.
@@ -442,15 +392,11 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                     identity: None,
                     password: None,
                 },
-                backoff: Backoff::default(),
-                state: LaneState::Ok,
-                last_error: None,
-                last_ok: None,
+                health: Health::new(Backoff::default()),
                 full_syncs_started: 0,
                 full_sync_running: false,
                 job_started: None,
                 stalled: false,
-                unexplained_partials: 0,
             });
         }
     }
@@ -1476,9 +1422,9 @@ impl Daemon {
             .map(|lane| RemoteStatus {
                 name: lane.label.clone(),
                 state: lane_state_text(lane),
-                last_ok: lane.last_ok,
-                last_error: lane.last_error.as_ref().map(|e| e.full.clone()),
-                last_error_summary: lane.last_error.as_ref().map(|e| e.summary.clone()),
+                last_ok: lane.health.last_ok,
+                last_error: lane.health.last_error.as_ref().map(|e| e.full.clone()),
+                last_error_summary: lane.health.last_error.as_ref().map(|e| e.summary.clone()),
                 pending: self.queue.lane_depth(lane.id) as u64,
             })
             .collect();
@@ -1556,10 +1502,7 @@ impl Daemon {
         for lane in &mut new_lanes {
             if let Some(old) = self.lanes.iter().find(|old| old.id == lane.id) {
                 // Health and progress carry over; the context is the new config's.
-                lane.backoff = old.backoff.clone();
-                lane.state = old.state;
-                lane.last_error = old.last_error.clone();
-                lane.last_ok = old.last_ok;
+                lane.health = old.health.clone();
                 lane.full_syncs_started = old.full_syncs_started;
                 lane.full_sync_running = old.full_sync_running;
                 lane.job_started = old.job_started;
@@ -1951,415 +1894,217 @@ impl Daemon {
             tracing::debug!("outcome of a job for a remote no longer configured: ignored");
             return;
         };
-        let key = self.lanes[at].key();
-        let now = Instant::now();
         let lane = &mut self.lanes[at];
         let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
         lane.full_sync_running = false;
         lane.job_started = None;
         lane.stalled = false;
-        if let RunResult::Guarded {
-            reason,
-            held,
-            latch,
-        } = outcome.result
-        {
-            if latch {
-                self.hold_deletions(at, &reason);
-            }
-            self.on_guarded(at, key, outcome.job, full_sync_number, &reason, held);
-            return;
+        let root = lane.context.root.clone();
+        let label = lane.label.clone();
+        let root_names = move || {
+            let configured = root.as_os_str().as_bytes().to_vec();
+            // Bounded: the root may sit on a filesystem that stopped answering.
+            let resolved = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+                std::fs::canonicalize(root)
+            })
+            .and_then(Result::ok)
+            .map_or_else(|| configured.clone(), |p| p.as_os_str().as_bytes().to_vec());
+            vec![configured, resolved]
+        };
+        let clock = settle::Clock {
+            now: Instant::now(),
+            wall: std::time::SystemTime::now(),
+        };
+        let settlement = settle::settle(&mut lane.health, &label, outcome, root_names, clock);
+        self.carry_out(at, settlement, full_sync_number, clock);
+    }
+
+    /// Does what [`settle::settle`] decided at the end of a job of lane `at`.
+    fn carry_out(
+        &mut self,
+        at: usize,
+        settlement: settle::Settlement,
+        full_sync_number: Option<u64>,
+        clock: settle::Clock,
+    ) {
+        let settle::Settlement {
+            succeeded,
+            error,
+            retry,
+            defer,
+            journal,
+            events,
+            delivered,
+            hold_deletions,
+            guarded_full_sync,
+            record_filesystem,
+            report,
+        } = settlement;
+        let lane_id = self.lanes[at].id;
+        let key = self.lanes[at].key();
+        if let Some(reason) = hold_deletions {
+            self.hold_deletions(at, &reason);
         }
-        if matches!(
-            outcome.job,
-            Job::FullSync {
-                reason: FullSyncReason::Forced,
-                ..
-            }
-        ) && outcome.result.is_done()
-        {
-            // The operator vouched for the root as it is now.
+        if record_filesystem {
             let root = self.lanes[at].root;
             self.record_fs(root, true);
         }
-        let verdict = failure::classify(outcome.result.status(), &outcome.stderr);
-        let lane = &mut self.lanes[at];
-        let (what, batch_size) = match &outcome.job {
-            Job::Batch(batch) => (
-                crate::sync::describe_batch(&batch.entries),
-                batch.entries.len(),
-            ),
-            Job::FullSync { reason, then, .. } => (
-                format!("full sync ({reason:?}) and {} pending paths", then.len()),
-                then.len(),
-            ),
-        };
-        let entries: &[(Vec<u8>, Action)] = match &outcome.job {
-            Job::Batch(batch) => &batch.entries,
-            Job::FullSync { then, .. } => then,
-        };
-        // A lane whose deletions are held stays `guarded` while only sends succeed: it is
-        // the next run that deletes (or a full sync) that shows the hold is over.
-        let deleted_something = match &outcome.job {
-            Job::FullSync { .. } => true,
-            Job::Batch(batch) => batch
-                .entries
-                .iter()
-                .any(|(_, action)| !matches!(action, Action::Sync)),
-        };
-        let still_guarded = lane.state == LaneState::Guarded && !deleted_something;
-        if verdict.class.is_done() {
-            if lane.state != LaneState::Ok && !still_guarded {
-                tracing::info!(sersync_remote = %lane.label, "remote is reachable again");
-                let remote = lane.label.clone();
-                self.emit(Event::StateChanged {
-                    remote,
-                    state: LaneState::Ok.as_str().to_owned(),
-                });
-            }
-            let lane = &mut self.lanes[at];
-            lane.backoff.success();
-            lane.unexplained_partials = 0;
-            if !still_guarded {
-                lane.state = LaneState::Ok;
-                lane.last_error = None;
-            }
-            lane.last_ok = Some(std::time::SystemTime::now());
+        self.log_settlement(at, &report);
+        if error {
+            self.counters.errors += 1;
+        }
+        if succeeded {
             self.counters.batches += 1;
-            self.counters.files += entries.len() as u64;
+            self.counters.files += delivered.len() as u64;
             if self.plugins.is_some() {
-                self.delivered(lane_id, entries);
-            }
-            let mut cleared = match &outcome.job {
-                Job::Batch(_) => self
-                    .journal
-                    .clear(&key, entries.iter().map(|(p, _)| p.as_slice())),
-                Job::FullSync { .. } => self.journal.clear_lane(&key),
-            };
-            // A removed, replaced or recursively synced directory settles whatever failed
-            // below it.
-            for (path, action) in entries {
-                if matches!(
-                    action,
-                    Action::Remove { dir: true } | Action::Replace | Action::Tree
-                ) {
-                    cleared += self.journal.clear_below(&key, path);
-                }
-            }
-            if let Some(number) = full_sync_number {
-                self.full_sync_done(lane_id, number, true);
-            }
-            let lane = &self.lanes[at];
-            if cleared > 0 {
-                self.journal_dirty = true;
-                tracing::info!(sersync_remote = %lane.label, cleared, "previously failed changes delivered");
-            }
-            tracing::info!(
-                sersync_remote = %lane.label,
-                elapsed_ms = outcome.elapsed.as_millis() as u64,
-                sersync_batch_size = batch_size,
-                "synced {what}"
-            );
-            self.queue.finish(lane_id, None);
-            return;
-        }
-        self.counters.errors += 1;
-        let code = outcome.result.code();
-        let message = last_line(&outcome.stderr);
-        // The policy's reason often quotes rsync's line already.
-        let detail = if verdict.reason.contains(&message) {
-            verdict.reason.clone()
-        } else {
-            format!("{}: {message}", verdict.reason)
-        };
-        lane.last_error = Some(LastError {
-            full: detail.clone(),
-            summary: verdict.summary.clone(),
-        });
-        // Exit 23: the remote is there and took what it could. Retry what failed alone,
-        // later, and let the rest of the lane go on: a file that keeps failing must not
-        // hold back every change queued behind it. When stderr names every failed path
-        // (and none of it was lost), that is those paths; otherwise the whole batch,
-        // which then waits aside the same way instead of holding the lane in backoff.
-        if verdict.partial
-            && let Job::Batch(batch) = &outcome.job
-        {
-            let paths: Vec<Vec<u8>> = batch.entries.iter().map(|(p, _)| p.clone()).collect();
-            let identified = if outcome.stderr_truncated {
-                None
-            } else {
-                let report = failure::stderr::parse(outcome.stderr.as_bytes());
-                let configured = lane.context.root.as_os_str().as_bytes().to_vec();
-                // Bounded: the root may sit on a filesystem that stopped answering.
-                let root = lane.context.root.clone();
-                let resolved = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
-                    std::fs::canonicalize(root)
-                })
-                .and_then(Result::ok)
-                .map(|p| p.as_os_str().as_bytes().to_vec())
-                .unwrap_or_else(|| configured.clone());
-                failure::retry_set(&paths, &report, &[&configured, &resolved])
-            };
-            // Unknown which paths failed, among several: split, unless so many splits
-            // failed in a row that it is no single path's failure (then back off below).
-            let split = identified.is_none() && paths.len() > 1;
-            if !split || lane.unexplained_partials < MAX_UNEXPLAINED_PARTIALS {
-                if split {
-                    lane.unexplained_partials += 1;
-                }
-                let failed = identified.unwrap_or(paths).into_iter().collect();
-                self.settle_partial(at, &outcome, failed, split, &verdict);
-                return;
+                self.delivered(lane_id, &delivered);
             }
         }
-        let retry_at = lane.backoff.failure(now, verdict.class);
-        let fatal = verdict.class == ExitClass::Fatal;
-        let new_state = if fatal {
-            LaneState::Failing
-        } else {
-            LaneState::Backoff
-        };
-        let state_changed = lane.state != new_state;
-        lane.state = new_state;
-        let label = lane.label.clone();
-        let first_path = entries.first().map(|(p, _)| p.clone()).unwrap_or_default();
-        self.emit(Event::SyncFailed {
-            remote: label.clone(),
-            path: first_path,
-            rsync_exit: code,
-            message: message.clone(),
-            summary: verdict.summary.clone(),
-        });
-        if state_changed {
-            self.emit(Event::StateChanged {
-                remote: label,
-                state: new_state.as_str().to_owned(),
-            });
+        for event in events {
+            self.emit(event);
+        }
+        let mut cleared = 0;
+        for op in journal {
+            match op {
+                settle::JournalOp::Record {
+                    paths,
+                    code,
+                    message,
+                } => {
+                    self.journal.record(
+                        &key,
+                        paths.iter().map(Vec::as_slice),
+                        code,
+                        &message,
+                        clock.wall,
+                    );
+                    self.journal_dirty = true;
+                }
+                settle::JournalOp::Clear(paths) => {
+                    cleared += self.journal.clear(&key, paths.iter().map(Vec::as_slice));
+                }
+                settle::JournalOp::ClearBelow(dir) => {
+                    cleared += self.journal.clear_below(&key, &dir);
+                }
+                settle::JournalOp::ClearLane => cleared += self.journal.clear_lane(&key),
+            }
+        }
+        if cleared > 0 {
+            self.journal_dirty = true;
+            if succeeded {
+                tracing::info!(sersync_remote = %self.lanes[at].label, cleared, "previously failed changes delivered");
+            }
         }
         if let Some(number) = full_sync_number {
-            self.full_sync_done(lane_id, number, false);
+            self.full_sync_done(lane_id, number, succeeded);
         }
+        self.queue.finish(lane_id, retry);
+        for (entries, when) in defer {
+            self.queue.defer(lane_id, entries, when);
+        }
+        if let Some((reason, when)) = guarded_full_sync
+            && !self
+                .guarded_full_syncs
+                .iter()
+                .any(|(id, ..)| *id == lane_id)
+        {
+            self.guarded_full_syncs.push((lane_id, reason, when));
+        }
+    }
+
+    /// The log line of a settled job.
+    fn log_settlement(&self, at: usize, report: &settle::Report) {
         let lane = &self.lanes[at];
-        let delay = retry_at.saturating_duration_since(now);
-        if fatal {
-            tracing::error!(
-                sersync_remote = %lane.label,
-                retry_in_s = delay.as_secs(),
+        let remote = &lane.label;
+        match report {
+            settle::Report::Synced {
+                what,
+                batch_size,
+                elapsed,
+                reachable_again,
+            } => {
+                if *reachable_again {
+                    tracing::info!(sersync_remote = %remote, "remote is reachable again");
+                }
+                tracing::info!(
+                    sersync_remote = %remote,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    sersync_batch_size = batch_size,
+                    "synced {what}"
+                );
+            }
+            settle::Report::Failed {
+                what,
+                detail,
+                code,
+                batch_size,
+                retry_in,
+                fatal: true,
+            } => tracing::error!(
+                sersync_remote = %remote,
+                retry_in_s = retry_in.as_secs(),
                 rsync_exit = code,
                 sersync_batch_size = batch_size,
                 "{what} failed: {detail} (configuration problem on this side or the remote's; retrying slowly)"
-            );
-        } else {
-            tracing::warn!(
-                sersync_remote = %lane.label,
-                retry_in_s = delay.as_secs(),
+            ),
+            settle::Report::Failed {
+                what,
+                detail,
+                code,
+                batch_size,
+                retry_in,
+                fatal: false,
+            } => tracing::warn!(
+                sersync_remote = %remote,
+                retry_in_s = retry_in.as_secs(),
                 rsync_exit = code,
                 sersync_batch_size = batch_size,
                 "{what} failed: {detail}"
-            );
-        }
-        // Still failing after a retry (or a configuration error): it is a failure now.
-        if (fatal || lane.backoff.failures() >= 2) && !entries.is_empty() {
-            self.journal.record(
-                &key,
-                entries.iter().map(|(p, _)| p.as_slice()),
+            ),
+            settle::Report::Partial {
+                what,
+                detail,
                 code,
-                &message,
-                std::time::SystemTime::now(),
-            );
-            self.journal_dirty = true;
-        }
-        let retry = match outcome.job {
-            Job::Batch(batch) => Retry::Paths(batch.entries),
-            Job::FullSync { reason, then, .. } => Retry::FullSync { reason, then },
-        };
-        self.queue.finish(lane_id, Some((retry, retry_at)));
-    }
-
-    /// The end of a batch that partly failed (exit 23), `failed` its paths to try again
-    /// (the failed ones, or with `split` all of them, not knowing which): those entries are
-    /// deferred as batches of their own, in halves when `split`, and the lane goes on.
-    /// The journal and `SyncFailed` hear of paths known to fail, not of every halving.
-    fn settle_partial(
-        &mut self,
-        at: usize,
-        outcome: &Outcome,
-        failed: std::collections::HashSet<Vec<u8>>,
-        split: bool,
-        verdict: &failure::Verdict,
-    ) {
-        let Job::Batch(batch) = &outcome.job else {
-            return;
-        };
-        let (code, message) = (outcome.result.code(), last_line(&outcome.stderr));
-        let message = message.as_str();
-        let now = Instant::now();
-        let key = &self.lanes[at].key();
-        let retry: Vec<(Vec<u8>, Action)> = batch
-            .entries
-            .iter()
-            .filter(|(p, _)| failed.contains(p))
-            .cloned()
-            .collect();
-        let lane = &self.lanes[at];
-        let lane_id = lane.id;
-        let what = crate::sync::describe_batch(&batch.entries);
-        let detail = lane
-            .last_error
-            .as_ref()
-            .map(|error| error.full.clone())
-            .unwrap_or_default();
-        if split {
-            tracing::warn!(
-                sersync_remote = %lane.label,
-                failed = retry.len(),
+                failed,
+                split: true,
+            } => tracing::warn!(
+                sersync_remote = %remote,
+                failed,
                 rsync_exit = code,
                 "{what}: some paths failed ({detail}) and rsync's messages do not say \
                  which; tried again in halves in {}s while the lane goes on",
-                UNEXPLAINED_RETRY.as_secs()
-            );
-        } else {
-            tracing::warn!(
-                sersync_remote = %lane.label,
-                failed = retry.len(),
-                rsync_exit = code,
-                "{what}: {} path(s) failed ({detail}); retrying them in {}s",
-                retry.len(),
-                PARTIAL_RETRY.as_secs()
-            );
-            self.journal.record(
-                key,
-                retry.iter().map(|(p, _)| p.as_slice()),
+                settle::UNEXPLAINED_RETRY.as_secs()
+            ),
+            settle::Report::Partial {
+                what,
+                detail,
                 code,
-                message,
-                std::time::SystemTime::now(),
-            );
-            if let Some((path, _)) = retry.first() {
-                self.emit(Event::SyncFailed {
-                    remote: self.lanes[at].label.clone(),
-                    path: path.clone(),
-                    rsync_exit: code,
-                    message: message.to_owned(),
-                    summary: verdict.summary.clone(),
-                });
-            }
-        }
-        let delivered = batch
-            .entries
-            .iter()
-            .filter(|(p, _)| !failed.contains(p))
-            .map(|(p, _)| p.as_slice());
-        self.journal.clear(key, delivered);
-        self.journal_dirty = true;
-        self.queue.finish(lane_id, None);
-        if split {
-            // Two halves, retried as batches of their own: the one that succeeds is
-            // delivered, the other splits again, down to the failing path.
-            let mut first = retry;
-            let second = first.split_off(first.len() / 2);
-            self.queue.defer(lane_id, first, now + UNEXPLAINED_RETRY);
-            self.queue.defer(lane_id, second, now + UNEXPLAINED_RETRY);
-        } else {
-            self.queue.defer(lane_id, retry, now + PARTIAL_RETRY);
-        }
-    }
-
-    /// A run the replica guard held back: the lane shows as guarded, the refusal is a
-    /// failure (journal, `SyncFailed`), and the held work is tried again later; the sends
-    /// of a batch went through.
-    fn on_guarded(
-        &mut self,
-        at: usize,
-        key: LaneKey,
-        job: Job,
-        full_sync_number: Option<u64>,
-        reason: &str,
-        held: Vec<RelPath>,
-    ) {
-        let now = Instant::now();
-        let lane = &mut self.lanes[at];
-        let lane_id = lane.id;
-        let message = format!("replica guard: {reason}");
-        let state_changed = lane.state != LaneState::Guarded;
-        lane.state = LaneState::Guarded;
-        lane.last_error = Some(LastError {
-            full: message.clone(),
-            summary: GUARD_SUMMARY.to_owned(),
-        });
-        let label = lane.label.clone();
-        let root = lane.context.root.clone();
-        let what = match &job {
-            Job::Batch(_) => format!("deletion of {} path(s)", held.len()),
-            Job::FullSync { .. } => "full sync".to_owned(),
-        };
-        if state_changed {
-            tracing::error!(
-                sersync_remote = %label,
-                root = %root.display(),
+                failed,
+                split: false,
+            } => tracing::warn!(
+                sersync_remote = %remote,
+                failed,
+                rsync_exit = code,
+                "{what}: {failed} path(s) failed ({detail}); retrying them in {}s",
+                settle::PARTIAL_RETRY.as_secs()
+            ),
+            settle::Report::Guarded {
+                what,
+                reason,
+                newly: true,
+            } => tracing::error!(
+                sersync_remote = %remote,
+                root = %lane.context.root.display(),
                 "{what} held back: {reason}; nothing is deleted on the remote until the root \
                  is as it was (retrying every {} s), or `sersyncctl full-sync --force`",
-                GUARD_RETRY.as_secs()
-            );
-        } else {
-            tracing::debug!(sersync_remote = %label, "{what} still held back: {reason}");
+                settle::GUARD_RETRY.as_secs()
+            ),
+            settle::Report::Guarded {
+                what,
+                reason,
+                newly: false,
+            } => tracing::debug!(sersync_remote = %remote, "{what} still held back: {reason}"),
         }
-        self.counters.errors += 1;
-        let first_path = held.first().cloned().unwrap_or_default();
-        self.emit(Event::SyncFailed {
-            remote: label.clone(),
-            path: first_path,
-            rsync_exit: -1,
-            message: message.clone(),
-            summary: GUARD_SUMMARY.to_owned(),
-        });
-        if state_changed {
-            self.emit(Event::StateChanged {
-                remote: label,
-                state: LaneState::Guarded.as_str().to_owned(),
-            });
-        }
-        let retry_at = now + GUARD_RETRY;
-        match job {
-            Job::FullSync {
-                reason: why, then, ..
-            } => {
-                // The root itself (the empty path) names a held full sync.
-                self.journal
-                    .record(&key, [&b""[..]], -1, &message, std::time::SystemTime::now());
-                if let Some(number) = full_sync_number {
-                    self.full_sync_done(lane_id, number, false);
-                }
-                self.queue.finish(lane_id, None);
-                // What was pending goes on as a batch (its deletions guarded on their own).
-                self.queue.defer(lane_id, then, now);
-                if !self
-                    .guarded_full_syncs
-                    .iter()
-                    .any(|(id, ..)| *id == lane_id)
-                {
-                    self.guarded_full_syncs.push((lane_id, why, retry_at));
-                }
-            }
-            Job::Batch(batch) => {
-                let held: std::collections::HashSet<RelPath> = held.into_iter().collect();
-                let (held, sent): (Vec<_>, Vec<_>) = batch
-                    .entries
-                    .into_iter()
-                    .partition(|(path, _)| held.contains(path));
-                self.journal.record(
-                    &key,
-                    held.iter().map(|(p, _)| p.as_slice()),
-                    -1,
-                    &message,
-                    std::time::SystemTime::now(),
-                );
-                self.journal
-                    .clear(&key, sent.iter().map(|(p, _)| p.as_slice()));
-                self.queue.finish(lane_id, None);
-                self.queue.defer(lane_id, held, retry_at);
-            }
-        }
-        self.journal_dirty = true;
     }
 
     /// Counts a delivered batch towards the after-sync plugin: a change is handed to it
@@ -2613,7 +2358,7 @@ impl Daemon {
 
 /// A lane's state for status: its health, and what it is doing if that matters.
 fn lane_state_text(lane: &Lane) -> String {
-    let mut text = lane.state.as_str().to_owned();
+    let mut text = lane.health.state.as_str().to_owned();
     if lane.stalled {
         let secs = lane.job_started.map_or(0, |at| at.elapsed().as_secs());
         text.push_str(&format!(
@@ -2623,17 +2368,6 @@ fn lane_state_text(lane: &Lane) -> String {
         text.push_str(" (full sync running)");
     }
     text
-}
-
-fn last_line(stderr: &str) -> String {
-    stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty() && !l.starts_with("rsync error:"))
-        .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
-        .unwrap_or("(no message)")
-        .trim()
-        .to_owned()
 }
 
 #[cfg(test)]
