@@ -203,6 +203,7 @@ pub fn main(cli: Cli) -> i32 {
     }
     let instance = cli.instance_name();
     logging::init(cli.log, cli.verbose || config.debug, &instance);
+    crate::panics::install();
     let state_dir = cli.state_dir();
     let lock = match prepare_state_dir(&state_dir) {
         Ok(lock) => lock,
@@ -786,6 +787,13 @@ impl Daemon {
     /// as clean.
     fn save_state(&self) {
         let mut saved = Vec::new();
+        // A stop this daemon chose because part of it broke (an inotify reader failed): no
+        // one watched the roots since, nor will until systemd restarts it, so every lane
+        // owes a full sync, as after an unclean stop.
+        let stopping_on_failure = self.exit_code != exit::OK;
+        if stopping_on_failure {
+            tracing::warn!("stopping on a failure: the next start does a full sync of every root");
+        }
         for lane in &self.lanes {
             let record = |path: Vec<u8>, owed: state::Owed| state::SavedChange {
                 root: lane.context.root.clone(),
@@ -797,7 +805,8 @@ impl Daemon {
             // A full sync still owed: requested or failed (an interrupted one comes back
             // as failed), a rescan deferred after overflows, a root not fully watched, or
             // the recovery that the start after an unclean stop asked for.
-            let owes_full_sync = self.queue.full_sync_owed(lane.id).is_some()
+            let owes_full_sync = stopping_on_failure
+                || self.queue.full_sync_owed(lane.id).is_some()
                 || self.overflow_due.contains(&lane.root)
                 || self.degraded_roots.contains(&lane.root)
                 || self.owed_after_ready.contains(&lane.id)
@@ -845,6 +854,11 @@ impl Daemon {
             let tx = self.tx.clone();
             let heartbeat = Arc::new(Heartbeat::new());
             let watcher = Watcher::new(spec.clone(), root, Arc::clone(&heartbeat), move |event| {
+                if let WatchEvent::Changes(changes) = &event {
+                    for change in changes {
+                        crate::panics::inject("inotify", &change.path);
+                    }
+                }
                 let _ = tx.send(Input::Watch(generation, event));
             })
             .map_err(|err| {
@@ -856,16 +870,10 @@ impl Daemon {
                 .spawn(move || {
                     // A panic would otherwise end the thread silently and the root
                     // would stop being replicated with nothing said.
-                    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        watcher.run(control_rx)
-                    }));
-                    let failure = match ended {
+                    let failure = match crate::panics::contain(|| watcher.run(control_rx)) {
                         Ok(Ok(())) => return,
                         Ok(Err(err)) => err.to_string(),
-                        Err(panic) => format!(
-                            "it panicked: {}",
-                            crate::sync::panic_message(panic.as_ref())
-                        ),
+                        Err(panic) => format!("it panicked: {panic}"),
                     };
                     let _ = failed.send(Input::WatcherFailed(generation, root, failure));
                 })
@@ -1618,6 +1626,7 @@ impl Daemon {
             WatchEvent::Changes(changes) => {
                 let mut removals: Vec<(RootId, usize)> = Vec::new();
                 for change in changes {
+                    crate::panics::inject("loop", &change.path);
                     if matches!(change.action, Action::Remove { .. }) {
                         match removals.iter_mut().find(|(root, _)| *root == change.root) {
                             Some((_, count)) => *count += 1,

@@ -42,7 +42,6 @@ mod webhook;
 
 use std::collections::{HashSet, VecDeque};
 use std::os::unix::ffi::OsStrExt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
@@ -612,7 +611,7 @@ fn worker(name: &'static str, shared: &Arc<Shared>, plugin: &dyn Plugin) {
             }
         };
         let Some(job) = job else { break };
-        let outcome = catch_unwind(AssertUnwindSafe(|| plugin.deliver(&job, &control)))
+        let outcome = crate::panics::contain(|| plugin.deliver(&job, &control))
             .unwrap_or_else(|_| Outcome::Failed("the plugin panicked (a bug)".to_owned()));
         record(name, shared, &job, outcome);
         shared.lock().in_flight.remove(&job.abs);

@@ -272,15 +272,19 @@ impl Runner {
                 };
                 let started = Instant::now();
                 let mut context = context;
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match context
-                    .take_identity()
-                {
-                    Ok(()) => runner.execute(&job, &context),
-                    Err(failed) => failed,
-                }))
-                .unwrap_or_else(|panic| {
-                    let message = panic_message(panic.as_ref());
-                    tracing::error!("an rsync job thread panicked: {message}");
+                let run = crate::panics::contain(|| {
+                    if let Job::Batch(batch) = &job {
+                        for (path, _) in &batch.entries {
+                            crate::panics::inject("job", path);
+                        }
+                    }
+                    match context.take_identity() {
+                        Ok(()) => runner.execute(&job, &context),
+                        Err(failed) => failed,
+                    }
+                })
+                .unwrap_or_else(|message| {
+                    tracing::error!("an rsync job thread panicked: {message}; the job is retried");
                     Run::ended(RunResult::SpawnFailed {
                         kind: std::io::ErrorKind::Other,
                         message: format!("the job thread panicked: {message}"),
@@ -1459,15 +1463,6 @@ pub fn after_full_sync(then: &[(RelPath, Action)], covered: bool) -> Vec<(RelPat
         .collect()
 }
 
-/// The text a panic was raised with, when it has one.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1523,15 +1518,5 @@ mod tests {
             );
         }
         std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn panic_messages() {
-        let text: Box<dyn std::any::Any + Send> = Box::new("static text");
-        assert_eq!(panic_message(text.as_ref()), "static text");
-        let owned: Box<dyn std::any::Any + Send> = Box::new(String::from("formatted 7"));
-        assert_eq!(panic_message(owned.as_ref()), "formatted 7");
-        let other: Box<dyn std::any::Any + Send> = Box::new(7_u8);
-        assert_eq!(panic_message(other.as_ref()), "(no message)");
     }
 }

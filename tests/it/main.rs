@@ -24,6 +24,9 @@ mod e2e_failures;
 // Least privilege: rsync takes the tree owner's credentials (a swapped symlink publishes
 // nothing private); a state directory another user could change is refused.
 mod privilege;
+// Panics: contained in a job thread, a stop for a dead inotify reader, an abort elsewhere;
+// the replica converges in every case.
+mod panics;
 // D-Bus control interface and sersyncctl over private dbus-daemons: the adapter with a
 // scripted loop, the bus policy, unprivileged callers, and end to end against sersyncd.
 mod control;

@@ -496,6 +496,21 @@ impl Sersyncd {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; returns how it ended.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        while self.is_running() {
+            assert!(
+                Instant::now() < deadline,
+                "sersyncd still running after {timeout:?}"
+            );
+            std::thread::sleep(POLL);
+        }
+        let status = self.status.expect("the exit status of an ended sersyncd");
+        self.mark(&format!("exited by itself: {status}"));
+        status
+    }
+
     /// The PID of the running process.
     pub fn pid(&self) -> Pid {
         let child = self.child.as_ref().expect("sersyncd is running");
