@@ -15,6 +15,7 @@ mod logging;
 mod notify;
 mod settle;
 pub mod state;
+mod timers;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -35,6 +36,7 @@ use crate::sync::{JobContext, Outcome, Runner};
 use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
 pub use cli::Cli;
 use settle::Health;
+use timers::{Due, Overflowed, Timers};
 
 /// Exit statuses (sysexits), which systemd units act on (`RestartPreventExitStatus=78`).
 pub mod exit {
@@ -120,19 +122,10 @@ impl Lane {
     }
 }
 
-/// How often roots with unwatched directories (watch limit) get a full sync.
-const DEGRADED_RESYNC: Duration = Duration::from_secs(600);
-/// Rescans after inotify overflows: the first at once, repeated ones spaced out from
-/// 10 s doubling to 5 min, so an overflow storm cannot turn into back-to-back full syncs.
-const OVERFLOW_BACKOFF_START: Duration = Duration::from_secs(10);
-const OVERFLOW_BACKOFF_MAX: Duration = Duration::from_secs(300);
-
 /// The sliding window over which live deletions are counted for `<deleteGuard share>`:
 /// adaptive batching slices an `rm -rf` into many small batches, so a per-batch share
 /// would never trip.
 const DELETION_WINDOW: Duration = Duration::from_secs(60);
-/// How often the remotes' expired soft-delete directories are pruned (and once at start).
-const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A job whose rsyncs have moved no data for this long is reported as stalled (in the
 /// log once, and in the status until it ends); rsync's own `--timeout` ends it.
@@ -288,18 +281,11 @@ struct Daemon {
     /// Roots whose deletions are held (too many at once), with the reason, until the
     /// operator releases them with a forced full sync.
     deletions_held: Vec<(PathBuf, String)>,
-    /// Full syncs the replica guard held back: (lane, reason, when to try again). They
-    /// wait here, not in the queue, so that the lane's other changes keep flowing.
-    guarded_full_syncs: Vec<(LaneId, FullSyncReason, Instant)>,
-    /// When the remotes' expired soft-delete directories are pruned next (`<softDelete>`).
-    next_prune: Option<Instant>,
+    /// Everything due later: crontab, replay, pruning, resyncs, held full syncs.
+    timers: Timers,
     /// The watches of every root are in place (the first `Ready` came).
     ready: bool,
     exit_code: i32,
-    /// When the next `<crontab>` full sync is due.
-    next_crontab: Option<Instant>,
-    /// When the failure journal is next replayed (`<failLog timeToExecute>`).
-    next_replay: Instant,
     journal: Journal,
     journal_dirty: bool,
     counters: Counters,
@@ -320,13 +306,6 @@ struct Daemon {
     /// Per (root, path): the lanes a change was delivered to so far, for the after-sync
     /// plugin (which runs once a change reached every remote of its root).
     deliveries: HashMap<(RootId, Vec<u8>), Vec<LaneId>>,
-    degraded_roots: Vec<RootId>,
-    next_degraded_resync: Option<Instant>,
-    /// No overflow rescan before this; a deferred one is due then.
-    overflow_quiet_until: Option<Instant>,
-    overflow_backoff: Duration,
-    /// Roots whose inotify queue overflowed and that wait for their rescan.
-    overflow_due: Vec<RootId>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -404,6 +383,19 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
     lanes
 }
 
+/// The periods of the in-process timers. They work without systemd; the timer units
+/// only add to them, except that under systemd the generator turns `<crontab>` into
+/// sersync-fullsync@NAME.timer and the unit says so: running both would double every full
+/// sync.
+fn schedule_of(config: &Config) -> timers::Schedule {
+    let timer_in_charge = std::env::var_os(crate::generator::CRONTAB_ENV)
+        .is_some_and(|v| v == crate::generator::CRONTAB_BY_SYSTEMD);
+    timers::Schedule {
+        crontab: (config.crontab.enabled && !timer_in_charge).then(|| config.crontab.interval()),
+        replay: config.fail_log.interval(),
+    }
+}
+
 fn queue_layout(lanes: &[Lane]) -> Vec<(LaneId, RootId)> {
     lanes.iter().map(|lane| (lane.id, lane.root)).collect()
 }
@@ -420,6 +412,7 @@ fn watch_spec(config: &Config) -> WatchSpec {
 
 impl Daemon {
     fn new(cli: Cli, config: Config, instance: String, state_dir: PathBuf) -> Result<Self, String> {
+        let timers = Timers::new(Instant::now(), schedule_of(&config));
         let mut next_lane_id = 0;
         let lanes = build_lanes(&config, &[], &mut next_lane_id);
         let (tx, rx) = mpsc::channel();
@@ -457,12 +450,9 @@ impl Daemon {
             deletion_windows: HashMap::new(),
             next_deletion_check: HashMap::new(),
             deletions_held: Vec::new(),
-            guarded_full_syncs: Vec::new(),
-            next_prune: None,
+            timers,
             ready: false,
             exit_code: exit::OK,
-            next_crontab: None,
-            next_replay: Instant::now(),
             journal: Journal::default(),
             journal_dirty: false,
             counters: Counters::default(),
@@ -490,11 +480,6 @@ impl Daemon {
             last_journal_save: None,
             plugins: None,
             deliveries: HashMap::new(),
-            degraded_roots: Vec::new(),
-            next_degraded_resync: None,
-            overflow_quiet_until: None,
-            overflow_backoff: OVERFLOW_BACKOFF_START,
-            overflow_due: Vec::new(),
         })
     }
 
@@ -807,13 +792,10 @@ impl Daemon {
             // the recovery that the start after an unclean stop asked for.
             let owes_full_sync = stopping_on_failure
                 || self.queue.full_sync_owed(lane.id).is_some()
-                || self.overflow_due.contains(&lane.root)
-                || self.degraded_roots.contains(&lane.root)
+                || self.timers.overflow_due().contains(&lane.root)
+                || self.timers.degraded().contains(&lane.root)
                 || self.owed_after_ready.contains(&lane.id)
-                || self
-                    .guarded_full_syncs
-                    .iter()
-                    .any(|(id, ..)| *id == lane.id)
+                || self.timers.holds_full_sync(lane.id)
                 || (self.recover_after_ready
                     && !self.watchers.get(lane.root).is_some_and(|w| w.ready));
             if owes_full_sync {
@@ -917,9 +899,7 @@ impl Daemon {
                 "the watcher of this root did not report its last changes in time; the next \
                  start rescans the root"
             );
-            if !self.degraded_roots.contains(&root) {
-                self.degraded_roots.push(root);
-            }
+            self.timers.mark_degraded(root);
         }
     }
 
@@ -975,7 +955,8 @@ impl Daemon {
                 .join(", ")
         );
         let mut shutdown_deadline: Option<Instant> = None;
-        self.schedule_timers();
+        self.timers
+            .reschedule(Instant::now(), schedule_of(&self.config));
         loop {
             self.run_timers();
             self.dispatch();
@@ -1028,20 +1009,7 @@ impl Daemon {
                 }
             }
         }
-        for at in self
-            .next_crontab
-            .iter()
-            .chain(self.next_degraded_resync.iter())
-            .chain(self.next_prune.iter())
-            .chain([&self.next_replay])
-        {
-            wake = wake.min(at.saturating_duration_since(now));
-        }
-        if !self.overflow_due.is_empty() {
-            if let Some(until) = self.overflow_quiet_until {
-                wake = wake.min(until.saturating_duration_since(now));
-            }
-        }
+        wake = wake.min(self.timers.next().saturating_duration_since(now));
         if !self.ready {
             wake =
                 wake.min((self.watchers_started + READY_DEADLINE).saturating_duration_since(now));
@@ -1052,64 +1020,29 @@ impl Daemon {
         wake.max(Duration::from_millis(1))
     }
 
-    /// (Re)arms the in-process timers from the config: the `<crontab>` full sync and the
-    /// failure replay. They work without systemd; the timer units only add to them.
-    fn schedule_timers(&mut self) {
-        let now = Instant::now();
-        // Under systemd, the generator turns <crontab> into sersync-fullsync@NAME.timer
-        // and the unit says so; running both would double every full sync.
-        let timer_in_charge = std::env::var_os(crate::generator::CRONTAB_ENV)
-            .is_some_and(|v| v == crate::generator::CRONTAB_BY_SYSTEMD);
-        self.next_crontab = (self.config.crontab.enabled && !timer_in_charge)
-            .then(|| now + self.config.crontab.interval());
-        self.next_replay = now + self.config.fail_log.interval();
+    /// Whether pruning the remotes' soft-delete directories is on (once ready).
+    fn prunes(&self) -> bool {
+        self.ready && self.config.rsync.soft_delete.is_some()
     }
 
     fn on_overflow(&mut self, root: RootId) {
-        let now = Instant::now();
-        let first = !self.overflow_due.contains(&root);
-        if first {
-            self.overflow_due.push(root);
-        }
-        match self.overflow_quiet_until {
-            Some(until) if now < until => {
-                // Another overflow soon after a rescan: one more rescan, later.
-                if first {
-                    tracing::warn!(
-                        root = %self.root_path(root).display(),
-                        in_s = until.saturating_duration_since(now).as_secs(),
-                        "inotify overflowed again: next rescan deferred"
-                    );
+        match self.timers.overflowed(root, Instant::now()) {
+            Overflowed::RescanNow(roots) => {
+                for root in roots {
+                    self.queue.request_full_sync(root, FullSyncReason::Rescan);
                 }
             }
-            _ => {
-                if self
-                    .overflow_quiet_until
-                    .is_some_and(|until| now.duration_since(until) > OVERFLOW_BACKOFF_MAX)
-                {
-                    self.overflow_backoff = OVERFLOW_BACKOFF_START;
-                }
-                self.rescan_overflowed(now);
-            }
+            Overflowed::Deferred { first: true, wait } => tracing::warn!(
+                root = %self.root_path(root).display(),
+                in_s = wait.as_secs(),
+                "inotify overflowed again: next rescan deferred"
+            ),
+            Overflowed::Deferred { first: false, .. } => {}
         }
-    }
-
-    fn rescan_overflowed(&mut self, now: Instant) {
-        for root in std::mem::take(&mut self.overflow_due) {
-            self.queue.request_full_sync(root, FullSyncReason::Rescan);
-        }
-        self.overflow_quiet_until = Some(now + self.overflow_backoff);
-        self.overflow_backoff = (self.overflow_backoff * 2).min(OVERFLOW_BACKOFF_MAX);
     }
 
     fn run_timers(&mut self) {
         let now = Instant::now();
-        if !self.overflow_due.is_empty()
-            && self.overflow_quiet_until.is_none_or(|until| until <= now)
-        {
-            tracing::info!("rescanning after repeated inotify overflows");
-            self.rescan_overflowed(now);
-        }
         if !self.ready && now.duration_since(self.watchers_started) >= READY_DEADLINE {
             let waiting: Vec<String> = self
                 .watchers
@@ -1126,48 +1059,42 @@ impl Daemon {
             );
             self.announce_ready();
         }
-        if self.ready && self.config.rsync.soft_delete.is_some() {
-            match self.next_prune {
-                None => self.next_prune = Some(now),
-                Some(at) if at <= now => {
+        for due in self.timers.due(now, self.prunes()) {
+            match due {
+                Due::OverflowRescan(roots) => {
+                    tracing::info!("rescanning after repeated inotify overflows");
+                    for root in roots {
+                        self.queue.request_full_sync(root, FullSyncReason::Rescan);
+                    }
+                }
+                Due::PruneTrash => {
                     for lane in &self.lanes {
                         self.runner.prune_trash(lane.id, lane.context.clone());
                     }
-                    self.next_prune = Some(now + PRUNE_EVERY);
                 }
-                Some(_) => {}
+                Due::GuardedFullSync(lane, reason) => {
+                    self.queue.request_full_sync_lane(lane, reason);
+                }
+                Due::DegradedResync(roots) => {
+                    self.tell_watchers(|| WatchControl::RetryUnwatched);
+                    for root in roots {
+                        self.queue.request_full_sync(root, FullSyncReason::Rescan);
+                    }
+                }
+                Due::Crontab => {
+                    tracing::info!("crontab: periodic full sync of every root");
+                    for root in 0..self.config.roots.len() {
+                        self.queue
+                            .request_full_sync(root, FullSyncReason::Scheduled);
+                    }
+                }
+                Due::Replay => {
+                    let count = self.replay_failures();
+                    if count > 0 {
+                        tracing::info!(paths = count, "replaying failed changes now");
+                    }
+                }
             }
-        }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.guarded_full_syncs)
-            .into_iter()
-            .partition(|(_, _, at)| *at <= now);
-        self.guarded_full_syncs = later;
-        for (lane, reason, _) in due {
-            self.queue.request_full_sync_lane(lane, reason);
-        }
-        if self.next_degraded_resync.is_some_and(|at| at <= now) {
-            self.tell_watchers(|| WatchControl::RetryUnwatched);
-            for &root in &self.degraded_roots {
-                self.queue.request_full_sync(root, FullSyncReason::Rescan);
-            }
-            self.degraded_roots.clear();
-            // Re-armed by the next WatchLimit report, if the limit is still too low.
-            self.next_degraded_resync = None;
-        }
-        if self.next_crontab.is_some_and(|at| at <= now) {
-            tracing::info!("crontab: periodic full sync of every root");
-            for root in 0..self.config.roots.len() {
-                self.queue
-                    .request_full_sync(root, FullSyncReason::Scheduled);
-            }
-            self.next_crontab = Some(now + self.config.crontab.interval());
-        }
-        if self.next_replay <= now {
-            let count = self.replay_failures();
-            if count > 0 {
-                tracing::info!(paths = count, "replaying failed changes now");
-            }
-            self.next_replay = now + self.config.fail_log.interval();
         }
     }
 
@@ -1352,10 +1279,10 @@ impl Daemon {
             self.save_held();
             self.apply_guards();
             let lanes = &self.lanes;
-            self.guarded_full_syncs.retain(|(id, ..)| {
+            self.timers.retain_held_full_syncs(|id| {
                 !lanes
                     .iter()
-                    .any(|lane| lane.id == *id && roots.contains(&lane.root))
+                    .any(|lane| lane.id == id && roots.contains(&lane.root))
             });
         }
         let id = self.next_job_id;
@@ -1549,12 +1476,12 @@ impl Daemon {
         let lanes = &self.lanes;
         self.owed_after_ready
             .retain(|&id| lanes.iter().any(|lane| lane.id == id));
-        self.guarded_full_syncs
-            .retain(|(id, ..)| lanes.iter().any(|lane| lane.id == *id));
+        self.timers
+            .retain_held_full_syncs(|id| lanes.iter().any(|lane| lane.id == id));
         self.finish_full_sync_jobs();
         let spec = watch_spec(&config);
         let rewatch = !spec.watches_like(&watch_spec(&self.config));
-        if !rewatch && !self.degraded_roots.is_empty() {
+        if !rewatch && !self.timers.degraded().is_empty() {
             // The watchers report what they find below the directories they can watch
             // now; a full sync covers what was deleted there meanwhile.
             self.tell_watchers(|| WatchControl::RetryUnwatched);
@@ -1562,9 +1489,8 @@ impl Daemon {
                 self.queue.request_full_sync(root, FullSyncReason::Rescan);
             }
         }
-        if rewatch || !self.degraded_roots.is_empty() {
-            self.degraded_roots.clear();
-            self.next_degraded_resync = None;
+        if rewatch || !self.timers.degraded().is_empty() {
+            self.timers.clear_degraded();
         }
         if !rewatch {
             // With other roots or filters the watchers are replaced below; an old one told
@@ -1581,7 +1507,8 @@ impl Daemon {
                 self.exit_code = exit::SOFTWARE;
             }
         }
-        self.schedule_timers();
+        self.timers
+            .reschedule(Instant::now(), schedule_of(&self.config));
         tracing::info!(
             lanes = self.lanes.len(),
             added = added.len(),
@@ -1723,14 +1650,10 @@ impl Daemon {
                     sersync_path = %path.display(),
                     "not watched (inotify watch limit): the root gets a full sync now and every \
                      {} minutes until the limit is raised",
-                    DEGRADED_RESYNC.as_secs() / 60
+                    timers::DEGRADED_RESYNC.as_secs() / 60
                 );
                 self.queue.request_full_sync(root, FullSyncReason::Rescan);
-                if !self.degraded_roots.contains(&root) {
-                    self.degraded_roots.push(root);
-                }
-                self.next_degraded_resync
-                    .get_or_insert_with(|| Instant::now() + DEGRADED_RESYNC);
+                self.timers.watch_limit_hit(root, Instant::now());
             }
         }
     }
@@ -2011,13 +1934,8 @@ impl Daemon {
         for (entries, when) in defer {
             self.queue.defer(lane_id, entries, when);
         }
-        if let Some((reason, when)) = guarded_full_sync
-            && !self
-                .guarded_full_syncs
-                .iter()
-                .any(|(id, ..)| *id == lane_id)
-        {
-            self.guarded_full_syncs.push((lane_id, reason, when));
+        if let Some((reason, when)) = guarded_full_sync {
+            self.timers.hold_full_sync(lane_id, reason, when);
         }
     }
 
