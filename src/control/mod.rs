@@ -73,6 +73,8 @@ pub struct FailureRecord {
 pub struct RemoteStatus {
     /// e.g. `/srv/www -> 10.0.0.2::www`
     pub name: String,
+    /// The remote alone, e.g. `10.0.0.2::www` (for the one-line summary).
+    pub remote: String,
     /// `ok`, `backoff` or `failing`.
     pub state: String,
     pub last_ok: Option<SystemTime>,
@@ -110,6 +112,35 @@ pub struct Status {
     pub watches: u64,
     pub remotes: Vec<RemoteStatus>,
     pub counters: Counters,
+    /// Roots whose watcher is blocked in a filesystem call (a hung mount), with how long
+    /// it has been silent in seconds.
+    pub blocked_watchers: Vec<(PathBuf, u64)>,
+}
+
+impl Status {
+    /// The one-line summary for sd_notify `STATUS=` (what `systemctl status` shows).
+    /// Journal-bound like the log: the remotes' states only, no error texts.
+    pub fn line(&self) -> String {
+        let blocked: String = self
+            .blocked_watchers
+            .iter()
+            .map(|(root, secs)| format!("watcher of {} blocked {secs} s; ", root.display()))
+            .collect();
+        let remotes: Vec<String> = self
+            .remotes
+            .iter()
+            .map(|remote| format!("{} {}", remote.remote, remote.state))
+            .collect();
+        format!(
+            "{}{blocked}{} watches, {} queued, {} in flight, {} failed; {}",
+            if self.paused { "PAUSED; " } else { "" },
+            self.watches,
+            self.queue_depth,
+            self.in_flight,
+            self.failed,
+            remotes.join(", ")
+        )
+    }
 }
 
 /// Signals the daemon emits through the adapter.
@@ -618,4 +649,63 @@ fn changed_properties(old: &Status, new: &Status) -> Vec<(&'static str, Value<'s
         ));
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(remote: &str, state: &str) -> RemoteStatus {
+        RemoteStatus {
+            name: format!("/srv/www -> {remote}"),
+            remote: remote.to_owned(),
+            state: state.to_owned(),
+            last_ok: None,
+            last_error: Some("rsync: \"/srv/www/secret\" failed".to_owned()),
+            last_error_summary: Some("rsync exit 23".to_owned()),
+            pending: 0,
+        }
+    }
+
+    #[test]
+    fn the_status_line_sums_up_the_snapshot_without_error_texts() {
+        let base = Status {
+            version: "1".into(),
+            instance: "web".into(),
+            config_path: PathBuf::from("/etc/sersync/web.xml"),
+            paused: false,
+            queue_depth: 5,
+            in_flight: 1,
+            failed: 2,
+            watches: 1200,
+            remotes: vec![
+                remote("10.0.0.2::www", "ok"),
+                remote("10.0.0.3::www", "backoff (full sync running)"),
+            ],
+            counters: Counters::default(),
+            blocked_watchers: Vec::new(),
+        };
+        let paused_and_blocked = Status {
+            paused: true,
+            remotes: vec![remote("10.0.0.2::www", "failing")],
+            blocked_watchers: vec![(PathBuf::from("/mnt/nfs"), 31)],
+            ..base.clone()
+        };
+        for (status, want) in [
+            (
+                &base,
+                "1200 watches, 5 queued, 1 in flight, 2 failed; 10.0.0.2::www ok, \
+                 10.0.0.3::www backoff (full sync running)",
+            ),
+            (
+                &paused_and_blocked,
+                "PAUSED; watcher of /mnt/nfs blocked 31 s; 1200 watches, 5 queued, 1 in \
+                 flight, 2 failed; 10.0.0.2::www failing",
+            ),
+        ] {
+            let line = status.line();
+            assert_eq!(line, want);
+            assert!(!line.contains("secret"), "{line}");
+        }
+    }
 }

@@ -222,6 +222,7 @@ mod tests {
             remotes: vec![
                 RemoteStatus {
                     name: "/srv/www -> 10.0.0.2::www".into(),
+                    remote: "10.0.0.2::www".into(),
                     state: "ok".into(),
                     last_ok: Some(UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456)),
                     last_error: None,
@@ -230,6 +231,7 @@ mod tests {
                 },
                 RemoteStatus {
                     name: "/srv/www -> 10.0.0.3::www".into(),
+                    remote: "10.0.0.3::www".into(),
                     state: "failing".into(),
                     last_ok: None,
                     last_error: Some(
@@ -249,6 +251,7 @@ mod tests {
                 bytes: 1 << 40,
                 errors: 2,
             },
+            blocked_watchers: Vec::new(),
         }
     }
 

@@ -468,6 +468,7 @@ impl Daemon {
                 watches: 0,
                 remotes: Vec::new(),
                 counters: Counters::default(),
+                blocked_watchers: Vec::new(),
             })),
             last_snapshot: None,
             events: None,
@@ -1351,30 +1352,7 @@ impl Daemon {
             return;
         }
         self.last_snapshot = Some(at);
-        let remotes = self
-            .lanes
-            .iter()
-            .map(|lane| RemoteStatus {
-                name: lane.label.clone(),
-                state: lane_state_text(lane),
-                last_ok: lane.health.last_ok,
-                last_error: lane.health.last_error.as_ref().map(|e| e.full.clone()),
-                last_error_summary: lane.health.last_error.as_ref().map(|e| e.summary.clone()),
-                pending: self.queue.lane_depth(lane.id) as u64,
-            })
-            .collect();
-        let snapshot = Status {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            instance: self.instance.clone(),
-            config_path: self.cli.config.clone(),
-            paused: self.paused,
-            queue_depth: (self.queue.depth() + self.queue.deferred_count()) as u64,
-            in_flight: self.in_flight as u64,
-            failed: self.journal.len() as u64,
-            watches: self.watches as u64,
-            remotes,
-            counters: self.counters,
-        };
+        let snapshot = self.snapshot();
         match self.status.write() {
             Ok(mut status) => *status = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,
@@ -1668,7 +1646,7 @@ impl Daemon {
         if self.control.is_none() {
             self.start_control();
         }
-        let line = self.status_line();
+        let line = self.snapshot().line();
         self.notifier.ready_with_status(&line);
     }
 
@@ -2240,46 +2218,50 @@ impl Daemon {
         if !self.notifier.status_due() {
             return;
         }
-        let line = self.status_line();
+        let line = self.snapshot().line();
         self.notifier.status(&line);
     }
 
-    /// The one-line summary for STATUS= (systemctl status).
-    fn status_line(&self) -> String {
-        let remotes: Vec<String> = self
+    /// The state operators see, built from the loop's own: published to the D-Bus adapter
+    /// (`GetStatus`, the properties, `sersyncctl status`) and summed up in `STATUS=`.
+    fn snapshot(&self) -> Status {
+        let ssh = self.config.rsync.ssh;
+        let remotes = self
             .lanes
             .iter()
-            .map(|l| {
-                format!(
-                    "{} {}",
-                    l.context.transport.remote.label(self.config.rsync.ssh),
-                    lane_state_text(l)
-                )
+            .map(|lane| RemoteStatus {
+                name: lane.label.clone(),
+                remote: lane.context.transport.remote.label(ssh),
+                state: lane_state_text(lane),
+                last_ok: lane.health.last_ok,
+                last_error: lane.health.last_error.as_ref().map(|e| e.full.clone()),
+                last_error_summary: lane.health.last_error.as_ref().map(|e| e.summary.clone()),
+                pending: self.queue.lane_depth(lane.id) as u64,
             })
             .collect();
-        let blocked: Vec<String> = self
+        let blocked_watchers = self
             .watchers
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.stuck)
-            .map(|(root, w)| {
-                format!(
-                    "watcher of {} blocked {} s; ",
-                    self.root_path(root).display(),
-                    w.heartbeat.silent_for().as_secs()
-                )
+            .filter(|(_, watcher)| watcher.stuck)
+            .map(|(root, watcher)| {
+                let silent = watcher.heartbeat.silent_for().as_secs();
+                (self.root_path(root).to_path_buf(), silent)
             })
             .collect();
-        format!(
-            "{}{}{} watches, {} queued, {} in flight, {} failed; {}",
-            if self.paused { "PAUSED; " } else { "" },
-            blocked.concat(),
-            self.watches,
-            self.queue.depth() + self.queue.deferred_count(),
-            self.in_flight,
-            self.journal.len(),
-            remotes.join(", ")
-        )
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            instance: self.instance.clone(),
+            config_path: self.cli.config.clone(),
+            paused: self.paused,
+            queue_depth: (self.queue.depth() + self.queue.deferred_count()) as u64,
+            in_flight: self.in_flight as u64,
+            failed: self.journal.len() as u64,
+            watches: self.watches as u64,
+            remotes,
+            counters: self.counters,
+            blocked_watchers,
+        }
     }
 }
 

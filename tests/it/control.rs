@@ -414,6 +414,7 @@ fn sample_status(instance: &str) -> Status {
         remotes: vec![
             RemoteStatus {
                 name: "/srv/www -> 10.0.0.2::www".into(),
+                remote: "10.0.0.2::www".into(),
                 state: "ok".into(),
                 last_ok: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
                 last_error: None,
@@ -422,6 +423,7 @@ fn sample_status(instance: &str) -> Status {
             },
             RemoteStatus {
                 name: "/srv/www -> 10.0.0.3::www".into(),
+                remote: "10.0.0.3::www".into(),
                 state: "failing".into(),
                 last_ok: None,
                 last_error: Some(LAST_ERROR.into()),
@@ -436,6 +438,7 @@ fn sample_status(instance: &str) -> Status {
             bytes: 4096,
             errors: 2,
         },
+        blocked_watchers: Vec::new(),
     }
 }
 
