@@ -104,11 +104,13 @@ pub fn parse_mountinfo(text: &[u8]) -> Vec<Mount> {
         .collect()
 }
 
-/// Whether `path` is `prefix` or below it.
+/// Whether the absolute `path` is the absolute `prefix` or below it (everything is below
+/// `/`): the relative-path rule once the common leading slash is dropped.
 fn path_within(path: &[u8], prefix: &[u8]) -> bool {
-    prefix == b"/"
-        || path == prefix
-        || (path.starts_with(prefix) && path.get(prefix.len()) == Some(&b'/'))
+    fn relative(path: &[u8]) -> &[u8] {
+        path.strip_prefix(b"/").unwrap_or(path)
+    }
+    crate::relpath::is_at_or_below(relative(path), relative(prefix))
 }
 
 /// The mount a (canonical) path on device `dev` lives on: among the mounts of that device,

@@ -15,6 +15,7 @@ pub mod panics;
 pub mod plugin;
 pub mod probe;
 pub mod queue;
+pub mod relpath;
 pub mod shell;
 pub mod sync;
 pub mod trusted;

@@ -2061,8 +2061,7 @@ impl Daemon {
         let (kind, is_dir) = match action {
             Action::Remove { dir } => (ChangeKind::Deleted, dir),
             Action::Sync | Action::Replace | Action::Tree => {
-                let abs = crate::watch::join(root_path.as_os_str().as_bytes(), path);
-                match std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&abs)) {
+                match std::fs::symlink_metadata(crate::relpath::absolute(&root_path, path)) {
                     Ok(meta) => (ChangeKind::Updated, meta.is_dir()),
                     Err(_) => (ChangeKind::Deleted, false),
                 }

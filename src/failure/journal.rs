@@ -43,16 +43,6 @@ pub struct Journal {
 
 const MAGIC: &[u8] = b"sersync-failures 1\n";
 
-/// The paths below `dir` sort between `dir/` and `dir0` ('0' follows '/'): a range, not a
-/// scan (a batch of folded directories looks below each of them). `dir` is not empty.
-fn below_bounds(dir: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let mut from = dir.to_vec();
-    from.push(b'/');
-    let mut to = dir.to_vec();
-    to.push(b'/' + 1);
-    (from, to)
-}
-
 impl Journal {
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -116,8 +106,11 @@ impl Journal {
             Box::new(self.entries.iter().filter(|((key, _), _)| key == lane))
                 as Box<dyn Iterator<Item = _>>
         } else {
-            let (from, to) = below_bounds(dir);
-            Box::new(self.entries.range((lane.clone(), from)..(lane.clone(), to)))
+            let range = crate::relpath::below_range(dir);
+            Box::new(
+                self.entries
+                    .range((lane.clone(), range.start)..(lane.clone(), range.end)),
+            )
         };
         below
             .next()
@@ -130,10 +123,10 @@ impl Journal {
         if dir.is_empty() {
             return self.clear_lane(lane);
         }
-        let (from, to) = below_bounds(dir);
+        let range = crate::relpath::below_range(dir);
         let below: Vec<(LaneKey, Vec<u8>)> = self
             .entries
-            .range((lane.clone(), from)..(lane.clone(), to))
+            .range((lane.clone(), range.start)..(lane.clone(), range.end))
             .map(|(key, _)| key.clone())
             .collect();
         for key in &below {

@@ -14,9 +14,7 @@ use std::time::Instant;
 
 use crate::config::RootId;
 
-/// A path relative to its watch root, as raw bytes, without a leading or trailing slash.
-/// The root itself is the empty path.
-pub type RelPath = Vec<u8>;
+pub use crate::relpath::RelPath;
 
 /// A lane: one (watch root, remote) pair. Ids are given by the daemon and never reused,
 /// so a job's outcome finds its lane (or learns that a reload removed it) even after the
@@ -534,13 +532,9 @@ impl Lane {
         }
         if let Action::Remove { dir: true } = action {
             // Deleting the directory on the remote covers whatever was pending below it.
-            let mut prefix = path.to_vec();
-            prefix.push(b'/');
-            let mut end = path.to_vec();
-            end.push(b'/' + 1);
             let below: Vec<RelPath> = self
                 .pending
-                .range(prefix..end)
+                .range(crate::relpath::below_range(path))
                 .map(|(child, _)| child.clone())
                 .collect();
             for child in below {
@@ -587,10 +581,8 @@ impl Lane {
         if self.pending.get(&b""[..]) == Some(&Action::Tree) && !path.is_empty() {
             return true;
         }
-        path.iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'/')
-            .any(|(at, _)| self.pending.get(&path[..at]) == Some(&Action::Tree))
+        crate::relpath::ancestors(path)
+            .any(|ancestor| self.pending.get(ancestor) == Some(&Action::Tree))
     }
 
     /// Folds the pending paths into dirty directories when there are more than `cap`.

@@ -1367,7 +1367,7 @@ fn local_subtree(root: &Path, dir: &[u8], filter: &Filter) -> Vec<Vec<u8>> {
             continue;
         };
         for entry in entries.flatten() {
-            let rel = crate::watch::join(&rel_dir, entry.file_name().as_bytes());
+            let rel = crate::relpath::join(&rel_dir, entry.file_name().as_bytes());
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if filter.excludes(&rel, is_dir) {
                 continue;
@@ -1398,7 +1398,7 @@ fn excluded_paths(root: &Path, filter: &Filter) -> Vec<Vec<u8>> {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let rel = crate::watch::join(&rel_dir, name.as_bytes());
+            let rel = crate::relpath::join(&rel_dir, name.as_bytes());
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if filter.excludes(&rel, is_dir) {
                 found.push(rel);

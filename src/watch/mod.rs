@@ -38,7 +38,8 @@ use inotify::{EventMask, Inotify, WatchMask};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::config::{EventToggles, Filter, RootId};
-use crate::queue::{Action, RelPath};
+use crate::queue::Action;
+use crate::relpath::{RelPath, join};
 
 mod tree;
 use tree::{Place, WatchTree};
@@ -1140,17 +1141,6 @@ fn filter_equal(a: &Filter, b: &Filter) -> bool {
             .all(|(x, y)| x.expression == y.expression)
 }
 
-/// `dir/name`, or `name` at the root.
-pub fn join(dir: &[u8], name: &[u8]) -> RelPath {
-    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
-    path.extend_from_slice(dir);
-    if !dir.is_empty() {
-        path.push(b'/');
-    }
-    path.extend_from_slice(name);
-    path
-}
-
 /// The operator-facing explanation of ENOSPC from inotify_add_watch.
 pub fn watch_limit_message() -> String {
     let current = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
@@ -1188,11 +1178,5 @@ mod unit_tests {
                 String::from_utf8_lossy(name)
             );
         }
-    }
-
-    #[test]
-    fn join_paths() {
-        assert_eq!(join(b"", b"a"), b"a");
-        assert_eq!(join(b"a/b", b"c"), b"a/b/c");
     }
 }
