@@ -326,11 +326,48 @@ impl Default for Crontab {
 #[derive(Debug, Clone, Default)]
 pub struct Plugins {
     /// `<sersync><plugin start="true" name>`: the plugin run after each delivered change.
-    pub after_sync: Option<String>,
+    pub after_sync: Option<PluginKind>,
     pub command: Option<CommandPlugin>,
     pub socket: Option<SocketPlugin>,
     pub refresh_cdn: Option<RefreshCdnPlugin>,
     pub http: Option<HttpPlugin>,
+}
+
+/// The plugins sersync knows, by their `<plugin name>`: what was configured here, and
+/// what `crate::plugin` builds from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    Command,
+    Socket,
+    RefreshCdn,
+    Http,
+}
+
+impl PluginKind {
+    pub const ALL: [PluginKind; 4] = [
+        PluginKind::Command,
+        PluginKind::Socket,
+        PluginKind::RefreshCdn,
+        PluginKind::Http,
+    ];
+
+    /// The name as sersync spells it (`command`, `socket`, `refreshCDN`, `http`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginKind::Command => "command",
+            PluginKind::Socket => "socket",
+            PluginKind::RefreshCdn => "refreshCDN",
+            PluginKind::Http => "http",
+        }
+    }
+
+    /// Looks a name up ignoring ASCII case (and surrounding blanks).
+    pub fn from_name(name: &str) -> Option<PluginKind> {
+        let name = name.trim();
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name().eq_ignore_ascii_case(name))
+    }
 }
 
 /// `<plugin name="command">`.

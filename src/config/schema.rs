@@ -26,8 +26,8 @@ use super::words::split_words_located;
 use super::xml::{Attr, Element};
 use super::{
     Auth, CommandPlugin, Config, Crontab, DeleteGuard, EventToggles, ExcludeRegex, FailLog, Filter,
-    HostSection, HttpHeader, HttpPlugin, Plugins, PurgeRequest, RefreshCdnPlugin, Remote,
-    RsyncOptions, RunAs, SocketFraming, SocketPlugin, SoftDelete, WatchRoot,
+    HostSection, HttpHeader, HttpPlugin, PluginKind, Plugins, PurgeRequest, RefreshCdnPlugin,
+    Remote, RsyncOptions, RunAs, SocketFraming, SocketPlugin, SoftDelete, WatchRoot,
 };
 use crate::plugin::http::HttpUrl;
 
@@ -132,7 +132,7 @@ const HEAD: Spec = Spec {
                 leaf("queue", &["maxPending"]),
             ],
         },
-        // The children of a top-level <plugin> depend on its name: see `PluginKind::spec`.
+        // The children of a top-level <plugin> depend on its name: see `plugin_section_spec`.
         leaf("plugin", &["name"]),
         leaf("ignoreTempFiles", &["start"]),
     ],
@@ -194,48 +194,13 @@ const HTTP_SECTION: Spec = Spec {
     }],
 };
 
-/// The plugins sersync knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PluginKind {
-    Command,
-    Socket,
-    RefreshCdn,
-    Http,
-}
-
-impl PluginKind {
-    const ALL: [PluginKind; 4] = [
-        PluginKind::Command,
-        PluginKind::Socket,
-        PluginKind::RefreshCdn,
-        PluginKind::Http,
-    ];
-
-    /// The name as sersync spells it.
-    fn name(self) -> &'static str {
-        match self {
-            PluginKind::Command => "command",
-            PluginKind::Socket => "socket",
-            PluginKind::RefreshCdn => "refreshCDN",
-            PluginKind::Http => "http",
-        }
-    }
-
-    /// Looks a name up ignoring ASCII case (and surrounding blanks).
-    fn from_name(name: &str) -> Option<PluginKind> {
-        let name = name.trim();
-        Self::ALL
-            .into_iter()
-            .find(|kind| kind.name().eq_ignore_ascii_case(name))
-    }
-
-    fn spec(self) -> &'static Spec {
-        match self {
-            PluginKind::Command => &COMMAND_SECTION,
-            PluginKind::Socket => &SOCKET_SECTION,
-            PluginKind::RefreshCdn => &REFRESH_CDN_SECTION,
-            PluginKind::Http => &HTTP_SECTION,
-        }
+/// What a top-level `<plugin name>` section may contain.
+fn plugin_section_spec(kind: PluginKind) -> &'static Spec {
+    match kind {
+        PluginKind::Command => &COMMAND_SECTION,
+        PluginKind::Socket => &SOCKET_SECTION,
+        PluginKind::RefreshCdn => &REFRESH_CDN_SECTION,
+        PluginKind::Http => &HTTP_SECTION,
     }
 }
 
@@ -464,7 +429,7 @@ impl Checker<'_> {
                     .attr("name")
                     .and_then(|name| PluginKind::from_name(&name.value));
                 if let Some(kind) = kind {
-                    self.check_names(child, kind.spec());
+                    self.check_names(child, plugin_section_spec(kind));
                 }
             } else {
                 self.check_names(child, child_spec);
@@ -1137,7 +1102,7 @@ impl Checker<'_> {
                         ),
                     );
                 }
-                plugins.after_sync = Some(kind.name().to_owned());
+                plugins.after_sync = Some(kind);
             }
         }
         plugins

@@ -870,7 +870,7 @@ fn names_compare_ignoring_case_and_booleans_too() {
     assert!(config.rsync.common_params.is_empty());
     assert!(config.rsync.ssh);
     assert_eq!(config.rsync.timeout, Some(0));
-    assert_eq!(config.plugins.after_sync.as_deref(), Some("command"));
+    assert_eq!(config.plugins.after_sync, Some(PluginKind::Command));
     let command = config.plugins.command.expect("command");
     assert_eq!(command.prefix_words, ["/usr/local/bin/hook", "--flag"]);
 }

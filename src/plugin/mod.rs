@@ -49,7 +49,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, PluginKind};
 
 pub use cdn::purge_template_sample;
 
@@ -154,34 +154,6 @@ struct Job {
     submitted: Instant,
 }
 
-/// The plugin names, as sersync spells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Command,
-    Socket,
-    RefreshCdn,
-    Http,
-}
-
-impl Kind {
-    const ALL: [Kind; 4] = [Kind::Command, Kind::Socket, Kind::RefreshCdn, Kind::Http];
-
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Command => "command",
-            Kind::Socket => "socket",
-            Kind::RefreshCdn => "refreshCDN",
-            Kind::Http => "http",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL
-            .into_iter()
-            .find(|kind| kind.name().eq_ignore_ascii_case(name.trim()))
-    }
-}
-
 /// The queue and the flags the workers wait on.
 #[derive(Debug, Default)]
 struct QueueState {
@@ -279,14 +251,12 @@ impl PluginHost {
     /// `<plugin name>` section is missing, or the section cannot work. Starts no thread
     /// and logs nothing (see [`PluginHost::start`]).
     pub fn from_config(config: &Config, only: Option<&str>) -> Result<Option<PluginHost>, String> {
-        let name = match (only, config.plugins.after_sync.as_deref()) {
-            (Some(name), _) | (None, Some(name)) => name,
+        let kind = match (only, config.plugins.after_sync) {
+            (Some(name), _) => PluginKind::from_name(name).ok_or_else(|| {
+                format!("unknown plugin \"{name}\": expected command, socket, refreshCDN or http")
+            })?,
+            (None, Some(kind)) => kind,
             (None, None) => return Ok(None),
-        };
-        let Some(kind) = Kind::from_name(name) else {
-            return Err(format!(
-                "unknown plugin \"{name}\": expected command, socket, refreshCDN or http"
-            ));
         };
         let missing = || {
             format!(
@@ -298,7 +268,7 @@ impl PluginHost {
         let plugins = &config.plugins;
         let mut notes = Vec::new();
         let (plugin, workers, watch): (Arc<dyn Plugin>, usize, Option<PathBuf>) = match kind {
-            Kind::Command => {
+            PluginKind::Command => {
                 let section = plugins.command.as_ref().ok_or_else(missing)?;
                 if section.filter_enabled && section.includes.is_empty() {
                     notes.push(
@@ -308,7 +278,7 @@ impl PluginHost {
                 }
                 (Arc::new(command::Command::new(section)?), 4, None)
             }
-            Kind::Socket => {
+            PluginKind::Socket => {
                 let section = plugins.socket.as_ref().ok_or_else(missing)?;
                 (
                     Arc::new(socket::Socket::new(section)),
@@ -316,7 +286,7 @@ impl PluginHost {
                     Some(section.watch.clone()),
                 )
             }
-            Kind::RefreshCdn => {
+            PluginKind::RefreshCdn => {
                 let section = plugins.refresh_cdn.as_ref().ok_or_else(missing)?;
                 (
                     Arc::new(cdn::RefreshCdn::new(section)?),
@@ -324,7 +294,7 @@ impl PluginHost {
                     Some(section.watch.clone()),
                 )
             }
-            Kind::Http => {
+            PluginKind::Http => {
                 let section = plugins.http.as_ref().ok_or_else(missing)?;
                 (
                     Arc::new(webhook::Webhook::new(section)?),
