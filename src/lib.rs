@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod failure;
 pub mod generator;
 pub mod guard;
+pub mod http_url;
 pub mod plugin;
 pub mod probe;
 pub mod queue;

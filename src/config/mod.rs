@@ -334,7 +334,7 @@ pub struct Plugins {
 }
 
 /// The plugins sersync knows, by their `<plugin name>`: what was configured here, and
-/// what `crate::plugin` builds from it.
+/// what the plugin host is built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginKind {
     Command,
@@ -426,7 +426,7 @@ pub struct HttpHeader {
 /// `<purge url method body timeout retries>` with `<header>` children (ours): the generic
 /// CDN purge request of the refreshCDN plugin, used instead of the ChinaCache API when
 /// present. `url`, `body` and header values are templates: `{path}`, `{url}`, `{path_q}`,
-/// `{url_q}`, `{is_dir}` and `{event}` are replaced per change (see `crate::plugin`).
+/// `{url_q}`, `{is_dir}` and `{event}` are replaced per change (see `crate::http_url`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeRequest {
     /// An `http://` URL template (placeholders only in the path and query).

@@ -29,7 +29,7 @@ use super::{
     HostSection, HttpHeader, HttpPlugin, PluginKind, Plugins, PurgeRequest, RefreshCdnPlugin,
     Remote, RsyncOptions, RunAs, SocketFraming, SocketPlugin, SoftDelete, WatchRoot,
 };
-use crate::plugin::http::HttpUrl;
+use crate::http_url::{HttpUrl, template_sample};
 
 /// Builds the [`Config`] from the root element, appending every problem to `diagnostics`.
 /// Returns `None` only when the root is not `<head>`; otherwise a config is returned even
@@ -1345,7 +1345,7 @@ impl Checker<'_> {
                 );
                 return None;
             }
-            crate::plugin::purge_template_sample(text)
+            template_sample(text)
         } else {
             text.to_owned()
         };

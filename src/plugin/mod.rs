@@ -51,8 +51,6 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, PluginKind};
 
-pub use cdn::purge_template_sample;
-
 /// How many events may wait for a plugin before new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 4096;
 

@@ -32,9 +32,10 @@ use std::time::Duration;
 use std::os::unix::ffi::OsStrExt;
 
 use super::encode::json_strings;
-use super::http::{HttpUrl, Request};
+use super::http::Request;
 use super::{Control, Job, Outcome, Plugin, PluginEvent, send_with_retries, within};
 use crate::config::HttpPlugin;
+use crate::http_url::HttpUrl;
 
 #[derive(Debug)]
 pub(super) struct Webhook {
