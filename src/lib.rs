@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod exit;
 pub mod failure;
 pub mod generator;
 pub mod guard;

@@ -25,21 +25,8 @@ use crate::config;
 use crate::control::client::{self, Failure};
 use crate::control::interface::{FullSyncFinished, StateChanged, SyncFailed};
 use crate::control::{BusArgs, Error, INTERFACE, OBJECT_PATH, Sersync1Proxy, names};
+use crate::exit;
 use render::Seen;
-
-/// Exit statuses of `sersyncctl` (sysexits).
-pub mod exit {
-    pub const OK: i32 = 0;
-    /// The daemon answered with an error (or a full sync it waited for failed).
-    pub const DAEMON: i32 = 1;
-    pub const USAGE: i32 = 64;
-    /// No such daemon, or no bus.
-    pub const UNAVAILABLE: i32 = 69;
-    /// The bus policy or the daemon refused the caller.
-    pub const NOPERM: i32 = 77;
-    /// `check`: the config is invalid.
-    pub const CONFIG: i32 = 78;
-}
 
 /// Control and inspect running sersyncd instances over D-Bus.
 #[derive(Debug, Clone, Parser)]
@@ -369,7 +356,7 @@ impl Daemon<'_> {
         let code = match client::classify_error(&err) {
             Failure::AccessDenied => exit::NOPERM,
             Failure::Unreachable => exit::UNAVAILABLE,
-            Failure::Daemon => exit::DAEMON,
+            Failure::Daemon => exit::DAEMON_ERROR,
         };
         let message = match &err {
             Error::ZBus(inner) => {
@@ -474,7 +461,7 @@ impl Daemon<'_> {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
                 return Err(Fail::new(
-                    exit::DAEMON,
+                    exit::DAEMON_ERROR,
                     format!(
                         "{}: full sync job {job_id} did not finish within {} s (it goes on)",
                         self.instance,
@@ -511,7 +498,11 @@ impl Daemon<'_> {
                                 }
                             );
                         }
-                        return Ok(if *success { exit::OK } else { exit::DAEMON });
+                        return Ok(if *success {
+                            exit::OK
+                        } else {
+                            exit::DAEMON_ERROR
+                        });
                     }
                 }
                 Some(Watched::OwnerGone) | None => {

@@ -26,6 +26,7 @@ use crate::control::{self, Command, Counters, Event, FailureRecord, RemoteStatus
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::exit;
 use crate::failure::{self, Backoff, ExitClass, Journal, LaneKey};
 use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue, RelPath, Retry};
@@ -33,16 +34,6 @@ use crate::sync::argv::Transport;
 use crate::sync::{JobContext, Outcome, RunResult, Runner};
 use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
 pub use cli::Cli;
-
-/// Exit statuses (sysexits), which systemd units act on (`RestartPreventExitStatus=78`).
-pub mod exit {
-    pub const OK: i32 = 0;
-    pub const USAGE: i32 = 64;
-    pub const UNAVAILABLE: i32 = 69;
-    pub const SOFTWARE: i32 = 70;
-    pub const CANTCREAT: i32 = 73;
-    pub const CONFIG: i32 = 78;
-}
 
 /// Everything the loop reacts to.
 #[derive(Debug)]
