@@ -4,6 +4,7 @@
 //! The library holds everything; `sersyncd` and `sersyncctl` are thin binaries over it.
 //! See ARCHITECTURE.md for the map of modules and the invariants between them.
 
+pub mod atomic_file;
 pub mod config;
 pub mod control;
 pub mod ctl;
@@ -18,5 +19,6 @@ pub mod probe;
 pub mod queue;
 pub mod shell;
 pub mod sync;
+pub mod timestamp;
 pub mod trusted;
 pub mod watch;

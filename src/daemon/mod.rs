@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::ffi::OsStrExt;
 
+use crate::atomic_file;
 use crate::config::{self, Config, RootId};
 use crate::control::{self, Command, Counters, Event, FailureRecord, RemoteStatus, Status};
 use std::collections::HashMap;
@@ -2425,7 +2426,7 @@ impl Daemon {
         }
         self.journal_dirty = false;
         let journal_path = self.state.path().join("failures");
-        if let Err(err) = state::write_atomically(&journal_path, &self.journal.to_bytes()) {
+        if let Err(err) = atomic_file::write_atomically(&journal_path, &self.journal.to_bytes()) {
             tracing::error!(path = %journal_path.display(), "cannot save the failure journal: {err}");
         }
         let script_path = self.fail_script_path();
@@ -2453,7 +2454,7 @@ impl Daemon {
             tracing::error!(path = %script_path.display(), "not writing the failure script: {err}");
             return;
         }
-        if let Err(err) = failure::write_atomically(&script_path, &failure::render(&entries)) {
+        if let Err(err) = atomic_file::write_atomically(&script_path, &failure::render(&entries)) {
             tracing::error!(path = %script_path.display(), "cannot write the failure script: {err}");
         }
     }
