@@ -6,6 +6,7 @@
 //! one round trip. Warnings (unknown elements, a watch root that does not exist yet) are
 //! returned beside a successful config.
 
+pub mod check;
 mod diag;
 mod schema;
 mod source;
@@ -370,6 +371,58 @@ impl PluginKind {
     }
 }
 
+/// The section of the plugin to run, as [`Config::plugin_to_run`] chose it.
+#[derive(Debug, Clone, Copy)]
+pub enum PluginSection<'a> {
+    Command(&'a CommandPlugin),
+    Socket(&'a SocketPlugin),
+    RefreshCdn(&'a RefreshCdnPlugin),
+    Http(&'a HttpPlugin),
+}
+
+impl PluginSection<'_> {
+    pub fn kind(self) -> PluginKind {
+        match self {
+            PluginSection::Command(_) => PluginKind::Command,
+            PluginSection::Socket(_) => PluginKind::Socket,
+            PluginSection::RefreshCdn(_) => PluginKind::RefreshCdn,
+            PluginSection::Http(_) => PluginKind::Http,
+        }
+    }
+}
+
+impl Config {
+    /// The plugin to run and its section: with `only = Some(NAME)` the one of `sersyncd -m
+    /// NAME`, else the one `<sersync><plugin start="true" name>` enables; `Ok(None)` when
+    /// there is none. `Err` (for the operator) when `NAME` is not a plugin or its section is
+    /// missing or unusable; without `only`, a config that loaded never fails here (the
+    /// schema checked the name and the section).
+    pub fn plugin_to_run(&self, only: Option<&str>) -> Result<Option<PluginSection<'_>>, String> {
+        let kind = match (only, self.plugins.after_sync) {
+            (Some(name), _) => PluginKind::from_name(name).ok_or_else(|| {
+                format!("unknown plugin \"{name}\": expected command, socket, refreshCDN or http")
+            })?,
+            (None, Some(kind)) => kind,
+            (None, None) => return Ok(None),
+        };
+        let plugins = &self.plugins;
+        let section = match kind {
+            PluginKind::Command => plugins.command.as_ref().map(PluginSection::Command),
+            PluginKind::Socket => plugins.socket.as_ref().map(PluginSection::Socket),
+            PluginKind::RefreshCdn => plugins.refresh_cdn.as_ref().map(PluginSection::RefreshCdn),
+            PluginKind::Http => plugins.http.as_ref().map(PluginSection::Http),
+        };
+        match section {
+            Some(section) => Ok(Some(section)),
+            None => Err(format!(
+                "plugin \"{0}\" is enabled but {1} has no usable <plugin name=\"{0}\"> section",
+                kind.name(),
+                self.file.display()
+            )),
+        }
+    }
+}
+
 /// `<plugin name="command">`.
 #[derive(Debug, Clone)]
 pub struct CommandPlugin {
@@ -567,18 +620,24 @@ pub fn load_and_report(path: &Path) -> Option<Config> {
             Some(config)
         }
         Err(diagnostics) => {
-            let errors = diagnostics.iter().filter(|d| d.is_error()).count();
-            for diagnostic in &diagnostics {
-                eprintln!("{diagnostic}");
-            }
-            eprintln!(
-                "{}: {errors} error{} in config, nothing started",
-                path.display(),
-                if errors == 1 { "" } else { "s" }
-            );
+            print_rejection(path, &diagnostics);
             None
         }
     }
+}
+
+/// Prints the diagnostics of a rejected config, then `FILE: N errors in config, nothing
+/// started`.
+fn print_rejection(path: &Path, diagnostics: &[Diagnostic]) {
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    for diagnostic in diagnostics {
+        eprintln!("{diagnostic}");
+    }
+    eprintln!(
+        "{}: {errors} error{} in config, nothing started",
+        path.display(),
+        if errors == 1 { "" } else { "s" }
+    );
 }
 
 /// Like [`load`], from bytes already in memory; `path` is used for messages and for nothing

@@ -554,8 +554,13 @@ impl Checker<'_> {
 
     /// Splits `attr` into argv words (see [`super::words`]), pointing at a bad quote.
     fn words(&mut self, element: &Element, attr: &Attr) -> Vec<String> {
+        self.split(element, attr).unwrap_or_default()
+    }
+
+    /// [`Checker::words`], `None` when the value cannot be split (the error is reported).
+    fn split(&mut self, element: &Element, attr: &Attr) -> Option<Vec<String>> {
         match split_words_located(&attr.value) {
-            Ok(words) => words,
+            Ok(words) => Some(words),
             Err(err) => {
                 self.error(
                     attr.char_at(err.at),
@@ -564,7 +569,7 @@ impl Checker<'_> {
                         err.message, attr.name, element.name
                     ),
                 );
-                Vec::new()
+                None
             }
         }
     }
@@ -1122,7 +1127,17 @@ impl Checker<'_> {
         };
         if let Some(param) = self.single(section, "param") {
             if let Some(prefix) = param.attr("prefix") {
-                plugin.prefix_words = self.words(param, prefix);
+                plugin.prefix_words = match self.split(param, prefix) {
+                    Some(words) if words.is_empty() => {
+                        // Start-up could not build the plugin: say so here, with the line.
+                        self.error(
+                            prefix.value_at(),
+                            "attribute \"prefix\" of <param> has no word: it must name the program to run".to_owned(),
+                        );
+                        words
+                    }
+                    words => words.unwrap_or_default(),
+                };
                 plugin.prefix = prefix.value.clone();
             }
             if let Some(suffix) = param.attr("suffix") {

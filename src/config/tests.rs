@@ -1,6 +1,7 @@
 //! Tests of the config reader: the stock file, every diagnostic with its position, encodings,
 //! the word splitter, and the CLI fixtures under `tests/fixtures/config/`.
 
+use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -410,6 +411,28 @@ fn error_cases() -> Vec<ErrorCase> {
             "unterminated double quote in attribute \"prefix\" of <param>",
             2,
             50,
+        ),
+        // What start-up (building the plugin) rejected with exit 78 and no line, so that
+        // `check` passed it.
+        (
+            in_head(r#"<plugin name="command"><param prefix="" suffix=""/></plugin>"#),
+            "attribute \"prefix\" of <param> has no word: it must name the program to run",
+            2,
+            39,
+        ),
+        (
+            in_head(r#"<plugin name="command"><param prefix="  &#9;"/></plugin>"#),
+            "attribute \"prefix\" of <param> has no word: it must name the program to run",
+            2,
+            39,
+        ),
+        (
+            format!(
+                "<head>\n<plugin name=\"command\">\n<param prefix=\"\"/>\n</plugin>\n<sersync>{LOCALPATH}<plugin start=\"true\" name=\"command\"/></sersync>\n</head>\n"
+            ),
+            "attribute \"prefix\" of <param> has no word: it must name the program to run",
+            3,
+            16,
         ),
         // Auth.
         (
@@ -1402,4 +1425,61 @@ fn localpath_user_names_an_existing_user() {
             .contains(r#"user="no-such-user-sersync": no such user"#),
         "{errors:?}"
     );
+}
+
+/// `check` rejects what start-up rejects, with the exit status start-up ends with: an
+/// invalid file 78, a `-m NAME` the file cannot serve 64 (both before anything starts).
+#[test]
+fn check_rejects_what_start_up_rejects() {
+    let dir = std::env::temp_dir().join(format!("sersync-check-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        path
+    };
+    let good = write("good.xml", &in_sersync(LOCALPATH));
+    let checked = check::check(&good, None).unwrap();
+    assert!(
+        checked
+            .summary(&good)
+            .ends_with(": configuration OK (1 watch root, 1 remote)"),
+        "{}",
+        checked.summary(&good)
+    );
+
+    let empty_prefix = write(
+        "prefix.xml",
+        &in_head(r#"<plugin name="command"><param prefix=""/></plugin>"#),
+    );
+    let module_cases: [(&Path, Option<&str>, i32, &str); 4] = [
+        (&good, Some("ftp"), 64, "unknown plugin \"ftp\""),
+        (
+            &good,
+            Some("socket"),
+            64,
+            "no usable <plugin name=\"socket\"> section",
+        ),
+        (&empty_prefix, None, 78, "2:39: error: attribute \"prefix\""),
+        (
+            &empty_prefix,
+            Some("command"),
+            78,
+            "2:39: error: attribute \"prefix\"",
+        ),
+    ];
+    for (path, module, code, shown) in module_cases {
+        let rejected = check::check(path, module).unwrap_err();
+        assert_eq!(rejected.exit_code(), code, "{module:?}: {rejected:?}");
+        let text = match &rejected {
+            check::Rejected::Invalid(diagnostics) => diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            check::Rejected::Module { message, .. } => message.clone(),
+        };
+        assert!(text.contains(shown), "{module:?}: {text}");
+    }
+    let _ = fs::remove_dir_all(&dir);
 }

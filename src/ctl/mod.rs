@@ -147,7 +147,7 @@ type Outcome = Result<i32, Fail>;
 /// Runs a parsed command line; returns the exit status.
 pub fn run(cli: &Cli) -> i32 {
     let result = match &cli.command {
-        CtlCommand::Check { config } => return check_config(config),
+        CtlCommand::Check { config } => return config::check::report(config, None),
         CtlCommand::List => list(cli),
         _ => with_daemon(cli),
     };
@@ -157,25 +157,6 @@ pub fn run(cli: &Cli) -> i32 {
             eprintln!("sersyncctl: {}", fail.message);
             fail.code
         }
-    }
-}
-
-/// `sersyncctl check`: exactly what `sersyncd --check` prints and returns.
-pub fn check_config(path: &Path) -> i32 {
-    match config::load_and_report(path) {
-        Some(config) => {
-            let remotes: usize = config.roots.iter().map(|r| r.remotes.len()).sum();
-            println!(
-                "{}: configuration OK ({} watch root{}, {} remote{})",
-                path.display(),
-                config.roots.len(),
-                if config.roots.len() == 1 { "" } else { "s" },
-                remotes,
-                if remotes == 1 { "" } else { "s" }
-            );
-            exit::OK
-        }
-        None => exit::CONFIG,
     }
 }
 

@@ -202,7 +202,7 @@ pub fn main(cli: Cli) -> i32 {
     }
     if cli.check {
         // One implementation for `sersyncd --check` and `sersyncctl check`.
-        return crate::ctl::check_config(&cli.config);
+        return config::check::report(&cli.config, cli.module.as_deref());
     }
     let Some(config) = config::load_and_report(&cli.config) else {
         return exit::CONFIG;
