@@ -19,6 +19,8 @@ pub use diag::{Diagnostic, Severity};
 pub use words::split_words;
 
 use regex::bytes::Regex;
+
+use crate::http_url::HttpUrl;
 use std::path::{Path, PathBuf};
 
 /// Index of a `<localpath>` in [`Config::roots`].
@@ -519,10 +521,9 @@ pub struct RefreshCdnPlugin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpPlugin {
     pub watch: PathBuf,
-    /// An `http://` URL (validated when read; https needs a local TLS proxy).
-    pub url: String,
-    /// Used when `url` names no port.
-    pub port: Option<u16>,
+    /// `<deshost url>`, parsed when read (https needs a local TLS proxy), with
+    /// `<deshost port>` as its port when it names none.
+    pub url: HttpUrl,
     /// `<deshost timeout>` (ours): seconds per attempt, default 5.
     pub timeout_secs: u32,
     /// `<deshost retries>` (ours): extra attempts after a transport error, 5xx, 408 or

@@ -1280,18 +1280,22 @@ impl Checker<'_> {
         let deshost = self.plugin_child(localpath, "deshost", kind)?;
         let url = self
             .required(deshost, "url")
-            .and_then(|url| self.http_url(deshost, url, false));
+            .and_then(|url| self.http_url(deshost, url));
         let port = match Self::given(deshost, "port") {
             Some(port) => Some(self.port(deshost, port)?),
             None => None,
         };
+        // `<deshost port>` applies when the URL names no port.
+        let url = url.map(|url| match port {
+            Some(port) => url.with_default_port(port),
+            None => url,
+        });
         let timeout_secs = self.optional_count(deshost, "timeout", 1, "seconds", 5);
         let retries = self.optional_count(deshost, "retries", 0, "numbers", 3);
         let headers = self.headers(deshost);
         Some(HttpPlugin {
             watch: watch?,
             url: url?,
-            port,
             timeout_secs: timeout_secs?,
             retries: retries?,
             headers: headers?,
@@ -1337,35 +1341,41 @@ impl Checker<'_> {
         }
     }
 
-    /// Validates an `http://` URL attribute (a template when `template`: placeholders
-    /// are then allowed in the path and query only). Returns the trimmed text.
-    fn http_url(&mut self, element: &Element, attr: &Attr, template: bool) -> Option<String> {
+    /// An `http://` URL attribute, parsed.
+    fn http_url(&mut self, element: &Element, attr: &Attr) -> Option<HttpUrl> {
+        self.parse_url(element, attr, attr.value.trim())
+    }
+
+    /// An `http://` URL template attribute: placeholders are allowed in the path and query
+    /// only, and the URL must parse whatever they become. Returns the trimmed text.
+    fn url_template(&mut self, element: &Element, attr: &Attr) -> Option<String> {
         let text = attr.value.trim();
-        let checked = if template {
-            let authority_start = text.find("://").map_or(0, |at| at + 3);
-            let rest = &text[authority_start..];
-            // `http://host:port{path}` is fine ({path} starts with `/`); any other
-            // placeholder before the path would change where the request goes.
-            let host_end = authority_start + rest.find(['/', '?', '{']).unwrap_or(rest.len());
-            let after_host = &text[host_end..];
-            if text[..host_end].contains('}')
-                || (after_host.starts_with('{') && !after_host.starts_with("{path}"))
-            {
-                self.error(
-                    attr.value_at(),
-                    format!(
-                        "placeholders in attribute \"{}\" of <{}> are only allowed in the URL's path and query, not in its host (only {{path}} may follow the host directly)",
-                        attr.name, element.name
-                    ),
-                );
-                return None;
-            }
-            template_sample(text)
-        } else {
-            text.to_owned()
-        };
-        match HttpUrl::parse(&checked) {
-            Ok(_) => Some(text.to_owned()),
+        let authority_start = text.find("://").map_or(0, |at| at + 3);
+        let rest = &text[authority_start..];
+        // `http://host:port{path}` is fine ({path} starts with `/`); any other
+        // placeholder before the path would change where the request goes.
+        let host_end = authority_start + rest.find(['/', '?', '{']).unwrap_or(rest.len());
+        let after_host = &text[host_end..];
+        if text[..host_end].contains('}')
+            || (after_host.starts_with('{') && !after_host.starts_with("{path}"))
+        {
+            self.error(
+                attr.value_at(),
+                format!(
+                    "placeholders in attribute \"{}\" of <{}> are only allowed in the URL's path and query, not in its host (only {{path}} may follow the host directly)",
+                    attr.name, element.name
+                ),
+            );
+            return None;
+        }
+        self.parse_url(element, attr, &template_sample(text))
+            .map(|_| text.to_owned())
+    }
+
+    /// Parses `text` (the value of `attr`, or a sample of it) as an `http://` URL.
+    fn parse_url(&mut self, element: &Element, attr: &Attr, text: &str) -> Option<HttpUrl> {
+        match HttpUrl::parse(text) {
+            Ok(url) => Some(url),
             Err(message) => {
                 self.error(
                     attr.value_at(),
@@ -1435,7 +1445,7 @@ impl Checker<'_> {
     fn purge(&mut self, element: &Element, sendurl: Option<&Element>) -> Option<PurgeRequest> {
         let url = self
             .required(element, "url")
-            .and_then(|url| self.http_url(element, url, true));
+            .and_then(|url| self.url_template(element, url));
         let method = match Self::given(element, "method") {
             None => Some("PURGE".to_owned()),
             Some(attr) => {

@@ -1168,7 +1168,11 @@ fn plugin_extensions_are_read_with_their_defaults() {
     assert_eq!(plugins.socket.as_ref().unwrap().framing, SocketFraming::Nul);
     let http = plugins.http.as_ref().unwrap();
     assert_eq!(
-        (http.url.as_str(), http.timeout_secs, http.retries),
+        (
+            http.url.to_string().as_str(),
+            http.timeout_secs,
+            http.retries
+        ),
         ("http://hooks.local:8080/x", 2, 0)
     );
     assert_eq!(
@@ -1206,13 +1210,18 @@ fn plugin_extensions_are_read_with_their_defaults() {
     let http = config.plugins.http.unwrap();
     assert_eq!(
         (
-            http.port,
+            http.url.port,
             http.timeout_secs,
             http.retries,
             http.headers.len()
         ),
-        (Some(81), 5, 3, 0)
+        (81, 5, 3, 0)
     );
+    // The URL's own port wins over <deshost port>.
+    let (config, _) = loaded(&in_head(
+        r#"<plugin name="http"><localpath watch="/tmp"><deshost url="h:9/x" port="81"/></localpath></plugin>"#,
+    ));
+    assert_eq!(config.plugins.http.unwrap().url.to_string(), "http://h:9/x");
 }
 
 #[test]

@@ -276,7 +276,7 @@ impl PluginHost {
                 Some(section.watch.clone()),
             ),
             PluginSection::Http(section) => (
-                Arc::new(webhook::Webhook::new(section)?),
+                Arc::new(webhook::Webhook::new(section)),
                 4,
                 Some(section.watch.clone()),
             ),
