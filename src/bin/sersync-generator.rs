@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use sersync::exit;
 use sersync::generator::{self, OutputDirs};
 
 fn main() -> ExitCode {
@@ -12,8 +13,7 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("sersync-generator: {err}");
             eprintln!("usage: sersync-generator NORMAL_DIR [EARLY_DIR LATE_DIR]");
-            // EX_USAGE, as sersyncd.
-            return ExitCode::from(64);
+            return ExitCode::from(exit::USAGE as u8);
         }
     };
     let config_dir = generator::config_dir_from_env();

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use sersync::daemon::{self, Cli};
+use sersync::exit;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -9,9 +10,9 @@ fn main() {
         Err(err) => {
             let code = match err.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    daemon::exit::OK
+                    exit::OK
                 }
-                _ => daemon::exit::USAGE,
+                _ => exit::USAGE,
             };
             let _ = err.print();
             std::process::exit(code);

@@ -6,6 +6,7 @@
 //! one round trip. Warnings (unknown elements, a watch root that does not exist yet) are
 //! returned beside a successful config.
 
+pub mod check;
 mod diag;
 mod schema;
 mod source;
@@ -18,6 +19,8 @@ pub use diag::{Diagnostic, Severity};
 pub use words::split_words;
 
 use regex::bytes::Regex;
+
+use crate::http_url::HttpUrl;
 use std::path::{Path, PathBuf};
 
 /// Index of a `<localpath>` in [`Config::roots`].
@@ -326,11 +329,100 @@ impl Default for Crontab {
 #[derive(Debug, Clone, Default)]
 pub struct Plugins {
     /// `<sersync><plugin start="true" name>`: the plugin run after each delivered change.
-    pub after_sync: Option<String>,
+    pub after_sync: Option<PluginKind>,
     pub command: Option<CommandPlugin>,
     pub socket: Option<SocketPlugin>,
     pub refresh_cdn: Option<RefreshCdnPlugin>,
     pub http: Option<HttpPlugin>,
+}
+
+/// The plugins sersync knows, by their `<plugin name>`: what was configured here, and
+/// what the plugin host is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    Command,
+    Socket,
+    RefreshCdn,
+    Http,
+}
+
+impl PluginKind {
+    pub const ALL: [PluginKind; 4] = [
+        PluginKind::Command,
+        PluginKind::Socket,
+        PluginKind::RefreshCdn,
+        PluginKind::Http,
+    ];
+
+    /// The name as sersync spells it (`command`, `socket`, `refreshCDN`, `http`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginKind::Command => "command",
+            PluginKind::Socket => "socket",
+            PluginKind::RefreshCdn => "refreshCDN",
+            PluginKind::Http => "http",
+        }
+    }
+
+    /// Looks a name up ignoring ASCII case (and surrounding blanks).
+    pub fn from_name(name: &str) -> Option<PluginKind> {
+        let name = name.trim();
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// The section of the plugin to run, as [`Config::plugin_to_run`] chose it.
+#[derive(Debug, Clone, Copy)]
+pub enum PluginSection<'a> {
+    Command(&'a CommandPlugin),
+    Socket(&'a SocketPlugin),
+    RefreshCdn(&'a RefreshCdnPlugin),
+    Http(&'a HttpPlugin),
+}
+
+impl PluginSection<'_> {
+    pub fn kind(self) -> PluginKind {
+        match self {
+            PluginSection::Command(_) => PluginKind::Command,
+            PluginSection::Socket(_) => PluginKind::Socket,
+            PluginSection::RefreshCdn(_) => PluginKind::RefreshCdn,
+            PluginSection::Http(_) => PluginKind::Http,
+        }
+    }
+}
+
+impl Config {
+    /// The plugin to run and its section: with `only = Some(NAME)` the one of `sersyncd -m
+    /// NAME`, else the one `<sersync><plugin start="true" name>` enables; `Ok(None)` when
+    /// there is none. `Err` (for the operator) when `NAME` is not a plugin or its section is
+    /// missing or unusable; without `only`, a config that loaded never fails here (the
+    /// schema checked the name and the section).
+    pub fn plugin_to_run(&self, only: Option<&str>) -> Result<Option<PluginSection<'_>>, String> {
+        let kind = match (only, self.plugins.after_sync) {
+            (Some(name), _) => PluginKind::from_name(name).ok_or_else(|| {
+                format!("unknown plugin \"{name}\": expected command, socket, refreshCDN or http")
+            })?,
+            (None, Some(kind)) => kind,
+            (None, None) => return Ok(None),
+        };
+        let plugins = &self.plugins;
+        let section = match kind {
+            PluginKind::Command => plugins.command.as_ref().map(PluginSection::Command),
+            PluginKind::Socket => plugins.socket.as_ref().map(PluginSection::Socket),
+            PluginKind::RefreshCdn => plugins.refresh_cdn.as_ref().map(PluginSection::RefreshCdn),
+            PluginKind::Http => plugins.http.as_ref().map(PluginSection::Http),
+        };
+        match section {
+            Some(section) => Ok(Some(section)),
+            None => Err(format!(
+                "plugin \"{0}\" is enabled but {1} has no usable <plugin name=\"{0}\"> section",
+                kind.name(),
+                self.file.display()
+            )),
+        }
+    }
 }
 
 /// `<plugin name="command">`.
@@ -389,7 +481,7 @@ pub struct HttpHeader {
 /// `<purge url method body timeout retries>` with `<header>` children (ours): the generic
 /// CDN purge request of the refreshCDN plugin, used instead of the ChinaCache API when
 /// present. `url`, `body` and header values are templates: `{path}`, `{url}`, `{path_q}`,
-/// `{url_q}`, `{is_dir}` and `{event}` are replaced per change (see `crate::plugin`).
+/// `{url_q}`, `{is_dir}` and `{event}` are replaced per change (see `crate::http_url`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeRequest {
     /// An `http://` URL template (placeholders only in the path and query).
@@ -429,10 +521,9 @@ pub struct RefreshCdnPlugin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpPlugin {
     pub watch: PathBuf,
-    /// An `http://` URL (validated when read; https needs a local TLS proxy).
-    pub url: String,
-    /// Used when `url` names no port.
-    pub port: Option<u16>,
+    /// `<deshost url>`, parsed when read (https needs a local TLS proxy), with
+    /// `<deshost port>` as its port when it names none.
+    pub url: HttpUrl,
     /// `<deshost timeout>` (ours): seconds per attempt, default 5.
     pub timeout_secs: u32,
     /// `<deshost retries>` (ours): extra attempts after a transport error, 5xx, 408 or
@@ -530,18 +621,24 @@ pub fn load_and_report(path: &Path) -> Option<Config> {
             Some(config)
         }
         Err(diagnostics) => {
-            let errors = diagnostics.iter().filter(|d| d.is_error()).count();
-            for diagnostic in &diagnostics {
-                eprintln!("{diagnostic}");
-            }
-            eprintln!(
-                "{}: {errors} error{} in config, nothing started",
-                path.display(),
-                if errors == 1 { "" } else { "s" }
-            );
+            print_rejection(path, &diagnostics);
             None
         }
     }
+}
+
+/// Prints the diagnostics of a rejected config, then `FILE: N errors in config, nothing
+/// started`.
+fn print_rejection(path: &Path, diagnostics: &[Diagnostic]) {
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    for diagnostic in diagnostics {
+        eprintln!("{diagnostic}");
+    }
+    eprintln!(
+        "{}: {errors} error{} in config, nothing started",
+        path.display(),
+        if errors == 1 { "" } else { "s" }
+    );
 }
 
 /// Like [`load`], from bytes already in memory; `path` is used for messages and for nothing

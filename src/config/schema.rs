@@ -26,10 +26,10 @@ use super::words::split_words_located;
 use super::xml::{Attr, Element};
 use super::{
     Auth, CommandPlugin, Config, Crontab, DeleteGuard, EventToggles, ExcludeRegex, FailLog, Filter,
-    HostSection, HttpHeader, HttpPlugin, Plugins, PurgeRequest, RefreshCdnPlugin, Remote,
-    RsyncOptions, RunAs, SocketFraming, SocketPlugin, SoftDelete, WatchRoot,
+    HostSection, HttpHeader, HttpPlugin, PluginKind, Plugins, PurgeRequest, RefreshCdnPlugin,
+    Remote, RsyncOptions, RunAs, SocketFraming, SocketPlugin, SoftDelete, WatchRoot,
 };
-use crate::plugin::http::HttpUrl;
+use crate::http_url::{HttpUrl, template_sample};
 
 /// Builds the [`Config`] from the root element, appending every problem to `diagnostics`.
 /// Returns `None` only when the root is not `<head>`; otherwise a config is returned even
@@ -132,7 +132,7 @@ const HEAD: Spec = Spec {
                 leaf("queue", &["maxPending"]),
             ],
         },
-        // The children of a top-level <plugin> depend on its name: see `PluginKind::spec`.
+        // The children of a top-level <plugin> depend on its name: see `plugin_section_spec`.
         leaf("plugin", &["name"]),
         leaf("ignoreTempFiles", &["start"]),
     ],
@@ -194,48 +194,13 @@ const HTTP_SECTION: Spec = Spec {
     }],
 };
 
-/// The plugins sersync knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PluginKind {
-    Command,
-    Socket,
-    RefreshCdn,
-    Http,
-}
-
-impl PluginKind {
-    const ALL: [PluginKind; 4] = [
-        PluginKind::Command,
-        PluginKind::Socket,
-        PluginKind::RefreshCdn,
-        PluginKind::Http,
-    ];
-
-    /// The name as sersync spells it.
-    fn name(self) -> &'static str {
-        match self {
-            PluginKind::Command => "command",
-            PluginKind::Socket => "socket",
-            PluginKind::RefreshCdn => "refreshCDN",
-            PluginKind::Http => "http",
-        }
-    }
-
-    /// Looks a name up ignoring ASCII case (and surrounding blanks).
-    fn from_name(name: &str) -> Option<PluginKind> {
-        let name = name.trim();
-        Self::ALL
-            .into_iter()
-            .find(|kind| kind.name().eq_ignore_ascii_case(name))
-    }
-
-    fn spec(self) -> &'static Spec {
-        match self {
-            PluginKind::Command => &COMMAND_SECTION,
-            PluginKind::Socket => &SOCKET_SECTION,
-            PluginKind::RefreshCdn => &REFRESH_CDN_SECTION,
-            PluginKind::Http => &HTTP_SECTION,
-        }
+/// What a top-level `<plugin name>` section may contain.
+fn plugin_section_spec(kind: PluginKind) -> &'static Spec {
+    match kind {
+        PluginKind::Command => &COMMAND_SECTION,
+        PluginKind::Socket => &SOCKET_SECTION,
+        PluginKind::RefreshCdn => &REFRESH_CDN_SECTION,
+        PluginKind::Http => &HTTP_SECTION,
     }
 }
 
@@ -464,7 +429,7 @@ impl Checker<'_> {
                     .attr("name")
                     .and_then(|name| PluginKind::from_name(&name.value));
                 if let Some(kind) = kind {
-                    self.check_names(child, kind.spec());
+                    self.check_names(child, plugin_section_spec(kind));
                 }
             } else {
                 self.check_names(child, child_spec);
@@ -589,8 +554,13 @@ impl Checker<'_> {
 
     /// Splits `attr` into argv words (see [`super::words`]), pointing at a bad quote.
     fn words(&mut self, element: &Element, attr: &Attr) -> Vec<String> {
+        self.split(element, attr).unwrap_or_default()
+    }
+
+    /// [`Checker::words`], `None` when the value cannot be split (the error is reported).
+    fn split(&mut self, element: &Element, attr: &Attr) -> Option<Vec<String>> {
         match split_words_located(&attr.value) {
-            Ok(words) => words,
+            Ok(words) => Some(words),
             Err(err) => {
                 self.error(
                     attr.char_at(err.at),
@@ -599,7 +569,7 @@ impl Checker<'_> {
                         err.message, attr.name, element.name
                     ),
                 );
-                Vec::new()
+                None
             }
         }
     }
@@ -1137,7 +1107,7 @@ impl Checker<'_> {
                         ),
                     );
                 }
-                plugins.after_sync = Some(kind.name().to_owned());
+                plugins.after_sync = Some(kind);
             }
         }
         plugins
@@ -1157,7 +1127,17 @@ impl Checker<'_> {
         };
         if let Some(param) = self.single(section, "param") {
             if let Some(prefix) = param.attr("prefix") {
-                plugin.prefix_words = self.words(param, prefix);
+                plugin.prefix_words = match self.split(param, prefix) {
+                    Some(words) if words.is_empty() => {
+                        // Start-up could not build the plugin: say so here, with the line.
+                        self.error(
+                            prefix.value_at(),
+                            "attribute \"prefix\" of <param> has no word: it must name the program to run".to_owned(),
+                        );
+                        words
+                    }
+                    words => words.unwrap_or_default(),
+                };
                 plugin.prefix = prefix.value.clone();
             }
             if let Some(suffix) = param.attr("suffix") {
@@ -1300,18 +1280,22 @@ impl Checker<'_> {
         let deshost = self.plugin_child(localpath, "deshost", kind)?;
         let url = self
             .required(deshost, "url")
-            .and_then(|url| self.http_url(deshost, url, false));
+            .and_then(|url| self.http_url(deshost, url));
         let port = match Self::given(deshost, "port") {
             Some(port) => Some(self.port(deshost, port)?),
             None => None,
         };
+        // `<deshost port>` applies when the URL names no port.
+        let url = url.map(|url| match port {
+            Some(port) => url.with_default_port(port),
+            None => url,
+        });
         let timeout_secs = self.optional_count(deshost, "timeout", 1, "seconds", 5);
         let retries = self.optional_count(deshost, "retries", 0, "numbers", 3);
         let headers = self.headers(deshost);
         Some(HttpPlugin {
             watch: watch?,
             url: url?,
-            port,
             timeout_secs: timeout_secs?,
             retries: retries?,
             headers: headers?,
@@ -1357,35 +1341,41 @@ impl Checker<'_> {
         }
     }
 
-    /// Validates an `http://` URL attribute (a template when `template`: placeholders
-    /// are then allowed in the path and query only). Returns the trimmed text.
-    fn http_url(&mut self, element: &Element, attr: &Attr, template: bool) -> Option<String> {
+    /// An `http://` URL attribute, parsed.
+    fn http_url(&mut self, element: &Element, attr: &Attr) -> Option<HttpUrl> {
+        self.parse_url(element, attr, attr.value.trim())
+    }
+
+    /// An `http://` URL template attribute: placeholders are allowed in the path and query
+    /// only, and the URL must parse whatever they become. Returns the trimmed text.
+    fn url_template(&mut self, element: &Element, attr: &Attr) -> Option<String> {
         let text = attr.value.trim();
-        let checked = if template {
-            let authority_start = text.find("://").map_or(0, |at| at + 3);
-            let rest = &text[authority_start..];
-            // `http://host:port{path}` is fine ({path} starts with `/`); any other
-            // placeholder before the path would change where the request goes.
-            let host_end = authority_start + rest.find(['/', '?', '{']).unwrap_or(rest.len());
-            let after_host = &text[host_end..];
-            if text[..host_end].contains('}')
-                || (after_host.starts_with('{') && !after_host.starts_with("{path}"))
-            {
-                self.error(
-                    attr.value_at(),
-                    format!(
-                        "placeholders in attribute \"{}\" of <{}> are only allowed in the URL's path and query, not in its host (only {{path}} may follow the host directly)",
-                        attr.name, element.name
-                    ),
-                );
-                return None;
-            }
-            crate::plugin::purge_template_sample(text)
-        } else {
-            text.to_owned()
-        };
-        match HttpUrl::parse(&checked) {
-            Ok(_) => Some(text.to_owned()),
+        let authority_start = text.find("://").map_or(0, |at| at + 3);
+        let rest = &text[authority_start..];
+        // `http://host:port{path}` is fine ({path} starts with `/`); any other
+        // placeholder before the path would change where the request goes.
+        let host_end = authority_start + rest.find(['/', '?', '{']).unwrap_or(rest.len());
+        let after_host = &text[host_end..];
+        if text[..host_end].contains('}')
+            || (after_host.starts_with('{') && !after_host.starts_with("{path}"))
+        {
+            self.error(
+                attr.value_at(),
+                format!(
+                    "placeholders in attribute \"{}\" of <{}> are only allowed in the URL's path and query, not in its host (only {{path}} may follow the host directly)",
+                    attr.name, element.name
+                ),
+            );
+            return None;
+        }
+        self.parse_url(element, attr, &template_sample(text))
+            .map(|_| text.to_owned())
+    }
+
+    /// Parses `text` (the value of `attr`, or a sample of it) as an `http://` URL.
+    fn parse_url(&mut self, element: &Element, attr: &Attr, text: &str) -> Option<HttpUrl> {
+        match HttpUrl::parse(text) {
+            Ok(url) => Some(url),
             Err(message) => {
                 self.error(
                     attr.value_at(),
@@ -1455,7 +1445,7 @@ impl Checker<'_> {
     fn purge(&mut self, element: &Element, sendurl: Option<&Element>) -> Option<PurgeRequest> {
         let url = self
             .required(element, "url")
-            .and_then(|url| self.http_url(element, url, true));
+            .and_then(|url| self.url_template(element, url));
         let method = match Self::given(element, "method") {
             None => Some("PURGE".to_owned()),
             Some(attr) => {

@@ -1,6 +1,7 @@
 //! Tests of the config reader: the stock file, every diagnostic with its position, encodings,
 //! the word splitter, and the CLI fixtures under `tests/fixtures/config/`.
 
+use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -410,6 +411,28 @@ fn error_cases() -> Vec<ErrorCase> {
             "unterminated double quote in attribute \"prefix\" of <param>",
             2,
             50,
+        ),
+        // What start-up (building the plugin) rejected with exit 78 and no line, so that
+        // `check` passed it.
+        (
+            in_head(r#"<plugin name="command"><param prefix="" suffix=""/></plugin>"#),
+            "attribute \"prefix\" of <param> has no word: it must name the program to run",
+            2,
+            39,
+        ),
+        (
+            in_head(r#"<plugin name="command"><param prefix="  &#9;"/></plugin>"#),
+            "attribute \"prefix\" of <param> has no word: it must name the program to run",
+            2,
+            39,
+        ),
+        (
+            format!(
+                "<head>\n<plugin name=\"command\">\n<param prefix=\"\"/>\n</plugin>\n<sersync>{LOCALPATH}<plugin start=\"true\" name=\"command\"/></sersync>\n</head>\n"
+            ),
+            "attribute \"prefix\" of <param> has no word: it must name the program to run",
+            3,
+            16,
         ),
         // Auth.
         (
@@ -870,7 +893,7 @@ fn names_compare_ignoring_case_and_booleans_too() {
     assert!(config.rsync.common_params.is_empty());
     assert!(config.rsync.ssh);
     assert_eq!(config.rsync.timeout, Some(0));
-    assert_eq!(config.plugins.after_sync.as_deref(), Some("command"));
+    assert_eq!(config.plugins.after_sync, Some(PluginKind::Command));
     let command = config.plugins.command.expect("command");
     assert_eq!(command.prefix_words, ["/usr/local/bin/hook", "--flag"]);
 }
@@ -1145,7 +1168,11 @@ fn plugin_extensions_are_read_with_their_defaults() {
     assert_eq!(plugins.socket.as_ref().unwrap().framing, SocketFraming::Nul);
     let http = plugins.http.as_ref().unwrap();
     assert_eq!(
-        (http.url.as_str(), http.timeout_secs, http.retries),
+        (
+            http.url.to_string().as_str(),
+            http.timeout_secs,
+            http.retries
+        ),
         ("http://hooks.local:8080/x", 2, 0)
     );
     assert_eq!(
@@ -1183,13 +1210,18 @@ fn plugin_extensions_are_read_with_their_defaults() {
     let http = config.plugins.http.unwrap();
     assert_eq!(
         (
-            http.port,
+            http.url.port,
             http.timeout_secs,
             http.retries,
             http.headers.len()
         ),
-        (Some(81), 5, 3, 0)
+        (81, 5, 3, 0)
     );
+    // The URL's own port wins over <deshost port>.
+    let (config, _) = loaded(&in_head(
+        r#"<plugin name="http"><localpath watch="/tmp"><deshost url="h:9/x" port="81"/></localpath></plugin>"#,
+    ));
+    assert_eq!(config.plugins.http.unwrap().url.to_string(), "http://h:9/x");
 }
 
 #[test]
@@ -1402,4 +1434,61 @@ fn localpath_user_names_an_existing_user() {
             .contains(r#"user="no-such-user-sersync": no such user"#),
         "{errors:?}"
     );
+}
+
+/// `check` rejects what start-up rejects, with the exit status start-up ends with: an
+/// invalid file 78, a `-m NAME` the file cannot serve 64 (both before anything starts).
+#[test]
+fn check_rejects_what_start_up_rejects() {
+    let dir = std::env::temp_dir().join(format!("sersync-check-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        path
+    };
+    let good = write("good.xml", &in_sersync(LOCALPATH));
+    let checked = check::check(&good, None).unwrap();
+    assert!(
+        checked
+            .summary(&good)
+            .ends_with(": configuration OK (1 watch root, 1 remote)"),
+        "{}",
+        checked.summary(&good)
+    );
+
+    let empty_prefix = write(
+        "prefix.xml",
+        &in_head(r#"<plugin name="command"><param prefix=""/></plugin>"#),
+    );
+    let module_cases: [(&Path, Option<&str>, i32, &str); 4] = [
+        (&good, Some("ftp"), 64, "unknown plugin \"ftp\""),
+        (
+            &good,
+            Some("socket"),
+            64,
+            "no usable <plugin name=\"socket\"> section",
+        ),
+        (&empty_prefix, None, 78, "2:39: error: attribute \"prefix\""),
+        (
+            &empty_prefix,
+            Some("command"),
+            78,
+            "2:39: error: attribute \"prefix\"",
+        ),
+    ];
+    for (path, module, code, shown) in module_cases {
+        let rejected = check::check(path, module).unwrap_err();
+        assert_eq!(rejected.exit_code(), code, "{module:?}: {rejected:?}");
+        let text = match &rejected {
+            check::Rejected::Invalid(diagnostics) => diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            check::Rejected::Module { message, .. } => message.clone(),
+        };
+        assert!(text.contains(shown), "{module:?}: {text}");
+    }
+    let _ = fs::remove_dir_all(&dir);
 }

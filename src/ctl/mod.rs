@@ -25,21 +25,8 @@ use crate::config;
 use crate::control::client::{self, Failure};
 use crate::control::interface::{FullSyncFinished, StateChanged, SyncFailed};
 use crate::control::{BusArgs, Error, INTERFACE, OBJECT_PATH, Sersync1Proxy, names};
+use crate::exit;
 use render::Seen;
-
-/// Exit statuses of `sersyncctl` (sysexits).
-pub mod exit {
-    pub const OK: i32 = 0;
-    /// The daemon answered with an error (or a full sync it waited for failed).
-    pub const DAEMON: i32 = 1;
-    pub const USAGE: i32 = 64;
-    /// No such daemon, or no bus.
-    pub const UNAVAILABLE: i32 = 69;
-    /// The bus policy or the daemon refused the caller.
-    pub const NOPERM: i32 = 77;
-    /// `check`: the config is invalid.
-    pub const CONFIG: i32 = 78;
-}
 
 /// Control and inspect running sersyncd instances over D-Bus.
 #[derive(Debug, Clone, Parser)]
@@ -160,7 +147,7 @@ type Outcome = Result<i32, Fail>;
 /// Runs a parsed command line; returns the exit status.
 pub fn run(cli: &Cli) -> i32 {
     let result = match &cli.command {
-        CtlCommand::Check { config } => return check_config(config),
+        CtlCommand::Check { config } => return config::check::report(config, None),
         CtlCommand::List => list(cli),
         _ => with_daemon(cli),
     };
@@ -170,25 +157,6 @@ pub fn run(cli: &Cli) -> i32 {
             eprintln!("sersyncctl: {}", fail.message);
             fail.code
         }
-    }
-}
-
-/// `sersyncctl check`: exactly what `sersyncd --check` prints and returns.
-pub fn check_config(path: &Path) -> i32 {
-    match config::load_and_report(path) {
-        Some(config) => {
-            let remotes: usize = config.roots.iter().map(|r| r.remotes.len()).sum();
-            println!(
-                "{}: configuration OK ({} watch root{}, {} remote{})",
-                path.display(),
-                config.roots.len(),
-                if config.roots.len() == 1 { "" } else { "s" },
-                remotes,
-                if remotes == 1 { "" } else { "s" }
-            );
-            exit::OK
-        }
-        None => exit::CONFIG,
     }
 }
 
@@ -369,7 +337,7 @@ impl Daemon<'_> {
         let code = match client::classify_error(&err) {
             Failure::AccessDenied => exit::NOPERM,
             Failure::Unreachable => exit::UNAVAILABLE,
-            Failure::Daemon => exit::DAEMON,
+            Failure::Daemon => exit::DAEMON_ERROR,
         };
         let message = match &err {
             Error::ZBus(inner) => {
@@ -474,7 +442,7 @@ impl Daemon<'_> {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
                 return Err(Fail::new(
-                    exit::DAEMON,
+                    exit::DAEMON_ERROR,
                     format!(
                         "{}: full sync job {job_id} did not finish within {} s (it goes on)",
                         self.instance,
@@ -511,7 +479,11 @@ impl Daemon<'_> {
                                 }
                             );
                         }
-                        return Ok(if *success { exit::OK } else { exit::DAEMON });
+                        return Ok(if *success {
+                            exit::OK
+                        } else {
+                            exit::DAEMON_ERROR
+                        });
                     }
                 }
                 Some(Watched::OwnerGone) | None => {

@@ -23,11 +23,13 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::ffi::OsStrExt;
 
+use crate::atomic_file;
 use crate::config::{self, Config, RootId};
 use crate::control::{self, Command, Counters, Event, FailureRecord, RemoteStatus, Status};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::exit;
 use crate::failure::{self, Backoff, Journal, LaneKey};
 use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue};
@@ -37,16 +39,6 @@ use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
 pub use cli::Cli;
 use settle::Health;
 use timers::{Due, Overflowed, Timers};
-
-/// Exit statuses (sysexits), which systemd units act on (`RestartPreventExitStatus=78`).
-pub mod exit {
-    pub const OK: i32 = 0;
-    pub const USAGE: i32 = 64;
-    pub const UNAVAILABLE: i32 = 69;
-    pub const SOFTWARE: i32 = 70;
-    pub const CANTCREAT: i32 = 73;
-    pub const CONFIG: i32 = 78;
-}
 
 /// Everything the loop reacts to.
 #[derive(Debug)]
@@ -153,7 +145,7 @@ pub fn main(cli: Cli) -> i32 {
     }
     if cli.check {
         // One implementation for `sersyncd --check` and `sersyncctl check`.
-        return crate::ctl::check_config(&cli.config);
+        return config::check::report(&cli.config, cli.module.as_deref());
     }
     let Some(config) = config::load_and_report(&cli.config) else {
         return exit::CONFIG;
@@ -2083,7 +2075,7 @@ impl Daemon {
         }
         self.journal_dirty = false;
         let journal_path = self.state.path().join("failures");
-        if let Err(err) = state::write_atomically(&journal_path, &self.journal.to_bytes()) {
+        if let Err(err) = atomic_file::write_atomically(&journal_path, &self.journal.to_bytes()) {
             tracing::error!(path = %journal_path.display(), "cannot save the failure journal: {err}");
         }
         let script_path = self.fail_script_path();
@@ -2111,7 +2103,7 @@ impl Daemon {
             tracing::error!(path = %script_path.display(), "not writing the failure script: {err}");
             return;
         }
-        if let Err(err) = failure::write_atomically(&script_path, &failure::render(&entries)) {
+        if let Err(err) = atomic_file::write_atomically(&script_path, &failure::render(&entries)) {
             tracing::error!(path = %script_path.display(), "cannot write the failure script: {err}");
         }
     }

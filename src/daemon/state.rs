@@ -311,9 +311,7 @@ impl StateDir {
     }
 }
 
-/// The one atomic writer (temp file 0600, fsync, rename, fsync of the directory), shared
-/// with the failure script.
-pub use crate::failure::write_atomically;
+use crate::atomic_file::write_atomically;
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -24,8 +24,8 @@
 //!   written atomically, every word quoted by [`crate::shell::quote`]. sersyncd never
 //!   executes it; it replays failures itself from its own journal.
 //!
-//! Architecture invariant: everything here is pure (time is passed in) except
-//! [`script::write_atomically`]; no process is spawned from this module.
+//! Architecture invariant: everything here is pure (time is passed in); files are written by
+//! the daemon through [`crate::atomic_file`]; no process is spawned from this module.
 
 pub mod backoff;
 pub mod journal;
@@ -36,5 +36,5 @@ pub mod stderr;
 pub use backoff::Backoff;
 pub use journal::{Journal, LaneKey};
 pub use policy::{ExitClass, ExitStatusLike, Verdict, classify, describe};
-pub use script::{ScriptEntry, render, rfc3339_utc, write_atomically};
+pub use script::{ScriptEntry, render};
 pub use stderr::{FailedPath, FailureKind, Side, StderrReport, failed_paths, retry_set};

@@ -6,7 +6,8 @@
 //! sersyncd keeps the file because operators look for it, but only as a record:
 //!
 //! - sersyncd never executes it; failed changes are retried from the daemon's own journal;
-//! - it is rewritten whole from the current failures by [`write_atomically`] (a temporary
+//! - it is rewritten whole from the current failures by
+//!   [`crate::atomic_file::write_atomically`] (a temporary
 //!   file, mode 0600, fsync, rename, fsync of the directory), so it is never half-written
 //!   and never readable or writable by other users;
 //! - every word in it, including the program, the options, the root and each path, goes
@@ -22,15 +23,12 @@
 //! cd /srv/www && printf '%s\0' 'a b.txt' 'it'\''s' | /usr/bin/rsync -artuz --files-from=- --from0 ./ rsync://127.0.0.1/web/
 //! ```
 
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::shell::{QuoteError, quote, quote_os};
+use crate::timestamp::rfc3339_utc;
 
 /// One failed rsync run, as recorded in the script.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,125 +147,14 @@ fn comment_field(text: &str) -> String {
         .collect()
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` (whole seconds, UTC) for any time, before the epoch included.
-pub fn rfc3339_utc(time: SystemTime) -> String {
-    let seconds: i64 = match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
-        Err(before) => {
-            let before = before.duration();
-            // Round towards the past: 0.5 s before the epoch is 23:59:59.
-            let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
-            let partial = i64::from(before.subsec_nanos() > 0);
-            whole.saturating_add(partial).saturating_neg()
-        }
-    };
-    let days = seconds.div_euclid(86_400);
-    let of_day = seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day number (days since 1970-01-01), after Howard
-/// Hinnant's `civil_from_days` (http://howardhinnant.github.io/date_algorithms.html).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
-    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both are in range by construction; the fallbacks are unreachable.
-    (
-        year,
-        u32::try_from(month).unwrap_or(1),
-        u32::try_from(day).unwrap_or(1),
-    )
-}
-
-/// Distinguishes temporary files of concurrent writers in one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Replaces `path` with `contents` so that readers see the old file or the new one, never
-/// a mix, and a crash leaves one of them: the parent directory is created if missing
-/// (mode 0700), a temporary file in the same directory is created exclusively with mode
-/// 0600, written and fsynced, renamed over `path`, and the directory is fsynced.
-///
-/// The new file is mode 0600 whatever the umask and whatever mode the old file had. A
-/// symlink at `path` is replaced, not followed.
-///
-/// # Errors
-///
-/// Any I/O error; the temporary file is removed on failure.
-pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: not a file path", path.display()),
-        )
-    })?;
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-
-    let (temp, file) = create_temp(dir, name)?;
-    let result = fill(file, contents).and_then(|()| fs::rename(&temp, path));
-    if let Err(error) = result {
-        let _ = fs::remove_file(&temp);
-        return Err(error);
-    }
-    File::open(dir)?.sync_all()
-}
-
-fn create_temp(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
-    let mut attempts = 0;
-    loop {
-        let mut temp_name = OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(
-            ".{}.{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let temp = dir.join(&temp_name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&temp)
-        {
-            Ok(file) => return Ok((temp, file)),
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => {
-                attempts += 1;
-            }
-            Err(error) => return Err(error),
-        }
-    }
-}
-
-fn fill(mut file: File, contents: &[u8]) -> io::Result<()> {
-    // The umask can only have removed bits; make the mode exactly 0600.
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::atomic_file::write_atomically;
+    use std::fs;
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     use std::process::Command;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn scratch_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -278,71 +165,6 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create scratch dir");
         dir
-    }
-
-    fn at(seconds: i64) -> SystemTime {
-        if seconds >= 0 {
-            UNIX_EPOCH + Duration::from_secs(seconds.unsigned_abs())
-        } else {
-            UNIX_EPOCH - Duration::from_secs(seconds.unsigned_abs())
-        }
-    }
-
-    #[test]
-    fn rfc3339_table() {
-        for (seconds, text) in [
-            (0, "1970-01-01T00:00:00Z"),
-            (86_399, "1970-01-01T23:59:59Z"),
-            (951_782_400, "2000-02-29T00:00:00Z"),
-            (951_868_800, "2000-03-01T00:00:00Z"),
-            (1_700_000_000, "2023-11-14T22:13:20Z"),
-            (1_709_164_800, "2024-02-29T00:00:00Z"),
-            (4_102_444_799, "2099-12-31T23:59:59Z"),
-            (4_107_542_400, "2100-03-01T00:00:00Z"),
-            (253_402_300_799, "9999-12-31T23:59:59Z"),
-            (-1, "1969-12-31T23:59:59Z"),
-            (-86_400, "1969-12-31T00:00:00Z"),
-            (-2_208_988_800, "1900-01-01T00:00:00Z"),
-            (-62_135_596_800, "0001-01-01T00:00:00Z"),
-        ] {
-            assert_eq!(rfc3339_utc(at(seconds)), text, "{seconds}");
-        }
-        assert_eq!(
-            rfc3339_utc(UNIX_EPOCH - Duration::from_millis(500)),
-            "1969-12-31T23:59:59Z"
-        );
-        assert_eq!(
-            rfc3339_utc(UNIX_EPOCH + Duration::from_millis(1500)),
-            "1970-01-01T00:00:01Z"
-        );
-    }
-
-    /// Every day from 1900 to 2100 follows the previous one in the calendar.
-    #[test]
-    fn civil_from_days_is_a_calendar() {
-        let mut previous = civil_from_days(-25_567); // 1900-01-01
-        assert_eq!(previous, (1900, 1, 1));
-        for days in -25_566..=47_482 {
-            let (y, m, d) = civil_from_days(days);
-            let (py, pm, pd) = previous;
-            let leap = (py % 4 == 0 && py % 100 != 0) || py % 400 == 0;
-            let month_len = match pm {
-                2 if leap => 29,
-                2 => 28,
-                4 | 6 | 9 | 11 => 30,
-                _ => 31,
-            };
-            let expected = if pd < month_len {
-                (py, pm, pd + 1)
-            } else if pm < 12 {
-                (py, pm + 1, 1)
-            } else {
-                (py + 1, 1, 1)
-            };
-            assert_eq!((y, m, d), expected, "day {days}");
-            previous = (y, m, d);
-        }
-        assert_eq!(previous, (2100, 1, 1));
     }
 
     fn hostile_paths() -> Vec<Vec<u8>> {
@@ -374,7 +196,7 @@ mod tests {
         let entry = ScriptEntry {
             exit_code: 10,
             remote: "rsync://127.0.0.1/web/\nrm -rf /".to_owned(),
-            time: at(1_700_000_000),
+            time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             root: PathBuf::from("/srv/www"),
             argv: [
                 "/usr/bin/rsync",
@@ -423,7 +245,7 @@ mod tests {
         let entry = ScriptEntry {
             exit_code: 23,
             remote: "r".to_owned(),
-            time: at(0),
+            time: UNIX_EPOCH,
             root: PathBuf::from("/srv"),
             argv: vec![OsString::from("rsync")],
             stdin_paths: vec![b"a\0b".to_vec()],
@@ -462,7 +284,7 @@ mod tests {
             ScriptEntry {
                 exit_code: 23,
                 remote: "rsync://127.0.0.1/web/".to_owned(),
-                time: at(1_700_000_000),
+                time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
                 root: root.clone(),
                 argv: recorder("first"),
                 stdin_paths: paths.clone(),
@@ -470,7 +292,7 @@ mod tests {
             ScriptEntry {
                 exit_code: 10,
                 remote: "backup@host:dir/".to_owned(),
-                time: at(1_700_000_001),
+                time: UNIX_EPOCH + Duration::from_secs(1_700_000_001),
                 root: root.clone(),
                 argv: recorder("second"),
                 stdin_paths: Vec::new(),
@@ -534,58 +356,6 @@ mod tests {
                 fs::remove_file(root.join(out)).unwrap();
             }
         }
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn write_atomically_creates_0600_and_replaces() {
-        let dir = scratch_dir("atomic");
-        let target = dir.join("state/sub/rsync_fail_log.sh");
-        write_atomically(&target, b"first").unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"first");
-        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode(&target), 0o600);
-        assert_eq!(mode(&dir.join("state/sub")), 0o700);
-
-        // An existing world-writable file (as sersync left it) is replaced by a 0600 one.
-        fs::set_permissions(&target, fs::Permissions::from_mode(0o777)).unwrap();
-        write_atomically(&target, b"second").unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"second");
-        assert_eq!(mode(&target), 0o600);
-
-        // A symlink at the target is replaced, not followed.
-        let victim = dir.join("victim");
-        fs::write(&victim, b"keep").unwrap();
-        fs::remove_file(&target).unwrap();
-        std::os::unix::fs::symlink(&victim, &target).unwrap();
-        write_atomically(&target, b"third").unwrap();
-        assert_eq!(fs::read(&victim).unwrap(), b"keep");
-        assert!(
-            !fs::symlink_metadata(&target)
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
-        assert_eq!(fs::read(&target).unwrap(), b"third");
-
-        // No temporary file is left behind.
-        let names: Vec<_> = fs::read_dir(dir.join("state/sub"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![OsString::from("rsync_fail_log.sh")]);
-
-        // Failure: the target is a directory; the temporary file is cleaned up.
-        let blocked = dir.join("blocked");
-        fs::create_dir_all(blocked.join("inner")).unwrap();
-        assert!(write_atomically(&blocked, b"x").is_err());
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .filter(|n| n.as_bytes().ends_with(b".tmp"))
-            .collect();
-        assert!(names.is_empty(), "{names:?}");
-        assert!(write_atomically(Path::new("/"), b"x").is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 }

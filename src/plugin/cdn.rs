@@ -57,9 +57,10 @@ use std::time::Duration;
 use regex::bytes::Regex;
 
 use super::encode::{Context, percent_encode};
-use super::http::{self, HttpUrl, Request, Response, Version};
+use super::http::{self, Request, Response, Version};
 use super::{ChangeKind, Control, Job, Outcome, Plugin, PluginEvent, send_with_retries, within};
 use crate::config::{PurgeRequest, RefreshCdnPlugin};
+use crate::http_url::{HttpUrl, expand_template};
 
 /// The whole exchange with the CDN API, per attempt.
 const CHINACACHE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -262,45 +263,16 @@ impl Values {
     /// Replaces the known placeholders in `template`; other braces stay as they are (so a
     /// JSON body needs no escaping).
     fn expand(&self, template: &str) -> String {
-        let mut out = String::with_capacity(template.len() + self.url.len());
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            rest = &rest[open..];
-            let replacement = [
-                ("{path}", &self.path),
-                ("{url}", &self.url),
-                ("{path_q}", &self.path_q),
-                ("{url_q}", &self.url_q),
-            ]
-            .into_iter()
-            .map(|(name, value)| (name, value.as_str()))
-            .chain([("{is_dir}", self.is_dir), ("{event}", self.event)])
-            .find(|(name, _)| rest.starts_with(name));
-            match replacement {
-                Some((name, value)) => {
-                    out.push_str(value);
-                    rest = &rest[name.len()..];
-                }
-                None => {
-                    out.push('{');
-                    rest = &rest[1..];
-                }
-            }
-        }
-        out.push_str(rest);
-        out
+        let values = [
+            self.path.as_str(),
+            &self.url,
+            &self.path_q,
+            &self.url_q,
+            self.is_dir,
+            self.event,
+        ];
+        expand_template(template, &values)
     }
-}
-
-/// `template` with every placeholder replaced by a harmless sample, so the config reader
-/// can check that the URL parses whatever the file names are.
-pub fn purge_template_sample(template: &str) -> String {
-    let target = Target {
-        path: b"/x".to_vec(),
-        url_tail: b"/x".to_vec(),
-    };
-    Values::new(b"http://h", &target, false, ChangeKind::Updated).expand(template)
 }
 
 impl Plugin for RefreshCdn {
@@ -568,10 +540,18 @@ mod tests {
     }
 
     #[test]
-    fn the_template_sample_lets_the_config_reader_check_urls() {
+    fn the_config_readers_template_sample_is_what_this_plugin_makes_of_a_file() {
+        // `crate::http_url::SAMPLE_VALUES` stands for an updated file `/x` below
+        // `http://h`, so the config checks URLs as they will be sent.
+        let target = Target {
+            path: b"/x".to_vec(),
+            url_tail: b"/x".to_vec(),
+        };
+        let values = Values::new(b"http://h", &target, false, ChangeKind::Updated);
+        let template = crate::http_url::PLACEHOLDERS.join(" ");
         assert_eq!(
-            purge_template_sample("http://h:1{path}?u={url_q}"),
-            "http://h:1/x?u=http%3A%2F%2Fh%2Fx"
+            values.expand(&template),
+            crate::http_url::template_sample(&template)
         );
     }
 }

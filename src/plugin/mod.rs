@@ -48,9 +48,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
-
-pub use cdn::purge_template_sample;
+use crate::config::{Config, PluginSection};
 
 /// How many events may wait for a plugin before new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -153,34 +151,6 @@ struct Job {
     submitted: Instant,
 }
 
-/// The plugin names, as sersync spells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Command,
-    Socket,
-    RefreshCdn,
-    Http,
-}
-
-impl Kind {
-    const ALL: [Kind; 4] = [Kind::Command, Kind::Socket, Kind::RefreshCdn, Kind::Http];
-
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Command => "command",
-            Kind::Socket => "socket",
-            Kind::RefreshCdn => "refreshCDN",
-            Kind::Http => "http",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL
-            .into_iter()
-            .find(|kind| kind.name().eq_ignore_ascii_case(name.trim()))
-    }
-}
-
 /// The queue and the flags the workers wait on.
 #[derive(Debug, Default)]
 struct QueueState {
@@ -274,31 +244,18 @@ pub struct PluginHost {
 impl PluginHost {
     /// The after-sync plugin named by `<sersync><plugin start="true" name>`, or with
     /// `only = Some(name)` the plugin of `sersyncd -m NAME`. `Ok(None)` when no plugin is
-    /// enabled; `Err` (a message for the operator) when the name is unknown, its
-    /// `<plugin name>` section is missing, or the section cannot work. Starts no thread
-    /// and logs nothing (see [`PluginHost::start`]).
+    /// enabled; `Err` (a message for the operator) when the name is unknown or its
+    /// `<plugin name>` section is missing ([`Config::plugin_to_run`]), or the section
+    /// cannot work (never for a config that loaded: the config reader rejects every such
+    /// section with its position, so `--check` catches it). Starts no thread and logs
+    /// nothing (see [`PluginHost::start`]).
     pub fn from_config(config: &Config, only: Option<&str>) -> Result<Option<PluginHost>, String> {
-        let name = match (only, config.plugins.after_sync.as_deref()) {
-            (Some(name), _) | (None, Some(name)) => name,
-            (None, None) => return Ok(None),
+        let Some(section) = config.plugin_to_run(only)? else {
+            return Ok(None);
         };
-        let Some(kind) = Kind::from_name(name) else {
-            return Err(format!(
-                "unknown plugin \"{name}\": expected command, socket, refreshCDN or http"
-            ));
-        };
-        let missing = || {
-            format!(
-                "plugin \"{0}\" is enabled but {1} has no usable <plugin name=\"{0}\"> section",
-                kind.name(),
-                config.file.display()
-            )
-        };
-        let plugins = &config.plugins;
         let mut notes = Vec::new();
-        let (plugin, workers, watch): (Arc<dyn Plugin>, usize, Option<PathBuf>) = match kind {
-            Kind::Command => {
-                let section = plugins.command.as_ref().ok_or_else(missing)?;
+        let (plugin, workers, watch): (Arc<dyn Plugin>, usize, Option<PathBuf>) = match section {
+            PluginSection::Command(section) => {
                 if section.filter_enabled && section.includes.is_empty() {
                     notes.push(
                         "<filter start=\"true\"> has no <include>: the command never runs"
@@ -307,30 +264,21 @@ impl PluginHost {
                 }
                 (Arc::new(command::Command::new(section)?), 4, None)
             }
-            Kind::Socket => {
-                let section = plugins.socket.as_ref().ok_or_else(missing)?;
-                (
-                    Arc::new(socket::Socket::new(section)),
-                    1,
-                    Some(section.watch.clone()),
-                )
-            }
-            Kind::RefreshCdn => {
-                let section = plugins.refresh_cdn.as_ref().ok_or_else(missing)?;
-                (
-                    Arc::new(cdn::RefreshCdn::new(section)?),
-                    4,
-                    Some(section.watch.clone()),
-                )
-            }
-            Kind::Http => {
-                let section = plugins.http.as_ref().ok_or_else(missing)?;
-                (
-                    Arc::new(webhook::Webhook::new(section)?),
-                    4,
-                    Some(section.watch.clone()),
-                )
-            }
+            PluginSection::Socket(section) => (
+                Arc::new(socket::Socket::new(section)),
+                1,
+                Some(section.watch.clone()),
+            ),
+            PluginSection::RefreshCdn(section) => (
+                Arc::new(cdn::RefreshCdn::new(section)?),
+                4,
+                Some(section.watch.clone()),
+            ),
+            PluginSection::Http(section) => (
+                Arc::new(webhook::Webhook::new(section)),
+                4,
+                Some(section.watch.clone()),
+            ),
         };
         if let Some(watch) = &watch {
             let related = config
@@ -344,7 +292,7 @@ impl PluginHost {
                 ));
             }
         }
-        let mut host = PluginHost::new(kind.name(), plugin, workers, watch);
+        let mut host = PluginHost::new(section.kind().name(), plugin, workers, watch);
         host.notes = notes;
         Ok(Some(host))
     }
@@ -830,6 +778,96 @@ mod tests {
             shared.last_error.lock().unwrap().as_deref(),
             Some("/r/fail-x: boom")
         );
+    }
+
+    /// The config reader rejects, with a position, every plugin section start-up could not
+    /// build: so `--check` passes nothing that start-up refuses.
+    #[test]
+    fn a_config_that_loads_always_builds_its_plugin() {
+        let sections = [
+            ("command", r#"<param prefix=""/>"#),
+            ("command", r#"<param prefix="   "/>"#),
+            ("command", r#"<param prefix="''"/>"#),
+            ("command", r#"<param prefix="/bin/true" timeout="0"/>"#),
+            ("command", r#"<param/><filter start="true"/>"#),
+            ("command", ""),
+            (
+                "socket",
+                r#"<localpath watch="/tmp"><deshost ip="" port="9"/></localpath>"#,
+            ),
+            (
+                "socket",
+                r#"<localpath watch="/tmp"><deshost ip="h" port="0"/></localpath>"#,
+            ),
+            (
+                "socket",
+                r#"<localpath watch="/tmp"><deshost ip="h" port="9"/></localpath>"#,
+            ),
+            (
+                "refreshCDN",
+                r#"<localpath watch="/tmp"><cdninfo domainname=" " port="80"/></localpath>"#,
+            ),
+            (
+                "refreshCDN",
+                r#"<localpath watch="/tmp"><cdninfo domainname="d" port="80"/><regexurl regex="true"/></localpath>"#,
+            ),
+            (
+                "refreshCDN",
+                r#"<localpath watch="/tmp"><cdninfo domainname="d" port="80"/><regexurl regex="true" match=""/></localpath>"#,
+            ),
+            (
+                "refreshCDN",
+                r#"<localpath watch="/tmp"><cdninfo domainname="d" port="80"/><regexurl regex="true" match="(x"/></localpath>"#,
+            ),
+            (
+                "refreshCDN",
+                r#"<localpath watch="/tmp"><cdninfo domainname="d" port="80"/><regexurl regex="true" match="/(.*)"/></localpath>"#,
+            ),
+            (
+                "refreshCDN",
+                r#"<localpath watch="/tmp"><sendurl base="http://x"/></localpath>"#,
+            ),
+            (
+                "refreshCDN",
+                r#"<localpath watch="/tmp"><purge url="http://h{path}"/></localpath>"#,
+            ),
+            (
+                "refreshCDN",
+                r#"<localpath watch="/tmp"><purge url="https://h{path}"/></localpath>"#,
+            ),
+            (
+                "http",
+                r#"<localpath watch="/tmp"><deshost url=""/></localpath>"#,
+            ),
+            (
+                "http",
+                r#"<localpath watch="/tmp"><deshost url="h:9/x" port="8000"/></localpath>"#,
+            ),
+            (
+                "http",
+                r#"<localpath watch="/tmp"><deshost url="http://u@h/"/></localpath>"#,
+            ),
+            (
+                "http",
+                r#"<localpath watch="/tmp"><deshost url=" http://h/ "/></localpath>"#,
+            ),
+        ];
+        let mut loaded = 0;
+        for (name, inner) in sections {
+            let xml = format!(
+                "<head>\n<plugin name=\"{name}\">{inner}</plugin>\n<sersync><localpath watch=\"/tmp\"><remote ip=\"h\" name=\"m\"/></localpath><plugin start=\"true\" name=\"{name}\"/></sersync>\n</head>\n"
+            );
+            let Ok((config, _)) = crate::config::parse(Path::new("t.xml"), xml.as_bytes()) else {
+                continue;
+            };
+            loaded += 1;
+            for only in [None, Some(name)] {
+                if let Err(err) = PluginHost::from_config(&config, only) {
+                    panic!("{name} {inner}: loaded, but start-up fails: {err}");
+                }
+            }
+        }
+        assert!(loaded >= 6, "only {loaded} sections loaded");
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl Socket {
     }
 
     fn target(&self) -> String {
-        format!("{}:{}", super::http::bracketed(&self.host), self.port)
+        format!("{}:{}", crate::http_url::bracketed(&self.host), self.port)
     }
 
     fn open(&self) -> Result<TcpStream, String> {

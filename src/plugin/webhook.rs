@@ -32,9 +32,10 @@ use std::time::Duration;
 use std::os::unix::ffi::OsStrExt;
 
 use super::encode::json_strings;
-use super::http::{HttpUrl, Request};
+use super::http::Request;
 use super::{Control, Job, Outcome, Plugin, PluginEvent, send_with_retries, within};
 use crate::config::HttpPlugin;
+use crate::http_url::HttpUrl;
 
 #[derive(Debug)]
 pub(super) struct Webhook {
@@ -46,15 +47,10 @@ pub(super) struct Webhook {
 }
 
 impl Webhook {
-    pub(super) fn new(config: &HttpPlugin) -> Result<Webhook, String> {
-        let mut url = HttpUrl::parse(&config.url)
-            .map_err(|err| format!("<plugin name=\"http\"> url \"{}\": {err}", config.url))?;
-        if let Some(port) = config.port {
-            url = url.with_default_port(port);
-        }
-        Ok(Webhook {
+    pub(super) fn new(config: &HttpPlugin) -> Webhook {
+        Webhook {
             watch: config.watch.clone(),
-            url,
+            url: config.url.clone(),
             headers: config
                 .headers
                 .iter()
@@ -62,7 +58,7 @@ impl Webhook {
                 .collect(),
             timeout: Duration::from_secs(u64::from(config.timeout_secs.max(1))),
             retries: config.retries,
-        })
+        }
     }
 
     /// The request for one change.
@@ -156,16 +152,16 @@ mod tests {
     fn requests_carry_the_configured_headers_and_port() {
         let webhook = Webhook::new(&HttpPlugin {
             watch: PathBuf::from("/srv/www"),
-            url: "http://hooks.local/sersync?k=1".into(),
-            port: Some(8080),
+            url: HttpUrl::parse("http://hooks.local/sersync?k=1")
+                .unwrap()
+                .with_default_port(8080),
             timeout_secs: 5,
             retries: 3,
             headers: vec![crate::config::HttpHeader {
                 name: "Authorization".into(),
                 value: "Bearer t".into(),
             }],
-        })
-        .unwrap();
+        });
         let request = webhook.request(&event(b"a", false, ChangeKind::Updated, &[]));
         let head = String::from_utf8(request.head()).unwrap();
         assert!(

@@ -378,7 +378,7 @@ pub fn soft_delete_options(soft: &crate::config::SoftDelete, date: &str) -> Vec<
 
 /// `YYYY-MM-DD` (UTC) of `time`.
 pub fn utc_date(time: std::time::SystemTime) -> String {
-    crate::failure::rfc3339_utc(time)[..10].to_owned()
+    crate::timestamp::rfc3339_utc(time)[..10].to_owned()
 }
 
 /// The dated directories of a `--list-only` listing of the soft-delete directory that

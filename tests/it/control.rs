@@ -1434,6 +1434,41 @@ fn check_prints_and_exits_exactly_like_sersyncd_check() {
     assert!(codes.contains(&0) && codes.contains(&78), "{codes:?}");
 }
 
+/// A plugin section start-up cannot build (a command without a program) is a config
+/// error with its position for `check`, not an exit 78 without a line at start-up.
+#[test]
+fn check_rejects_a_plugin_section_that_start_up_would_reject_with_its_line() {
+    let dir = temp_dir("check");
+    let conf = dir.path().join("confxml.xml");
+    std::fs::write(
+        &conf,
+        "<head>\n<sersync>\n<localpath watch=\"/tmp\"><remote ip=\"127.0.0.1\" name=\"web\"/></localpath>\n\
+         <plugin start=\"true\" name=\"command\"/>\n</sersync>\n\
+         <plugin name=\"command\">\n  <param prefix=\"  \" suffix=\"\"/>\n</plugin>\n</head>\n",
+    )
+    .unwrap();
+    let mut client = Command::new(SERSYNCCTL);
+    client.arg("check").arg("-o").arg(&conf);
+    let client = run(client).expect(78);
+    let at = format!(
+        "{}:7:18: error: attribute \"prefix\" of <param>",
+        conf.display()
+    );
+    assert!(
+        client.stderr.contains(&at),
+        "{at} not in:\n{}",
+        client.stderr
+    );
+    assert!(client.stdout.is_empty(), "{}", client.stdout);
+
+    // Start-up rejects it the same way, before anything starts.
+    let mut daemon = Command::new(SERSYNCD);
+    daemon.arg("-o").arg(&conf);
+    let daemon = run(daemon);
+    assert_eq!(daemon.code, 78, "{}", daemon.stderr);
+    assert_eq!(daemon.stderr, client.stderr);
+}
+
 // ---------------------------------------------------------------------------------------
 // End to end: real sersyncd, real rsync daemons
 // ---------------------------------------------------------------------------------------
