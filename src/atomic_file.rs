@@ -46,6 +46,11 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&temp);
         return Err(error);
     }
+    sync_dir(dir)
+}
+
+/// Makes a directory's entries (a rename into it, a removal) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -11,7 +11,7 @@ session\t'The session bus of the user (`$DBUS_SESSION_BUS_ADDRESS`), for unprivi
 complete -c sersyncd -l bus-address -d 'Connect to this D-Bus address instead (e.g. a private bus in tests)' -r
 complete -c sersyncd -s r -l full-sync-first -d 'Push every watched tree to every remote once the watches are in place'
 complete -c sersyncd -s d -l daemon -d 'Detach from the terminal like a classic daemon (not needed under systemd)'
-complete -c sersyncd -l check -d 'Validate the config and exit: 0 when valid, 78 with diagnostics otherwise'
+complete -c sersyncd -l check -d 'Validate the config (and with -m, the plugin named) and exit: 0 when valid, 78 with diagnostics otherwise, 64 when -m names no configured plugin'
 complete -c sersyncd -s v -l verbose -d 'Log each event and each rsync command line (like `<debug start="true">`)'
 complete -c sersyncd -l no-dbus -d 'Do not offer the D-Bus control interface at all'
 complete -c sersyncd -s h -l help -d 'Print help (see more with \'--help\')'

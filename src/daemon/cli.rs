@@ -51,7 +51,8 @@ pub struct Cli {
     #[arg(short = 'm', long = "module", value_name = "NAME")]
     pub module: Option<String>,
 
-    /// Validate the config and exit: 0 when valid, 78 with diagnostics otherwise.
+    /// Validate the config (and with -m, the plugin named) and exit: 0 when valid, 78 with
+    /// diagnostics otherwise, 64 when -m names no configured plugin.
     #[arg(long = "check")]
     pub check: bool,
 

@@ -144,7 +144,7 @@ impl StateDir {
     pub fn clear_running(&self) -> io::Result<()> {
         match fs::remove_file(self.dir.join(RUNNING)) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-            _ => sync_dir(&self.dir),
+            _ => crate::atomic_file::sync_dir(&self.dir),
         }
     }
 
@@ -267,7 +267,7 @@ impl StateDir {
         if out.len() == magic.len() {
             return match fs::remove_file(&path) {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-                _ => sync_dir(&self.dir),
+                _ => crate::atomic_file::sync_dir(&self.dir),
             };
         }
         write_atomically(&path, &out)
@@ -312,10 +312,6 @@ impl StateDir {
 }
 
 use crate::atomic_file::write_atomically;
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
 
 #[cfg(test)]
 mod tests {
