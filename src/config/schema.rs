@@ -1136,6 +1136,14 @@ impl Checker<'_> {
                         );
                         words
                     }
+                    Some(words) if words[0].is_empty() => {
+                        // `prefix="''"`: every event would fail to run an unnamed program.
+                        self.error(
+                            prefix.value_at(),
+                            "attribute \"prefix\" of <param> starts with an empty word: it must name the program to run".to_owned(),
+                        );
+                        words
+                    }
                     words => words.unwrap_or_default(),
                 };
                 plugin.prefix = prefix.value.clone();

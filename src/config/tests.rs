@@ -427,6 +427,12 @@ fn error_cases() -> Vec<ErrorCase> {
             39,
         ),
         (
+            in_head(r#"<plugin name="command"><param prefix="'' -c" suffix=""/></plugin>"#),
+            "attribute \"prefix\" of <param> starts with an empty word: it must name the program to run",
+            2,
+            39,
+        ),
+        (
             format!(
                 "<head>\n<plugin name=\"command\">\n<param prefix=\"\"/>\n</plugin>\n<sersync>{LOCALPATH}<plugin start=\"true\" name=\"command\"/></sersync>\n</head>\n"
             ),
