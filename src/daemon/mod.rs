@@ -97,12 +97,12 @@ struct Lane {
 }
 
 impl Lane {
-    /// Whether this lane pushes `root` to the remote `ip`/`name` (its identity, which a
-    /// reload and the state directory go by).
-    fn is(&self, root: &Path, ip: &str, name: &str) -> bool {
-        self.context.root == root
-            && self.context.transport.remote.ip == ip
-            && self.context.transport.remote.name == name
+    /// Whether this lane is the one `key` names (its identity, which a reload, the journal
+    /// and the state directory go by).
+    fn is(&self, key: &LaneKey) -> bool {
+        self.context.root == key.root
+            && self.context.transport.remote.ip == key.remote_ip
+            && self.context.transport.remote.name == key.remote_name
     }
 
     fn key(&self) -> LaneKey {
@@ -310,8 +310,8 @@ impl std::fmt::Debug for Daemon {
 }
 
 /// The lane of `root` pushing to `ip`'s module `name`.
-fn lane_position(lanes: &[Lane], root: &Path, ip: &str, name: &str) -> Option<usize> {
-    lanes.iter().position(|lane| lane.is(root, ip, name))
+fn lane_position(lanes: &[Lane], key: &LaneKey) -> Option<usize> {
+    lanes.iter().position(|lane| lane.is(key))
 }
 
 /// The lanes of `config`. A lane that `old` has too (same root path and remote) keeps its
@@ -320,7 +320,12 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
     let mut lanes = Vec::new();
     for (root_id, root) in config.roots.iter().enumerate() {
         for remote in &root.remotes {
-            if lane_position(&lanes, &root.path, &remote.ip, &remote.name).is_some() {
+            let key = LaneKey {
+                root: root.path.clone(),
+                remote_ip: remote.ip.clone(),
+                remote_name: remote.name.clone(),
+            };
+            if lane_position(&lanes, &key).is_some() {
                 // One remote listed twice under a root is one lane (two would run two
                 // rsyncs into one module at once, out of order).
                 continue;
@@ -330,7 +335,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                 remote: remote.clone(),
                 password_piped: false,
             };
-            let id = match lane_position(old, &root.path, &remote.ip, &remote.name) {
+            let id = match lane_position(old, &key) {
                 Some(at) => old[at].id,
                 None => {
                     *next_id += 1;
@@ -499,12 +504,7 @@ impl Daemon {
         let mut orphaned = 0usize;
         let mut owed = 0usize;
         for change in saved {
-            match lane_position(
-                &self.lanes,
-                &change.root,
-                &change.remote_ip,
-                &change.remote_name,
-            ) {
+            match lane_position(&self.lanes, &change.lane) {
                 Some(at) => {
                     let lane = self.lanes[at].id;
                     match change.owed {
@@ -512,7 +512,7 @@ impl Daemon {
                             if !crate::trusted::is_plain_relative(&change.path) =>
                         {
                             tracing::error!(
-                                root = %change.root.display(),
+                                root = %change.lane.root.display(),
                                 path = %crate::trusted::printable(&change.path),
                                 "a saved change names a path outside its root; ignored, and the \
                                  root gets a full sync instead"
@@ -774,9 +774,7 @@ impl Daemon {
         }
         for lane in &self.lanes {
             let record = |path: Vec<u8>, owed: state::Owed| state::SavedChange {
-                root: lane.context.root.clone(),
-                remote_ip: lane.context.transport.remote.ip.clone(),
-                remote_name: lane.context.transport.remote.name.clone(),
+                lane: lane.key(),
                 path,
                 owed,
             };
@@ -2082,17 +2080,15 @@ impl Daemon {
         let lanes = &self.lanes;
         let ssh = self.config.rsync.ssh;
         let entries = self.journal.script_entries(1000, |key| {
-            lane_position(lanes, &key.root, &key.remote_ip, &key.remote_name)
-                .map(|id| &lanes[id])
-                .map(|lane| {
-                    let mut argv = vec![std::ffi::OsString::from("rsync")];
-                    let (replay, input) = crate::sync::argv::replay(
-                        &lane.context.transport,
-                        lane.context.propagate_deletes,
-                    );
-                    argv.extend(replay);
-                    (lane.context.transport.remote.label(ssh), argv, input)
-                })
+            lane_position(lanes, key).map(|id| &lanes[id]).map(|lane| {
+                let mut argv = vec![std::ffi::OsString::from("rsync")];
+                let (replay, input) = crate::sync::argv::replay(
+                    &lane.context.transport,
+                    lane.context.propagate_deletes,
+                );
+                argv.extend(replay);
+                (lane.context.transport.remote.label(ssh), argv, input)
+            })
         });
         // A parent another user could swap for a symlink would take root's write
         // elsewhere (and the script would be theirs to change before someone runs it).
@@ -2133,8 +2129,7 @@ impl Daemon {
             .journal
             .iter()
             .filter_map(|(key, path, _)| {
-                lane_position(&self.lanes, &key.root, &key.remote_ip, &key.remote_name)
-                    .map(|at| (self.lanes[at].id, path.to_vec()))
+                lane_position(&self.lanes, key).map(|at| (self.lanes[at].id, path.to_vec()))
             })
             .collect();
         let requeued = entries.len();
@@ -2171,9 +2166,7 @@ impl Daemon {
                          root gets a full sync instead"
                     );
                     journal.clear(key, [bad.as_slice()]);
-                    if let Some(at) =
-                        lane_position(&self.lanes, &key.root, &key.remote_ip, &key.remote_name)
-                    {
+                    if let Some(at) = lane_position(&self.lanes, key) {
                         let lane = self.lanes[at].id;
                         self.owe_full_sync_once_watched(lane);
                     }

@@ -15,6 +15,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::failure::LaneKey;
+
 use crate::guard::FsIdentity;
 use crate::queue::Action;
 
@@ -30,9 +32,7 @@ const HELD_MAGIC: &[u8] = b"sersync-held 1\n";
 /// One saved record: which lane (by root path and remote) and what it owes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SavedChange {
-    pub root: PathBuf,
-    pub remote_ip: String,
-    pub remote_name: String,
+    pub lane: LaneKey,
     /// Empty for [`Owed::FullSync`].
     pub path: Vec<u8>,
     pub owed: Owed,
@@ -155,9 +155,9 @@ impl StateDir {
             MAGIC,
             changes.iter().map(|change| {
                 vec![
-                    change.root.as_os_str().as_bytes(),
-                    change.remote_ip.as_bytes(),
-                    change.remote_name.as_bytes(),
+                    change.lane.root.as_os_str().as_bytes(),
+                    change.lane.remote_ip.as_bytes(),
+                    change.lane.remote_name.as_bytes(),
                     owed_code(change.owed),
                     &change.path,
                 ]
@@ -179,9 +179,11 @@ impl StateDir {
                     )
                 })?;
                 Ok(SavedChange {
-                    root: PathBuf::from(OsStr::from_bytes(&record[0])),
-                    remote_ip: String::from_utf8_lossy(&record[1]).into_owned(),
-                    remote_name: String::from_utf8_lossy(&record[2]).into_owned(),
+                    lane: LaneKey {
+                        root: PathBuf::from(OsStr::from_bytes(&record[0])),
+                        remote_ip: String::from_utf8_lossy(&record[1]).into_owned(),
+                        remote_name: String::from_utf8_lossy(&record[2]).into_owned(),
+                    },
                     owed,
                     path: record[4].clone(),
                 })
@@ -326,30 +328,38 @@ mod tests {
         assert!(state.mark_running().unwrap(), "marker left: unclean");
         let changes = vec![
             SavedChange {
-                root: PathBuf::from("/srv/a b"),
-                remote_ip: "127.0.0.1".into(),
-                remote_name: "web".into(),
+                lane: LaneKey {
+                    root: PathBuf::from("/srv/a b"),
+                    remote_ip: "127.0.0.1".into(),
+                    remote_name: "web".into(),
+                },
                 path: b"x\ny\xff".to_vec(),
                 owed: Owed::Change(Action::Remove { dir: true }),
             },
             SavedChange {
-                root: PathBuf::from("/srv/c"),
-                remote_ip: "::1".into(),
-                remote_name: "img".into(),
+                lane: LaneKey {
+                    root: PathBuf::from("/srv/c"),
+                    remote_ip: "::1".into(),
+                    remote_name: "img".into(),
+                },
                 path: Vec::new(),
                 owed: Owed::Change(Action::Replace),
             },
             SavedChange {
-                root: PathBuf::from("/srv/c"),
-                remote_ip: "::1".into(),
-                remote_name: "img".into(),
+                lane: LaneKey {
+                    root: PathBuf::from("/srv/c"),
+                    remote_ip: "::1".into(),
+                    remote_name: "img".into(),
+                },
                 path: b"dirty/dir".to_vec(),
                 owed: Owed::Change(Action::Tree),
             },
             SavedChange {
-                root: PathBuf::from("/srv/c"),
-                remote_ip: "::1".into(),
-                remote_name: "img".into(),
+                lane: LaneKey {
+                    root: PathBuf::from("/srv/c"),
+                    remote_ip: "::1".into(),
+                    remote_name: "img".into(),
+                },
                 path: Vec::new(),
                 owed: Owed::FullSync,
             },
