@@ -16,7 +16,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::failure::LaneKey;
-
 use crate::guard::FsIdentity;
 use crate::queue::Action;
 
