@@ -10,6 +10,7 @@
 //! NUL-separated on stdin when a list is too long for the command line).
 
 pub mod argv;
+mod facts;
 pub mod identity;
 
 use std::collections::{HashMap, HashSet};
@@ -498,7 +499,7 @@ impl Runner {
         let mut trees: Vec<&[u8]> = Vec::new();
         let mut ancestors_checked: HashMap<Vec<u8>, bool> = HashMap::new();
         for (path, action) in &batch.entries {
-            if below_a_non_directory(&ctx.root, path, &mut ancestors_checked) {
+            if facts::below_a_non_directory(&ctx.root, path, &mut ancestors_checked) {
                 // An ancestor is a file or a symlink now: nothing below it exists, here or
                 // (once that ancestor's own change is sent, which replaces it whole) on
                 // the remote. A deletion run for this path would even turn the file or
@@ -530,7 +531,7 @@ impl Runner {
         }
         let below: Vec<Vec<u8>> = whole
             .iter()
-            .flat_map(|dir| local_subtree(&ctx.root, dir, &ctx.filter))
+            .flat_map(|dir| facts::local_subtree(&ctx.root, dir, &ctx.filter))
             .collect();
         if !below.is_empty() {
             send.extend(below.iter().map(Vec::as_slice));
@@ -722,7 +723,7 @@ impl Runner {
         };
         let mut stdin = Vec::new();
         if ctx.filter.enabled {
-            for path in excluded_paths(&ctx.root, &ctx.filter) {
+            for path in facts::excluded_paths(&ctx.root, &ctx.filter) {
                 stdin.extend(argv::exclude_rule(&path));
                 stdin.push(0);
             }
@@ -771,7 +772,7 @@ impl Runner {
         }
         rules.rules_on_stdin = !stdin.is_empty();
         if !rules.rules_on_stdin {
-            let top = top_level_dirs(&ctx.root);
+            let top = facts::top_level_dirs(&ctx.root);
             let ways = self
                 .ways(ctx)
                 .min(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
@@ -1223,21 +1224,6 @@ fn refused_at_start(run: &Run) -> bool {
     run.result == RunResult::Exited(5) && crate::failure::policy::at_connection_limit(&run.stderr)
 }
 
-/// The directories directly under `root` (not symlinks to directories), sorted.
-fn top_level_dirs(root: &Path) -> Vec<Vec<u8>> {
-    let mut dirs: Vec<Vec<u8>> = std::fs::read_dir(root)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.file_name().as_bytes().to_vec())
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.sort();
-    dirs
-}
-
 /// A pipe holding `secret` and a newline, whose read end (returned, close-on-exec) belongs
 /// to `identity`, so that rsync running as that user can open it as `/dev/fd/N`: a pipe
 /// is its maker's, mode 0600 (and rsync refuses a password file others can read).
@@ -1352,60 +1338,6 @@ pub fn excluded_with_ancestors(filter: &Filter, path: &[u8], is_dir: bool) -> bo
         .any(|(i, _)| filter.excludes(&path[..i], true))
 }
 
-/// Every path below directory `dir` (relative to `root`), not the ones the filter excludes
-/// or what lies below them, sorted.
-fn local_subtree(root: &Path, dir: &[u8], filter: &Filter) -> Vec<Vec<u8>> {
-    let mut found = Vec::new();
-    let mut stack: Vec<Vec<u8>> = vec![dir.to_vec()];
-    while let Some(rel_dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(root.join(std::ffi::OsStr::from_bytes(&rel_dir)))
-        else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let rel = crate::watch::join(&rel_dir, entry.file_name().as_bytes());
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if filter.excludes(&rel, is_dir) {
-                continue;
-            }
-            if is_dir {
-                stack.push(rel.clone());
-            }
-            found.push(rel);
-        }
-    }
-    found.sort_unstable();
-    found
-}
-
-/// The top-most local paths under `root` that the filter excludes (their subtrees are not
-/// walked).
-fn excluded_paths(root: &Path, filter: &Filter) -> Vec<Vec<u8>> {
-    let mut found = Vec::new();
-    let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
-    while let Some(rel_dir) = stack.pop() {
-        let dir = if rel_dir.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(std::ffi::OsStr::from_bytes(&rel_dir))
-        };
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let rel = crate::watch::join(&rel_dir, name.as_bytes());
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if filter.excludes(&rel, is_dir) {
-                found.push(rel);
-            } else if is_dir {
-                stack.push(rel);
-            }
-        }
-    }
-    found
-}
-
 /// A one-line summary of a batch for logs.
 pub fn describe_batch(entries: &[(Vec<u8>, Action)]) -> String {
     let removed = entries
@@ -1413,32 +1345,6 @@ pub fn describe_batch(entries: &[(Vec<u8>, Action)]) -> String {
         .filter(|(_, a)| matches!(a, Action::Remove { .. }))
         .count();
     format!("{} paths ({} removals)", entries.len(), removed)
-}
-
-/// Whether an ancestor of `path` (below the root) exists and is not a directory (a file,
-/// a symlink — also one to a directory — or another type). `checked` caches the answer
-/// per ancestor for one batch.
-fn below_a_non_directory(root: &Path, path: &[u8], checked: &mut HashMap<Vec<u8>, bool>) -> bool {
-    let mut end = 0;
-    while let Some(at) = path[end..].iter().position(|&b| b == b'/') {
-        end += at;
-        let ancestor = &path[..end];
-        let not_a_dir = match checked.get(ancestor) {
-            Some(&known) => known,
-            None => {
-                let meta =
-                    std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(ancestor)));
-                let known = meta.is_ok_and(|m| !m.is_dir());
-                checked.insert(ancestor.to_vec(), known);
-                known
-            }
-        };
-        if not_a_dir {
-            return true;
-        }
-        end += 1;
-    }
-    false
 }
 
 /// The changes pending when a full sync started, as they must still be sent after it.
@@ -1493,36 +1399,6 @@ mod tests {
                 "{pending:?} covered={covered}"
             );
         }
-    }
-
-    #[test]
-    fn paths_below_files_and_symlinks() {
-        let root = std::env::temp_dir().join(format!("sersync-below-{}", std::process::id()));
-        std::fs::create_dir_all(root.join("d/sub")).unwrap();
-        std::fs::write(root.join("f"), b"").unwrap();
-        std::fs::write(root.join("d/file"), b"").unwrap();
-        std::os::unix::fs::symlink("d", root.join("s")).unwrap();
-        std::os::unix::fs::symlink("nowhere", root.join("dangling")).unwrap();
-        let table: &[(&str, bool)] = &[
-            ("top", false),
-            ("d/x", false),
-            ("d/sub/x", false),
-            ("missing/x", false),
-            ("f/x", true),
-            ("d/file/x/y", true),
-            ("s/x", true),
-            ("s/sub/x", true),
-            ("dangling/x", true),
-        ];
-        let mut checked = HashMap::new();
-        for (path, below) in table {
-            assert_eq!(
-                below_a_non_directory(&root, path.as_bytes(), &mut checked),
-                *below,
-                "{path}"
-            );
-        }
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
