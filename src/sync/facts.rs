@@ -6,7 +6,28 @@ use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::plan::Local;
 use crate::config::Filter;
+use crate::queue::Batch;
+
+/// What is at each of the batch's paths, in the batch's order (see [`Local`]).
+pub(super) fn entries(root: &Path, batch: &Batch) -> Vec<Local> {
+    let mut ancestors_checked: HashMap<Vec<u8>, bool> = HashMap::new();
+    batch
+        .entries
+        .iter()
+        .map(|(path, _)| {
+            if below_a_non_directory(root, path, &mut ancestors_checked) {
+                return Local::BelowNonDirectory;
+            }
+            match std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(path))) {
+                Ok(meta) if meta.is_dir() => Local::Directory,
+                Ok(_) => Local::Other,
+                Err(_) => Local::Missing,
+            }
+        })
+        .collect()
+}
 
 /// Whether an ancestor of `path` (below the root) exists and is not a directory (a file,
 /// a symlink — also one to a directory — or another type). `checked` caches the answer

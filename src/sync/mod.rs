@@ -12,6 +12,10 @@
 pub mod argv;
 mod facts;
 pub mod identity;
+mod plan;
+
+use plan::{At, Plan, Run, RunSpec};
+pub use plan::{after_full_sync, excluded_with_ancestors};
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Filter;
 use crate::queue::{Action, Batch, Job, LaneId, RelPath};
-use argv::{FullSyncRules, Transport};
+use argv::Transport;
 
 /// How an rsync run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,20 +157,6 @@ impl JobContext {
         }
         Ok(())
     }
-
-    /// Why a run that deletes on the remote must not run now (see [`crate::guard`]).
-    fn deletion_refusal(&self) -> Option<String> {
-        if self.guard_released {
-            return None;
-        }
-        self.deletions_held.clone().or_else(|| {
-            crate::guard::refusal(
-                &self.root,
-                self.recorded_fs.as_ref(),
-                self.delete_guard.sentinel.as_deref(),
-            )
-        })
-    }
 }
 
 const STDERR_KEEP: usize = 16 * 1024;
@@ -276,7 +266,15 @@ impl Runner {
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match context
                     .take_identity()
                 {
-                    Ok(()) => runner.execute(&job, &context),
+                    Ok(()) => Plan {
+                        edge: &mut JobEdge {
+                            runner: &runner,
+                            lane: job.lane(),
+                            ctx: &context,
+                        },
+                        args_budget: runner.path_args_budget,
+                    }
+                    .job(&job, &context),
                     Err(failed) => failed,
                 }))
                 .unwrap_or_else(|panic| {
@@ -446,356 +444,6 @@ impl Runner {
         out
     }
 
-    fn execute(&self, job: &Job, ctx: &JobContext) -> Run {
-        match job {
-            Job::Batch(batch) => self.execute_batch(batch, ctx),
-            Job::FullSync { lane, reason, then } => {
-                if ctx.propagate_deletes && *reason != crate::queue::FullSyncReason::Forced {
-                    if let Some(refused) = self.full_sync_refusal(*lane, ctx) {
-                        return refused;
-                    }
-                }
-                let run = self.execute_full_sync(*lane, *reason, ctx);
-                if !run.result.is_done() || then.is_empty() {
-                    return run;
-                }
-                // The changes that were pending when the full sync started.
-                let covered = ctx.propagate_deletes
-                    && !ctx.filter.enabled
-                    && (*reason != crate::queue::FullSyncReason::Scheduled
-                        || ctx.crontab_excludes.is_empty());
-                let batch = Batch {
-                    lane: *lane,
-                    entries: after_full_sync(then, covered),
-                    renames: Vec::new(),
-                };
-                if *reason == crate::queue::FullSyncReason::Forced {
-                    // The operator vouched for the root as it is: its pending deletions go
-                    // with the forced full sync (held again, they would bring it back).
-                    let released = JobContext {
-                        guard_released: true,
-                        ..ctx.clone()
-                    };
-                    return self.execute_batch(&batch, &released);
-                }
-                self.execute_batch(&batch, ctx)
-            }
-        }
-    }
-
-    fn execute_batch(&self, batch: &Batch, ctx: &JobContext) -> Run {
-        let lane = batch.lane;
-        let seeded = self.seed_renames(batch, ctx);
-        // What no longer exists locally (or was replaced) is deleted on the
-        // remote first; what exists is sent. rsync never sees a missing argument.
-        let mut delete: Vec<&[u8]> = Vec::new();
-        let mut send: Vec<&[u8]> = Vec::new();
-        // A directory the batch removes or replaces, that is a directory again now: the
-        // changes below it were folded into that removal, so its remote copy is purged
-        // and everything in it now is sent.
-        let mut whole: Vec<&[u8]> = Vec::new();
-        // Dirty directories (a lane over its cap folded its paths into them): synced
-        // recursively, with deletions, after the rest.
-        let mut trees: Vec<&[u8]> = Vec::new();
-        let mut ancestors_checked: HashMap<Vec<u8>, bool> = HashMap::new();
-        for (path, action) in &batch.entries {
-            if facts::below_a_non_directory(&ctx.root, path, &mut ancestors_checked) {
-                // An ancestor is a file or a symlink now: nothing below it exists, here or
-                // (once that ancestor's own change is sent, which replaces it whole) on
-                // the remote. A deletion run for this path would even turn the file or
-                // symlink the remote has at that ancestor into a directory (its skeleton).
-                continue;
-            }
-            let meta = std::fs::symlink_metadata(ctx.root.join(std::ffi::OsStr::from_bytes(path)));
-            if *action == Action::Tree && meta.as_ref().is_ok_and(std::fs::Metadata::is_dir) {
-                trees.push(path);
-                continue;
-            }
-            let exists = meta.is_ok();
-            let dir_again = meta.is_ok_and(|m| m.is_dir())
-                && matches!(action, Action::Remove { dir: true } | Action::Replace);
-            // A dirty directory that is gone, or no longer a directory, is purged like a
-            // replaced one.
-            let deleted = !exists || matches!(action, Action::Replace | Action::Tree) || dir_again;
-            if deleted {
-                delete.push(path.as_slice());
-            }
-            if dir_again && !path.is_empty() {
-                whole.push(path);
-            }
-            // A rename seed delivered its subtree already, except what the deletion run
-            // (which comes after the seeds, since they copy from the old path) purges.
-            if exists && (deleted || !seeded.iter().any(|to| under(path, to))) {
-                send.push(path);
-            }
-        }
-        let below: Vec<Vec<u8>> = whole
-            .iter()
-            .flat_map(|dir| facts::local_subtree(&ctx.root, dir, &ctx.filter))
-            .collect();
-        if !below.is_empty() {
-            send.extend(below.iter().map(Vec::as_slice));
-            send.sort_unstable();
-            send.dedup();
-        }
-        if ctx.propagate_deletes && !(delete.is_empty() && trees.is_empty()) {
-            if let Some(reason) = ctx.deletion_refusal() {
-                // Deletions wait for the root's filesystem; what exists is still sent.
-                let held: Vec<RelPath> = delete.iter().chain(&trees).map(|p| p.to_vec()).collect();
-                if !send.is_empty() {
-                    let (argv, stdin) =
-                        argv::batch_listed(&ctx.transport, &send, self.path_args_budget);
-                    let sent = self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false);
-                    if !sent.result.is_done() {
-                        return sent;
-                    }
-                }
-                // What is new or changed in a held dirty directory still goes (without
-                // deleting anything); the directory stays held for its deletions.
-                let additions: Vec<&[u8]> = trees
-                    .iter()
-                    .copied()
-                    .filter(|tree| !tree.is_empty())
-                    .collect();
-                if !additions.is_empty() {
-                    let (argv, stdin) = argv::trees(&ctx.transport, false, &additions);
-                    let sent = self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false);
-                    if !sent.result.is_done() {
-                        return sent;
-                    }
-                }
-                return Run::ended(RunResult::Guarded {
-                    reason,
-                    held,
-                    latch: false,
-                });
-            }
-        }
-        if ctx.propagate_deletes && !delete.is_empty() {
-            let groups = argv::deletion_groups(delete.iter().copied(), self.ways(ctx));
-            let mut ancestors: Vec<Vec<u8>> =
-                groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
-            ancestors.sort_unstable();
-            ancestors.dedup();
-            let skeleton = match self.skeleton(&ancestors, ctx) {
-                Ok(dir) => dir,
-                Err(err) => {
-                    return Run::ended(RunResult::SpawnFailed {
-                        kind: err.kind(),
-                        message: format!("cannot prepare the deletion run: {err}"),
-                    });
-                }
-            };
-            let argv = argv::deletion(&ctx.transport);
-            // Disjoint subtrees: the runs cannot delete each other's paths.
-            let split = groups.len() > 1;
-            let runs = groups
-                .into_iter()
-                .map(|(rules, _)| (argv.clone(), rules))
-                .collect();
-            let mut run = self.run_concurrently(lane, runs, skeleton.cwd(), ctx);
-            if split && refused_at_start(&run) {
-                self.go_serial(ctx);
-                let (rules, _) = argv::deletion_rules(delete.iter().copied());
-                run = self.run(lane, &argv, skeleton.cwd(), rules, ctx, false);
-            }
-            drop(skeleton);
-            if !run.result.is_done() {
-                // A deletion the receiver refused (exit 23) must not hold back the
-                // sends of the batch: they are independent paths. Anything else
-                // (the remote is unreachable, a configuration error) fails the
-                // whole batch at once.
-                if run.result != RunResult::Exited(23) || (send.is_empty() && trees.is_empty()) {
-                    return run;
-                }
-                let sent = self.send_and_sync_trees(lane, &send, &trees, ctx);
-                return Run::worst([run, sent]);
-            }
-        }
-        self.send_and_sync_trees(lane, &send, &trees, ctx)
-    }
-
-    /// Sends `send` (as listed), then makes the remote copies of the directories `trees`
-    /// equal to them, recursively. The root itself folded into one (it is then a full
-    /// sync in all but name), or any under a `<filter>` (which rsync cannot apply by
-    /// itself), are done by a full sync, with its guards.
-    fn send_and_sync_trees(
-        &self,
-        lane: LaneId,
-        send: &[&[u8]],
-        trees: &[&[u8]],
-        ctx: &JobContext,
-    ) -> Run {
-        let sent = if send.is_empty() {
-            Run::ended(RunResult::Exited(0))
-        } else {
-            let (argv, stdin) = argv::batch_listed(&ctx.transport, send, self.path_args_budget);
-            self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false)
-        };
-        if trees.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
-            return sent;
-        }
-        let synced = if ctx.filter.enabled || trees.iter().any(|tree| tree.is_empty()) {
-            let rescan = crate::queue::FullSyncReason::Rescan;
-            let refused = if ctx.propagate_deletes {
-                self.full_sync_refusal(lane, ctx)
-            } else {
-                None
-            };
-            refused.unwrap_or_else(|| self.execute_full_sync(lane, rescan, ctx))
-        } else {
-            let (argv, stdin) = argv::trees(&ctx.transport, ctx.propagate_deletes, trees);
-            self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false)
-        };
-        match synced.result {
-            // Held, the dirty directories wait (with what failed to send, so that nothing
-            // counts as delivered that was not).
-            RunResult::Guarded { reason, latch, .. } => {
-                let mut held: Vec<RelPath> = trees.iter().map(|p| p.to_vec()).collect();
-                if !sent.result.is_done() {
-                    held.extend(send.iter().map(|p| p.to_vec()));
-                }
-                Run::ended(RunResult::Guarded {
-                    reason,
-                    held,
-                    latch,
-                })
-            }
-            _ => Run::worst([sent, synced]),
-        }
-    }
-
-    /// Why a full sync with `--delete` must not run now, as a guarded run (see
-    /// [`crate::guard`]); a failed listing of the remote is returned as that failure.
-    fn full_sync_refusal(&self, lane: LaneId, ctx: &JobContext) -> Option<Run> {
-        let guarded = |reason: String| {
-            Some(Run::ended(RunResult::Guarded {
-                reason,
-                held: Vec::new(),
-                latch: false,
-            }))
-        };
-        if let Some(reason) = ctx.deletion_refusal() {
-            return guarded(reason);
-        }
-        match crate::guard::is_empty(&ctx.root) {
-            Ok(false) => None,
-            Err(err) => guarded(format!("cannot read the root: {err}")),
-            Ok(true) => {
-                // Only an empty root costs a listing of the remote's top level.
-                let listing = self.run(
-                    lane,
-                    &argv::list_top(&ctx.transport),
-                    Cwd::Tree(&ctx.root),
-                    Vec::new(),
-                    ctx,
-                    true,
-                );
-                if !listing.result.is_done() {
-                    return Some(listing);
-                }
-                if argv::listing_has_entries(&listing.stdout) {
-                    guarded(
-                        "the root is empty while the remote is not: a full sync would delete \
-                         everything there"
-                            .to_owned(),
-                    )
-                } else {
-                    None
-                }
-            }
-        }
-    }
-
-    fn execute_full_sync(
-        &self,
-        lane: LaneId,
-        reason: crate::queue::FullSyncReason,
-        ctx: &JobContext,
-    ) -> Run {
-        let mut rules = FullSyncRules {
-            glob_excludes: if reason == crate::queue::FullSyncReason::Scheduled {
-                ctx.crontab_excludes.clone()
-            } else {
-                Vec::new()
-            },
-            rules_on_stdin: ctx.filter.enabled,
-        };
-        let mut stdin = Vec::new();
-        if ctx.filter.enabled {
-            for path in facts::excluded_paths(&ctx.root, &ctx.filter) {
-                stdin.extend(argv::exclude_rule(&path));
-                stdin.push(0);
-            }
-        }
-        // Remote-only paths that the filter excludes must survive --delete, and the
-        // replica guard must know how much the full sync would delete: both are asked of
-        // rsync by a dry run of the same full sync.
-        let protect_excluded = ctx.filter.enabled && ctx.propagate_deletes;
-        let count_deletions = ctx.propagate_deletes
-            && reason != crate::queue::FullSyncReason::Forced
-            && !ctx.guard_released
-            && crate::guard::limits_deletions(&ctx.delete_guard);
-        if protect_excluded || count_deletions {
-            let argv = argv::full_sync(&ctx.transport, true, &rules, true);
-            let run = self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin.clone(), ctx, true);
-            // An unreadable entry (exit 23) does not stop the count: rsync lists what it
-            // would delete all the same (and deletes nothing after an I/O error). The
-            // protection of excluded paths needs a complete list.
-            let partial = run.result == RunResult::Exited(23);
-            if !(run.result.is_done() || (partial && !protect_excluded)) {
-                return run;
-            }
-            let mut protected = 0;
-            if protect_excluded {
-                for (path, is_dir) in argv::parse_deletions(&run.stdout) {
-                    if excluded_with_ancestors(&ctx.filter, &path, is_dir) {
-                        stdin.extend(argv::protect_rule(&path));
-                        stdin.push(0);
-                        protected += 1;
-                    }
-                }
-            }
-            if count_deletions {
-                let mut preview = crate::guard::FullSyncPreview::parse(&run.stdout);
-                // What the filter protects is not deleted, and stays on the remote.
-                preview.deleted = preview.deleted.saturating_sub(protected);
-                preview.kept = preview.kept.map(|kept| kept + protected);
-                if let Some(reason) = preview.refusal(&ctx.delete_guard) {
-                    return Run::ended(RunResult::Guarded {
-                        reason,
-                        held: Vec::new(),
-                        latch: true,
-                    });
-                }
-            }
-        }
-        rules.rules_on_stdin = !stdin.is_empty();
-        if !rules.rules_on_stdin {
-            let top = facts::top_level_dirs(&ctx.root);
-            let ways = self
-                .ways(ctx)
-                .min(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
-            if let Some(argvs) = argv::full_sync_split(
-                &ctx.transport,
-                ctx.propagate_deletes,
-                &rules,
-                &top,
-                ways,
-                self.path_args_budget,
-            ) {
-                let runs = argvs.into_iter().map(|argv| (argv, Vec::new())).collect();
-                let run = self.run_concurrently(lane, runs, Cwd::Tree(&ctx.root), ctx);
-                if !refused_at_start(&run) {
-                    return run;
-                }
-                self.go_serial(ctx);
-            }
-        }
-        let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, &rules, false);
-        self.run(lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false)
-    }
-
     /// A fresh directory under the runner's scratch space holding only `dirs` (empty
     /// ancestors of the paths a deletion run removes); removed on drop.
     ///
@@ -862,65 +510,6 @@ impl Runner {
         Ok(skeleton)
     }
 
-    /// Rebuilds renamed directories on the remote from their old copies; returns the
-    /// `to` paths whose subtree was delivered that way (the batch skips them).
-    fn seed_renames(&self, batch: &crate::queue::Batch, ctx: &JobContext) -> Vec<Vec<u8>> {
-        let mut seeded = Vec::new();
-        if batch.renames.is_empty() {
-            return seeded;
-        }
-        // A seed run writes into DEST/NEW/, and the receiver follows whatever is there:
-        // a symlink left at NEW (the old occupant of the name) would take the whole
-        // subtree elsewhere. The new directories are sent first, as directories (a
-        // symlink or file in their place is replaced); only then are they seeded.
-        let targets: Vec<&[u8]> = batch
-            .renames
-            .iter()
-            .map(|(_, to)| to.as_slice())
-            .filter(|to| !to.is_empty())
-            .collect();
-        let (argv, stdin) = argv::batch_listed(&ctx.transport, &targets, self.path_args_budget);
-        let made = self.run(batch.lane, &argv, Cwd::Tree(&ctx.root), stdin, ctx, false);
-        if !matches!(made.result, RunResult::Exited(0)) {
-            tracing::debug!(
-                result = ?made.result,
-                "rename shortcut not taken: {}",
-                made.stderr.lines().last().unwrap_or("")
-            );
-            return seeded;
-        }
-        for (from, to) in &batch.renames {
-            let list: Vec<Vec<u8>> = batch
-                .entries
-                .iter()
-                .filter(|(p, _)| under(p, to))
-                .map(|(p, _)| {
-                    if p == to {
-                        Vec::new()
-                    } else {
-                        p[to.len() + 1..].to_vec()
-                    }
-                })
-                .collect();
-            let paths: Vec<&[u8]> = list.iter().map(|p| p.as_slice()).collect();
-            let (argv, stdin) =
-                argv::rename_seed(&ctx.transport, from, to, &paths, self.path_args_budget);
-            let cwd = ctx.root.join(std::ffi::OsStr::from_bytes(to));
-            let run = self.run(batch.lane, &argv, Cwd::Tree(&cwd), stdin, ctx, false);
-            if matches!(run.result, RunResult::Exited(0)) {
-                seeded.push(to.clone());
-            } else {
-                // Not fatal: the batch sends the subtree the ordinary way.
-                tracing::debug!(
-                    result = ?run.result,
-                    "rename shortcut not taken: {}",
-                    run.stderr.lines().last().unwrap_or("")
-                );
-            }
-        }
-        seeded
-    }
-
     /// How many concurrent runs a job for this destination may use.
     fn ways(&self, ctx: &JobContext) -> usize {
         let serial = self
@@ -951,20 +540,20 @@ impl Runner {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    /// Runs `(argv, stdin)` pairs at once in `cwd`; returns the run that decides the
-    /// outcome (the first failure, else the first exit 24, else the first).
+    /// Runs `(argv, stdin, capture_stdout)` at once in `cwd`; their results in the same
+    /// order.
     fn run_concurrently(
         &self,
         lane: LaneId,
-        runs: Vec<(Vec<OsString>, Vec<u8>)>,
+        runs: Vec<(Vec<OsString>, Vec<u8>, bool)>,
         cwd: Cwd<'_>,
         ctx: &JobContext,
-    ) -> Run {
-        let done: Vec<Run> = std::thread::scope(|scope| {
+    ) -> Vec<Run> {
+        std::thread::scope(|scope| {
             let handles: Vec<_> = runs
                 .into_iter()
-                .map(|(argv, stdin)| {
-                    scope.spawn(move || self.run(lane, &argv, cwd, stdin, ctx, false))
+                .map(|(argv, stdin, capture)| {
+                    scope.spawn(move || self.run(lane, &argv, cwd, stdin, ctx, capture))
                 })
                 .collect();
             handles
@@ -976,8 +565,7 @@ impl Runner {
                     })
                 })
                 .collect()
-        });
-        Run::worst(done)
+        })
     }
 
     /// Runs rsync once, when one of the `-n` process slots is free, with the credentials
@@ -1204,6 +792,124 @@ impl Runner {
     }
 }
 
+/// The process side of one job: what its [`Plan`] asks for, carried out.
+struct JobEdge<'a> {
+    runner: &'a Runner,
+    lane: LaneId,
+    ctx: &'a JobContext,
+}
+
+impl JobEdge<'_> {
+    /// A skeleton for a deletion run, or the run that could not start without it.
+    fn skeleton(&self, dirs: &[Vec<u8>]) -> Result<Skeleton, Run> {
+        self.runner.skeleton(dirs, self.ctx).map_err(|err| {
+            Run::ended(RunResult::SpawnFailed {
+                kind: err.kind(),
+                message: format!("cannot prepare the deletion run: {err}"),
+            })
+        })
+    }
+}
+
+impl plan::Edge for JobEdge<'_> {
+    fn run(&mut self, spec: RunSpec) -> Run {
+        let RunSpec {
+            argv,
+            stdin,
+            at,
+            capture_stdout,
+        } = spec;
+        let (runner, lane, ctx) = (self.runner, self.lane, self.ctx);
+        match at {
+            At::Root => runner.run(
+                lane,
+                &argv,
+                Cwd::Tree(&ctx.root),
+                stdin,
+                ctx,
+                capture_stdout,
+            ),
+            At::Below(dir) => {
+                let cwd = ctx.root.join(std::ffi::OsStr::from_bytes(&dir));
+                runner.run(lane, &argv, Cwd::Tree(&cwd), stdin, ctx, capture_stdout)
+            }
+            At::Skeleton(dirs) => match self.skeleton(&dirs) {
+                Ok(skeleton) => runner.run(lane, &argv, skeleton.cwd(), stdin, ctx, capture_stdout),
+                Err(failed) => failed,
+            },
+        }
+    }
+
+    fn run_concurrently(&mut self, specs: Vec<RunSpec>) -> Vec<Run> {
+        let Some(first) = specs.first() else {
+            return Vec::new();
+        };
+        let below;
+        let skeleton;
+        let cwd = match &first.at {
+            At::Root => Cwd::Tree(&self.ctx.root),
+            At::Below(dir) => {
+                below = self.ctx.root.join(std::ffi::OsStr::from_bytes(dir));
+                Cwd::Tree(&below)
+            }
+            At::Skeleton(dirs) => match self.skeleton(dirs) {
+                Ok(made) => {
+                    skeleton = made;
+                    skeleton.cwd()
+                }
+                Err(failed) => return vec![failed],
+            },
+        };
+        let runs = specs
+            .into_iter()
+            .map(|spec| (spec.argv, spec.stdin, spec.capture_stdout))
+            .collect();
+        self.runner.run_concurrently(self.lane, runs, cwd, self.ctx)
+    }
+
+    fn ways(&self) -> usize {
+        self.runner.ways(self.ctx)
+    }
+
+    fn go_serial(&mut self) {
+        self.runner.go_serial(self.ctx);
+    }
+
+    fn cores(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+
+    fn entries(&mut self, batch: &Batch) -> Vec<plan::Local> {
+        facts::entries(&self.ctx.root, batch)
+    }
+
+    fn subtrees(&mut self, dirs: &[&[u8]]) -> Vec<Vec<u8>> {
+        dirs.iter()
+            .flat_map(|dir| facts::local_subtree(&self.ctx.root, dir, &self.ctx.filter))
+            .collect()
+    }
+
+    fn guard_refusal(&mut self) -> Option<String> {
+        crate::guard::refusal(
+            &self.ctx.root,
+            self.ctx.recorded_fs.as_ref(),
+            self.ctx.delete_guard.sentinel.as_deref(),
+        )
+    }
+
+    fn root_is_empty(&mut self) -> std::io::Result<bool> {
+        crate::guard::is_empty(&self.ctx.root)
+    }
+
+    fn excluded_paths(&mut self) -> Vec<Vec<u8>> {
+        facts::excluded_paths(&self.ctx.root, &self.ctx.filter)
+    }
+
+    fn top_level_dirs(&mut self) -> Vec<Vec<u8>> {
+        facts::top_level_dirs(&self.ctx.root)
+    }
+}
+
 /// Bytes read plus bytes written by process `pid` so far (`rchar + wchar` of
 /// `/proc/PID/io`: every read(2) and write(2), sockets and pipes included).
 fn io_bytes(pid: u32) -> Option<u64> {
@@ -1214,14 +920,6 @@ fn io_bytes(pid: u32) -> Option<u64> {
             .and_then(|value| value.trim().parse::<u64>().ok())
     };
     Some(field("rchar:")? + field("wchar:")?)
-}
-
-/// Whether a run of a concurrent set was turned away by the module's `max connections`
-/// (rsync exit 5 with the daemon's `@ERROR: max connections (N) reached`), so the work is
-/// worth one more try as a single run. Other start-up failures (auth, unknown module)
-/// are reported as they are.
-fn refused_at_start(run: &Run) -> bool {
-    run.result == RunResult::Exited(5) && crate::failure::policy::at_connection_limit(&run.stderr)
 }
 
 /// A pipe holding `secret` and a newline, whose read end (returned, close-on-exec) belongs
@@ -1270,74 +968,6 @@ impl Drop for Skeleton {
     }
 }
 
-struct Run {
-    result: RunResult,
-    stderr: String,
-    truncated: bool,
-    stdout: Vec<u8>,
-}
-
-impl Run {
-    /// A run that ended as `result` with nothing on stdout or stderr.
-    fn ended(result: RunResult) -> Run {
-        Run {
-            result,
-            stderr: String::new(),
-            truncated: false,
-            stdout: Vec::new(),
-        }
-    }
-
-    /// What several runs of one job amount to: the worst result (a failure, else exit
-    /// 24, else success), with the stderr of every run that did not succeed, so that
-    /// the paths each of them failed on can all be read.
-    fn worst(runs: impl IntoIterator<Item = Run>) -> Run {
-        let rank = |result: &RunResult| match result {
-            RunResult::Exited(0) => 3,
-            RunResult::Exited(24) => 2,
-            RunResult::Exited(23) => 1,
-            _ => 0,
-        };
-        let mut worst: Option<Run> = None;
-        let mut stderr = String::new();
-        let mut truncated = false;
-        for run in runs {
-            if !matches!(run.result, RunResult::Exited(0)) {
-                stderr.push_str(&run.stderr);
-                truncated |= run.truncated;
-            }
-            if worst
-                .as_ref()
-                .is_none_or(|w| rank(&run.result) < rank(&w.result))
-            {
-                worst = Some(run);
-            }
-        }
-        let mut run = worst.unwrap_or_else(|| Run::ended(RunResult::Exited(0)));
-        if !matches!(run.result, RunResult::Exited(0)) {
-            run.stderr = stderr;
-            run.truncated = truncated;
-        }
-        run
-    }
-}
-
-/// Whether `path` is `dir` or lies below it.
-fn under(path: &[u8], dir: &[u8]) -> bool {
-    path == dir || (path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/')
-}
-
-/// Whether `path` or any of its ancestors is excluded by the filter.
-pub fn excluded_with_ancestors(filter: &Filter, path: &[u8], is_dir: bool) -> bool {
-    if filter.excludes(path, is_dir) {
-        return true;
-    }
-    path.iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'/')
-        .any(|(i, _)| filter.excludes(&path[..i], true))
-}
-
 /// A one-line summary of a batch for logs.
 pub fn describe_batch(entries: &[(Vec<u8>, Action)]) -> String {
     let removed = entries
@@ -1345,24 +975,6 @@ pub fn describe_batch(entries: &[(Vec<u8>, Action)]) -> String {
         .filter(|(_, a)| matches!(a, Action::Remove { .. }))
         .count();
     format!("{} paths ({} removals)", entries.len(), removed)
-}
-
-/// The changes pending when a full sync started, as they must still be sent after it.
-/// A full sync that covered the whole tree with deletions (`covered`) already purged what
-/// a removed or replaced directory left on the remote: purging it again would delete, and
-/// send once more, a directory that was just made equal (and leave the replica without it
-/// in between). What it may have missed is only a rewrite its quick check cannot see, which
-/// sending the path again covers.
-pub fn after_full_sync(then: &[(RelPath, Action)], covered: bool) -> Vec<(RelPath, Action)> {
-    then.iter()
-        .map(|(path, action)| {
-            let action = match action {
-                Action::Replace | Action::Remove { .. } | Action::Tree if covered => Action::Sync,
-                other => *other,
-            };
-            (path.clone(), action)
-        })
-        .collect()
 }
 
 /// The text a panic was raised with, when it has one.
