@@ -1,13 +1,28 @@
 //! Running rsync: one process per batch per remote, as an argument vector.
 //!
-//! A [`Job`] from the queue becomes one or two rsync runs (a purge before a batch that
-//! replaces directories; a dry run before a filtered full sync, to find remote-only
-//! excluded paths that must be protected from `--delete`). Each job runs on its own thread
-//! and reports an [`Outcome`] through a callback; the daemon decides what a failure means.
+//! A [`Job`] from the queue becomes a few rsync runs (rename seeds, a purge of what no
+//! longer exists, the send run, the dirty directories; a dry run before a filtered or
+//! guarded full sync). Each job runs on its own thread and reports an [`Outcome`] through
+//! a callback; the daemon decides what a failure means.
 //!
-//! Architecture invariant: this is the only module that spawns processes, and it never
-//! builds shell text: options and listed paths are argv elements (paths as `./path`, or
-//! NUL-separated on stdin when a list is too long for the command line).
+//! Which runs, in what order, with which argv and listed paths, and what their results
+//! amount to, is decided purely, as in ntpd-rs (`ntp-proto` decides, `ntpd` acts):
+//! - `argv` (pure): the argument vectors and filter rules.
+//! - `plan` (pure: no file, no process, no clock): a job's runs and how their results
+//!   combine (`Run::worst`); it asks its edge for every run and for each fact about
+//!   the local tree when it needs it, so a table can stand in for both (`plan/tests.rs`).
+//! - `facts`: those facts, read from the filesystem (what is at a path, the subtree of a
+//!   replaced directory, what the filter excludes, the top-level directories).
+//! - `process`: the edge: process slots (`-n`), spawning with the run's credentials
+//!   (`identity`; pre_exec, the password pipe, skeleton directories), stderr's tail, the
+//!   PIDs that [`Runner::terminate_all`] ends and [`Runner::silence`] watches.
+//! - this file: the contract with the daemon ([`Runner`], [`JobContext`], [`Outcome`],
+//!   [`RunResult`]).
+//!
+//! Architecture invariant: only `sync` (rsync) and the command plugin spawn processes,
+//! and here only `process` does. No shell text is ever built: options and listed paths are
+//! argv elements (paths as `./path`, or NUL-separated on stdin when a list is too long for
+//! the command line).
 
 pub mod argv;
 mod facts;

@@ -2,12 +2,13 @@
 //! with which argv and listed paths, and what their results amount to.
 //!
 //! The plan reads no file, starts no process and reads no clock. It asks its [`Edge`]
-//! (the process side, `super::Runner`) for each run and for the facts it needs about the
+//! (the process side, `super::process`) for each run and for the facts it needs about the
 //! local tree (gathered by `super::facts` at the moment the plan needs them, as plain
 //! data), and decides from what comes back: a later run can depend on an earlier one (a
 //! rename seed that worked spares a send, a dry run's output protects remote-only
 //! excluded paths, a module at `max connections` gets its split runs again as one). The
-//! tests give it a table of facts and results instead (`plan/tests.rs`).
+//! tests give it a table of facts and results instead (`plan/tests.rs`). (One clock read
+//! remains below it: `argv` dates `<softDelete>`'s directory with today's date.)
 //!
 //! A batch: rename seeds (`--copy-dest`), then one deletion run (from a skeleton of
 //! ancestors, include/exclude rules, possibly split over disjoint subtrees) for what no

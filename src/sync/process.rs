@@ -412,7 +412,7 @@ impl StderrTail {
     }
 }
 
-/// The process side of one job: what its [`Plan`] asks for, carried out.
+/// The process side of one job: what its `Plan` asks for, carried out.
 pub(super) struct JobEdge<'a> {
     pub(super) runner: &'a Runner,
     pub(super) lane: LaneId,
