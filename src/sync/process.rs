@@ -464,6 +464,8 @@ impl plan::Edge for JobEdge<'_> {
         let Some(first) = specs.first() else {
             return Vec::new();
         };
+        // One working directory (one skeleton) for all of them.
+        debug_assert!(specs.iter().all(|spec| spec.at == first.at));
         let below;
         let skeleton;
         let cwd = match &first.at {
