@@ -1,0 +1,652 @@
+//! What a job does, decided without touching anything: which rsync runs, in what order,
+//! with which argv and listed paths, and what their results amount to.
+//!
+//! The plan reads no file, starts no process and reads no clock. It asks its [`Edge`]
+//! (the process side, `super::process`) for each run and for the facts it needs about the
+//! local tree (gathered by `super::facts` at the moment the plan needs them, as plain
+//! data), and decides from what comes back: a later run can depend on an earlier one (a
+//! rename seed that worked spares a send, a dry run's output protects remote-only
+//! excluded paths, a module at `max connections` gets its split runs again as one). The
+//! tests give it a table of facts and results instead (`plan/tests.rs`). (One clock read
+//! remains below it: `argv` dates `<softDelete>`'s directory with today's date.)
+//!
+//! A batch: rename seeds (`--copy-dest`), then one deletion run (from a skeleton of
+//! ancestors, include/exclude rules, possibly split over disjoint subtrees) for what no
+//! longer exists or was replaced, then the send run for what exists, then the dirty
+//! directories (`Action::Tree`) recursively, or a full sync when the root is one of them
+//! or `<filter>` is on. A full sync: the replica guard's checks, a dry run first when
+//! `<filter>` is on or deletions are limited, then one run or a split over top-level
+//! directories, then the changes that were pending when it started.
+
+use std::ffi::OsString;
+
+use super::argv::{self, FullSyncRules};
+use super::{JobContext, RunResult};
+use crate::config::Filter;
+use crate::queue::{Action, Batch, FullSyncReason, Job, RelPath};
+
+#[cfg(test)]
+mod tests;
+
+/// What is at a batch's path when its job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// An ancestor (below the root) is a file, a symlink or another non-directory: nothing
+    /// below it exists, here or (once that ancestor's own change is sent) on the remote.
+    BelowNonDirectory,
+    /// Nothing (or nothing the daemon can see).
+    Missing,
+    Directory,
+    /// A file, a symlink (also one to a directory), or another type.
+    Other,
+}
+
+/// Where a run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum At {
+    /// The watch root.
+    Root,
+    /// A directory of the tree, relative to the root (a renamed directory's new path, for
+    /// its rename seed).
+    Below(RelPath),
+    /// A fresh skeleton holding only these directories (the empty ancestors of what a
+    /// deletion run removes).
+    Skeleton(Vec<Vec<u8>>),
+}
+
+/// One rsync run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSpec {
+    /// The arguments after `rsync`.
+    pub argv: Vec<OsString>,
+    /// Listed paths or filter rules, NUL-separated (empty: nothing on stdin).
+    pub stdin: Vec<u8>,
+    pub at: At,
+    /// Whether the plan reads what rsync prints (listings, dry runs).
+    pub capture_stdout: bool,
+}
+
+impl RunSpec {
+    fn at_root(argv: Vec<OsString>, stdin: Vec<u8>) -> RunSpec {
+        RunSpec {
+            argv,
+            stdin,
+            at: At::Root,
+            capture_stdout: false,
+        }
+    }
+}
+
+/// How a run (or several) ended, with what it printed.
+#[derive(Debug)]
+pub struct Run {
+    pub result: RunResult,
+    pub stderr: String,
+    /// Whether `stderr` lost its head to the bound.
+    pub truncated: bool,
+    pub stdout: Vec<u8>,
+}
+
+impl Run {
+    /// A run that ended as `result` with nothing on stdout or stderr.
+    pub fn ended(result: RunResult) -> Run {
+        Run {
+            result,
+            stderr: String::new(),
+            truncated: false,
+            stdout: Vec::new(),
+        }
+    }
+
+    /// What several runs of one job amount to: the worst result (a failure, else exit
+    /// 23, else exit 24, else success), with the stderr of every run that did not
+    /// succeed, so that the paths each of them failed on can all be read.
+    pub fn worst(runs: impl IntoIterator<Item = Run>) -> Run {
+        let rank = |result: &RunResult| match result {
+            RunResult::Exited(0) => 3,
+            RunResult::Exited(24) => 2,
+            RunResult::Exited(23) => 1,
+            _ => 0,
+        };
+        let mut worst: Option<Run> = None;
+        let mut stderr = String::new();
+        let mut truncated = false;
+        for run in runs {
+            if !matches!(run.result, RunResult::Exited(0)) {
+                stderr.push_str(&run.stderr);
+                truncated |= run.truncated;
+            }
+            if worst
+                .as_ref()
+                .is_none_or(|w| rank(&run.result) < rank(&w.result))
+            {
+                worst = Some(run);
+            }
+        }
+        let mut run = worst.unwrap_or_else(|| Run::ended(RunResult::Exited(0)));
+        if !matches!(run.result, RunResult::Exited(0)) {
+            run.stderr = stderr;
+            run.truncated = truncated;
+        }
+        run
+    }
+}
+
+/// What the plan asks of the process side: runs, and facts about the local tree and the
+/// destination, each at the moment it needs them.
+pub trait Edge {
+    /// Runs rsync once.
+    fn run(&mut self, spec: RunSpec) -> Run;
+    /// Runs these at once (they touch disjoint paths; all start where the first does);
+    /// their results in the same order.
+    fn run_concurrently(&mut self, specs: Vec<RunSpec>) -> Vec<Run>;
+    /// How many concurrent runs a job for this destination may use now.
+    fn ways(&self) -> usize;
+    /// The destination refused one of several concurrent runs: one run at a time for it
+    /// from now on (and a moment for its side of the others to end).
+    fn go_serial(&mut self);
+    /// How many cores the daemon may use.
+    fn cores(&self) -> usize;
+    /// What is at each of the batch's paths, in the batch's order.
+    fn entries(&mut self, batch: &Batch) -> Vec<Local>;
+    /// Every path below each of `dirs` that the filter does not exclude (each directory's
+    /// paths sorted, the directories in the given order).
+    fn subtrees(&mut self, dirs: &[&[u8]]) -> Vec<Vec<u8>>;
+    /// Why the root's filesystem must not be trusted to delete on the remote
+    /// ([`crate::guard::refusal`]: not the recorded one, no sentinel).
+    fn guard_refusal(&mut self) -> Option<String>;
+    /// Whether the root has no entries at all.
+    fn root_is_empty(&mut self) -> std::io::Result<bool>;
+    /// The top-most local paths the filter excludes.
+    fn excluded_paths(&mut self) -> Vec<Vec<u8>>;
+    /// The directories directly under the root, sorted.
+    fn top_level_dirs(&mut self) -> Vec<Vec<u8>>;
+}
+
+/// What a batch deletes, sends and syncs recursively, from what is at its paths now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lists<'b> {
+    /// What no longer exists (or was replaced, or is a dirty directory that is gone).
+    pub delete: Vec<&'b [u8]>,
+    /// What exists, as listed for the send run.
+    pub send: Vec<&'b [u8]>,
+    /// Directories the batch removed or replaced that are directories again: their remote
+    /// copy is purged and everything in them now is sent.
+    pub whole: Vec<&'b [u8]>,
+    /// Dirty directories that still are directories: synced recursively, after the rest.
+    pub trees: Vec<&'b [u8]>,
+}
+
+/// Sorts a batch's paths by what is at them (`locals`, in the batch's order) into what is
+/// deleted, sent, purged whole and synced recursively. `seeded`: the renamed directories
+/// a rename seed delivered already (their subtree is not sent again).
+pub fn classify<'b>(batch: &'b Batch, locals: &[Local], seeded: &[Vec<u8>]) -> Lists<'b> {
+    let mut lists = Lists::default();
+    for ((path, action), local) in batch.entries.iter().zip(locals) {
+        let (exists, is_dir) = match local {
+            // An ancestor is a file or a symlink now: nothing below it exists, here or
+            // (once that ancestor's own change is sent, which replaces it whole) on the
+            // remote. A deletion run for this path would even turn the file or symlink
+            // the remote has at that ancestor into a directory (its skeleton).
+            Local::BelowNonDirectory => continue,
+            Local::Missing => (false, false),
+            Local::Directory => (true, true),
+            Local::Other => (true, false),
+        };
+        if *action == Action::Tree && is_dir {
+            lists.trees.push(path);
+            continue;
+        }
+        // A directory the batch removes or replaces, that is a directory again now: the
+        // changes below it were folded into that removal, so its remote copy is purged
+        // and everything in it now is sent.
+        let dir_again = is_dir && matches!(action, Action::Remove { dir: true } | Action::Replace);
+        // A dirty directory that is gone, or no longer a directory, is purged like a
+        // replaced one.
+        let deleted = !exists || matches!(action, Action::Replace | Action::Tree) || dir_again;
+        if deleted {
+            lists.delete.push(path);
+        }
+        if dir_again && !path.is_empty() {
+            lists.whole.push(path);
+        }
+        // A rename seed delivered its subtree already, except what the deletion run
+        // (which comes after the seeds, since they copy from the old path) purges.
+        if exists && (deleted || !seeded.iter().any(|to| under(path, to))) {
+            lists.send.push(path);
+        }
+    }
+    lists
+}
+
+/// Carries out jobs through an [`Edge`].
+pub struct Plan<'e, E: Edge> {
+    pub edge: &'e mut E,
+    /// Bytes of listed paths passed as arguments before falling back to stdin.
+    pub args_budget: usize,
+}
+
+impl<E: Edge> Plan<'_, E> {
+    /// Runs `job` for `ctx` and returns what it amounts to.
+    pub fn job(&mut self, job: &Job, ctx: &JobContext) -> Run {
+        match job {
+            Job::Batch(batch) => self.batch(batch, ctx),
+            Job::FullSync { lane, reason, then } => {
+                if ctx.propagate_deletes && *reason != FullSyncReason::Forced {
+                    if let Some(refused) = self.full_sync_refusal(ctx) {
+                        return refused;
+                    }
+                }
+                let run = self.full_sync(*reason, ctx);
+                if !run.result.is_done() || then.is_empty() {
+                    return run;
+                }
+                // The changes that were pending when the full sync started.
+                let covered = ctx.propagate_deletes
+                    && !ctx.filter.enabled
+                    && (*reason != FullSyncReason::Scheduled || ctx.crontab_excludes.is_empty());
+                let batch = Batch {
+                    lane: *lane,
+                    entries: after_full_sync(then, covered),
+                    renames: Vec::new(),
+                };
+                if *reason == FullSyncReason::Forced {
+                    // The operator vouched for the root as it is: its pending deletions go
+                    // with the forced full sync (held again, they would bring it back).
+                    let released = JobContext {
+                        guard_released: true,
+                        ..ctx.clone()
+                    };
+                    return self.batch(&batch, &released);
+                }
+                self.batch(&batch, ctx)
+            }
+        }
+    }
+
+    fn batch(&mut self, batch: &Batch, ctx: &JobContext) -> Run {
+        let seeded = self.seed_renames(batch, ctx);
+        // What no longer exists locally (or was replaced) is deleted on the
+        // remote first; what exists is sent. rsync never sees a missing argument.
+        let locals = self.edge.entries(batch);
+        let Lists {
+            delete,
+            mut send,
+            whole,
+            trees,
+        } = classify(batch, &locals, &seeded);
+        let below = if whole.is_empty() {
+            Vec::new()
+        } else {
+            self.edge.subtrees(&whole)
+        };
+        if !below.is_empty() {
+            send.extend(below.iter().map(Vec::as_slice));
+            send.sort_unstable();
+            send.dedup();
+        }
+        if ctx.propagate_deletes && !(delete.is_empty() && trees.is_empty()) {
+            if let Some(reason) = self.deletion_refusal(ctx) {
+                // Deletions wait for the root's filesystem; what exists is still sent.
+                let held: Vec<RelPath> = delete.iter().chain(&trees).map(|p| p.to_vec()).collect();
+                if !send.is_empty() {
+                    let sent = self.edge.run(self.send_run(ctx, &send));
+                    if !sent.result.is_done() {
+                        return sent;
+                    }
+                }
+                // What is new or changed in a held dirty directory still goes (without
+                // deleting anything); the directory stays held for its deletions.
+                let additions: Vec<&[u8]> = trees
+                    .iter()
+                    .copied()
+                    .filter(|tree| !tree.is_empty())
+                    .collect();
+                if !additions.is_empty() {
+                    let (argv, stdin) = argv::trees(&ctx.transport, false, &additions);
+                    let sent = self.edge.run(RunSpec::at_root(argv, stdin));
+                    if !sent.result.is_done() {
+                        return sent;
+                    }
+                }
+                return Run::ended(RunResult::Guarded {
+                    reason,
+                    held,
+                    latch: false,
+                });
+            }
+        }
+        if ctx.propagate_deletes && !delete.is_empty() {
+            let groups = argv::deletion_groups(delete.iter().copied(), self.edge.ways());
+            let mut ancestors: Vec<Vec<u8>> =
+                groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
+            ancestors.sort_unstable();
+            ancestors.dedup();
+            let argv = argv::deletion(&ctx.transport);
+            // Disjoint subtrees: the runs cannot delete each other's paths.
+            let split = groups.len() > 1;
+            let runs = groups
+                .into_iter()
+                .map(|(rules, _)| RunSpec {
+                    argv: argv.clone(),
+                    stdin: rules,
+                    at: At::Skeleton(ancestors.clone()),
+                    capture_stdout: false,
+                })
+                .collect();
+            let mut run = Run::worst(self.edge.run_concurrently(runs));
+            if split && refused_at_start(&run) {
+                self.edge.go_serial();
+                let (rules, _) = argv::deletion_rules(delete.iter().copied());
+                run = self.edge.run(RunSpec {
+                    argv,
+                    stdin: rules,
+                    at: At::Skeleton(ancestors),
+                    capture_stdout: false,
+                });
+            }
+            if !run.result.is_done() {
+                // A deletion the receiver refused (exit 23) must not hold back the
+                // sends of the batch: they are independent paths. Anything else
+                // (the remote is unreachable, a configuration error) fails the
+                // whole batch at once.
+                if run.result != RunResult::Exited(23) || (send.is_empty() && trees.is_empty()) {
+                    return run;
+                }
+                let sent = self.send_and_sync_trees(&send, &trees, ctx);
+                return Run::worst([run, sent]);
+            }
+        }
+        self.send_and_sync_trees(&send, &trees, ctx)
+    }
+
+    /// The send run of `paths` (listed), from the root.
+    fn send_run(&self, ctx: &JobContext, paths: &[&[u8]]) -> RunSpec {
+        let (argv, stdin) = argv::batch_listed(&ctx.transport, paths, self.args_budget);
+        RunSpec::at_root(argv, stdin)
+    }
+
+    /// Why a run that deletes on the remote must not run now (see [`crate::guard`]).
+    fn deletion_refusal(&mut self, ctx: &JobContext) -> Option<String> {
+        if ctx.guard_released {
+            return None;
+        }
+        ctx.deletions_held
+            .clone()
+            .or_else(|| self.edge.guard_refusal())
+    }
+
+    /// Sends `send` (as listed), then makes the remote copies of the directories `trees`
+    /// equal to them, recursively. The root itself folded into one (it is then a full
+    /// sync in all but name), or any under a `<filter>` (which rsync cannot apply by
+    /// itself), are done by a full sync, with its guards.
+    fn send_and_sync_trees(&mut self, send: &[&[u8]], trees: &[&[u8]], ctx: &JobContext) -> Run {
+        let sent = if send.is_empty() {
+            Run::ended(RunResult::Exited(0))
+        } else {
+            self.edge.run(self.send_run(ctx, send))
+        };
+        if trees.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
+            return sent;
+        }
+        let synced = if ctx.filter.enabled || trees.iter().any(|tree| tree.is_empty()) {
+            let refused = if ctx.propagate_deletes {
+                self.full_sync_refusal(ctx)
+            } else {
+                None
+            };
+            refused.unwrap_or_else(|| self.full_sync(FullSyncReason::Rescan, ctx))
+        } else {
+            let (argv, stdin) = argv::trees(&ctx.transport, ctx.propagate_deletes, trees);
+            self.edge.run(RunSpec::at_root(argv, stdin))
+        };
+        match synced.result {
+            // Held, the dirty directories wait (with what failed to send, so that nothing
+            // counts as delivered that was not).
+            RunResult::Guarded { reason, latch, .. } => {
+                let mut held: Vec<RelPath> = trees.iter().map(|p| p.to_vec()).collect();
+                if !sent.result.is_done() {
+                    held.extend(send.iter().map(|p| p.to_vec()));
+                }
+                Run::ended(RunResult::Guarded {
+                    reason,
+                    held,
+                    latch,
+                })
+            }
+            _ => Run::worst([sent, synced]),
+        }
+    }
+
+    /// Why a full sync with `--delete` must not run now, as a guarded run (see
+    /// [`crate::guard`]); a failed listing of the remote is returned as that failure.
+    fn full_sync_refusal(&mut self, ctx: &JobContext) -> Option<Run> {
+        let guarded = |reason: String| {
+            Some(Run::ended(RunResult::Guarded {
+                reason,
+                held: Vec::new(),
+                latch: false,
+            }))
+        };
+        if let Some(reason) = self.deletion_refusal(ctx) {
+            return guarded(reason);
+        }
+        match self.edge.root_is_empty() {
+            Ok(false) => None,
+            Err(err) => guarded(format!("cannot read the root: {err}")),
+            Ok(true) => {
+                // Only an empty root costs a listing of the remote's top level.
+                let listing = self.edge.run(RunSpec {
+                    capture_stdout: true,
+                    ..RunSpec::at_root(argv::list_top(&ctx.transport), Vec::new())
+                });
+                if !listing.result.is_done() {
+                    return Some(listing);
+                }
+                if argv::listing_has_entries(&listing.stdout) {
+                    guarded(
+                        "the root is empty while the remote is not: a full sync would delete \
+                         everything there"
+                            .to_owned(),
+                    )
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn full_sync(&mut self, reason: FullSyncReason, ctx: &JobContext) -> Run {
+        let mut rules = FullSyncRules {
+            glob_excludes: if reason == FullSyncReason::Scheduled {
+                ctx.crontab_excludes.clone()
+            } else {
+                Vec::new()
+            },
+            rules_on_stdin: ctx.filter.enabled,
+        };
+        let mut stdin = Vec::new();
+        if ctx.filter.enabled {
+            for path in self.edge.excluded_paths() {
+                stdin.extend(argv::exclude_rule(&path));
+                stdin.push(0);
+            }
+        }
+        // Remote-only paths that the filter excludes must survive --delete, and the
+        // replica guard must know how much the full sync would delete: both are asked of
+        // rsync by a dry run of the same full sync.
+        let protect_excluded = ctx.filter.enabled && ctx.propagate_deletes;
+        let count_deletions = ctx.propagate_deletes
+            && reason != FullSyncReason::Forced
+            && !ctx.guard_released
+            && crate::guard::limits_deletions(&ctx.delete_guard);
+        if protect_excluded || count_deletions {
+            let run = self.edge.run(RunSpec {
+                capture_stdout: true,
+                ..RunSpec::at_root(
+                    argv::full_sync(&ctx.transport, true, &rules, true),
+                    stdin.clone(),
+                )
+            });
+            // An unreadable entry (exit 23) does not stop the count: rsync lists what it
+            // would delete all the same (and deletes nothing after an I/O error). The
+            // protection of excluded paths needs a complete list.
+            let partial = run.result == RunResult::Exited(23);
+            if !(run.result.is_done() || (partial && !protect_excluded)) {
+                return run;
+            }
+            let mut protected = 0;
+            if protect_excluded {
+                for (path, is_dir) in argv::parse_deletions(&run.stdout) {
+                    if excluded_with_ancestors(&ctx.filter, &path, is_dir) {
+                        stdin.extend(argv::protect_rule(&path));
+                        stdin.push(0);
+                        protected += 1;
+                    }
+                }
+            }
+            if count_deletions {
+                let mut preview = crate::guard::FullSyncPreview::parse(&run.stdout);
+                // What the filter protects is not deleted, and stays on the remote.
+                preview.deleted = preview.deleted.saturating_sub(protected);
+                preview.kept = preview.kept.map(|kept| kept + protected);
+                if let Some(reason) = preview.refusal(&ctx.delete_guard) {
+                    return Run::ended(RunResult::Guarded {
+                        reason,
+                        held: Vec::new(),
+                        latch: true,
+                    });
+                }
+            }
+        }
+        rules.rules_on_stdin = !stdin.is_empty();
+        if !rules.rules_on_stdin {
+            let top = self.edge.top_level_dirs();
+            let ways = self.edge.ways().min(self.edge.cores());
+            if let Some(argvs) = argv::full_sync_split(
+                &ctx.transport,
+                ctx.propagate_deletes,
+                &rules,
+                &top,
+                ways,
+                self.args_budget,
+            ) {
+                let runs = argvs
+                    .into_iter()
+                    .map(|argv| RunSpec::at_root(argv, Vec::new()))
+                    .collect();
+                let run = Run::worst(self.edge.run_concurrently(runs));
+                if !refused_at_start(&run) {
+                    return run;
+                }
+                self.edge.go_serial();
+            }
+        }
+        let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, &rules, false);
+        self.edge.run(RunSpec::at_root(argv, stdin))
+    }
+
+    /// Rebuilds renamed directories on the remote from their old copies; returns the
+    /// `to` paths whose subtree was delivered that way (the batch skips them).
+    fn seed_renames(&mut self, batch: &Batch, ctx: &JobContext) -> Vec<Vec<u8>> {
+        let mut seeded = Vec::new();
+        if batch.renames.is_empty() {
+            return seeded;
+        }
+        // A seed run writes into DEST/NEW/, and the receiver follows whatever is there:
+        // a symlink left at NEW (the old occupant of the name) would take the whole
+        // subtree elsewhere. The new directories are sent first, as directories (a
+        // symlink or file in their place is replaced); only then are they seeded.
+        let targets: Vec<&[u8]> = batch
+            .renames
+            .iter()
+            .map(|(_, to)| to.as_slice())
+            .filter(|to| !to.is_empty())
+            .collect();
+        let made = self.edge.run(self.send_run(ctx, &targets));
+        if !matches!(made.result, RunResult::Exited(0)) {
+            tracing::debug!(
+                result = ?made.result,
+                "rename shortcut not taken: {}",
+                made.stderr.lines().last().unwrap_or("")
+            );
+            return seeded;
+        }
+        for (from, to) in &batch.renames {
+            let list: Vec<Vec<u8>> = batch
+                .entries
+                .iter()
+                .filter(|(p, _)| under(p, to))
+                .map(|(p, _)| {
+                    if p == to {
+                        Vec::new()
+                    } else {
+                        p[to.len() + 1..].to_vec()
+                    }
+                })
+                .collect();
+            let paths: Vec<&[u8]> = list.iter().map(|p| p.as_slice()).collect();
+            let (argv, stdin) =
+                argv::rename_seed(&ctx.transport, from, to, &paths, self.args_budget);
+            let run = self.edge.run(RunSpec {
+                argv,
+                stdin,
+                at: At::Below(to.clone()),
+                capture_stdout: false,
+            });
+            if matches!(run.result, RunResult::Exited(0)) {
+                seeded.push(to.clone());
+            } else {
+                // Not fatal: the batch sends the subtree the ordinary way.
+                tracing::debug!(
+                    result = ?run.result,
+                    "rename shortcut not taken: {}",
+                    run.stderr.lines().last().unwrap_or("")
+                );
+            }
+        }
+        seeded
+    }
+}
+
+/// Whether a run of a concurrent set was turned away by the module's `max connections`
+/// (rsync exit 5 with the daemon's `@ERROR: max connections (N) reached`), so the work is
+/// worth one more try as a single run. Other start-up failures (auth, unknown module)
+/// are reported as they are.
+pub fn refused_at_start(run: &Run) -> bool {
+    run.result == RunResult::Exited(5) && crate::failure::policy::at_connection_limit(&run.stderr)
+}
+
+/// Whether `path` is `dir` or lies below it.
+pub fn under(path: &[u8], dir: &[u8]) -> bool {
+    path == dir || (path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/')
+}
+
+/// Whether `path` or any of its ancestors is excluded by the filter.
+pub fn excluded_with_ancestors(filter: &Filter, path: &[u8], is_dir: bool) -> bool {
+    if filter.excludes(path, is_dir) {
+        return true;
+    }
+    path.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'/')
+        .any(|(i, _)| filter.excludes(&path[..i], true))
+}
+
+/// The changes pending when a full sync started, as they must still be sent after it.
+/// A full sync that covered the whole tree with deletions (`covered`) already purged what
+/// a removed or replaced directory left on the remote: purging it again would delete, and
+/// send once more, a directory that was just made equal (and leave the replica without it
+/// in between). What it may have missed is only a rewrite its quick check cannot see, which
+/// sending the path again covers.
+pub fn after_full_sync(then: &[(RelPath, Action)], covered: bool) -> Vec<(RelPath, Action)> {
+    then.iter()
+        .map(|(path, action)| {
+            let action = match action {
+                Action::Replace | Action::Remove { .. } | Action::Tree if covered => Action::Sync,
+                other => *other,
+            };
+            (path.clone(), action)
+        })
+        .collect()
+}

@@ -1,0 +1,810 @@
+//! Process handling: what the plan asks for, carried out. Runs take a process slot (`-n`),
+//! the credentials of the job's identity between fork and exec, the password through a
+//! pipe, a skeleton directory for deletion runs; their stderr is kept (bounded) and their
+//! PIDs tracked so that shutdown ends exactly them and a stalled one can be told.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use super::plan::{self, At, Run, RunSpec};
+use super::{JobContext, RunResult, Runner, Secret, argv, facts, identity};
+use crate::queue::{Batch, LaneId};
+
+const STDERR_KEEP: usize = 16 * 1024;
+
+/// A running rsync: which lane it works for, and how much I/O it had done when last
+/// looked at (from `/proc/PID/io`), to tell a stalled run from a slow one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Child {
+    pub(super) lane: LaneId,
+    pub(super) io: u64,
+    pub(super) io_changed: Instant,
+}
+
+/// A counting semaphore over rsync processes: `-n` bounds every rsync the daemon runs,
+/// including the concurrent runs of one job (rename seeds, split deletions, split full
+/// syncs), not only the jobs.
+#[derive(Debug)]
+pub(super) struct Slots {
+    free: Mutex<usize>,
+    returned: Condvar,
+}
+
+impl Slots {
+    pub(super) fn new(slots: usize) -> Slots {
+        Slots {
+            free: Mutex::new(slots),
+            returned: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot; it is given back when the guard drops.
+    fn take(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.returned.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+/// One taken process slot.
+struct Slot<'a>(&'a Slots);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.returned.notify_one();
+    }
+}
+
+impl Runner {
+    /// A fresh directory under the runner's scratch space holding only `dirs` (empty
+    /// ancestors of the paths a deletion run removes); removed on drop.
+    ///
+    /// Whatever rsync finds in it is sent, so nothing in it may come from elsewhere: it is
+    /// made like `mkdtemp` (a new name, never an existing entry or a symlink), mode 0700
+    /// and owned by the user the runs take, and its directories are made below it by
+    /// descriptor (`mkdirat`, `openat` with `O_NOFOLLOW`), never by a path resolved again.
+    pub(super) fn skeleton(&self, dirs: &[Vec<u8>], ctx: &JobContext) -> std::io::Result<Skeleton> {
+        match &ctx.identity {
+            // Made as that user, so that it is theirs without CAP_CHOWN.
+            Some(identity) => identity.creating_as(|| self.make_skeleton(dirs, true))?,
+            None => self.make_skeleton(dirs, false),
+        }
+    }
+
+    fn make_skeleton(&self, dirs: &[Vec<u8>], for_user: bool) -> std::io::Result<Skeleton> {
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        // rsync opens its source by absolute path (from getcwd), so a run that takes a
+        // user's credentials needs a skeleton that user can reach by path: in the temporary
+        // directory (sticky, like /tmp: no one else can replace what root makes in it),
+        // not below the state directory, which is root's alone.
+        let parent = if for_user {
+            let temp = std::env::temp_dir();
+            crate::trusted::check_parent_directory(&temp)?;
+            temp
+        } else {
+            self.scratch_dir.clone()
+        };
+        let template = parent.join("sersync-skeleton-XXXXXX");
+        let path = nix::unistd::mkdtemp(&template)?;
+        let open_dir = |at: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr| {
+            nix::fcntl::openat(
+                at,
+                name,
+                OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+                Mode::empty(),
+            )
+        };
+        let top = match open_dir(
+            std::fs::File::open(&parent)?.as_fd(),
+            path.file_name().unwrap_or_default(),
+        ) {
+            Ok(top) => top,
+            Err(err) => {
+                let _ = std::fs::remove_dir(&path);
+                return Err(err.into());
+            }
+        };
+        let skeleton = Skeleton { path, dir: top };
+        for dir in dirs {
+            let mut parent: Option<std::os::fd::OwnedFd> = None;
+            for name in dir.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
+                let name = std::ffi::OsStr::from_bytes(name);
+                let at = parent.as_ref().map_or(skeleton.dir.as_fd(), AsFd::as_fd);
+                // 0700 whatever the umask: the maker (root, or the run's user) enters it.
+                match nix::sys::stat::mkdirat(at, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(err) => return Err(err.into()),
+                }
+                parent = Some(open_dir(at, name)?);
+            }
+        }
+        Ok(skeleton)
+    }
+
+    /// Runs `(argv, stdin, capture_stdout)` at once in `cwd`; their results in the same
+    /// order.
+    fn run_concurrently(
+        &self,
+        lane: LaneId,
+        runs: Vec<(Vec<OsString>, Vec<u8>, bool)>,
+        cwd: Cwd<'_>,
+        ctx: &JobContext,
+    ) -> Vec<Run> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = runs
+                .into_iter()
+                .map(|(argv, stdin, capture)| {
+                    scope.spawn(move || self.run(lane, &argv, cwd, stdin, ctx, capture))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle.join().unwrap_or_else(|_| Run {
+                        stderr: "an rsync supervisor thread panicked".into(),
+                        ..Run::ended(RunResult::Exited(-1))
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Runs rsync once, when one of the `-n` process slots is free, with the credentials
+    /// of `ctx`'s identity (see [`identity`]).
+    pub(super) fn run(
+        &self,
+        lane: LaneId,
+        argv: &[OsString],
+        cwd: Cwd<'_>,
+        stdin: Vec<u8>,
+        ctx: &JobContext,
+        capture_stdout: bool,
+    ) -> Run {
+        let _slot = self.slots.take();
+        if ctx.debug {
+            tracing::debug!(
+                cwd = ?cwd,
+                user = ctx.identity.as_ref().map_or("root", |who| who.name.as_str()),
+                "run: {}",
+                argv::display(self.rsync.as_os_str(), argv)
+            );
+        }
+        // The password for a run as another user: through a pipe that user owns, named
+        // on the command line (never in the environment, which that user can read).
+        let password = match (&ctx.password, &ctx.identity) {
+            (Some(secret), Some(identity)) => match password_pipe(secret, identity) {
+                Ok(read_end) => Some(read_end),
+                Err(err) => {
+                    let message = format!("cannot hand rsync the password: {err}");
+                    return Run {
+                        stderr: format!("{message}\n"),
+                        ..Run::ended(RunResult::SpawnFailed {
+                            kind: err.kind(),
+                            message,
+                        })
+                    };
+                }
+            },
+            _ => None,
+        };
+        let mut command = Command::new(&self.rsync);
+        if let Some(read_end) = &password {
+            // Options first: rsync reads them before the paths.
+            command.arg(format!("--password-file=/dev/fd/{}", read_end.as_raw_fd()));
+        }
+        command
+            .args(argv)
+            // Paths passed as arguments leave nothing for stdin: no pipe, no writer thread.
+            .stdin(if stdin.is_empty() {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
+            .stdout(if capture_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stderr(Stdio::piped());
+        if let Some(identity) = &ctx.identity {
+            command.env_clear().envs(identity.environment());
+        }
+        let password_fd = password.as_ref().map(AsRawFd::as_raw_fd);
+        // Everything the child needs is prepared here: between fork and exec nothing may
+        // allocate.
+        let credentials = ctx
+            .identity
+            .as_ref()
+            .map(|who| (who.groups.clone(), who.gid, who.uid));
+        let (cwd_path, cwd_fd) = match cwd {
+            Cwd::Tree(path) => match std::ffi::CString::new(path.as_os_str().as_bytes()) {
+                Ok(path) => (Some(path), None),
+                Err(err) => {
+                    return Run::ended(RunResult::SpawnFailed {
+                        kind: std::io::ErrorKind::InvalidInput,
+                        message: format!("{}: {err}", path.display()),
+                    });
+                }
+            },
+            Cwd::Scratch(fd) => (None, Some(fd.as_raw_fd())),
+        };
+        // rsync dies with sersyncd: after a kill -9 an orphan would finish its transfer
+        // later, possibly over a newer version sent by the restarted daemon. The signal is
+        // tied to this thread, which waits for the child.
+        let parent = std::process::id();
+        // SAFETY: between fork and exec only async-signal-safe calls (setgroups, setgid,
+        // setuid, prctl, getppid, chdir, fchdir) on data prepared before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                if let Some((groups, gid, uid)) = &credentials {
+                    // Groups, then group, then user: after setuid nothing else may change.
+                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                        || libc::setgid(*gid) != 0
+                        || libc::setuid(*uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // The password pipe stays open across exec (it was made close-on-exec).
+                if let Some(fd) = password_fd {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // After the credentials: changing them clears the parent-death signal.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before prctl: the signal will never come.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                // As the run's user: a tree directory it could not reach stays unreached.
+                let entered = match (&cwd_path, cwd_fd) {
+                    (Some(path), _) => libc::chdir(path.as_ptr()),
+                    (None, Some(fd)) => libc::fchdir(fd),
+                    (None, None) => 0,
+                };
+                if entered != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                let who = ctx
+                    .identity
+                    .as_ref()
+                    .map(|who| format!(" as user {}", who.name))
+                    .unwrap_or_default();
+                let place = match cwd {
+                    Cwd::Tree(path) => format!(" in {}", path.display()),
+                    Cwd::Scratch(_) => String::new(),
+                };
+                let message = format!("cannot run {}{who}{place}: {err}", self.rsync.display());
+                // The child's chdir and exec fail with the same errno: a directory that
+                // went away during the run (moved, deleted) is not a missing rsync, and
+                // the next try may find it again.
+                let kind = match cwd {
+                    Cwd::Tree(path)
+                        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) =>
+                    {
+                        std::io::ErrorKind::Other
+                    }
+                    _ => err.kind(),
+                };
+                return Run {
+                    stderr: format!("{message}\n"),
+                    ..Run::ended(RunResult::SpawnFailed { kind, message })
+                };
+            }
+        };
+        let pid = child.id();
+        self.lock().insert(
+            pid,
+            Child {
+                lane,
+                io: 0,
+                io_changed: Instant::now(),
+            },
+        );
+        // stdin is written on its own thread: rsync may fill stderr before it has read
+        // the whole list, and neither side may wait for the other.
+        let writer = child.stdin.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&stdin);
+            })
+        });
+        let stdout_reader = child.stdout.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = pipe.read_to_end(&mut out);
+                out
+            })
+        });
+        let mut stderr = StderrTail::default();
+        if let Some(mut pipe) = child.stderr.take() {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => stderr.push(&chunk[..n]),
+                }
+            }
+        }
+        let status = child.wait();
+        self.lock().remove(&pid);
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+        let stdout = stdout_reader
+            .and_then(|reader| reader.join().ok())
+            .unwrap_or_default();
+        let (stderr, truncated) = stderr.finish();
+        Run {
+            result: result_of(status),
+            stderr,
+            truncated,
+            stdout,
+        }
+    }
+}
+
+/// What a child's wait status says about its run.
+fn result_of(status: std::io::Result<std::process::ExitStatus>) -> RunResult {
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => RunResult::Exited(code),
+            (None, Some(signal)) => RunResult::Signaled(signal),
+            (None, None) => RunResult::Exited(-1),
+        },
+        Err(err) => RunResult::SpawnFailed {
+            kind: err.kind(),
+            message: format!("waiting for rsync failed: {err}"),
+        },
+    }
+}
+
+/// The last [`STDERR_KEEP`] bytes a run wrote to stderr (between cuts the buffer grows
+/// to twice that), and whether any were lost: then it cannot name every failed path.
+#[derive(Debug, Default)]
+struct StderrTail {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+impl StderrTail {
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        if self.bytes.len() > 2 * STDERR_KEEP {
+            self.cut();
+        }
+    }
+
+    fn cut(&mut self) {
+        self.bytes.drain(..self.bytes.len() - STDERR_KEEP);
+        self.truncated = true;
+    }
+
+    /// The kept text (lossily UTF-8) and whether its head was cut.
+    fn finish(mut self) -> (String, bool) {
+        if self.bytes.len() > STDERR_KEEP {
+            self.cut();
+        }
+        (
+            String::from_utf8_lossy(&self.bytes).into_owned(),
+            self.truncated,
+        )
+    }
+}
+
+/// The process side of one job: what its `Plan` asks for, carried out.
+pub(super) struct JobEdge<'a> {
+    pub(super) runner: &'a Runner,
+    pub(super) lane: LaneId,
+    pub(super) ctx: &'a JobContext,
+}
+
+impl JobEdge<'_> {
+    /// A skeleton for a deletion run, or the run that could not start without it.
+    fn skeleton(&self, dirs: &[Vec<u8>]) -> Result<Skeleton, Run> {
+        self.runner.skeleton(dirs, self.ctx).map_err(|err| {
+            Run::ended(RunResult::SpawnFailed {
+                kind: err.kind(),
+                message: format!("cannot prepare the deletion run: {err}"),
+            })
+        })
+    }
+}
+
+impl plan::Edge for JobEdge<'_> {
+    fn run(&mut self, spec: RunSpec) -> Run {
+        let RunSpec {
+            argv,
+            stdin,
+            at,
+            capture_stdout,
+        } = spec;
+        let (runner, lane, ctx) = (self.runner, self.lane, self.ctx);
+        match at {
+            At::Root => runner.run(
+                lane,
+                &argv,
+                Cwd::Tree(&ctx.root),
+                stdin,
+                ctx,
+                capture_stdout,
+            ),
+            At::Below(dir) => {
+                let cwd = ctx.root.join(std::ffi::OsStr::from_bytes(&dir));
+                runner.run(lane, &argv, Cwd::Tree(&cwd), stdin, ctx, capture_stdout)
+            }
+            At::Skeleton(dirs) => match self.skeleton(&dirs) {
+                Ok(skeleton) => runner.run(lane, &argv, skeleton.cwd(), stdin, ctx, capture_stdout),
+                Err(failed) => failed,
+            },
+        }
+    }
+
+    fn run_concurrently(&mut self, specs: Vec<RunSpec>) -> Vec<Run> {
+        let Some(first) = specs.first() else {
+            return Vec::new();
+        };
+        // One working directory (one skeleton) for all of them.
+        debug_assert!(specs.iter().all(|spec| spec.at == first.at));
+        let below;
+        let skeleton;
+        let cwd = match &first.at {
+            At::Root => Cwd::Tree(&self.ctx.root),
+            At::Below(dir) => {
+                below = self.ctx.root.join(std::ffi::OsStr::from_bytes(dir));
+                Cwd::Tree(&below)
+            }
+            At::Skeleton(dirs) => match self.skeleton(dirs) {
+                Ok(made) => {
+                    skeleton = made;
+                    skeleton.cwd()
+                }
+                Err(failed) => return vec![failed],
+            },
+        };
+        let runs = specs
+            .into_iter()
+            .map(|spec| (spec.argv, spec.stdin, spec.capture_stdout))
+            .collect();
+        self.runner.run_concurrently(self.lane, runs, cwd, self.ctx)
+    }
+
+    fn ways(&self) -> usize {
+        self.runner.ways(self.ctx)
+    }
+
+    fn go_serial(&mut self) {
+        self.runner.go_serial(self.ctx);
+    }
+
+    fn cores(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+
+    fn entries(&mut self, batch: &Batch) -> Vec<plan::Local> {
+        facts::entries(&self.ctx.root, batch)
+    }
+
+    fn subtrees(&mut self, dirs: &[&[u8]]) -> Vec<Vec<u8>> {
+        dirs.iter()
+            .flat_map(|dir| facts::local_subtree(&self.ctx.root, dir, &self.ctx.filter))
+            .collect()
+    }
+
+    fn guard_refusal(&mut self) -> Option<String> {
+        crate::guard::refusal(
+            &self.ctx.root,
+            self.ctx.recorded_fs.as_ref(),
+            self.ctx.delete_guard.sentinel.as_deref(),
+        )
+    }
+
+    fn root_is_empty(&mut self) -> std::io::Result<bool> {
+        crate::guard::is_empty(&self.ctx.root)
+    }
+
+    fn excluded_paths(&mut self) -> Vec<Vec<u8>> {
+        facts::excluded_paths(&self.ctx.root, &self.ctx.filter)
+    }
+
+    fn top_level_dirs(&mut self) -> Vec<Vec<u8>> {
+        facts::top_level_dirs(&self.ctx.root)
+    }
+}
+
+/// Bytes read plus bytes written by process `pid` so far (`rchar + wchar` of
+/// `/proc/PID/io`: every read(2) and write(2), sockets and pipes included).
+pub(super) fn io_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+    };
+    Some(field("rchar:")? + field("wchar:")?)
+}
+
+/// A pipe holding `secret` and a newline, whose read end (returned, close-on-exec) belongs
+/// to `identity`, so that rsync running as that user can open it as `/dev/fd/N`: a pipe
+/// is its maker's, mode 0600 (and rsync refuses a password file others can read).
+fn password_pipe(
+    secret: &Secret,
+    identity: &identity::Identity,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    // Made as that user: a pipe belongs to whoever made it.
+    let (read_end, write_end) =
+        identity.creating_as(|| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))??;
+    let mut writer = std::fs::File::from(write_end);
+    // Far below the pipe's buffer: the write cannot block.
+    writer.write_all(secret.0.as_bytes())?;
+    writer.write_all(b"\n")?;
+    Ok(read_end)
+}
+
+/// A scratch directory tree that removes itself; runs start in it by descriptor.
+pub(super) struct Skeleton {
+    path: PathBuf,
+    dir: std::os::fd::OwnedFd,
+}
+
+impl Skeleton {
+    pub(super) fn cwd(&self) -> Cwd<'_> {
+        Cwd::Scratch(self.dir.as_fd())
+    }
+}
+
+/// Where an rsync run starts.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Cwd<'a> {
+    /// A directory of the tree, entered by path with the run's own credentials (the
+    /// kernel checks every component against the user the run takes).
+    Tree(&'a Path),
+    /// A scratch directory of ours (a skeleton), entered by the descriptor it was made
+    /// with, never by a path resolved again.
+    Scratch(std::os::fd::BorrowedFd<'a>),
+}
+
+impl Drop for Skeleton {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A fresh directory of this test's own.
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sersync-process-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn context(root: &Path) -> JobContext {
+        JobContext {
+            root: root.to_path_buf(),
+            transport: argv::Transport {
+                options: crate::config::RsyncOptions {
+                    common_params: vec!["-a".into()],
+                    auth: None,
+                    port: None,
+                    timeout: None,
+                    ssh: false,
+                    soft_delete: None,
+                },
+                remote: crate::config::Remote {
+                    ip: "127.0.0.1".into(),
+                    name: "web".into(),
+                },
+                password_piped: false,
+            },
+            propagate_deletes: true,
+            filter: crate::config::Filter::default(),
+            crontab_excludes: Vec::new(),
+            debug: false,
+            recorded_fs: None,
+            delete_guard: crate::config::DeleteGuard::default(),
+            deletions_held: None,
+            guard_released: false,
+            run_as: crate::config::RunAs::default(),
+            identity: None,
+            password: None,
+        }
+    }
+
+    #[test]
+    fn stderr_keeps_its_tail() {
+        // (sizes of the chunks written, bytes kept, head cut)
+        let rows: &[(&[usize], usize, bool)] = &[
+            (&[], 0, false),
+            (&[10, 20], 30, false),
+            (&[STDERR_KEEP], STDERR_KEEP, false),
+            (&[STDERR_KEEP, 1], STDERR_KEEP, true),
+            (&[8192; 5], STDERR_KEEP, true),
+            (&[3 * STDERR_KEEP], STDERR_KEEP, true),
+        ];
+        for (chunks, kept, cut) in rows {
+            let mut tail = StderrTail::default();
+            let mut written = Vec::new();
+            for (i, size) in chunks.iter().enumerate() {
+                let chunk: Vec<u8> = (0..*size).map(|j| b'a' + ((i + j) % 26) as u8).collect();
+                tail.push(&chunk);
+                written.extend(chunk);
+            }
+            let (text, truncated) = tail.finish();
+            assert_eq!((text.len(), truncated), (*kept, *cut), "{chunks:?}");
+            assert!(
+                written.ends_with(text.as_bytes()),
+                "{chunks:?}: the last bytes are kept"
+            );
+        }
+    }
+
+    #[test]
+    fn wait_statuses() {
+        let rows = [
+            (Ok(0), RunResult::Exited(0)),
+            (Ok(23 << 8), RunResult::Exited(23)),
+            (Ok(9), RunResult::Signaled(9)),
+            (
+                Err(std::io::ErrorKind::Interrupted),
+                RunResult::SpawnFailed {
+                    kind: std::io::ErrorKind::Interrupted,
+                    message: "waiting for rsync failed: interrupted".into(),
+                },
+            ),
+        ];
+        for (status, result) in rows {
+            let status = status
+                .map(std::process::ExitStatus::from_raw)
+                .map_err(|kind| std::io::Error::new(kind, "interrupted"));
+            assert_eq!(result_of(status), result);
+        }
+    }
+
+    #[test]
+    fn a_skeleton_holds_only_its_directories_and_goes_away() {
+        let dir = scratch("skeleton");
+        let runner = Runner::new(PathBuf::from("/bin/false"), dir.clone(), 2);
+        let dirs: Vec<Vec<u8>> = vec![b"a".to_vec(), b"a/b".to_vec(), b"c//d".to_vec()];
+        let skeleton = runner.make_skeleton(&dirs, false).unwrap();
+        let top = skeleton.path.clone();
+        assert_eq!(top.parent(), Some(dir.as_path()));
+        let mut found: Vec<String> = Vec::new();
+        let mut stack = vec![top.clone()];
+        while let Some(at) = stack.pop() {
+            for entry in std::fs::read_dir(&at).unwrap().flatten() {
+                let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+                assert!(meta.is_dir());
+                assert_eq!(
+                    meta.permissions().mode() & 0o777,
+                    0o700,
+                    "{:?}",
+                    entry.path()
+                );
+                found.push(
+                    entry
+                        .path()
+                        .strip_prefix(&top)
+                        .unwrap()
+                        .display()
+                        .to_string(),
+                );
+                stack.push(entry.path());
+            }
+        }
+        found.sort();
+        assert_eq!(found, ["a", "a/b", "c", "c/d"]);
+        drop(skeleton);
+        assert!(!top.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_run_reports_its_exit_its_stderr_and_its_stdout() {
+        let dir = scratch("run");
+        let ctx = context(&dir);
+        let sh = Runner::new(PathBuf::from("/bin/sh"), dir.clone(), 1);
+        let arg = |text: &str| OsString::from(text);
+        let pwd = format!("{}\n", dir.display());
+        // (shell script, stdin, result, stderr, stdout)
+        type Row<'a> = (&'a str, &'a [u8], RunResult, &'a str, &'a [u8]);
+        let rows: [Row<'_>; 3] = [
+            (
+                "pwd; echo failed >&2; exit 23",
+                b"",
+                RunResult::Exited(23),
+                "failed\n",
+                pwd.as_bytes(),
+            ),
+            (
+                "cat",
+                b"listed\0paths\0",
+                RunResult::Exited(0),
+                "",
+                b"listed\0paths\0",
+            ),
+            ("kill -9 $$", b"", RunResult::Signaled(9), "", b""),
+        ];
+        for (script, stdin, result, stderr, stdout) in rows {
+            let argv = [arg("-c"), arg(script)];
+            let run = sh.run(7, &argv, Cwd::Tree(&dir), stdin.to_vec(), &ctx, true);
+            assert_eq!(run.result, result, "{script}");
+            assert_eq!(run.stderr, stderr, "{script}");
+            assert_eq!(run.stdout, stdout, "{script}");
+            assert_eq!(sh.running(), 0);
+        }
+        // A directory that went away is a failure to retry, not a missing rsync.
+        let run = sh.run(
+            7,
+            &[arg("-c"), arg("true")],
+            Cwd::Tree(&dir.join("gone")),
+            Vec::new(),
+            &ctx,
+            false,
+        );
+        assert!(
+            matches!(&run.result, RunResult::SpawnFailed { kind: std::io::ErrorKind::Other, message } if message.contains("gone")),
+            "{:?}",
+            run.result
+        );
+        let missing = Runner::new(dir.join("no-rsync"), dir.clone(), 1);
+        let run = missing.run(7, &[], Cwd::Tree(&dir), Vec::new(), &ctx, false);
+        assert!(
+            matches!(
+                run.result,
+                RunResult::SpawnFailed {
+                    kind: std::io::ErrorKind::NotFound,
+                    ..
+                }
+            ),
+            "{:?}",
+            run.result
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn slots_bound_the_runs() {
+        let slots = std::sync::Arc::new(Slots::new(1));
+        let held = slots.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = std::sync::Arc::clone(&slots);
+        let thread = std::thread::spawn(move || {
+            let _slot = waiting.take();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(100))
+                .is_err()
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        thread.join().unwrap();
+    }
+}
