@@ -24,6 +24,7 @@ use super::argv::{self, FullSyncRules};
 use super::{JobContext, RunResult};
 use crate::config::Filter;
 use crate::queue::{Action, Batch, FullSyncReason, Job, RelPath};
+use crate::relpath::is_at_or_below;
 
 #[cfg(test)]
 mod tests;
@@ -212,7 +213,7 @@ pub fn classify<'b>(batch: &'b Batch, locals: &[Local], seeded: &[Vec<u8>]) -> L
         }
         // A rename seed delivered its subtree already, except what the deletion run
         // (which comes after the seeds, since they copy from the old path) purges.
-        if exists && (deleted || !seeded.iter().any(|to| under(path, to))) {
+        if exists && (deleted || !seeded.iter().any(|to| is_at_or_below(path, to))) {
             lists.send.push(path);
         }
     }
@@ -576,7 +577,7 @@ impl<E: Edge> Plan<'_, E> {
             let list: Vec<Vec<u8>> = batch
                 .entries
                 .iter()
-                .filter(|(p, _)| under(p, to))
+                .filter(|(p, _)| is_at_or_below(p, to))
                 .map(|(p, _)| {
                     if p == to {
                         Vec::new()
@@ -615,11 +616,6 @@ impl<E: Edge> Plan<'_, E> {
 /// are reported as they are.
 pub fn refused_at_start(run: &Run) -> bool {
     run.result == RunResult::Exited(5) && crate::failure::policy::at_connection_limit(&run.stderr)
-}
-
-/// Whether `path` is `dir` or lies below it.
-pub fn under(path: &[u8], dir: &[u8]) -> bool {
-    path == dir || (path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/')
 }
 
 /// Whether `path` or any of its ancestors is excluded by the filter.
