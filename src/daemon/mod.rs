@@ -2079,7 +2079,7 @@ impl Daemon {
         let script_path = self.fail_script_path();
         let lanes = &self.lanes;
         let ssh = self.config.rsync.ssh;
-        let entries = self.journal.script_entries(1000, |key| {
+        let entries = self.journal.script_entries(1000, |key, paths| {
             lane_position(lanes, key).map(|id| &lanes[id]).map(|lane| {
                 let mut argv = vec![std::ffi::OsString::from("rsync")];
                 let (replay, input) = crate::sync::argv::replay(
@@ -2087,7 +2087,11 @@ impl Daemon {
                     lane.context.propagate_deletes,
                 );
                 argv.extend(replay);
-                (lane.context.transport.remote.label(ssh), argv, input)
+                failure::Replay {
+                    remote: lane.context.transport.remote.label(ssh),
+                    argv,
+                    stdin: input.stdin(paths),
+                }
             })
         });
         // A parent another user could swap for a symlink would take root's write

@@ -23,6 +23,17 @@ pub struct LaneKey {
     pub remote_name: String,
 }
 
+/// How a group of failed paths is re-sent by hand (see [`Journal::script_entries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// The remote as the operator knows it.
+    pub remote: String,
+    /// The whole command, program first.
+    pub argv: Vec<OsString>,
+    /// What it reads NUL-terminated on stdin.
+    pub stdin: Vec<Vec<u8>>,
+}
+
 /// What is known about one failing path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailureInfo {
@@ -217,15 +228,13 @@ impl Journal {
     }
 
     /// The failure script's entries: per lane, commands of at most `chunk` paths each.
-    /// `argv_for` gives the remote's label, the argv (program first) that re-sends a lane's
-    /// paths, and what that argv reads on stdin.
+    /// `replay` gives, for a lane and a group of its paths, the remote's label, the argv
+    /// (program first) that re-sends them, and what that argv reads on stdin; `None` skips
+    /// the lane (no longer configured).
     pub fn script_entries(
         &self,
         chunk: usize,
-        mut argv_for: impl FnMut(
-            &LaneKey,
-        )
-            -> Option<(String, Vec<OsString>, crate::sync::argv::ReplayInput)>,
+        mut replay: impl FnMut(&LaneKey, &[&[u8]]) -> Option<Replay>,
     ) -> Vec<super::ScriptEntry> {
         let mut by_lane: BTreeMap<&LaneKey, Vec<(&[u8], &FailureInfo)>> = BTreeMap::new();
         for ((lane, path), info) in &self.entries {
@@ -237,37 +246,28 @@ impl Journal {
         }
         let mut out = Vec::new();
         for (lane, paths) in by_lane {
-            let Some((remote, argv, input)) = argv_for(lane) else {
-                continue;
-            };
             for group in paths.chunks(chunk.max(1)) {
                 let newest = group
                     .iter()
                     .max_by_key(|(_, info)| info.last)
                     .map(|(_, info)| (*info).clone());
                 let Some(newest) = newest else { continue };
+                let paths: Vec<&[u8]> = group.iter().map(|(path, _)| *path).collect();
+                let Some(Replay {
+                    remote,
+                    argv,
+                    stdin,
+                }) = replay(lane, &paths)
+                else {
+                    break;
+                };
                 out.push(super::ScriptEntry {
                     exit_code: newest.exit_code,
-                    remote: remote.clone(),
+                    remote,
                     time: newest.last,
                     root: lane.root.clone(),
-                    argv: argv.clone(),
-                    stdin_paths: match input {
-                        crate::sync::argv::ReplayInput::Paths => group
-                            .iter()
-                            .map(|(path, _)| crate::sync::argv::dot_path(path))
-                            .collect(),
-                        crate::sync::argv::ReplayInput::Rules => {
-                            let (rules, _) = crate::sync::argv::deletion_rules(
-                                group.iter().map(|(path, _)| *path),
-                            );
-                            rules
-                                .split(|&b| b == 0)
-                                .filter(|rule| !rule.is_empty())
-                                .map(<[u8]>::to_vec)
-                                .collect()
-                        }
-                    },
+                    argv,
+                    stdin_paths: stdin,
                 });
             }
         }
@@ -365,47 +365,34 @@ mod tests {
             "down",
             now,
         );
-        use crate::sync::argv::ReplayInput;
-        let entries = journal.script_entries(2, |_| {
-            Some((
-                "127.0.0.1::web".into(),
-                vec!["rsync".into()],
-                ReplayInput::Paths,
-            ))
-        });
+        // The caller words the replay; the journal groups and dates.
+        let replay = |key: &LaneKey, paths: &[&[u8]]| {
+            (key.remote_name != "gone").then(|| Replay {
+                remote: format!("127.0.0.1::{}", key.remote_name),
+                argv: vec!["rsync".into()],
+                stdin: paths.iter().map(|p| p.to_vec()).collect(),
+            })
+        };
+        let entries = journal.script_entries(2, replay);
         assert_eq!(entries.len(), 3);
+        let groups: Vec<Vec<Vec<u8>>> = entries.iter().map(|e| e.stdin_paths.clone()).collect();
         assert_eq!(
-            entries[0].stdin_paths,
-            vec![b"./f0".to_vec(), b"./f1".to_vec()]
+            groups,
+            vec![
+                vec![b"f0".to_vec(), b"f1".to_vec()],
+                vec![b"f2".to_vec(), b"f3".to_vec()],
+                vec![b"f4".to_vec()],
+            ]
         );
-        // With deletions: the rules that send or delete each path, and nothing else.
-        journal.record(&lane("web"), [&b"d/e/gone"[..]], 10, "down", now);
-        let entries = journal.script_entries(10, |_| {
-            Some((
-                "127.0.0.1::web".into(),
-                vec!["rsync".into()],
-                ReplayInput::Rules,
-            ))
-        });
-        assert_eq!(entries.len(), 1);
-        let rules: Vec<String> = entries[0]
-            .stdin_paths
-            .iter()
-            .map(|rule| String::from_utf8_lossy(rule).into_owned())
-            .collect();
-        for wanted in [
-            "+ /d/",
-            "+ /d/e/",
-            "+ /d/e/gone",
-            "+ /d/e/gone/***",
-            "+ /f0",
-            "- *",
-        ] {
-            assert!(
-                rules.iter().any(|r| r == wanted),
-                "{wanted} not in {rules:?}"
-            );
-        }
-        assert_eq!(rules.last().map(String::as_str), Some("- *"));
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.remote == "127.0.0.1::web" && e.exit_code == 10)
+        );
+        // A held full sync (the root itself) is no path to re-send; a lane the caller does
+        // not know (no longer configured) is left out.
+        journal.record(&lane("web"), [&b""[..]], -1, "held", now);
+        journal.record(&lane("gone"), [&b"x"[..]], 10, "down", now);
+        assert_eq!(journal.script_entries(10, replay).len(), 1);
     }
 }

@@ -34,7 +34,7 @@ pub mod script;
 pub mod stderr;
 
 pub use backoff::Backoff;
-pub use journal::{Journal, LaneKey};
+pub use journal::{Journal, LaneKey, Replay};
 pub use policy::{ExitClass, ExitStatusLike, Verdict, classify, describe};
 pub use script::{ScriptEntry, render};
 pub use stderr::{FailedPath, FailureKind, Side, StderrReport, failed_paths, retry_set};

@@ -300,6 +300,23 @@ pub enum ReplayInput {
     Rules,
 }
 
+impl ReplayInput {
+    /// The NUL-terminated records a replay of `paths` reads on stdin.
+    pub fn stdin(self, paths: &[&[u8]]) -> Vec<Vec<u8>> {
+        match self {
+            ReplayInput::Paths => paths.iter().map(|path| dot_path(path)).collect(),
+            ReplayInput::Rules => {
+                let (rules, _) = deletion_rules(paths.iter().copied());
+                rules
+                    .split(|&b| b == 0)
+                    .filter(|rule| !rule.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect()
+            }
+        }
+    }
+}
+
 /// The argv written into the failure script for re-sending paths by hand, and what its
 /// stdin holds. With deletions on, one run per entry does what the daemon's deletion and
 /// send runs do together, on every receiver: `--recursive --delete` over the root, limited
@@ -1006,6 +1023,34 @@ mod tests {
         let (paths, input) = replay(&t, false);
         assert_eq!(input, ReplayInput::Paths);
         assert!(paths.iter().any(|a| a == "--files-from=-"));
+    }
+
+    #[test]
+    fn what_a_replay_reads_on_stdin() {
+        let paths: [&[u8]; 2] = [b"f0", b"d/e/gone"];
+        assert_eq!(
+            ReplayInput::Paths.stdin(&paths),
+            vec![b"./f0".to_vec(), b"./d/e/gone".to_vec()]
+        );
+        // With deletions: the rules that send or delete each path, and nothing else.
+        let rules: Vec<String> = ReplayInput::Rules
+            .stdin(&paths)
+            .iter()
+            .map(|rule| String::from_utf8_lossy(rule).into_owned())
+            .collect();
+        for wanted in [
+            "+ /d/",
+            "+ /d/e/",
+            "+ /d/e/gone",
+            "+ /d/e/gone/***",
+            "+ /f0",
+        ] {
+            assert!(
+                rules.iter().any(|r| r == wanted),
+                "{wanted} not in {rules:?}"
+            );
+        }
+        assert_eq!(rules.last().map(String::as_str), Some("- *"));
     }
 
     #[test]
