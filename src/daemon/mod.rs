@@ -334,6 +334,8 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                 options: config.rsync.clone(),
                 remote: remote.clone(),
                 password_piped: false,
+                // Set by each job when it starts.
+                today: String::new(),
             };
             let id = match lane_position(old, &key) {
                 Some(at) => old[at].id,
@@ -2079,13 +2081,14 @@ impl Daemon {
         let script_path = self.fail_script_path();
         let lanes = &self.lanes;
         let ssh = self.config.rsync.ssh;
+        let today = crate::sync::argv::utc_date(std::time::SystemTime::now());
         let entries = self.journal.script_entries(1000, |key, paths| {
             lane_position(lanes, key).map(|id| &lanes[id]).map(|lane| {
                 let mut argv = vec![std::ffi::OsString::from("rsync")];
-                let (replay, input) = crate::sync::argv::replay(
-                    &lane.context.transport,
-                    lane.context.propagate_deletes,
-                );
+                let mut transport = lane.context.transport.clone();
+                transport.today = today.clone();
+                let (replay, input) =
+                    crate::sync::argv::replay(&transport, lane.context.propagate_deletes);
                 argv.extend(replay);
                 failure::Replay {
                     remote: lane.context.transport.remote.label(ssh),

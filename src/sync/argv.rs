@@ -20,6 +20,9 @@ pub struct Transport {
     /// `--password-file` (rsync runs as a user who may not read the file; see
     /// [`super::identity`]), and adds the option for it itself.
     pub password_piped: bool,
+    /// The day (UTC, `YYYY-MM-DD`) the run's `<softDelete>` directory is named after: set
+    /// when a job starts ([`utc_date`]), so that building an argv reads no clock.
+    pub today: String,
 }
 
 impl Transport {
@@ -97,10 +100,7 @@ impl Transport {
     fn transport_only(&self) -> Vec<OsString> {
         let mut argv = self.connection();
         if let Some(soft) = &self.options.soft_delete {
-            argv.extend(soft_delete_options(
-                soft,
-                &utc_date(std::time::SystemTime::now()),
-            ));
+            argv.extend(soft_delete_options(soft, &self.today));
         }
         argv
     }
@@ -798,6 +798,7 @@ mod tests {
                 name: "web".into(),
             },
             password_piped: false,
+            today: "2026-12-06".into(),
         }
     }
 

@@ -144,10 +144,11 @@ impl std::fmt::Debug for Secret {
 }
 
 impl JobContext {
-    /// Resolves whose privileges this job's runs take, now (the root's owner may have
+    /// Resolves, when the job starts, what depends on the moment: the day soft-deleted
+    /// files are dated by, whose privileges this job's runs take (the root's owner may have
     /// changed since the config was read), and when that is not root and rsync talks to
-    /// a daemon with a password, reads the password for it. The error is a run that could
-    /// not start (retried), with the reason as its stderr.
+    /// a daemon with a password, the password. The error is a run that could not start
+    /// (retried), with the reason as its stderr.
     fn take_identity(&mut self) -> Result<(), Run> {
         // Retryable: the root, the user or the password file may be back by the next try.
         let failed = |message: String| Run {
@@ -157,6 +158,7 @@ impl JobContext {
                 message,
             })
         };
+        self.transport.today = argv::utc_date(std::time::SystemTime::now());
         self.identity = identity::Identity::resolve(&self.run_as, &self.root).map_err(failed)?;
         self.password = None;
         self.transport.password_piped = false;
@@ -335,8 +337,7 @@ impl Runner {
             }
             return;
         }
-        let today = argv::utc_date(std::time::SystemTime::now());
-        let expired = argv::expired_trash(&listing.stdout, &today, soft.keep_days);
+        let expired = argv::expired_trash(&listing.stdout, &ctx.transport.today, soft.keep_days);
         if expired.is_empty() {
             return;
         }

@@ -622,6 +622,7 @@ mod tests {
                     name: "web".into(),
                 },
                 password_piped: false,
+                today: "2026-12-06".into(),
             },
             propagate_deletes: true,
             filter: crate::config::Filter::default(),

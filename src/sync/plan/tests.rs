@@ -143,6 +143,7 @@ fn transport() -> Transport {
             name: "web".into(),
         },
         password_piped: false,
+        today: "2026-12-06".into(),
     }
 }
 
