@@ -41,7 +41,7 @@ mod socket;
 mod webhook;
 
 use std::collections::{HashSet, VecDeque};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
@@ -91,16 +91,9 @@ pub struct PluginEvent {
 impl PluginEvent {
     /// `root + "/" + path` as bytes (just `root` when `path` is empty).
     pub fn absolute_path(&self) -> Vec<u8> {
-        let root = self.root.as_os_str().as_bytes();
-        let mut abs = Vec::with_capacity(root.len() + 1 + self.path.len());
-        abs.extend_from_slice(root);
-        if !self.path.is_empty() {
-            if abs.last() != Some(&b'/') {
-                abs.push(b'/');
-            }
-            abs.extend_from_slice(&self.path);
-        }
-        abs
+        crate::relpath::absolute(&self.root, &self.path)
+            .into_os_string()
+            .into_vec()
     }
 }
 
@@ -630,9 +623,6 @@ fn send_with_retries(
     }
 }
 
-/// The part of `abs` below `watch`, starting with `/` (empty when `abs` is `watch`);
-/// `None` when `abs` is not at or below `watch`. This is the relative path sersync 2.5
-/// built URLs from: the absolute path with the watch prefix cut off.
 /// The part of `abs` below the plugin's `<localpath watch>`, or why the change is not the
 /// plugin's.
 fn within<'a>(abs: &'a [u8], watch: &Path) -> Result<&'a [u8], String> {
@@ -644,11 +634,16 @@ fn within<'a>(abs: &'a [u8], watch: &Path) -> Result<&'a [u8], String> {
     })
 }
 
+/// The part of `abs` below `watch`, starting with `/` (empty when `abs` is `watch`);
+/// `None` when `abs` is not at or below `watch`. This is the relative path sersync 2.5
+/// built URLs from: the absolute path with the watch prefix cut off.
 fn below<'a>(abs: &'a [u8], watch: &Path) -> Option<&'a [u8]> {
-    let watch = watch.as_os_str().as_bytes();
-    let watch = if watch == b"/" { &b""[..] } else { watch };
-    let rest = abs.strip_prefix(watch)?;
-    (rest.is_empty() || rest.starts_with(b"/")).then_some(rest)
+    let rest = crate::relpath::strip_root(abs, watch)?;
+    Some(if rest.is_empty() {
+        rest
+    } else {
+        &abs[abs.len() - rest.len() - 1..]
+    })
 }
 
 #[cfg(test)]
