@@ -11,8 +11,10 @@
 //! while the initial sync runs is queued, not lost.
 
 pub mod cli;
+mod deliveries;
 mod logging;
 mod notify;
+mod requests;
 mod settle;
 pub mod state;
 mod timers;
@@ -37,6 +39,8 @@ use crate::sync::argv::Transport;
 use crate::sync::{JobContext, Outcome, Runner};
 use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
 pub use cli::Cli;
+use deliveries::Deliveries;
+use requests::FullSyncRequests;
 use settle::Health;
 use timers::{Due, Overflowed, Timers};
 
@@ -51,18 +55,6 @@ enum Input {
     JobDone(Outcome),
     Signal(i32),
     Control(Command),
-}
-
-/// A full sync asked for over D-Bus, finished when every lane it covers has completed a
-/// full sync that *started after* the request (one already running when it came may have
-/// read the tree before the caller's last write).
-#[derive(Debug)]
-struct FullSyncJob {
-    id: u64,
-    root: Option<PathBuf>,
-    /// (lane, the sequence number of the lane's full sync that counts).
-    waiting: Vec<(LaneId, u64)>,
-    success: bool,
 }
 
 /// One root's watcher thread, as the loop sees it.
@@ -286,8 +278,7 @@ struct Daemon {
     last_snapshot: Option<Instant>,
     events: Option<Sender<Event>>,
     control: Option<control::ControlHandle>,
-    full_sync_jobs: Vec<FullSyncJob>,
-    next_job_id: u64,
+    full_sync_requests: FullSyncRequests,
     next_lane_id: LaneId,
     /// The `flock` on the state directory, held for the daemon's life.
     state_lock: Option<std::fs::File>,
@@ -297,7 +288,7 @@ struct Daemon {
     plugins: Option<PluginHost>,
     /// Per (root, path): the lanes a change was delivered to so far, for the after-sync
     /// plugin (which runs once a change reached every remote of its root).
-    deliveries: HashMap<(RootId, Vec<u8>), Vec<LaneId>>,
+    deliveries: Deliveries,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -472,14 +463,13 @@ impl Daemon {
             last_snapshot: None,
             events: None,
             control: None,
-            full_sync_jobs: Vec::new(),
-            next_job_id: 1,
+            full_sync_requests: FullSyncRequests::new(),
             next_lane_id,
             state_lock: None,
             last_stall_check: None,
             last_journal_save: None,
             plugins: None,
-            deliveries: HashMap::new(),
+            deliveries: Deliveries::default(),
         })
     }
 
@@ -1278,8 +1268,6 @@ impl Daemon {
                     .any(|lane| lane.id == id && roots.contains(&lane.root))
             });
         }
-        let id = self.next_job_id;
-        self.next_job_id += 1;
         // The full sync that counts is the next one to start on each lane.
         let waiting: Vec<(LaneId, u64)> = self
             .lanes
@@ -1287,13 +1275,9 @@ impl Daemon {
             .filter(|lane| roots.contains(&lane.root))
             .map(|lane| (lane.id, lane.full_syncs_started + 1))
             .collect();
-        tracing::info!(job = id, lanes = waiting.len(), "full sync requested");
-        self.full_sync_jobs.push(FullSyncJob {
-            id,
-            root,
-            waiting,
-            success: true,
-        });
+        let lanes = waiting.len();
+        let id = self.full_sync_requests.open(root, waiting);
+        tracing::info!(job = id, lanes, "full sync requested");
         self.finish_full_sync_jobs();
         Ok(id)
     }
@@ -1301,33 +1285,21 @@ impl Daemon {
     /// Notes that full sync number `number` of `lane` ended and reports the requests that
     /// are complete.
     fn full_sync_done(&mut self, lane: LaneId, number: u64, success: bool) {
-        for job in &mut self.full_sync_jobs {
-            job.waiting.retain(|&(waiting_lane, needed)| {
-                let done = waiting_lane == lane && needed <= number;
-                if done {
-                    job.success &= success;
-                }
-                !done
-            });
-        }
+        self.full_sync_requests.lane_done(lane, number, success);
         self.finish_full_sync_jobs();
     }
 
     fn finish_full_sync_jobs(&mut self) {
-        let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.full_sync_jobs)
-            .into_iter()
-            .partition(|job| job.waiting.is_empty());
-        self.full_sync_jobs = open;
-        for job in done {
+        for finished in self.full_sync_requests.take_finished() {
             tracing::info!(
-                job = job.id,
-                success = job.success,
+                job = finished.id,
+                success = finished.success,
                 "requested full sync finished"
             );
             self.emit(Event::FullSyncFinished {
-                job_id: job.id,
-                root: job.root.unwrap_or_default(),
-                success: job.success,
+                job_id: finished.id,
+                root: finished.root,
+                success: finished.success,
             });
         }
     }
@@ -1435,13 +1407,24 @@ impl Daemon {
                 removed = removed.len(),
                 "remotes no longer in the config: their queued changes were dropped"
             );
-            for job in &mut self.full_sync_jobs {
-                job.waiting.retain(|(lane, _)| !removed.contains(lane));
-            }
-            self.deliveries
-                .retain(|_, lanes| !lanes.iter().any(|lane| removed.contains(lane)));
+            self.full_sync_requests.forget_lanes(&removed);
         }
         self.lanes = new_lanes;
+        if !removed.is_empty() {
+            // Changes that every remaining remote of their root has: the plugin hears now.
+            let lanes = &self.lanes;
+            let complete = self.deliveries.forget_lanes(&removed, |root| {
+                lanes
+                    .iter()
+                    .filter(|lane| lane.context.root == root)
+                    .map(|lane| lane.id)
+                    .collect()
+            });
+            for (root, path, action) in complete {
+                let (_, remotes) = self.lanes_of_root(&root);
+                self.submit_plugin(&root, &path, action, remotes);
+            }
+        }
         self.apply_guards();
         let lanes = &self.lanes;
         self.owed_after_ready
@@ -1540,7 +1523,8 @@ impl Daemon {
                     self.counters.events += 1;
                     // `-m NAME`: the plugin alone, no rsync.
                     if self.cli.module.is_some() {
-                        self.submit_plugin(change.root, &change.path, change.action, Vec::new());
+                        let root = self.root_path(change.root).to_path_buf();
+                        self.submit_plugin(&root, &change.path, change.action, Vec::new());
                         continue;
                     }
                     self.queue.push(change.root, &change.path, change.action);
@@ -2011,56 +1995,46 @@ impl Daemon {
             .lanes
             .iter()
             .find(|lane| lane.id == lane_id)
-            .map(|lane| lane.root)
+            .map(|lane| lane.context.root.clone())
         else {
             return;
         };
-        let ssh = self.config.rsync.ssh;
-        let (lanes_of_root, remotes): (Vec<LaneId>, Vec<String>) = self
-            .lanes
-            .iter()
-            .filter(|lane| lane.root == root)
-            .map(|lane| (lane.id, lane.context.transport.remote.label(ssh)))
-            .unzip();
+        let (lanes_of_root, remotes) = self.lanes_of_root(&root);
         for (path, action) in entries {
-            let complete = if lanes_of_root.len() == 1 {
-                true
-            } else {
-                let key = (root, path.clone());
-                let seen = self.deliveries.entry(key.clone()).or_default();
-                if !seen.contains(&lane_id) {
-                    seen.push(lane_id);
-                }
-                let complete = lanes_of_root.iter().all(|id| seen.contains(id));
-                if complete {
-                    self.deliveries.remove(&key);
-                }
-                complete
-            };
-            if complete {
-                self.submit_plugin(root, path, *action, remotes.clone());
+            if self
+                .deliveries
+                .delivered(&root, lane_id, path, *action, &lanes_of_root)
+            {
+                self.submit_plugin(&root, path, *action, remotes.clone());
             }
         }
     }
 
-    fn submit_plugin(&self, root: RootId, path: &[u8], action: Action, remotes: Vec<String>) {
+    /// The lanes of the root at `root`, and their remotes as the plugins name them.
+    fn lanes_of_root(&self, root: &Path) -> (Vec<LaneId>, Vec<String>) {
+        let ssh = self.config.rsync.ssh;
+        self.lanes
+            .iter()
+            .filter(|lane| lane.context.root == root)
+            .map(|lane| (lane.id, lane.context.transport.remote.label(ssh)))
+            .unzip()
+    }
+
+    fn submit_plugin(&self, root: &Path, path: &[u8], action: Action, remotes: Vec<String>) {
         let Some(plugins) = &self.plugins else {
-            return;
-        };
-        let Some(root_path) = self.config.roots.get(root).map(|r| r.path.clone()) else {
             return;
         };
         let (kind, is_dir) = match action {
             Action::Remove { dir } => (ChangeKind::Deleted, dir),
             Action::Sync | Action::Replace | Action::Tree => {
-                match std::fs::symlink_metadata(crate::relpath::absolute(&root_path, path)) {
+                match std::fs::symlink_metadata(crate::relpath::absolute(root, path)) {
                     Ok(meta) => (ChangeKind::Updated, meta.is_dir()),
                     Err(_) => (ChangeKind::Deleted, false),
                 }
             }
         };
         plugins.submit(PluginEvent {
-            root: root_path,
+            root: root.to_path_buf(),
             path: path.to_vec(),
             is_dir,
             kind,

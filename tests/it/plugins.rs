@@ -1064,3 +1064,45 @@ fn daemon_after_sync_http_plugin_reports_the_change_and_the_remotes_it_reached()
         find("page.html", "deleted").is_some()
     });
 }
+
+#[test]
+fn a_reload_that_drops_a_dead_remote_hands_the_plugin_what_the_other_remotes_have() {
+    let Some(env) = Env::new(&["m1"]) else { return };
+    let server = HttpRecorder::start();
+    let live = env.rsyncd.remote("m1");
+    // A module the rsync daemon does not have: every run to it fails.
+    let dead = crate::harness::Remote {
+        ip: live.ip.clone(),
+        name: "nosuchmodule".to_owned(),
+    };
+    let config = |remotes: &[crate::harness::Remote]| {
+        let builder = SersyncdBuilder::new()
+            .root(env.src(), remotes)
+            .rsyncd(&env.rsyncd)
+            .raw_head_xml(&http_section(env.src(), server.port, 1));
+        with_after_sync_plugin(builder, "http")
+    };
+    let mut daemon = config(&[live.clone(), dead]).start();
+    let posted = |path: &str| {
+        server
+            .requests()
+            .into_iter()
+            .map(|r| r.json())
+            .any(|j| j["path"] == path && j["event"] == "updated")
+    };
+
+    write(env.src(), "page.html", "<p>");
+    env.converged();
+    // Not every remote has it: the plugin waits.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!posted("page.html"), "posted before every remote had it");
+
+    // The operator drops the dead remote: the one left has the change, so the plugin hears
+    // of it now (it used to wait for ever).
+    daemon.write_config(&config(&[live]).xml());
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until(CONVERGE, "the POST for page.html after the reload", || {
+        posted("page.html")
+    });
+    assert!(daemon.log().contains("configuration reloaded"));
+}
