@@ -1082,7 +1082,7 @@ fn a_reload_that_drops_a_dead_remote_hands_the_plugin_what_the_other_remotes_hav
             .raw_head_xml(&http_section(env.src(), server.port, 1));
         with_after_sync_plugin(builder, "http")
     };
-    let mut daemon = config(&[live.clone(), dead]).start();
+    let daemon = config(&[live.clone(), dead]).start();
     let posted = |path: &str| {
         server
             .requests()
