@@ -11,6 +11,7 @@
 //! while the initial sync runs is queued, not lost.
 
 pub mod cli;
+mod deletions;
 mod deliveries;
 mod logging;
 mod notify;
@@ -28,7 +29,6 @@ use std::os::unix::ffi::OsStrExt;
 use crate::atomic_file;
 use crate::config::{self, Config, RootId};
 use crate::control::{self, Command, Counters, Event, FailureRecord, RemoteStatus, Status};
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::exit;
@@ -39,6 +39,7 @@ use crate::sync::argv::Transport;
 use crate::sync::{JobContext, Outcome, Runner};
 use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
 pub use cli::Cli;
+use deletions::{DeletionWindows, Next};
 use deliveries::Deliveries;
 use requests::FullSyncRequests;
 use settle::Health;
@@ -106,10 +107,6 @@ impl Lane {
     }
 }
 
-/// The sliding window over which live deletions are counted for `<deleteGuard share>`:
-/// adaptive batching slices an `rm -rf` into many small batches, so a per-batch share
-/// would never trip.
-const DELETION_WINDOW: Duration = Duration::from_secs(60);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A job whose rsyncs have moved no data for this long is reported as stalled (in the
 /// log once, and in the status until it ends); rsync's own `--timeout` ends it.
@@ -257,11 +254,8 @@ struct Daemon {
     retired_in_flight: Vec<(LaneId, LaneKey)>,
     /// The filesystem each root was on when first watched (kept in the state directory).
     recorded_fs: Vec<(PathBuf, crate::guard::FsIdentity)>,
-    /// Deletions seen in each root (by path) over the last [`DELETION_WINDOW`].
-    deletion_windows: HashMap<PathBuf, std::collections::VecDeque<(Instant, usize)>>,
-    /// Per root: the deletion count at which its tree is counted again (each count walks
-    /// up to that many entries, so counts are spaced geometrically during a storm).
-    next_deletion_check: HashMap<PathBuf, usize>,
+    /// Live deletions per root over the last minute (`<deleteGuard>`).
+    deletion_windows: DeletionWindows,
     /// Roots whose deletions are held (too many at once), with the reason, until the
     /// operator releases them with a forced full sync.
     deletions_held: Vec<(PathBuf, String)>,
@@ -437,8 +431,7 @@ impl Daemon {
             owed_after_ready: Vec::new(),
             retired_in_flight: Vec::new(),
             recorded_fs: Vec::new(),
-            deletion_windows: HashMap::new(),
-            next_deletion_check: HashMap::new(),
+            deletion_windows: DeletionWindows::default(),
             deletions_held: Vec::new(),
             timers,
             ready: false,
@@ -607,60 +600,29 @@ impl Daemon {
     fn count_deletions(&mut self, root: RootId, count: usize) {
         let guard = self.config.delete_guard.clone();
         let path = self.root_path(root).to_path_buf();
-        if !crate::guard::limits_deletions(&guard) {
-            return;
-        }
-        if self.deletions_held.iter().any(|(held, _)| *held == path) {
-            return;
-        }
-        let now = Instant::now();
-        let window = self.deletion_windows.entry(path.clone()).or_default();
-        window.push_back((now, count));
-        while window
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > DELETION_WINDOW)
+        if !crate::guard::limits_deletions(&guard)
+            || self.deletions_held.iter().any(|(held, _)| *held == path)
         {
-            window.pop_front();
+            return;
         }
-        let deleted: usize = window.iter().map(|(_, n)| n).sum();
-        let why = if crate::guard::over_maximum(deleted, &guard) {
-            format!(
-                "{deleted} deletions within {} s are more than the {} <deleteGuard maximum> \
-                 allows",
-                DELETION_WINDOW.as_secs(),
-                guard.maximum.unwrap_or_default()
-            )
-        } else {
-            if deleted < guard.minimum as usize || guard.share == 0 || guard.share >= 100 {
-                self.next_deletion_check.remove(&path);
-                return;
-            }
-            let due = self.next_deletion_check.get(&path).copied().unwrap_or(0);
-            if deleted < due {
-                return;
-            }
-            self.next_deletion_check
-                .insert(path.clone(), deleted + (deleted / 8).max(1));
-            let needed = crate::guard::remaining_needed(deleted, guard.share);
+        let mut next = self
+            .deletion_windows
+            .record(&path, Instant::now(), count, &guard);
+        if let Next::CountRemaining { deleted, needed } = next {
+            // A walk of the root: bounded, as the root may sit on a hung filesystem.
             let counted = path.clone();
             let Some(remaining) = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
                 crate::guard::count_entries(&counted, needed)
             }) else {
                 return;
             };
-            if !crate::guard::too_many_deletions(deleted, remaining, guard.share, guard.minimum) {
-                return;
-            }
-            format!(
-                "{deleted} deletions within {} s would remove more than {}% of the root's \
-                 entries ({remaining} left)",
-                DELETION_WINDOW.as_secs(),
-                guard.share
-            )
-        };
-        let reason = format!("{why}: held until released with `sersyncctl full-sync --force`");
-        tracing::error!(root = %path.display(), "{reason}");
-        self.hold_root_deletions(path, reason);
+            next = DeletionWindows::judge(deleted, remaining, &guard);
+        }
+        if let Next::Hold(why) = next {
+            let reason = format!("{why}: held until released with `sersyncctl full-sync --force`");
+            tracing::error!(root = %path.display(), "{reason}");
+            self.hold_root_deletions(path, reason);
+        }
     }
 
     /// Says which lanes went over `<queue maxPending>` and were folded into dirty
@@ -1256,8 +1218,7 @@ impl Daemon {
                     tracing::warn!(root = %path.display(), "held deletions released by the operator");
                 }
                 self.deletions_held.retain(|(held, _)| *held != path);
-                self.deletion_windows.remove(&path);
-                self.next_deletion_check.remove(&path);
+                self.deletion_windows.forget(&path);
             }
             self.save_held();
             self.apply_guards();
