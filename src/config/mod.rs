@@ -62,6 +62,10 @@ pub struct Config {
     pub max_pending: usize,
 }
 
+/// The default of `<queue maxPending>`: the cap of pending paths per lane (see
+/// [`crate::queue::Queue::set_max_pending`]).
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
+
 /// `<deleteGuard>`: when deletions are held instead of run (see [`crate::guard`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteGuard {

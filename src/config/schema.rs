@@ -252,7 +252,7 @@ impl Checker<'_> {
         let mut fail_log = FailLog::default();
         let mut crontab = Crontab::default();
         let mut delete_guard = DeleteGuard::default();
-        let mut max_pending = crate::queue::DEFAULT_MAX_PENDING;
+        let mut max_pending = super::DEFAULT_MAX_PENDING;
         if let Some(sersync) = sersync {
             if let Some(element) = self.single(sersync, "queue") {
                 let default = u32::try_from(max_pending).unwrap_or(u32::MAX);

@@ -1335,7 +1335,7 @@ fn delete_guard_values_and_errors() {
 #[test]
 fn queue_cap_values_and_errors() {
     let (config, _) = loaded(&in_sersync_after_root(""));
-    assert_eq!(config.max_pending, crate::queue::DEFAULT_MAX_PENDING);
+    assert_eq!(config.max_pending, crate::config::DEFAULT_MAX_PENDING);
     let (config, _) = loaded(&in_sersync_after_root(r#"<queue maxPending="5000"/>"#));
     assert_eq!(config.max_pending, 5000);
     // (element, words the error must carry); each on line 4.

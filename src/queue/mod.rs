@@ -150,8 +150,7 @@ const MAX_RENAME_HINTS: usize = 64;
 /// The default upper bound of paths in one batch (one rsync run).
 pub const DEFAULT_MAX_BATCH: usize = 20_000;
 
-/// The default cap of pending paths per lane (see [`Queue::set_max_pending`]).
-pub const DEFAULT_MAX_PENDING: usize = 100_000;
+pub use crate::config::DEFAULT_MAX_PENDING;
 
 impl Queue {
     /// Lanes `(id, root)`.
