@@ -250,6 +250,13 @@ pub(super) fn settle(
         full: detail.clone(),
         summary: verdict.summary.clone(),
     });
+    let failure = Failure {
+        what,
+        detail,
+        code,
+        message,
+        verdict: &verdict,
+    };
     // Exit 23: the remote is there and took what it could. Retry what failed alone,
     // later, and let the rest of the lane go on: a file that keeps failing must not hold
     // back every change queued behind it. When stderr names every failed path (and none of
@@ -275,23 +282,9 @@ pub(super) fn settle(
                 health.unexplained_partials += 1;
             }
             let failed: HashSet<RelPath> = identified.unwrap_or(paths).into_iter().collect();
-            let failure = Failure {
-                what,
-                detail,
-                code,
-                message,
-                verdict: &verdict,
-            };
             return partial(label, batch, &failed, split, failure, clock.now);
         }
     }
-    let failure = Failure {
-        what,
-        detail,
-        code,
-        message,
-        verdict: &verdict,
-    };
     failed(health, label, job, batch_size, failure, clock.now)
 }
 

@@ -781,25 +781,19 @@ mod tests {
     use std::path::PathBuf;
 
     fn transport(ssh: bool, auth: bool, port: Option<u16>, timeout: Option<u32>) -> Transport {
-        Transport {
-            options: RsyncOptions {
-                common_params: vec!["-artuz".into()],
-                auth: auth.then(|| Auth {
-                    user: "backup".into(),
-                    password_file: PathBuf::from("/etc/rsync.pas"),
-                }),
-                port,
-                timeout,
-                ssh,
-                soft_delete: None,
-            },
-            remote: Remote {
-                ip: "127.0.0.1".into(),
-                name: "web".into(),
-            },
-            password_piped: false,
-            today: "2026-12-06".into(),
-        }
+        let mut transport = crate::sync::fixtures::transport();
+        transport.options = RsyncOptions {
+            common_params: vec!["-artuz".into()],
+            auth: auth.then(|| Auth {
+                user: "backup".into(),
+                password_file: PathBuf::from("/etc/rsync.pas"),
+            }),
+            port,
+            timeout,
+            ssh,
+            soft_delete: None,
+        };
+        transport
     }
 
     fn joined(argv: &[OsString]) -> String {

@@ -456,6 +456,53 @@ pub fn describe_batch(entries: &[(Vec<u8>, Action)]) -> String {
     format!("{} paths ({} removals)", entries.len(), removed)
 }
 
+/// What the sync tests build their jobs' contexts from.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use std::path::Path;
+
+    /// `-a` to the daemon module `web` on 127.0.0.1, no auth, dated 2026-12-06.
+    pub(crate) fn transport() -> argv::Transport {
+        argv::Transport {
+            options: crate::config::RsyncOptions {
+                common_params: vec!["-a".into()],
+                auth: None,
+                port: None,
+                timeout: None,
+                ssh: false,
+                soft_delete: None,
+            },
+            remote: crate::config::Remote {
+                ip: "127.0.0.1".into(),
+                name: "web".into(),
+            },
+            password_piped: false,
+            today: "2026-12-06".into(),
+        }
+    }
+
+    /// A job on `root` with [`transport`], deletions propagated, no filter, no guard
+    /// limits beyond the defaults, run as the root's owner.
+    pub(crate) fn context(root: &Path) -> JobContext {
+        JobContext {
+            root: root.to_path_buf(),
+            transport: transport(),
+            propagate_deletes: true,
+            filter: crate::config::Filter::default(),
+            crontab_excludes: Vec::new(),
+            debug: false,
+            recorded_fs: None,
+            delete_guard: crate::config::DeleteGuard::default(),
+            deletions_held: None,
+            guard_released: false,
+            run_as: crate::config::RunAs::default(),
+            identity: None,
+            password: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

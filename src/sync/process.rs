@@ -606,36 +606,7 @@ mod tests {
     }
 
     fn context(root: &Path) -> JobContext {
-        JobContext {
-            root: root.to_path_buf(),
-            transport: argv::Transport {
-                options: crate::config::RsyncOptions {
-                    common_params: vec!["-a".into()],
-                    auth: None,
-                    port: None,
-                    timeout: None,
-                    ssh: false,
-                    soft_delete: None,
-                },
-                remote: crate::config::Remote {
-                    ip: "127.0.0.1".into(),
-                    name: "web".into(),
-                },
-                password_piped: false,
-                today: "2026-12-06".into(),
-            },
-            propagate_deletes: true,
-            filter: crate::config::Filter::default(),
-            crontab_excludes: Vec::new(),
-            debug: false,
-            recorded_fs: None,
-            delete_guard: crate::config::DeleteGuard::default(),
-            deletions_held: None,
-            guard_released: false,
-            run_as: crate::config::RunAs::default(),
-            identity: None,
-            password: None,
-        }
+        crate::sync::fixtures::context(root)
     }
 
     #[test]

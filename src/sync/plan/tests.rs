@@ -15,12 +15,10 @@
 
 use std::collections::VecDeque;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
 
 use super::*;
-use crate::config::{DeleteGuard, ExcludeRegex, Remote, RsyncOptions, RunAs};
+use crate::config::{DeleteGuard, ExcludeRegex};
 use crate::queue::FullSyncReason::{self, *};
-use crate::sync::argv::Transport;
 
 const DESTINATION: &str = "rsync://127.0.0.1/web/";
 
@@ -128,30 +126,8 @@ impl Default for Case {
     }
 }
 
-fn transport() -> Transport {
-    Transport {
-        options: RsyncOptions {
-            common_params: vec!["-a".into()],
-            auth: None,
-            port: None,
-            timeout: None,
-            ssh: false,
-            soft_delete: None,
-        },
-        remote: Remote {
-            ip: "127.0.0.1".into(),
-            name: "web".into(),
-        },
-        password_piped: false,
-        today: "2026-12-06".into(),
-    }
-}
-
 fn context(case: &Case) -> JobContext {
     JobContext {
-        // Never read: the plan reads nothing.
-        root: PathBuf::from("/nonexistent/root"),
-        transport: transport(),
         propagate_deletes: case.propagate,
         filter: Filter {
             enabled: case.filter.is_some(),
@@ -165,18 +141,13 @@ fn context(case: &Case) -> JobContext {
                 })
                 .collect(),
         },
-        crontab_excludes: Vec::new(),
-        debug: false,
-        recorded_fs: None,
         delete_guard: DeleteGuard {
             share: if case.limits { 50 } else { 0 },
             ..DeleteGuard::default()
         },
         deletions_held: case.held.map(str::to_owned),
-        guard_released: false,
-        run_as: RunAs::default(),
-        identity: None,
-        password: None,
+        // Never read: the plan reads nothing.
+        ..crate::sync::fixtures::context(std::path::Path::new("/nonexistent/root"))
     }
 }
 
