@@ -127,7 +127,10 @@ impl Timers {
         if !self.overflow_due.is_empty() && self.overflow_quiet_until.is_none_or(|at| at <= now) {
             due.push(Due::OverflowRescan(self.rescan_overflowed(now)));
         }
-        if prune && self.prune.is_none_or(|at| at <= now) {
+        if !prune {
+            // Turned off (a reload dropped `<softDelete>`): no deadline is left to wake for.
+            self.prune = None;
+        } else if self.prune.is_none_or(|at| at <= now) {
             due.push(Due::PruneTrash);
             self.prune = Some(now + PRUNE_EVERY);
         }

@@ -232,4 +232,14 @@ fn pruning_starts_when_enabled_and_repeats_every_six_hours() {
     assert!(!prunes(&mut timers, 2, true));
     assert!(!prunes(&mut timers, 6 * 3600, true));
     assert!(prunes(&mut timers, 6 * 3600 + 1, true));
+    // Turned off by a reload: its old deadline must not keep the loop awake (a deadline
+    // in the past made the loop spin, waking every millisecond).
+    assert!(!prunes(&mut timers, 6 * 3600 + 2, false));
+    assert!(!prunes(&mut timers, 13 * 3600, false));
+    assert!(
+        timers.next() > at(start, 13 * 3600),
+        "{:?}",
+        timers.next() - start
+    );
+    assert!(prunes(&mut timers, 14 * 3600, true), "on again: at once");
 }
