@@ -4,13 +4,15 @@
 //! A panic is a bug, and the daemon's promise holds across it: no lane stuck, no change
 //! silently lost.
 //! - Work with an owner that can report and redo it runs under [`contain`]: an rsync job
-//!   (the job ends as a failed run and is retried like one), an inotify reader (the daemon
-//!   stops with exit 70, every lane owing a full sync, and systemd restarts it), a plugin
+//!   and each of its concurrent runs (the job ends as a failed run and is retried like
+//!   one; an rsync the panic left running is killed), an inotify reader (the daemon stops
+//!   with exit 70, every lane owing a full sync, and systemd restarts it), a plugin
 //!   delivery (counted and logged as failed).
-//! - A panic anywhere else (the event loop, the D-Bus thread, the signal listener, the
-//!   threads that feed rsync's pipes) would leave part of the daemon dead while the rest
-//!   looks healthy: a lane busy for ever, a bus that no longer answers. The hook that
-//!   [`install`] sets logs it and aborts the process instead: systemd restarts sersyncd
+//! - A panic on any other thread (the event loop, the D-Bus threads, the signal listener,
+//!   the threads that feed rsync's pipes, pruning, filesystem probes, plugin workers
+//!   outside a delivery) would leave part of the daemon dead while the rest looks healthy:
+//!   a lane busy for ever, a bus that no longer answers. The hook that [`install`] sets
+//!   logs it and aborts the process instead: systemd restarts sersyncd
 //!   (`Restart=on-failure`), and the `running` marker the abort leaves behind makes the next
 //!   start do a full sync of every root, which delivers whatever was queued.
 //!
@@ -36,8 +38,10 @@ pub fn install() {
             .map_or_else(String::new, |at| format!(" at {at}"));
         let what = message(info.payload());
         if CONTAINED.with(Cell::get) > 0 {
-            // The owner logs what the failure means for the work.
+            // The owner logs what the failure means for the work; the standard report
+            // (with a backtrace under RUST_BACKTRACE=1) goes to stderr for the bug report.
             tracing::error!(thread, "a bug: panicked{location}: {what}");
+            print(info);
             return;
         }
         tracing::error!(

@@ -28,6 +28,28 @@ pub(super) struct Child {
     pub(super) io_changed: Instant,
 }
 
+/// A running rsync in the runner's table, until it ended, or until a panic unwinds past
+/// it (a bug): then it is killed, so that no rsync of a job that was reported as failed
+/// (and is retried) goes on writing to the remote beside the retry.
+struct Tracked<'a> {
+    runner: &'a Runner,
+    pid: u32,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(pid) = i32::try_from(self.pid)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        self.runner.lock().remove(&self.pid);
+    }
+}
+
 /// A counting semaphore over rsync processes: `-n` bounds every rsync the daemon runs,
 /// including the concurrent runs of one job (rename seeds, split deletions, split full
 /// syncs), not only the jobs.
@@ -146,16 +168,30 @@ impl Runner {
             let handles: Vec<_> = runs
                 .into_iter()
                 .map(|(argv, stdin, capture)| {
-                    scope.spawn(move || self.run(lane, &argv, cwd, stdin, ctx, capture))
+                    scope.spawn(move || {
+                        // Contained like the job thread: a failed run, retried with the job.
+                        crate::panics::contain(|| self.run(lane, &argv, cwd, stdin, ctx, capture))
+                            .unwrap_or_else(|message| {
+                                let message =
+                                    format!("an rsync supervisor thread panicked: {message}");
+                                Run {
+                                    stderr: format!("{message}\n"),
+                                    ..Run::ended(RunResult::SpawnFailed {
+                                        kind: std::io::ErrorKind::Other,
+                                        message,
+                                    })
+                                }
+                            })
+                    })
                 })
                 .collect();
             handles
                 .into_iter()
+                // Cannot fail: the thread's work is contained.
                 .map(|handle| {
-                    handle.join().unwrap_or_else(|_| Run {
-                        stderr: "an rsync supervisor thread panicked".into(),
-                        ..Run::ended(RunResult::Exited(-1))
-                    })
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Run::ended(RunResult::Exited(-1)))
                 })
                 .collect()
         })
@@ -322,6 +358,7 @@ impl Runner {
                 io_changed: Instant::now(),
             },
         );
+        let _tracked = Tracked { runner: self, pid };
         // stdin is written on its own thread: rsync may fill stderr before it has read
         // the whole list, and neither side may wait for the other.
         let writer = child.stdin.take().map(|mut pipe| {
@@ -347,7 +384,6 @@ impl Runner {
             }
         }
         let status = child.wait();
-        self.lock().remove(&pid);
         if let Some(writer) = writer {
             let _ = writer.join();
         }
