@@ -43,6 +43,33 @@ impl Deliveries {
         complete
     }
 
+    /// `lane` made its remote equal to the whole of `root` (a full sync): every change of
+    /// the root it had not had has reached it. Returns the changes every lane of the root
+    /// (`lanes_of_root`) now has, as (path, last action), forgotten.
+    pub(super) fn covered(
+        &mut self,
+        root: &Path,
+        lane: LaneId,
+        lanes_of_root: &[LaneId],
+    ) -> Vec<(RelPath, Action)> {
+        let mut complete = Vec::new();
+        self.seen.retain(|(of, path), (action, seen)| {
+            if of != root {
+                return true;
+            }
+            if !seen.contains(&lane) {
+                seen.push(lane);
+            }
+            if lanes_of_root.iter().all(|id| seen.contains(id)) {
+                complete.push((path.clone(), *action));
+                return false;
+            }
+            true
+        });
+        complete.sort_by(|a, b| a.0.cmp(&b.0));
+        complete
+    }
+
     /// A reload removed the lanes `removed`; `lanes_of` gives each root's lanes now. The
     /// changes that every remaining lane of their root already has are complete now:
     /// returned (root, path, last action) and forgotten.
@@ -100,6 +127,25 @@ mod tests {
         );
         assert!(deliveries.delivered(www, 2, b"a", SYNC, &[1, 2]));
         assert_eq!(deliveries.len(), 1, "the other root's change waits");
+    }
+
+    #[test]
+    fn a_full_sync_delivers_every_change_of_its_root_that_waited_for_its_lane() {
+        let www = Path::new("/srv/www");
+        let img = Path::new("/srv/img");
+        let mut deliveries = Deliveries::default();
+        // Lane 2 (of 1, 2, 3) is behind on a and b; lane 3 on b; img waits for lane 5.
+        assert!(!deliveries.delivered(www, 1, b"a", SYNC, &[1, 2, 3]));
+        assert!(!deliveries.delivered(www, 3, b"a", SYNC, &[1, 2, 3]));
+        assert!(!deliveries.delivered(www, 1, b"b", SYNC, &[1, 2, 3]));
+        assert!(!deliveries.delivered(img, 4, b"c", SYNC, &[4, 5]));
+        // Lane 2's full sync: a is everywhere now; b still waits for lane 3.
+        assert_eq!(
+            deliveries.covered(www, 2, &[1, 2, 3]),
+            vec![(b"a".to_vec(), SYNC)]
+        );
+        assert!(deliveries.delivered(www, 3, b"b", SYNC, &[1, 2, 3]));
+        assert_eq!(deliveries.len(), 1, "img's change is another root's");
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl Lane {
     /// Whether this lane is the one `key` names (its identity, which a reload, the journal
     /// and the state directory go by).
     fn is(&self, key: &LaneKey) -> bool {
+        // Field by field: `key()` would clone all three for every comparison.
         self.context.root == key.root
             && self.context.transport.remote.ip == key.remote_ip
             && self.context.transport.remote.name == key.remote_name
@@ -1782,6 +1783,7 @@ impl Daemon {
             journal,
             events,
             delivered,
+            whole_root,
             hold_deletions,
             guarded_full_sync,
             record_filesystem,
@@ -1802,10 +1804,10 @@ impl Daemon {
         }
         if succeeded {
             self.counters.batches += 1;
-            self.counters.files += delivered.len() as u64;
-            if self.plugins.is_some() {
-                self.delivered(lane_id, &delivered);
-            }
+        }
+        self.counters.files += delivered.len() as u64;
+        if self.plugins.is_some() {
+            self.delivered(lane_id, &delivered, whole_root);
         }
         for event in events {
             self.emit(event);
@@ -1949,9 +1951,10 @@ impl Daemon {
         }
     }
 
-    /// Counts a delivered batch towards the after-sync plugin: a change is handed to it
-    /// once every remote of its root has it.
-    fn delivered(&mut self, lane_id: LaneId, entries: &[(Vec<u8>, Action)]) {
+    /// Counts what a lane delivered towards the after-sync plugin: a change is handed to it
+    /// once every remote of its root has it. `whole_root`: a full sync, which delivered
+    /// every change of the root that waited for this lane too.
+    fn delivered(&mut self, lane_id: LaneId, entries: &[(Vec<u8>, Action)], whole_root: bool) {
         let Some(root) = self
             .lanes
             .iter()
@@ -1967,6 +1970,12 @@ impl Daemon {
                 .delivered(&root, lane_id, path, *action, &lanes_of_root)
             {
                 self.submit_plugin(&root, path, *action, remotes.clone());
+            }
+        }
+        // After the entries, which may complete some of the same changes themselves.
+        if whole_root {
+            for (path, action) in self.deliveries.covered(&root, lane_id, &lanes_of_root) {
+                self.submit_plugin(&root, &path, action, remotes.clone());
             }
         }
     }
@@ -2017,7 +2026,7 @@ impl Daemon {
         let lanes = &self.lanes;
         let ssh = self.config.rsync.ssh;
         let today = crate::sync::argv::utc_date(std::time::SystemTime::now());
-        let entries = self.journal.script_entries(1000, |key, paths| {
+        let entries = self.journal.script_entries(1000, |key| {
             lane_position(lanes, key).map(|id| &lanes[id]).map(|lane| {
                 let mut argv = vec![std::ffi::OsString::from("rsync")];
                 let mut transport = lane.context.transport.clone();
@@ -2028,7 +2037,7 @@ impl Daemon {
                 failure::Replay {
                     remote: lane.context.transport.remote.label(ssh),
                     argv,
-                    stdin: input.stdin(paths),
+                    stdin: Box::new(move |paths| input.stdin(paths)),
                 }
             })
         });

@@ -166,8 +166,13 @@ pub(super) struct Settlement {
     pub defer: Vec<(Vec<(RelPath, Action)>, Instant)>,
     pub journal: Vec<JournalOp>,
     pub events: Vec<Event>,
-    /// Changes the remote now has (for the counters and the after-sync plugins).
+    /// Changes the remote now has (for the counters and the after-sync plugins): all of a
+    /// successful job's, the paths of a partial failure that did not fail, the sends of a
+    /// batch whose deletions the guard held.
     pub delivered: Vec<(RelPath, Action)>,
+    /// A full sync made the remote equal to the whole root: every change of the root that
+    /// waited for this remote has reached it.
+    pub whole_root: bool,
     /// The replica guard's count tripped: the root's deletions stay held until released.
     pub hold_deletions: Option<String>,
     /// A full sync the replica guard held back, tried again by the timer from then.
@@ -188,6 +193,7 @@ impl Settlement {
             journal: Vec::new(),
             events: Vec::new(),
             delivered: Vec::new(),
+            whole_root: false,
             hold_deletions: None,
             guarded_full_sync: None,
             record_filesystem: false,
@@ -346,6 +352,7 @@ fn done(
         }
         Job::FullSync { reason, then, .. } => {
             settlement.journal.push(JournalOp::ClearLane);
+            settlement.whole_root = true;
             settlement.record_filesystem = reason == FullSyncReason::Forced;
             then
         }
@@ -404,8 +411,9 @@ fn partial(
         }
     }
     settlement.journal.push(JournalOp::Clear(
-        delivered.into_iter().map(|(p, _)| p).collect(),
+        delivered.iter().map(|(p, _)| p.clone()).collect(),
     ));
+    settlement.delivered = delivered;
     if split {
         // Two halves, retried as batches of their own: the one that succeeds is delivered,
         // the other splits again, down to the failing path.
@@ -546,9 +554,10 @@ fn guarded(
                 code: -1,
                 message,
             });
-            settlement
-                .journal
-                .push(JournalOp::Clear(sent.into_iter().map(|(p, _)| p).collect()));
+            settlement.journal.push(JournalOp::Clear(
+                sent.iter().map(|(p, _)| p.clone()).collect(),
+            ));
+            settlement.delivered = sent;
             settlement.defer.push((held, retry_at));
         }
     }

@@ -23,15 +23,26 @@ pub struct LaneKey {
     pub remote_name: String,
 }
 
-/// How a group of failed paths is re-sent by hand (see [`Journal::script_entries`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a replay of some paths reads on stdin (NUL-terminated records).
+pub type ReplayStdin = Box<dyn Fn(&[&[u8]]) -> Vec<Vec<u8>>>;
+
+/// How a lane's failed paths are re-sent by hand (see [`Journal::script_entries`]).
 pub struct Replay {
     /// The remote as the operator knows it.
     pub remote: String,
     /// The whole command, program first.
     pub argv: Vec<OsString>,
-    /// What it reads NUL-terminated on stdin.
-    pub stdin: Vec<Vec<u8>>,
+    /// What the command reads NUL-terminated on stdin to re-send these paths.
+    pub stdin: ReplayStdin,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("remote", &self.remote)
+            .field("argv", &self.argv)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What is known about one failing path.
@@ -228,13 +239,12 @@ impl Journal {
     }
 
     /// The failure script's entries: per lane, commands of at most `chunk` paths each.
-    /// `replay` gives, for a lane and a group of its paths, the remote's label, the argv
-    /// (program first) that re-sends them, and what that argv reads on stdin; `None` skips
-    /// the lane (no longer configured).
+    /// `replay` says how a lane's paths are re-sent; `None` skips the lane (no longer
+    /// configured).
     pub fn script_entries(
         &self,
         chunk: usize,
-        mut replay: impl FnMut(&LaneKey, &[&[u8]]) -> Option<Replay>,
+        mut replay: impl FnMut(&LaneKey) -> Option<Replay>,
     ) -> Vec<super::ScriptEntry> {
         let mut by_lane: BTreeMap<&LaneKey, Vec<(&[u8], &FailureInfo)>> = BTreeMap::new();
         for ((lane, path), info) in &self.entries {
@@ -246,6 +256,9 @@ impl Journal {
         }
         let mut out = Vec::new();
         for (lane, paths) in by_lane {
+            let Some(replay) = replay(lane) else {
+                continue;
+            };
             for group in paths.chunks(chunk.max(1)) {
                 let newest = group
                     .iter()
@@ -253,21 +266,13 @@ impl Journal {
                     .map(|(_, info)| (*info).clone());
                 let Some(newest) = newest else { continue };
                 let paths: Vec<&[u8]> = group.iter().map(|(path, _)| *path).collect();
-                let Some(Replay {
-                    remote,
-                    argv,
-                    stdin,
-                }) = replay(lane, &paths)
-                else {
-                    break;
-                };
                 out.push(super::ScriptEntry {
                     exit_code: newest.exit_code,
-                    remote,
+                    remote: replay.remote.clone(),
                     time: newest.last,
                     root: lane.root.clone(),
-                    argv,
-                    stdin_paths: stdin,
+                    argv: replay.argv.clone(),
+                    stdin_paths: (replay.stdin)(&paths),
                 });
             }
         }
@@ -366,11 +371,11 @@ mod tests {
             now,
         );
         // The caller words the replay; the journal groups and dates.
-        let replay = |key: &LaneKey, paths: &[&[u8]]| {
+        let replay = |key: &LaneKey| {
             (key.remote_name != "gone").then(|| Replay {
                 remote: format!("127.0.0.1::{}", key.remote_name),
                 argv: vec!["rsync".into()],
-                stdin: paths.iter().map(|p| p.to_vec()).collect(),
+                stdin: Box::new(|paths: &[&[u8]]| paths.iter().map(|p| p.to_vec()).collect()),
             })
         };
         let entries = journal.script_entries(2, replay);

@@ -1106,3 +1106,46 @@ fn a_reload_that_drops_a_dead_remote_hands_the_plugin_what_the_other_remotes_hav
     });
     assert!(daemon.log().contains("configuration reloaded"));
 }
+
+#[test]
+fn the_paths_of_a_partly_refused_batch_that_arrived_reach_the_plugin() {
+    let Some(mut env) = Env::new(&["m1"]) else {
+        return;
+    };
+    // The module refuses files named refused*: exit 23, naming them.
+    env.rsyncd.set_module_options("    exclude = refused*\n");
+    let server = HttpRecorder::start();
+    let builder = env
+        .builder()
+        .raw_head_xml(&http_section(env.src(), server.port, 1));
+    let daemon = with_after_sync_plugin(builder, "http").start();
+    let posted = |path: &str| {
+        server
+            .requests()
+            .into_iter()
+            .map(|r| r.json())
+            .any(|j| j["path"] == path && j["event"] == "updated")
+    };
+    write(env.src(), "first.txt", "1");
+    wait_until(CONVERGE, "the POST for first.txt", || posted("first.txt"));
+
+    // While the remote is away the changes gather, so that they go in one batch after.
+    env.rsyncd.stop();
+    write(env.src(), "a.txt", "a");
+    write(env.src(), "refused.txt", "r");
+    write(env.src(), "b.txt", "b");
+    std::thread::sleep(Duration::from_secs(2));
+    env.rsyncd.start();
+    wait_until(CONVERGE, "the POSTs for the paths that arrived", || {
+        posted("a.txt") && posted("b.txt")
+    });
+    assert!(
+        !posted("refused.txt"),
+        "a refused path was reported as synced"
+    );
+    assert!(
+        daemon.log().contains("path(s) failed"),
+        "no partial failure: the test proves nothing\n{}",
+        daemon.log()
+    );
+}

@@ -122,6 +122,14 @@ fn journal(ops: &[JournalOp]) -> Vec<String> {
         .collect()
 }
 
+/// The paths of the `clear[...]` rows of a journal column.
+fn cleared(ops: &[&str]) -> Vec<String> {
+    ops.iter()
+        .filter_map(|op| op.strip_prefix("clear[").and_then(|l| l.strip_suffix(']')))
+        .flat_map(|list| list.split(',').filter(|p| !p.is_empty()).map(str::to_owned))
+        .collect()
+}
+
 /// The queue's side: `retry` (the whole job, "paths" or "full") and the deferred batches as
 /// (their paths, seconds from now).
 fn queue_side(ended: &Ended) -> (Option<String>, Vec<(Vec<String>, u64)>) {
@@ -242,6 +250,11 @@ fn successes() {
         assert_eq!(ended.health.backoff.failures(), 0, "{name}: backoff reset");
         assert_eq!(ended.health.unexplained_partials, 0, "{name}");
         assert_eq!(ended.health.last_ok, Some(ended.wall), "{name}");
+        assert_eq!(
+            s.whole_root,
+            name.starts_with("a full sync"),
+            "{name}: a full sync delivers the whole root"
+        );
         assert_eq!(
             ended.health.last_error.is_none(),
             after == LaneState::Ok,
@@ -528,6 +541,9 @@ fn partial_failures_defer_what_failed_and_let_the_lane_go_on() {
             .iter()
             .map(|(p, secs)| (p.iter().map(|s| s.to_string()).collect(), *secs))
             .collect();
+        // What did not fail arrived: counted, and handed to the after-sync plugin.
+        assert_eq!(paths(&s.delivered), cleared(&ops), "{name}");
+        assert!(!s.whole_root, "{name}");
         assert_eq!(queue_side(&ended), (None, want), "{name}");
         assert!(
             matches!(s.report, Report::Partial { split: got, .. } if got == split),
@@ -632,6 +648,8 @@ fn guard_refusals_hold_the_deletions_back() {
             "{name}"
         );
         assert_eq!(s.hold_deletions.is_some(), hold, "{name}");
+        // A batch's sends went through; a held full sync delivered nothing.
+        assert_eq!(paths(&s.delivered), cleared(&ops), "{name}");
         assert!(
             matches!(s.report, Report::Guarded { newly, .. } if newly == (before != LaneState::Guarded)),
             "{name}"
