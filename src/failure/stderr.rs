@@ -400,8 +400,7 @@ fn relative(failure: &FailedPath, roots: &[&[u8]]) -> Option<Vec<u8>> {
 }
 
 fn is_ancestor(ancestor: &[u8], path: &[u8]) -> bool {
-    ancestor.is_empty() && !path.is_empty()
-        || path.len() > ancestor.len() && path.starts_with(ancestor) && path[ancestor.len()] == b'/'
+    path != ancestor && crate::relpath::is_at_or_below(path, ancestor)
 }
 
 /// The paths to retry after exit 23, or `None` for "retry the whole batch".

@@ -100,6 +100,8 @@ impl Transport {
     fn transport_only(&self) -> Vec<OsString> {
         let mut argv = self.connection();
         if let Some(soft) = &self.options.soft_delete {
+            // Undated, the directory would never be pruned: every run sets the day.
+            debug_assert!(!self.today.is_empty(), "a run with <softDelete> and no day");
             argv.extend(soft_delete_options(soft, &self.today));
         }
         argv

@@ -37,26 +37,15 @@ pub(super) fn below_a_non_directory(
     path: &[u8],
     checked: &mut HashMap<Vec<u8>, bool>,
 ) -> bool {
-    let mut end = 0;
-    while let Some(at) = path[end..].iter().position(|&b| b == b'/') {
-        end += at;
-        let ancestor = &path[..end];
-        let not_a_dir = match checked.get(ancestor) {
-            Some(&known) => known,
-            None => {
-                let meta =
-                    std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(ancestor)));
-                let known = meta.is_ok_and(|m| !m.is_dir());
-                checked.insert(ancestor.to_vec(), known);
-                known
-            }
-        };
-        if not_a_dir {
-            return true;
+    crate::relpath::ancestors(path).any(|ancestor| match checked.get(ancestor) {
+        Some(&known) => known,
+        None => {
+            let meta = std::fs::symlink_metadata(crate::relpath::absolute(root, ancestor));
+            let known = meta.is_ok_and(|m| !m.is_dir());
+            checked.insert(ancestor.to_vec(), known);
+            known
         }
-        end += 1;
-    }
-    false
+    })
 }
 
 /// Every path below directory `dir` (relative to `root`), not the ones the filter excludes

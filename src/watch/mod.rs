@@ -25,7 +25,6 @@
 //! Architecture invariant: this module never spawns processes and never touches the queue;
 //! it only reports [`WatchEvent`]s through the callback it was given.
 
-use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -545,14 +544,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     }
 
     fn abs_path(&self, root: RootId, rel: &[u8]) -> PathBuf {
-        let mut path = self.spec.roots[root].as_os_str().as_bytes().to_vec();
-        if !rel.is_empty() {
-            if path.last() != Some(&b'/') {
-                path.push(b'/');
-            }
-            path.extend_from_slice(rel);
-        }
-        PathBuf::from(OsStr::from_bytes(&path))
+        crate::relpath::absolute(&self.spec.roots[root], rel)
     }
 
     fn ignored(&self, rel: &[u8], name: &[u8], is_dir: bool) -> bool {
