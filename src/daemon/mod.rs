@@ -1997,7 +1997,14 @@ impl Daemon {
         let (kind, is_dir) = match action {
             Action::Remove { dir } => (ChangeKind::Deleted, dir),
             Action::Sync | Action::Replace | Action::Tree => {
-                match std::fs::symlink_metadata(crate::relpath::absolute(root, path)) {
+                // The root itself is followed (it may be a symlink the operator configured);
+                // what is below it is not.
+                let meta = if path.is_empty() {
+                    std::fs::metadata(root)
+                } else {
+                    std::fs::symlink_metadata(crate::relpath::absolute(root, path))
+                };
+                match meta {
                     Ok(meta) => (ChangeKind::Updated, meta.is_dir()),
                     Err(_) => (ChangeKind::Deleted, false),
                 }

@@ -639,7 +639,9 @@ fn within<'a>(abs: &'a [u8], watch: &Path) -> Result<&'a [u8], String> {
 /// built URLs from: the absolute path with the watch prefix cut off.
 fn below<'a>(abs: &'a [u8], watch: &Path) -> Option<&'a [u8]> {
     let rest = crate::relpath::strip_root(abs, watch)?;
-    Some(if rest.is_empty() {
+    // With the slash before it; the watch itself is "" unless written with a trailing
+    // slash ("/" included), as sersync 2.5 cut it.
+    Some(if rest.is_empty() && !abs.ends_with(b"/") {
         rest
     } else {
         &abs[abs.len() - rest.len() - 1..]
@@ -679,6 +681,8 @@ mod tests {
         assert_eq!(below(b"/srv/www2/a", watch), None);
         assert_eq!(below(b"/srv/ww", watch), None);
         assert_eq!(below(b"/a", Path::new("/")), Some(&b"/a"[..]));
+        assert_eq!(below(b"/", Path::new("/")), Some(&b"/"[..]));
+        assert_eq!(below(b"/srv/www/", watch), Some(&b"/"[..]));
     }
 
     /// A plugin that records what it got and blocks on one path until told to go on.
