@@ -953,6 +953,9 @@ impl Daemon {
                 if let Some(at) = self.queue.lane_next_deferred(lane) {
                     wake = wake.min(at.saturating_duration_since(now));
                 }
+                if let Some(at) = self.queue.lane_cools_at(lane) {
+                    wake = wake.min(at.saturating_duration_since(now));
+                }
             }
         }
         wake = wake.min(self.timers.next().saturating_duration_since(now));

@@ -9,8 +9,8 @@
 //!
 //! Architecture invariant: this module does no I/O and reads no clock; time is passed in.
 
-use std::collections::BTreeMap;
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use crate::config::RootId;
 
@@ -121,6 +121,56 @@ struct Lane {
     deferred: Vec<(Instant, Vec<(RelPath, Action)>)>,
     /// Directory renames seen since the last batch (hints; bounded).
     renames: Vec<(RelPath, RelPath)>,
+    /// The paths sent within the last [`HOT_INTERVAL`]: a file that keeps changing is sent
+    /// again only once its interval is over (see [`Queue::take_job`]).
+    recently_sent: RecentlySent,
+}
+
+/// A path sent this recently is not sent again for a change of its contents before the
+/// interval is over: a file rewritten a hundred times a second costs a run every half
+/// second, not a run per change, and still goes out in its last state. The first change
+/// of a quiet path goes out at once.
+pub const HOT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Paths by the time they were last sent, expiring after [`HOT_INTERVAL`].
+#[derive(Debug, Default)]
+struct RecentlySent {
+    /// In the order they were sent (a path sent twice is here twice).
+    order: VecDeque<(Instant, RelPath)>,
+    last: HashMap<RelPath, Instant>,
+    /// Nothing pending can go out before this (every pending change is to a hot file),
+    /// unless a change to another path comes in.
+    nothing_before: Option<Instant>,
+}
+
+impl RecentlySent {
+    fn forget_before(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.saturating_duration_since(*at) < HOT_INTERVAL {
+                break;
+            }
+            let Some((at, path)) = self.order.pop_front() else {
+                break;
+            };
+            if self.last.get(&path) == Some(&at) {
+                self.last.remove(&path);
+            }
+        }
+    }
+
+    fn note(&mut self, path: &[u8], now: Instant) {
+        self.order.push_back((now, path.to_vec()));
+        self.last.insert(path.to_vec(), now);
+    }
+
+    fn is_hot(&self, path: &[u8]) -> bool {
+        self.last.contains_key(path)
+    }
+
+    /// When the earliest hot path cools down.
+    fn next_cool(&self) -> Option<Instant> {
+        self.order.front().map(|(at, _)| *at + HOT_INTERVAL)
+    }
 }
 
 /// All lanes' pending work.
@@ -189,6 +239,7 @@ impl Queue {
                     paused: self.paused,
                     deferred: Vec::new(),
                     renames: Vec::new(),
+                    recently_sent: RecentlySent::default(),
                 },
             };
             self.lanes.push(lane);
@@ -335,7 +386,22 @@ impl Queue {
                 renames: Vec::new(),
             }));
         }
-        if lane.pending.is_empty() {
+        if lane.pending.is_empty() || lane.recently_sent.nothing_before.is_some_and(|at| now < at) {
+            return None;
+        }
+        lane.recently_sent.forget_before(now);
+        lane.recently_sent.nothing_before = None;
+        // New contents of files sent within the interval wait for its end, unless a run
+        // goes anyway (for another path, a removal, a replacement, a dirty directory):
+        // then they ride along, at no extra run.
+        let recently_sent = &lane.recently_sent;
+        if !recently_sent.last.is_empty()
+            && lane
+                .pending
+                .iter()
+                .all(|(path, action)| *action == Action::Sync && recently_sent.is_hot(path))
+        {
+            lane.recently_sent.nothing_before = lane.recently_sent.next_cool();
             return None;
         }
         let entries: Vec<(RelPath, Action)> = if lane.pending.len() <= max_batch {
@@ -350,6 +416,11 @@ impl Queue {
             }
             taken
         };
+        for (path, action) in &entries {
+            if *action == Action::Sync {
+                lane.recently_sent.note(path, now);
+            }
+        }
         lane.busy = true;
         let hints = std::mem::take(&mut lane.renames);
         let renames = hints
@@ -464,6 +535,12 @@ impl Queue {
         self.lane(lane).and_then(|lane| lane.not_before)
     }
 
+    /// When the changes of a lane that all wait for hot files to cool may go out.
+    pub fn lane_cools_at(&self, lane: LaneId) -> Option<Instant> {
+        self.lane(lane)
+            .and_then(|lane| lane.recently_sent.nothing_before)
+    }
+
     /// Whether a lane has anything to do (pending paths or a full sync).
     pub fn lane_has_work(&self, lane: LaneId) -> bool {
         self.lane(lane).is_some_and(|lane| {
@@ -492,6 +569,7 @@ impl Queue {
             paused: false,
             deferred: Vec::new(),
             renames: Vec::new(),
+            recently_sent: RecentlySent::default(),
         };
         // Newest first: each is put back as older than what is there already.
         for (_, entries) in lane.deferred.iter().rev() {
@@ -528,6 +606,10 @@ impl Lane {
     fn merge(&mut self, path: &[u8], action: Action) {
         if self.below_a_tree(path) {
             return;
+        }
+        if action != Action::Sync || !self.recently_sent.is_hot(path) {
+            // Something that need not wait: the lane may have a job again.
+            self.recently_sent.nothing_before = None;
         }
         if let Action::Remove { dir: true } = action {
             // Deleting the directory on the remote covers whatever was pending below it.
@@ -599,7 +681,11 @@ impl Lane {
     }
 
     /// Puts back an action from a failed batch: it happened before anything now pending.
+    /// The path did not get through, so it is not held back as just sent.
     fn requeue(&mut self, path: RelPath, older: Action) {
+        if self.recently_sent.last.remove(&path).is_some() {
+            self.recently_sent.nothing_before = None;
+        }
         match self.pending.get_mut(&path) {
             Some(newer) => *newer = Action::then(older, *newer),
             None => {

@@ -47,14 +47,17 @@ fn render(job: Option<Job>) -> String {
     }
 }
 
+/// Runs `script`, each `take` a [`HOT_INTERVAL`] after the one before (the hot-file hold
+/// has its own table).
 fn run(script: &[&str], max_batch: usize) -> Vec<String> {
-    let now = Instant::now();
+    let mut now = Instant::now();
     let mut queue = Queue::new(&[(0, 0)], max_batch);
     let mut last_batch: Option<Batch> = None;
     let mut out = Vec::new();
     for step in script {
         match *step {
             "take" => {
+                now += HOT_INTERVAL;
                 let job = queue.take_job(0, now);
                 if let Some(Job::Batch(batch)) = &job {
                     last_batch = Some(batch.clone());
@@ -533,4 +536,129 @@ fn deferred_retries_of_one_path_are_put_back_in_the_order_they_happened() {
         batch.entries,
         vec![(b"p".to_vec(), Action::then(removed, Action::Sync))]
     );
+}
+
+/// Runs `script` with an explicit clock: `at MS` sets it (milliseconds from the start).
+fn run_timed(script: &[&str]) -> Vec<String> {
+    let start = Instant::now();
+    let mut now = start;
+    let mut queue = Queue::new(&[(0, 0)], DEFAULT_MAX_BATCH);
+    let mut last_batch: Option<Batch> = None;
+    let mut out = Vec::new();
+    for step in script {
+        match *step {
+            "take" => {
+                let job = queue.take_job(0, now);
+                if let Some(Job::Batch(batch)) = &job {
+                    last_batch = Some(batch.clone());
+                }
+                out.push(render(job));
+            }
+            "ok" => queue.finish(0, None),
+            "fail" => {
+                let entries = last_batch.take().map(|b| b.entries).unwrap_or_default();
+                queue.finish(0, Some((Retry::Paths(entries), now)));
+            }
+            "full" => queue.request_full_sync(0, FullSyncReason::Scheduled),
+            "cools" => out.push(match queue.lane_cools_at(0) {
+                Some(at) => format!("cools {}", (at - start).as_millis()),
+                None => "cools -".to_owned(),
+            }),
+            other if other.starts_with("at ") => {
+                now = start + std::time::Duration::from_millis(other[3..].parse().expect("at MS"));
+            }
+            other => {
+                let (code, path) = other.split_once(' ').expect("step is `CODE path`");
+                queue.push(0, path.as_bytes(), action_of(code));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_file_that_keeps_changing_goes_out_once_per_interval_in_its_last_state() {
+    // (name, script, outputs of each `take` and `cools`)
+    let rows: &[(&str, &[&str], &[&str])] = &[
+        (
+            "a quiet file at once; again within the interval: at its end",
+            &[
+                "at 0", "S f", "take", "ok", "at 100", "S f", "take", "cools", "at 200", "S f",
+                "take", "at 499", "take", "at 500", "take", "ok", "cools",
+            ],
+            &["f:S", "-", "cools 500", "-", "-", "f:S", "cools -"],
+        ),
+        (
+            "a run that goes anyway (another path) takes it along: no extra run",
+            &[
+                "at 0", "S f", "take", "ok", "at 100", "S f", "S g", "take", "ok", "take",
+                "at 500", "take",
+            ],
+            &["f:S", "f:S g:S", "-", "-"],
+        ),
+        (
+            "a change to another path wakes a lane that only waited for hot files",
+            &[
+                "at 0", "S f", "take", "ok", "at 100", "S f", "take", "at 150", "S g", "take",
+            ],
+            &["f:S", "-", "f:S g:S"],
+        ),
+        (
+            "removals, replacements and dirty directories never wait",
+            &[
+                "at 0", "S f", "S d", "take", "ok", "at 100", "F f", "R d", "take", "ok", "S f",
+                "at 200", "T f", "take",
+            ],
+            &["d:S f:S", "d:R f:F", "f:T"],
+        ),
+        (
+            "a full sync takes the hot file along",
+            &["at 0", "S f", "take", "ok", "at 100", "S f", "full", "take"],
+            &["f:S", "FULL"],
+        ),
+        (
+            "what did not get through is tried again without waiting",
+            &["at 0", "S f", "take", "fail", "at 10", "take"],
+            &["f:S", "f:S"],
+        ),
+        (
+            "the interval counts from the last send, not the first change",
+            &[
+                "at 0", "S f", "take", "ok", "at 400", "S f", "take", "at 500", "take", "ok",
+                "at 600", "S f", "take", "at 999", "take", "at 1000", "take",
+            ],
+            &["f:S", "-", "f:S", "-", "-", "f:S"],
+        ),
+    ];
+    for (name, script, expected) in rows {
+        let expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        assert_eq!(run_timed(script), expected, "row `{name}`");
+    }
+}
+
+#[test]
+fn a_file_rewritten_a_hundred_times_a_second_for_ten_seconds_costs_about_twenty_runs() {
+    let start = Instant::now();
+    let mut queue = Queue::new(&[(0, 0)], DEFAULT_MAX_BATCH);
+    let mut runs = 0;
+    let mut last_sent = None;
+    for tick in 0..1000u64 {
+        let now = start + std::time::Duration::from_millis(tick * 10);
+        queue.push(0, b"hot.dat", Action::Sync);
+        queue.push(0, b"app.log", Action::Sync);
+        if queue.take_job(0, now).is_some() {
+            runs += 1;
+            last_sent = Some(tick);
+            queue.finish(0, None);
+        }
+    }
+    // Quiet now: the last state goes out once the interval is over.
+    let end = start + std::time::Duration::from_millis(10_000) + HOT_INTERVAL;
+    assert!(queue.take_job(0, end).is_some(), "the final state is sent");
+    runs += 1;
+    assert!(
+        (20..=22).contains(&runs),
+        "{runs} runs (last at tick {last_sent:?})"
+    );
+    assert_eq!(queue.depth(), 0);
 }
