@@ -42,6 +42,8 @@ def sessions(log):
 
 
 def same_tree(a, b):
+    """Whether the two trees hold the same files with the same contents (a file that
+    vanishes while it is read, such as rsync's temporary file, means not yet)."""
     def listing(root):
         out = {}
         for dirpath, _, files in os.walk(root):
@@ -50,7 +52,10 @@ def same_tree(a, b):
                 out[str(p.relative_to(root))] = p.read_bytes()
         return out
 
-    return listing(a) == listing(b)
+    try:
+        return listing(a) == listing(b)
+    except FileNotFoundError:
+        return False
 
 
 def run(tool, work):
