@@ -750,5 +750,33 @@ fn fold_into_trees(pending: &mut BTreeMap<RelPath, Action>, target: usize) {
     }
 }
 
+/// One-letter action codes for table tests (here and in `sync::plan`): `S` sync, `F`
+/// remove a file, `D` remove a directory, `R` replace, `T` dirty directory.
+#[cfg(test)]
+pub(crate) mod codes {
+    use super::Action;
+
+    pub(crate) fn action_of(code: &str) -> Action {
+        match code {
+            "S" => Action::Sync,
+            "F" => Action::Remove { dir: false },
+            "D" => Action::Remove { dir: true },
+            "R" => Action::Replace,
+            "T" => Action::Tree,
+            other => panic!("bad action code {other}"),
+        }
+    }
+
+    pub(crate) fn code_of(action: Action) -> &'static str {
+        match action {
+            Action::Sync => "S",
+            Action::Remove { dir: false } => "F",
+            Action::Remove { dir: true } => "D",
+            Action::Replace => "R",
+            Action::Tree => "T",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -13,26 +13,7 @@
 
 use super::*;
 
-fn action_of(code: &str) -> Action {
-    match code {
-        "S" => Action::Sync,
-        "F" => Action::Remove { dir: false },
-        "D" => Action::Remove { dir: true },
-        "R" => Action::Replace,
-        "T" => Action::Tree,
-        other => panic!("bad action code {other}"),
-    }
-}
-
-fn code_of(action: Action) -> &'static str {
-    match action {
-        Action::Sync => "S",
-        Action::Remove { dir: false } => "F",
-        Action::Remove { dir: true } => "D",
-        Action::Replace => "R",
-        Action::Tree => "T",
-    }
-}
+use super::codes::{action_of, code_of};
 
 fn render(job: Option<Job>) -> String {
     match job {
@@ -48,16 +29,29 @@ fn render(job: Option<Job>) -> String {
 }
 
 /// Runs `script`, each `take` a [`HOT_INTERVAL`] after the one before (the hot-file hold
-/// has its own table).
+/// has its own table, with [`run_timed`]).
 fn run(script: &[&str], max_batch: usize) -> Vec<String> {
-    let mut now = Instant::now();
+    run_clocked(script, max_batch, HOT_INTERVAL)
+}
+
+/// Runs `script` with an explicit clock: `at MS` sets it (milliseconds from the start);
+/// `cools` outputs when a lane that waits for hot files may go on.
+fn run_timed(script: &[&str]) -> Vec<String> {
+    run_clocked(script, DEFAULT_MAX_BATCH, Duration::ZERO)
+}
+
+/// The steps of both: `take` (after advancing the clock by `per_take`), `ok`, `fail`,
+/// `full`, `cap N`, `at MS`, `cools`, or `CODE path`.
+fn run_clocked(script: &[&str], max_batch: usize, per_take: Duration) -> Vec<String> {
+    let start = Instant::now();
+    let mut now = start;
     let mut queue = Queue::new(&[(0, 0)], max_batch);
     let mut last_batch: Option<Batch> = None;
     let mut out = Vec::new();
     for step in script {
         match *step {
             "take" => {
-                now += HOT_INTERVAL;
+                now += per_take;
                 let job = queue.take_job(0, now);
                 if let Some(Job::Batch(batch)) = &job {
                     last_batch = Some(batch.clone());
@@ -70,8 +64,15 @@ fn run(script: &[&str], max_batch: usize) -> Vec<String> {
                 queue.finish(0, Some((Retry::Paths(entries), now)));
             }
             "full" => queue.request_full_sync(0, FullSyncReason::Scheduled),
+            "cools" => out.push(match queue.lane_cools_at(0) {
+                Some(at) => format!("cools {}", (at - start).as_millis()),
+                None => "cools -".to_owned(),
+            }),
             other if other.starts_with("cap ") => {
                 queue.set_max_pending(other[4..].parse().expect("cap N"));
+            }
+            other if other.starts_with("at ") => {
+                now = start + Duration::from_millis(other[3..].parse().expect("at MS"));
             }
             other => {
                 let (code, path) = other.split_once(' ').expect("step is `CODE path`");
@@ -536,44 +537,6 @@ fn deferred_retries_of_one_path_are_put_back_in_the_order_they_happened() {
         batch.entries,
         vec![(b"p".to_vec(), Action::then(removed, Action::Sync))]
     );
-}
-
-/// Runs `script` with an explicit clock: `at MS` sets it (milliseconds from the start).
-fn run_timed(script: &[&str]) -> Vec<String> {
-    let start = Instant::now();
-    let mut now = start;
-    let mut queue = Queue::new(&[(0, 0)], DEFAULT_MAX_BATCH);
-    let mut last_batch: Option<Batch> = None;
-    let mut out = Vec::new();
-    for step in script {
-        match *step {
-            "take" => {
-                let job = queue.take_job(0, now);
-                if let Some(Job::Batch(batch)) = &job {
-                    last_batch = Some(batch.clone());
-                }
-                out.push(render(job));
-            }
-            "ok" => queue.finish(0, None),
-            "fail" => {
-                let entries = last_batch.take().map(|b| b.entries).unwrap_or_default();
-                queue.finish(0, Some((Retry::Paths(entries), now)));
-            }
-            "full" => queue.request_full_sync(0, FullSyncReason::Scheduled),
-            "cools" => out.push(match queue.lane_cools_at(0) {
-                Some(at) => format!("cools {}", (at - start).as_millis()),
-                None => "cools -".to_owned(),
-            }),
-            other if other.starts_with("at ") => {
-                now = start + std::time::Duration::from_millis(other[3..].parse().expect("at MS"));
-            }
-            other => {
-                let (code, path) = other.split_once(' ').expect("step is `CODE path`");
-                queue.push(0, path.as_bytes(), action_of(code));
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -375,6 +375,15 @@ impl HttpRecorder {
     fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
     }
+
+    /// The http plugin's JSON body for `path` and `event` (`updated`, `deleted`), if one
+    /// was posted.
+    fn posted(&self, path: &str, event: &str) -> Option<serde_json::Value> {
+        self.requests()
+            .into_iter()
+            .map(|r| r.json())
+            .find(|j| j["path"] == path && j["event"] == event)
+    }
 }
 
 impl Drop for HttpRecorder {
@@ -1039,13 +1048,7 @@ fn daemon_after_sync_http_plugin_reports_the_change_and_the_remotes_it_reached()
 
     write(env.src(), "page.html", "<p>");
     env.converged();
-    let find = |path: &str, kind: &str| {
-        server
-            .requests()
-            .into_iter()
-            .map(|r| r.json())
-            .find(|j| j["path"] == path && j["event"] == kind)
-    };
+    let find = |path: &str, kind: &str| server.posted(path, kind);
     wait_until(CONVERGE, "the POST for page.html", || {
         find("page.html", "updated").is_some()
     });
@@ -1083,13 +1086,7 @@ fn a_reload_that_drops_a_dead_remote_hands_the_plugin_what_the_other_remotes_hav
         with_after_sync_plugin(builder, "http")
     };
     let daemon = config(&[live.clone(), dead]).start();
-    let posted = |path: &str| {
-        server
-            .requests()
-            .into_iter()
-            .map(|r| r.json())
-            .any(|j| j["path"] == path && j["event"] == "updated")
-    };
+    let posted = |path: &str| server.posted(path, "updated").is_some();
 
     write(env.src(), "page.html", "<p>");
     env.converged();
@@ -1119,13 +1116,7 @@ fn the_paths_of_a_partly_refused_batch_that_arrived_reach_the_plugin() {
         .builder()
         .raw_head_xml(&http_section(env.src(), server.port, 1));
     let daemon = with_after_sync_plugin(builder, "http").start();
-    let posted = |path: &str| {
-        server
-            .requests()
-            .into_iter()
-            .map(|r| r.json())
-            .any(|j| j["path"] == path && j["event"] == "updated")
-    };
+    let posted = |path: &str| server.posted(path, "updated").is_some();
     write(env.src(), "first.txt", "1");
     wait_until(CONVERGE, "the POST for first.txt", || posted("first.txt"));
 

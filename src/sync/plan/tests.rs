@@ -19,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use super::*;
 use crate::config::{DeleteGuard, ExcludeRegex};
 use crate::queue::FullSyncReason::{self, *};
+use crate::queue::codes::action_of;
 
 const DESTINATION: &str = "rsync://127.0.0.1/web/";
 
@@ -148,17 +149,6 @@ fn context(case: &Case) -> JobContext {
         deletions_held: case.held.map(str::to_owned),
         // Never read: the plan reads nothing.
         ..crate::sync::fixtures::context(std::path::Path::new("/nonexistent/root"))
-    }
-}
-
-fn action_of(code: &str) -> Action {
-    match code {
-        "S" => Action::Sync,
-        "F" => Action::Remove { dir: false },
-        "D" => Action::Remove { dir: true },
-        "R" => Action::Replace,
-        "T" => Action::Tree,
-        other => panic!("bad action code {other}"),
     }
 }
 
