@@ -2151,7 +2151,10 @@ impl Daemon {
 
     fn refresh_status(&mut self) {
         self.check_stalls();
-        self.publish_status(false);
+        // When STATUS= is due (about once a second) the snapshot is published fresh and the
+        // line read from it: one snapshot serves both.
+        let line_due = self.notifier.status_due();
+        self.publish_status(line_due);
         if self.journal_dirty
             && self
                 .last_journal_save
@@ -2160,11 +2163,13 @@ impl Daemon {
             self.last_journal_save = Some(Instant::now());
             self.save_journal();
         }
-        if !self.notifier.status_due() {
-            return;
+        if line_due {
+            let line = match self.status.read() {
+                Ok(status) => status.line(),
+                Err(poisoned) => poisoned.into_inner().line(),
+            };
+            self.notifier.status(&line);
         }
-        let line = self.snapshot().line();
-        self.notifier.status(&line);
     }
 
     /// The state operators see, built from the loop's own: published to the D-Bus adapter
