@@ -515,7 +515,11 @@ impl Sersync1 {
     /// One dictionary per (root, remote): Name s, State s (ok, backoff or failing),
     /// LastOkUsec t (absent: never), LastError s (absent: the last attempt succeeded; a
     /// path-free summary here, rsync's own words in GetStatus for root and group
-    /// sersync), Pending t (paths waiting for this remote).
+    /// sersync), Pending t (paths waiting for this remote), LagUsec t (how long the
+    /// oldest change not yet delivered to this remote has waited; 0: caught up),
+    /// BytesSent t (what rsync reported sending since start), RunsOk t, RunsPartial t
+    /// (exit 23), RunsFailed t. Keys may be added; clients ignore the ones they do not
+    /// know.
     #[zbus(property)]
     fn remotes(&self) -> Vec<RemoteInfo> {
         self.with_status(|s| {

@@ -85,7 +85,27 @@ pub struct RemoteStatus {
     /// 23: partial transfer due to error`): what everyone may see. Set whenever
     /// `last_error` is.
     pub last_error_summary: Option<String>,
+    /// Distinct paths waiting (not counting deferred retries or the batch in flight).
     pub pending: u64,
+    /// How long the oldest change observed and not yet delivered to this remote has
+    /// waited (pending, in flight, deferred, or a full sync that stands for lost changes);
+    /// zero when the remote holds everything observed.
+    pub lag: Duration,
+    /// Bytes rsync reported sending to this remote since start (its own statistics).
+    pub bytes_sent: u64,
+    /// Runs to this remote since start, by how they ended.
+    pub runs: RunCounts,
+}
+
+/// rsync runs by result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    /// Exit 0, or 24 (files vanished: they are gone from the source too).
+    pub ok: u64,
+    /// Exit 23: some paths failed, the rest went through.
+    pub partial: u64,
+    /// Anything else, replica-guard refusals included.
+    pub failed: u64,
 }
 
 /// Monotonic counters since start.
@@ -129,7 +149,10 @@ impl Status {
         let remotes: Vec<String> = self
             .remotes
             .iter()
-            .map(|remote| format!("{} {}", remote.remote, remote.state))
+            .map(|remote| match remote.lag.as_secs() {
+                0 => format!("{} {}", remote.remote, remote.state),
+                lag => format!("{} {} (lag {lag} s)", remote.remote, remote.state),
+            })
             .collect();
         format!(
             "{}{blocked}{} watches, {} queued, {} in flight, {} failed; {}",
@@ -664,6 +687,9 @@ mod tests {
             last_error: Some("rsync: \"/srv/www/secret\" failed".to_owned()),
             last_error_summary: Some("rsync exit 23".to_owned()),
             pending: 0,
+            lag: Duration::ZERO,
+            bytes_sent: 0,
+            runs: RunCounts::default(),
         }
     }
 
@@ -687,7 +713,10 @@ mod tests {
         };
         let paused_and_blocked = Status {
             paused: true,
-            remotes: vec![remote("10.0.0.2::www", "failing")],
+            remotes: vec![RemoteStatus {
+                lag: Duration::from_millis(20_400),
+                ..remote("10.0.0.2::www", "failing")
+            }],
             blocked_watchers: vec![(PathBuf::from("/mnt/nfs"), 31)],
             ..base.clone()
         };
@@ -700,7 +729,7 @@ mod tests {
             (
                 &paused_and_blocked,
                 "PAUSED; watcher of /mnt/nfs blocked 31 s; 1200 watches, 5 queued, 1 in \
-                 flight, 2 failed; 10.0.0.2::www failing",
+                 flight, 2 failed; 10.0.0.2::www failing (lag 20 s)",
             ),
         ] {
             let line = status.line();

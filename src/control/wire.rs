@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zbus::zvariant::{DeserializeDict, OwnedValue, SerializeDict, Type, Value};
 
+#[cfg(test)]
+use super::RunCounts;
 use super::{Counters, FailureRecord, RemoteStatus, Status};
 
 /// One (root, remote) lane as shown to operators.
@@ -38,6 +40,18 @@ pub struct RemoteInfo {
     pub last_error: Option<String>,
     /// Distinct paths waiting for this remote.
     pub pending: u64,
+    /// Microseconds the oldest change not yet delivered to this remote has waited; 0 when
+    /// it holds everything observed. (This and the keys below are absent from daemons
+    /// before 0.4.)
+    pub lag_usec: Option<u64>,
+    /// Bytes rsync reported sending to this remote since the daemon started.
+    pub bytes_sent: Option<u64>,
+    /// Runs since start that ended well (exit 0 or 24).
+    pub runs_ok: Option<u64>,
+    /// Runs that ended in exit 23 (some paths failed, the rest went through).
+    pub runs_partial: Option<u64>,
+    /// Runs that failed otherwise (replica-guard refusals included).
+    pub runs_failed: Option<u64>,
 }
 
 /// Monotonic counters since the daemon started.
@@ -124,6 +138,11 @@ impl RemoteInfo {
             last_ok_usec: remote.last_ok.map(usec),
             last_error,
             pending: remote.pending,
+            lag_usec: Some(u64::try_from(remote.lag.as_micros()).unwrap_or(u64::MAX)),
+            bytes_sent: Some(remote.bytes_sent),
+            runs_ok: Some(remote.runs.ok),
+            runs_partial: Some(remote.runs.partial),
+            runs_failed: Some(remote.runs.failed),
         }
     }
 }
@@ -228,6 +247,13 @@ mod tests {
                     last_error: None,
                     last_error_summary: None,
                     pending: 3,
+                    lag: Duration::ZERO,
+                    bytes_sent: 12_345,
+                    runs: RunCounts {
+                        ok: 5,
+                        partial: 0,
+                        failed: 0,
+                    },
                 },
                 RemoteStatus {
                     name: "/srv/www -> 10.0.0.3::www".into(),
@@ -242,6 +268,13 @@ mod tests {
                     ),
                     last_error_summary: Some("rsync exit 23: partial transfer due to error".into()),
                     pending: 4,
+                    lag: Duration::from_millis(20_500),
+                    bytes_sent: 0,
+                    runs: RunCounts {
+                        ok: 0,
+                        partial: 1,
+                        failed: 3,
+                    },
                 },
             ],
             counters: Counters {
@@ -266,6 +299,8 @@ mod tests {
         assert_eq!(info.instance, "web");
         assert_eq!(info.config_path, "/etc/sersync/web.xml");
         assert_eq!(info.remotes[0].last_ok_usec, Some(1_700_000_000_123_456));
+        assert_eq!(info.remotes[1].lag_usec, Some(20_500_000));
+        assert_eq!(info.remotes[1].runs_failed, Some(3));
         let ctxt = Context::new_dbus(Endian::Little, 0);
         let bytes = to_bytes(ctxt, &info).unwrap();
         let (back, _): (StatusInfo, _) = bytes.deserialize().unwrap();
@@ -321,6 +356,7 @@ mod tests {
         assert_eq!(remote.last_ok_usec, None);
         assert_eq!(remote.last_error, None);
         assert_eq!(remote.pending, 3);
+        assert_eq!(remote.lag_usec, None);
     }
 
     #[test]

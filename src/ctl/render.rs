@@ -61,6 +61,17 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A duration in microseconds as people read it: `0 s`, `1.5 s`, `42 s`.
+fn seconds_text(usec: u64) -> String {
+    if usec == 0 {
+        "0 s".to_owned()
+    } else if usec < 10_000_000 {
+        format!("{:.1} s", usec as f64 / 1e6)
+    } else {
+        format!("{} s", usec / 1_000_000)
+    }
+}
+
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
@@ -127,9 +138,26 @@ pub fn status_text(s: &StatusInfo) -> String {
             let last_ok = r.last_ok_usec.map_or_else(|| "never".to_owned(), usec_time);
             let _ = write!(
                 out,
-                "    {:width$}  {:8} {} pending, last ok {last_ok}",
-                r.name, r.state, r.pending
+                "    {:width$}  {:8} {} pending, lag {}, last ok {last_ok}",
+                r.name,
+                r.state,
+                r.pending,
+                r.lag_usec
+                    .map_or_else(|| "unknown".to_owned(), seconds_text),
             );
+            if let (Some(bytes), Some(ok), Some(partial), Some(failed)) =
+                (r.bytes_sent, r.runs_ok, r.runs_partial, r.runs_failed)
+            {
+                let _ = write!(
+                    out,
+                    ", {} sent in {}",
+                    human_bytes(bytes),
+                    plural(ok + partial + failed, "run", "runs")
+                );
+                if partial + failed > 0 {
+                    let _ = write!(out, " ({partial} partial, {failed} failed)");
+                }
+            }
             if let Some(err) = &r.last_error {
                 let _ = write!(out, ", last error: {err}");
             }
@@ -151,6 +179,13 @@ pub fn status_json(s: &StatusInfo) -> Json {
                 "last_ok": r.last_ok_usec.map(usec_time),
                 "last_error": r.last_error,
                 "pending": r.pending,
+                "lag_seconds": r.lag_usec.map(|usec| usec as f64 / 1e6),
+                "bytes_sent": r.bytes_sent,
+                "runs": {
+                    "ok": r.runs_ok,
+                    "partial": r.runs_partial,
+                    "failed": r.runs_failed,
+                },
             })
         })
         .collect();
@@ -412,6 +447,11 @@ mod tests {
                 last_ok_usec: Some(1_700_000_000_000_000),
                 last_error: Some("rsync exit 10".into()),
                 pending: 3,
+                lag_usec: Some(20_500_000),
+                bytes_sent: Some(1536),
+                runs_ok: Some(2),
+                runs_partial: Some(0),
+                runs_failed: Some(1),
             }],
             counters: CountersInfo {
                 events: 5,
@@ -443,6 +483,9 @@ mod tests {
         assert_eq!(remote["state"], "backoff");
         assert_eq!(remote["last_ok"], "2023-11-14T22:13:20Z");
         assert_eq!(remote["last_error"], "rsync exit 10");
+        assert_eq!(remote["lag_seconds"], 20.5);
+        assert_eq!(remote["bytes_sent"], 1536);
+        assert_eq!(remote["runs"], json!({"ok": 2, "partial": 0, "failed": 1}));
         let mut never = sample();
         never.remotes[0].last_ok_usec = None;
         never.remotes[0].last_error = None;
@@ -460,7 +503,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("/srv/www -> 10.0.0.2::www  backoff  3 pending, last ok 2023-11-14T22:13:20Z, last error: rsync exit 10"),
+            text.contains(
+                "/srv/www -> 10.0.0.2::www  backoff  3 pending, lag 20 s, last ok \
+                 2023-11-14T22:13:20Z, 1.5 KiB sent in 3 runs (0 partial, 1 failed), last \
+                 error: rsync exit 10"
+            ),
             "{text}"
         );
     }
@@ -524,6 +571,7 @@ mod tests {
             last_ok_usec: None,
             last_error: None,
             pending: 2,
+            ..RemoteInfo::default()
         };
         let json = value_json(&Value::from(vec![remote]));
         assert_eq!(json, json!([{"Name": "n", "State": "ok", "Pending": 2}]));

@@ -28,7 +28,9 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::atomic_file;
 use crate::config::{self, Config, RootId};
-use crate::control::{self, Command, Counters, Event, FailureRecord, RemoteStatus, Status};
+use crate::control::{
+    self, Command, Counters, Event, FailureRecord, RemoteStatus, RunCounts, Status,
+};
 use std::sync::{Arc, RwLock};
 
 use crate::exit;
@@ -36,7 +38,7 @@ use crate::failure::{self, Backoff, Journal, LaneKey};
 use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue};
 use crate::sync::argv::Transport;
-use crate::sync::{JobContext, Outcome, Runner};
+use crate::sync::{JobContext, Outcome, RunResult, Runner};
 use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
 pub use cli::Cli;
 use deletions::{DeletionWindows, Next};
@@ -87,6 +89,10 @@ struct Lane {
     job_started: Option<Instant>,
     /// The job in flight has moved no data for [`STALL_WARNING`] (reported once per job).
     stalled: bool,
+    /// Runs since start by result, and the bytes rsync reported sending (for status and
+    /// metrics; carried over reloads).
+    runs: RunCounts,
+    bytes_sent: u64,
 }
 
 impl Lane {
@@ -362,6 +368,8 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                 full_sync_running: false,
                 job_started: None,
                 stalled: false,
+                runs: RunCounts::default(),
+                bytes_sent: 0,
             });
         }
     }
@@ -1349,6 +1357,8 @@ impl Daemon {
                 lane.full_sync_running = old.full_sync_running;
                 lane.job_started = old.job_started;
                 lane.stalled = old.stalled;
+                lane.runs = old.runs;
+                lane.bytes_sent = old.bytes_sent;
             }
         }
         let added: Vec<LaneId> = new_lanes
@@ -1746,6 +1756,11 @@ impl Daemon {
             return;
         };
         let lane = &mut self.lanes[at];
+        match outcome.result {
+            ref done if done.is_done() => lane.runs.ok += 1,
+            RunResult::Exited(23) => lane.runs.partial += 1,
+            _ => lane.runs.failed += 1,
+        }
         let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
         lane.full_sync_running = false;
         lane.job_started = None;
@@ -2187,6 +2202,9 @@ impl Daemon {
                 last_error: lane.health.last_error.as_ref().map(|e| e.full.clone()),
                 last_error_summary: lane.health.last_error.as_ref().map(|e| e.summary.clone()),
                 pending: self.queue.lane_depth(lane.id) as u64,
+                lag: Duration::ZERO,
+                bytes_sent: lane.bytes_sent,
+                runs: lane.runs,
             })
             .collect();
         let blocked_watchers = self

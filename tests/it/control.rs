@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value as Json;
 use sersync::control::{
     self, BusKind, Command as ControlCommand, ControlError, ControlHandle, Counters, Event,
-    FailureRecord, RemoteStatus, ServeOptions, Status,
+    FailureRecord, RemoteStatus, RunCounts, ServeOptions, Status,
 };
 
 use crate::harness::bus::{Bus, Policy, SERSYNCCTL};
@@ -420,6 +420,13 @@ fn sample_status(instance: &str) -> Status {
                 last_error: None,
                 last_error_summary: None,
                 pending: 3,
+                lag: Duration::ZERO,
+                bytes_sent: 2048,
+                runs: RunCounts {
+                    ok: 4,
+                    partial: 0,
+                    failed: 0,
+                },
             },
             RemoteStatus {
                 name: "/srv/www -> 10.0.0.3::www".into(),
@@ -429,6 +436,13 @@ fn sample_status(instance: &str) -> Status {
                 last_error: Some(LAST_ERROR.into()),
                 last_error_summary: Some(LAST_ERROR_SUMMARY.into()),
                 pending: 0,
+                lag: Duration::from_secs(42),
+                bytes_sent: 0,
+                runs: RunCounts {
+                    ok: 0,
+                    partial: 0,
+                    failed: 2,
+                },
             },
         ],
         counters: Counters {
