@@ -40,6 +40,11 @@ pub const SOFTWARE: i32 = 70;
 /// restarted after 5 s, which helps when another daemon held the lock.
 pub const CANTCREAT: i32 = 73;
 
+/// EX_TEMPFAIL: `sersyncctl checkpoint` did not see its checkpoint reached (in time, or
+/// at once without `--wait`): some remote still lacks a change; it lists which. Asking
+/// again later may succeed.
+pub const TEMPFAIL: i32 = 75;
+
 /// EX_NOPERM: `sersyncctl` was refused by the bus policy or by the daemon (changing and
 /// file names are for root and group `sersync`). systemd: the full-sync run is marked
 /// failed.

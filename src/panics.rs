@@ -98,6 +98,27 @@ pub fn inject(place: &str, path: &[u8]) {
 #[inline(always)]
 pub fn inject(_place: &str, _path: &[u8]) {}
 
+/// The file name that makes a watcher stall in tests ([`stall_after`]).
+pub const STALL_TRIGGER: &[u8] = b"sersync-test-stall";
+
+/// Test builds only: how long a watcher stalls after reporting a change of a file named
+/// [`STALL_TRIGGER`] when `SERSYNC_TEST_STALL_INOTIFY_MS` is set, so that tests can leave
+/// events unread in the kernel's queue (as a watcher busy crawling a large new tree
+/// would) for as long as they need. Compiled out of release builds.
+#[cfg(debug_assertions)]
+pub fn stall_after(path: &[u8]) -> Option<std::time::Duration> {
+    let named = path.rsplit(|&b| b == b'/').next() == Some(STALL_TRIGGER);
+    let millis = std::env::var("SERSYNC_TEST_STALL_INOTIFY_MS").ok()?;
+    named.then(|| std::time::Duration::from_millis(millis.parse().unwrap_or(0)))
+}
+
+/// Release builds: never.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn stall_after(_path: &[u8]) -> Option<std::time::Duration> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,9 @@ _sersyncctl() {
             sersyncctl,check)
                 cmd="sersyncctl__subcmd__check"
                 ;;
+            sersyncctl,checkpoint)
+                cmd="sersyncctl__subcmd__checkpoint"
+                ;;
             sersyncctl,failures)
                 cmd="sersyncctl__subcmd__failures"
                 ;;
@@ -51,6 +54,9 @@ _sersyncctl() {
                 ;;
             sersyncctl__subcmd__help,check)
                 cmd="sersyncctl__subcmd__help__subcmd__check"
+                ;;
+            sersyncctl__subcmd__help,checkpoint)
+                cmd="sersyncctl__subcmd__help__subcmd__checkpoint"
                 ;;
             sersyncctl__subcmd__help,failures)
                 cmd="sersyncctl__subcmd__help__subcmd__failures"
@@ -89,7 +95,7 @@ _sersyncctl() {
 
     case "${cmd}" in
         sersyncctl)
-            opts="-i -h -V --instance --json --bus --bus-address --help --version status pause resume retry-failed full-sync failures reload list check monitor help"
+            opts="-i -h -V --instance --json --bus --bus-address --help --version status pause resume retry-failed full-sync checkpoint failures reload list check monitor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -130,6 +136,44 @@ _sersyncctl() {
                     return 0
                     ;;
                 -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -i)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bus)
+                    COMPREPLY=($(compgen -W "system session" -- "${cur}"))
+                    return 0
+                    ;;
+                --bus-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sersyncctl__subcmd__checkpoint)
+            opts="-i -h --root --wait --timeout --instance --json --bus --bus-address --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -225,7 +269,7 @@ _sersyncctl() {
             return 0
             ;;
         sersyncctl__subcmd__help)
-            opts="status pause resume retry-failed full-sync failures reload list check monitor help"
+            opts="status pause resume retry-failed full-sync checkpoint failures reload list check monitor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -239,6 +283,20 @@ _sersyncctl() {
             return 0
             ;;
         sersyncctl__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sersyncctl__subcmd__help__subcmd__checkpoint)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

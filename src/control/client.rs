@@ -84,7 +84,10 @@ pub fn classify_error(err: &Error) -> Failure {
         Error::ZBus(inner) => classify(inner),
         Error::AccessDenied(_) => Failure::AccessDenied,
         Error::Unavailable(_) => Failure::Unreachable,
-        Error::UnknownRoot(_) | Error::Timeout(_) | Error::Rejected(_) => Failure::Daemon,
+        Error::UnknownRoot(_)
+        | Error::UnknownCheckpoint(_)
+        | Error::Timeout(_)
+        | Error::Rejected(_) => Failure::Daemon,
     }
 }
 

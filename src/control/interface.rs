@@ -51,7 +51,7 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, DBusError, interface};
 
-use super::wire::{Audience, FailureInfo, RemoteInfo, StatusInfo};
+use super::wire::{Audience, CheckpointInfo, FailureInfo, RemoteInfo, StatusInfo};
 use super::{Command, Status, Watcher};
 
 /// Members of this group may change the daemon's state and see the names of files that
@@ -76,6 +76,9 @@ pub enum Error {
     Rejected(String),
     /// The daemon is shutting down and no longer takes requests.
     Unavailable(String),
+    /// `CheckpointStatus` named a checkpoint the daemon does not know (never given, or
+    /// reached more than ten minutes ago).
+    UnknownCheckpoint(String),
 }
 
 /// The object at [`super::names::OBJECT_PATH`].
@@ -403,6 +406,41 @@ impl Sersync1 {
             .map_err(|_| Error::Unavailable("the daemon is shutting down".into()))
     }
 
+    /// Fixes a checkpoint over the remotes of a watched root (an empty root: every root)
+    /// and answers its id. It is reached once every change the daemon had observed when
+    /// it was called (the kernel's queued events included) is on those remotes; the
+    /// CheckpointReached signal says so, and CheckpointStatus tells where it stands. Open
+    /// to everyone: it names no file and changes nothing.
+    #[zbus(out_args("checkpoint_id"))]
+    async fn checkpoint(&self, root: Vec<u8>) -> Result<u64, Error> {
+        use std::os::unix::ffi::OsStringExt;
+        let root = (!root.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(root)));
+        self.request("Checkpoint", |reply| Command::Checkpoint { root, reply })
+            .await?
+            .map_err(Error::UnknownRoot)
+    }
+
+    /// Where a checkpoint stands, as a dictionary: State s (draining: the watchers are
+    /// still reporting what the kernel had queued; behind: some remotes lack a change
+    /// observed before it; reached), Behind as (those remotes, as root -> remote),
+    /// Draining aay (the roots whose watcher has not reported yet; empty while the
+    /// report has not started). UnknownCheckpoint for ids the daemon does not know.
+    #[zbus(out_args("checkpoint"))]
+    async fn checkpoint_status(&self, id: u64) -> Result<CheckpointInfo, Error> {
+        match self
+            .request("CheckpointStatus", |reply| Command::CheckpointStatus {
+                id,
+                reply,
+            })
+            .await?
+        {
+            Some(state) => Ok(CheckpointInfo::from(&state)),
+            None => Err(Error::UnknownCheckpoint(format!(
+                "checkpoint {id} is unknown: never given, or reached more than ten minutes ago"
+            ))),
+        }
+    }
+
     /// Re-reads the config file. When the new config is refused, the error Rejected carries
     /// the diagnostics and the running config stays.
     async fn reload(
@@ -454,6 +492,14 @@ impl Sersync1 {
         job_id: u64,
         root: Vec<u8>,
         success: bool,
+    ) -> zbus::Result<()>;
+
+    /// Every change observed before checkpoint `checkpoint_id` is on the remotes it
+    /// covers.
+    #[zbus(signal)]
+    pub async fn checkpoint_reached(
+        emitter: &SignalEmitter<'_>,
+        checkpoint_id: u64,
     ) -> zbus::Result<()>;
 
     /// A remote changed state: ok, backoff or failing.

@@ -54,6 +54,31 @@ pub enum Command {
     ListFailures(Sender<Vec<FailureRecord>>),
     /// Re-read the config; answers the diagnostics when it was rejected.
     Reload(Sender<Result<(), String>>),
+    /// Fix a checkpoint over the remotes of one root (None: all): answers its id, or an
+    /// error message when the root is unknown. [`Event::CheckpointReached`] says when
+    /// every change observed before it reached those remotes.
+    Checkpoint {
+        root: Option<PathBuf>,
+        reply: Sender<Result<u64, String>>,
+    },
+    /// Where a checkpoint stands; `None` for an id the daemon does not know (never given,
+    /// or answered more than ten minutes ago).
+    CheckpointStatus {
+        id: u64,
+        reply: Sender<Option<CheckpointState>>,
+    },
+}
+
+/// Where a checkpoint stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointState {
+    /// Waiting for the watchers of these roots to report what the kernel had queued when
+    /// it was asked for (empty: that has not started yet).
+    Draining(Vec<PathBuf>),
+    /// These remotes (`root -> remote`) still lack a change observed before it.
+    Behind(Vec<String>),
+    /// Every change observed before it is on every remote it covers.
+    Reached,
 }
 
 /// One change that is still failing after retries.
@@ -87,14 +112,23 @@ pub struct RemoteStatus {
     pub last_error_summary: Option<String>,
     /// Distinct paths waiting (not counting deferred retries or the batch in flight).
     pub pending: u64,
-    /// How long the oldest change observed and not yet delivered to this remote has
-    /// waited (pending, in flight, deferred, or a full sync that stands for lost changes);
-    /// zero when the remote holds everything observed.
-    pub lag: Duration,
+    /// When the oldest change observed and not yet delivered to this remote was seen
+    /// (pending, in flight, deferred, or a full sync that stands for lost changes); `None`
+    /// when the remote holds everything observed. A time rather than an age, so that a
+    /// snapshot published a second ago still tells the lag of now ([`RemoteStatus::lag`]).
+    pub owed_since: Option<Instant>,
     /// Bytes rsync reported sending to this remote since start (its own statistics).
     pub bytes_sent: u64,
     /// Runs to this remote since start, by how they ended.
     pub runs: RunCounts,
+}
+
+impl RemoteStatus {
+    /// How long the oldest undelivered change has waited at `now`; zero when none.
+    pub fn lag(&self, now: Instant) -> Duration {
+        self.owed_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
 }
 
 /// rsync runs by result.
@@ -146,10 +180,11 @@ impl Status {
             .iter()
             .map(|(root, secs)| format!("watcher of {} blocked {secs} s; ", root.display()))
             .collect();
+        let now = Instant::now();
         let remotes: Vec<String> = self
             .remotes
             .iter()
-            .map(|remote| match remote.lag.as_secs() {
+            .map(|remote| match remote.lag(now).as_secs() {
                 0 => format!("{} {}", remote.remote, remote.state),
                 lag => format!("{} {} (lag {lag} s)", remote.remote, remote.state),
             })
@@ -188,6 +223,9 @@ pub enum Event {
     StateChanged {
         remote: String,
         state: String,
+    },
+    CheckpointReached {
+        id: u64,
     },
 }
 
@@ -631,6 +669,7 @@ async fn emit_event(
         Event::StateChanged { remote, state } => {
             Sersync1::state_changed(emitter, remote, state).await
         }
+        Event::CheckpointReached { id } => Sersync1::checkpoint_reached(emitter, id).await,
     };
     if let Err(err) = result {
         tracing::warn!("D-Bus: cannot emit a signal: {err}");
@@ -687,7 +726,7 @@ mod tests {
             last_error: Some("rsync: \"/srv/www/secret\" failed".to_owned()),
             last_error_summary: Some("rsync exit 23".to_owned()),
             pending: 0,
-            lag: Duration::ZERO,
+            owed_since: None,
             bytes_sent: 0,
             runs: RunCounts::default(),
         }
@@ -714,7 +753,7 @@ mod tests {
         let paused_and_blocked = Status {
             paused: true,
             remotes: vec![RemoteStatus {
-                lag: Duration::from_millis(20_400),
+                owed_since: Instant::now().checked_sub(Duration::from_millis(20_400)),
                 ..remote("10.0.0.2::www", "failing")
             }],
             blocked_watchers: vec![(PathBuf::from("/mnt/nfs"), 31)],

@@ -20,7 +20,7 @@ use zbus::zvariant::{DeserializeDict, OwnedValue, SerializeDict, Type, Value};
 
 #[cfg(test)]
 use super::RunCounts;
-use super::{Counters, FailureRecord, RemoteStatus, Status};
+use super::{CheckpointState, Counters, FailureRecord, RemoteStatus, Status};
 
 /// One (root, remote) lane as shown to operators.
 #[derive(
@@ -83,6 +83,42 @@ pub struct StatusInfo {
     pub counters: CountersInfo,
 }
 
+/// Where a checkpoint stands (`CheckpointStatus`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, SerializeDict, DeserializeDict, Type)]
+#[zvariant(signature = "a{sv}", rename_all = "PascalCase")]
+pub struct CheckpointInfo {
+    /// `draining`, `behind` or `reached`.
+    pub state: String,
+    /// The remotes that lack a change observed before the checkpoint.
+    pub behind: Vec<String>,
+    /// The roots whose watcher has not reported what the kernel had queued.
+    pub draining: Vec<Vec<u8>>,
+}
+
+impl From<&CheckpointState> for CheckpointInfo {
+    fn from(state: &CheckpointState) -> Self {
+        match state {
+            CheckpointState::Reached => CheckpointInfo {
+                state: "reached".into(),
+                ..CheckpointInfo::default()
+            },
+            CheckpointState::Behind(remotes) => CheckpointInfo {
+                state: "behind".into(),
+                behind: remotes.clone(),
+                draining: Vec::new(),
+            },
+            CheckpointState::Draining(roots) => CheckpointInfo {
+                state: "draining".into(),
+                behind: Vec::new(),
+                draining: roots
+                    .iter()
+                    .map(|root| root.as_os_str().as_bytes().to_vec())
+                    .collect(),
+            },
+        }
+    }
+}
+
 /// One change that is still failing after retries (`ListFailures`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, SerializeDict, DeserializeDict, Type)]
 #[zvariant(signature = "a{sv}", rename_all = "PascalCase")]
@@ -138,7 +174,10 @@ impl RemoteInfo {
             last_ok_usec: remote.last_ok.map(usec),
             last_error,
             pending: remote.pending,
-            lag_usec: Some(u64::try_from(remote.lag.as_micros()).unwrap_or(u64::MAX)),
+            lag_usec: Some(
+                u64::try_from(remote.lag(std::time::Instant::now()).as_micros())
+                    .unwrap_or(u64::MAX),
+            ),
             bytes_sent: Some(remote.bytes_sent),
             runs_ok: Some(remote.runs.ok),
             runs_partial: Some(remote.runs.partial),
@@ -247,7 +286,7 @@ mod tests {
                     last_error: None,
                     last_error_summary: None,
                     pending: 3,
-                    lag: Duration::ZERO,
+                    owed_since: None,
                     bytes_sent: 12_345,
                     runs: RunCounts {
                         ok: 5,
@@ -268,7 +307,8 @@ mod tests {
                     ),
                     last_error_summary: Some("rsync exit 23: partial transfer due to error".into()),
                     pending: 4,
-                    lag: Duration::from_millis(20_500),
+                    owed_since: std::time::Instant::now()
+                        .checked_sub(Duration::from_millis(20_500)),
                     bytes_sent: 0,
                     runs: RunCounts {
                         ok: 0,
@@ -299,7 +339,15 @@ mod tests {
         assert_eq!(info.instance, "web");
         assert_eq!(info.config_path, "/etc/sersync/web.xml");
         assert_eq!(info.remotes[0].last_ok_usec, Some(1_700_000_000_123_456));
-        assert_eq!(info.remotes[1].lag_usec, Some(20_500_000));
+        // The age at the time of asking, not at the snapshot's.
+        assert!(
+            info.remotes[1]
+                .lag_usec
+                .is_some_and(|lag| (20_500_000..21_500_000).contains(&lag)),
+            "{:?}",
+            info.remotes[1].lag_usec
+        );
+        assert_eq!(info.remotes[0].lag_usec, Some(0));
         assert_eq!(info.remotes[1].runs_failed, Some(3));
         let ctxt = Context::new_dbus(Endian::Little, 0);
         let bytes = to_bytes(ctxt, &info).unwrap();

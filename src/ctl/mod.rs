@@ -40,8 +40,8 @@ use render::Seen;
         error messages) and changing (pause, resume, retry-failed, full-sync, reload) need \
         root or membership in the group sersync.\n\n\
         Exit status: 0 ok, 1 the daemon answered with an error, 64 usage error, 69 the \
-        daemon is not running or the bus is unreachable, 77 access denied, 78 (check) the \
-        config is invalid."
+        daemon is not running or the bus is unreachable, 75 (checkpoint) a remote is still \
+        behind, 77 access denied, 78 (check) the config is invalid."
 )]
 pub struct Cli {
     /// The instance to talk to (sersync@NAME); needed only when several run.
@@ -85,6 +85,20 @@ pub enum CtlCommand {
         /// moved to another filesystem (its deletions reach the remotes).
         #[arg(long = "force")]
         force: bool,
+    },
+    /// Check that every change made so far is on every remote: 0 when it is, 75 (with
+    /// the remotes still behind) when not. Deploy scripts run `checkpoint --wait
+    /// --timeout 60` after writing.
+    Checkpoint {
+        /// Only the remotes of this watched root.
+        #[arg(long = "root", value_name = "PATH")]
+        root: Option<PathBuf>,
+        /// Wait until it is (else answer at once).
+        #[arg(long = "wait")]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 75).
+        #[arg(long = "timeout", value_name = "SECONDS", requires = "wait")]
+        timeout: Option<u64>,
     },
     /// List the changes that still fail after retries (they name files: root and group
     /// sersync only).
@@ -303,6 +317,13 @@ impl Daemon<'_> {
                     *force,
                 );
             }
+            CtlCommand::Checkpoint {
+                root,
+                wait,
+                timeout,
+            } => {
+                return self.checkpoint(root.as_deref(), *wait, timeout.map(Duration::from_secs));
+            }
             CtlCommand::Failures => {
                 let failures = self
                     .proxy
@@ -375,6 +396,7 @@ impl Daemon<'_> {
             Error::AccessDenied(m) => format!("{what}: access denied: {m}"),
             Error::Unavailable(m)
             | Error::UnknownRoot(m)
+            | Error::UnknownCheckpoint(m)
             | Error::Timeout(m)
             | Error::Rejected(m) => format!("{what}: {m}"),
         };
@@ -497,6 +519,52 @@ impl Daemon<'_> {
                 }
                 Some(Watched::Timeout) => {}
             }
+        }
+    }
+
+    /// Asks for a checkpoint and polls where it stands: until it is reached with `wait`
+    /// (or the timeout passes), else only until the watchers have reported what the
+    /// kernel had queued (the answer is then "reached" or "behind" for sure).
+    fn checkpoint(&self, root: Option<&Path>, wait: bool, timeout: Option<Duration>) -> Outcome {
+        /// How long the watchers may take to report their queued events (they look every
+        /// quarter second; a blocked one never does).
+        const DRAIN_WITHIN: Duration = Duration::from_secs(5);
+        const POLL: Duration = Duration::from_millis(100);
+        let started = Instant::now();
+        let root_bytes = root
+            .map(|r| r.as_os_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        let id = self
+            .proxy
+            .checkpoint(root_bytes)
+            .map_err(|e| self.fail("checkpoint", e))?;
+        let deadline = if wait {
+            timeout.map(|t| started + t)
+        } else {
+            Some(started + DRAIN_WITHIN)
+        };
+        loop {
+            let state = self
+                .proxy
+                .checkpoint_status(id)
+                .map_err(|e| self.fail("checkpoint", e))?;
+            let settled = state.state != "draining";
+            let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+            if state.state == "reached" || (!wait && settled) || out_of_time {
+                let waited = started.elapsed();
+                let reached = state.state == "reached";
+                if self.cli.json {
+                    print_json(&render::checkpoint_json(id, &state, waited));
+                } else {
+                    println!(
+                        "{}: {}",
+                        self.instance,
+                        render::checkpoint_text(id, &state, waited)
+                    );
+                }
+                return Ok(if reached { exit::OK } else { exit::TEMPFAIL });
+            }
+            std::thread::sleep(POLL);
         }
     }
 

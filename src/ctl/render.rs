@@ -2,12 +2,12 @@
 //! functions of the data, so they are tested without a bus.
 
 use std::fmt::Write as _;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value as Json, json};
 use zbus::zvariant::Value;
 
-use crate::control::wire::{FailureInfo, StatusInfo, system_time};
+use crate::control::wire::{CheckpointInfo, FailureInfo, StatusInfo, system_time};
 
 /// `2024-05-01T12:34:56Z` (UTC, whole seconds): what `date -u +%FT%TZ` prints and
 /// `jq`'s `fromdateiso8601` reads; the same format as the failure script's comments.
@@ -206,6 +206,53 @@ pub fn status_json(s: &StatusInfo) -> Json {
             "bytes": s.counters.bytes,
             "errors": s.counters.errors,
         },
+    })
+}
+
+/// `sersyncctl checkpoint`: one line.
+pub fn checkpoint_text(id: u64, state: &CheckpointInfo, waited: Duration) -> String {
+    let waited = format!("{:.1} s", waited.as_secs_f64());
+    match state.state.as_str() {
+        "reached" => format!("checkpoint {id} reached: every change is on every remote ({waited})"),
+        "behind" => format!(
+            "checkpoint {id} NOT reached after {waited}: behind: {}",
+            state.behind.join(", ")
+        ),
+        _ => {
+            let roots: Vec<String> = state
+                .draining
+                .iter()
+                .map(|root| String::from_utf8_lossy(root).into_owned())
+                .collect();
+            if roots.is_empty() {
+                format!(
+                    "checkpoint {id} NOT reached after {waited}: the watchers have not reported yet"
+                )
+            } else {
+                format!(
+                    "checkpoint {id} NOT reached after {waited}: the watchers of {} have not \
+                     reported what the kernel queued (blocked on a hung filesystem?)",
+                    roots.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// `sersyncctl checkpoint --json`.
+pub fn checkpoint_json(id: u64, state: &CheckpointInfo, waited: Duration) -> Json {
+    let draining: Vec<String> = state
+        .draining
+        .iter()
+        .map(|root| String::from_utf8_lossy(root).into_owned())
+        .collect();
+    json!({
+        "checkpoint_id": id,
+        "reached": state.state == "reached",
+        "state": state.state,
+        "behind": state.behind,
+        "draining": draining,
+        "waited_seconds": waited.as_secs_f64(),
     })
 }
 

@@ -10,6 +10,7 @@
 //! state directory → watches → READY=1 → initial full sync if asked, so a change made
 //! while the initial sync runs is queued, not lost.
 
+mod checkpoints;
 pub mod cli;
 mod deletions;
 mod deliveries;
@@ -40,6 +41,7 @@ use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue
 use crate::sync::argv::Transport;
 use crate::sync::{JobContext, Outcome, RunResult, Runner};
 use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
+use checkpoints::{Checkpoints, Progress};
 pub use cli::Cli;
 use deletions::{DeletionWindows, Next};
 use deliveries::Deliveries;
@@ -290,6 +292,12 @@ struct Daemon {
     /// Per (root, path): the lanes a change was delivered to so far, for the after-sync
     /// plugin (which runs once a change reached every remote of its root).
     deliveries: Deliveries,
+    /// What operators wait on (`sersyncctl checkpoint`).
+    checkpoints: Checkpoints,
+    /// Roots whose inotify queue overflowed and whose rescan is still to be asked for
+    /// (deferred by the overflow backoff), with when the first overflow was seen: their
+    /// lanes owe whatever was lost from then.
+    overflow_seen: Vec<(RootId, crate::queue::Seen)>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -416,7 +424,8 @@ impl Daemon {
         );
         Ok(Daemon {
             queue: {
-                let mut queue = Queue::new(&queue_layout(&lanes), DEFAULT_MAX_BATCH);
+                let mut queue =
+                    Queue::new(&queue_layout(&lanes), DEFAULT_MAX_BATCH, Instant::now());
                 queue.set_max_pending(config.max_pending);
                 queue
             },
@@ -472,6 +481,8 @@ impl Daemon {
             last_journal_save: None,
             plugins: None,
             deliveries: Deliveries::default(),
+            checkpoints: Checkpoints::default(),
+            overflow_seen: Vec::new(),
         })
     }
 
@@ -781,6 +792,8 @@ impl Daemon {
     /// Starts one watcher per root (stopping the ones running): a new generation.
     fn start_watchers(&mut self) -> Result<(), String> {
         self.stop_watchers();
+        // A drain round for checkpoints asks the new watchers instead (below).
+        let redrain = self.checkpoints.watchers_replaced();
         self.watcher_generation += 1;
         self.watchers_started = Instant::now();
         let generation = self.watcher_generation;
@@ -790,12 +803,17 @@ impl Daemon {
             let tx = self.tx.clone();
             let heartbeat = Arc::new(Heartbeat::new());
             let watcher = Watcher::new(spec.clone(), root, Arc::clone(&heartbeat), move |event| {
+                let mut stall = None;
                 if let WatchEvent::Changes(changes) = &event {
                     for change in changes {
                         crate::panics::inject("inotify", &change.path);
+                        stall = stall.or_else(|| crate::panics::stall_after(&change.path));
                     }
                 }
                 let _ = tx.send(Input::Watch(generation, event));
+                if let Some(stall) = stall {
+                    std::thread::sleep(stall);
+                }
             })
             .map_err(|err| {
                 format!("cannot create an inotify instance: {err} (fs.inotify.max_user_instances?)")
@@ -821,6 +839,9 @@ impl Daemon {
                 watches: 0,
                 stuck: false,
             });
+        }
+        if redrain {
+            self.start_drain_round();
         }
         Ok(())
     }
@@ -914,6 +935,7 @@ impl Daemon {
         loop {
             self.run_timers();
             self.dispatch();
+            self.advance_checkpoints();
             self.refresh_status();
             if self.stopping && self.in_flight == 0 {
                 break;
@@ -983,18 +1005,30 @@ impl Daemon {
     }
 
     fn on_overflow(&mut self, root: RootId) {
+        if !self.overflow_seen.iter().any(|(r, _)| *r == root) {
+            self.overflow_seen.push((root, self.queue.clock()));
+        }
         match self.timers.overflowed(root, Instant::now()) {
-            Overflowed::RescanNow(roots) => {
-                for root in roots {
-                    self.queue.request_full_sync(root, FullSyncReason::Rescan);
-                }
-            }
+            Overflowed::RescanNow(roots) => self.rescan_overflowed(roots),
             Overflowed::Deferred { first: true, wait } => tracing::warn!(
                 root = %self.root_path(root).display(),
                 in_s = wait.as_secs(),
                 "inotify overflowed again: next rescan deferred"
             ),
             Overflowed::Deferred { first: false, .. } => {}
+        }
+    }
+
+    /// Asks for the rescans of roots that overflowed, owed from the first overflow.
+    fn rescan_overflowed(&mut self, roots: Vec<RootId>) {
+        for root in roots {
+            let since = self
+                .overflow_seen
+                .iter()
+                .position(|(r, _)| *r == root)
+                .map(|at| self.overflow_seen.swap_remove(at).1);
+            self.queue
+                .request_full_sync_since(root, FullSyncReason::Rescan, since);
         }
     }
 
@@ -1020,17 +1054,15 @@ impl Daemon {
             match due {
                 Due::OverflowRescan(roots) => {
                     tracing::info!("rescanning after repeated inotify overflows");
-                    for root in roots {
-                        self.queue.request_full_sync(root, FullSyncReason::Rescan);
-                    }
+                    self.rescan_overflowed(roots);
                 }
                 Due::PruneTrash => {
                     for lane in &self.lanes {
                         self.runner.prune_trash(lane.id, lane.context.clone());
                     }
                 }
-                Due::GuardedFullSync(lane, reason) => {
-                    self.queue.request_full_sync_lane(lane, reason);
+                Due::GuardedFullSync(lane, reason, since) => {
+                    self.queue.request_full_sync_lane_since(lane, reason, since);
                 }
                 Due::DegradedResync(roots) => {
                     self.tell_watchers(|| WatchControl::RetryUnwatched);
@@ -1056,6 +1088,9 @@ impl Daemon {
     }
 
     fn handle(&mut self, input: Input) {
+        // Whatever this input records was seen after everything before it (checkpoints
+        // and lag go by it).
+        self.queue.observe(Instant::now());
         match input {
             Input::Watch(generation, event) => {
                 if generation == self.watcher_generation {
@@ -1160,6 +1195,12 @@ impl Daemon {
             Command::Reload(reply) => {
                 let _ = reply.send(self.reload());
             }
+            Command::Checkpoint { root, reply } => {
+                let _ = reply.send(self.ask_checkpoint(root));
+            }
+            Command::CheckpointStatus { id, reply } => {
+                let _ = reply.send(self.checkpoint_state(id));
+            }
         }
         self.publish_status(true);
     }
@@ -1180,41 +1221,7 @@ impl Daemon {
     }
 
     fn request_full_sync_job(&mut self, root: Option<PathBuf>, force: bool) -> Result<u64, String> {
-        let roots: Vec<RootId> = match &root {
-            None => (0..self.config.roots.len()).collect(),
-            Some(path) => {
-                // By name first; resolving paths touches the roots' filesystems, and one of
-                // them may hang: bounded, so the loop never waits on it.
-                let canonical = |p: &Path| {
-                    let p = p.to_path_buf();
-                    crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
-                        std::fs::canonicalize(p).ok()
-                    })
-                    .flatten()
-                };
-                let found = self
-                    .config
-                    .roots
-                    .iter()
-                    .position(|r| r.path == *path)
-                    .or_else(|| {
-                        let wanted = canonical(path).unwrap_or_else(|| path.clone());
-                        self.config
-                            .roots
-                            .iter()
-                            .position(|r| canonical(&r.path).is_some_and(|c| c == wanted))
-                    });
-                match found {
-                    Some(id) => vec![id],
-                    None => {
-                        return Err(format!(
-                            "{} is not a watch root of this instance",
-                            path.display()
-                        ));
-                    }
-                }
-            }
-        };
+        let roots = self.roots_named(root.as_deref())?;
         let reason = if force {
             FullSyncReason::Forced
         } else {
@@ -1253,6 +1260,118 @@ impl Daemon {
         tracing::info!(job = id, lanes, "full sync requested");
         self.finish_full_sync_jobs();
         Ok(id)
+    }
+
+    /// Fixes a checkpoint over the remotes of `root` (all: `None`) and answers its id.
+    fn ask_checkpoint(&mut self, root: Option<PathBuf>) -> Result<u64, String> {
+        let roots = self.roots_named(root.as_deref())?;
+        let lanes = self
+            .lanes
+            .iter()
+            .filter(|lane| roots.contains(&lane.root))
+            .map(|lane| lane.id)
+            .collect();
+        let (id, start) = self.checkpoints.ask(lanes);
+        if start {
+            self.start_drain_round();
+        }
+        Ok(id)
+    }
+
+    /// Asks every watcher to report what the kernel has queued, for the checkpoints.
+    fn start_drain_round(&mut self) {
+        loop {
+            self.tell_watchers(|| WatchControl::Drain);
+            let roots = (0..self.watchers.len()).collect();
+            if !self
+                .checkpoints
+                .round_started(roots, self.queue.clock().seq)
+            {
+                break;
+            }
+        }
+    }
+
+    /// Tells who waits that their checkpoints are reached.
+    fn advance_checkpoints(&mut self) {
+        if !self.checkpoints.any_open() {
+            return;
+        }
+        let owed: Vec<(LaneId, Option<u64>)> = self
+            .lanes
+            .iter()
+            .map(|lane| (lane.id, self.lane_oldest(lane.id).map(|seen| seen.seq)))
+            .collect();
+        let reached = self.checkpoints.advance(
+            |id| {
+                owed.iter()
+                    .find(|(lane, _)| *lane == id)
+                    .map(|(_, seq)| *seq)
+            },
+            Instant::now(),
+        );
+        for id in reached {
+            tracing::debug!(checkpoint = id, "checkpoint reached");
+            self.emit(Event::CheckpointReached { id });
+        }
+    }
+
+    /// Where checkpoint `id` stands, in operators' words.
+    fn checkpoint_state(&self, id: u64) -> Option<control::CheckpointState> {
+        Some(match self.checkpoints.progress(id)? {
+            Progress::Reached => control::CheckpointState::Reached,
+            Progress::Behind(lanes) => control::CheckpointState::Behind(
+                self.lanes
+                    .iter()
+                    .filter(|lane| lanes.contains(&lane.id))
+                    .map(|lane| lane.label.clone())
+                    .collect(),
+            ),
+            Progress::Draining(roots) => control::CheckpointState::Draining(
+                roots
+                    .into_iter()
+                    .map(|root| self.root_path(root).to_path_buf())
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The roots `root` names: all of them for `None`, else the one whose path it is
+    /// (by name, or else by where it resolves).
+    fn roots_named(&self, root: Option<&Path>) -> Result<Vec<RootId>, String> {
+        match root {
+            None => Ok((0..self.config.roots.len()).collect()),
+            Some(path) => {
+                // By name first; resolving paths touches the roots' filesystems, and one of
+                // them may hang: bounded, so the loop never waits on it.
+                let canonical = |p: &Path| {
+                    let p = p.to_path_buf();
+                    crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+                        std::fs::canonicalize(p).ok()
+                    })
+                    .flatten()
+                };
+                let found = self
+                    .config
+                    .roots
+                    .iter()
+                    .position(|r| r.path == *path)
+                    .or_else(|| {
+                        let wanted = canonical(path).unwrap_or_else(|| path.to_path_buf());
+                        self.config
+                            .roots
+                            .iter()
+                            .position(|r| canonical(&r.path).is_some_and(|c| c == wanted))
+                    });
+                match found {
+                    Some(id) => Ok(vec![id]),
+                    None => Err(format!(
+                        "{} is not a watch root of this instance",
+                        path.display()
+                    )),
+                }
+            }
+        }
     }
 
     /// Notes that full sync number `number` of `lane` ended and reports the requests that
@@ -1555,7 +1674,11 @@ impl Daemon {
             }
             WatchEvent::DirRenamed { root, from, to } => self.queue.note_rename(root, &from, &to),
             WatchEvent::Overflow { root } | WatchEvent::Rescan { root } => self.on_overflow(root),
-            WatchEvent::Drained { .. } => {}
+            WatchEvent::Drained { root } => {
+                if self.checkpoints.drained(root, self.queue.clock().seq) {
+                    self.start_drain_round();
+                }
+            }
             WatchEvent::RootLost { root, reason } => {
                 tracing::error!(
                     root = %self.root_path(root).display(),
@@ -1865,12 +1988,12 @@ impl Daemon {
         if let Some(number) = full_sync_number {
             self.full_sync_done(lane_id, number, succeeded);
         }
-        self.queue.finish(lane_id, retry);
+        let since = self.queue.finish(lane_id, retry);
         for (entries, when) in defer {
-            self.queue.defer(lane_id, entries, when);
+            self.queue.defer(lane_id, entries, when, since);
         }
         if let Some((reason, when)) = guarded_full_sync {
-            self.timers.hold_full_sync(lane_id, reason, when);
+            self.timers.hold_full_sync(lane_id, reason, when, since);
         }
     }
 
@@ -2202,7 +2325,7 @@ impl Daemon {
                 last_error: lane.health.last_error.as_ref().map(|e| e.full.clone()),
                 last_error_summary: lane.health.last_error.as_ref().map(|e| e.summary.clone()),
                 pending: self.queue.lane_depth(lane.id) as u64,
-                lag: Duration::ZERO,
+                owed_since: self.lane_oldest(lane.id).map(|seen| seen.at),
                 bytes_sent: lane.bytes_sent,
                 runs: lane.runs,
             })
@@ -2230,6 +2353,25 @@ impl Daemon {
             counters: self.counters,
             blocked_watchers,
         }
+    }
+}
+
+impl Daemon {
+    /// The oldest change observed and not yet delivered to lane `id`.
+    fn lane_oldest(&self, id: LaneId) -> Option<crate::queue::Seen> {
+        let overflowed = self
+            .lanes
+            .iter()
+            .find(|lane| lane.id == id)
+            .and_then(|lane| {
+                self.overflow_seen
+                    .iter()
+                    .find(|(root, _)| *root == lane.root)
+                    .map(|(_, seen)| *seen)
+            });
+        [self.timers.held_since(id), overflowed]
+            .into_iter()
+            .fold(self.queue.lane_oldest(id), crate::queue::older)
     }
 }
 

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::RootId;
-use crate::queue::{FullSyncReason, LaneId};
+use crate::queue::{FullSyncReason, LaneId, Seen};
 
 /// How often roots with unwatched directories (watch limit) get a full sync.
 pub(super) const DEGRADED_RESYNC: Duration = Duration::from_secs(600);
@@ -37,7 +37,7 @@ pub(super) enum Due {
     OverflowRescan(Vec<RootId>),
     PruneTrash,
     /// Try a full sync the replica guard held back again.
-    GuardedFullSync(LaneId, FullSyncReason),
+    GuardedFullSync(LaneId, FullSyncReason, Option<Seen>),
     /// Retry the unwatched directories and resync these roots (watch limit).
     DegradedResync(Vec<RootId>),
     /// The `<crontab>` full sync of every root.
@@ -73,7 +73,8 @@ pub(super) struct Timers {
     overflow_backoff: Duration,
     /// Full syncs the replica guard held back: (lane, reason, when to try again). They wait
     /// here, not in the queue, so that the lane's other changes keep flowing.
-    guarded: Vec<(LaneId, FullSyncReason, Instant)>,
+    /// `Seen`: the oldest change the held run was to deliver.
+    guarded: Vec<(LaneId, FullSyncReason, Instant, Option<Seen>)>,
 }
 
 impl Timers {
@@ -115,7 +116,7 @@ impl Timers {
         ]
         .into_iter()
         .flatten()
-        .chain(self.guarded.iter().map(|(.., at)| *at))
+        .chain(self.guarded.iter().map(|(_, _, at, _)| *at))
         .min()
         .unwrap_or(self.replay)
     }
@@ -136,11 +137,11 @@ impl Timers {
         }
         let (held, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.guarded)
             .into_iter()
-            .partition(|(.., at)| *at <= now);
+            .partition(|(_, _, at, _)| *at <= now);
         self.guarded = later;
         due.extend(
             held.into_iter()
-                .map(|(lane, reason, _)| Due::GuardedFullSync(lane, reason)),
+                .map(|(lane, reason, _, since)| Due::GuardedFullSync(lane, reason, since)),
         );
         if self.degraded_resync.is_some_and(|at| at <= now) {
             due.push(Due::DegradedResync(std::mem::take(&mut self.degraded)));
@@ -218,10 +219,25 @@ impl Timers {
 
     /// A full sync of `lane` the replica guard held back, tried again `at` (a lane waits
     /// for one at a time).
-    pub(super) fn hold_full_sync(&mut self, lane: LaneId, reason: FullSyncReason, at: Instant) {
+    pub(super) fn hold_full_sync(
+        &mut self,
+        lane: LaneId,
+        reason: FullSyncReason,
+        at: Instant,
+        since: Option<Seen>,
+    ) {
         if !self.guarded.iter().any(|(id, ..)| *id == lane) {
-            self.guarded.push((lane, reason, at));
+            self.guarded.push((lane, reason, at, since));
         }
+    }
+
+    /// The oldest unseen change a held full sync of `lane` stands for (see
+    /// [`FullSyncReason::stands_for_unseen_changes`]).
+    pub(super) fn held_since(&self, lane: LaneId) -> Option<Seen> {
+        self.guarded
+            .iter()
+            .find(|(id, reason, ..)| *id == lane && reason.stands_for_unseen_changes())
+            .and_then(|(.., since)| *since)
     }
 
     pub(super) fn holds_full_sync(&self, lane: LaneId) -> bool {

@@ -96,6 +96,38 @@ pub enum FullSyncReason {
     Forced,
 }
 
+/// When a change was observed: the order of observations (`seq`, which the daemon's
+/// checkpoints compare) and the time (for lag). The daemon moves the clock forward with
+/// [`Queue::observe`] before it handles each input, so everything recorded while handling
+/// one input shares one stamp, and whatever comes later has a greater `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub seq: u64,
+    pub at: Instant,
+}
+
+/// The older of two stamps (`None` is "nothing", not "oldest").
+pub fn older(a: Option<Seen>, b: Option<Seen>) -> Option<Seen> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.seq < a.seq { b } else { a }),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl FullSyncReason {
+    /// Whether the full sync delivers changes that were not seen one by one (before the
+    /// watches were in place, lost in an overflow, or in a run that ended uncleanly):
+    /// until it has run, the remote may lack something observed. Scheduled and forced
+    /// full syncs only confirm.
+    pub fn stands_for_unseen_changes(self) -> bool {
+        matches!(
+            self,
+            FullSyncReason::Initial | FullSyncReason::Rescan | FullSyncReason::Recovery
+        )
+    }
+}
+
 /// A batch of paths for one lane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
@@ -112,18 +144,35 @@ struct Lane {
     id: LaneId,
     root: RootId,
     pending: BTreeMap<RelPath, Action>,
+    /// No later than the oldest change in `pending` (a lane that sent only part of its
+    /// pending paths keeps the stamp: older than the truth is safe, younger is not).
+    pending_since: Option<Seen>,
     full_sync: Option<FullSyncReason>,
+    /// When the full sync owed was asked for, if it stands for changes that were not
+    /// seen one by one (start-up, a rescan, recovery); scheduled and forced full syncs
+    /// deliver nothing that was observed.
+    full_sync_since: Option<Seen>,
     busy: bool,
+    /// The oldest change the job in flight delivers.
+    in_flight_since: Option<Seen>,
     not_before: Option<Instant>,
     paused: bool,
     /// Paths that failed on their own (rsync exit 23) and are retried later without
     /// holding back the rest of the lane.
-    deferred: Vec<(Instant, Vec<(RelPath, Action)>)>,
+    deferred: Vec<Deferred>,
     /// Directory renames seen since the last batch (hints; bounded).
     renames: Vec<(RelPath, RelPath)>,
     /// The paths sent within the last [`HOT_INTERVAL`]: a file that keeps changing is sent
     /// again only once its interval is over (see [`Queue::take_job`]).
     recently_sent: RecentlySent,
+}
+
+/// Paths that failed on their own, retried at `due`.
+#[derive(Debug)]
+struct Deferred {
+    due: Instant,
+    entries: Vec<(RelPath, Action)>,
+    since: Option<Seen>,
 }
 
 /// A path sent this recently is not sent again for a change of its contents before the
@@ -184,6 +233,8 @@ pub struct Queue {
     /// Folds since the last [`Queue::take_folds`], for the daemon to log.
     folds: Vec<Fold>,
     paused: bool,
+    /// The stamp of what is recorded now ([`Queue::observe`]).
+    clock: Seen,
 }
 
 /// A lane folded its pending paths into dirty directories ([`Queue::set_max_pending`]).
@@ -204,13 +255,14 @@ pub use crate::config::DEFAULT_MAX_PENDING;
 
 impl Queue {
     /// Lanes `(id, root)`.
-    pub fn new(lanes: &[(LaneId, RootId)], max_batch: usize) -> Queue {
+    pub fn new(lanes: &[(LaneId, RootId)], max_batch: usize, now: Instant) -> Queue {
         let mut queue = Queue {
             lanes: Vec::new(),
             max_batch: max_batch.max(1),
             max_pending: DEFAULT_MAX_PENDING,
             folds: Vec::new(),
             paused: false,
+            clock: Seen { seq: 0, at: now },
         };
         queue.reconfigure(lanes);
         queue
@@ -233,8 +285,11 @@ impl Queue {
                     id,
                     root,
                     pending: BTreeMap::new(),
+                    pending_since: None,
                     full_sync: None,
+                    full_sync_since: None,
                     busy: false,
+                    in_flight_since: None,
                     not_before: None,
                     paused: self.paused,
                     deferred: Vec::new(),
@@ -261,6 +316,35 @@ impl Queue {
             .binary_search_by_key(&id, |lane| lane.id)
             .ok()
             .map(|at| &mut self.lanes[at])
+    }
+
+    /// Moves the observation clock to `now`: what is recorded from here on was seen
+    /// after everything recorded before.
+    pub fn observe(&mut self, now: Instant) -> Seen {
+        self.clock = Seen {
+            seq: self.clock.seq + 1,
+            at: now.max(self.clock.at),
+        };
+        self.clock
+    }
+
+    /// The stamp of what is recorded now.
+    pub fn clock(&self) -> Seen {
+        self.clock
+    }
+
+    /// The oldest change `lane` has not delivered: pending, in flight, deferred, or a full
+    /// sync that stands for unseen changes. `None`: the remote has everything observed
+    /// (as far as this queue knows; the daemon adds full syncs it holds back itself).
+    pub fn lane_oldest(&self, lane: LaneId) -> Option<Seen> {
+        let lane = self.lane(lane)?;
+        lane.deferred.iter().map(|d| d.since).fold(
+            older(
+                older(lane.pending_since, lane.full_sync_since),
+                lane.in_flight_since,
+            ),
+            older,
+        )
     }
 
     /// Caps the pending paths of each lane (at least 2). While a remote is down for hours
@@ -296,8 +380,9 @@ impl Queue {
     /// Records a change of `path` under `root` in every lane of that root.
     pub fn push(&mut self, root: RootId, path: &[u8], action: Action) {
         let cap = self.max_pending;
+        let seen = self.clock;
         for lane in self.lanes.iter_mut().filter(|lane| lane.root == root) {
-            lane.merge(path, action);
+            lane.merge(path, action, seen);
             self.folds.extend(lane.bound(cap));
         }
     }
@@ -310,7 +395,7 @@ impl Queue {
             return;
         };
         let lane = &mut self.lanes[at];
-        lane.merge(path, action);
+        lane.merge(path, action, self.clock);
         self.folds.extend(lane.bound(cap));
     }
 
@@ -328,8 +413,21 @@ impl Queue {
     /// Asks for a full sync of every lane of `root`. The paths pending when it starts
     /// ride along and are sent right after it (see [`Job::FullSync`]).
     pub fn request_full_sync(&mut self, root: RootId, reason: FullSyncReason) {
+        let seen = self.clock;
+        self.request_full_sync_since(root, reason, Some(seen));
+    }
+
+    /// [`Queue::request_full_sync`] for changes missed since `since` (an overflow seen
+    /// before the rescan could be asked for). `None`: since now.
+    pub fn request_full_sync_since(
+        &mut self,
+        root: RootId,
+        reason: FullSyncReason,
+        since: Option<Seen>,
+    ) {
+        let since = since.or(Some(self.clock));
         for lane in self.lanes.iter_mut().filter(|lane| lane.root == root) {
-            lane.want_full_sync(reason);
+            lane.want_full_sync(reason, since);
             if reason == FullSyncReason::Forced {
                 lane.not_before = None;
             }
@@ -338,8 +436,20 @@ impl Queue {
 
     /// Asks for a full sync of one lane (a new remote, or one owed from the last run).
     pub fn request_full_sync_lane(&mut self, lane: LaneId, reason: FullSyncReason) {
+        let seen = self.clock;
+        self.request_full_sync_lane_since(lane, reason, Some(seen));
+    }
+
+    /// [`Queue::request_full_sync_lane`] for a full sync owed since `since` (one the
+    /// replica guard held back, asked for again).
+    pub fn request_full_sync_lane_since(
+        &mut self,
+        lane: LaneId,
+        reason: FullSyncReason,
+        since: Option<Seen>,
+    ) {
         if let Some(lane) = self.lane_mut(lane) {
-            lane.want_full_sync(reason);
+            lane.want_full_sync(reason, since);
             if reason == FullSyncReason::Forced {
                 lane.not_before = None;
             }
@@ -369,6 +479,7 @@ impl Queue {
         }
         if let Some(reason) = lane.full_sync.take() {
             lane.busy = true;
+            lane.in_flight_since = older(lane.full_sync_since.take(), lane.pending_since.take());
             lane.renames.clear();
             return Some(Job::FullSync {
                 lane: lane_id,
@@ -378,8 +489,9 @@ impl Queue {
         }
         // A retry that is due runs as a batch of its own: merged into the pending paths,
         // a path that keeps failing would take every change batched with it down too.
-        if let Some(entries) = lane.take_due_retry(now) {
+        if let Some(Deferred { entries, since, .. }) = lane.take_due_retry(now) {
             lane.busy = true;
+            lane.in_flight_since = since;
             return Some(Job::Batch(Batch {
                 lane: lane_id,
                 entries,
@@ -404,7 +516,9 @@ impl Queue {
             lane.recently_sent.nothing_before = lane.recently_sent.next_cool();
             return None;
         }
+        lane.in_flight_since = lane.pending_since;
         let entries: Vec<(RelPath, Action)> = if lane.pending.len() <= max_batch {
+            lane.pending_since = None;
             std::mem::take(&mut lane.pending).into_iter().collect()
         } else {
             let mut taken = Vec::with_capacity(max_batch);
@@ -446,41 +560,58 @@ impl Queue {
     /// Ends the job in flight on `lane`. `retry` is what must be tried again (the whole
     /// job, or for a partial transfer only the paths that failed) and when.
     /// A lane removed by a reload meanwhile is not there any more: nothing happens.
-    pub fn finish(&mut self, lane_id: LaneId, retry: Option<(Retry, Instant)>) {
+    /// Returns the stamp of the oldest change the job carried (for [`Queue::defer`], and
+    /// for how long a delivered change waited).
+    pub fn finish(&mut self, lane_id: LaneId, retry: Option<(Retry, Instant)>) -> Option<Seen> {
         let cap = self.max_pending;
         let Ok(at) = self.lanes.binary_search_by_key(&lane_id, |lane| lane.id) else {
-            return;
+            return None;
         };
         let lane = &mut self.lanes[at];
         lane.busy = false;
+        let since = lane.in_flight_since.take();
         match retry {
             None => lane.not_before = None,
             Some((retry, at)) => {
                 lane.not_before = Some(at);
                 match retry {
                     Retry::FullSync { reason, then } => {
-                        lane.want_full_sync(reason);
+                        lane.want_full_sync(reason, since);
+                        // A full sync not owed for unseen changes still carries `then`.
+                        lane.full_sync_since = older(lane.full_sync_since, since);
                         for (path, older) in then {
-                            lane.requeue(path, older);
+                            lane.requeue(path, older, since);
                         }
                     }
                     Retry::Paths(entries) => {
                         for (path, older) in entries {
-                            lane.requeue(path, older);
+                            lane.requeue(path, older, since);
                         }
                     }
                 }
                 self.folds.extend(lane.bound(cap));
             }
         }
+        since
     }
 
     /// Retries `entries` of `lane` at `at`, without making the lane back off: used when a
-    /// batch succeeded except for some paths (rsync exit 23).
-    pub fn defer(&mut self, lane: LaneId, entries: Vec<(RelPath, Action)>, at: Instant) {
+    /// batch succeeded except for some paths (rsync exit 23). `since` is the stamp
+    /// [`Queue::finish`] returned for their job.
+    pub fn defer(
+        &mut self,
+        lane: LaneId,
+        entries: Vec<(RelPath, Action)>,
+        at: Instant,
+        since: Option<Seen>,
+    ) {
         if let Some(lane) = self.lane_mut(lane) {
             if !entries.is_empty() {
-                lane.deferred.push((at, entries));
+                lane.deferred.push(Deferred {
+                    due: at,
+                    entries,
+                    since,
+                });
             }
         }
     }
@@ -488,7 +619,7 @@ impl Queue {
     /// The earliest time a deferred retry of `lane` is due.
     pub fn lane_next_deferred(&self, lane: LaneId) -> Option<Instant> {
         self.lane(lane)
-            .and_then(|lane| lane.deferred.iter().map(|(at, _)| *at).min())
+            .and_then(|lane| lane.deferred.iter().map(|d| d.due).min())
     }
 
     /// Number of paths waiting in deferred retries over all lanes.
@@ -496,7 +627,7 @@ impl Queue {
         self.lanes
             .iter()
             .flat_map(|lane| lane.deferred.iter())
-            .map(|(_, entries)| entries.len())
+            .map(|d| d.entries.len())
             .sum()
     }
 
@@ -510,10 +641,10 @@ impl Queue {
             }
             let deferred = std::mem::take(&mut lane.deferred);
             // Newest first: each is put back as older than what is pending already.
-            for (_, entries) in deferred.into_iter().rev() {
-                count += entries.len();
-                for (path, action) in entries {
-                    lane.requeue(path, action);
+            for d in deferred.into_iter().rev() {
+                count += d.entries.len();
+                for (path, action) in d.entries {
+                    lane.requeue(path, action, d.since);
                 }
             }
         }
@@ -563,8 +694,11 @@ impl Queue {
             id: lane.id,
             root: lane.root,
             pending: lane.pending.clone(),
+            pending_since: None,
             full_sync: None,
+            full_sync_since: None,
             busy: false,
+            in_flight_since: None,
             not_before: None,
             paused: false,
             deferred: Vec::new(),
@@ -572,9 +706,9 @@ impl Queue {
             recently_sent: RecentlySent::default(),
         };
         // Newest first: each is put back as older than what is there already.
-        for (_, entries) in lane.deferred.iter().rev() {
-            for (path, action) in entries {
-                merged.requeue(path.clone(), *action);
+        for d in lane.deferred.iter().rev() {
+            for (path, action) in &d.entries {
+                merged.requeue(path.clone(), *action, None);
             }
         }
         merged.pending.into_iter().collect()
@@ -595,18 +729,24 @@ pub enum Retry {
 impl Lane {
     /// Owes a full sync for `reason`. An operator's forced one replaces any other (and
     /// does not wait for the retry of one the guard held back).
-    fn want_full_sync(&mut self, reason: FullSyncReason) {
+    /// `since`: when it was asked for, which counts only for reasons that stand for
+    /// changes not seen one by one.
+    fn want_full_sync(&mut self, reason: FullSyncReason, since: Option<Seen>) {
         if reason == FullSyncReason::Forced {
             self.full_sync = Some(reason);
         } else {
             self.full_sync.get_or_insert(reason);
         }
+        if reason.stands_for_unseen_changes() {
+            self.full_sync_since = older(self.full_sync_since, since);
+        }
     }
 
-    fn merge(&mut self, path: &[u8], action: Action) {
+    fn merge(&mut self, path: &[u8], action: Action, seen: Seen) {
         if self.below_a_tree(path) {
             return;
         }
+        self.pending_since = older(self.pending_since, Some(seen));
         if action != Action::Sync || !self.recently_sent.is_hot(path) {
             // Something that need not wait: the lane may have a job again.
             self.recently_sent.nothing_before = None;
@@ -633,16 +773,17 @@ impl Lane {
     /// The earliest deferred retry that is due, as a batch: a newer pending action for one
     /// of its paths travels with it (after the older one), so each path still goes out in
     /// the order its changes happened.
-    fn take_due_retry(&mut self, now: Instant) -> Option<Vec<(RelPath, Action)>> {
+    fn take_due_retry(&mut self, now: Instant) -> Option<Deferred> {
         let (at, _) = self
             .deferred
             .iter()
             .enumerate()
-            .filter(|(_, (due, _))| *due <= now)
-            .min_by_key(|(_, (due, _))| *due)?;
-        let (_, group) = self.deferred.remove(at);
+            .filter(|(_, d)| d.due <= now)
+            .min_by_key(|(_, d)| d.due)?;
+        let group = self.deferred.remove(at);
+        let mut since = group.since;
         let mut entries: BTreeMap<RelPath, Action> = BTreeMap::new();
-        for (path, older) in group {
+        for (path, older) in group.entries {
             let action = match entries.remove(&path) {
                 Some(earlier) => Action::then(earlier, older),
                 None => older,
@@ -652,9 +793,17 @@ impl Lane {
         for (path, action) in &mut entries {
             if let Some(newer) = self.pending.remove(path) {
                 *action = Action::then(*action, newer);
+                since = older(since, self.pending_since);
             }
         }
-        Some(entries.into_iter().collect())
+        if self.pending.is_empty() {
+            self.pending_since = None;
+        }
+        Some(Deferred {
+            due: group.due,
+            entries: entries.into_iter().collect(),
+            since,
+        })
     }
 
     /// Whether an ancestor of `path` is pending as [`Action::Tree`], which covers it.
@@ -682,14 +831,15 @@ impl Lane {
 
     /// Puts back an action from a failed batch: it happened before anything now pending.
     /// The path did not get through, so it is not held back as just sent.
-    fn requeue(&mut self, path: RelPath, older: Action) {
+    fn requeue(&mut self, path: RelPath, older_action: Action, since: Option<Seen>) {
+        self.pending_since = older(self.pending_since, since);
         if self.recently_sent.last.remove(&path).is_some() {
             self.recently_sent.nothing_before = None;
         }
         match self.pending.get_mut(&path) {
-            Some(newer) => *newer = Action::then(older, *newer),
+            Some(newer) => *newer = Action::then(older_action, *newer),
             None => {
-                self.pending.insert(path, older);
+                self.pending.insert(path, older_action);
             }
         }
     }

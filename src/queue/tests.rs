@@ -41,29 +41,59 @@ fn run_timed(script: &[&str]) -> Vec<String> {
 }
 
 /// The steps of both: `take` (after advancing the clock by `per_take`), `ok`, `fail`,
-/// `full`, `cap N`, `at MS`, `cools`, or `CODE path`.
+/// `partial` (done but for its paths, deferred 15 s), `full` (scheduled), `rescan` (a full sync for lost changes), `observe` (the next
+/// observation stamp), `oldest` (the stamp of the lane's oldest undelivered change),
+/// `cap N`, `at MS`, `cools`, or `CODE path`.
 fn run_clocked(script: &[&str], max_batch: usize, per_take: Duration) -> Vec<String> {
     let start = Instant::now();
     let mut now = start;
-    let mut queue = Queue::new(&[(0, 0)], max_batch);
+    let mut queue = Queue::new(&[(0, 0)], max_batch, Instant::now());
     let mut last_batch: Option<Batch> = None;
+    let mut last_full: Option<(FullSyncReason, Vec<(RelPath, Action)>)> = None;
     let mut out = Vec::new();
     for step in script {
         match *step {
             "take" => {
                 now += per_take;
                 let job = queue.take_job(0, now);
-                if let Some(Job::Batch(batch)) = &job {
-                    last_batch = Some(batch.clone());
+                match &job {
+                    Some(Job::Batch(batch)) => {
+                        last_batch = Some(batch.clone());
+                        last_full = None;
+                    }
+                    Some(Job::FullSync { reason, then, .. }) => {
+                        last_full = Some((*reason, then.clone()));
+                        last_batch = None;
+                    }
+                    None => {}
                 }
                 out.push(render(job));
             }
-            "ok" => queue.finish(0, None),
+            "ok" => {
+                queue.finish(0, None);
+            }
             "fail" => {
+                let retry = match last_full.take() {
+                    Some((reason, then)) => Retry::FullSync { reason, then },
+                    None => Retry::Paths(last_batch.take().map(|b| b.entries).unwrap_or_default()),
+                };
+                queue.finish(0, Some((retry, now)));
+            }
+            "partial" => {
+                // Done except for every path of the batch, tried again in 15 s.
                 let entries = last_batch.take().map(|b| b.entries).unwrap_or_default();
-                queue.finish(0, Some((Retry::Paths(entries), now)));
+                let since = queue.finish(0, None);
+                queue.defer(0, entries, now + Duration::from_secs(15), since);
             }
             "full" => queue.request_full_sync(0, FullSyncReason::Scheduled),
+            "rescan" => queue.request_full_sync(0, FullSyncReason::Rescan),
+            "observe" => {
+                queue.observe(now);
+            }
+            "oldest" => out.push(match queue.lane_oldest(0) {
+                Some(seen) => format!("oldest {}", seen.seq),
+                None => "oldest -".to_owned(),
+            }),
             "cools" => out.push(match queue.lane_cools_at(0) {
                 Some(at) => format!("cools {}", (at - start).as_millis()),
                 None => "cools -".to_owned(),
@@ -81,6 +111,76 @@ fn run_clocked(script: &[&str], max_batch: usize, per_take: Duration) -> Vec<Str
         }
     }
     out
+}
+
+/// How the queue knows the oldest change a lane has not delivered, whatever happened to
+/// it: (name, max batch, script, outputs of each `take` and `oldest`).
+const OLDEST_ROWS: &[(&str, usize, &[&str], &[&str])] = &[
+    (
+        "a change is owed from when it was seen until its batch is done",
+        100,
+        &[
+            "observe", "S a", "oldest", "take", "oldest", "observe", "oldest", "ok", "oldest",
+        ],
+        &["oldest 1", "a:S", "oldest 1", "oldest 1", "oldest -"],
+    ),
+    (
+        "a newer change to the same path does not make a failed batch look younger",
+        100,
+        &[
+            "observe", "S a", "take", "observe", "S a", "S b", "fail", "oldest", "take", "ok",
+            "oldest",
+        ],
+        &["a:S", "oldest 1", "a:S b:S", "oldest -"],
+    ),
+    (
+        "what a partial take leaves keeps the oldest stamp (older than the truth is safe)",
+        1,
+        &[
+            "observe", "S a", "observe", "S b", "take", "ok", "oldest", "take", "ok", "oldest",
+        ],
+        &["a:S", "oldest 1", "b:S", "oldest -"],
+    ),
+    (
+        "paths deferred after a partial transfer stay owed with their batch's stamp",
+        100,
+        &[
+            "observe", "S a", "take", "partial", "observe", "S b", "take", "ok", "oldest",
+        ],
+        &["a:S", "b:S", "oldest 1"],
+    ),
+    (
+        "a rescan is owed from when it was asked for until it has run",
+        100,
+        &[
+            "observe", "rescan", "observe", "oldest", "take", "oldest", "ok", "oldest",
+        ],
+        &["oldest 1", "FULL", "oldest 1", "oldest -"],
+    ),
+    (
+        "a scheduled full sync owes nothing, but the changes riding with it are owed",
+        100,
+        &[
+            "observe", "full", "oldest", "observe", "S a", "take", "oldest", "ok", "oldest",
+        ],
+        &["oldest -", "FULL", "oldest 2", "oldest -"],
+    ),
+    (
+        "a failed rescan is owed from its first request",
+        100,
+        &[
+            "observe", "rescan", "take", "observe", "S a", "fail", "oldest",
+        ],
+        &["FULL", "oldest 1"],
+    ),
+];
+
+#[test]
+fn the_oldest_undelivered_change_is_tracked_through_takes_failures_and_full_syncs() {
+    for (name, max_batch, script, want) in OLDEST_ROWS {
+        let got = run_clocked(script, *max_batch, Duration::ZERO);
+        assert_eq!(got, *want, "{name}");
+    }
 }
 
 /// (name, script, expected outputs of each `take`)
@@ -264,7 +364,7 @@ fn batches_are_bounded() {
 #[test]
 fn lanes_progress_independently() {
     let now = Instant::now();
-    let mut queue = Queue::new(&[(0, 0), (1, 0), (2, 1)], 100);
+    let mut queue = Queue::new(&[(0, 0), (1, 0), (2, 1)], 100, Instant::now());
     queue.push(0, b"x", Action::Sync);
     queue.push(1, b"y", Action::Sync);
     let first = queue.take_job(0, now).expect("lane 0 has work");
@@ -287,7 +387,7 @@ fn lanes_progress_independently() {
 #[test]
 fn paused_queue_keeps_coalescing() {
     let now = Instant::now();
-    let mut queue = Queue::new(&[(0, 0)], 100);
+    let mut queue = Queue::new(&[(0, 0)], 100, Instant::now());
     queue.set_paused(true);
     queue.push(0, b"a", Action::Sync);
     queue.push(0, b"a", Action::Remove { dir: false });
@@ -299,7 +399,7 @@ fn paused_queue_keeps_coalescing() {
 
 #[test]
 fn million_events_on_few_paths_stay_small() {
-    let mut queue = Queue::new(&[(0, 0)], DEFAULT_MAX_BATCH);
+    let mut queue = Queue::new(&[(0, 0)], DEFAULT_MAX_BATCH, Instant::now());
     for i in 0..1_000_000u32 {
         let path = format!("dir{}/file{}", i % 10, i % 1000);
         queue.push(0, path.as_bytes(), Action::Sync);
@@ -311,12 +411,12 @@ fn million_events_on_few_paths_stay_small() {
 fn deferred_paths_wait_without_blocking_the_lane() {
     let now = Instant::now();
     let later = now + std::time::Duration::from_secs(10);
-    let mut queue = Queue::new(&[(0, 0)], 100);
+    let mut queue = Queue::new(&[(0, 0)], 100, Instant::now());
     queue.push(0, b"bad", Action::Sync);
     queue.push(0, b"good", Action::Sync);
     assert_eq!(render(queue.take_job(0, now)), "bad:S good:S");
     queue.finish(0, None);
-    queue.defer(0, vec![(b"bad".to_vec(), Action::Sync)], later);
+    queue.defer(0, vec![(b"bad".to_vec(), Action::Sync)], later, None);
     queue.push(0, b"next", Action::Sync);
     assert_eq!(
         render(queue.take_job(0, now)),
@@ -341,7 +441,7 @@ fn deferred_paths_wait_without_blocking_the_lane() {
 fn a_due_retry_runs_alone_and_split_retries_stay_apart() {
     let now = Instant::now();
     let later = now + std::time::Duration::from_secs(10);
-    let mut queue = Queue::new(&[(0, 0)], 100);
+    let mut queue = Queue::new(&[(0, 0)], 100, Instant::now());
     queue.defer(
         0,
         vec![
@@ -349,8 +449,9 @@ fn a_due_retry_runs_alone_and_split_retries_stay_apart() {
             (b"a2".to_vec(), Action::Sync),
         ],
         later,
+        None,
     );
-    queue.defer(0, vec![(b"b1".to_vec(), Action::Sync)], later);
+    queue.defer(0, vec![(b"b1".to_vec(), Action::Sync)], later, None);
     queue.push(0, b"fresh", Action::Sync);
     queue.push(0, b"a2", Action::Remove { dir: false });
     assert_eq!(
@@ -380,14 +481,14 @@ fn a_due_retry_runs_alone_and_split_retries_stay_apart() {
 fn expedite_makes_everything_due() {
     let now = Instant::now();
     let later = now + std::time::Duration::from_secs(60);
-    let mut queue = Queue::new(&[(0, 0), (1, 0)], 100);
+    let mut queue = Queue::new(&[(0, 0), (1, 0)], 100, Instant::now());
     queue.push(0, b"a", Action::Sync);
     let _ = queue.take_job(0, now);
     queue.finish(
         0,
         Some((Retry::Paths(vec![(b"a".to_vec(), Action::Sync)]), later)),
     );
-    queue.defer(1, vec![(b"b".to_vec(), Action::Sync)], later);
+    queue.defer(1, vec![(b"b".to_vec(), Action::Sync)], later, None);
     assert!(queue.take_job(0, now).is_none());
     assert_eq!(queue.expedite(), 2);
     assert_eq!(render(queue.take_job(0, now)), "a:S");
@@ -397,7 +498,7 @@ fn expedite_makes_everything_due() {
 #[test]
 fn rename_hints_ride_with_the_batch_that_holds_both_ends() {
     let now = Instant::now();
-    let mut queue = Queue::new(&[(0, 0)], 100);
+    let mut queue = Queue::new(&[(0, 0)], 100, Instant::now());
     queue.note_rename(0, b"old", b"new");
     queue.note_rename(0, b"x", b"y");
     queue.push(0, b"old", Action::Remove { dir: true });
@@ -428,7 +529,7 @@ fn full_entries(job: Option<Job>) -> (bool, Vec<(Vec<u8>, Action)>) {
 #[test]
 fn a_full_sync_carries_the_pending_paths_and_a_failure_keeps_both() {
     let now = Instant::now();
-    let mut queue = Queue::new(&[(7, 0)], 100);
+    let mut queue = Queue::new(&[(7, 0)], 100, Instant::now());
     queue.push(0, b"same-second.txt", Action::Sync);
     queue.push(0, b"gone", Action::Remove { dir: true });
     queue.request_full_sync(0, FullSyncReason::Scheduled);
@@ -465,7 +566,7 @@ fn a_full_sync_carries_the_pending_paths_and_a_failure_keeps_both() {
 #[test]
 fn reconfigure_keeps_lanes_by_id() {
     let now = Instant::now();
-    let mut queue = Queue::new(&[(1, 0), (2, 1)], 100);
+    let mut queue = Queue::new(&[(1, 0), (2, 1)], 100, Instant::now());
     queue.push(0, b"a", Action::Sync);
     queue.push(1, b"b", Action::Sync);
     queue.request_full_sync(1, FullSyncReason::Rescan);
@@ -491,7 +592,7 @@ fn reconfigure_keeps_lanes_by_id() {
 #[test]
 fn undelivered_includes_deferred_retries() {
     let now = Instant::now();
-    let mut queue = Queue::new(&[(0, 0)], 100);
+    let mut queue = Queue::new(&[(0, 0)], 100, Instant::now());
     queue.push(0, b"a", Action::Sync);
     let _ = queue.take_job(0, now);
     queue.finish(0, None);
@@ -499,6 +600,7 @@ fn undelivered_includes_deferred_retries() {
         0,
         vec![(b"a".to_vec(), Action::Remove { dir: false })],
         now + std::time::Duration::from_secs(15),
+        None,
     );
     queue.push(0, b"b", Action::Sync);
     assert_eq!(
@@ -522,9 +624,9 @@ fn deferred_retries_of_one_path_are_put_back_in_the_order_they_happened() {
         Action::then(Action::Sync, removed),
         "the order must matter for this test to mean anything"
     );
-    let mut queue = Queue::new(&[(0, 0)], 100);
-    queue.defer(0, vec![(b"p".to_vec(), removed)], later);
-    queue.defer(0, vec![(b"p".to_vec(), Action::Sync)], later);
+    let mut queue = Queue::new(&[(0, 0)], 100, Instant::now());
+    queue.defer(0, vec![(b"p".to_vec(), removed)], later, None);
+    queue.defer(0, vec![(b"p".to_vec(), Action::Sync)], later, None);
     assert_eq!(
         queue.undelivered(0),
         vec![(b"p".to_vec(), Action::then(removed, Action::Sync))]
@@ -602,7 +704,7 @@ fn a_file_that_keeps_changing_goes_out_once_per_interval_in_its_last_state() {
 #[test]
 fn a_file_rewritten_a_hundred_times_a_second_for_ten_seconds_costs_about_twenty_runs() {
     let start = Instant::now();
-    let mut queue = Queue::new(&[(0, 0)], DEFAULT_MAX_BATCH);
+    let mut queue = Queue::new(&[(0, 0)], DEFAULT_MAX_BATCH, Instant::now());
     let mut runs = 0;
     let mut last_sent = None;
     for tick in 0..1000u64 {

@@ -50,21 +50,21 @@ fn introspection_file() -> PathBuf {
 
 /// What one `sersyncctl` run did.
 #[derive(Debug)]
-struct Ctl {
+pub(crate) struct Ctl {
     code: i32,
-    stdout: String,
-    stderr: String,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Ctl {
-    fn json(&self) -> Json {
+    pub(crate) fn json(&self) -> Json {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!("not JSON ({e}): {:?}\nstderr: {}", self.stdout, self.stderr)
         })
     }
 
     #[track_caller]
-    fn expect(self, code: i32) -> Ctl {
+    pub(crate) fn expect(self, code: i32) -> Ctl {
         assert_eq!(
             self.code, code,
             "sersyncctl exited {} (expected {code})\nstdout: {}\nstderr: {}",
@@ -105,7 +105,7 @@ fn run(mut command: Command) -> Ctl {
 }
 
 /// `sersyncctl --bus-address BUS args…` as root (the test process).
-fn ctl(bus: &Bus, args: &[&str]) -> Ctl {
+pub(crate) fn ctl(bus: &Bus, args: &[&str]) -> Ctl {
     let mut command = Command::new(SERSYNCCTL);
     command.arg("--bus-address").arg(bus.address()).args(args);
     run(command)
@@ -420,7 +420,7 @@ fn sample_status(instance: &str) -> Status {
                 last_error: None,
                 last_error_summary: None,
                 pending: 3,
-                lag: Duration::ZERO,
+                owed_since: None,
                 bytes_sent: 2048,
                 runs: RunCounts {
                     ok: 4,
@@ -436,7 +436,7 @@ fn sample_status(instance: &str) -> Status {
                 last_error: Some(LAST_ERROR.into()),
                 last_error_summary: Some(LAST_ERROR_SUMMARY.into()),
                 pending: 0,
-                lag: Duration::from_secs(42),
+                owed_since: Instant::now().checked_sub(Duration::from_secs(42)),
                 bytes_sent: 0,
                 runs: RunCounts {
                     ok: 0,
@@ -497,6 +497,8 @@ fn stub_loop(
             ControlCommand::FullSync { force: true, .. } => "ForceFullSync",
             ControlCommand::ListFailures(_) => "ListFailures",
             ControlCommand::Reload(_) => "Reload",
+            ControlCommand::Checkpoint { .. } => "Checkpoint",
+            ControlCommand::CheckpointStatus { .. } => "CheckpointStatus",
         };
         received.lock().unwrap().push(name.to_owned());
         if options.silent {
@@ -548,6 +550,13 @@ fn stub_loop(
                     Some(diagnostics) => Err(diagnostics.clone()),
                     None => Ok(()),
                 });
+            }
+            // The real thing is tested against the daemon (tests/it/checkpoints.rs).
+            ControlCommand::Checkpoint { reply, .. } => {
+                let _ = reply.send(Ok(7));
+            }
+            ControlCommand::CheckpointStatus { id, reply } => {
+                let _ = reply.send((id == 7).then_some(control::CheckpointState::Reached));
             }
         }
     }
@@ -1488,7 +1497,7 @@ fn check_rejects_a_plugin_section_that_start_up_would_reject_with_its_line() {
 // ---------------------------------------------------------------------------------------
 
 /// Arguments that put a daemon on `bus` as `instance`.
-fn on_bus(builder: SersyncdBuilder, bus: &Bus, instance: &str) -> SersyncdBuilder {
+pub(crate) fn on_bus(builder: SersyncdBuilder, bus: &Bus, instance: &str) -> SersyncdBuilder {
     builder
         .arg("--bus-address")
         .arg(bus.address())
@@ -1497,7 +1506,12 @@ fn on_bus(builder: SersyncdBuilder, bus: &Bus, instance: &str) -> SersyncdBuilde
 }
 
 /// Polls `sersyncctl -i instance status --json` until `ok` holds (bounded).
-fn wait_status(bus: &Bus, instance: &str, what: &str, ok: impl Fn(&Json) -> bool) -> Json {
+pub(crate) fn wait_status(
+    bus: &Bus,
+    instance: &str,
+    what: &str,
+    ok: impl Fn(&Json) -> bool,
+) -> Json {
     let deadline = Instant::now() + CONVERGE;
     loop {
         let json = ctl(bus, &["-i", instance, "status", "--json"])
@@ -1720,6 +1734,15 @@ fn e2e_an_unprivileged_user_reads_status_but_may_not_change_anything() {
     let json = ctl_as(&user, &bus, &["status", "--json"]).expect(0).json();
     assert_eq!(json["instance"], "web");
     assert_eq!(json["paused"], false);
+    // Waiting for one's files to reach the remotes names nothing and changes nothing.
+    let checkpoint = ctl_as(
+        &user,
+        &bus,
+        &["checkpoint", "--wait", "--timeout", "30", "--json"],
+    )
+    .expect(0)
+    .json();
+    assert_eq!(checkpoint["reached"], true, "{checkpoint}");
     for args in [
         &["pause"][..],
         &["retry-failed"][..],

@@ -30,6 +30,8 @@ mod panics;
 // D-Bus control interface and sersyncctl over private dbus-daemons: the adapter with a
 // scripted loop, the bus policy, unprivileged callers, and end to end against sersyncd.
 mod control;
+// Lag per remote and checkpoints (`sersyncctl checkpoint --wait`) against sersyncd.
+mod checkpoints;
 // systemd units (verify, exposure score) and sersync-generator (configs in, drop-ins out).
 mod systemd_units;
 // sd_notify on a NOTIFY_SOCKET of the test's own: READY, STATUS, WATCHDOG, RELOADING, STOPPING.

@@ -100,6 +100,7 @@ fn event_kinds(events: &[Event]) -> Vec<String> {
             } => format!("SyncFailed({},{rsync_exit})", String::from_utf8_lossy(path)),
             Event::StateChanged { state, .. } => format!("StateChanged({state})"),
             Event::FullSyncFinished { .. } => "FullSyncFinished".to_owned(),
+            Event::CheckpointReached { .. } => "CheckpointReached".to_owned(),
         })
         .collect()
 }

@@ -69,13 +69,13 @@ fn next_is_the_earliest_armed_timer() {
     let start = Instant::now();
     let mut timers = timers(start, true);
     assert_eq!(timers.next(), at(start, 60), "the replay first");
-    timers.hold_full_sync(3, FullSyncReason::Scheduled, at(start, 10));
+    timers.hold_full_sync(3, FullSyncReason::Scheduled, at(start, 10), None);
     assert_eq!(timers.next(), at(start, 10), "a held full sync");
     timers.watch_limit_hit(0, at(start, 0));
     assert_eq!(timers.next(), at(start, 10));
     assert_eq!(
         timers.due(at(start, 10), false),
-        vec![Due::GuardedFullSync(3, FullSyncReason::Scheduled)]
+        vec![Due::GuardedFullSync(3, FullSyncReason::Scheduled, None)]
     );
     assert_eq!(timers.next(), at(start, 60));
     assert_eq!(timers.due(at(start, 60), false), vec![Due::Replay]);
@@ -202,22 +202,22 @@ fn degraded_roots_resync_every_ten_minutes_until_cleared() {
 fn held_full_syncs_wait_one_per_lane_and_go_with_their_lane() {
     let start = Instant::now();
     let mut timers = timers(start, false);
-    timers.hold_full_sync(1, FullSyncReason::Scheduled, at(start, 10));
-    timers.hold_full_sync(1, FullSyncReason::Rescan, at(start, 5));
-    timers.hold_full_sync(2, FullSyncReason::Initial, at(start, 20));
-    timers.hold_full_sync(3, FullSyncReason::Initial, at(start, 20));
+    timers.hold_full_sync(1, FullSyncReason::Scheduled, at(start, 10), None);
+    timers.hold_full_sync(1, FullSyncReason::Rescan, at(start, 5), None);
+    timers.hold_full_sync(2, FullSyncReason::Initial, at(start, 20), None);
+    timers.hold_full_sync(3, FullSyncReason::Initial, at(start, 20), None);
     assert!(timers.holds_full_sync(1) && timers.holds_full_sync(2));
     timers.retain_held_full_syncs(|lane| lane != 3);
     assert!(!timers.holds_full_sync(3), "a reload removed lane 3");
     assert_eq!(timers.due(at(start, 9), false), vec![]);
     assert_eq!(
         timers.due(at(start, 10), false),
-        vec![Due::GuardedFullSync(1, FullSyncReason::Scheduled)]
+        vec![Due::GuardedFullSync(1, FullSyncReason::Scheduled, None)]
     );
     assert!(!timers.holds_full_sync(1));
     assert_eq!(
         timers.due(at(start, 25), false),
-        vec![Due::GuardedFullSync(2, FullSyncReason::Initial)]
+        vec![Due::GuardedFullSync(2, FullSyncReason::Initial, None)]
     );
 }
 
