@@ -148,6 +148,7 @@ pub struct Counters {
     pub events: u64,
     pub batches: u64,
     pub files: u64,
+    /// Bytes rsync reported sending since start, to every remote (its own statistics).
     pub bytes: u64,
     pub errors: u64,
 }

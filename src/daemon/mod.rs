@@ -1884,6 +1884,10 @@ impl Daemon {
             RunResult::Exited(23) => lane.runs.partial += 1,
             _ => lane.runs.failed += 1,
         }
+        // Sent is sent, however the job ended (settle consumes the outcome).
+        let bytes_sent = outcome.bytes_sent;
+        lane.bytes_sent = lane.bytes_sent.saturating_add(bytes_sent);
+        self.counters.bytes = self.counters.bytes.saturating_add(bytes_sent);
         let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
         lane.full_sync_running = false;
         lane.job_started = None;
@@ -1905,16 +1909,18 @@ impl Daemon {
             wall: std::time::SystemTime::now(),
         };
         let settlement = settle::settle(&mut lane.health, &label, outcome, root_names, clock);
-        self.carry_out(at, settlement, full_sync_number, clock);
+        self.carry_out(at, settlement, full_sync_number, clock, bytes_sent);
     }
 
-    /// Does what [`settle::settle`] decided at the end of a job of lane `at`.
+    /// Does what [`settle::settle`] decided at the end of a job of lane `at`, which
+    /// reported sending `bytes_sent` (for its log line).
     fn carry_out(
         &mut self,
         at: usize,
         settlement: settle::Settlement,
         full_sync_number: Option<u64>,
         clock: settle::Clock,
+        bytes_sent: u64,
     ) {
         let settle::Settlement {
             succeeded,
@@ -1939,7 +1945,7 @@ impl Daemon {
             let root = self.lanes[at].root;
             self.record_fs(root, true);
         }
-        self.log_settlement(at, &report);
+        self.log_settlement(at, &report, bytes_sent);
         if error {
             self.counters.errors += 1;
         }
@@ -1997,8 +2003,9 @@ impl Daemon {
         }
     }
 
-    /// The log line of a settled job.
-    fn log_settlement(&self, at: usize, report: &settle::Report) {
+    /// The log line of a settled job, with the bytes its runs reported sending (field
+    /// `bytes_sent`, `BYTES_SENT` in the journal: what the counters add up).
+    fn log_settlement(&self, at: usize, report: &settle::Report, bytes_sent: u64) {
         let lane = &self.lanes[at];
         let remote = &lane.label;
         match report {
@@ -2013,6 +2020,7 @@ impl Daemon {
                 }
                 tracing::info!(
                     sersync_remote = %remote,
+                    bytes_sent,
                     elapsed_ms = elapsed.as_millis() as u64,
                     sersync_batch_size = batch_size,
                     "synced {what}"
@@ -2027,6 +2035,7 @@ impl Daemon {
                 fatal: true,
             } => tracing::error!(
                 sersync_remote = %remote,
+                bytes_sent,
                 retry_in_s = retry_in.as_secs(),
                 rsync_exit = code,
                 sersync_batch_size = batch_size,
@@ -2041,6 +2050,7 @@ impl Daemon {
                 fatal: false,
             } => tracing::warn!(
                 sersync_remote = %remote,
+                bytes_sent,
                 retry_in_s = retry_in.as_secs(),
                 rsync_exit = code,
                 sersync_batch_size = batch_size,
@@ -2054,6 +2064,7 @@ impl Daemon {
                 split: true,
             } => tracing::warn!(
                 sersync_remote = %remote,
+                bytes_sent,
                 failed,
                 rsync_exit = code,
                 "{what}: some paths failed ({detail}) and rsync's messages do not say \
@@ -2068,6 +2079,7 @@ impl Daemon {
                 split: false,
             } => tracing::warn!(
                 sersync_remote = %remote,
+                bytes_sent,
                 failed,
                 rsync_exit = code,
                 "{what}: {failed} path(s) failed ({detail}); retrying them in {}s",
@@ -2079,6 +2091,7 @@ impl Daemon {
                 newly: true,
             } => tracing::error!(
                 sersync_remote = %remote,
+                bytes_sent,
                 root = %lane.context.root.display(),
                 "{what} held back: {reason}; nothing is deleted on the remote until the root \
                  is as it was (retrying every {} s), or `sersyncctl full-sync --force`",
@@ -2088,7 +2101,9 @@ impl Daemon {
                 what,
                 reason,
                 newly: false,
-            } => tracing::debug!(sersync_remote = %remote, "{what} still held back: {reason}"),
+            } => {
+                tracing::debug!(sersync_remote = %remote, bytes_sent, "{what} still held back: {reason}")
+            }
         }
     }
 

@@ -225,6 +225,8 @@ pub(super) fn settle(
         stderr,
         stderr_truncated,
         elapsed,
+        // Counted by the loop, whatever the job's end means.
+        bytes_sent: _,
     } = outcome;
     if let RunResult::Guarded {
         reason,

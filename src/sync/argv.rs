@@ -158,27 +158,34 @@ pub const DEFAULT_CONNECT_TIMEOUT: u32 = 30;
 /// NUL-separated on stdin, relative to the root, which is the working directory. A path
 /// that vanishes between the check and the transfer is skipped (`--ignore-missing-args`):
 /// its own deletion event follows. Deletions go by [`deletion`].
+///
+/// This is the failure script's shape: a person runs it, and like sersync 2.5's it prints
+/// nothing when all goes well (no [`REPORT_SENT`], which only the daemon reads).
 pub fn batch(transport: &Transport) -> Vec<OsString> {
-    let mut argv = batch_options(transport);
+    let mut argv = batch_options(transport, false);
     argv.extend(["--files-from=-", "--from0", "./"].map(OsString::from));
     argv.push(transport.destination());
     argv
 }
 
-/// The argv and stdin of a batch run that sends `paths` (see [`push_listed`]).
+/// The argv and stdin of a batch run that sends `paths` (see [`push_listed`]), reporting
+/// what it sent ([`REPORT_SENT`]).
 pub fn batch_listed(
     transport: &Transport,
     paths: &[&[u8]],
     budget: usize,
 ) -> (Vec<OsString>, Vec<u8>) {
-    let mut argv = batch_options(transport);
+    let mut argv = batch_options(transport, true);
     let stdin = push_listed(&mut argv, paths, budget);
     argv.push(transport.destination());
     (argv, stdin)
 }
 
-fn batch_options(transport: &Transport) -> Vec<OsString> {
+fn batch_options(transport: &Transport, report: bool) -> Vec<OsString> {
     let mut argv = transport.common();
+    if report {
+        push_report(&mut argv);
+    }
     push_exact_times(&mut argv, transport);
     argv.extend(
         [
@@ -191,6 +198,83 @@ fn batch_options(transport: &Transport) -> Vec<OsString> {
         .map(OsString::from),
     );
     argv
+}
+
+/// What makes a run end with rsync's own count of the bytes it sent, in plain digits:
+/// `sent N bytes  received M bytes  R bytes/sec` on stdout (read back by [`sent_bytes`]).
+/// These change what rsync prints, never what it does.
+///
+/// They come after the user's params, which they override: a `-h` there would print
+/// `1.05M` (`--no-human-readable` makes it digits, without the `1,234` separators too),
+/// an `--info=stats0` or a `-v`/`--stats` of their own is replaced by this one level
+/// (`--info` given on the command line wins over the levels `-v` and `--stats` imply).
+/// `--info=stats1` rather than `--stats`: two lines, and the receiver is asked for no
+/// counts. Both options exist since rsync 3.1.0; `--info=stats1` is passed on to the
+/// remote rsync, which 3.1.x accepts. A `-q` in the user's params silences the summary
+/// (rsync has no option that undoes it): such runs count no bytes.
+pub const REPORT_SENT: [&str; 2] = ["--info=stats1", "--no-human-readable"];
+
+fn push_report(argv: &mut Vec<OsString>) {
+    argv.extend(REPORT_SENT.map(OsString::from));
+}
+
+/// The bytes an rsync run reported sending, from what it printed (stdout, or stderr
+/// with the user's `--stderr=all`): the last `sent N bytes  received M bytes ...` line
+/// (`--info=stats1`, `-v`), or `Total bytes sent: N` (`--stats`). `N` may hold thousands
+/// separators (`1,234,567`, or `1.234.567` where the locale's decimal point is a comma);
+/// a figure in units (`1.05M`, from `-h` without [`REPORT_SENT`]) is not exact and counts
+/// as none. `None` when the run printed no figure (it failed before its summary, or `-q`).
+///
+/// The last line of that shape is the one read: the summary is the last thing rsync
+/// prints, and a file name that looks like one (printed earlier by `-v`) cannot stand in
+/// for it, not even when the summary itself is unreadable; rsync escapes line breaks in
+/// names, so a name cannot start a line of its own.
+pub fn sent_bytes(output: &[u8]) -> Option<u64> {
+    output
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter_map(|line| {
+            if let Some(rest) = line.strip_prefix(b"sent ") {
+                let (number, rest) = split_word(rest);
+                rest.starts_with(b" bytes  received ").then_some(number)
+            } else {
+                let (number, rest) = split_word(line.strip_prefix(b"Total bytes sent: ")?);
+                rest.is_empty().then_some(number)
+            }
+        })
+        .next_back()
+        .and_then(plain_number)
+}
+
+/// `text` up to its first space, and the rest from that space on.
+fn split_word(text: &[u8]) -> (&[u8], &[u8]) {
+    let end = text.iter().position(|&b| b == b' ').unwrap_or(text.len());
+    text.split_at(end)
+}
+
+/// A number as rsync prints one: digits, in groups of three after the first when it
+/// separates them (with `,` or `.`, the same throughout). Nothing else: no units.
+fn plain_number(word: &[u8]) -> Option<u64> {
+    let separator = word.iter().copied().find(|b| matches!(b, b',' | b'.'));
+    let mut groups = word.split(|&b| Some(b) == separator);
+    let first = groups.next()?;
+    let rest: Vec<&[u8]> = groups.collect();
+    let digits = |group: &[u8]| !group.is_empty() && group.iter().all(u8::is_ascii_digit);
+    if !digits(first)
+        || (!rest.is_empty() && first.len() > 3)
+        || !rest.iter().all(|group| group.len() == 3 && digits(group))
+    {
+        return None;
+    }
+    let mut number: u64 = 0;
+    for &digit in first
+        .iter()
+        .chain(rest.iter().flat_map(|group| group.iter()))
+    {
+        number = number
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
+    }
+    Some(number)
 }
 
 /// Compare mtimes to the nanosecond (unless the user set `--modify-window`): otherwise
@@ -275,6 +359,7 @@ pub fn rename_seed(
     // a directory that the rename just created (rename(2) replaces only an empty one).
     let mut argv = transport.user_params();
     argv.extend(transport.connection());
+    push_report(&mut argv);
     push_exact_times(&mut argv, transport);
     let depth = to.split(|&b| b == b'/').count();
     let mut basis = b"--copy-dest=".to_vec();
@@ -359,7 +444,9 @@ pub fn replay(transport: &Transport, propagate_deletes: bool) -> (Vec<OsString>,
 /// Only transport options are passed: the user's params (which might hold
 /// `--delete-excluded`) must not change what a deletion run deletes.
 pub fn deletion(transport: &Transport) -> Vec<OsString> {
-    deletion_from(transport, transport.transport_only())
+    let mut options = transport.transport_only();
+    push_report(&mut options);
+    deletion_from(transport, options)
 }
 
 /// `options`, then what makes a run from a skeleton a deletion run (see [`deletion`]).
@@ -577,7 +664,15 @@ pub fn full_sync(
     rules: &FullSyncRules,
     dry_run: bool,
 ) -> Vec<OsString> {
-    let mut argv = full_sync_options(transport, &["--recursive"], propagate_deletes, rules);
+    // A dry run's `--stats` must stay (the replica guard reads its counts): `--info=stats1`
+    // would win over it. Its `sent` line is there all the same, in digits below.
+    let mut argv = full_sync_options(
+        transport,
+        &["--recursive"],
+        propagate_deletes,
+        rules,
+        !dry_run,
+    );
     if rules.rules_on_stdin {
         // --from0 must come first: rsync reads the merged rules when it parses --filter.
         argv.push(OsString::from("--from0"));
@@ -588,21 +683,26 @@ pub fn full_sync(
         argv.push(OsString::from("--itemize-changes"));
         // The counts the replica guard compares (see `guard::FullSyncPreview`).
         argv.push(OsString::from("--stats"));
+        argv.push(OsString::from("--no-human-readable"));
     }
     argv.push(OsString::from("./"));
     argv.push(transport.destination());
     argv
 }
 
-/// The options every full-sync run shares: the user's, how it recurses, deletion and the
-/// `<crontabfilter>` globs.
+/// The options every full-sync run shares: the user's, [`REPORT_SENT`] when it is
+/// `reported`, how it recurses, deletion and the `<crontabfilter>` globs.
 fn full_sync_options(
     transport: &Transport,
     recursion: &[&str],
     propagate_deletes: bool,
     rules: &FullSyncRules,
+    reported: bool,
 ) -> Vec<OsString> {
     let mut argv = transport.common();
+    if reported {
+        push_report(&mut argv);
+    }
     // Full syncs compare to the nanosecond too: a file rewritten with the same size
     // within the same second (while the daemon was down, say) differs only there, and a
     // symlink or directory created within the second of its source keeps the receiver's
@@ -641,8 +741,9 @@ pub fn full_sync_split(
     if ways < 2 || rules.rules_on_stdin {
         return None;
     }
-    let options =
-        |recursion: &[&str]| full_sync_options(transport, recursion, propagate_deletes, rules);
+    let options = |recursion: &[&str]| {
+        full_sync_options(transport, recursion, propagate_deletes, rules, true)
+    };
     let mut runs = Vec::with_capacity(ways + 1);
     let mut root = options(&["--no-recursive", "--dirs"]);
     root.push(OsString::from("./"));
@@ -683,6 +784,7 @@ pub fn trees(
         &["--recursive", "--relative", "--ignore-missing-args"],
         propagate_deletes,
         &rules,
+        true,
     );
     argv.extend(["--files-from=-", "--from0", "./"].map(OsString::from));
     argv.push(transport.destination());
@@ -841,11 +943,11 @@ mod tests {
         let rows = [
             (
                 true,
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --recursive --relative --ignore-missing-args --delete --force --files-from=- --from0 ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --relative --ignore-missing-args --delete --force --files-from=- --from0 ./ rsync://127.0.0.1/web/",
             ),
             (
                 false,
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --recursive --relative --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --relative --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
             ),
         ];
         for (propagate_deletes, expected) in rows {
@@ -894,7 +996,7 @@ mod tests {
         let t = transport(false, true, None, None);
         assert_eq!(
             joined(&deletion(&t)),
-            "--sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=120 --contimeout=30 --recursive --delete --force --existing --from0 --filter=. - ./ rsync://backup@127.0.0.1/web/"
+            "--sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --recursive --delete --force --existing --from0 --filter=. - ./ rsync://backup@127.0.0.1/web/"
         );
     }
 
@@ -957,13 +1059,13 @@ mod tests {
         let (argv, stdin) = rename_seed(&t, b"a/old", b"b/c/new", &paths, 1024);
         assert_eq!(
             joined(&argv),
-            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --copy-dest=../../../a/old --no-recursive --dirs --relative . ./x/-y rsync://127.0.0.1/web/b/c/new/"
+            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --copy-dest=../../../a/old --no-recursive --dirs --relative . ./x/-y rsync://127.0.0.1/web/b/c/new/"
         );
         assert!(stdin.is_empty());
         let (argv, stdin) = rename_seed(&t, b"a/old", b"b/c/new", &paths, 10);
         assert_eq!(
             joined(&argv),
-            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --copy-dest=../../../a/old --no-recursive --dirs --relative --files-from=- --from0 ./ rsync://127.0.0.1/web/b/c/new/"
+            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --copy-dest=../../../a/old --no-recursive --dirs --relative --files-from=- --from0 ./ rsync://127.0.0.1/web/b/c/new/"
         );
         assert_eq!(stdin, b".\0./x/-y\0");
     }
@@ -993,7 +1095,13 @@ mod tests {
         // does it.
         let size: usize = hostile.iter().map(|p| p.len() + 3 + 8).sum();
         let (argv, stdin) = batch_listed(&t, &hostile, size - 1);
-        assert_eq!(argv, batch(&t));
+        assert_eq!(
+            joined(&argv),
+            joined(&batch(&t)).replace(
+                "--modify-window",
+                "--info=stats1 --no-human-readable --modify-window"
+            )
+        );
         assert_eq!(stdin, nul_list(hostile));
         let budget = path_args_budget();
         assert!((32 * 1024..=1024 * 1024).contains(&budget), "{budget}");
@@ -1132,7 +1240,7 @@ mod tests {
         };
         assert_eq!(
             joined(&full_sync(&t, true, &rules, false)),
-            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --recursive --delete --force --exclude=*.php --exclude=info/* --from0 --filter=. - ./ rsync://127.0.0.1/web/"
+            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --delete --force --exclude=*.php --exclude=info/* --from0 --filter=. - ./ rsync://127.0.0.1/web/"
         );
     }
 
@@ -1149,9 +1257,9 @@ mod tests {
         assert_eq!(
             runs,
             vec![
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --no-recursive --dirs --delete --force ./ rsync://127.0.0.1/web/",
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --recursive --ignore-missing-args --delete --force ./a ./-c rsync://127.0.0.1/web/",
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --recursive --ignore-missing-args --delete --force ./b ./d rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --no-recursive --dirs --delete --force ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --ignore-missing-args --delete --force ./a ./-c rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --ignore-missing-args --delete --force ./b ./d rsync://127.0.0.1/web/",
             ]
         );
         let globs = FullSyncRules {
@@ -1202,6 +1310,193 @@ mod tests {
             ]
         );
         assert_eq!(unescape(b"a\\#0"), b"a\\#0");
+    }
+
+    #[test]
+    fn the_runs_that_move_data_report_what_they_sent() {
+        let mut t = transport(false, false, None, None);
+        // The user's own output options come first and lose.
+        t.options.common_params = ["-avzh", "--stats", "--info=stats0"]
+            .map(String::from)
+            .to_vec();
+        t.options.soft_delete = Some(crate::config::SoftDelete::default());
+        let soft = crate::config::SoftDelete::default();
+        let dirs = [b"a".to_vec(), b"b".to_vec()];
+        let rules = FullSyncRules::default();
+        let paths: [&[u8]; 1] = [b"f"];
+        let split = full_sync_split(&t, true, &rules, &dirs, 2, 1024).expect("split");
+        // (run, its argv, reports: --info=stats1 and --no-human-readable, or only the
+        // latter, or neither)
+        let rows: Vec<(&str, Vec<OsString>, (bool, bool))> = vec![
+            ("send", batch_listed(&t, &paths, 1024).0, (true, true)),
+            (
+                "send, listed on stdin",
+                batch_listed(&t, &paths, 1).0,
+                (true, true),
+            ),
+            (
+                "rename seed",
+                rename_seed(&t, b"o", b"n", &paths, 1024).0,
+                (true, true),
+            ),
+            ("deletion", deletion(&t), (true, true)),
+            ("dirty directories", trees(&t, true, &paths).0, (true, true)),
+            (
+                "full sync",
+                full_sync(&t, true, &rules, false),
+                (true, true),
+            ),
+            ("split full sync, root", split[0].clone(), (true, true)),
+            ("split full sync, part", split[1].clone(), (true, true)),
+            // Its --stats counts are read: stats1 would cut them.
+            (
+                "full sync dry run",
+                full_sync(&t, true, &rules, true),
+                (false, true),
+            ),
+            // Read by a person (the failure script), or parsed as listings.
+            ("replay", replay(&t, true).0, (false, false)),
+            (
+                "replay without deletions",
+                replay(&t, false).0,
+                (false, false),
+            ),
+            ("listing of the top", list_top(&t), (false, false)),
+            (
+                "listing of the trash",
+                list_trash(&t, &soft),
+                (false, false),
+            ),
+            ("pruning of the trash", prune_trash(&t), (false, false)),
+        ];
+        for (run, argv, (stats1, digits)) in rows {
+            let at = |word: &str| argv.iter().position(|a| a == word);
+            assert_eq!(
+                (
+                    at("--info=stats1").is_some(),
+                    at("--no-human-readable").is_some()
+                ),
+                (stats1, digits),
+                "{run}: {}",
+                joined(&argv)
+            );
+            for ours in ["--info=stats1", "--no-human-readable"] {
+                if let (Some(ours), Some(users)) = (at(ours), at("--info=stats0")) {
+                    assert!(ours > users, "{run}: {}", joined(&argv));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sent_bytes_table() {
+        let rows: &[(&str, &[u8], Option<u64>)] = &[
+            (
+                "--info=stats1 --no-human-readable",
+                b"\nsent 100118 bytes  received 117 bytes  200470.00 bytes/sec\n\
+                  total size is 100000  speedup is 1.00\n",
+                Some(100_118),
+            ),
+            (
+                "separators",
+                b"\nsent 3,000,824 bytes  received 35 bytes  6,001,718.00 bytes/sec\n\
+                  total size is 3,000,000  speedup is 1.00\n",
+                Some(3_000_824),
+            ),
+            (
+                "separators where the decimal point is a comma",
+                b"sent 3.000.824 bytes  received 35 bytes  6.001.718,00 bytes/sec\n",
+                Some(3_000_824),
+            ),
+            (
+                "-v: names before it, one of them a look-alike",
+                b"sending incremental file list\n\
+                  sent 5 bytes  received 1 bytes  0.00 bytes/sec\n\
+                  dir/\n\
+                  dir/f\n\
+                  \n\
+                  sent 1,234 bytes  received 56 bytes  2,580.00 bytes/sec\n\
+                  total size is 1,000  speedup is 0.78\n",
+                Some(1_234),
+            ),
+            (
+                "--progress: carriage returns before the summary",
+                b"big\n      32,768   1%    0.00kB/s    0:00:00\r   3,000,000 100%  \
+                  1.38GB/s    0:00:00 (xfr#1, to-chk=0/1)\n\nsent 3000824 bytes  received \
+                  35 bytes  6001718.00 bytes/sec\n",
+                Some(3_000_824),
+            ),
+            (
+                "--stats",
+                b"Number of files: 1 (reg: 1)\nTotal bytes sent: 101,954\n\
+                  Total bytes received: 3,288\n",
+                Some(101_954),
+            ),
+            (
+                "--stats and the summary: the summary, last",
+                b"Total bytes sent: 101954\nTotal bytes received: 3288\n\n\
+                  sent 101954 bytes  received 3288 bytes  210484.00 bytes/sec\n",
+                Some(101_954),
+            ),
+            (
+                "no trailing newline",
+                b"sent 0 bytes  received 0 bytes",
+                Some(0),
+            ),
+            (
+                "-h: units are not exact",
+                b"sent 100.12K bytes  received 117 bytes  200.47K bytes/sec\n",
+                None,
+            ),
+            (
+                "-h below a thousand is exact",
+                b"sent 117 bytes  received 100.12K bytes  200.47K bytes/sec\n",
+                Some(117),
+            ),
+            ("nothing printed (-q, a failure)", b"", None),
+            (
+                "an error, no summary",
+                b"rsync: [sender] link_stat \"/x\" failed: No such file or directory (2)\n",
+                None,
+            ),
+            (
+                "not at the start of a line",
+                b" sent 5 bytes  received 1 bytes\n",
+                None,
+            ),
+            ("received missing", b"sent 5 bytes\n", None),
+            ("bad grouping", b"sent 1,23 bytes  received 1 bytes\n", None),
+            (
+                "mixed separators",
+                b"sent 1,234.567 bytes  received 1 bytes\n",
+                None,
+            ),
+            (
+                "leading group too long",
+                b"sent 1234,567 bytes  received 1 bytes\n",
+                None,
+            ),
+            ("a sign", b"sent -5 bytes  received 1 bytes\n", None),
+            (
+                "beyond u64",
+                b"sent 99999999999999999999 bytes  received 1 bytes\n",
+                None,
+            ),
+            (
+                "u64::MAX",
+                b"sent 18446744073709551615 bytes  received 1 bytes\n",
+                Some(u64::MAX),
+            ),
+            (
+                "an unreadable summary does not fall back on an earlier look-alike",
+                b"sent 12 bytes  received 1 bytes  26.00 bytes/sec\n\
+                  sent 1.2K bytes  received 1 bytes  2.6K bytes/sec\n",
+                None,
+            ),
+        ];
+        for (name, output, expected) in rows {
+            assert_eq!(sent_bytes(output), *expected, "{name}");
+        }
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct Outcome {
     /// every failed path.
     pub stderr_truncated: bool,
     pub elapsed: Duration,
+    /// The bytes the job's rsync runs reported sending, summed over all of them (each
+    /// run's own figure, [`argv::sent_bytes`]; a run that printed none counts 0).
+    pub bytes_sent: u64,
 }
 
 /// Everything a job needs besides the job itself.
@@ -232,6 +235,8 @@ impl Runner {
                 };
                 let started = Instant::now();
                 let mut context = context;
+                // Outside the containment: what runs sent before a panic (a bug) counts too.
+                let mut bytes_sent = 0;
                 let run = crate::panics::contain(|| {
                     if let Job::Batch(batch) = &job {
                         for (path, _) in &batch.entries {
@@ -244,6 +249,7 @@ impl Runner {
                                 runner: &runner,
                                 lane: job.lane(),
                                 ctx: &context,
+                                bytes_sent: &mut bytes_sent,
                             },
                             args_budget: runner.path_args_budget,
                         }
@@ -264,6 +270,7 @@ impl Runner {
                     stderr: run.stderr,
                     stderr_truncated: run.truncated,
                     elapsed: started.elapsed(),
+                    bytes_sent,
                 });
             });
         if let Err(err) = spawned {
@@ -278,6 +285,7 @@ impl Runner {
                     stderr: String::new(),
                     stderr_truncated: false,
                     elapsed: Duration::ZERO,
+                    bytes_sent: 0,
                 });
             }
         }

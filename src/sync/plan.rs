@@ -85,6 +85,8 @@ pub struct Run {
     pub stderr: String,
     /// Whether `stderr` lost its head to the bound.
     pub truncated: bool,
+    /// What it printed: all of it when the plan asked ([`RunSpec::capture_stdout`]), else
+    /// its end, where rsync reports what it sent (counted by the edge, not the plan).
     pub stdout: Vec<u8>,
 }
 

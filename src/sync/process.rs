@@ -1,7 +1,9 @@
 //! Process handling: what the plan asks for, carried out. Runs take a process slot (`-n`),
 //! the credentials of the job's identity between fork and exec, the password through a
-//! pipe, a skeleton directory for deletion runs; their stderr is kept (bounded) and their
-//! PIDs tracked so that shutdown ends exactly them and a stalled one can be told.
+//! pipe, a skeleton directory for deletion runs; their stderr is kept (bounded), their
+//! stdout too (whole when the plan reads it, else its end: what rsync reports sending, summed
+//! per job), and their PIDs tracked so that shutdown ends exactly them and a stalled one
+//! can be told.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -18,6 +20,10 @@ use super::{JobContext, RunResult, Runner, Secret, argv, facts, identity};
 use crate::queue::{Batch, LaneId};
 
 const STDERR_KEEP: usize = 16 * 1024;
+/// What is kept of the stdout of a run whose output the plan does not read: its end,
+/// where rsync's closing summary is (the bytes it sent, [`argv::sent_bytes`]), whatever a
+/// user's `-v` printed before it.
+const STDOUT_TAIL: usize = 4 * 1024;
 
 /// A running rsync: which lane it works for, and how much I/O it had done when last
 /// looked at (from `/proc/PID/io`), to tell a stalled run from a slow one.
@@ -248,11 +254,8 @@ impl Runner {
             } else {
                 Stdio::piped()
             })
-            .stdout(if capture_stdout {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            // Always read: a run that moves data reports the bytes it sent there.
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(identity) = &ctx.identity {
             command.env_clear().envs(identity.environment());
@@ -366,22 +369,23 @@ impl Runner {
                 let _ = pipe.write_all(&stdin);
             })
         });
+        // All of it when the plan reads it (listings, dry runs), else its end (bounded).
         let stdout_reader = child.stdout.take().map(|mut pipe| {
             std::thread::spawn(move || {
-                let mut out = Vec::new();
-                let _ = pipe.read_to_end(&mut out);
-                out
+                if capture_stdout {
+                    let mut out = Vec::new();
+                    let _ = pipe.read_to_end(&mut out);
+                    out
+                } else {
+                    let mut tail = Tail::new(STDOUT_TAIL);
+                    tail.read_all(&mut pipe);
+                    tail.finish().0
+                }
             })
         });
-        let mut stderr = StderrTail::default();
+        let mut stderr = Tail::new(STDERR_KEEP);
         if let Some(mut pipe) = child.stderr.take() {
-            let mut chunk = [0u8; 8192];
-            loop {
-                match pipe.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => stderr.push(&chunk[..n]),
-                }
-            }
+            stderr.read_all(&mut pipe);
         }
         let status = child.wait();
         if let Some(writer) = writer {
@@ -391,6 +395,7 @@ impl Runner {
             .and_then(|reader| reader.join().ok())
             .unwrap_or_default();
         let (stderr, truncated) = stderr.finish();
+        let stderr = String::from_utf8_lossy(&stderr).into_owned();
         Run {
             result: result_of(status),
             stderr,
@@ -415,37 +420,65 @@ fn result_of(status: std::io::Result<std::process::ExitStatus>) -> RunResult {
     }
 }
 
-/// The last [`STDERR_KEEP`] bytes a run wrote to stderr (between cuts the buffer grows
-/// to twice that), and whether any were lost: then it cannot name every failed path.
-#[derive(Debug, Default)]
-struct StderrTail {
+/// The last `keep` bytes a run wrote to a pipe (between cuts the buffer grows to twice
+/// that), and whether any were lost: stderr's tail then cannot name every failed path.
+#[derive(Debug)]
+struct Tail {
+    keep: usize,
     bytes: Vec<u8>,
     truncated: bool,
 }
 
-impl StderrTail {
+impl Tail {
+    fn new(keep: usize) -> Tail {
+        Tail {
+            keep,
+            bytes: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    /// Reads `pipe` to its end (or its first error).
+    fn read_all(&mut self, pipe: &mut impl Read) {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => self.push(&chunk[..n]),
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
     fn push(&mut self, chunk: &[u8]) {
         self.bytes.extend_from_slice(chunk);
-        if self.bytes.len() > 2 * STDERR_KEEP {
+        if self.bytes.len() > 2 * self.keep {
             self.cut();
         }
     }
 
     fn cut(&mut self) {
-        self.bytes.drain(..self.bytes.len() - STDERR_KEEP);
+        self.bytes.drain(..self.bytes.len() - self.keep);
         self.truncated = true;
     }
 
-    /// The kept text (lossily UTF-8) and whether its head was cut.
-    fn finish(mut self) -> (String, bool) {
-        if self.bytes.len() > STDERR_KEEP {
+    /// The kept bytes and whether their head was cut.
+    fn finish(mut self) -> (Vec<u8>, bool) {
+        if self.bytes.len() > self.keep {
             self.cut();
         }
-        (
-            String::from_utf8_lossy(&self.bytes).into_owned(),
-            self.truncated,
-        )
+        (self.bytes, self.truncated)
     }
+}
+
+/// The bytes a run reported sending: rsync's closing summary on stdout, or on stderr
+/// where a user's `--stderr=all` (or `--msgs2stderr`) sends every message; 0 when it
+/// printed none (it failed before the end, or `-q`).
+fn reported_sent(run: &Run) -> u64 {
+    argv::sent_bytes(&run.stdout)
+        .or_else(|| argv::sent_bytes(run.stderr.as_bytes()))
+        .unwrap_or(0)
 }
 
 /// The process side of one job: what its `Plan` asks for, carried out.
@@ -453,6 +486,9 @@ pub(super) struct JobEdge<'a> {
     pub(super) runner: &'a Runner,
     pub(super) lane: LaneId,
     pub(super) ctx: &'a JobContext,
+    /// What the job's runs so far reported sending, all of them (the plan combines their
+    /// results and may drop a run's, never what it sent).
+    pub(super) bytes_sent: &'a mut u64,
 }
 
 impl JobEdge<'_> {
@@ -465,10 +501,19 @@ impl JobEdge<'_> {
             })
         })
     }
-}
 
-impl plan::Edge for JobEdge<'_> {
-    fn run(&mut self, spec: RunSpec) -> Run {
+    /// Adds what `run` reported sending to the job's sum (and with `<debug>`, logs it
+    /// beside the run's end: field `rsync_bytes_sent`).
+    fn count(&mut self, run: &Run) {
+        let sent = reported_sent(run);
+        if self.ctx.debug {
+            tracing::debug!(rsync_bytes_sent = sent, result = ?run.result, "run ended");
+        }
+        *self.bytes_sent = self.bytes_sent.saturating_add(sent);
+    }
+
+    /// Carries out one run ([`plan::Edge::run`]).
+    fn run_one(&mut self, spec: RunSpec) -> Run {
         let RunSpec {
             argv,
             stdin,
@@ -496,7 +541,8 @@ impl plan::Edge for JobEdge<'_> {
         }
     }
 
-    fn run_concurrently(&mut self, specs: Vec<RunSpec>) -> Vec<Run> {
+    /// Carries out runs at once ([`plan::Edge::run_concurrently`]).
+    fn run_together(&mut self, specs: Vec<RunSpec>) -> Vec<Run> {
         let Some(first) = specs.first() else {
             return Vec::new();
         };
@@ -523,6 +569,22 @@ impl plan::Edge for JobEdge<'_> {
             .map(|spec| (spec.argv, spec.stdin, spec.capture_stdout))
             .collect();
         self.runner.run_concurrently(self.lane, runs, cwd, self.ctx)
+    }
+}
+
+impl plan::Edge for JobEdge<'_> {
+    fn run(&mut self, spec: RunSpec) -> Run {
+        let run = self.run_one(spec);
+        self.count(&run);
+        run
+    }
+
+    fn run_concurrently(&mut self, specs: Vec<RunSpec>) -> Vec<Run> {
+        let runs = self.run_together(specs);
+        for run in &runs {
+            self.count(run);
+        }
+        runs
     }
 
     fn ways(&self) -> usize {
@@ -657,7 +719,7 @@ mod tests {
             (&[3 * STDERR_KEEP], STDERR_KEEP, true),
         ];
         for (chunks, kept, cut) in rows {
-            let mut tail = StderrTail::default();
+            let mut tail = Tail::new(STDERR_KEEP);
             let mut written = Vec::new();
             for (i, size) in chunks.iter().enumerate() {
                 let chunk: Vec<u8> = (0..*size).map(|j| b'a' + ((i + j) % 26) as u8).collect();
@@ -667,7 +729,7 @@ mod tests {
             let (text, truncated) = tail.finish();
             assert_eq!((text.len(), truncated), (*kept, *cut), "{chunks:?}");
             assert!(
-                written.ends_with(text.as_bytes()),
+                written.ends_with(&text),
                 "{chunks:?}: the last bytes are kept"
             );
         }
@@ -794,6 +856,60 @@ mod tests {
             "{:?}",
             run.result
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_job_counts_what_each_of_its_runs_reported_sending() {
+        use plan::Edge;
+        let dir = scratch("sent");
+        let ctx = context(&dir);
+        let sh = Runner::new(PathBuf::from("/bin/sh"), dir.clone(), 2);
+        let spec = |script: &str, capture_stdout: bool| RunSpec {
+            argv: vec![OsString::from("-c"), OsString::from(script)],
+            stdin: Vec::new(),
+            at: At::Root,
+            capture_stdout,
+        };
+        // A long `-v` listing first: only the end of stdout is kept, the summary with it.
+        let listing = "i=0; while [ $i -lt 3000 ]; do echo \"dir/file-$i\"; i=$((i+1)); done";
+        let summary = |sent: &str| {
+            format!(
+                "printf '\\nsent {sent} bytes  received 35 bytes  9.00 bytes/sec\\ntotal size is 1  speedup is 0.01\\n'"
+            )
+        };
+        let mut bytes_sent = 0;
+        let mut edge = JobEdge {
+            runner: &sh,
+            lane: 7,
+            ctx: &ctx,
+            bytes_sent: &mut bytes_sent,
+        };
+        let run = edge.run(spec(&format!("{listing}; {}", summary("100,118")), false));
+        assert!(run.stdout.len() <= STDOUT_TAIL, "{}", run.stdout.len());
+        assert!(run.stdout.ends_with(b"speedup is 0.01\n"));
+        // Concurrent runs, one failing after its summary (exit 23 still prints it), one
+        // with its messages on stderr (`--stderr=all`), one printing none (`-q`).
+        let runs = edge.run_concurrently(vec![
+            spec(&format!("{}; exit 23", summary("2000")), false),
+            spec(&format!("{} >&2", summary("30")), false),
+            spec("exit 0", false),
+        ]);
+        assert_eq!(runs.len(), 3);
+        // A listing the plan reads whole, and a run that could not start.
+        let listing_run = edge.run(spec(&format!("{listing}; {}", summary("4")), true));
+        assert!(listing_run.stdout.len() > STDOUT_TAIL);
+        let missing = Runner::new(dir.join("no-rsync"), dir.clone(), 1);
+        let mut none = 0;
+        JobEdge {
+            runner: &missing,
+            lane: 7,
+            ctx: &ctx,
+            bytes_sent: &mut none,
+        }
+        .run(spec("", false));
+        assert_eq!(none, 0);
+        assert_eq!(bytes_sent, 100_118 + 2000 + 30 + 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

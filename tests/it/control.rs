@@ -1879,3 +1879,58 @@ fn e2e_introspection_xml_in_dbus_matches_the_daemon() {
     let _daemon = env.start(|b| on_bus(b, &bus, "web"));
     assert_introspection_matches(&introspect(&bus, "web"));
 }
+
+/// The sum of a `name=N` field over the lines of a plain-text log.
+fn sum_of_field(log: &str, name: &str) -> u64 {
+    log.split_whitespace()
+        .filter_map(|token| token.strip_prefix(name)?.strip_prefix('='))
+        .map(|n| n.parse::<u64>().unwrap_or_else(|_| panic!("{name}={n}")))
+        .sum()
+}
+
+#[test]
+fn e2e_bytes_are_what_rsync_reports_sending() {
+    use std::io::Read;
+    let Some(bus) = Bus::start(Policy::SystemLike) else {
+        return;
+    };
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    // `-h` and `--stats` of the user's own: the figures stay exact digits all the same.
+    let daemon = env.start(|b| on_bus(b.common_params("-artuzh --stats"), &bus, "web"));
+    // Random, so `-z` cannot make rsync send less than the file.
+    const SIZE: u64 = 300 * 1024;
+    let mut data = Vec::new();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .take(SIZE)
+        .read_to_end(&mut data)
+        .unwrap();
+    std::fs::write(env.src().join("random.bin"), &data).unwrap();
+    env.converged();
+
+    // What rsync reported, run by run (`<debug>` logs each run's figure), and job by job.
+    let reported = || {
+        let log = daemon.log();
+        (
+            sum_of_field(&log, "rsync_bytes_sent"),
+            sum_of_field(&log, "bytes_sent"),
+        )
+    };
+    let status = wait_status(&bus, "web", "the bytes rsync reported", |s| {
+        let (runs, jobs) = reported();
+        runs > 0 && runs == jobs && s["counters"]["bytes"].as_u64() == Some(runs)
+    });
+    let (runs, _) = reported();
+    assert_eq!(
+        status["remotes"][0]["bytes_sent"].as_u64(),
+        Some(runs),
+        "{status}"
+    );
+    assert!(
+        (SIZE..SIZE + 64 * 1024).contains(&runs),
+        "rsync reported {runs} bytes for a file of {SIZE}:\n{}",
+        crate::harness::tail(&daemon.log(), 30)
+    );
+}

@@ -68,6 +68,7 @@ fn end(mut health: Health, job: Job, result: RunResult, stderr: &str) -> Ended {
         stderr: stderr.to_owned(),
         stderr_truncated: false,
         elapsed: Duration::from_millis(5),
+        bytes_sent: 0,
     };
     let settlement = settle(
         &mut health,
@@ -514,6 +515,7 @@ fn partial_failures_defer_what_failed_and_let_the_lane_go_on() {
                 stderr,
                 stderr_truncated: truncated,
                 elapsed: Duration::ZERO,
+                bytes_sent: 0,
             },
             || vec![ROOT.to_vec()],
             Clock {

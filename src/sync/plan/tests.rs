@@ -8,7 +8,8 @@
 //!
 //! A run is rendered as `where: argv < stdin` (`>` at the end: its stdout is read; `&`
 //! in front: one of runs started at once), `where` being `root`, `in DIR` or
-//! `skeleton[DIRS]`. The transport options every run carries are left out, the
+//! `skeleton[DIRS]`. The transport options every run carries are left out (and those that
+//! make a run report the bytes it sent: which runs carry them is `argv`'s table), the
 //! destination is `DEST/`, and three option groups are abbreviated: `SEND` (a batch's
 //! listed send run), `DELETE` (a deletion run from a skeleton, rules on stdin) and
 //! `TREES` (dirty directories synced recursively).
@@ -216,6 +217,9 @@ fn render(spec: &RunSpec) -> String {
         "--sockopts=TCP_NODELAY",
         "--timeout=120",
         "--contimeout=30",
+        // What makes rsync report the bytes it sent (which runs carry it: the argv tables).
+        "--info=stats1",
+        "--no-human-readable",
         "--modify-window=-1",
     ];
     const SHORT: &[(&str, &str)] = &[
