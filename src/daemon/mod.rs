@@ -29,7 +29,7 @@ use std::os::unix::ffi::OsStrExt;
 use crate::atomic_file;
 use crate::config::{self, Config, RootId};
 use crate::control::{
-    self, Command, Counters, Event, FailureRecord, RemoteStatus, RunCounts, Status,
+    self, Command, Counters, Event, FailureRecord, Histogram, RemoteStatus, RunCounts, Status,
 };
 use std::sync::{Arc, RwLock};
 
@@ -274,6 +274,10 @@ struct Daemon {
     journal: Journal,
     journal_dirty: bool,
     counters: Counters,
+    /// How long delivered changes waited ([`Daemon::observe_delivery`]).
+    delivery_latency: Histogram,
+    /// How long successful full syncs took.
+    full_sync_duration: Histogram,
     paused: bool,
     status: Arc<RwLock<Status>>,
     last_snapshot: Option<Instant>,
@@ -448,6 +452,8 @@ impl Daemon {
             journal: Journal::default(),
             journal_dirty: false,
             counters: Counters::default(),
+            delivery_latency: Histogram::new(&control::DELIVERY_BUCKETS),
+            full_sync_duration: Histogram::new(&control::FULL_SYNC_BUCKETS),
             paused: false,
             status: Arc::new(RwLock::new(Status {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -461,6 +467,8 @@ impl Daemon {
                 remotes: Vec::new(),
                 counters: Counters::default(),
                 blocked_watchers: Vec::new(),
+                delivery_latency: Histogram::new(&control::DELIVERY_BUCKETS),
+                full_sync_duration: Histogram::new(&control::FULL_SYNC_BUCKETS),
             })),
             last_snapshot: None,
             events: None,
@@ -1755,6 +1763,12 @@ impl Daemon {
             tracing::debug!("outcome of a job for a remote no longer configured: ignored");
             return;
         };
+        if outcome.result.is_done() {
+            match outcome.job {
+                Job::FullSync { .. } => self.full_sync_duration.observe(outcome.elapsed),
+                Job::Batch(_) => self.observe_delivery(outcome.elapsed),
+            }
+        }
         let lane = &mut self.lanes[at];
         match outcome.result {
             ref done if done.is_done() => lane.runs.ok += 1,
@@ -1783,6 +1797,12 @@ impl Daemon {
         };
         let settlement = settle::settle(&mut lane.health, &label, outcome, root_names, clock);
         self.carry_out(at, settlement, full_sync_number, clock);
+    }
+
+    /// Counts a delivered batch in the latency histogram: `waited` is how long its changes
+    /// waited until the run ended.
+    fn observe_delivery(&mut self, waited: Duration) {
+        self.delivery_latency.observe(waited);
     }
 
     /// Does what [`settle::settle`] decided at the end of a job of lane `at`.
@@ -2205,6 +2225,7 @@ impl Daemon {
                 lag: Duration::ZERO,
                 bytes_sent: lane.bytes_sent,
                 runs: lane.runs,
+                root: lane.context.root.clone(),
             })
             .collect();
         let blocked_watchers = self
@@ -2229,6 +2250,8 @@ impl Daemon {
             remotes,
             counters: self.counters,
             blocked_watchers,
+            delivery_latency: self.delivery_latency.clone(),
+            full_sync_duration: self.full_sync_duration.clone(),
         }
     }
 }
