@@ -20,6 +20,7 @@ mod settle;
 pub mod state;
 mod timers;
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -35,6 +36,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::exit;
 use crate::failure::{self, Backoff, Journal, LaneKey};
+use crate::metrics::http::MetricsServer;
 use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue};
 use crate::sync::argv::Transport;
@@ -193,6 +195,19 @@ pub fn main(cli: Cli) -> i32 {
             return exit::CANTCREAT;
         }
     };
+    // Before anything is watched, so a listen address that cannot be used stops the start
+    // as a bad config does (systemd does not restart it), with the address and where it
+    // was given.
+    let metrics = match metrics_address(&cli, &config) {
+        None => None,
+        Some((address, given)) => match MetricsServer::bind(address) {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::error!("cannot listen for metrics on {address} ({given}): {err}");
+                return exit::CONFIG;
+            }
+        },
+    };
     let mut daemon = match Daemon::new(cli, config, instance, state_dir) {
         Ok(daemon) => daemon,
         Err(err) => {
@@ -205,12 +220,31 @@ pub fn main(cli: Cli) -> i32 {
     }
     daemon.plugins = plugins;
     daemon.state_lock = Some(lock);
+    if let Some(listener) = metrics {
+        daemon.serve_metrics(listener);
+    }
     if let Err(err) = daemon.restore_state() {
         tracing::error!(path = %daemon.state.path().display(), "cannot use the state directory: {err}");
         return exit::CANTCREAT;
     }
     daemon.log_run_users();
     daemon.run()
+}
+
+/// Where metrics are served: `--metrics-listen`, else `<metrics listen>`; with where that
+/// was said, for messages.
+fn metrics_address(cli: &Cli, config: &Config) -> Option<(SocketAddr, String)> {
+    if let Some(address) = cli.metrics_listen {
+        return Some((address, "--metrics-listen".to_owned()));
+    }
+    config.metrics.map(|metrics| {
+        let at = format!(
+            "<metrics listen> at {}:{}",
+            config.file.display(),
+            metrics.line
+        );
+        (metrics.address, at)
+    })
 }
 
 /// Creates the state directory, locks it for this process (a second daemon on the same
@@ -283,6 +317,8 @@ struct Daemon {
     last_snapshot: Option<Instant>,
     events: Option<Sender<Event>>,
     control: Option<control::ControlHandle>,
+    /// The listener answering `GET /metrics`, when one is configured.
+    metrics: Option<MetricsServer>,
     full_sync_requests: FullSyncRequests,
     next_lane_id: LaneId,
     /// The `flock` on the state directory, held for the daemon's life.
@@ -473,6 +509,7 @@ impl Daemon {
             last_snapshot: None,
             events: None,
             control: None,
+            metrics: None,
             full_sync_requests: FullSyncRequests::new(),
             next_lane_id,
             state_lock: None,
@@ -1114,6 +1151,77 @@ impl Daemon {
         }
     }
 
+    /// Answers scrapes on `listener` from the published snapshot, on a thread of its own.
+    fn serve_metrics(&mut self, listener: TcpListener) {
+        let started = MetricsServer::start(
+            listener,
+            Arc::clone(&self.status),
+            self.instance.clone(),
+            self.cli.config.clone(),
+        );
+        match started {
+            Ok(server) => {
+                let address = server.address();
+                tracing::info!(%address, "metrics: answering scrapes at http://{address}/metrics");
+                self.metrics = Some(server);
+            }
+            Err(err) => tracing::error!("metrics: cannot start the listener: {err}"),
+        }
+    }
+
+    /// After a reload: listens where `<metrics listen>` now says (unless
+    /// `--metrics-listen` decides). A new address is bound before the old one is let go;
+    /// when it cannot be had, the old listener stays (or, when it holds the port the new
+    /// address needs, is let go and taken back if the new one still fails).
+    fn rebind_metrics(&mut self) {
+        if self.cli.metrics_listen.is_some() {
+            return;
+        }
+        let wanted = metrics_address(&self.cli, &self.config);
+        let current = self.metrics.as_ref().map(MetricsServer::address);
+        if wanted.as_ref().map(|(address, _)| *address) == current {
+            return;
+        }
+        let Some((address, given)) = wanted else {
+            self.metrics = None;
+            tracing::info!("metrics: <metrics listen> removed, the listener is closed");
+            return;
+        };
+        let listener = match MetricsServer::bind(address) {
+            Ok(listener) => Ok(listener),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && current.is_some() => {
+                // Perhaps ours: the old listener holds the port (e.g. 127.0.0.1:9150 to
+                // 0.0.0.0:9150).
+                self.metrics = None;
+                MetricsServer::bind(address)
+            }
+            Err(err) => Err(err),
+        };
+        match listener {
+            Ok(listener) => {
+                self.metrics = None;
+                self.serve_metrics(listener);
+            }
+            Err(err) => {
+                tracing::error!("metrics: cannot listen on {address} ({given}): {err}");
+                match (&self.metrics, current) {
+                    (Some(server), _) => tracing::warn!(
+                        "metrics: still answering at http://{}/metrics",
+                        server.address()
+                    ),
+                    (None, Some(old)) => match MetricsServer::bind(old) {
+                        Ok(listener) => self.serve_metrics(listener),
+                        Err(err) => tracing::error!(
+                            "metrics: cannot listen on {old} again either ({err}): no metrics \
+                             until a reload with a usable address"
+                        ),
+                    },
+                    (None, None) => {}
+                }
+            }
+        }
+    }
+
     fn emit(&self, event: Event) {
         if let Some(events) = &self.events {
             let _ = events.send(event);
@@ -1434,6 +1542,7 @@ impl Daemon {
             self.tell_watchers(|| WatchControl::Reconfigure(spec.clone()));
         }
         self.config = config;
+        self.rebind_metrics();
         if rewatch {
             // Other roots, or other filters: new watchers, and each root is rescanned once
             // its watches are in place (see `Ready`).
