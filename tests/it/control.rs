@@ -50,21 +50,21 @@ fn introspection_file() -> PathBuf {
 
 /// What one `sersyncctl` run did.
 #[derive(Debug)]
-struct Ctl {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ctl {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Ctl {
-    fn json(&self) -> Json {
+    pub(crate) fn json(&self) -> Json {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!("not JSON ({e}): {:?}\nstderr: {}", self.stdout, self.stderr)
         })
     }
 
     #[track_caller]
-    fn expect(self, code: i32) -> Ctl {
+    pub(crate) fn expect(self, code: i32) -> Ctl {
         assert_eq!(
             self.code, code,
             "sersyncctl exited {} (expected {code})\nstdout: {}\nstderr: {}",
@@ -75,7 +75,7 @@ impl Ctl {
 }
 
 /// Runs `program args` to completion within [`CTL_TIMEOUT`].
-fn run(mut command: Command) -> Ctl {
+pub(crate) fn run(mut command: Command) -> Ctl {
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -105,7 +105,7 @@ fn run(mut command: Command) -> Ctl {
 }
 
 /// `sersyncctl --bus-address BUS args…` as root (the test process).
-fn ctl(bus: &Bus, args: &[&str]) -> Ctl {
+pub(crate) fn ctl(bus: &Bus, args: &[&str]) -> Ctl {
     let mut command = Command::new(SERSYNCCTL);
     command.arg("--bus-address").arg(bus.address()).args(args);
     run(command)
@@ -1492,7 +1492,7 @@ fn check_rejects_a_plugin_section_that_start_up_would_reject_with_its_line() {
 // ---------------------------------------------------------------------------------------
 
 /// Arguments that put a daemon on `bus` as `instance`.
-fn on_bus(builder: SersyncdBuilder, bus: &Bus, instance: &str) -> SersyncdBuilder {
+pub(crate) fn on_bus(builder: SersyncdBuilder, bus: &Bus, instance: &str) -> SersyncdBuilder {
     builder
         .arg("--bus-address")
         .arg(bus.address())
