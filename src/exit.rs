@@ -51,10 +51,28 @@ pub const TEMPFAIL: i32 = 75;
 pub const NOPERM: i32 = 77;
 
 /// EX_CONFIG: the config file is invalid (each error printed as `file:line:col` before
-/// anything starts). `sersyncd` at start and with `--check`; `sersyncctl check`.
+/// anything starts), or the metrics listen address (`<metrics listen>`,
+/// `--metrics-listen`) cannot be bound at start. `sersyncd` at start and with `--check`;
+/// `sersyncctl check`.
 /// systemd: **not restarted** (`RestartPreventExitStatus=78`): the operator must fix the
 /// file.
 pub const CONFIG: i32 = 78;
+
+/// `sersyncctl health` only, whose statuses are those of a Nagios plugin (what Nagios,
+/// Icinga, check_mk and Consul read; see `ctl::health`): everything is as it should be.
+pub const HEALTH_OK: i32 = 0;
+
+/// `sersyncctl health`: something needs a look (a threshold's warning level, a remote in
+/// backoff or guarded, a paused daemon). Consul: warning.
+pub const HEALTH_WARNING: i32 = 1;
+
+/// `sersyncctl health`: replication is failing or far behind. Consul: critical.
+pub const HEALTH_CRITICAL: i32 = 2;
+
+/// `sersyncctl health`: no verdict: the daemon is not reachable, or the command line is
+/// wrong (instead of 64 and 69, which a monitoring system would read as CRITICAL or
+/// worse). Consul: critical.
+pub const HEALTH_UNKNOWN: i32 = 3;
 
 #[cfg(test)]
 mod tests {

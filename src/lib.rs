@@ -14,6 +14,7 @@ pub mod failure;
 pub mod generator;
 pub mod guard;
 pub mod http_url;
+pub mod metrics;
 pub mod panics;
 pub mod plugin;
 pub mod probe;

@@ -2,7 +2,8 @@
 # The whole test suite: installs what the tests need (Debian/Ubuntu, as root or via sudo),
 # then lints and runs every test tier. README.md and .ci/run call exactly this.
 #   1. cargo fmt --check, cargo clippy -D warnings
-#   2. cargo test: unit tables + tests/it (real sersyncd, rsync daemons, dbus-daemon)
+#   2. cargo test: unit tables + tests/it (real sersyncd, rsync daemons, dbus-daemon,
+#      Prometheus and promtool)
 #      + tests/sim (the randomized simulation's CI seeds and its regressions; root)
 #   3. tests/packaging/run.sh: build the .deb/.rpm, install, check, purge   (root)
 #   4. tests/system/run.sh: the .deb in a real systemd (systemd-nspawn)      (root)
@@ -11,11 +12,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 need=()
-for tool in rsync dbus-daemon inotifywait bindfs chattr unshare; do command -v "$tool" >/dev/null || need+=("$tool"); done
+for tool in rsync dbus-daemon inotifywait bindfs chattr unshare prometheus promtool; do command -v "$tool" >/dev/null || need+=("$tool"); done
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -q
     $SUDO apt-get install -y -q rsync dbus inotify-tools bindfs fuse3 e2fsprogs util-linux
+    # The tests start their own Prometheus on 127.0.0.1: the package's service must not
+    # start on every interface during the install (see .ci/run).
+    policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod 755 "$policy"
+    fi
+    installed=0
+    $SUDO apt-get install -y -q --no-install-recommends prometheus || installed=$?
+    [ -z "$policy" ] || $SUDO rm -f "$policy"
+    [ "$installed" = 0 ] || exit "$installed"
 fi
 echo "== tier 1: fmt + clippy"
 cargo fmt --all -- --check

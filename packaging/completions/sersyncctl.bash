@@ -28,11 +28,17 @@ _sersyncctl() {
             sersyncctl,full-sync)
                 cmd="sersyncctl__subcmd__full__subcmd__sync"
                 ;;
+            sersyncctl,health)
+                cmd="sersyncctl__subcmd__health"
+                ;;
             sersyncctl,help)
                 cmd="sersyncctl__subcmd__help"
                 ;;
             sersyncctl,list)
                 cmd="sersyncctl__subcmd__list"
+                ;;
+            sersyncctl,metrics)
+                cmd="sersyncctl__subcmd__metrics"
                 ;;
             sersyncctl,monitor)
                 cmd="sersyncctl__subcmd__monitor"
@@ -64,11 +70,17 @@ _sersyncctl() {
             sersyncctl__subcmd__help,full-sync)
                 cmd="sersyncctl__subcmd__help__subcmd__full__subcmd__sync"
                 ;;
+            sersyncctl__subcmd__help,health)
+                cmd="sersyncctl__subcmd__help__subcmd__health"
+                ;;
             sersyncctl__subcmd__help,help)
                 cmd="sersyncctl__subcmd__help__subcmd__help"
                 ;;
             sersyncctl__subcmd__help,list)
                 cmd="sersyncctl__subcmd__help__subcmd__list"
+                ;;
+            sersyncctl__subcmd__help,metrics)
+                cmd="sersyncctl__subcmd__help__subcmd__metrics"
                 ;;
             sersyncctl__subcmd__help,monitor)
                 cmd="sersyncctl__subcmd__help__subcmd__monitor"
@@ -95,7 +107,7 @@ _sersyncctl() {
 
     case "${cmd}" in
         sersyncctl)
-            opts="-i -h -V --instance --json --bus --bus-address --help --version status pause resume retry-failed full-sync checkpoint failures reload list check monitor help"
+            opts="-i -h -V --instance --json --bus --bus-address --help --version status pause resume retry-failed full-sync checkpoint failures reload list check monitor metrics health help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -268,8 +280,54 @@ _sersyncctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        sersyncctl__subcmd__health)
+            opts="-i -h --warn-lag --crit-lag --warn-failed --crit-failed --instance --json --bus --bus-address --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --warn-lag)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --crit-lag)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --warn-failed)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --crit-failed)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -i)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bus)
+                    COMPREPLY=($(compgen -W "system session" -- "${cur}"))
+                    return 0
+                    ;;
+                --bus-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         sersyncctl__subcmd__help)
-            opts="status pause resume retry-failed full-sync checkpoint failures reload list check monitor help"
+            opts="status pause resume retry-failed full-sync checkpoint failures reload list check monitor metrics health help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -338,6 +396,20 @@ _sersyncctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        sersyncctl__subcmd__help__subcmd__health)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         sersyncctl__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -353,6 +425,20 @@ _sersyncctl() {
             return 0
             ;;
         sersyncctl__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sersyncctl__subcmd__help__subcmd__metrics)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -452,6 +538,36 @@ _sersyncctl() {
             ;;
         sersyncctl__subcmd__list)
             opts="-i -h --instance --json --bus --bus-address --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -i)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bus)
+                    COMPREPLY=($(compgen -W "system session" -- "${cur}"))
+                    return 0
+                    ;;
+                --bus-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        sersyncctl__subcmd__metrics)
+            opts="-i -h --openmetrics --instance --json --bus --bus-address --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -60,6 +60,31 @@ pub struct Config {
     /// root, above which they are folded into dirty directories (see
     /// [`crate::queue::Queue::set_max_pending`]).
     pub max_pending: usize,
+    /// `<sersync><metrics listen>` (ours): where `sersyncd` answers Prometheus scrapes
+    /// (`GET /metrics`); `None`: nowhere. `sersyncd --metrics-listen` wins over it.
+    pub metrics: Option<MetricsListen>,
+}
+
+/// `<metrics listen="IP:PORT"/>`: the address of the metrics listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen {
+    pub address: std::net::SocketAddr,
+    /// 1-based line of the `<metrics>` element.
+    pub line: usize,
+}
+
+/// Reads a listen address: an IP address and a port from 1 to 65535 (`127.0.0.1:9150`,
+/// `[::1]:9150`, `0.0.0.0:9150`). Host names are refused: resolving one would make the
+/// config's meaning depend on the resolver at the time it is read. The error says what
+/// is expected (for `<metrics listen>` and `sersyncd --metrics-listen` alike).
+pub fn parse_listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    match text.trim().parse::<std::net::SocketAddr>() {
+        Ok(address) if address.port() != 0 => Ok(address),
+        _ => Err(format!(
+            "invalid listen address \"{text}\": expected IP:PORT with a port from 1 to 65535 \
+             (e.g. 127.0.0.1:9150, or [::1]:9150 for IPv6; no host names)"
+        )),
+    }
 }
 
 /// The default of `<queue maxPending>`: the cap of pending paths per lane (see

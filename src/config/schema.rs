@@ -26,8 +26,9 @@ use super::words::split_words_located;
 use super::xml::{Attr, Element};
 use super::{
     Auth, CommandPlugin, Config, Crontab, DeleteGuard, EventToggles, ExcludeRegex, FailLog, Filter,
-    HostSection, HttpHeader, HttpPlugin, PluginKind, Plugins, PurgeRequest, RefreshCdnPlugin,
-    Remote, RsyncOptions, RunAs, SocketFraming, SocketPlugin, SoftDelete, WatchRoot,
+    HostSection, HttpHeader, HttpPlugin, MetricsListen, PluginKind, Plugins, PurgeRequest,
+    RefreshCdnPlugin, Remote, RsyncOptions, RunAs, SocketFraming, SocketPlugin, SoftDelete,
+    WatchRoot,
 };
 use crate::http_url::{HttpUrl, template_sample};
 
@@ -130,6 +131,7 @@ const HEAD: Spec = Spec {
                 leaf("deleteGuard", &["share", "minimum", "maximum", "sentinel"]),
                 leaf("softDelete", &["start", "dir", "keepDays"]),
                 leaf("queue", &["maxPending"]),
+                leaf("metrics", &["listen"]),
             ],
         },
         // The children of a top-level <plugin> depend on its name: see `plugin_section_spec`.
@@ -253,7 +255,11 @@ impl Checker<'_> {
         let mut crontab = Crontab::default();
         let mut delete_guard = DeleteGuard::default();
         let mut max_pending = super::DEFAULT_MAX_PENDING;
+        let mut metrics = None;
         if let Some(sersync) = sersync {
+            if let Some(element) = self.single(sersync, "metrics") {
+                metrics = self.metrics(element);
+            }
             if let Some(element) = self.single(sersync, "queue") {
                 let default = u32::try_from(max_pending).unwrap_or(u32::MAX);
                 max_pending = self
@@ -294,6 +300,21 @@ impl Checker<'_> {
             plugins,
             delete_guard,
             max_pending,
+            metrics,
+        }
+    }
+
+    fn metrics(&mut self, element: &Element) -> Option<MetricsListen> {
+        let attr = self.required(element, "listen")?;
+        match super::parse_listen_address(&attr.value) {
+            Ok(address) => Some(MetricsListen {
+                address,
+                line: self.line(element.at),
+            }),
+            Err(message) => {
+                self.error(attr.value_at(), format!("{message} in <metrics listen>"));
+                None
+            }
         }
     }
 

@@ -1355,6 +1355,49 @@ fn queue_cap_values_and_errors() {
 }
 
 #[test]
+fn metrics_listen_values_and_errors() {
+    let (config, _) = loaded(&in_sersync_after_root(""));
+    assert_eq!(config.metrics, None);
+    // (element, the address it listens on); each on line 4.
+    let table = [
+        (r#"<metrics listen="127.0.0.1:9150"/>"#, "127.0.0.1:9150"),
+        (r#"<metrics listen=" 0.0.0.0:9150 "/>"#, "0.0.0.0:9150"),
+        (r#"<metrics listen="[::1]:9150"/>"#, "[::1]:9150"),
+    ];
+    for (element, address) in table {
+        let (config, warnings) = loaded(&in_sersync_after_root(element));
+        assert_eq!(
+            config.metrics,
+            Some(MetricsListen {
+                address: address.parse().unwrap(),
+                line: 4
+            }),
+            "{element}"
+        );
+        assert!(warnings.is_empty(), "{element}: {warnings:?}");
+    }
+    // (element, words the error must carry); each on line 4.
+    let table = [
+        (r#"<metrics listen="localhost:9150"/>"#, "no host names"),
+        (r#"<metrics listen="127.0.0.1"/>"#, "IP:PORT"),
+        (r#"<metrics listen="127.0.0.1:0"/>"#, "from 1 to 65535"),
+        (r#"<metrics listen="127.0.0.1:65536"/>"#, "from 1 to 65535"),
+        (r#"<metrics listen="::1:9150"/>"#, "[::1]:9150"),
+        (r#"<metrics listen=""/>"#, "is empty"),
+        (r#"<metrics/>"#, "missing the required attribute \"listen\""),
+    ];
+    for (element, words) in table {
+        let errors = errors_of(&in_sersync_after_root(element));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == 4 && e.message.contains(words) && e.message.contains("metrics")),
+            "{element}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn soft_delete_values_and_errors() {
     let (config, _) = loaded(&in_sersync_after_root(""));
     assert_eq!(config.rsync.soft_delete, None);

@@ -456,9 +456,12 @@ impl Sersync1 {
 
     /// The whole status snapshot at one instant: the properties as one dictionary with
     /// the same names and types (Version, Instance, ConfigPath, Paused, QueueDepth,
-    /// InFlight, Failed, Watches, Remotes, Counters). For root and group sersync, a
-    /// remote's LastError is rsync's own words (which may name files) instead of the
-    /// path-free summary everyone else gets.
+    /// InFlight, Failed, Watches, Remotes, Counters), and BlockedWatchers a(ayt) (roots
+    /// whose watcher is stuck in a filesystem call, and for how many seconds),
+    /// DeliveryLatency and FullSyncDuration a{sv} (histograms: BoundsUsec at, Cumulative
+    /// at, SumUsec t, Count t). For root and group sersync, a remote's LastError is
+    /// rsync's own words (which may name files) instead of the path-free summary
+    /// everyone else gets.
     #[zbus(out_args("status"))]
     async fn get_status(
         &self,
@@ -564,8 +567,8 @@ impl Sersync1 {
     /// sersync), Pending t (paths waiting for this remote), LagUsec t (how long the
     /// oldest change not yet delivered to this remote has waited; 0: caught up),
     /// BytesSent t (what rsync reported sending since start), RunsOk t, RunsPartial t
-    /// (exit 23), RunsFailed t. Keys may be added; clients ignore the ones they do not
-    /// know.
+    /// (exit 23), RunsFailed t, Root ay and Remote s (the two halves of Name). Keys may be
+    /// added; clients ignore the ones they do not know.
     #[zbus(property)]
     fn remotes(&self) -> Vec<RemoteInfo> {
         self.with_status(|s| {

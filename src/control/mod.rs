@@ -121,6 +121,8 @@ pub struct RemoteStatus {
     pub bytes_sent: u64,
     /// Runs to this remote since start, by how they ended.
     pub runs: RunCounts,
+    /// The watch root alone, e.g. `/srv/www` (for the metrics' `root` label).
+    pub root: PathBuf,
 }
 
 impl RemoteStatus {
@@ -153,6 +155,96 @@ pub struct Counters {
     pub errors: u64,
 }
 
+/// A histogram of durations as Prometheus keeps one: for each upper bound, how many
+/// observations were at most that long (cumulative), plus their count and sum. Plain data
+/// the daemon observes into and the snapshot carries; the exposition is `crate::metrics`'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    /// Ascending; the implicit last bucket (+Inf) is [`Histogram::count`].
+    bounds: Vec<Duration>,
+    /// `cumulative[i]`: observations of at most `bounds[i]`.
+    cumulative: Vec<u64>,
+    sum: Duration,
+    count: u64,
+}
+
+impl Histogram {
+    /// An empty histogram with these upper bounds (sorted and deduplicated here).
+    pub fn new(bounds: &[Duration]) -> Self {
+        let mut bounds = bounds.to_vec();
+        bounds.sort_unstable();
+        bounds.dedup();
+        Histogram {
+            cumulative: vec![0; bounds.len()],
+            bounds,
+            sum: Duration::ZERO,
+            count: 0,
+        }
+    }
+
+    /// Counts one observation in every bucket whose bound it does not exceed.
+    pub fn observe(&mut self, value: Duration) {
+        let first = self.bounds.partition_point(|bound| *bound < value);
+        for count in &mut self.cumulative[first..] {
+            *count += 1;
+        }
+        self.sum = self.sum.saturating_add(value);
+        self.count += 1;
+    }
+
+    /// The upper bounds, ascending (without +Inf).
+    pub fn bounds(&self) -> &[Duration] {
+        &self.bounds
+    }
+
+    /// Per bound, the observations of at most that long.
+    pub fn cumulative(&self) -> &[u64] {
+        &self.cumulative
+    }
+
+    /// The sum of every observation.
+    pub fn sum(&self) -> Duration {
+        self.sum
+    }
+
+    /// How many observations there were (the +Inf bucket).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+/// The buckets of [`Status::delivery_latency`]: from a change to a quiet file on a LAN
+/// (tens of milliseconds) to a remote that was down for half an hour.
+pub const DELIVERY_BUCKETS: [Duration; 12] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_millis(2500),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+    Duration::from_secs(1800),
+];
+
+/// The buckets of [`Status::full_sync_duration`]: from a small tree (a second) to a
+/// tree of millions of files (hours).
+pub const FULL_SYNC_BUCKETS: [Duration; 10] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(15),
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+    Duration::from_secs(900),
+    Duration::from_secs(1800),
+    Duration::from_secs(3600),
+    Duration::from_secs(3 * 3600),
+    Duration::from_secs(12 * 3600),
+];
+
 /// The snapshot the daemon publishes (at most about once a second, and on changes of
 /// paused/state).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +262,12 @@ pub struct Status {
     /// Roots whose watcher is blocked in a filesystem call (a hung mount), with how long
     /// it has been silent in seconds.
     pub blocked_watchers: Vec<(PathBuf, u64)>,
+    /// How long delivered changes waited, from the change to the end of the rsync run
+    /// that delivered it ([`DELIVERY_BUCKETS`]), over every remote since start.
+    pub delivery_latency: Histogram,
+    /// How long full syncs that succeeded took ([`FULL_SYNC_BUCKETS`]), over every remote
+    /// since start.
+    pub full_sync_duration: Histogram,
 }
 
 impl Status {
@@ -730,6 +828,7 @@ mod tests {
             owed_since: None,
             bytes_sent: 0,
             runs: RunCounts::default(),
+            root: PathBuf::from("/srv/www"),
         }
     }
 
@@ -750,6 +849,8 @@ mod tests {
             ],
             counters: Counters::default(),
             blocked_watchers: Vec::new(),
+            delivery_latency: Histogram::new(&DELIVERY_BUCKETS),
+            full_sync_duration: Histogram::new(&FULL_SYNC_BUCKETS),
         };
         let paused_and_blocked = Status {
             paused: true,
@@ -776,5 +877,47 @@ mod tests {
             assert_eq!(line, want);
             assert!(!line.contains("secret"), "{line}");
         }
+    }
+
+    #[test]
+    fn a_histogram_counts_each_observation_in_every_bucket_it_fits() {
+        let ms = Duration::from_millis;
+        // (bounds, observations, cumulative counts, sum, count)
+        type Row<'a> = (&'a [Duration], &'a [Duration], &'a [u64], Duration, u64);
+        let table: [Row<'_>; 5] = [
+            (&[ms(100), ms(1000)], &[], &[0, 0], ms(0), 0),
+            // A value equal to a bound belongs to that bucket (`le`: less or equal).
+            (&[ms(100), ms(1000)], &[ms(100)], &[1, 1], ms(100), 1),
+            (&[ms(100), ms(1000)], &[ms(101)], &[0, 1], ms(101), 1),
+            // Above every bound: only in +Inf, which is the count.
+            (
+                &[ms(100), ms(1000)],
+                &[ms(5000), ms(1)],
+                &[1, 1],
+                ms(5001),
+                2,
+            ),
+            // Bounds given out of order and twice are sorted and deduplicated.
+            (
+                &[ms(1000), ms(100), ms(1000)],
+                &[ms(0), ms(500), ms(999)],
+                &[1, 3],
+                ms(1499),
+                3,
+            ),
+        ];
+        for (bounds, observations, cumulative, sum, count) in table {
+            let mut histogram = Histogram::new(bounds);
+            for value in observations {
+                histogram.observe(*value);
+            }
+            assert_eq!(histogram.bounds(), &[ms(100), ms(1000)], "{bounds:?}");
+            assert_eq!(histogram.cumulative(), cumulative, "{observations:?}");
+            assert_eq!((histogram.sum(), histogram.count()), (sum, count));
+        }
+        let mut huge = Histogram::new(&[]);
+        huge.observe(Duration::MAX);
+        huge.observe(Duration::MAX);
+        assert_eq!((huge.sum(), huge.count()), (Duration::MAX, 2));
     }
 }

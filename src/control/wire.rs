@@ -20,7 +20,7 @@ use zbus::zvariant::{DeserializeDict, OwnedValue, SerializeDict, Type, Value};
 
 #[cfg(test)]
 use super::RunCounts;
-use super::{CheckpointState, Counters, FailureRecord, RemoteStatus, Status};
+use super::{CheckpointState, Counters, FailureRecord, Histogram, RemoteStatus, Status};
 
 /// One (root, remote) lane as shown to operators.
 #[derive(
@@ -52,6 +52,10 @@ pub struct RemoteInfo {
     pub runs_partial: Option<u64>,
     /// Runs that failed otherwise (replica-guard refusals included).
     pub runs_failed: Option<u64>,
+    /// The watch root alone, raw bytes (`name` says it for people, with the remote).
+    pub root: Option<Vec<u8>>,
+    /// The remote alone, e.g. `10.0.0.2::www`.
+    pub remote: Option<String>,
 }
 
 /// Monotonic counters since the daemon started.
@@ -65,6 +69,22 @@ pub struct CountersInfo {
     pub files: u64,
     pub bytes: u64,
     pub errors: u64,
+}
+
+/// A histogram of durations (`control::Histogram`): per upper bound, how many
+/// observations were at most that long; the last bucket (+Inf) is `Count`.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, SerializeDict, DeserializeDict, Type, Value, OwnedValue,
+)]
+#[zvariant(signature = "a{sv}", rename_all = "PascalCase")]
+pub struct HistogramInfo {
+    /// Upper bounds in microseconds, ascending.
+    pub bounds_usec: Vec<u64>,
+    /// Per bound, the observations of at most that long (cumulative, as Prometheus).
+    pub cumulative: Vec<u64>,
+    /// The sum of every observation, in microseconds.
+    pub sum_usec: u64,
+    pub count: u64,
 }
 
 /// Everything `GetStatus` answers: one consistent snapshot.
@@ -81,6 +101,14 @@ pub struct StatusInfo {
     pub watches: u64,
     pub remotes: Vec<RemoteInfo>,
     pub counters: CountersInfo,
+    /// Roots whose watcher is blocked in a filesystem call (a hung mount): the root (raw
+    /// bytes) and for how many seconds. (This and the keys below are absent from daemons
+    /// before 0.4.)
+    pub blocked_watchers: Option<Vec<(Vec<u8>, u64)>>,
+    /// How long delivered changes waited until the run that delivered them ended.
+    pub delivery_latency: Option<HistogramInfo>,
+    /// How long the full syncs that succeeded took.
+    pub full_sync_duration: Option<HistogramInfo>,
 }
 
 /// Where a checkpoint stands (`CheckpointStatus`).
@@ -174,14 +202,29 @@ impl RemoteInfo {
             last_ok_usec: remote.last_ok.map(usec),
             last_error,
             pending: remote.pending,
-            lag_usec: Some(
-                u64::try_from(remote.lag(std::time::Instant::now()).as_micros())
-                    .unwrap_or(u64::MAX),
-            ),
+            lag_usec: Some(duration_usec(remote.lag(std::time::Instant::now()))),
             bytes_sent: Some(remote.bytes_sent),
             runs_ok: Some(remote.runs.ok),
             runs_partial: Some(remote.runs.partial),
             runs_failed: Some(remote.runs.failed),
+            root: Some(remote.root.as_os_str().as_bytes().to_vec()),
+            remote: Some(remote.remote.clone()),
+        }
+    }
+}
+
+/// Microseconds, saturating.
+fn duration_usec(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl From<&Histogram> for HistogramInfo {
+    fn from(h: &Histogram) -> Self {
+        HistogramInfo {
+            bounds_usec: h.bounds().iter().copied().map(duration_usec).collect(),
+            cumulative: h.cumulative().to_vec(),
+            sum_usec: duration_usec(h.sum()),
+            count: h.count(),
         }
     }
 }
@@ -223,6 +266,15 @@ impl StatusInfo {
                 .map(|r| RemoteInfo::new(r, audience))
                 .collect(),
             counters: CountersInfo::from(&status.counters),
+            blocked_watchers: Some(
+                status
+                    .blocked_watchers
+                    .iter()
+                    .map(|(root, secs)| (root.as_os_str().as_bytes().to_vec(), *secs))
+                    .collect(),
+            ),
+            delivery_latency: Some(HistogramInfo::from(&status.delivery_latency)),
+            full_sync_duration: Some(HistogramInfo::from(&status.full_sync_duration)),
         }
     }
 }
@@ -293,6 +345,7 @@ mod tests {
                         partial: 0,
                         failed: 0,
                     },
+                    root: PathBuf::from("/srv/www"),
                 },
                 RemoteStatus {
                     name: "/srv/www -> 10.0.0.3::www".into(),
@@ -315,6 +368,7 @@ mod tests {
                         partial: 1,
                         failed: 3,
                     },
+                    root: PathBuf::from("/srv/www"),
                 },
             ],
             counters: Counters {
@@ -324,7 +378,17 @@ mod tests {
                 bytes: 1 << 40,
                 errors: 2,
             },
-            blocked_watchers: Vec::new(),
+            blocked_watchers: vec![(
+                PathBuf::from(std::ffi::OsString::from_vec(b"/mnt/\xff".to_vec())),
+                31,
+            )],
+            delivery_latency: {
+                let mut h = Histogram::new(&[Duration::from_millis(100), Duration::from_secs(1)]);
+                h.observe(Duration::from_millis(40));
+                h.observe(Duration::from_secs(3));
+                h
+            },
+            full_sync_duration: Histogram::new(&super::super::FULL_SYNC_BUCKETS),
         }
     }
 
@@ -349,6 +413,21 @@ mod tests {
         );
         assert_eq!(info.remotes[0].lag_usec, Some(0));
         assert_eq!(info.remotes[1].runs_failed, Some(3));
+        assert_eq!(info.remotes[1].root.as_deref(), Some(&b"/srv/www"[..]));
+        assert_eq!(info.remotes[1].remote.as_deref(), Some("10.0.0.3::www"));
+        assert_eq!(
+            info.blocked_watchers,
+            Some(vec![(b"/mnt/\xff".to_vec(), 31)])
+        );
+        assert_eq!(
+            info.delivery_latency,
+            Some(HistogramInfo {
+                bounds_usec: vec![100_000, 1_000_000],
+                cumulative: vec![1, 1],
+                sum_usec: 3_040_000,
+                count: 2,
+            })
+        );
         let ctxt = Context::new_dbus(Endian::Little, 0);
         let bytes = to_bytes(ctxt, &info).unwrap();
         let (back, _): (StatusInfo, _) = bytes.deserialize().unwrap();

@@ -7,6 +7,7 @@
 
 #[cfg(test)]
 mod generated;
+pub mod health;
 pub mod render;
 
 use std::io::Write as _;
@@ -26,6 +27,7 @@ use crate::control::client::{self, Failure};
 use crate::control::interface::{FullSyncFinished, StateChanged, SyncFailed};
 use crate::control::{BusArgs, Error, INTERFACE, OBJECT_PATH, Sersync1Proxy, names};
 use crate::exit;
+use crate::metrics;
 use render::Seen;
 
 /// Control and inspect running sersyncd instances over D-Bus.
@@ -41,7 +43,8 @@ use render::Seen;
         root or membership in the group sersync.\n\n\
         Exit status: 0 ok, 1 the daemon answered with an error, 64 usage error, 69 the \
         daemon is not running or the bus is unreachable, 75 (checkpoint) a remote is still \
-        behind, 77 access denied, 78 (check) the config is invalid."
+        behind, 77 access denied, 78 (check) the config is invalid; health exits like a \
+        Nagios plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 )]
 pub struct Cli {
     /// The instance to talk to (sersync@NAME); needed only when several run.
@@ -121,18 +124,104 @@ pub enum CtlCommand {
     /// Print the daemon's signals as they happen, until it stops or you interrupt (the
     /// paths of failures only for root and group sersync).
     Monitor,
+    /// Print the daemon's metrics in the Prometheus text format, as its --metrics-listen
+    /// answers them (for node_exporter's textfile collector).
+    Metrics {
+        /// OpenMetrics text instead of the Prometheus text format.
+        #[arg(long = "openmetrics")]
+        openmetrics: bool,
+    },
+    /// Check the daemon like a Nagios plugin: one line `SERSYNC OK - ... | perfdata`, and
+    /// exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (daemon unreachable, bad arguments).
+    /// Thresholds are "above": a value greater than the threshold trips it.
+    #[command(
+        long_about = "Check the daemon like a Nagios plugin (Nagios, Icinga, check_mk, \
+        Consul): one line `SERSYNC STATUS - INSTANCE: what | perfdata`, and exit 0 OK, 1 \
+        WARNING, 2 CRITICAL, 3 UNKNOWN (the daemon is unreachable, or bad arguments).\n\n\
+        WARNING: a remote's lag above --warn-lag, failed changes above --warn-failed, a \
+        remote in backoff, guarded or stalled, a paused daemon. CRITICAL: a remote's lag \
+        above --crit-lag, failed changes above --crit-failed, a remote failing (a \
+        configuration error), a watcher blocked on a hung filesystem.\n\n\
+        Perfdata: failed, queued, and per remote its lag (seconds) and pending paths."
+    )]
+    Health(HealthArgs),
+}
+
+/// The thresholds of `sersyncctl health`.
+#[derive(Debug, Clone, Copy, PartialEq, clap::Args)]
+pub struct HealthArgs {
+    /// WARNING when a remote's lag is above this many seconds.
+    #[arg(long = "warn-lag", value_name = "SECONDS", default_value_t = 60.0, value_parser = non_negative)]
+    pub warn_lag: f64,
+    /// CRITICAL when a remote's lag is above this many seconds.
+    #[arg(long = "crit-lag", value_name = "SECONDS", default_value_t = 300.0, value_parser = non_negative)]
+    pub crit_lag: f64,
+    /// WARNING when more than this many changes still fail after retries.
+    #[arg(long = "warn-failed", value_name = "N", default_value_t = 0)]
+    pub warn_failed: u64,
+    /// CRITICAL when more than this many changes still fail after retries [default: off].
+    #[arg(long = "crit-failed", value_name = "N")]
+    pub crit_failed: Option<u64>,
+}
+
+impl HealthArgs {
+    fn thresholds(&self) -> health::Thresholds {
+        health::Thresholds {
+            warn_lag: Some(self.warn_lag),
+            crit_lag: Some(self.crit_lag),
+            warn_failed: Some(self.warn_failed),
+            crit_failed: self.crit_failed,
+        }
+    }
+}
+
+/// A number of seconds: finite and not negative.
+fn non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        _ => Err(format!(
+            "expected seconds, 0 or more (e.g. 60 or 0.5), not {text:?}"
+        )),
+    }
+}
+
+/// Whether a command line that clap refused was meant for `sersyncctl health`, whose usage
+/// errors exit UNKNOWN (3) rather than 64. A guess from the words (clap says nothing about
+/// the subcommand of a line it refused): the first word that is not an option or the
+/// value of a global option.
+fn meant_health(args: &[std::ffi::OsString]) -> bool {
+    let mut words = args.iter().skip(1);
+    while let Some(word) = words.next() {
+        let word = word.to_string_lossy();
+        match word.as_ref() {
+            "-i" | "--instance" | "--bus" | "--bus-address" => {
+                words.next();
+            }
+            option if option.starts_with('-') => {}
+            subcommand => return subcommand == "health",
+        }
+    }
+    false
 }
 
 /// Parses the command line and runs it; returns the exit status (0 for --help and
 /// --version, 64 for usage errors, a missing subcommand included).
 pub fn main() -> i32 {
-    match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
         Ok(cli) => run(&cli),
         Err(err) => {
             let _ = err.print();
             match err.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                     exit::OK
+                }
+                _ if meant_health(&args) => {
+                    println!(
+                        "{}",
+                        health::unknown_line("bad arguments (see sersyncctl health --help)")
+                    );
+                    exit::HEALTH_UNKNOWN
                 }
                 _ => exit::USAGE,
             }
@@ -163,6 +252,7 @@ pub fn run(cli: &Cli) -> i32 {
     let result = match &cli.command {
         CtlCommand::Check { config } => return config::check::report(config, None),
         CtlCommand::List => list(cli),
+        CtlCommand::Health(args) => return health_check(cli, args),
         _ => with_daemon(cli),
     };
     match result {
@@ -242,6 +332,11 @@ fn pick_instance(cli: &Cli, connection: &Connection) -> Result<String, Fail> {
 
 /// Runs a command that talks to one daemon.
 fn with_daemon(cli: &Cli) -> Outcome {
+    on_daemon(cli, |daemon| daemon.run())
+}
+
+/// Connects to the daemon `cli` names and runs `act` on it.
+fn on_daemon<T>(cli: &Cli, act: impl FnOnce(&Daemon) -> Result<T, Fail>) -> Result<T, Fail> {
     let connection = connect(cli)?;
     let instance = pick_instance(cli, &connection)?;
     let bus_name = names::bus_name(&instance).map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
@@ -254,7 +349,43 @@ fn with_daemon(cli: &Cli) -> Outcome {
         instance,
         bus_name,
     };
-    daemon.run()
+    act(&daemon)
+}
+
+/// `sersyncctl health`: prints the verdict (or UNKNOWN and why) on stdout, where
+/// monitoring systems read it, and returns its Nagios status.
+fn health_check(cli: &Cli, args: &HealthArgs) -> i32 {
+    let thresholds = args.thresholds();
+    let status = on_daemon(cli, |daemon| {
+        let status = daemon
+            .proxy
+            .get_status()
+            .map_err(|e| daemon.fail("status", e))?;
+        Ok((daemon.instance.clone(), status))
+    });
+    match status {
+        Ok((instance, status)) => {
+            let verdict = health::judge(&status, &thresholds);
+            if cli.json {
+                print_json(&health::json(&instance, &verdict, &thresholds));
+            } else {
+                println!("{}", health::line(&instance, &verdict));
+            }
+            verdict.level.code()
+        }
+        Err(fail) => {
+            if cli.json {
+                print_json(&health::unknown_json(
+                    cli.instance.as_deref(),
+                    &fail.message,
+                    &thresholds,
+                ));
+            } else {
+                println!("{}", health::unknown_line(&fail.message));
+            }
+            exit::HEALTH_UNKNOWN
+        }
+    }
 }
 
 struct Daemon<'a> {
@@ -340,7 +471,21 @@ impl Daemon<'_> {
                 self.done(json!({"reloaded": true}), "config reloaded");
             }
             CtlCommand::Monitor => return self.monitor(),
-            CtlCommand::List | CtlCommand::Check { .. } => unreachable!("handled in run()"),
+            CtlCommand::Metrics { openmetrics } => {
+                let status = self
+                    .proxy
+                    .get_status()
+                    .map_err(|e| self.fail("metrics", e))?;
+                let format = if *openmetrics {
+                    metrics::Format::OpenMetrics
+                } else {
+                    metrics::Format::Prometheus
+                };
+                print!("{}", metrics::render(&status, format));
+            }
+            CtlCommand::List | CtlCommand::Check { .. } | CtlCommand::Health(_) => {
+                unreachable!("handled in run()")
+            }
         }
         Ok(exit::OK)
     }
@@ -768,4 +913,76 @@ fn parse_signal(message: &Message) -> Option<Seen> {
 
 fn print_json(value: &serde_json::Value) {
     println!("{value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_command_line_is_known_to_be_meant_for_health() {
+        let table: [(&[&str], bool); 8] = [
+            (&["sersyncctl", "health", "--warn-lag", "x"], true),
+            (&["sersyncctl", "-i", "web", "health", "--bogus"], true),
+            (
+                &["sersyncctl", "--bus-address", "unix:path=/b", "health"],
+                true,
+            ),
+            (
+                &["sersyncctl", "--json", "health", "--crit-failed", "-1"],
+                true,
+            ),
+            // `health` as the value of -i is not the subcommand.
+            (&["sersyncctl", "-i", "health", "status", "--bogus"], false),
+            (&["sersyncctl", "status", "health"], false),
+            (&["sersyncctl", "--bogus"], false),
+            (&["sersyncctl"], false),
+        ];
+        for (args, want) in table {
+            let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+            assert_eq!(meant_health(&args), want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn health_thresholds_come_from_the_flags() {
+        let cli = Cli::try_parse_from(["sersyncctl", "health"]).unwrap();
+        let CtlCommand::Health(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.thresholds(), health::DEFAULT_THRESHOLDS);
+        let cli = Cli::try_parse_from([
+            "sersyncctl",
+            "health",
+            "--warn-lag",
+            "0.5",
+            "--crit-lag",
+            "2",
+            "--warn-failed",
+            "3",
+            "--crit-failed",
+            "10",
+        ])
+        .unwrap();
+        let CtlCommand::Health(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            args.thresholds(),
+            health::Thresholds {
+                warn_lag: Some(0.5),
+                crit_lag: Some(2.0),
+                warn_failed: Some(3),
+                crit_failed: Some(10),
+            }
+        );
+        for bad in [
+            &["sersyncctl", "health", "--warn-lag", "-1"][..],
+            &["sersyncctl", "health", "--crit-lag", "inf"],
+            &["sersyncctl", "health", "--crit-lag", "NaN"],
+            &["sersyncctl", "health", "--warn-failed", "-1"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -499,6 +499,8 @@ mod tests {
                 runs_ok: Some(2),
                 runs_partial: Some(0),
                 runs_failed: Some(1),
+                root: Some(b"/srv/www".to_vec()),
+                remote: Some("10.0.0.2::www".into()),
             }],
             counters: CountersInfo {
                 events: 5,
@@ -507,6 +509,7 @@ mod tests {
                 bytes: 2048,
                 errors: 1,
             },
+            ..StatusInfo::default()
         }
     }
 

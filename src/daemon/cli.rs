@@ -84,6 +84,15 @@ pub struct Cli {
     /// Do not offer the D-Bus control interface at all.
     #[arg(long = "no-dbus")]
     pub no_dbus: bool,
+
+    /// Answer Prometheus scrapes (GET /metrics) on this IP:PORT, e.g. 127.0.0.1:9150
+    /// (instead of the config's <metrics listen>).
+    #[arg(
+        long = "metrics-listen",
+        value_name = "IP:PORT",
+        value_parser = crate::config::parse_listen_address
+    )]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Cli {

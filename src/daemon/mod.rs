@@ -21,6 +21,7 @@ mod settle;
 pub mod state;
 mod timers;
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -30,12 +31,13 @@ use std::os::unix::ffi::OsStrExt;
 use crate::atomic_file;
 use crate::config::{self, Config, RootId};
 use crate::control::{
-    self, Command, Counters, Event, FailureRecord, RemoteStatus, RunCounts, Status,
+    self, Command, Counters, Event, FailureRecord, Histogram, RemoteStatus, RunCounts, Status,
 };
 use std::sync::{Arc, RwLock};
 
 use crate::exit;
 use crate::failure::{self, Backoff, Journal, LaneKey};
+use crate::metrics::http::MetricsServer;
 use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue};
 use crate::sync::argv::Transport;
@@ -195,6 +197,19 @@ pub fn main(cli: Cli) -> i32 {
             return exit::CANTCREAT;
         }
     };
+    // Before anything is watched, so a listen address that cannot be used stops the start
+    // as a bad config does (systemd does not restart it), with the address and where it
+    // was given.
+    let metrics = match metrics_address(&cli, &config) {
+        None => None,
+        Some((address, given)) => match MetricsServer::bind(address) {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::error!("cannot listen for metrics on {address} ({given}): {err}");
+                return exit::CONFIG;
+            }
+        },
+    };
     let mut daemon = match Daemon::new(cli, config, instance, state_dir) {
         Ok(daemon) => daemon,
         Err(err) => {
@@ -207,12 +222,31 @@ pub fn main(cli: Cli) -> i32 {
     }
     daemon.plugins = plugins;
     daemon.state_lock = Some(lock);
+    if let Some(listener) = metrics {
+        daemon.serve_metrics(listener);
+    }
     if let Err(err) = daemon.restore_state() {
         tracing::error!(path = %daemon.state.path().display(), "cannot use the state directory: {err}");
         return exit::CANTCREAT;
     }
     daemon.log_run_users();
     daemon.run()
+}
+
+/// Where metrics are served: `--metrics-listen`, else `<metrics listen>`; with where that
+/// was said, for messages.
+fn metrics_address(cli: &Cli, config: &Config) -> Option<(SocketAddr, String)> {
+    if let Some(address) = cli.metrics_listen {
+        return Some((address, "--metrics-listen".to_owned()));
+    }
+    config.metrics.map(|metrics| {
+        let at = format!(
+            "<metrics listen> at {}:{}",
+            config.file.display(),
+            metrics.line
+        );
+        (metrics.address, at)
+    })
 }
 
 /// Creates the state directory, locks it for this process (a second daemon on the same
@@ -276,11 +310,17 @@ struct Daemon {
     journal: Journal,
     journal_dirty: bool,
     counters: Counters,
+    /// How long delivered changes waited ([`Daemon::observe_delivery`]).
+    delivery_latency: Histogram,
+    /// How long successful full syncs took.
+    full_sync_duration: Histogram,
     paused: bool,
     status: Arc<RwLock<Status>>,
     last_snapshot: Option<Instant>,
     events: Option<Sender<Event>>,
     control: Option<control::ControlHandle>,
+    /// The listener answering `GET /metrics`, when one is configured.
+    metrics: Option<MetricsServer>,
     full_sync_requests: FullSyncRequests,
     next_lane_id: LaneId,
     /// The `flock` on the state directory, held for the daemon's life.
@@ -457,6 +497,8 @@ impl Daemon {
             journal: Journal::default(),
             journal_dirty: false,
             counters: Counters::default(),
+            delivery_latency: Histogram::new(&control::DELIVERY_BUCKETS),
+            full_sync_duration: Histogram::new(&control::FULL_SYNC_BUCKETS),
             paused: false,
             status: Arc::new(RwLock::new(Status {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -470,10 +512,13 @@ impl Daemon {
                 remotes: Vec::new(),
                 counters: Counters::default(),
                 blocked_watchers: Vec::new(),
+                delivery_latency: Histogram::new(&control::DELIVERY_BUCKETS),
+                full_sync_duration: Histogram::new(&control::FULL_SYNC_BUCKETS),
             })),
             last_snapshot: None,
             events: None,
             control: None,
+            metrics: None,
             full_sync_requests: FullSyncRequests::new(),
             next_lane_id,
             state_lock: None,
@@ -1141,6 +1186,77 @@ impl Daemon {
         }
     }
 
+    /// Answers scrapes on `listener` from the published snapshot, on a thread of its own.
+    fn serve_metrics(&mut self, listener: TcpListener) {
+        let started = MetricsServer::start(
+            listener,
+            Arc::clone(&self.status),
+            self.instance.clone(),
+            self.cli.config.clone(),
+        );
+        match started {
+            Ok(server) => {
+                let address = server.address();
+                tracing::info!(%address, "metrics: answering scrapes at http://{address}/metrics");
+                self.metrics = Some(server);
+            }
+            Err(err) => tracing::error!("metrics: cannot start the listener: {err}"),
+        }
+    }
+
+    /// After a reload: listens where `<metrics listen>` now says (unless
+    /// `--metrics-listen` decides). A new address is bound before the old one is let go;
+    /// when it cannot be had, the old listener stays (or, when it holds the port the new
+    /// address needs, is let go and taken back if the new one still fails).
+    fn rebind_metrics(&mut self) {
+        if self.cli.metrics_listen.is_some() {
+            return;
+        }
+        let wanted = metrics_address(&self.cli, &self.config);
+        let current = self.metrics.as_ref().map(MetricsServer::address);
+        if wanted.as_ref().map(|(address, _)| *address) == current {
+            return;
+        }
+        let Some((address, given)) = wanted else {
+            self.metrics = None;
+            tracing::info!("metrics: <metrics listen> removed, the listener is closed");
+            return;
+        };
+        let listener = match MetricsServer::bind(address) {
+            Ok(listener) => Ok(listener),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && current.is_some() => {
+                // Perhaps ours: the old listener holds the port (e.g. 127.0.0.1:9150 to
+                // 0.0.0.0:9150).
+                self.metrics = None;
+                MetricsServer::bind(address)
+            }
+            Err(err) => Err(err),
+        };
+        match listener {
+            Ok(listener) => {
+                self.metrics = None;
+                self.serve_metrics(listener);
+            }
+            Err(err) => {
+                tracing::error!("metrics: cannot listen on {address} ({given}): {err}");
+                match (&self.metrics, current) {
+                    (Some(server), _) => tracing::warn!(
+                        "metrics: still answering at http://{}/metrics",
+                        server.address()
+                    ),
+                    (None, Some(old)) => match MetricsServer::bind(old) {
+                        Ok(listener) => self.serve_metrics(listener),
+                        Err(err) => tracing::error!(
+                            "metrics: cannot listen on {old} again either ({err}): no metrics \
+                             until a reload with a usable address"
+                        ),
+                    },
+                    (None, None) => {}
+                }
+            }
+        }
+    }
+
     fn emit(&self, event: Event) {
         if let Some(events) = &self.events {
             let _ = events.send(event);
@@ -1545,6 +1661,7 @@ impl Daemon {
             self.tell_watchers(|| WatchControl::Reconfigure(spec.clone()));
         }
         self.config = config;
+        self.rebind_metrics();
         if rewatch {
             // Other roots, or other filters: new watchers, and each root is rescanned once
             // its watches are in place (see `Ready`).
@@ -1878,6 +1995,9 @@ impl Daemon {
             tracing::debug!("outcome of a job for a remote no longer configured: ignored");
             return;
         };
+        if outcome.result.is_done() && matches!(outcome.job, Job::FullSync { .. }) {
+            self.full_sync_duration.observe(outcome.elapsed);
+        }
         let lane = &mut self.lanes[at];
         match outcome.result {
             ref done if done.is_done() => lane.runs.ok += 1,
@@ -1910,6 +2030,12 @@ impl Daemon {
         };
         let settlement = settle::settle(&mut lane.health, &label, outcome, root_names, clock);
         self.carry_out(at, settlement, full_sync_number, clock, bytes_sent);
+    }
+
+    /// Counts a delivered batch in the latency histogram: `waited` is how long its oldest
+    /// change waited until the run ended.
+    fn observe_delivery(&mut self, waited: Duration) {
+        self.delivery_latency.observe(waited);
     }
 
     /// Does what [`settle::settle`] decided at the end of a job of lane `at`, which
@@ -1995,6 +2121,11 @@ impl Daemon {
             self.full_sync_done(lane_id, number, succeeded);
         }
         let since = self.queue.finish(lane_id, retry);
+        if let (true, Some(since)) = (succeeded, since) {
+            // From when its oldest change was seen to now: what a reader of the replica
+            // waited.
+            self.observe_delivery(clock.now.saturating_duration_since(since.at));
+        }
         for (entries, when) in defer {
             self.queue.defer(lane_id, entries, when, since);
         }
@@ -2343,6 +2474,7 @@ impl Daemon {
                 owed_since: self.lane_oldest(lane.id).map(|seen| seen.at),
                 bytes_sent: lane.bytes_sent,
                 runs: lane.runs,
+                root: lane.context.root.clone(),
             })
             .collect();
         let blocked_watchers = self
@@ -2367,6 +2499,8 @@ impl Daemon {
             remotes,
             counters: self.counters,
             blocked_watchers,
+            delivery_latency: self.delivery_latency.clone(),
+            full_sync_duration: self.full_sync_duration.clone(),
         }
     }
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value as Json;
 use sersync::control::{
     self, BusKind, Command as ControlCommand, ControlError, ControlHandle, Counters, Event,
-    FailureRecord, RemoteStatus, RunCounts, ServeOptions, Status,
+    FailureRecord, Histogram, RemoteStatus, RunCounts, ServeOptions, Status,
 };
 
 use crate::harness::bus::{Bus, Policy, SERSYNCCTL};
@@ -51,7 +51,7 @@ fn introspection_file() -> PathBuf {
 /// What one `sersyncctl` run did.
 #[derive(Debug)]
 pub(crate) struct Ctl {
-    code: i32,
+    pub(crate) code: i32,
     pub(crate) stdout: String,
     pub(crate) stderr: String,
 }
@@ -75,7 +75,7 @@ impl Ctl {
 }
 
 /// Runs `program args` to completion within [`CTL_TIMEOUT`].
-fn run(mut command: Command) -> Ctl {
+pub(crate) fn run(mut command: Command) -> Ctl {
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -427,6 +427,7 @@ fn sample_status(instance: &str) -> Status {
                     partial: 0,
                     failed: 0,
                 },
+                root: PathBuf::from("/srv/www"),
             },
             RemoteStatus {
                 name: "/srv/www -> 10.0.0.3::www".into(),
@@ -443,6 +444,7 @@ fn sample_status(instance: &str) -> Status {
                     partial: 0,
                     failed: 2,
                 },
+                root: PathBuf::from("/srv/www"),
             },
         ],
         counters: Counters {
@@ -453,6 +455,8 @@ fn sample_status(instance: &str) -> Status {
             errors: 2,
         },
         blocked_watchers: Vec::new(),
+        delivery_latency: Histogram::new(&control::DELIVERY_BUCKETS),
+        full_sync_duration: Histogram::new(&control::FULL_SYNC_BUCKETS),
     }
 }
 

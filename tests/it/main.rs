@@ -40,3 +40,6 @@ mod notify;
 mod journald;
 // Plugins: command, socket (raw and framed), refreshCDN, http; -m NAME and after-sync.
 mod plugins;
+// Metrics: --metrics-listen scraped by a real Prometheus, promtool on the exposition,
+// sersyncctl metrics and health (Nagios plugin statuses).
+mod metrics;

@@ -345,13 +345,14 @@ step1_install() {
 # web.xml: one watch root (two with "docs"), auth, userDefinedPort, timeout, debug off.
 # commonParams is -artz, not sersync's -artuz: with -u a replica file changed behind the
 # daemon's back (newer) would never be repaired by a full sync, which step 7 checks.
-write_config() { # write_config [docs] [broken]
-    local docs='' port=$PORT
+write_config() { # write_config [docs] [broken] [metrics]
+    local docs='' port=$PORT metrics=''
     case " $* " in *" docs "*)
         docs='        <localpath watch="/srv/docs">
             <remote ip="127.0.0.1" name="docs"/>
         </localpath>' ;;
     esac
+    case " $* " in *" metrics "*) metrics="        <metrics listen=\"127.0.0.1:$MPORT\"/>" ;; esac
     case " $* " in *" broken "*) port=notaport ;; esac
     c sh -c 'cat >/etc/sersync/web.xml.new && mv /etc/sersync/web.xml.new /etc/sersync/web.xml' <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
@@ -385,6 +386,7 @@ $docs
         <failLog path="rsync_fail_log.sh" timeToExecute="60"/>
         <crontab start="false" schedule="600"></crontab>
         <plugin start="false" name="command"/>
+$metrics
     </sersync>
 </head>
 EOF
@@ -606,6 +608,34 @@ step5_ctl() {
         eval 'as_user syncop sersyncctl -i web pause && as_user syncop sersyncctl -i web resume'
     check "member of group sersync ('syncop'): sersyncctl failures is allowed" \
         as_user syncop sersyncctl -i web failures
+
+    # Metrics and health inside the unit's sandbox: a reload adds <metrics listen>; the
+    # container shares the host's network namespace, so the host scrapes it as
+    # Prometheus would. A monitoring agent runs the check as an ordinary user.
+    MPORT=$(( 20000 + (RANDOM * 32768 + RANDOM) % 30000 ))
+    write_config docs metrics
+    local cur
+    cur=$(jcursor)
+    check "systemctl reload with <metrics listen=\"127.0.0.1:$MPORT\"/>: journal 'answering scrapes'" \
+        eval 'c systemctl reload sersync@web.service &&
+            wait_until 10 jhas "$cur" "answering scrapes at http://127.0.0.1:$MPORT/metrics"'
+    check "GET http://127.0.0.1:$MPORT/metrics from the host: 200 with each remote's lag" \
+        wait_until 5 scrape_ok
+    out=$(as_user tester sersyncctl -i web health 2>&1); rc=$?
+    check "unprivileged user 'tester': sersyncctl health exits 0 with 'SERSYNC OK - web:' (got $rc: $out)" \
+        eval '[ "$rc" = 0 ] && [[ "$out" == "SERSYNC OK - web: "* ]]'
+    check "unprivileged user 'tester': sersyncctl metrics has each remote's lag" \
+        eval 'as_user tester sersyncctl -i web metrics | gq "^sersync_remote_lag_seconds{.*remote=\"127.0.0.1::docs\""'
+}
+
+# scrape_ok: GET /metrics on the metrics port answers 200 with both remotes' lag.
+scrape_ok() {
+    local answer
+    answer=$(exec 3<>"/dev/tcp/127.0.0.1/$MPORT" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 &&
+        timeout 5 cat <&3) || return 1
+    [[ "$answer" == "HTTP/1.1 200 OK"* ]] &&
+        gq 'sersync_remote_lag_seconds{.*remote="127.0.0.1::web"' <<<"$answer" &&
+        gq 'sersync_remote_lag_seconds{.*remote="127.0.0.1::docs"' <<<"$answer"
 }
 
 step6_failures() {
@@ -768,7 +798,7 @@ while :; do
     run_step 2 "backup host: rsync daemon with auth; /etc/sersync/web.xml" step2_backup_host fatal || break
     run_step 3 "systemctl enable --now sersync@web: READY=1, StatusText" step3_enable fatal || break
     run_step 4 "replication, journal fields, reload (valid and invalid)" step4_changes_journal_reload
-    run_step 5 "sersyncctl status/pause/resume on the system bus; unprivileged user" step5_ctl
+    run_step 5 "sersyncctl status/pause/resume on the system bus; unprivileged user; metrics and health" step5_ctl
     run_step 6 "backup host down: failures, then retry-failed delivers" step6_failures
     run_step 7 "full-sync timer repairs the replica; list-timers" step7_timer
     run_step 8 "kill -9: systemd restarts it, nothing lost" step8_kill9
