@@ -334,10 +334,12 @@ struct Daemon {
     deliveries: Deliveries,
     /// What operators wait on (`sersyncctl checkpoint`).
     checkpoints: Checkpoints,
-    /// Roots whose inotify queue overflowed and whose rescan is still to be asked for
-    /// (deferred by the overflow backoff), with when the first overflow was seen: their
-    /// lanes owe whatever was lost from then.
-    overflow_seen: Vec<(RootId, crate::queue::Seen)>,
+    /// Roots that may have missed changes, with when that was first seen: an inotify
+    /// overflow whose rescan is still to be asked for (deferred by the overflow backoff),
+    /// or the watch limit leaving directories unwatched (until a reload watches them).
+    /// Their lanes owe whatever was missed from then; the rescan asked for them is owed
+    /// from then too.
+    unseen_since: Vec<(RootId, crate::queue::Seen)>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -527,7 +529,7 @@ impl Daemon {
             plugins: None,
             deliveries: Deliveries::default(),
             checkpoints: Checkpoints::default(),
-            overflow_seen: Vec::new(),
+            unseen_since: Vec::new(),
         })
     }
 
@@ -1050,9 +1052,7 @@ impl Daemon {
     }
 
     fn on_overflow(&mut self, root: RootId) {
-        if !self.overflow_seen.iter().any(|(r, _)| *r == root) {
-            self.overflow_seen.push((root, self.queue.clock()));
-        }
+        self.note_unseen(root);
         match self.timers.overflowed(root, Instant::now()) {
             Overflowed::RescanNow(roots) => self.rescan_overflowed(roots),
             Overflowed::Deferred { first: true, wait } => tracing::warn!(
@@ -1064,16 +1064,31 @@ impl Daemon {
         }
     }
 
+    /// `root` may have missed changes from now on (unless it already may have).
+    fn note_unseen(&mut self, root: RootId) {
+        if !self.unseen_since.iter().any(|(r, _)| *r == root) {
+            self.unseen_since.push((root, self.queue.clock()));
+        }
+    }
+
+    /// Asks for a rescan of `root`, owed from when it may first have missed a change.
+    /// `resolved`: nothing more is missed after it (else the root stays owing).
+    fn rescan_unseen(&mut self, root: RootId, resolved: bool) {
+        let at = self.unseen_since.iter().position(|(r, _)| *r == root);
+        let since = at.map(|at| self.unseen_since[at].1);
+        if let (true, Some(at)) = (resolved, at) {
+            self.unseen_since.swap_remove(at);
+        }
+        self.queue
+            .request_full_sync_since(root, FullSyncReason::Rescan, since);
+    }
+
     /// Asks for the rescans of roots that overflowed, owed from the first overflow.
     fn rescan_overflowed(&mut self, roots: Vec<RootId>) {
         for root in roots {
-            let since = self
-                .overflow_seen
-                .iter()
-                .position(|(r, _)| *r == root)
-                .map(|at| self.overflow_seen.swap_remove(at).1);
-            self.queue
-                .request_full_sync_since(root, FullSyncReason::Rescan, since);
+            // A root the watch limit still leaves partly unwatched keeps owing.
+            let resolved = !self.timers.degraded().contains(&root);
+            self.rescan_unseen(root, resolved);
         }
     }
 
@@ -1112,7 +1127,7 @@ impl Daemon {
                 Due::DegradedResync(roots) => {
                     self.tell_watchers(|| WatchControl::RetryUnwatched);
                     for root in roots {
-                        self.queue.request_full_sync(root, FullSyncReason::Rescan);
+                        self.rescan_unseen(root, false);
                     }
                 }
                 Due::Crontab => {
@@ -1644,12 +1659,30 @@ impl Daemon {
         self.finish_full_sync_jobs();
         let spec = watch_spec(&config);
         let rewatch = !spec.watches_like(&watch_spec(&self.config));
+        // Roots that may have missed changes keep owing under their new numbers.
+        let old_roots = &self.config.roots;
+        self.unseen_since = std::mem::take(&mut self.unseen_since)
+            .into_iter()
+            .filter_map(|(root, seen)| {
+                let path = &old_roots.get(root)?.path;
+                let now = config.roots.iter().position(|r| r.path == *path)?;
+                Some((now, seen))
+            })
+            .collect();
+        if rewatch {
+            // New watchers rescan every root once ready; what was missed before is owed
+            // from when it was.
+            for (root, _) in self.unseen_since.clone() {
+                self.rescan_unseen(root, true);
+            }
+        }
         if !rewatch && !self.timers.degraded().is_empty() {
             // The watchers report what they find below the directories they can watch
             // now; a full sync covers what was deleted there meanwhile.
             self.tell_watchers(|| WatchControl::RetryUnwatched);
             for root in 0..config.roots.len() {
-                self.queue.request_full_sync(root, FullSyncReason::Rescan);
+                // Watched now, or a new WatchLimit says otherwise (and owes again).
+                self.rescan_unseen(root, true);
             }
         }
         if rewatch || !self.timers.degraded().is_empty() {
@@ -1821,7 +1854,8 @@ impl Daemon {
                      {} minutes until the limit is raised",
                     timers::DEGRADED_RESYNC.as_secs() / 60
                 );
-                self.queue.request_full_sync(root, FullSyncReason::Rescan);
+                self.note_unseen(root);
+                self.rescan_unseen(root, false);
                 self.timers.watch_limit_hit(root, Instant::now());
             }
         }
@@ -2513,7 +2547,7 @@ impl Daemon {
             .iter()
             .find(|lane| lane.id == id)
             .and_then(|lane| {
-                self.overflow_seen
+                self.unseen_since
                     .iter()
                     .find(|(root, _)| *root == lane.root)
                     .map(|(_, seen)| *seen)

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
+use crate::harness::bus::{Bus, Policy};
 use crate::harness::{RsyncDaemon, Sersyncd, SersyncdBuilder, temp_dir};
 use crate::ops::{self, Fault, Op};
 use crate::snapshot;
@@ -54,6 +55,9 @@ pub struct Divergence {
 pub struct World {
     /// Holds src/, attic/ and the remotes' mount points; removed last.
     _base: TempDir,
+    /// The daemon's system bus (`DBUS_SYSTEM_BUS_ADDRESS`), for a checkpoint at every
+    /// quiescent point. It outlives the daemon (`Drop` ends the daemon first).
+    bus: Option<Bus>,
     src: PathBuf,
     attic: PathBuf,
     /// One tmpfs per remote, holding its replica (and the ballast of a full disk).
@@ -139,6 +143,7 @@ impl World {
         }
         let mut world = World {
             _base: base,
+            bus: Bus::start(Policy::Permissive),
             src,
             attic,
             mounts,
@@ -191,9 +196,23 @@ impl World {
             // rounds and outages (64 it never did): folding into dirty directories runs
             // under every fault, while small rounds keep the ordinary path.
             .raw_sersync_xml(r#"<queue maxPending="16"/>"#);
+        // The bus by the environment, which every restart keeps (restarts replace the
+        // arguments).
+        let mut launcher: Vec<String> = Vec::new();
+        if let Some(bus) = &self.bus {
+            launcher.extend([
+                "env".into(),
+                format!("DBUS_SYSTEM_BUS_ADDRESS={}", bus.address()),
+            ]);
+        }
         if self.privileged {
-            builder =
-                builder.launcher(&["unshare", "--user", "--map-user=0", "--map-group=0", "--"]);
+            launcher.extend(
+                ["unshare", "--user", "--map-user=0", "--map-group=0", "--"].map(String::from),
+            );
+        }
+        if !launcher.is_empty() {
+            let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
+            builder = builder.launcher(&launcher);
         }
         builder
     }
@@ -465,6 +484,7 @@ impl World {
             });
         }
         let started = Instant::now();
+        self.check_checkpoint()?;
         let result = self.wait_converged();
         let took = started.elapsed();
         self.record(format!(
@@ -481,22 +501,85 @@ impl World {
         Ok(())
     }
 
+    /// `sersyncctl checkpoint --wait`: it must be reached within the convergence timeout,
+    /// and then every configured replica must equal the source at once (nothing is written
+    /// meanwhile): "reached" is a promise deploy scripts act on.
+    fn check_checkpoint(&mut self) -> Result<(), Divergence> {
+        let Some(bus) = &self.bus else {
+            return Ok(());
+        };
+        let timeout = converge_timeout().as_secs().to_string();
+        let asked = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_sersyncctl"))
+            .args([
+                "--bus-address",
+                bus.address(),
+                "checkpoint",
+                "--wait",
+                "--timeout",
+            ])
+            .arg(&timeout)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run sersyncctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.record(format!(
+            "[round {}]    checkpoint: exit {:?} after {:.1} s",
+            self.round,
+            out.status.code(),
+            asked.elapsed().as_secs_f64()
+        ));
+        if out.status.code() != Some(0) {
+            return Err(Divergence {
+                round: self.round,
+                what: format!(
+                    "checkpoint not reached after healing (exit {:?}): {}",
+                    out.status.code(),
+                    text.trim()
+                ),
+            });
+        }
+        let diffs = self.differences();
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<String> = diffs.iter().take(30).cloned().collect();
+        Err(Divergence {
+            round: self.round,
+            what: format!(
+                "checkpoint reached but the replicas differ from the source ({} differences):\n  {}",
+                diffs.len(),
+                shown.join("\n  ")
+            ),
+        })
+    }
+
+    /// How every configured replica differs from the source now.
+    fn differences(&self) -> Vec<String> {
+        let source = snapshot::take(&self.src);
+        let mut diffs = Vec::new();
+        for remote in 0..self.remotes.len() {
+            if self.configured & (1 << remote) == 0 {
+                continue;
+            }
+            let replica = snapshot::take(self.replica(remote));
+            for line in snapshot::differences(&source, &replica) {
+                diffs.push(format!("remote {remote}: {line}"));
+            }
+        }
+        diffs
+    }
+
     fn wait_converged(&mut self) -> Result<(), Divergence> {
         let timeout = converge_timeout();
         let deadline = Instant::now() + timeout;
         let mut equal_since: Option<Instant> = None;
         loop {
-            let source = snapshot::take(&self.src);
-            let mut diffs = Vec::new();
-            for remote in 0..self.remotes.len() {
-                if self.configured & (1 << remote) == 0 {
-                    continue;
-                }
-                let replica = snapshot::take(self.replica(remote));
-                for line in snapshot::differences(&source, &replica) {
-                    diffs.push(format!("remote {remote}: {line}"));
-                }
-            }
+            let diffs = self.differences();
             if diffs.is_empty() {
                 // Equal twice, 300 ms apart: a late rsync would show.
                 match equal_since {
