@@ -1,6 +1,7 @@
 //! The randomized simulation: seeded sequences of filesystem operations interleaved with
 //! faults, against the real `sersyncd`, two real rsync daemons and real inotify, checking
-//! at every quiescent point that every replica equals the source.
+//! at every quiescent point that a checkpoint (`sersyncctl checkpoint --wait`, over the
+//! daemon's own bus) is reached and that every replica then equals the source.
 //!
 //! It is its own test binary (not a module of `tests/it`) because it changes global kernel
 //! settings for a moment (`fs.inotify.max_queued_events`) and mounts filesystems: cargo
