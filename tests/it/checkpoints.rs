@@ -158,3 +158,52 @@ fn a_checkpoint_of_an_unknown_root_is_refused_with_its_name() {
     )
     .expect(0);
 }
+
+/// A full sync the replica guard held (here: `-r` at start-up, the sentinel missing) owes
+/// the files written before the start: the lane lags and checkpoints fail. The operator
+/// then forces it with `full-sync --force` while the remote is unreachable: the forced
+/// run fails and waits for its retry. Nothing has reached the replica, so the lane must
+/// still lag and a checkpoint must still fail.
+#[test]
+fn a_forced_full_sync_that_has_not_run_yet_still_owes_what_the_held_one_stood_for() {
+    let Some(bus) = Bus::start(Policy::SystemLike) else {
+        return;
+    };
+    let Some(mut env) = Env::new(&["web"]) else {
+        return;
+    };
+    // Written before the start: only the initial full sync carries it.
+    write(env.src(), "before-start.txt", "only the full sync brings me\n");
+    let _daemon = env.start(|b| {
+        on_bus(b, &bus, "web")
+            .arg("-r")
+            .raw_sersync_xml(r#"<deleteGuard sentinel=".mounted"/>"#)
+    });
+    let held = wait_status(&bus, "web", "the full sync held by the guard", |s| {
+        s["remotes"][0]["state"] == "guarded"
+    });
+    assert!(
+        held["remotes"][0]["lag_seconds"].as_f64().unwrap_or(0.0) > 0.0,
+        "a held initial full sync owes the files written before the start: {held}"
+    );
+    ctl(&bus, &["checkpoint", "--json"]).expect(75);
+    assert!(!env.replica().join("before-start.txt").exists());
+
+    // The operator forces it, but the remote is down: the forced run fails.
+    env.rsyncd.stop();
+    ctl(&bus, &["full-sync", "--force"]).expect(0);
+    let failed = wait_status(&bus, "web", "the forced full sync failed", |s| {
+        let state = s["remotes"][0]["state"].as_str().unwrap_or("");
+        state.starts_with("backoff") || state.starts_with("failing")
+    });
+    assert!(!env.replica().join("before-start.txt").exists());
+    assert!(
+        failed["remotes"][0]["lag_seconds"].as_f64().unwrap_or(0.0) > 0.0,
+        "the replica still lacks before-start.txt, yet the lane shows no lag: {failed}"
+    );
+    let answer = ctl(&bus, &["checkpoint", "--json"]).json();
+    assert_eq!(
+        answer["reached"], false,
+        "checkpoint reached while the replica lacks before-start.txt: {answer}"
+    );
+}
