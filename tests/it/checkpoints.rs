@@ -207,3 +207,44 @@ fn a_forced_full_sync_that_has_not_run_yet_still_owes_what_the_held_one_stood_fo
         "checkpoint reached while the replica lacks before-start.txt: {answer}"
     );
 }
+
+/// Reproducible builds and `cp -p`/`tar x` deploys write new contents under an old,
+/// fixed modification time. A rewrite of the same size under the same mtime is a change
+/// (IN_CLOSE_WRITE): once a checkpoint is reached the replica must have the new contents.
+#[test]
+fn a_checkpoint_reached_means_the_new_contents_even_under_a_fixed_mtime() {
+    let Some(bus) = Bus::start(Policy::SystemLike) else {
+        return;
+    };
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let _daemon = env.start(|b| on_bus(b, &bus, "web"));
+    // SOURCE_DATE_EPOCH-style: every build artifact has the same mtime.
+    let fixed = std::time::UNIX_EPOCH + Duration::from_secs(315_532_800);
+    let artifact = env.src().join("app.js");
+    let deploy = |contents: &str| {
+        std::fs::write(&artifact, contents).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&artifact)
+            .unwrap()
+            .set_modified(fixed)
+            .unwrap();
+    };
+    deploy("version=1\n");
+    ctl(&bus, &["checkpoint", "--wait", "--timeout", "30"]).expect(0);
+    assert_eq!(
+        std::fs::read_to_string(env.replica().join("app.js")).unwrap(),
+        "version=1\n"
+    );
+    // Let the path cool down (hot-file hold), then deploy version 2: same size, same mtime.
+    std::thread::sleep(Duration::from_secs(1));
+    deploy("version=2\n");
+    ctl(&bus, &["checkpoint", "--wait", "--timeout", "30"]).expect(0);
+    assert_eq!(
+        std::fs::read_to_string(env.replica().join("app.js")).unwrap(),
+        "version=2\n",
+        "checkpoint reached, but the replica still serves the old contents"
+    );
+}
