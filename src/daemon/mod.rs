@@ -1372,6 +1372,12 @@ impl Daemon {
             }
             self.save_held();
             self.apply_guards();
+            // The forced run replaces the held ones, and owes what they stood for.
+            for lane in self.lanes.iter().filter(|lane| roots.contains(&lane.root)) {
+                if let Some(since) = self.timers.held_since(lane.id) {
+                    self.queue.owe_unseen_since(lane.id, since);
+                }
+            }
             let lanes = &self.lanes;
             self.timers.retain_held_full_syncs(|id| {
                 !lanes

@@ -456,6 +456,17 @@ impl Queue {
         }
     }
 
+    /// The full sync `lane` owes stands also for unseen changes since `since`: one the
+    /// replica guard held back outside the queue, which an operator's forced full sync
+    /// replaces (a forced one alone stands for nothing unseen).
+    pub fn owe_unseen_since(&mut self, lane: LaneId, since: Seen) {
+        if let Some(lane) = self.lane_mut(lane) {
+            if lane.full_sync.is_some() {
+                lane.full_sync_since = older(lane.full_sync_since, Some(since));
+            }
+        }
+    }
+
     /// The full sync a lane still owes (requested, or failed and waiting for its retry).
     pub fn full_sync_owed(&self, lane: LaneId) -> Option<FullSyncReason> {
         self.lane(lane).and_then(|lane| lane.full_sync)
