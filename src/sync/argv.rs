@@ -189,6 +189,11 @@ fn batch_options(transport: &Transport, report: bool) -> Vec<OsString> {
     push_exact_times(&mut argv, transport);
     argv.extend(
         [
+            // Every path here changed (an event said so): sent even when its size and
+            // mtime match the remote's, which rsync's quick check would skip (a rewrite
+            // that keeps a fixed mtime: `cp -p`, `tar x`, SOURCE_DATE_EPOCH builds). The
+            // delta algorithm still sends only what differs.
+            "--ignore-times",
             "--no-recursive",
             "--dirs",
             "--relative",
@@ -913,22 +918,22 @@ mod tests {
             (
                 transport(false, false, None, None),
                 true,
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --ignore-times --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
             ),
             (
                 transport(false, true, Some(874), Some(100)),
                 true,
-                "-artuz --sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=100 --contimeout=100 --modify-window=-1 --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://backup@127.0.0.1:874/web/",
+                "-artuz --sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --timeout=100 --contimeout=100 --modify-window=-1 --ignore-times --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://backup@127.0.0.1:874/web/",
             ),
             (
                 transport(false, false, None, None),
                 false,
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --modify-window=-1 --ignore-times --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://127.0.0.1/web/",
             ),
             (
                 transport(true, true, None, Some(30)),
                 true,
-                "-artuz -e ssh --timeout=30 --modify-window=-1 --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ backup@127.0.0.1:web/",
+                "-artuz -e ssh --timeout=30 --modify-window=-1 --ignore-times --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ backup@127.0.0.1:web/",
             ),
         ];
         for (transport, deletes, expected) in rows {

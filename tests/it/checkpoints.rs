@@ -173,7 +173,11 @@ fn a_forced_full_sync_that_has_not_run_yet_still_owes_what_the_held_one_stood_fo
         return;
     };
     // Written before the start: only the initial full sync carries it.
-    write(env.src(), "before-start.txt", "only the full sync brings me\n");
+    write(
+        env.src(),
+        "before-start.txt",
+        "only the full sync brings me\n",
+    );
     let _daemon = env.start(|b| {
         on_bus(b, &bus, "web")
             .arg("-r")

@@ -224,7 +224,7 @@ fn render(spec: &RunSpec) -> String {
     ];
     const SHORT: &[(&str, &str)] = &[
         (
-            "--no-recursive --dirs --relative --force --ignore-missing-args",
+            "--ignore-times --no-recursive --dirs --relative --force --ignore-missing-args",
             "SEND",
         ),
         (
