@@ -51,7 +51,7 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, DBusError, interface};
 
-use super::wire::{Audience, CheckpointInfo, FailureInfo, RemoteInfo, StatusInfo};
+use super::wire::{Audience, CheckpointInfo, FailureInfo, ProgressInfo, RemoteInfo, StatusInfo};
 use super::{Command, Status, Watcher};
 
 /// Members of this group may change the daemon's state and see the names of files that
@@ -495,6 +495,17 @@ impl Sersync1 {
         job_id: u64,
         root: Vec<u8>,
         success: bool,
+    ) -> zbus::Result<()>;
+
+    /// How far the full sync running to `remote` is (rsync's own figures, summed over its
+    /// runs), at most once a second per remote while it runs: BytesDone t, BytesTotal t
+    /// (grows while rsync is still listing), FilesDone t, FilesTotal t, Rate t (bytes per
+    /// second), EtaUsec t (rsync's estimate of the time left).
+    #[zbus(signal)]
+    pub async fn full_sync_progress(
+        emitter: &SignalEmitter<'_>,
+        remote: String,
+        progress: ProgressInfo,
     ) -> zbus::Result<()>;
 
     /// Every change observed before checkpoint `checkpoint_id` is on the remotes it

@@ -123,6 +123,33 @@ pub struct RemoteStatus {
     pub runs: RunCounts,
     /// The watch root alone, e.g. `/srv/www` (for the metrics' `root` label).
     pub root: PathBuf,
+    /// How far the full sync running to this remote is, once its rsync has said.
+    pub full_sync: Option<FullSyncProgress>,
+}
+
+/// How far a running full sync is: rsync's own figures (`--info=progress2`), summed over
+/// its runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FullSyncProgress {
+    pub bytes_done: u64,
+    /// What the runs expect in all so far (it grows while rsync is still listing).
+    pub bytes_total: u64,
+    pub files_done: u64,
+    pub files_total: u64,
+    /// Bytes per second.
+    pub rate: u64,
+    /// rsync's estimate of the time left.
+    pub eta: Duration,
+}
+
+impl FullSyncProgress {
+    /// Percent of the bytes done, 0 to 100.
+    pub fn percent(&self) -> u64 {
+        (self.bytes_done.saturating_mul(100))
+            .checked_div(self.bytes_total)
+            .unwrap_or(0)
+            .min(100)
+    }
 }
 
 impl RemoteStatus {
@@ -325,6 +352,11 @@ pub enum Event {
     },
     CheckpointReached {
         id: u64,
+    },
+    /// At most once a second per remote while a full sync runs.
+    FullSyncProgress {
+        remote: String,
+        progress: FullSyncProgress,
     },
 }
 
@@ -769,6 +801,9 @@ async fn emit_event(
             Sersync1::state_changed(emitter, remote, state).await
         }
         Event::CheckpointReached { id } => Sersync1::checkpoint_reached(emitter, id).await,
+        Event::FullSyncProgress { remote, progress } => {
+            Sersync1::full_sync_progress(emitter, remote, wire::ProgressInfo::from(&progress)).await
+        }
     };
     if let Err(err) = result {
         tracing::warn!("D-Bus: cannot emit a signal: {err}");
@@ -829,6 +864,7 @@ mod tests {
             bytes_sent: 0,
             runs: RunCounts::default(),
             root: PathBuf::from("/srv/www"),
+            full_sync: None,
         }
     }
 

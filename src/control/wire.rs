@@ -52,6 +52,16 @@ pub struct RemoteInfo {
     pub runs_partial: Option<u64>,
     /// Runs that failed otherwise (replica-guard refusals included).
     pub runs_failed: Option<u64>,
+    /// While a full sync to this remote runs and its rsync has said how far it is: bytes
+    /// done, of the total it expects so far (which grows while rsync is still listing),
+    /// files checked of those listed, bytes per second, and rsync's estimate of the time
+    /// left. Absent otherwise.
+    pub full_sync_bytes_done: Option<u64>,
+    pub full_sync_bytes_total: Option<u64>,
+    pub full_sync_files_done: Option<u64>,
+    pub full_sync_files_total: Option<u64>,
+    pub full_sync_rate: Option<u64>,
+    pub full_sync_eta_usec: Option<u64>,
     /// The watch root alone, raw bytes (`name` says it for people, with the remote).
     pub root: Option<Vec<u8>>,
     /// The remote alone, e.g. `10.0.0.2::www`.
@@ -109,6 +119,34 @@ pub struct StatusInfo {
     pub delivery_latency: Option<HistogramInfo>,
     /// How long the full syncs that succeeded took.
     pub full_sync_duration: Option<HistogramInfo>,
+}
+
+/// How far a full sync is (the `FullSyncProgress` signal).
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, SerializeDict, DeserializeDict, Type, Value, OwnedValue,
+)]
+#[zvariant(signature = "a{sv}", rename_all = "PascalCase")]
+pub struct ProgressInfo {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub files_done: u64,
+    pub files_total: u64,
+    /// Bytes per second.
+    pub rate: u64,
+    pub eta_usec: u64,
+}
+
+impl From<&super::FullSyncProgress> for ProgressInfo {
+    fn from(p: &super::FullSyncProgress) -> Self {
+        ProgressInfo {
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+            files_done: p.files_done,
+            files_total: p.files_total,
+            rate: p.rate,
+            eta_usec: duration_usec(p.eta),
+        }
+    }
 }
 
 /// Where a checkpoint stands (`CheckpointStatus`).
@@ -207,6 +245,12 @@ impl RemoteInfo {
             runs_ok: Some(remote.runs.ok),
             runs_partial: Some(remote.runs.partial),
             runs_failed: Some(remote.runs.failed),
+            full_sync_bytes_done: remote.full_sync.map(|p| p.bytes_done),
+            full_sync_bytes_total: remote.full_sync.map(|p| p.bytes_total),
+            full_sync_files_done: remote.full_sync.map(|p| p.files_done),
+            full_sync_files_total: remote.full_sync.map(|p| p.files_total),
+            full_sync_rate: remote.full_sync.map(|p| p.rate),
+            full_sync_eta_usec: remote.full_sync.map(|p| duration_usec(p.eta)),
             root: Some(remote.root.as_os_str().as_bytes().to_vec()),
             remote: Some(remote.remote.clone()),
         }
@@ -214,7 +258,7 @@ impl RemoteInfo {
 }
 
 /// Microseconds, saturating.
-fn duration_usec(duration: Duration) -> u64 {
+pub(crate) fn duration_usec(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -346,6 +390,7 @@ mod tests {
                         failed: 0,
                     },
                     root: PathBuf::from("/srv/www"),
+                    full_sync: None,
                 },
                 RemoteStatus {
                     name: "/srv/www -> 10.0.0.3::www".into(),
@@ -369,6 +414,7 @@ mod tests {
                         failed: 3,
                     },
                     root: PathBuf::from("/srv/www"),
+                    full_sync: None,
                 },
             ],
             counters: Counters {

@@ -24,7 +24,7 @@ use zbus::{MatchRule, Message};
 
 use crate::config;
 use crate::control::client::{self, Failure};
-use crate::control::interface::{FullSyncFinished, StateChanged, SyncFailed};
+use crate::control::interface::{FullSyncFinished, FullSyncProgress, StateChanged, SyncFailed};
 use crate::control::{BusArgs, Error, INTERFACE, OBJECT_PATH, Sersync1Proxy, names};
 use crate::exit;
 use crate::metrics;
@@ -579,9 +579,10 @@ impl Daemon<'_> {
         let root_bytes = root
             .map(|r| r.as_os_str().as_bytes().to_vec())
             .unwrap_or_default();
-        // Subscribe before asking, so a quick full sync cannot finish unseen.
+        // Subscribe before asking, so a quick full sync cannot finish unseen (every signal
+        // of the daemon: FullSyncFinished, and FullSyncProgress to show).
         let watch = if wait {
-            Some(self.watch_signals(Some("FullSyncFinished"))?)
+            Some(self.watch_signals(None)?)
         } else {
             None
         };
@@ -605,9 +606,11 @@ impl Daemon<'_> {
             );
         }
         let deadline = timeout.map(|t| Instant::now() + t);
+        let mut shown = ProgressShown::new(root);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
+                shown.end_line();
                 return Err(Fail::new(
                     exit::DAEMON_ERROR,
                     format!(
@@ -622,6 +625,12 @@ impl Daemon<'_> {
                     let Some(seen) = parse_signal(&message) else {
                         continue;
                     };
+                    if let Seen::FullSyncProgress { remote, progress } = &seen {
+                        if !self.cli.json {
+                            shown.show(remote, progress);
+                        }
+                        continue;
+                    }
                     if let Seen::FullSyncFinished {
                         job_id: id,
                         root,
@@ -629,6 +638,7 @@ impl Daemon<'_> {
                     } = &seen
                         && *id == job_id
                     {
+                        shown.end_line();
                         if self.cli.json {
                             print_json(&json!({
                                 "job_id": job_id,
@@ -885,6 +895,21 @@ fn parse_signal(message: &Message) -> Option<Seen> {
             success: args.success,
         });
     }
+    if let Some(signal) = FullSyncProgress::from_message(message.clone()) {
+        let args = signal.args().ok()?;
+        let p = args.progress;
+        return Some(Seen::FullSyncProgress {
+            remote: args.remote,
+            progress: render::Progress {
+                bytes_done: p.bytes_done,
+                bytes_total: p.bytes_total,
+                files_done: p.files_done,
+                files_total: p.files_total,
+                rate: p.rate,
+                eta_usec: p.eta_usec,
+            },
+        });
+    }
     if let Some(signal) = StateChanged::from_message(message.clone()) {
         let args = signal.args().ok()?;
         return Some(Seen::StateChanged {
@@ -909,6 +934,65 @@ fn parse_signal(message: &Message) -> Option<Seen> {
         return Some(Seen::PropertiesChanged(changed));
     }
     None
+}
+
+/// How `full-sync --wait` shows progress: on a terminal, one line per remote rewritten in
+/// place (a bar); otherwise a plain line per remote at most every [`PLAIN_EVERY`], so a
+/// timer unit's journal is not flooded.
+struct ProgressShown {
+    /// Only the remotes of this root (`ROOT -> remote`), if `--root` was given.
+    prefix: Option<String>,
+    terminal: bool,
+    last: Vec<(String, Instant)>,
+    /// A bar is on the line now (the next message starts a new line).
+    open: bool,
+}
+
+const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
+impl ProgressShown {
+    fn new(root: Option<&Path>) -> ProgressShown {
+        use std::io::IsTerminal;
+        ProgressShown {
+            prefix: root.map(|r| format!("{} -> ", r.display())),
+            terminal: std::io::stdout().is_terminal(),
+            last: Vec::new(),
+            open: false,
+        }
+    }
+
+    fn show(&mut self, remote: &str, progress: &render::Progress) {
+        use std::io::Write;
+        if self.prefix.as_ref().is_some_and(|p| !remote.starts_with(p)) {
+            return;
+        }
+        if self.terminal {
+            print!("\r\x1b[K{remote}: {}", render::progress_bar(progress, 24));
+            let _ = std::io::stdout().flush();
+            self.open = true;
+            return;
+        }
+        let due = match self.last.iter_mut().find(|(r, _)| r == remote) {
+            Some((_, at)) if at.elapsed() < PLAIN_EVERY => false,
+            Some((_, at)) => {
+                *at = Instant::now();
+                true
+            }
+            None => {
+                self.last.push((remote.to_owned(), Instant::now()));
+                true
+            }
+        };
+        if due {
+            println!("{remote}: full sync {}", render::progress_text(progress));
+        }
+    }
+
+    fn end_line(&mut self) {
+        if std::mem::take(&mut self.open) {
+            println!();
+        }
+    }
 }
 
 fn print_json(value: &serde_json::Value) {

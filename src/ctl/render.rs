@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value as Json, json};
 use zbus::zvariant::Value;
 
-use crate::control::wire::{CheckpointInfo, FailureInfo, StatusInfo, system_time};
+use crate::control::wire::{CheckpointInfo, FailureInfo, RemoteInfo, StatusInfo, system_time};
 
 /// `2024-05-01T12:34:56Z` (UTC, whole seconds): what `date -u +%FT%TZ` prints and
 /// `jq`'s `fromdateiso8601` reads; the same format as the failure script's comments.
@@ -58,6 +58,83 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// How far a full sync is, as the status and `FullSyncProgress` carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub files_done: u64,
+    pub files_total: u64,
+    pub rate: u64,
+    pub eta_usec: u64,
+}
+
+impl Progress {
+    pub fn percent(&self) -> u64 {
+        (self.bytes_done.saturating_mul(100))
+            .checked_div(self.bytes_total)
+            .unwrap_or(0)
+            .min(100)
+    }
+}
+
+/// The full sync running to a remote, if the status says one is.
+fn full_sync_of(r: &RemoteInfo) -> Option<Progress> {
+    Some(Progress {
+        bytes_done: r.full_sync_bytes_done?,
+        bytes_total: r.full_sync_bytes_total?,
+        files_done: r.full_sync_files_done.unwrap_or(0),
+        files_total: r.full_sync_files_total.unwrap_or(0),
+        rate: r.full_sync_rate.unwrap_or(0),
+        eta_usec: r.full_sync_eta_usec.unwrap_or(0),
+    })
+}
+
+/// `45% (450.0 MiB of 1000.0 MiB, files 10/31, 4.0 MiB/s, 2 min 17 s left)`.
+pub fn progress_text(p: &Progress) -> String {
+    format!(
+        "{}% ({} of {}, files {}/{}, {}/s, {} left)",
+        p.percent(),
+        human_bytes(p.bytes_done),
+        human_bytes(p.bytes_total),
+        p.files_done,
+        p.files_total,
+        human_bytes(p.rate),
+        eta_text(p.eta_usec / 1_000_000)
+    )
+}
+
+/// A progress bar of `width` cells and the same figures, for a terminal.
+pub fn progress_bar(p: &Progress, width: usize) -> String {
+    let filled = (p.percent() as usize * width) / 100;
+    format!(
+        "[{}{}] {}",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        progress_text(p)
+    )
+}
+
+pub fn progress_json(p: &Progress) -> Json {
+    json!({
+        "percent": p.percent(),
+        "bytes_done": p.bytes_done,
+        "bytes_total": p.bytes_total,
+        "files_done": p.files_done,
+        "files_total": p.files_total,
+        "bytes_per_second": p.rate,
+        "eta_seconds": p.eta_usec / 1_000_000,
+    })
+}
+
+fn eta_text(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min {} s", secs / 60, secs % 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
     }
 }
 
@@ -162,6 +239,14 @@ pub fn status_text(s: &StatusInfo) -> String {
                 let _ = write!(out, ", last error: {err}");
             }
             out.push('\n');
+            if let Some(progress) = full_sync_of(r) {
+                let _ = writeln!(
+                    out,
+                    "    {:width$}  full sync {}",
+                    "",
+                    progress_text(&progress)
+                );
+            }
         }
     }
     out
@@ -186,6 +271,7 @@ pub fn status_json(s: &StatusInfo) -> Json {
                     "partial": r.runs_partial,
                     "failed": r.runs_failed,
                 },
+                "full_sync": full_sync_of(r).map(|p| progress_json(&p)),
             })
         })
         .collect();
@@ -318,6 +404,10 @@ pub enum Seen {
         remote: String,
         state: String,
     },
+    FullSyncProgress {
+        remote: String,
+        progress: Progress,
+    },
     PropertiesChanged(Vec<(String, Json)>),
 }
 
@@ -357,6 +447,12 @@ pub fn seen_text(at: SystemTime, seen: &Seen) -> String {
         ),
         Seen::StateChanged { remote, state } => {
             format!("{time} state-changed {remote}: {state}")
+        }
+        Seen::FullSyncProgress { remote, progress } => {
+            format!(
+                "{time} full-sync-progress {remote}: {}",
+                progress_text(progress)
+            )
         }
         Seen::PropertiesChanged(changed) => {
             let mut line = format!("{time} properties");
@@ -399,6 +495,11 @@ pub fn seen_json(at: SystemTime, seen: &Seen) -> Json {
             object.insert("signal".into(), Json::from("StateChanged"));
             object.insert("remote".into(), Json::from(remote.clone()));
             object.insert("state".into(), Json::from(state.clone()));
+        }
+        Seen::FullSyncProgress { remote, progress } => {
+            object.insert("signal".into(), Json::from("FullSyncProgress"));
+            object.insert("remote".into(), Json::from(remote.clone()));
+            object.insert("progress".into(), progress_json(progress));
         }
         Seen::PropertiesChanged(changed) => {
             object.insert("signal".into(), Json::from("PropertiesChanged"));
@@ -501,6 +602,12 @@ mod tests {
                 runs_failed: Some(1),
                 root: Some(b"/srv/www".to_vec()),
                 remote: Some("10.0.0.2::www".into()),
+                full_sync_bytes_done: Some(450 << 20),
+                full_sync_bytes_total: Some(1000 << 20),
+                full_sync_files_done: Some(10),
+                full_sync_files_total: Some(31),
+                full_sync_rate: Some(4 << 20),
+                full_sync_eta_usec: Some(137_000_000),
             }],
             counters: CountersInfo {
                 events: 5,
@@ -536,6 +643,12 @@ mod tests {
         assert_eq!(remote["lag_seconds"], 20.5);
         assert_eq!(remote["bytes_sent"], 1536);
         assert_eq!(remote["runs"], json!({"ok": 2, "partial": 0, "failed": 1}));
+        assert_eq!(
+            remote["full_sync"],
+            json!({"percent": 45, "bytes_done": 450u64 << 20, "bytes_total": 1000u64 << 20,
+                   "files_done": 10, "files_total": 31, "bytes_per_second": 4 << 20,
+                   "eta_seconds": 137})
+        );
         let mut never = sample();
         never.remotes[0].last_ok_usec = None;
         never.remotes[0].last_error = None;
@@ -560,6 +673,14 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "full sync 45% (450.0 MiB of 1000.0 MiB, files 10/31, 4.0 MiB/s, 2 min 17 s left)"
+            ),
+            "{text}"
+        );
+        let bar = progress_bar(&full_sync_of(&sample().remotes[0]).unwrap(), 20);
+        assert!(bar.starts_with("[#########-----------] 45% "), "{bar}");
     }
 
     #[test]

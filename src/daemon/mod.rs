@@ -97,6 +97,10 @@ struct Lane {
     /// metrics; carried over reloads).
     runs: RunCounts,
     bytes_sent: u64,
+    /// Where the full sync in flight reports how far it is, and what was last announced
+    /// of it (`FullSyncProgress`, at most once a second).
+    progress: Option<Arc<crate::sync::progress::JobProgress>>,
+    progress_announced: Option<crate::sync::progress::Summary>,
 }
 
 impl Lane {
@@ -334,6 +338,8 @@ struct Daemon {
     deliveries: Deliveries,
     /// What operators wait on (`sersyncctl checkpoint`).
     checkpoints: Checkpoints,
+    /// When `FullSyncProgress` was last considered.
+    last_progress: Option<Instant>,
     /// Roots that may have missed changes, with when that was first seen: an inotify
     /// overflow whose rescan is still to be asked for (deferred by the overflow backoff),
     /// or the watch limit leaving directories unwatched (until a reload watches them).
@@ -412,6 +418,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                     run_as: root.run_as.clone(),
                     identity: None,
                     password: None,
+                    progress: None,
                 },
                 health: Health::new(Backoff::default()),
                 full_syncs_started: 0,
@@ -420,6 +427,8 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                 stalled: false,
                 runs: RunCounts::default(),
                 bytes_sent: 0,
+                progress: None,
+                progress_announced: None,
             });
         }
     }
@@ -529,6 +538,7 @@ impl Daemon {
             plugins: None,
             deliveries: Deliveries::default(),
             checkpoints: Checkpoints::default(),
+            last_progress: None,
             unseen_since: Vec::new(),
         })
     }
@@ -1615,6 +1625,8 @@ impl Daemon {
                 lane.stalled = old.stalled;
                 lane.runs = old.runs;
                 lane.bytes_sent = old.bytes_sent;
+                lane.progress = old.progress.clone();
+                lane.progress_announced = old.progress_announced;
             }
         }
         let added: Vec<LaneId> = new_lanes
@@ -1975,17 +1987,21 @@ impl Daemon {
                 }
             }
             lane.full_sync_running = matches!(job, Job::FullSync { .. });
+            let mut context = lane.context.clone();
             if lane.full_sync_running {
                 lane.full_syncs_started += 1;
+                let progress = Arc::new(crate::sync::progress::JobProgress::default());
+                context.progress = Some(Arc::clone(&progress));
+                lane.progress = Some(progress);
+                lane.progress_announced = None;
             }
             lane.job_started = Some(now);
             lane.stalled = false;
             let tx = self.tx.clone();
             self.in_flight += 1;
-            self.runner
-                .start(job, lane.context.clone(), move |outcome| {
-                    let _ = tx.send(Input::JobDone(outcome));
-                });
+            self.runner.start(job, context, move |outcome| {
+                let _ = tx.send(Input::JobDone(outcome));
+            });
         }
         self.next_lane = (self.next_lane + 1) % count.max(1);
     }
@@ -2050,6 +2066,8 @@ impl Daemon {
         self.counters.bytes = self.counters.bytes.saturating_add(bytes_sent);
         let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
         lane.full_sync_running = false;
+        lane.progress = None;
+        lane.progress_announced = None;
         lane.job_started = None;
         lane.stalled = false;
         let root = lane.context.root.clone();
@@ -2473,6 +2491,28 @@ impl Daemon {
         }
     }
 
+    /// `FullSyncProgress` for each full sync whose figures moved (the loop calls this at
+    /// most once a second).
+    fn announce_progress(&mut self) {
+        let mut events = Vec::new();
+        for lane in &mut self.lanes {
+            let Some(summary) = lane.progress.as_ref().and_then(|p| p.summary()) else {
+                continue;
+            };
+            if lane.progress_announced == Some(summary) {
+                continue;
+            }
+            lane.progress_announced = Some(summary);
+            events.push(Event::FullSyncProgress {
+                remote: lane.label.clone(),
+                progress: progress_of(summary),
+            });
+        }
+        for event in events {
+            self.emit(event);
+        }
+    }
+
     fn refresh_status(&mut self) {
         self.check_stalls();
         // When STATUS= is due (about once a second) the snapshot is published fresh and the
@@ -2486,6 +2526,13 @@ impl Daemon {
         {
             self.last_journal_save = Some(Instant::now());
             self.save_journal();
+        }
+        if self
+            .last_progress
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.last_progress = Some(Instant::now());
+            self.announce_progress();
         }
         if line_due {
             let line = match self.status.read() {
@@ -2514,6 +2561,7 @@ impl Daemon {
                 owed_since: self.lane_oldest(lane.id).map(|seen| seen.at),
                 bytes_sent: lane.bytes_sent,
                 runs: lane.runs,
+                full_sync: full_sync_progress(lane),
                 root: lane.context.root.clone(),
             })
             .collect();
@@ -2573,9 +2621,30 @@ fn lane_state_text(lane: &Lane) -> String {
             " (stalled: rsync moved no data; running {secs} s)"
         ));
     } else if lane.full_sync_running {
-        text.push_str(" (full sync running)");
+        match full_sync_progress(lane) {
+            Some(progress) => {
+                text.push_str(&format!(" (full sync running, {}%)", progress.percent()));
+            }
+            None => text.push_str(" (full sync running)"),
+        }
     }
     text
+}
+
+/// How far the full sync of `lane` is, once its rsync has said.
+fn full_sync_progress(lane: &Lane) -> Option<control::FullSyncProgress> {
+    lane.progress.as_ref()?.summary().map(progress_of)
+}
+
+fn progress_of(summary: crate::sync::progress::Summary) -> control::FullSyncProgress {
+    control::FullSyncProgress {
+        bytes_done: summary.bytes_done,
+        bytes_total: summary.bytes_total,
+        files_done: summary.files_done,
+        files_total: summary.files_total,
+        rate: summary.rate,
+        eta: summary.eta,
+    }
 }
 
 #[cfg(test)]

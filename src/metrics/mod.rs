@@ -454,6 +454,7 @@ mod tests {
             runs_failed: Some(2),
             root: Some(root.as_bytes().to_vec()),
             remote: Some(remote.into()),
+            ..RemoteInfo::default()
         }
     }
 

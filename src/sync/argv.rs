@@ -219,6 +219,11 @@ fn batch_options(transport: &Transport, report: bool) -> Vec<OsString> {
 /// (rsync has no option that undoes it): such runs count no bytes.
 pub const REPORT_SENT: [&str; 2] = ["--info=stats1", "--no-human-readable"];
 
+/// What makes a full sync's runs say how far they are, as they go (read by
+/// `sync::progress`): one line rewritten with the bytes done, the percentage, the rate
+/// and the time left. It changes what rsync prints, never what it does.
+pub const REPORT_PROGRESS: &str = "--info=progress2";
+
 fn push_report(argv: &mut Vec<OsString>) {
     argv.extend(REPORT_SENT.map(OsString::from));
 }
@@ -678,6 +683,9 @@ pub fn full_sync(
         rules,
         !dry_run,
     );
+    if !dry_run {
+        argv.push(OsString::from(REPORT_PROGRESS));
+    }
     if rules.rules_on_stdin {
         // --from0 must come first: rsync reads the merged rules when it parses --filter.
         argv.push(OsString::from("--from0"));
@@ -747,7 +755,9 @@ pub fn full_sync_split(
         return None;
     }
     let options = |recursion: &[&str]| {
-        full_sync_options(transport, recursion, propagate_deletes, rules, true)
+        let mut argv = full_sync_options(transport, recursion, propagate_deletes, rules, true);
+        argv.push(OsString::from(REPORT_PROGRESS));
+        argv
     };
     let mut runs = Vec::with_capacity(ways + 1);
     let mut root = options(&["--no-recursive", "--dirs"]);
@@ -1245,7 +1255,7 @@ mod tests {
         };
         assert_eq!(
             joined(&full_sync(&t, true, &rules, false)),
-            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --delete --force --exclude=*.php --exclude=info/* --from0 --filter=. - ./ rsync://127.0.0.1/web/"
+            "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --delete --force --exclude=*.php --exclude=info/* --info=progress2 --from0 --filter=. - ./ rsync://127.0.0.1/web/"
         );
     }
 
@@ -1262,9 +1272,9 @@ mod tests {
         assert_eq!(
             runs,
             vec![
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --no-recursive --dirs --delete --force ./ rsync://127.0.0.1/web/",
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --ignore-missing-args --delete --force ./a ./-c rsync://127.0.0.1/web/",
-                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --ignore-missing-args --delete --force ./b ./d rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --no-recursive --dirs --delete --force --info=progress2 ./ rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --ignore-missing-args --delete --force --info=progress2 ./a ./-c rsync://127.0.0.1/web/",
+                "-artuz --sockopts=TCP_NODELAY --timeout=120 --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --recursive --ignore-missing-args --delete --force --info=progress2 ./b ./d rsync://127.0.0.1/web/",
             ]
         );
         let globs = FullSyncRules {

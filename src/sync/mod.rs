@@ -29,6 +29,7 @@ mod facts;
 pub mod identity;
 mod plan;
 mod process;
+pub mod progress;
 
 pub use plan::{after_full_sync, excluded_with_ancestors};
 
@@ -134,6 +135,9 @@ pub struct JobContext {
     pub identity: Option<identity::Identity>,
     /// The daemon password for a run that cannot read the password file itself.
     pub password: Option<Secret>,
+    /// Where a full sync's runs report how far they are (set by the daemon for full
+    /// syncs; runs with [`argv::REPORT_PROGRESS`] feed it).
+    pub progress: Option<std::sync::Arc<progress::JobProgress>>,
 }
 
 /// A password: kept out of `Debug` output and logs.
@@ -507,6 +511,7 @@ pub(crate) mod fixtures {
             run_as: crate::config::RunAs::default(),
             identity: None,
             password: None,
+            progress: None,
         }
     }
 }

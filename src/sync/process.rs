@@ -369,7 +369,12 @@ impl Runner {
                 let _ = pipe.write_all(&stdin);
             })
         });
-        // All of it when the plan reads it (listings, dry runs), else its end (bounded).
+        // All of it when the plan reads it (listings, dry runs), else its end (bounded),
+        // and a full sync's progress as it comes.
+        let progress = ctx
+            .progress
+            .clone()
+            .filter(|_| argv.iter().any(|a| a == argv::REPORT_PROGRESS));
         let stdout_reader = child.stdout.take().map(|mut pipe| {
             std::thread::spawn(move || {
                 if capture_stdout {
@@ -378,7 +383,18 @@ impl Runner {
                     out
                 } else {
                     let mut tail = Tail::new(STDOUT_TAIL);
-                    tail.read_all(&mut pipe);
+                    match progress {
+                        Some(job) => {
+                            let slot = job.slot();
+                            let mut parser = super::progress::Parser::default();
+                            tail.read_all_with(&mut pipe, |chunk| {
+                                if let Some(latest) = parser.feed(chunk) {
+                                    job.update(slot, latest);
+                                }
+                            });
+                        }
+                        None => tail.read_all(&mut pipe),
+                    }
                     tail.finish().0
                 }
             })
@@ -440,11 +456,19 @@ impl Tail {
 
     /// Reads `pipe` to its end (or its first error).
     fn read_all(&mut self, pipe: &mut impl Read) {
+        self.read_all_with(pipe, |_| {});
+    }
+
+    /// [`Tail::read_all`], showing each chunk to `seen` as it comes.
+    fn read_all_with(&mut self, pipe: &mut impl Read, mut seen: impl FnMut(&[u8])) {
         let mut chunk = [0u8; 8192];
         loop {
             match pipe.read(&mut chunk) {
                 Ok(0) => break,
-                Ok(n) => self.push(&chunk[..n]),
+                Ok(n) => {
+                    seen(&chunk[..n]);
+                    self.push(&chunk[..n]);
+                }
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }

@@ -142,7 +142,7 @@ fn ctl_as(user: &TestUser, bus: &Bus, args: &[&str]) -> Ctl {
 /// A running `sersyncctl monitor`, as root or (through runuser) as a test user, whose
 /// lines are collected as they come. Stopped (SIGTERM to the process we started, which
 /// runuser passes on) when dropped.
-struct Monitor {
+pub(crate) struct Monitor {
     child: Option<std::process::Child>,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -150,7 +150,7 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn start(bus: &Bus, user: Option<&TestUser>, args: &[&str]) -> Monitor {
+    pub(crate) fn start(bus: &Bus, user: Option<&TestUser>, args: &[&str]) -> Monitor {
         let mut command = match user {
             None => Command::new(SERSYNCCTL),
             Some(user) => {
@@ -211,7 +211,7 @@ impl Monitor {
 
     /// Waits (bounded) for a line that satisfies `want`, and returns it.
     #[track_caller]
-    fn wait_for(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -229,7 +229,7 @@ impl Monitor {
     }
 
     /// Every line printed so far.
-    fn output(&mut self) -> String {
+    pub(crate) fn output(&mut self) -> String {
         while let Ok(line) = self.lines.try_recv() {
             self.seen.push(line);
         }
@@ -428,6 +428,7 @@ fn sample_status(instance: &str) -> Status {
                     failed: 0,
                 },
                 root: PathBuf::from("/srv/www"),
+                full_sync: None,
             },
             RemoteStatus {
                 name: "/srv/www -> 10.0.0.3::www".into(),
@@ -445,6 +446,7 @@ fn sample_status(instance: &str) -> Status {
                     failed: 2,
                 },
                 root: PathBuf::from("/srv/www"),
+                full_sync: None,
             },
         ],
         counters: Counters {

@@ -32,6 +32,8 @@ mod panics;
 mod control;
 // Lag per remote and checkpoints (`sersyncctl checkpoint --wait`) against sersyncd.
 mod checkpoints;
+// Full-sync progress: status, STATUS=, the FullSyncProgress signal, full-sync --wait.
+mod progress;
 // systemd units (verify, exposure score) and sersync-generator (configs in, drop-ins out).
 mod systemd_units;
 // sd_notify on a NOTIFY_SOCKET of the test's own: READY, STATUS, WATCHDOG, RELOADING, STOPPING.

@@ -102,6 +102,7 @@ fn event_kinds(events: &[Event]) -> Vec<String> {
             Event::StateChanged { state, .. } => format!("StateChanged({state})"),
             Event::FullSyncFinished { .. } => "FullSyncFinished".to_owned(),
             Event::CheckpointReached { .. } => "CheckpointReached".to_owned(),
+            Event::FullSyncProgress { .. } => "FullSyncProgress".to_owned(),
         })
         .collect()
 }

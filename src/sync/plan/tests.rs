@@ -220,6 +220,8 @@ fn render(spec: &RunSpec) -> String {
         // What makes rsync report the bytes it sent (which runs carry it: the argv tables).
         "--info=stats1",
         "--no-human-readable",
+        // What makes a full sync's runs say how far they are (the argv tables).
+        "--info=progress2",
         "--modify-window=-1",
     ];
     const SHORT: &[(&str, &str)] = &[
