@@ -145,10 +145,7 @@ pub struct FullSyncProgress {
 impl FullSyncProgress {
     /// Percent of the bytes done, 0 to 100.
     pub fn percent(&self) -> u64 {
-        (self.bytes_done.saturating_mul(100))
-            .checked_div(self.bytes_total)
-            .unwrap_or(0)
-            .min(100)
+        wire::ProgressInfo::from(self).percent()
     }
 }
 

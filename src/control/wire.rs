@@ -136,6 +136,16 @@ pub struct ProgressInfo {
     pub eta_usec: u64,
 }
 
+impl ProgressInfo {
+    /// Percent of the bytes done, 0 to 100.
+    pub fn percent(&self) -> u64 {
+        (self.bytes_done.saturating_mul(100))
+            .checked_div(self.bytes_total)
+            .unwrap_or(0)
+            .min(100)
+    }
+}
+
 impl From<&super::FullSyncProgress> for ProgressInfo {
     fn from(p: &super::FullSyncProgress) -> Self {
         ProgressInfo {

@@ -897,17 +897,9 @@ fn parse_signal(message: &Message) -> Option<Seen> {
     }
     if let Some(signal) = FullSyncProgress::from_message(message.clone()) {
         let args = signal.args().ok()?;
-        let p = args.progress;
         return Some(Seen::FullSyncProgress {
             remote: args.remote,
-            progress: render::Progress {
-                bytes_done: p.bytes_done,
-                bytes_total: p.bytes_total,
-                files_done: p.files_done,
-                files_total: p.files_total,
-                rate: p.rate,
-                eta_usec: p.eta_usec,
-            },
+            progress: args.progress,
         });
     }
     if let Some(signal) = StateChanged::from_message(message.clone()) {
@@ -961,7 +953,7 @@ impl ProgressShown {
         }
     }
 
-    fn show(&mut self, remote: &str, progress: &render::Progress) {
+    fn show(&mut self, remote: &str, progress: &crate::control::wire::ProgressInfo) {
         use std::io::Write;
         if self.prefix.as_ref().is_some_and(|p| !remote.starts_with(p)) {
             return;

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value as Json, json};
 use zbus::zvariant::Value;
 
-use crate::control::wire::{CheckpointInfo, FailureInfo, RemoteInfo, StatusInfo, system_time};
+use crate::control::wire::{
+    CheckpointInfo, FailureInfo, ProgressInfo as Progress, RemoteInfo, StatusInfo, system_time,
+};
 
 /// `2024-05-01T12:34:56Z` (UTC, whole seconds): what `date -u +%FT%TZ` prints and
 /// `jq`'s `fromdateiso8601` reads; the same format as the failure script's comments.
@@ -58,26 +60,6 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// How far a full sync is, as the status and `FullSyncProgress` carry it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    pub files_done: u64,
-    pub files_total: u64,
-    pub rate: u64,
-    pub eta_usec: u64,
-}
-
-impl Progress {
-    pub fn percent(&self) -> u64 {
-        (self.bytes_done.saturating_mul(100))
-            .checked_div(self.bytes_total)
-            .unwrap_or(0)
-            .min(100)
     }
 }
 
