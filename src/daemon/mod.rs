@@ -986,6 +986,13 @@ impl Daemon {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        // The full syncs asked for once the roots are watched stand for changes made before
+        // this start: owed from now (lag, checkpoints), not from then.
+        if self.cli.full_sync_first || self.recover_after_ready {
+            for root in 0..self.config.roots.len() {
+                self.note_unseen(root);
+            }
+        }
         let mut shutdown_deadline: Option<Instant> = None;
         self.timers
             .reschedule(Instant::now(), schedule_of(&self.config));
@@ -1079,6 +1086,13 @@ impl Daemon {
         if !self.unseen_since.iter().any(|(r, _)| *r == root) {
             self.unseen_since.push((root, self.queue.clock()));
         }
+    }
+
+    /// When `root` may first have missed a change, forgetting it (its full sync is being
+    /// asked for with that stamp).
+    fn take_unseen(&mut self, root: RootId) -> Option<crate::queue::Seen> {
+        let at = self.unseen_since.iter().position(|(r, _)| *r == root)?;
+        Some(self.unseen_since.swap_remove(at).1)
     }
 
     /// Asks for a rescan of `root`, owed from when it may first have missed a change.
@@ -1821,14 +1835,18 @@ impl Daemon {
                         watches,
                         "watching the root anew; rescanning it"
                     );
-                    self.queue.request_full_sync(root, FullSyncReason::Rescan);
+                    let since = self.take_unseen(root);
+                    self.queue
+                        .request_full_sync_since(root, FullSyncReason::Rescan, since);
                 } else if self.cli.full_sync_first || self.recover_after_ready {
+                    // Owed since the start (see `run`), not since now.
+                    let since = self.take_unseen(root);
                     let reason = if self.recover_after_ready {
                         FullSyncReason::Recovery
                     } else {
                         FullSyncReason::Initial
                     };
-                    self.queue.request_full_sync(root, reason);
+                    self.queue.request_full_sync_since(root, reason, since);
                 }
                 if !self.ready && self.watchers.iter().all(|w| w.ready) {
                     self.announce_ready();
