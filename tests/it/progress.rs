@@ -125,3 +125,52 @@ fn a_long_full_sync_shows_how_far_it_is_everywhere_operators_look() {
         "more than about one signal a second: {before}"
     );
 }
+
+/// `sersync_remote_full_sync_running` is 1 while a full sync runs, also once rsync has said
+/// how far it is. The metric reads the state text for ` (full sync running)`
+/// (src/metrics/mod.rs), which becomes ` (full sync running, 45%)` with the progress
+/// (src/daemon/mod.rs `lane_state_text`): the gauge drops to 0 for the whole of a long full
+/// sync.
+#[test]
+fn the_full_sync_running_metric_stays_1_while_the_progress_shows() {
+    let Some(bus) = Bus::start(Policy::SystemLike) else {
+        return;
+    };
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let mut random = std::fs::File::open("/dev/urandom").unwrap();
+    for i in 0..48 {
+        let mut data = vec![0u8; 256 * 1024];
+        std::io::Read::read_exact(&mut random, &mut data).unwrap();
+        let mut file = std::fs::File::create(env.src().join(format!("blob-{i:02}"))).unwrap();
+        file.write_all(&data).unwrap();
+    }
+    let _daemon = env.start(|b| on_bus(b, &bus, "web").common_params("-artu --bwlimit=2048"));
+    std::thread::sleep(Duration::from_millis(500));
+    ctl(&bus, &["full-sync"]).expect(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no progress in the status");
+        let status = ctl(&bus, &["status", "--json"]).expect(0).json();
+        let state = status["remotes"][0]["state"].as_str().unwrap_or("").to_owned();
+        if status["remotes"][0]["full_sync"].is_null() {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        let metrics = ctl(&bus, &["metrics"]).expect(0).stdout;
+        let status = ctl(&bus, &["status", "--json"]).expect(0).json();
+        if status["remotes"][0]["full_sync"].is_null() {
+            continue; // it ended in between
+        }
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("sersync_remote_full_sync_running{"))
+            .unwrap_or_else(|| panic!("no full_sync_running gauge:\n{metrics}"));
+        assert!(
+            line.ends_with(" 1"),
+            "state {state:?}, yet the gauge says: {line}"
+        );
+        break;
+    }
+}
