@@ -421,7 +421,7 @@ impl Snapshot {
                 None,
                 "1 while a full sync to the remote runs.",
             ),
-            each(&|r| Some(u64::from(r.state.contains("(full sync running)")))),
+            each(&|r| Some(u64::from(r.state.contains("(full sync running")))),
         )?;
         gauges(
             e,
