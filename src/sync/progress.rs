@@ -276,6 +276,31 @@ mod tests {
         }
     }
 
+    /// With a `-v` (or `--progress`) in `commonParams` rsync prints every path it sends, as
+    /// is (it escapes control characters, not spaces): a directory `18446744073709551615 1%
+    /// 1.00kB` holding a file `s 0:00:00` prints a line that [`parse_record`] takes for a
+    /// progress record, although its doc says a file name with `-v` is not one. Two runs of
+    /// a split full sync reporting such a name at once make [`summarize`] add past
+    /// `u64::MAX` (`+=`): a panic in a debug build, garbage in release.
+    #[test]
+    fn a_file_name_printed_by_v_is_not_a_progress_record() {
+        let name = b"18446744073709551615 1% 1.00kB/s 0:00:00";
+        let mut parser = Parser::default();
+        let spoofed = parser
+            .feed(b"sending incremental file list\n18446744073709551615 1% 1.00kB/s 0:00:00\n");
+        let summed = std::panic::catch_unwind(|| {
+            let run = RunProgress {
+                bytes: u64::MAX,
+                percent: 1,
+                ..RunProgress::default()
+            };
+            summarize(&[run, run])
+        });
+        assert!(summed.is_ok(), "summing two runs' figures overflowed");
+        assert_eq!(parse_record(name), None, "a path printed by -v");
+        assert_eq!(spoofed, None, "a path printed by -v");
+    }
+
     #[test]
     fn the_parser_keeps_the_newest_complete_record_across_chunks() {
         let mut parser = Parser::default();
