@@ -301,6 +301,18 @@ mod tests {
         assert_eq!(spoofed, None, "a path printed by -v");
     }
 
+    /// [`JobProgress::summary`] is `None` until a run has reported, as its doc says: a run
+    /// that has only taken its slot (rsync still connecting or listing, or turned away by
+    /// `max connections`) has said nothing. `slot` pushes a zeroed record, so the status
+    /// shows `(full sync running, 0%)` with `0 B of 0 B` and a `FullSyncProgress` of zeros
+    /// goes out before rsync printed a thing.
+    #[test]
+    fn a_slot_taken_is_not_a_report() {
+        let job = JobProgress::default();
+        let _slot = job.slot();
+        assert_eq!(job.summary(), None);
+    }
+
     #[test]
     fn the_parser_keeps_the_newest_complete_record_across_chunks() {
         let mut parser = Parser::default();
