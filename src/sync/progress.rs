@@ -37,8 +37,10 @@ pub struct RunProgress {
     pub listing: bool,
 }
 
-/// One `--info=progress2` record (without its `\r`), or `None` for anything else rsync
-/// prints (the stats summary, a warning, a file name with `-v`).
+/// The figures of one `--info=progress2` record (without its `\r`), or `None` for text of
+/// another shape (the stats summary, a warning). Text alone cannot tell a record from a
+/// file name that `-v` printed and that happens to look like one (rsync escapes control
+/// characters in names, not spaces): [`Parser`] takes only what follows a `\r`.
 pub fn parse_record(record: &[u8]) -> Option<RunProgress> {
     let text = std::str::from_utf8(record).ok()?;
     let mut words = text.split_whitespace();
@@ -111,10 +113,15 @@ fn clock(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(h * 3600 + m * 60 + s))
 }
 
-/// Splits a run's stdout into records as it comes, keeping the latest progress.
+/// Splits a run's stdout into records as it comes, keeping the latest progress. rsync
+/// starts each progress record with `\r` (it rewrites the line) and every other line of
+/// output after a `\n`, so only text that began right after a `\r` is read as a record: a
+/// file name printed by a user's `-v` that looks like one is not.
 #[derive(Debug, Default)]
 pub struct Parser {
     partial: Vec<u8>,
+    /// The text in `partial` began right after a `\r`.
+    after_cr: bool,
 }
 
 impl Parser {
@@ -123,10 +130,13 @@ impl Parser {
         let mut latest = None;
         for &byte in chunk {
             if byte == b'\r' || byte == b'\n' {
-                if let Some(progress) = parse_record(&self.partial) {
-                    latest = Some(progress);
+                if self.after_cr {
+                    if let Some(progress) = parse_record(&self.partial) {
+                        latest = Some(progress);
+                    }
                 }
                 self.partial.clear();
+                self.after_cr = byte == b'\r';
             } else if self.partial.len() < 512 {
                 // A record is one short line; anything longer is not one.
                 self.partial.push(byte);
@@ -155,18 +165,18 @@ pub struct Summary {
 pub fn summarize(runs: &[RunProgress]) -> Summary {
     let mut summary = Summary::default();
     let mut rate = 0.0;
+    // Saturating: the figures are rsync's text, whatever it printed.
     for run in runs {
-        summary.bytes_done += run.bytes;
-        summary.bytes_total += if run.percent >= 100 || run.bytes == 0 {
-            run.bytes
-        } else if run.percent == 0 {
-            // Nothing to go by yet: at least what is done.
+        summary.bytes_done = summary.bytes_done.saturating_add(run.bytes);
+        let total = if run.percent >= 100 || run.percent == 0 {
+            // Done, or nothing to go by yet (at least what is done).
             run.bytes
         } else {
             run.bytes.saturating_mul(100) / u64::from(run.percent)
         };
-        summary.files_done += run.files_done;
-        summary.files_total += run.files_total;
+        summary.bytes_total = summary.bytes_total.saturating_add(total);
+        summary.files_done = summary.files_done.saturating_add(run.files_done);
+        summary.files_total = summary.files_total.saturating_add(run.files_total);
         rate += run.rate;
         summary.eta = summary.eta.max(run.eta);
     }
@@ -178,28 +188,30 @@ pub fn summarize(runs: &[RunProgress]) -> Summary {
 /// What the runs of one job report into (each its own slot) and the daemon reads.
 #[derive(Debug, Default)]
 pub struct JobProgress {
-    runs: Mutex<Vec<RunProgress>>,
+    /// `None`: the run has not said anything yet (still connecting, or refused).
+    runs: Mutex<Vec<Option<RunProgress>>>,
 }
 
 impl JobProgress {
     /// A slot for one more run.
     pub fn slot(&self) -> usize {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        runs.push(RunProgress::default());
+        runs.push(None);
         runs.len() - 1
     }
 
     pub fn update(&self, slot: usize, progress: RunProgress) {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(run) = runs.get_mut(slot) {
-            *run = progress;
+            *run = Some(progress);
         }
     }
 
     /// The job so far; `None` until a run has reported.
     pub fn summary(&self) -> Option<Summary> {
         let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        (!runs.is_empty()).then(|| summarize(&runs))
+        let reported: Vec<RunProgress> = runs.iter().flatten().copied().collect();
+        (!reported.is_empty()).then(|| summarize(&reported))
     }
 }
 
@@ -297,8 +309,13 @@ mod tests {
             summarize(&[run, run])
         });
         assert!(summed.is_ok(), "summing two runs' figures overflowed");
-        assert_eq!(parse_record(name), None, "a path printed by -v");
+        // Shaped like a record (text alone cannot tell), but printed as a line of its own.
+        assert!(parse_record(name).is_some());
         assert_eq!(spoofed, None, "a path printed by -v");
+        // What follows a `\r` is a record.
+        let mut parser = Parser::default();
+        assert!(parser.feed(b"\r").is_none());
+        assert!(parser.feed(b"   100  10%  1.00kB/s    0:00:09\r").is_some());
     }
 
     /// [`JobProgress::summary`] is `None` until a run has reported, as its doc says: a run

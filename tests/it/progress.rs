@@ -153,7 +153,10 @@ fn the_full_sync_running_metric_stays_1_while_the_progress_shows() {
     loop {
         assert!(Instant::now() < deadline, "no progress in the status");
         let status = ctl(&bus, &["status", "--json"]).expect(0).json();
-        let state = status["remotes"][0]["state"].as_str().unwrap_or("").to_owned();
+        let state = status["remotes"][0]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         if status["remotes"][0]["full_sync"].is_null() {
             std::thread::sleep(Duration::from_millis(200));
             continue;
