@@ -42,7 +42,7 @@ pub struct RemoteInfo {
     pub pending: u64,
     /// Microseconds the oldest change not yet delivered to this remote has waited; 0 when
     /// it holds everything observed. (This and the keys below are absent from daemons
-    /// before 0.4.)
+    /// older than issue 18's changes, December 2026.)
     pub lag_usec: Option<u64>,
     /// Bytes rsync reported sending to this remote since the daemon started.
     pub bytes_sent: Option<u64>,
@@ -113,7 +113,7 @@ pub struct StatusInfo {
     pub counters: CountersInfo,
     /// Roots whose watcher is blocked in a filesystem call (a hung mount): the root (raw
     /// bytes) and for how many seconds. (This and the keys below are absent from daemons
-    /// before 0.4.)
+    /// older than issue 18's changes, December 2026.)
     pub blocked_watchers: Option<Vec<(Vec<u8>, u64)>>,
     /// How long delivered changes waited until the run that delivered them ended.
     pub delivery_latency: Option<HistogramInfo>,

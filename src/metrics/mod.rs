@@ -109,7 +109,7 @@ pub fn state_word(state: &str) -> &str {
 }
 
 /// The `root` and `remote` labels of a remote: its own keys, or for a daemon that does not
-/// send them (before 0.4), its name split at ` -> `.
+/// send them (older than issue 18's changes), its name split at ` -> `.
 pub fn remote_labels(remote: &RemoteInfo) -> (String, String) {
     match (&remote.root, &remote.remote) {
         (Some(root), Some(name)) => (String::from_utf8_lossy(root).into_owned(), name.clone()),
@@ -656,7 +656,7 @@ mod tests {
 
     #[test]
     fn what_a_daemon_does_not_say_has_no_series() {
-        // A daemon before 0.4: no lag, bytes, runs, root or remote keys, no histograms.
+        // An older daemon (before issue 18): no lag, bytes, runs, root or remote keys, no histograms.
         let mut old = sample();
         old.blocked_watchers = None;
         old.delivery_latency = None;
