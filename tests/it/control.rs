@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::harness::users::{TestUser, account_tool};
+use crate::harness::users::{AdminGroup, TestUser};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -252,47 +252,6 @@ impl Drop for Monitor {
 // ---------------------------------------------------------------------------------------
 // Unprivileged users
 // ---------------------------------------------------------------------------------------
-
-/// The group `sersync`, created for the tests when the machine has none, and removed
-/// again when the last test holding it is done (tests run at once: one must not remove
-/// the group under another, whose bus resolved it when it started).
-#[derive(Debug)]
-struct AdminGroup(());
-
-/// (tests holding the group, whether they created it).
-static ADMIN_GROUP_HELD: Mutex<(usize, bool)> = Mutex::new((0, false));
-
-impl AdminGroup {
-    fn ensure() -> AdminGroup {
-        let mut held = ADMIN_GROUP_HELD.lock().unwrap_or_else(|e| e.into_inner());
-        let exists = nix::unistd::Group::from_name(control::interface::ADMIN_GROUP)
-            .ok()
-            .flatten()
-            .is_some();
-        if !exists {
-            let status = account_tool(
-                Command::new("groupadd")
-                    .arg("--system")
-                    .arg(control::interface::ADMIN_GROUP),
-            );
-            assert!(status.success(), "groupadd sersync failed: {status}");
-            held.1 = true;
-        }
-        held.0 += 1;
-        AdminGroup(())
-    }
-}
-
-impl Drop for AdminGroup {
-    fn drop(&mut self) {
-        let mut held = ADMIN_GROUP_HELD.lock().unwrap_or_else(|e| e.into_inner());
-        held.0 -= 1;
-        if held.0 == 0 && held.1 {
-            account_tool(Command::new("groupdel").arg(control::interface::ADMIN_GROUP));
-            held.1 = false;
-        }
-    }
-}
 
 /// Root is needed to create users and groups: `false` (after a SKIP line) without it;
 /// under CI (`CI=true`) that is a failure.

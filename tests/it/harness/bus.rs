@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::users::AdminGroup;
 use super::{POLL, require_tool, tail, temp_dir};
 
 /// The control client under test.
@@ -29,6 +30,9 @@ pub struct Bus {
     dir: TempDir,
     child: Option<Child>,
     address: String,
+    /// A system-like bus keeps the group `sersync` its policy names (see
+    /// [`AdminGroup`]); dropped after the daemon (fields drop in order).
+    _admin_group: Option<AdminGroup>,
 }
 
 impl Bus {
@@ -37,6 +41,10 @@ impl Bus {
         if !require_tool("dbus-daemon") {
             return None;
         }
+        // Before the bus reads its policy, and for as long as it runs (root only: others
+        // cannot create it, and their tests of the policy are skipped anyway).
+        let admin_group = (policy == Policy::SystemLike && nix::unistd::geteuid().is_root())
+            .then(AdminGroup::ensure);
         let dir = temp_dir("dbus");
         // Unprivileged test users must reach the socket (and the copied sersyncctl).
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -106,6 +114,7 @@ impl Bus {
             address: format!("unix:path={}", socket.display()),
             dir,
             child: Some(child),
+            _admin_group: admin_group,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {

@@ -85,3 +85,46 @@ impl TestUser {
         command
     }
 }
+
+/// The group `sersync`, created for the tests when the machine has none, and removed
+/// again when the last test holding it is done. Every system-like bus holds it for its
+/// life (`Bus::start`): such a bus resolves `<policy group="sersync">` to a gid when it
+/// starts, and a group removed under it frees that gid for the next `useradd`'s private
+/// group, whose user the bus would then take for a member.
+#[derive(Debug)]
+pub struct AdminGroup(());
+
+/// (tests holding the group, whether they created it).
+static ADMIN_GROUP_HELD: Mutex<(usize, bool)> = Mutex::new((0, false));
+
+impl AdminGroup {
+    pub fn ensure() -> AdminGroup {
+        let mut held = ADMIN_GROUP_HELD.lock().unwrap_or_else(|e| e.into_inner());
+        let exists = nix::unistd::Group::from_name(sersync::control::interface::ADMIN_GROUP)
+            .ok()
+            .flatten()
+            .is_some();
+        if !exists {
+            let status = account_tool(
+                Command::new("groupadd")
+                    .arg("--system")
+                    .arg(sersync::control::interface::ADMIN_GROUP),
+            );
+            assert!(status.success(), "groupadd sersync failed: {status}");
+            held.1 = true;
+        }
+        held.0 += 1;
+        AdminGroup(())
+    }
+}
+
+impl Drop for AdminGroup {
+    fn drop(&mut self) {
+        let mut held = ADMIN_GROUP_HELD.lock().unwrap_or_else(|e| e.into_inner());
+        held.0 -= 1;
+        if held.0 == 0 && held.1 {
+            account_tool(Command::new("groupdel").arg(sersync::control::interface::ADMIN_GROUP));
+            held.1 = false;
+        }
+    }
+}
