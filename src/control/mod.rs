@@ -128,26 +128,8 @@ pub struct RemoteStatus {
 }
 
 /// How far a running full sync is: rsync's own figures (`--info=progress2`), summed over
-/// its runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FullSyncProgress {
-    pub bytes_done: u64,
-    /// What the runs expect in all so far (it grows while rsync is still listing).
-    pub bytes_total: u64,
-    pub files_done: u64,
-    pub files_total: u64,
-    /// Bytes per second.
-    pub rate: u64,
-    /// rsync's estimate of the time left.
-    pub eta: Duration,
-}
-
-impl FullSyncProgress {
-    /// Percent of the bytes done, 0 to 100.
-    pub fn percent(&self) -> u64 {
-        wire::ProgressInfo::from(self).percent()
-    }
-}
+/// its runs (computed in `sync::progress`).
+pub use crate::sync::progress::Summary as FullSyncProgress;
 
 impl RemoteStatus {
     /// How long the oldest undelivered change has waited at `now`; zero when none.

@@ -139,10 +139,7 @@ pub struct ProgressInfo {
 impl ProgressInfo {
     /// Percent of the bytes done, 0 to 100.
     pub fn percent(&self) -> u64 {
-        (self.bytes_done.saturating_mul(100))
-            .checked_div(self.bytes_total)
-            .unwrap_or(0)
-            .min(100)
+        crate::sync::progress::percent(self.bytes_done, self.bytes_total)
     }
 }
 

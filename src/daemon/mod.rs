@@ -314,7 +314,7 @@ struct Daemon {
     journal: Journal,
     journal_dirty: bool,
     counters: Counters,
-    /// How long delivered changes waited ([`Daemon::observe_delivery`]).
+    /// How long delivered changes waited, from when their batch's oldest was seen.
     delivery_latency: Histogram,
     /// How long successful full syncs took.
     full_sync_duration: Histogram,
@@ -1088,23 +1088,40 @@ impl Daemon {
         }
     }
 
-    /// When `root` may first have missed a change, forgetting it (its full sync is being
-    /// asked for with that stamp).
+    /// When `root` may first have missed a change, if it may have.
+    fn unseen_of(&self, root: RootId) -> Option<crate::queue::Seen> {
+        self.unseen_since
+            .iter()
+            .find(|(r, _)| *r == root)
+            .map(|(_, seen)| *seen)
+    }
+
+    /// [`Daemon::unseen_of`], forgetting it (its full sync is being asked for with that
+    /// stamp).
     fn take_unseen(&mut self, root: RootId) -> Option<crate::queue::Seen> {
-        let at = self.unseen_since.iter().position(|(r, _)| *r == root)?;
-        Some(self.unseen_since.swap_remove(at).1)
+        let since = self.unseen_of(root);
+        self.unseen_since.retain(|(r, _)| *r != root);
+        since
     }
 
     /// Asks for a rescan of `root`, owed from when it may first have missed a change.
     /// `resolved`: nothing more is missed after it (else the root stays owing).
     fn rescan_unseen(&mut self, root: RootId, resolved: bool) {
-        let at = self.unseen_since.iter().position(|(r, _)| *r == root);
-        let since = at.map(|at| self.unseen_since[at].1);
-        if let (true, Some(at)) = (resolved, at) {
-            self.unseen_since.swap_remove(at);
-        }
+        let since = if resolved {
+            self.take_unseen(root)
+        } else {
+            self.unseen_of(root)
+        };
         self.queue
             .request_full_sync_since(root, FullSyncReason::Rescan, since);
+    }
+
+    /// The oldest change observed and not yet delivered to `lane`: what the queue holds,
+    /// a full sync the replica guard holds back, and what its root may have missed.
+    fn lane_oldest(&self, lane: &Lane) -> Option<crate::queue::Seen> {
+        [self.timers.held_since(lane.id), self.unseen_of(lane.root)]
+            .into_iter()
+            .fold(self.queue.lane_oldest(lane.id), crate::queue::older)
     }
 
     /// Asks for the rescans of roots that overflowed, owed from the first overflow.
@@ -1461,7 +1478,7 @@ impl Daemon {
         let owed: Vec<(LaneId, Option<u64>)> = self
             .lanes
             .iter()
-            .map(|lane| (lane.id, self.lane_oldest(lane.id).map(|seen| seen.seq)))
+            .map(|lane| (lane.id, self.lane_oldest(lane).map(|seen| seen.seq)))
             .collect();
         let reached = self.checkpoints.advance(
             |id| {
@@ -1691,7 +1708,8 @@ impl Daemon {
         self.finish_full_sync_jobs();
         let spec = watch_spec(&config);
         let rewatch = !spec.watches_like(&watch_spec(&self.config));
-        // Roots that may have missed changes keep owing under their new numbers.
+        // Roots that may have missed changes keep owing under their new numbers (new
+        // watchers ask for their rescans with these stamps once ready, see `Ready`).
         let old_roots = &self.config.roots;
         self.unseen_since = std::mem::take(&mut self.unseen_since)
             .into_iter()
@@ -1701,13 +1719,6 @@ impl Daemon {
                 Some((now, seen))
             })
             .collect();
-        if rewatch {
-            // New watchers rescan every root once ready; what was missed before is owed
-            // from when it was.
-            for (root, _) in self.unseen_since.clone() {
-                self.rescan_unseen(root, true);
-            }
-        }
         if !rewatch && !self.timers.degraded().is_empty() {
             // The watchers report what they find below the directories they can watch
             // now; a full sync covers what was deleted there meanwhile.
@@ -2108,12 +2119,6 @@ impl Daemon {
         self.carry_out(at, settlement, full_sync_number, clock, bytes_sent);
     }
 
-    /// Counts a delivered batch in the latency histogram: `waited` is how long its oldest
-    /// change waited until the run ended.
-    fn observe_delivery(&mut self, waited: Duration) {
-        self.delivery_latency.observe(waited);
-    }
-
     /// Does what [`settle::settle`] decided at the end of a job of lane `at`, which
     /// reported sending `bytes_sent` (for its log line).
     fn carry_out(
@@ -2200,7 +2205,8 @@ impl Daemon {
         if let (true, Some(since)) = (succeeded, since) {
             // From when its oldest change was seen to now: what a reader of the replica
             // waited.
-            self.observe_delivery(clock.now.saturating_duration_since(since.at));
+            self.delivery_latency
+                .observe(clock.now.saturating_duration_since(since.at));
         }
         for (entries, when) in defer {
             self.queue.defer(lane_id, entries, when, since);
@@ -2523,7 +2529,7 @@ impl Daemon {
             lane.progress_announced = Some(summary);
             events.push(Event::FullSyncProgress {
                 remote: lane.label.clone(),
-                progress: progress_of(summary),
+                progress: summary,
             });
         }
         for event in events {
@@ -2576,7 +2582,7 @@ impl Daemon {
                 last_error: lane.health.last_error.as_ref().map(|e| e.full.clone()),
                 last_error_summary: lane.health.last_error.as_ref().map(|e| e.summary.clone()),
                 pending: self.queue.lane_depth(lane.id) as u64,
-                owed_since: self.lane_oldest(lane.id).map(|seen| seen.at),
+                owed_since: self.lane_oldest(lane).map(|seen| seen.at),
                 bytes_sent: lane.bytes_sent,
                 runs: lane.runs,
                 full_sync: full_sync_progress(lane),
@@ -2611,25 +2617,6 @@ impl Daemon {
     }
 }
 
-impl Daemon {
-    /// The oldest change observed and not yet delivered to lane `id`.
-    fn lane_oldest(&self, id: LaneId) -> Option<crate::queue::Seen> {
-        let overflowed = self
-            .lanes
-            .iter()
-            .find(|lane| lane.id == id)
-            .and_then(|lane| {
-                self.unseen_since
-                    .iter()
-                    .find(|(root, _)| *root == lane.root)
-                    .map(|(_, seen)| *seen)
-            });
-        [self.timers.held_since(id), overflowed]
-            .into_iter()
-            .fold(self.queue.lane_oldest(id), crate::queue::older)
-    }
-}
-
 /// A lane's state for status: its health, and what it is doing if that matters.
 fn lane_state_text(lane: &Lane) -> String {
     let mut text = lane.health.state.as_str().to_owned();
@@ -2651,18 +2638,7 @@ fn lane_state_text(lane: &Lane) -> String {
 
 /// How far the full sync of `lane` is, once its rsync has said.
 fn full_sync_progress(lane: &Lane) -> Option<control::FullSyncProgress> {
-    lane.progress.as_ref()?.summary().map(progress_of)
-}
-
-fn progress_of(summary: crate::sync::progress::Summary) -> control::FullSyncProgress {
-    control::FullSyncProgress {
-        bytes_done: summary.bytes_done,
-        bytes_total: summary.bytes_total,
-        files_done: summary.files_done,
-        files_total: summary.files_total,
-        rate: summary.rate,
-        eta: summary.eta,
-    }
+    lane.progress.as_ref()?.summary()
 }
 
 #[cfg(test)]

@@ -413,8 +413,7 @@ impl Queue {
     /// Asks for a full sync of every lane of `root`. The paths pending when it starts
     /// ride along and are sent right after it (see [`Job::FullSync`]).
     pub fn request_full_sync(&mut self, root: RootId, reason: FullSyncReason) {
-        let seen = self.clock;
-        self.request_full_sync_since(root, reason, Some(seen));
+        self.request_full_sync_since(root, reason, None);
     }
 
     /// [`Queue::request_full_sync`] for changes missed since `since` (an overflow seen
@@ -427,32 +426,26 @@ impl Queue {
     ) {
         let since = since.or(Some(self.clock));
         for lane in self.lanes.iter_mut().filter(|lane| lane.root == root) {
-            lane.want_full_sync(reason, since);
-            if reason == FullSyncReason::Forced {
-                lane.not_before = None;
-            }
+            lane.request_full_sync(reason, since);
         }
     }
 
     /// Asks for a full sync of one lane (a new remote, or one owed from the last run).
     pub fn request_full_sync_lane(&mut self, lane: LaneId, reason: FullSyncReason) {
-        let seen = self.clock;
-        self.request_full_sync_lane_since(lane, reason, Some(seen));
+        self.request_full_sync_lane_since(lane, reason, None);
     }
 
     /// [`Queue::request_full_sync_lane`] for a full sync owed since `since` (one the
-    /// replica guard held back, asked for again).
+    /// replica guard held back, asked for again). `None`: since now.
     pub fn request_full_sync_lane_since(
         &mut self,
         lane: LaneId,
         reason: FullSyncReason,
         since: Option<Seen>,
     ) {
+        let since = since.or(Some(self.clock));
         if let Some(lane) = self.lane_mut(lane) {
-            lane.want_full_sync(reason, since);
-            if reason == FullSyncReason::Forced {
-                lane.not_before = None;
-            }
+            lane.request_full_sync(reason, since);
         }
     }
 
@@ -740,6 +733,15 @@ pub enum Retry {
 impl Lane {
     /// Owes a full sync for `reason`. An operator's forced one replaces any other (and
     /// does not wait for the retry of one the guard held back).
+    /// An outside request: [`Lane::want_full_sync`], and an operator's forced one does not
+    /// wait for the lane's backoff.
+    fn request_full_sync(&mut self, reason: FullSyncReason, since: Option<Seen>) {
+        self.want_full_sync(reason, since);
+        if reason == FullSyncReason::Forced {
+            self.not_before = None;
+        }
+    }
+
     /// `since`: when it was asked for, which counts only for reasons that stand for
     /// changes not seen one by one.
     fn want_full_sync(&mut self, reason: FullSyncReason, since: Option<Seen>) {

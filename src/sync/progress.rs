@@ -161,6 +161,21 @@ pub struct Summary {
     pub eta: Duration,
 }
 
+impl Summary {
+    /// Percent of the bytes done, 0 to 100.
+    pub fn percent(&self) -> u64 {
+        percent(self.bytes_done, self.bytes_total)
+    }
+}
+
+/// `done` of `total` in percent, 0 to 100 (0 of nothing is 0).
+pub fn percent(done: u64, total: u64) -> u64 {
+    done.saturating_mul(100)
+        .checked_div(total)
+        .unwrap_or(0)
+        .min(100)
+}
+
 /// Sums the runs of one job: each run's total is what its bytes are of its percentage.
 pub fn summarize(runs: &[RunProgress]) -> Summary {
     let mut summary = Summary::default();

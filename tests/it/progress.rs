@@ -8,7 +8,20 @@ use serde_json::Value as Json;
 
 use crate::control::{Monitor, ctl, on_bus, wait_status};
 use crate::harness::bus::{Bus, Policy};
-use crate::harness::{Env, wait_converged};
+use crate::harness::{Env, Sersyncd, wait_converged};
+
+/// A daemon whose next full sync takes some 6 s: 12 MiB of incompressible data, there
+/// before the start (only a full sync sends it), sent at about 2 MiB/s.
+fn slow_full_sync_ahead(env: &Env, bus: &Bus) -> Sersyncd {
+    let mut random = std::fs::File::open("/dev/urandom").unwrap();
+    for i in 0..48 {
+        let mut data = vec![0u8; 256 * 1024];
+        std::io::Read::read_exact(&mut random, &mut data).unwrap();
+        let mut file = std::fs::File::create(env.src().join(format!("blob-{i:02}"))).unwrap();
+        file.write_all(&data).unwrap();
+    }
+    env.start(|b| on_bus(b, bus, "web").common_params("-artu --bwlimit=2048"))
+}
 
 #[test]
 fn a_long_full_sync_shows_how_far_it_is_everywhere_operators_look() {
@@ -18,16 +31,7 @@ fn a_long_full_sync_shows_how_far_it_is_everywhere_operators_look() {
     let Some(env) = Env::new(&["web"]) else {
         return;
     };
-    // 12 MiB of incompressible data, there before the start (only a full sync sends it),
-    // sent at about 2 MiB/s: a full sync of some 6 s.
-    let mut random = std::fs::File::open("/dev/urandom").unwrap();
-    for i in 0..48 {
-        let mut data = vec![0u8; 256 * 1024];
-        std::io::Read::read_exact(&mut random, &mut data).unwrap();
-        let mut file = std::fs::File::create(env.src().join(format!("blob-{i:02}"))).unwrap();
-        file.write_all(&data).unwrap();
-    }
-    let daemon = env.start(|b| on_bus(b, &bus, "web").common_params("-artu --bwlimit=2048"));
+    let daemon = slow_full_sync_ahead(&env, &bus);
     let mut monitor = Monitor::start(&bus, None, &["--json"]);
     std::thread::sleep(Duration::from_millis(500));
 
@@ -139,14 +143,7 @@ fn the_full_sync_running_metric_stays_1_while_the_progress_shows() {
     let Some(env) = Env::new(&["web"]) else {
         return;
     };
-    let mut random = std::fs::File::open("/dev/urandom").unwrap();
-    for i in 0..48 {
-        let mut data = vec![0u8; 256 * 1024];
-        std::io::Read::read_exact(&mut random, &mut data).unwrap();
-        let mut file = std::fs::File::create(env.src().join(format!("blob-{i:02}"))).unwrap();
-        file.write_all(&data).unwrap();
-    }
-    let _daemon = env.start(|b| on_bus(b, &bus, "web").common_params("-artu --bwlimit=2048"));
+    let _daemon = slow_full_sync_ahead(&env, &bus);
     std::thread::sleep(Duration::from_millis(500));
     ctl(&bus, &["full-sync"]).expect(0);
     let deadline = Instant::now() + Duration::from_secs(60);
