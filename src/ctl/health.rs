@@ -25,6 +25,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value as Json, json};
 
+use super::render::plural;
 use crate::control::wire::StatusInfo;
 use crate::exit;
 use crate::metrics::state_word;
@@ -114,10 +115,6 @@ pub struct Verdict {
     pub perfdata: Vec<Perf>,
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
 /// Seconds with at most millisecond precision, as people and perfdata read them: `0`,
 /// `20.5`, `300`.
 fn seconds(usec: u64) -> f64 {
@@ -149,7 +146,7 @@ pub fn judge(status: &StatusInfo, thresholds: &Thresholds) -> Verdict {
             Level::Critical,
             format!(
                 "{} (critical above {crit})",
-                plural(failed as usize, "failed change", "failed changes")
+                plural(failed, "failed change", "failed changes")
             ),
         );
     } else if let Some(warn) = thresholds.warn_failed.filter(|warn| failed > *warn) {
@@ -157,7 +154,7 @@ pub fn judge(status: &StatusInfo, thresholds: &Thresholds) -> Verdict {
             Level::Warning,
             format!(
                 "{} (warning above {warn})",
-                plural(failed as usize, "failed change", "failed changes")
+                plural(failed, "failed change", "failed changes")
             ),
         );
     }
@@ -236,8 +233,8 @@ pub fn judge(status: &StatusInfo, thresholds: &Thresholds) -> Verdict {
     let mut summary = format!(
         "{} of {} ok, {}, {} queued",
         ok,
-        plural(status.remotes.len(), "remote", "remotes"),
-        plural(failed as usize, "failed change", "failed changes"),
+        plural(status.remotes.len() as u64, "remote", "remotes"),
+        plural(failed, "failed change", "failed changes"),
         status.queue_depth
     );
     if let Some(lag) = max_lag {
