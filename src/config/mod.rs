@@ -253,6 +253,9 @@ pub struct RsyncOptions {
     pub ssh: bool,
     /// `<sersync><softDelete start dir keepDays>` (ours) when start is true.
     pub soft_delete: Option<SoftDelete>,
+    /// `<sersync><twoWay start>` (ours): this host and its remote replicate to each other
+    /// (see [`crate::sync::two_way`]).
+    pub two_way: bool,
 }
 
 /// `<softDelete>`: what a run deletes or overwrites on a remote is moved into a dated
@@ -284,6 +287,7 @@ impl Default for RsyncOptions {
             timeout: None,
             ssh: false,
             soft_delete: None,
+            two_way: false,
         }
     }
 }

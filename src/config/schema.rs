@@ -130,6 +130,7 @@ const HEAD: Spec = Spec {
                 leaf("plugin", &["start", "name"]),
                 leaf("deleteGuard", &["share", "minimum", "maximum", "sentinel"]),
                 leaf("softDelete", &["start", "dir", "keepDays"]),
+                leaf("twoWay", &["start"]),
                 leaf("queue", &["maxPending"]),
                 leaf("metrics", &["listen"]),
             ],
@@ -269,12 +270,18 @@ impl Checker<'_> {
             if let Some(element) = self.single(sersync, "deleteGuard") {
                 delete_guard = self.delete_guard(element);
             }
+            let two_way_element = self.single(sersync, "twoWay");
+            let two_way = self.flag(two_way_element, "start", false);
             if let Some(element) = self.single(sersync, "rsync") {
-                rsync = self.rsync(element);
+                rsync = self.rsync(element, two_way);
             }
+            rsync.two_way = two_way;
             let soft_delete = self.single(sersync, "softDelete");
             if self.flag(soft_delete, "start", false) {
                 rsync.soft_delete = soft_delete.and_then(|element| self.soft_delete(element));
+            }
+            if let Some(element) = two_way_element.filter(|_| two_way) {
+                self.check_two_way(element, &rsync, &filter, soft_delete.is_some());
             }
             if let Some(element) = self.single(sersync, "failLog") {
                 fail_log = self.fail_log(element);
@@ -314,6 +321,55 @@ impl Checker<'_> {
             Err(message) => {
                 self.error(attr.value_at(), format!("{message} in <metrics listen>"));
                 None
+            }
+        }
+    }
+
+    /// What `<twoWay start="true"/>` needs and refuses (see [`crate::sync::two_way`]): the
+    /// versions a peer replaces are kept, so `<softDelete>` must be on; the real-time
+    /// `<filter>` cannot be applied to what is pulled from the peer; and options that
+    /// would delete blindly, skip the newest-wins comparison or end echo suppression are
+    /// refused in `commonParams`.
+    fn check_two_way(
+        &mut self,
+        element: &Element,
+        rsync: &RsyncOptions,
+        filter: &Filter,
+        soft_delete_given: bool,
+    ) {
+        if rsync.soft_delete.is_none() {
+            let hint = if soft_delete_given {
+                "it is off"
+            } else {
+                "add <softDelete start=\"true\"/> to <sersync>"
+            };
+            self.error(
+                element.at,
+                format!(
+                    "<twoWay start=\"true\"> needs <softDelete start=\"true\"> ({hint}): in \
+                     two-way mode every version the peer replaces or deletes, the loser of a \
+                     conflict among them, is kept in its directory"
+                ),
+            );
+        }
+        if filter.enabled {
+            self.error(
+                element.at,
+                "<twoWay start=\"true\"> cannot be used with <filter start=\"true\">: what \
+                 is pulled from the peer cannot be filtered by sersyncd's regexes (use \
+                 <crontabfilter> globs, or one-way mode)"
+                    .to_owned(),
+            );
+        }
+        for word in &rsync.common_params {
+            if let Some(why) = crate::sync::two_way::refused_option(word) {
+                self.error(
+                    element.at,
+                    format!(
+                        "commonParams option \"{word}\" cannot be used with <twoWay \
+                         start=\"true\">: {why}"
+                    ),
+                );
             }
         }
     }
@@ -891,14 +947,15 @@ impl Checker<'_> {
         }
     }
 
-    fn rsync(&mut self, rsync: &Element) -> RsyncOptions {
+    fn rsync(&mut self, rsync: &Element, two_way: bool) -> RsyncOptions {
         let mut options = RsyncOptions::default();
 
         if let Some(element) = self.single(rsync, "commonParams") {
             // A missing attribute keeps the shipped `-artuz`; an empty one means no params.
             if let Some(params) = element.attr("params") {
                 options.common_params = self.words(element, params);
-                if drop_update(&mut options.common_params) {
+                // Two-way mode passes `--update` itself (newest wins); the user's may stay.
+                if !two_way && drop_update(&mut options.common_params) {
                     self.warn(
                         params.value_at(),
                         "-u (--update) in commonParams is not used: it makes rsync keep any \

@@ -1541,3 +1541,64 @@ fn check_rejects_what_start_up_rejects() {
     }
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn two_way_values_and_what_it_refuses() {
+    let (config, warnings) = loaded(&in_sersync_after_root(
+        "<twoWay start=\"true\"/>\n<softDelete start=\"true\"/>\n\
+         <rsync><commonParams params=\"-artuz\"/></rsync>",
+    ));
+    assert!(config.rsync.two_way);
+    // `-u` is kept (and not warned about): newest wins is the point of two-way mode.
+    assert_eq!(config.rsync.common_params, vec!["-artuz".to_owned()]);
+    assert!(
+        warnings.iter().all(|w| !w.message.contains("--update")),
+        "{warnings:?}"
+    );
+    let (config, _) = loaded(&in_sersync_after_root(r#"<twoWay start="false"/>"#));
+    assert!(!config.rsync.two_way);
+
+    let filtered = format!(
+        "<head>\n<filter start=\"true\"><exclude expression=\"x\"/></filter>\n<sersync>\n\
+         {LOCALPATH}\n<twoWay start=\"true\"/>\n<softDelete start=\"true\"/>\n</sersync>\n</head>\n"
+    );
+    // (text, line of the error, what the message says)
+    let rows: &[(&str, usize, &str)] = &[
+        (
+            &in_sersync_after_root(r#"<twoWay start="true"/>"#),
+            4,
+            "needs <softDelete start=\"true\">",
+        ),
+        (
+            &in_sersync_after_root("<twoWay start=\"true\"/>\n<softDelete start=\"false\"/>"),
+            4,
+            "(it is off)",
+        ),
+        (&filtered, 5, "cannot be used with <filter"),
+        (
+            &in_sersync_after_root(
+                "<twoWay start=\"true\"/>\n<softDelete start=\"true\"/>\n\
+                 <rsync><commonParams params=\"-aI --delete\"/></rsync>",
+            ),
+            4,
+            "\"-aI\" cannot be used",
+        ),
+        (
+            &in_sersync_after_root(
+                "<twoWay start=\"true\"/>\n<softDelete start=\"true\"/>\n\
+                 <rsync><commonParams params=\"-a --delete-after\"/></rsync>",
+            ),
+            4,
+            "\"--delete-after\" cannot be used",
+        ),
+    ];
+    for (text, line, message) in rows {
+        let errors = errors_of(text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == *line && e.message.contains(message)),
+            "{text}: {errors:?}"
+        );
+    }
+}

@@ -366,6 +366,9 @@ fn lane_position(lanes: &[Lane], key: &LaneKey) -> Option<usize> {
 /// id; new ones get ids from `next_id`.
 fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane> {
     let mut lanes = Vec::new();
+    // Two-way mode: one record of versions per root, kept across reloads.
+    let mut versions: std::collections::HashMap<PathBuf, Arc<crate::sync::two_way::Versions>> =
+        std::collections::HashMap::new();
     for (root_id, root) in config.roots.iter().enumerate() {
         for remote in &root.remotes {
             let key = LaneKey {
@@ -419,6 +422,15 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                     identity: None,
                     password: None,
                     progress: None,
+                    changes_since: std::time::UNIX_EPOCH,
+                    versions: config.rsync.two_way.then(|| {
+                        Arc::clone(versions.entry(root.path.clone()).or_insert_with(|| {
+                            old.iter()
+                                .find(|lane| lane.context.root == root.path)
+                                .and_then(|lane| lane.context.versions.clone())
+                                .unwrap_or_default()
+                        }))
+                    }),
                 },
                 health: Health::new(Backoff::default()),
                 full_syncs_started: 0,
@@ -459,6 +471,16 @@ fn watch_spec(config: &Config) -> WatchSpec {
         ignore_temp_files: config.ignore_temp_files,
         events: config.events,
         always_stat: config.xfs,
+        unwatched_top: config
+            .rsync
+            .soft_delete
+            .as_ref()
+            .filter(|_| config.rsync.two_way)
+            .map(|soft| soft.dir.as_bytes().to_vec()),
+        incoming: config
+            .rsync
+            .two_way
+            .then(|| crate::sync::two_way::INCOMING.as_bytes().to_vec()),
     }
 }
 
@@ -855,6 +877,21 @@ impl Daemon {
         self.watchers_started = Instant::now();
         let generation = self.watcher_generation;
         let spec = watch_spec(&self.config);
+        if self.config.rsync.two_way {
+            for root in &spec.roots {
+                let path = root.clone();
+                let made = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+                    crate::sync::two_way::prepare_incoming(&path)
+                });
+                if let Some(Err(err)) = made {
+                    tracing::error!(
+                        root = %root.display(),
+                        "two-way: cannot make {}: {err} (the peer's pushes fail until it exists)",
+                        crate::sync::two_way::INCOMING
+                    );
+                }
+            }
+        }
         for root in 0..spec.roots.len() {
             let (control_tx, control_rx) = mpsc::channel();
             let tx = self.tx.clone();
@@ -1814,6 +1851,9 @@ impl Daemon {
                         self.submit_plugin(&root, &change.path, change.action, Vec::new());
                         continue;
                     }
+                    if change.action == Action::Arrived {
+                        self.record_arrival(change.root, &change.path);
+                    }
                     self.queue.push(change.root, &change.path, change.action);
                 }
                 for (root, count) in removals {
@@ -2024,6 +2064,12 @@ impl Daemon {
                 lane.progress = Some(progress);
                 lane.progress_announced = None;
             }
+            // Wall-clock time of the job's oldest change (two-way deletions compare it with
+            // the peer's modification times).
+            let oldest = self.queue.lane_oldest(lane_id).map_or(now, |seen| seen.at);
+            context.changes_since = std::time::SystemTime::now()
+                .checked_sub(now.saturating_duration_since(oldest))
+                .unwrap_or(std::time::UNIX_EPOCH);
             lane.job_started = Some(now);
             lane.stalled = false;
             let tx = self.tx.clone();
@@ -2359,13 +2405,23 @@ impl Daemon {
             .unzip()
     }
 
+    /// Two-way mode: the version the peer just put at `path` is one this host had.
+    fn record_arrival(&self, root: RootId, path: &[u8]) {
+        let Some(lane) = self.lanes.iter().find(|lane| lane.root == root) else {
+            return;
+        };
+        if let Some(versions) = &lane.context.versions {
+            versions.record_from_disk(&lane.context.root, path);
+        }
+    }
+
     fn submit_plugin(&self, root: &Path, path: &[u8], action: Action, remotes: Vec<String>) {
         let Some(plugins) = &self.plugins else {
             return;
         };
         let (kind, is_dir) = match action {
             Action::Remove { dir } => (ChangeKind::Deleted, dir),
-            Action::Sync | Action::Replace | Action::Tree => {
+            Action::Sync | Action::Replace | Action::Tree | Action::Created | Action::Arrived => {
                 // The root itself is followed (it may be a symlink the operator configured);
                 // what is below it is not.
                 let meta = if path.is_empty() {
@@ -2407,8 +2463,10 @@ impl Daemon {
                 let mut argv = vec![std::ffi::OsString::from("rsync")];
                 let mut transport = lane.context.transport.clone();
                 transport.today = today.clone();
+                // In two-way mode the script only re-sends: a person running it cannot
+                // tell a deletion from the peer's newer version (see `sync::two_way`).
                 let (replay, input) =
-                    crate::sync::argv::replay(&transport, lane.context.propagate_deletes);
+                    crate::sync::argv::replay(&transport, lane.context.full_syncs_delete());
                 argv.extend(replay);
                 failure::Replay {
                     remote: lane.context.transport.remote.label(ssh),

@@ -51,6 +51,9 @@ fn owed_code(owed: Owed) -> &'static [u8] {
         Owed::Change(Action::Remove { dir: true }) => b"D",
         Owed::Change(Action::Replace) => b"R",
         Owed::Change(Action::Tree) => b"T",
+        // An arrival is never pending; were it owed, sending it only where it is missing
+        // is what cannot replace a newer version.
+        Owed::Change(Action::Created | Action::Arrived) => b"C",
         Owed::FullSync => b"A",
     }
 }
@@ -62,6 +65,7 @@ fn owed_from(code: &[u8]) -> Option<Owed> {
         b"D" => Owed::Change(Action::Remove { dir: true }),
         b"R" => Owed::Change(Action::Replace),
         b"T" => Owed::Change(Action::Tree),
+        b"C" => Owed::Change(Action::Created),
         b"A" => Owed::FullSync,
         _ => return None,
     })

@@ -39,6 +39,13 @@ pub enum Action {
     /// the watcher: a lane above its cap of pending paths folds them into these (see
     /// [`Queue::set_max_pending`]).
     Tree,
+    /// Two-way mode: found in a directory that was just created, which may be the peer's:
+    /// sent only if the remote lacks it, so that an echo of the peer's own file never
+    /// replaces a newer version there (see `crate::sync::two_way`).
+    Created,
+    /// Two-way mode: the peer's rsync put this here. Nothing to send, and what was pending
+    /// for the path is void: the file there now is the peer's. Never pending.
+    Arrived,
 }
 
 impl Action {
@@ -759,6 +766,10 @@ impl Lane {
         if self.below_a_tree(path) {
             return;
         }
+        if action == Action::Arrived {
+            self.pending.remove(path);
+            return;
+        }
         self.pending_since = older(self.pending_since, Some(seen));
         if action != Action::Sync || !self.recently_sent.is_hot(path) {
             // Something that need not wait: the lane may have a job again.
@@ -914,7 +925,8 @@ fn fold_into_trees(pending: &mut BTreeMap<RelPath, Action>, target: usize) {
 }
 
 /// One-letter action codes for table tests (here and in `sync::plan`): `S` sync, `F`
-/// remove a file, `D` remove a directory, `R` replace, `T` dirty directory.
+/// remove a file, `D` remove a directory, `R` replace, `T` dirty directory, `C` created
+/// (two-way), `A` arrived from the peer (two-way).
 #[cfg(test)]
 pub(crate) mod codes {
     use super::Action;
@@ -926,6 +938,8 @@ pub(crate) mod codes {
             "D" => Action::Remove { dir: true },
             "R" => Action::Replace,
             "T" => Action::Tree,
+            "C" => Action::Created,
+            "A" => Action::Arrived,
             other => panic!("bad action code {other}"),
         }
     }
@@ -937,6 +951,8 @@ pub(crate) mod codes {
             Action::Remove { dir: true } => "D",
             Action::Replace => "R",
             Action::Tree => "T",
+            Action::Created => "C",
+            Action::Arrived => "A",
         }
     }
 }

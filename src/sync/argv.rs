@@ -67,23 +67,39 @@ impl Transport {
     fn common(&self) -> Vec<OsString> {
         // The soft-delete rules first: rsync applies the first rule that matches, and a
         // user's `--include=*/` must not expose the soft-delete directory.
-        let mut argv = self.soft_delete_filters();
+        let mut argv = self.own_directories_filters();
         argv.extend(self.user_params());
         argv.extend(self.transport_only());
+        if self.options.two_way {
+            // What rsync receives is written there first: the watcher on the receiving
+            // side tells the peer's files by it (see `super::two_way`).
+            argv.push(OsString::from(format!(
+                "--temp-dir={}",
+                super::two_way::INCOMING
+            )));
+        }
         argv
     }
 
-    /// `<softDelete>`'s `P`/`-` rules for its directory (none without it).
-    fn soft_delete_filters(&self) -> Vec<OsString> {
-        self.options
-            .soft_delete
-            .as_ref()
-            .map_or_else(Vec::new, |soft| {
-                soft_delete_options(soft, "")
-                    .into_iter()
-                    .filter(|arg| arg.as_encoded_bytes().starts_with(b"--filter="))
-                    .collect()
-            })
+    /// The `P`/`-` rules for sersync's own directories in a tree: `<softDelete>`'s, and in
+    /// two-way mode the incoming directory (none without either).
+    fn own_directories_filters(&self) -> Vec<OsString> {
+        let mut argv: Vec<OsString> =
+            self.options
+                .soft_delete
+                .as_ref()
+                .map_or_else(Vec::new, |soft| {
+                    soft_delete_options(soft, "")
+                        .into_iter()
+                        .filter(|arg| arg.as_encoded_bytes().starts_with(b"--filter="))
+                        .collect()
+                });
+        if self.options.two_way {
+            let dir = super::two_way::INCOMING;
+            argv.push(OsString::from(format!("--filter=P /{dir}/")));
+            argv.push(OsString::from(format!("--filter=- /{dir}/")));
+        }
+        argv
     }
 
     fn user_params(&self) -> Vec<OsString> {
@@ -187,13 +203,19 @@ fn batch_options(transport: &Transport, report: bool) -> Vec<OsString> {
         push_report(&mut argv);
     }
     push_exact_times(&mut argv, transport);
+    if transport.options.two_way {
+        // Compared by contents, never forced: the copy of a file the peer just received
+        // from here is skipped (no data, no write, no event there): see `super::two_way`.
+        argv.extend(TWO_WAY.map(OsString::from));
+    } else {
+        // Every path here changed (an event said so): sent even when its size and mtime
+        // match the remote's, which rsync's quick check would skip (a rewrite that keeps
+        // a fixed mtime: `cp -p`, `tar x`, SOURCE_DATE_EPOCH builds). The delta algorithm
+        // still sends only what differs.
+        argv.push(OsString::from("--ignore-times"));
+    }
     argv.extend(
         [
-            // Every path here changed (an event said so): sent even when its size and
-            // mtime match the remote's, which rsync's quick check would skip (a rewrite
-            // that keeps a fixed mtime: `cp -p`, `tar x`, SOURCE_DATE_EPOCH builds). The
-            // delta algorithm still sends only what differs.
-            "--ignore-times",
             "--no-recursive",
             "--dirs",
             "--relative",
@@ -204,6 +226,10 @@ fn batch_options(transport: &Transport, report: bool) -> Vec<OsString> {
     );
     argv
 }
+
+/// What two-way mode adds to its batch sends: newest wins, and an unchanged file (an echo)
+/// is recognised by its contents and skipped.
+const TWO_WAY: [&str; 2] = ["--update", "--checksum"];
 
 /// What makes a run end with rsync's own count of the bytes it sent, in plain digits:
 /// `sent N bytes  received M bytes  R bytes/sec` on stdout (read back by [`sent_bytes`]).
@@ -293,11 +319,15 @@ fn plain_number(word: &[u8]) -> Option<u64> {
 /// keeps no nanoseconds re-sends such files on every full sync; `--modify-window=1` in
 /// `commonParams` is the way out there.
 fn push_exact_times(argv: &mut Vec<OsString>, transport: &Transport) {
-    if !transport
-        .options
-        .common_params
-        .iter()
-        .any(|p| p.starts_with("--modify-window") || p.starts_with("-@"))
+    // Two-way mode compares contents (`--checksum`), and `--update` needs the default
+    // window: rsync skips a file that is newer on the receiver only by whole seconds
+    // more than the window (`-1` would let a version up to 2 s newer be replaced).
+    if !transport.options.two_way
+        && !transport
+            .options
+            .common_params
+            .iter()
+            .any(|p| p.starts_with("--modify-window") || p.starts_with("-@"))
     {
         argv.push(OsString::from("--modify-window=-1"));
     }
@@ -427,7 +457,7 @@ pub fn replay(transport: &Transport, propagate_deletes: bool) -> (Vec<OsString>,
     }
     // Our rules before the user's params: rsync applies the first rule that matches, and
     // an `--include`, `--filter` or `-F` there must not let the run touch other paths.
-    let mut argv = transport.soft_delete_filters();
+    let mut argv = transport.own_directories_filters();
     argv.extend(["--from0", "--filter=. -"].map(OsString::from));
     argv.extend(
         transport
@@ -514,7 +544,7 @@ pub fn expired_trash(listing: &[u8], today: &str, keep_days: u32) -> Vec<String>
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date (proleptic Gregorian).
-fn days_from_date(date: &str) -> Option<i64> {
+pub(super) fn days_from_date(date: &str) -> Option<i64> {
     let bytes = date.as_bytes();
     if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
         return None;
@@ -560,6 +590,60 @@ pub fn list_top(transport: &Transport) -> Vec<OsString> {
     argv.push(OsString::from("--list-only"));
     argv.push(transport.destination());
     argv
+}
+
+/// Two-way mode: the argv that lists, on the peer, what a deletion run with the same rules
+/// on stdin ([`deletion_groups`]) would delete, with modification times (printed in UTC:
+/// rsync runs with `TZ=UTC`), read by `super::two_way::parse_listing`.
+pub fn deletion_listing(transport: &Transport) -> Vec<OsString> {
+    let mut argv = transport.connection();
+    argv.extend(["--list-only", "--recursive", "--from0", "--filter=. -"].map(OsString::from));
+    argv.push(transport.destination());
+    argv
+}
+
+/// Two-way mode: the options of a run that pulls from the peer into the root (the working
+/// directory): the user's, newest wins, and what it replaces here kept in the local
+/// `<softDelete>` directory (relative to the destination, which is here).
+fn pull_options(transport: &Transport, recursion: &[&str]) -> Vec<OsString> {
+    let mut argv = transport.common();
+    push_report(&mut argv);
+    push_exact_times(&mut argv, transport);
+    argv.extend(recursion.iter().map(OsString::from));
+    argv.push(OsString::from("--update"));
+    argv
+}
+
+/// Two-way mode: the argv of a pull of the peer's whole tree (the second half of a full
+/// sync, which reconciles: see `super::two_way`), without deletions.
+pub fn pull(transport: &Transport, rules: &FullSyncRules) -> Vec<OsString> {
+    let mut argv = pull_options(transport, &["--recursive"]);
+    for pattern in &rules.glob_excludes {
+        argv.push(OsString::from(format!("--exclude={pattern}")));
+    }
+    argv.push(transport.destination());
+    argv.push(OsString::from("./"));
+    argv
+}
+
+/// Two-way mode: the argv and stdin of a pull of `paths` from the peer, recursively when
+/// `recursive` (dirty directories) or exactly (versions a deletion run left there). A path
+/// the peer lacks is skipped.
+pub fn pull_listed(
+    transport: &Transport,
+    paths: &[&[u8]],
+    recursive: bool,
+) -> (Vec<OsString>, Vec<u8>) {
+    let recursion: &[&str] = if recursive {
+        &["--recursive", "--relative", "--ignore-missing-args"]
+    } else {
+        &["--relative", "--ignore-missing-args"]
+    };
+    let mut argv = pull_options(transport, recursion);
+    argv.extend(["--files-from=-", "--from0"].map(OsString::from));
+    argv.push(transport.destination());
+    argv.push(OsString::from("./"));
+    (argv, nul_list(paths.iter().copied()))
 }
 
 /// Whether a [`list_top`] listing shows any entry besides the module's top directory.
@@ -722,7 +806,10 @@ fn full_sync_options(
     // time otherwise.
     push_exact_times(&mut argv, transport);
     argv.extend(recursion.iter().map(OsString::from));
-    if propagate_deletes {
+    if transport.options.two_way {
+        // Reconciling, never mirroring: see `super::two_way`.
+        argv.push(OsString::from("--update"));
+    } else if propagate_deletes {
         argv.push(OsString::from("--delete"));
         argv.push(OsString::from("--force"));
     }
@@ -911,6 +998,7 @@ mod tests {
             timeout,
             ssh,
             soft_delete: None,
+            two_way: false,
         };
         transport
     }

@@ -11,7 +11,13 @@ use crate::config::Filter;
 use crate::queue::Batch;
 
 /// What is at each of the batch's paths, in the batch's order (see [`Local`]).
-pub(super) fn entries(root: &Path, batch: &Batch) -> Vec<Local> {
+/// What is at each of the batch's paths; in two-way mode the version of each file is
+/// recorded in `versions` (what this host had there, see `super::two_way`).
+pub(super) fn entries(
+    root: &Path,
+    batch: &Batch,
+    versions: Option<&super::two_way::Versions>,
+) -> Vec<Local> {
     let mut ancestors_checked: HashMap<Vec<u8>, bool> = HashMap::new();
     batch
         .entries
@@ -22,7 +28,12 @@ pub(super) fn entries(root: &Path, batch: &Batch) -> Vec<Local> {
             }
             match std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(path))) {
                 Ok(meta) if meta.is_dir() => Local::Directory,
-                Ok(_) => Local::Other,
+                Ok(meta) => {
+                    if let Some(versions) = versions {
+                        versions.record(path, super::two_way::Version::of(&meta));
+                    }
+                    Local::Other
+                }
                 Err(_) => Local::Missing,
             }
         })

@@ -30,6 +30,7 @@ pub mod identity;
 mod plan;
 mod process;
 pub mod progress;
+pub mod two_way;
 
 pub use plan::{after_full_sync, excluded_with_ancestors};
 
@@ -138,6 +139,21 @@ pub struct JobContext {
     /// Where a full sync's runs report how far they are (set by the daemon for full
     /// syncs; runs with [`argv::REPORT_PROGRESS`] feed it).
     pub progress: Option<std::sync::Arc<progress::JobProgress>>,
+    /// When the oldest change of this job was first observed (set by the daemon when the
+    /// job starts): in two-way mode, a deletion spares the peer's versions that are newer
+    /// ([`two_way`]). The epoch (the default) spares every version.
+    pub changes_since: std::time::SystemTime,
+    /// Two-way mode: the versions this host had at each path, shared by the root's lanes
+    /// and the daemon (which records what arrives).
+    pub versions: Option<std::sync::Arc<two_way::Versions>>,
+}
+
+impl JobContext {
+    /// Whether full syncs and dirty directories mirror the root with `--delete`: with
+    /// `<delete>` on, except in two-way mode, where they reconcile ([`two_way`]).
+    pub fn full_syncs_delete(&self) -> bool {
+        self.propagate_deletes && !self.transport.options.two_way
+    }
 }
 
 /// A password: kept out of `Debug` output and logs.
@@ -484,6 +500,7 @@ pub(crate) mod fixtures {
                 timeout: None,
                 ssh: false,
                 soft_delete: None,
+                two_way: false,
             },
             remote: crate::config::Remote {
                 ip: "127.0.0.1".into(),
@@ -512,6 +529,8 @@ pub(crate) mod fixtures {
             identity: None,
             password: None,
             progress: None,
+            changes_since: std::time::UNIX_EPOCH,
+            versions: None,
         }
     }
 }

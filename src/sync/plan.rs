@@ -178,6 +178,9 @@ pub struct Lists<'b> {
     pub whole: Vec<&'b [u8]>,
     /// Dirty directories that still are directories: synced recursively, after the rest.
     pub trees: Vec<&'b [u8]>,
+    /// Two-way mode: files found in a new directory, sent only where the remote lacks
+    /// them ([`Action::Created`]).
+    pub offer: Vec<&'b [u8]>,
 }
 
 /// Sorts a batch's paths by what is at them (`locals`, in the batch's order) into what is
@@ -198,6 +201,10 @@ pub fn classify<'b>(batch: &'b Batch, locals: &[Local], seeded: &[Vec<u8>]) -> L
         };
         if *action == Action::Tree && is_dir {
             lists.trees.push(path);
+            continue;
+        }
+        if *action == Action::Created && exists && !is_dir {
+            lists.offer.push(path);
             continue;
         }
         // A directory the batch removes or replaces, that is a directory again now: the
@@ -235,7 +242,7 @@ impl<E: Edge> Plan<'_, E> {
         match job {
             Job::Batch(batch) => self.batch(batch, ctx),
             Job::FullSync { lane, reason, then } => {
-                if ctx.propagate_deletes && *reason != FullSyncReason::Forced {
+                if ctx.full_syncs_delete() && *reason != FullSyncReason::Forced {
                     if let Some(refused) = self.full_sync_refusal(ctx) {
                         return refused;
                     }
@@ -245,7 +252,7 @@ impl<E: Edge> Plan<'_, E> {
                     return run;
                 }
                 // The changes that were pending when the full sync started.
-                let covered = ctx.propagate_deletes
+                let covered = ctx.full_syncs_delete()
                     && !ctx.filter.enabled
                     && (*reason != FullSyncReason::Scheduled || ctx.crontab_excludes.is_empty());
                 let batch = Batch {
@@ -277,6 +284,7 @@ impl<E: Edge> Plan<'_, E> {
             mut send,
             whole,
             trees,
+            offer,
         } = classify(batch, &locals, &seeded);
         let below = if whole.is_empty() {
             Vec::new()
@@ -292,8 +300,8 @@ impl<E: Edge> Plan<'_, E> {
             if let Some(reason) = self.deletion_refusal(ctx) {
                 // Deletions wait for the root's filesystem; what exists is still sent.
                 let held: Vec<RelPath> = delete.iter().chain(&trees).map(|p| p.to_vec()).collect();
-                if !send.is_empty() {
-                    let sent = self.edge.run(self.send_run(ctx, &send));
+                if !send.is_empty() || !offer.is_empty() {
+                    let sent = self.send_and_offer(&send, &offer, ctx);
                     if !sent.result.is_done() {
                         return sent;
                     }
@@ -319,7 +327,19 @@ impl<E: Edge> Plan<'_, E> {
                 });
             }
         }
-        if ctx.propagate_deletes && !delete.is_empty() {
+        if ctx.propagate_deletes && !delete.is_empty() && ctx.transport.options.two_way {
+            let run = self.delete_unless_newer(&delete, ctx);
+            if !run.result.is_done() {
+                // As below: a refused deletion does not hold back the sends.
+                if run.result != RunResult::Exited(23)
+                    || (send.is_empty() && offer.is_empty() && trees.is_empty())
+                {
+                    return run;
+                }
+                let sent = self.send_and_sync_trees(&send, &offer, &trees, ctx);
+                return Run::worst([run, sent]);
+            }
+        } else if ctx.propagate_deletes && !delete.is_empty() {
             let groups = argv::deletion_groups(delete.iter().copied(), self.edge.ways());
             let mut ancestors: Vec<Vec<u8>> =
                 groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
@@ -353,14 +373,112 @@ impl<E: Edge> Plan<'_, E> {
                 // sends of the batch: they are independent paths. Anything else
                 // (the remote is unreachable, a configuration error) fails the
                 // whole batch at once.
-                if run.result != RunResult::Exited(23) || (send.is_empty() && trees.is_empty()) {
+                if run.result != RunResult::Exited(23)
+                    || (send.is_empty() && offer.is_empty() && trees.is_empty())
+                {
                     return run;
                 }
-                let sent = self.send_and_sync_trees(&send, &trees, ctx);
+                let sent = self.send_and_sync_trees(&send, &offer, &trees, ctx);
                 return Run::worst([run, sent]);
             }
         }
-        self.send_and_sync_trees(&send, &trees, ctx)
+        self.send_and_sync_trees(&send, &offer, &trees, ctx)
+    }
+
+    /// Two-way mode: deletes `delete` on the peer, except the versions there that are newer
+    /// than the deletion (see `super::two_way`): those are protected from the deletion run
+    /// and pulled back here, so that both sides keep them.
+    fn delete_unless_newer(&mut self, delete: &[&[u8]], ctx: &JobContext) -> Run {
+        let (rules, ancestors) = argv::deletion_rules(delete.iter().copied());
+        let listing = self.edge.run(RunSpec {
+            capture_stdout: true,
+            ..RunSpec::at_root(argv::deletion_listing(&ctx.transport), rules.clone())
+        });
+        if !listing.result.is_done() {
+            return listing;
+        }
+        let deleted_at = ctx
+            .changes_since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+            });
+        let newer = super::two_way::newer_than(
+            &super::two_way::parse_listing(&listing.stdout),
+            deleted_at,
+            |path| {
+                ctx.versions
+                    .as_ref()
+                    .and_then(|versions| versions.get(path))
+            },
+        );
+        let mut stdin = Vec::new();
+        for path in &newer {
+            stdin.extend(argv::protect_rule(path));
+            stdin.push(0);
+        }
+        stdin.extend(rules);
+        let deleted = self.edge.run(RunSpec {
+            argv: argv::deletion(&ctx.transport),
+            stdin,
+            at: At::Skeleton(ancestors),
+            capture_stdout: false,
+        });
+        if newer.is_empty()
+            || !(deleted.result.is_done() || deleted.result == RunResult::Exited(23))
+        {
+            return deleted;
+        }
+        tracing::info!(
+            kept = newer.len(),
+            "two-way: not deleted on the peer, which has newer versions; pulling them back"
+        );
+        let newer: Vec<&[u8]> = newer.iter().map(Vec::as_slice).collect();
+        let pulled = self.pull(&newer, false, ctx);
+        Run::worst([deleted, pulled])
+    }
+
+    /// Two-way mode: pulls `paths` (recursively when `recursive`) from the peer into the
+    /// root, unless the root's filesystem is not the one to write to (unmounted, say).
+    fn pull(&mut self, paths: &[&[u8]], recursive: bool, ctx: &JobContext) -> Run {
+        if let Some(refused) = self.pull_refusal(ctx) {
+            return refused;
+        }
+        let (argv, stdin) = argv::pull_listed(&ctx.transport, paths, recursive);
+        self.edge.run(RunSpec::at_root(argv, stdin))
+    }
+
+    /// Why nothing may be pulled into the root now, as a guarded run: the replica guard's
+    /// reasons not to trust the root's filesystem (a pull into the empty mount point of an
+    /// unmounted root would fill the wrong filesystem with the peer's tree).
+    fn pull_refusal(&mut self, ctx: &JobContext) -> Option<Run> {
+        if ctx.guard_released {
+            return None;
+        }
+        self.edge.guard_refusal().map(|reason| {
+            Run::ended(RunResult::Guarded {
+                reason,
+                held: Vec::new(),
+                latch: false,
+            })
+        })
+    }
+
+    /// Sends `send`, then offers `offer` (sent only where the remote lacks them).
+    fn send_and_offer(&mut self, send: &[&[u8]], offer: &[&[u8]], ctx: &JobContext) -> Run {
+        let sent = if send.is_empty() {
+            Run::ended(RunResult::Exited(0))
+        } else {
+            self.edge.run(self.send_run(ctx, send))
+        };
+        if offer.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
+            return sent;
+        }
+        let (mut argv, stdin) = argv::batch_listed(&ctx.transport, offer, self.args_budget);
+        // Before the paths: rsync reads its options first.
+        argv.insert(0, OsString::from("--ignore-existing"));
+        let offered = self.edge.run(RunSpec::at_root(argv, stdin));
+        Run::worst([sent, offered])
     }
 
     /// The send run of `paths` (listed), from the root.
@@ -383,17 +501,19 @@ impl<E: Edge> Plan<'_, E> {
     /// equal to them, recursively. The root itself folded into one (it is then a full
     /// sync in all but name), or any under a `<filter>` (which rsync cannot apply by
     /// itself), are done by a full sync, with its guards.
-    fn send_and_sync_trees(&mut self, send: &[&[u8]], trees: &[&[u8]], ctx: &JobContext) -> Run {
-        let sent = if send.is_empty() {
-            Run::ended(RunResult::Exited(0))
-        } else {
-            self.edge.run(self.send_run(ctx, send))
-        };
+    fn send_and_sync_trees(
+        &mut self,
+        send: &[&[u8]],
+        offer: &[&[u8]],
+        trees: &[&[u8]],
+        ctx: &JobContext,
+    ) -> Run {
+        let sent = self.send_and_offer(send, offer, ctx);
         if trees.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;
         }
         let synced = if ctx.filter.enabled || trees.iter().any(|tree| tree.is_empty()) {
-            let refused = if ctx.propagate_deletes {
+            let refused = if ctx.full_syncs_delete() {
                 self.full_sync_refusal(ctx)
             } else {
                 None
@@ -401,7 +521,14 @@ impl<E: Edge> Plan<'_, E> {
             refused.unwrap_or_else(|| self.full_sync(FullSyncReason::Rescan, ctx))
         } else {
             let (argv, stdin) = argv::trees(&ctx.transport, ctx.propagate_deletes, trees);
-            self.edge.run(RunSpec::at_root(argv, stdin))
+            let pushed = self.edge.run(RunSpec::at_root(argv, stdin));
+            if ctx.transport.options.two_way && pushed.result.is_done() {
+                // Reconciled both ways, never mirrored: see `super::two_way`.
+                let pulled = self.pull(trees, true, ctx);
+                Run::worst([pushed, pulled])
+            } else {
+                pushed
+            }
         };
         match synced.result {
             // Held, the dirty directories wait (with what failed to send, so that nothing
@@ -460,6 +587,9 @@ impl<E: Edge> Plan<'_, E> {
     }
 
     fn full_sync(&mut self, reason: FullSyncReason, ctx: &JobContext) -> Run {
+        if ctx.transport.options.two_way {
+            return self.reconcile(reason, ctx);
+        }
         let mut rules = FullSyncRules {
             glob_excludes: if reason == FullSyncReason::Scheduled {
                 ctx.crontab_excludes.clone()
@@ -523,13 +653,45 @@ impl<E: Edge> Plan<'_, E> {
             }
         }
         rules.rules_on_stdin = !stdin.is_empty();
+        self.push_whole(&rules, stdin, ctx)
+    }
+
+    /// Two-way mode's full sync: the root pushed with `--update` and no deletions, then
+    /// the peer's pulled the same way (see `super::two_way`). Each side ends with the union
+    /// of both, the newer version of each file.
+    fn reconcile(&mut self, reason: FullSyncReason, ctx: &JobContext) -> Run {
+        let rules = FullSyncRules {
+            glob_excludes: if reason == FullSyncReason::Scheduled {
+                ctx.crontab_excludes.clone()
+            } else {
+                Vec::new()
+            },
+            rules_on_stdin: false,
+        };
+        let pushed = self.push_whole(&rules, Vec::new(), ctx);
+        if !pushed.result.is_done() {
+            return pushed;
+        }
+        if let Some(refused) = self.pull_refusal(ctx) {
+            return refused;
+        }
+        let pulled = self.edge.run(RunSpec::at_root(
+            argv::pull(&ctx.transport, &rules),
+            Vec::new(),
+        ));
+        Run::worst([pushed, pulled])
+    }
+
+    /// The push of a whole root: one run, or split over its top-level directories when no
+    /// rules go on stdin.
+    fn push_whole(&mut self, rules: &FullSyncRules, stdin: Vec<u8>, ctx: &JobContext) -> Run {
         if !rules.rules_on_stdin {
             let top = self.edge.top_level_dirs();
             let ways = self.edge.ways().min(self.edge.cores());
             if let Some(argvs) = argv::full_sync_split(
                 &ctx.transport,
                 ctx.propagate_deletes,
-                &rules,
+                rules,
                 &top,
                 ways,
                 self.args_budget,
@@ -545,7 +707,7 @@ impl<E: Edge> Plan<'_, E> {
                 self.edge.go_serial();
             }
         }
-        let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, &rules, false);
+        let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, rules, false);
         self.edge.run(RunSpec::at_root(argv, stdin))
     }
 
@@ -553,7 +715,9 @@ impl<E: Edge> Plan<'_, E> {
     /// `to` paths whose subtree was delivered that way (the batch skips them).
     fn seed_renames(&mut self, batch: &Batch, ctx: &JobContext) -> Vec<Vec<u8>> {
         let mut seeded = Vec::new();
-        if batch.renames.is_empty() {
+        // Two-way mode: a seed run writes below the renamed directory, where the relative
+        // `--temp-dir` the peer's watcher relies on does not exist.
+        if batch.renames.is_empty() || ctx.transport.options.two_way {
             return seeded;
         }
         // A seed run writes into DEST/NEW/, and the receiver follows whatever is there:

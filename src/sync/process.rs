@@ -260,6 +260,9 @@ impl Runner {
         if let Some(identity) = &ctx.identity {
             command.env_clear().envs(identity.environment());
         }
+        // Listings print modification times in the local zone, and two-way mode compares
+        // them with this host's clock (`super::two_way::parse_listing`).
+        command.env("TZ", "UTC");
         let password_fd = password.as_ref().map(AsRawFd::as_raw_fd);
         // Everything the child needs is prepared here: between fork and exec nothing may
         // allocate.
@@ -624,7 +627,7 @@ impl plan::Edge for JobEdge<'_> {
     }
 
     fn entries(&mut self, batch: &Batch) -> Vec<plan::Local> {
-        facts::entries(&self.ctx.root, batch)
+        facts::entries(&self.ctx.root, batch, self.ctx.versions.as_deref())
     }
 
     fn subtrees(&mut self, dirs: &[&[u8]]) -> Vec<Vec<u8>> {

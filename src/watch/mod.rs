@@ -92,6 +92,15 @@ pub struct WatchSpec {
     /// Always `lstat` entries instead of trusting `d_type` (DT_UNKNOWN filesystems are
     /// handled anyway; this is the original's `<fileSystem xfs>`).
     pub always_stat: bool,
+    /// A directory at the top of every root that is neither watched nor reported: in
+    /// two-way mode, the `<softDelete>` directory that the peer's runs fill here.
+    pub unwatched_top: Option<Vec<u8>>,
+    /// Two-way mode: the directory at the top of every root where rsync writes what it
+    /// receives (`--temp-dir`) before renaming it into place. It is watched, never
+    /// reported: a file renamed out of it is an [`Action::Arrived`] (see
+    /// `crate::sync::two_way`), and files found in a new directory are
+    /// [`Action::Created`].
+    pub incoming: Option<Vec<u8>>,
 }
 
 impl WatchSpec {
@@ -101,6 +110,8 @@ impl WatchSpec {
         self.roots == other.roots
             && self.events == other.events
             && self.ignore_temp_files == other.ignore_temp_files
+            && self.unwatched_top == other.unwatched_top
+            && self.incoming == other.incoming
             && filter_equal(&self.filter, &other.filter)
     }
 }
@@ -140,6 +151,9 @@ struct PendingMove {
     /// The second half of a RENAME_EXCHANGE: its old path now holds the other directory
     /// (reported by the first half), so it is not a removal.
     exchanged: bool,
+    /// Out of the incoming directory (two-way mode): rsync putting what it received in
+    /// place. Never a removal.
+    incoming: bool,
 }
 
 /// What an event's name says about `O_TMPFILE` (see [`Watcher::tmpfile_link`]).
@@ -522,6 +536,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 }
                 self.tree.insert_root(id, root);
                 self.root_nodes[root] = Some(id);
+                self.watch_incoming(id, root);
                 self.walk(id, false);
             }
             Err(err) => {
@@ -549,23 +564,39 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
 
     fn ignored(&self, rel: &[u8], name: &[u8], is_dir: bool) -> bool {
         (self.spec.ignore_temp_files && !is_dir && is_temp_file_name(name))
+            || self.spec.unwatched_top.as_deref() == Some(rel)
+            || self.spec.incoming.as_deref() == Some(rel)
             || self.spec.filter.excludes(rel, is_dir)
     }
 
     /// Adds a watch for `name` in directory `parent`, then walks what it contains.
-    /// With `report`, the directory and every entry found are reported as changes.
+    /// With `report`, the directory and every entry found are reported as changes: the
+    /// files found as `found`.
     fn add_subtree(&mut self, parent: i32, name: &[u8], report: bool) {
+        self.add_subtree_finding(parent, name, report.then_some(Action::Sync));
+    }
+
+    fn add_subtree_finding(&mut self, parent: i32, name: &[u8], found: Option<Action>) {
         let (Some(root), Some(parent_rel)) =
             (self.tree.root_of(parent), self.tree.rel_path(parent))
         else {
             return;
         };
         let rel = join(&parent_rel, name);
-        if report {
+        if found.is_some() {
             self.emit(root, rel.clone(), Action::Sync);
         }
         if let Some(id) = self.add_dir_watch(parent, name, root, &rel) {
-            self.walk(id, report);
+            self.walk_finding(id, found);
+        }
+    }
+
+    /// Watches the incoming directory of the root (two-way mode), if it is there.
+    fn watch_incoming(&mut self, root_node: i32, root: RootId) {
+        if let Some(incoming) = self.spec.incoming.clone() {
+            if self.tree.child(root_node, &incoming).is_none() {
+                self.add_dir_watch(root_node, &incoming, root, &incoming);
+            }
         }
     }
 
@@ -613,6 +644,12 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
 
     /// Reads the directory of node `id` (already watched) and everything below it.
     fn walk(&mut self, id: i32, report: bool) {
+        self.walk_finding(id, report.then_some(Action::Sync));
+    }
+
+    /// [`Watcher::walk`], reporting what it finds when `found` says how: directories as
+    /// [`Action::Sync`], the rest as `found`.
+    fn walk_finding(&mut self, id: i32, found: Option<Action>) {
         let mut stack = vec![id];
         while let Some(dir_id) = stack.pop() {
             let (Some(root), Some(rel_dir)) =
@@ -638,8 +675,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 if self.ignored(&rel, &name, is_dir) {
                     continue;
                 }
-                if report {
-                    self.emit(root, rel.clone(), Action::Sync);
+                if let Some(action) = found {
+                    let action = if is_dir { Action::Sync } else { action };
+                    self.emit(root, rel.clone(), action);
                 }
                 if is_dir {
                     if let Some(child) = self.add_dir_watch(dir_id, &name, root, &rel) {
@@ -699,6 +737,21 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             return;
         };
         let is_dir = mask.contains(EventMask::ISDIR);
+        if self.spec.incoming.as_deref() == Some(dir_rel.as_slice()) {
+            // rsync's temporary files: only their renames into the tree matter.
+            if mask.contains(EventMask::MOVED_FROM) {
+                self.pending_moves.push(PendingMove {
+                    cookie,
+                    parent: wd,
+                    name,
+                    is_dir,
+                    node: None,
+                    exchanged: false,
+                    incoming: true,
+                });
+            }
+            return;
+        }
         let rel = join(&dir_rel, &name);
         if self.ignored(&rel, &name, is_dir) {
             return;
@@ -729,12 +782,17 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 is_dir,
                 node,
                 exchanged,
+                incoming: false,
             });
             return;
         }
         if mask.contains(EventMask::MOVED_TO) {
             if let Some(index) = self.pending_moves.iter().position(|m| m.cookie == cookie) {
                 let from = self.pending_moves.remove(index);
+                if from.incoming {
+                    self.arrived(root, wd, rel, &name);
+                    return;
+                }
                 self.renamed(from, wd, name, is_dir);
             } else if is_dir {
                 self.dir_moved_in(wd, name);
@@ -750,7 +808,14 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         self.flush_pending_moves();
         if mask.contains(EventMask::CREATE) {
             if is_dir {
-                self.add_subtree(wd, &name, true);
+                // In two-way mode a new directory may be the peer's, and what rsync put
+                // in it before the watch existed cannot be told from local files.
+                let found = if self.spec.incoming.is_some() {
+                    Action::Created
+                } else {
+                    Action::Sync
+                };
+                self.add_subtree_finding(wd, &name, Some(found));
             } else if self.created_needs_sync(root, &rel) || toggles.create_file {
                 self.emit(root, rel, Action::Sync);
             }
@@ -1065,9 +1130,18 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
     }
 
+    /// rsync put what it received at `rel` (renamed out of the incoming directory). The
+    /// file it replaced was moved to the soft-delete directory just before: that move,
+    /// still waiting for a pair it will never get, is no removal.
+    fn arrived(&mut self, root: RootId, parent: i32, rel: RelPath, name: &[u8]) {
+        self.pending_moves
+            .retain(|m| m.incoming || m.parent != parent || m.name != name);
+        self.emit(root, rel, Action::Arrived);
+    }
+
     fn flush_pending_moves(&mut self) {
         let moves = std::mem::take(&mut self.pending_moves);
-        for m in moves {
+        for m in moves.into_iter().filter(|m| !m.incoming) {
             let Some(root) = self.tree.root_of(m.parent) else {
                 continue;
             };

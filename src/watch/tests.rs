@@ -23,6 +23,8 @@ impl Harness {
             ignore_temp_files: true,
             events: EventToggles::default(),
             always_stat: false,
+            unwatched_top: None,
+            incoming: None,
         };
         tweak(&mut spec);
         let (tx, events) = mpsc::channel();

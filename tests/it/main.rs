@@ -32,6 +32,8 @@ mod panics;
 mod control;
 // Lag per remote and checkpoints (`sersyncctl checkpoint --wait`) against sersyncd.
 mod checkpoints;
+// Two-way mode: two hosts replicating to each other converge, lose nothing, go quiet.
+mod two_way;
 // Full-sync progress: status, STATUS=, the FullSyncProgress signal, full-sync --wait.
 mod progress;
 // systemd units (verify, exposure score) and sersync-generator (configs in, drop-ins out).
