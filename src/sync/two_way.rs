@@ -3,31 +3,37 @@
 //! without silently dropping the losing side of a conflict.
 //!
 //! Why each rule holds (the argv are in [`super::argv`], the order of runs in
-//! `super::plan`):
+//! `super::plan`, the recognition of arrivals in `crate::watch`):
 //!
-//! - **No echo loop.** What B's rsync daemon receives from A, B's watcher sees and B sends
-//!   back. Batch sends in two-way mode compare contents (`--checksum`) instead of forcing a
-//!   transfer (`--ignore-times`): the copy B sends back is byte for byte A's file, so rsync
-//!   skips it, writes nothing on A, and A's watcher sees nothing. One echo run per received
-//!   batch, no data, then quiet. The echo is not recognised by name (an rsync temp file
-//!   renamed into place): a local `rsync` into the tree looks the same and must be sent.
+//! - **No echo.** What B's rsync daemon receives from A, B's watcher sees. Sent back, a
+//!   copy is stale the moment A writes again: rsync's `--update` keeps a receiver's file
+//!   only when it is newer by whole seconds, so the echo of a first version would replace
+//!   a second one written within the same second. Every two-way run therefore writes
+//!   through [`INCOMING`] (`--temp-dir`): rsync creates each file there and renames it
+//!   into place, and the watcher pairs that rename by its cookie (`Action::Arrived`):
+//!   nothing is sent back, and a change still pending for the path is void. The soft-delete
+//!   move of the file it replaced, just before, is dropped with it. Only runs that name
+//!   the directory write through it, so a local `rsync` into the tree is not mistaken for
+//!   the peer. Files found in a directory the watcher had not watched yet cannot be told
+//!   apart: they are sent only where the peer lacks them (`Action::Created`,
+//!   `--ignore-existing`).
 //! - **Newest wins.** Every send passes `--update`: a file that is newer on the receiver
-//!   is not replaced. Both sides send their version, and both keep the newer one.
+//!   is not replaced. Sends compare contents (`--checksum`): an unchanged file moves no
+//!   data.
 //! - **Nothing lost.** `<softDelete>` is required: whatever a run replaces or deletes on a
 //!   receiver (the older side of a conflict included) is moved to its dated directory
 //!   there. The directory is not watched, sent or pulled.
-//! - **A deletion never removes a newer version.** Before a deletion run, the targets on
-//!   the peer are listed ([`argv::deletion_listing`]); an entry modified in a later second
-//!   than the deletion was first observed is protected from that run ([`newer_than`]) and
-//!   pulled back here ([`argv::pull_listed`]), so both sides keep the modification. A
-//!   modification in the same second as the deletion, or in the moments between the
-//!   listing and the deletion run, loses to the deletion and is kept in the peer's
-//!   soft-delete directory.
+//! - **A deletion never removes a version this host did not have.** Before a deletion
+//!   run, the targets on the peer are listed ([`super::argv::deletion_listing`]); an entry that is
+//!   neither the version this host last had ([`Versions`]) nor older than the deletion
+//!   ([`newer_than`]) is protected from the run and pulled back here, so both sides keep
+//!   it. A modification in the moments between the listing and the deletion run loses to
+//!   the deletion and is kept in the peer's soft-delete directory.
 //! - **Full syncs reconcile, never delete.** A full sync (or a dirty directory) is pushed
 //!   with `--update` and no `--delete`, then pulled the same way: afterwards each side has
 //!   the union, the newer version of each file. A deletion this host did not see (made
-//!   while sersyncd was down, or lost in an overflow) comes back from the peer: resurrection
-//!   is the safe failure.
+//!   while sersyncd was down, or lost in an overflow) comes back from the peer:
+//!   resurrection is the safe failure.
 //!
 //! What is refused in `commonParams` is in [`refused_option`]; `<filter>` is refused by
 //! the config (what is pulled cannot be filtered by sersyncd's regexes).
