@@ -877,20 +877,8 @@ impl Daemon {
         self.watchers_started = Instant::now();
         let generation = self.watcher_generation;
         let spec = watch_spec(&self.config);
-        if self.config.rsync.two_way {
-            for root in &spec.roots {
-                let path = root.clone();
-                let made = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
-                    crate::sync::two_way::prepare_incoming(&path)
-                });
-                if let Some(Err(err)) = made {
-                    tracing::error!(
-                        root = %root.display(),
-                        "two-way: cannot make {}: {err} (the peer's pushes fail until it exists)",
-                        crate::sync::two_way::INCOMING
-                    );
-                }
-            }
+        for root in &spec.roots {
+            self.prepare_two_way_root(root);
         }
         for root in 0..spec.roots.len() {
             let (control_tx, control_rx) = mpsc::channel();
@@ -1868,6 +1856,7 @@ impl Daemon {
                 watcher.watches = watches;
                 self.watches = self.watchers.iter().map(|w| w.watches).sum();
                 self.record_fs(root, false);
+                self.prepare_two_way_root(&self.root_path(root).to_path_buf());
                 let lanes = &self.lanes;
                 let (owed_here, owed_elsewhere): (Vec<LaneId>, Vec<LaneId>) = self
                     .owed_after_ready
@@ -1932,6 +1921,7 @@ impl Daemon {
                     "watching root again; rescanning it"
                 );
                 self.record_fs(root, false);
+                self.prepare_two_way_root(&self.root_path(root).to_path_buf());
                 self.queue.request_full_sync(root, FullSyncReason::Rescan);
             }
             WatchEvent::WatchLimit { root, path } => {
@@ -2403,6 +2393,27 @@ impl Daemon {
             .filter(|lane| lane.context.root == root)
             .map(|lane| (lane.id, lane.context.transport.remote.label(ssh)))
             .unzip()
+    }
+
+    /// Two-way mode: makes the root's incoming directory if it is missing (at start, and
+    /// when a root appears or comes back), bounded like every look at a root.
+    fn prepare_two_way_root(&self, root: &Path) {
+        if !self.config.rsync.two_way {
+            return;
+        }
+        let path = root.to_path_buf();
+        let made = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
+            crate::sync::two_way::prepare_incoming(&path)
+        });
+        if let Some(Err(err)) = made {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::error!(
+                    root = %root.display(),
+                    "two-way: cannot make {}: {err} (the peer's pushes fail until it exists)",
+                    crate::sync::two_way::INCOMING
+                );
+            }
+        }
     }
 
     /// Two-way mode: the version the peer just put at `path` is one this host had.

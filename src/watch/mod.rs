@@ -753,6 +753,15 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             return;
         }
         let rel = join(&dir_rel, &name);
+        if is_dir
+            && place == Place::Root
+            && self.spec.incoming.as_deref() == Some(rel.as_slice())
+            && mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
+        {
+            // Made after the root was watched (by the daemon, once the root appeared).
+            self.add_dir_watch(wd, &name, root, &rel);
+            return;
+        }
         if self.ignored(&rel, &name, is_dir) {
             return;
         }

@@ -378,3 +378,26 @@ fn a_side_back_with_r_deletes_nothing_the_other_wrote_and_resurrects_no_old_dele
         assert!(!root.join("gone").exists(), "gone/ came back in {root:?}");
     }
 }
+
+#[test]
+fn a_root_that_appears_after_the_start_gets_its_incoming_directory_and_receives() {
+    let Some(hosts) = Hosts::new() else { return };
+    std::fs::remove_dir(hosts.root_b()).unwrap();
+    let _a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    std::fs::create_dir(hosts.root_b()).unwrap();
+    let incoming = hosts.root_b().join(".sersync-incoming");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !incoming.is_dir() {
+        assert!(
+            Instant::now() < deadline,
+            "B's incoming directory was never made"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    write(hosts.root_a(), "first", "to B\n");
+    write(hosts.root_b(), "second", "to A\n");
+    hosts.converged(Duration::from_secs(60));
+    assert_eq!(read(&hosts.root_b().join("first")), "to B\n");
+    assert_eq!(read(&hosts.root_a().join("second")), "to A\n");
+}
