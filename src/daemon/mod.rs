@@ -1856,7 +1856,7 @@ impl Daemon {
                 watcher.watches = watches;
                 self.watches = self.watchers.iter().map(|w| w.watches).sum();
                 self.record_fs(root, false);
-                self.prepare_two_way_root(&self.root_path(root).to_path_buf());
+                self.prepare_two_way_root(self.root_path(root));
                 let lanes = &self.lanes;
                 let (owed_here, owed_elsewhere): (Vec<LaneId>, Vec<LaneId>) = self
                     .owed_after_ready
@@ -1921,7 +1921,7 @@ impl Daemon {
                     "watching root again; rescanning it"
                 );
                 self.record_fs(root, false);
-                self.prepare_two_way_root(&self.root_path(root).to_path_buf());
+                self.prepare_two_way_root(self.root_path(root));
                 self.queue.request_full_sync(root, FullSyncReason::Rescan);
             }
             WatchEvent::WatchLimit { root, path } => {
