@@ -27,12 +27,15 @@ pub(super) fn entries(
                 return Local::BelowNonDirectory;
             }
             match std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(path))) {
-                Ok(meta) if meta.is_dir() => Local::Directory,
                 Ok(meta) => {
                     if let Some(versions) = versions {
                         versions.record(path, super::two_way::Version::of(&meta));
                     }
-                    Local::Other
+                    if meta.is_dir() {
+                        Local::Directory
+                    } else {
+                        Local::Other
+                    }
                 }
                 Err(_) => Local::Missing,
             }

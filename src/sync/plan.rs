@@ -164,6 +164,8 @@ pub trait Edge {
     fn excluded_paths(&mut self) -> Vec<Vec<u8>>;
     /// The directories directly under the root, sorted.
     fn top_level_dirs(&mut self) -> Vec<Vec<u8>>;
+    /// Which of `paths` are directories here now (not symlinks to one).
+    fn are_directories(&mut self, paths: &[&[u8]]) -> Vec<bool>;
 }
 
 /// What a batch deletes, sends and syncs recursively, from what is at its paths now.
@@ -397,21 +399,47 @@ impl<E: Edge> Plan<'_, E> {
         if !listing.result.is_done() {
             return listing;
         }
-        let deleted_at = ctx
-            .changes_since
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-            });
-        let newer = super::two_way::newer_than(
-            &super::two_way::parse_listing(&listing.stdout),
-            deleted_at,
-            |path| {
-                ctx.versions
-                    .as_ref()
-                    .and_then(|versions| versions.get(path))
-            },
-        );
+        // The listing shows the targets' ancestors too: they are not deleted.
+        let mut listed = super::two_way::parse_listing(&listing.stdout);
+        listed.retain(|entry| {
+            delete
+                .iter()
+                .any(|target| is_at_or_below(&entry.path, target))
+        });
+        let newer = super::two_way::spared(&listed, ctx.changes_since, |path| {
+            ctx.versions
+                .as_ref()
+                .map(|versions| versions.history(path))
+                .unwrap_or_default()
+        });
+        // A directory that is a directory here too is not deleted there (it would be sent
+        // again; a deletion seen here and sent back while the peer made the directory anew
+        // would take its empty directories otherwise), but what is in it is judged like
+        // the rest: it goes into the skeleton, so the run descends into it.
+        let listed_dirs: Vec<&[u8]> = listed
+            .iter()
+            .filter(|entry| entry.size == super::two_way::Version::DIRECTORY.size)
+            .map(|entry| entry.path.as_slice())
+            .collect();
+        let here: Vec<Vec<u8>> = if listed_dirs.is_empty() {
+            Vec::new()
+        } else {
+            let flags = self.edge.are_directories(&listed_dirs);
+            listed_dirs
+                .into_iter()
+                .zip(flags)
+                .filter(|(_, is_dir)| *is_dir)
+                .map(|(path, _)| path.to_vec())
+                .collect()
+        };
+        let newer: Vec<Vec<u8>> = newer
+            .into_iter()
+            .filter(|path| !here.contains(path))
+            .collect();
+        let mut skeleton = ancestors;
+        skeleton.extend(here);
+        skeleton.sort_unstable();
+        skeleton.dedup();
         let mut stdin = Vec::new();
         for path in &newer {
             stdin.extend(argv::protect_rule(path));
@@ -421,7 +449,7 @@ impl<E: Edge> Plan<'_, E> {
         let deleted = self.edge.run(RunSpec {
             argv: argv::deletion(&ctx.transport),
             stdin,
-            at: At::Skeleton(ancestors),
+            at: At::Skeleton(skeleton),
             capture_stdout: false,
         });
         if newer.is_empty()

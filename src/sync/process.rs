@@ -655,6 +655,16 @@ impl plan::Edge for JobEdge<'_> {
     fn top_level_dirs(&mut self) -> Vec<Vec<u8>> {
         facts::top_level_dirs(&self.ctx.root)
     }
+
+    fn are_directories(&mut self, paths: &[&[u8]]) -> Vec<bool> {
+        paths
+            .iter()
+            .map(|path| {
+                std::fs::symlink_metadata(crate::relpath::absolute(&self.ctx.root, path))
+                    .is_ok_and(|meta| meta.is_dir())
+            })
+            .collect()
+    }
 }
 
 /// Bytes read plus bytes written by process `pid` so far (`rchar + wchar` of

@@ -26,7 +26,7 @@
 //! - **A deletion never removes a version this host did not have.** Before a deletion
 //!   run, the targets on the peer are listed ([`super::argv::deletion_listing`]); an entry that is
 //!   neither the version this host last had ([`Versions`]) nor older than the deletion
-//!   ([`newer_than`]) is protected from the run and pulled back here, so both sides keep
+//!   ([`spared`]) is protected from the run and pulled back here, so both sides keep
 //!   it. A modification in the moments between the listing and the deletion run loses to
 //!   the deletion and is kept in the peer's soft-delete directory.
 //! - **Full syncs reconcile, never delete.** A full sync (or a dirty directory) is pushed
@@ -115,47 +115,75 @@ pub struct Version {
     pub size: u64,
 }
 
-/// The version of each file this host last had at a path: what it sent (stated when the
-/// job looked at the path) and what arrived from the peer. A deletion removes the peer's
-/// copy when it is that version, whatever its time; only versions it does not know are
-/// judged by time ([`newer_than`]). Bounded: forgetting costs a resurrection at worst.
+/// The versions of each file this host had at a path, with when each became known here:
+/// what it sent (stated when the job looked at the path) and what arrived from the peer.
+/// A deletion removes the peer's copy only when it is one of them, known before the
+/// deletion was seen ([`spared`]). Bounded: forgetting costs a resurrection at worst.
 #[derive(Debug, Default)]
 pub struct Versions {
-    known: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Version>>,
+    known: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Vec<Known>>>,
 }
 
-/// How many paths [`Versions`] remembers per root (about 100 B each) before it starts
-/// over.
+/// A version, and when this host first had it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    pub version: Version,
+    pub since: std::time::SystemTime,
+}
+
+/// How many paths [`Versions`] remembers per root (about 150 B each) before it starts
+/// over, and how many versions per path.
 const VERSIONS_KEPT: usize = 200_000;
+const VERSIONS_PER_PATH: usize = 4;
 
 impl Versions {
     pub fn record(&self, path: &[u8], version: Version) {
+        let now = std::time::SystemTime::now();
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() >= VERSIONS_KEPT && !known.contains_key(path) {
             known.clear();
         }
-        known.insert(path.to_vec(), version);
+        let history = known.entry(path.to_vec()).or_default();
+        // A version sent again is still known since it first was.
+        if history.iter().any(|k| k.version == version) {
+            return;
+        }
+        if history.len() >= VERSIONS_PER_PATH {
+            history.remove(0);
+        }
+        history.push(Known {
+            version,
+            since: now,
+        });
     }
 
-    /// Records the version at `path` below `root` now, if it is a file (or a symlink).
+    /// Records the version at `path` below `root` now.
     pub fn record_from_disk(&self, root: &std::path::Path, path: &[u8]) {
         // A path that is gone already has nothing to record.
         if let Ok(meta) = std::fs::symlink_metadata(crate::relpath::absolute(root, path)) {
-            if !meta.is_dir() {
-                self.record(path, Version::of(&meta));
-            }
+            self.record(path, Version::of(&meta));
         }
     }
 
-    pub fn get(&self, path: &[u8]) -> Option<Version> {
+    pub fn history(&self, path: &[u8]) -> Vec<Known> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.get(path).copied()
+        known.get(path).cloned().unwrap_or_default()
     }
 }
 
 impl Version {
+    /// What stands for every version of a directory: one that this host had may be
+    /// deleted, whatever its entries did to its time.
+    pub const DIRECTORY: Version = Version {
+        mtime: i64::MIN,
+        size: u64::MAX,
+    };
+
     pub fn of(meta: &std::fs::Metadata) -> Version {
         use std::os::unix::fs::MetadataExt;
+        if meta.is_dir() {
+            return Version::DIRECTORY;
+        }
         Version {
             mtime: meta.mtime(),
             size: meta.size(),
@@ -163,11 +191,12 @@ impl Version {
     }
 }
 
-/// One non-directory entry of an `rsync --list-only` listing: its path (relative to the
-/// listed module's top, unescaped), its modification time in whole seconds since the
-/// epoch and its size. A symlink line (`name -> target`) is ambiguous when the name holds ` -> `: it
-/// yields one entry per way of reading it (protecting a name that does not exist costs
-/// nothing).
+/// One entry of an `rsync --list-only` listing: its path (relative to the listed
+/// module's top, unescaped), its modification time in whole seconds since the epoch, and
+/// its size ([`Version::DIRECTORY`]'s for a directory, whose time and size say nothing of
+/// its version). A symlink line (`name -> target`) is ambiguous when the name holds
+/// ` -> `: it yields one entry per way of reading it (protecting a name that does not
+/// exist costs nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub path: Vec<u8>,
@@ -182,9 +211,6 @@ pub fn parse_listing(stdout: &[u8]) -> Vec<Listed> {
     let mut entries = Vec::new();
     for line in stdout.split(|&b| b == b'\n') {
         let Some(&kind) = line.first() else { continue };
-        if kind == b'd' {
-            continue;
-        }
         // PERMS SIZE YYYY/MM/DD HH:MM:SS NAME, the size right-aligned in a padded field.
         let mut fields = line.splitn(2, |&b| b == b' ');
         let (Some(_perms), Some(rest)) = (fields.next(), fields.next()) else {
@@ -213,6 +239,16 @@ pub fn parse_listing(stdout: &[u8]) -> Vec<Listed> {
             continue;
         };
         let name = &rest[20..];
+        if kind == b'd' {
+            if name != b"." {
+                entries.push(Listed {
+                    path: super::argv::unescape(name),
+                    mtime,
+                    size: Version::DIRECTORY.size,
+                });
+            }
+            continue;
+        }
         if kind == b'l' {
             let mut any = false;
             for at in (0..name.len()).filter(|&i| name[i..].starts_with(b" -> ")) {
@@ -258,31 +294,50 @@ fn utc_seconds(text: &[u8]) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + m * 60 + s)
 }
 
-/// The listed entries a deletion must not remove: versions this host did not have
-/// (`known` says which it had), modified in the second the deletion was first observed
-/// here (`deleted_at`, seconds since the epoch) or later. Listings show whole seconds, so
-/// an unknown version of the same second is kept (and comes back here): resurrecting a
-/// file is the safe failure, deleting a newer version is not. Sorted, without duplicates.
-pub fn newer_than(
+/// The listed entries a deletion seen here at `deleted_at` must not remove, sorted and
+/// without duplicates. An entry is removed only if it is a version this host had before
+/// that moment (`history` of its path): any other version — modified on the peer, or one
+/// that reached this host only after the deletion (the peer's own deletion seen here and
+/// sent back, then the peer's new files) — is not this host's to delete. For a path this
+/// host knows nothing of (since its start), the time decides: a version of the deletion's
+/// second or later is kept (listings show whole seconds: resurrecting is the safe
+/// failure, deleting a newer version is not).
+pub fn spared(
     listed: &[Listed],
-    deleted_at: i64,
-    known: impl Fn(&[u8]) -> Option<Version>,
+    deleted_at: std::time::SystemTime,
+    history: impl Fn(&[u8]) -> Vec<Known>,
 ) -> Vec<Vec<u8>> {
-    let mut newer: Vec<Vec<u8>> = listed
+    let deleted_second = deleted_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        });
+    let mut spared: Vec<Vec<u8>> = listed
         .iter()
-        .filter(|entry| entry.mtime >= deleted_at && !entry.path.is_empty())
+        .filter(|entry| !entry.path.is_empty())
         .filter(|entry| {
-            known(&entry.path)
-                != Some(Version {
+            let there = if entry.size == Version::DIRECTORY.size {
+                Version::DIRECTORY
+            } else {
+                Version {
                     mtime: entry.mtime,
                     size: entry.size,
-                })
+                }
+            };
+            let history = history(&entry.path);
+            if history.is_empty() {
+                entry.mtime >= deleted_second
+            } else {
+                !history
+                    .iter()
+                    .any(|known| known.version == there && known.since <= deleted_at)
+            }
         })
         .map(|entry| entry.path.clone())
         .collect();
-    newer.sort_unstable();
-    newer.dedup();
-    newer
+    spared.sort_unstable();
+    spared.dedup();
+    spared
 }
 
 #[cfg(test)]
@@ -342,6 +397,11 @@ garbage\n\
         let got = parse_listing(listing);
         let want = vec![
             Listed {
+                path: b"a".to_vec(),
+                mtime: base,
+                size: u64::MAX,
+            },
+            Listed {
                 path: b"a/f".to_vec(),
                 mtime: base + 1,
                 size: 6,
@@ -376,45 +436,79 @@ garbage\n\
     }
 
     #[test]
-    fn a_deletion_spares_what_this_host_never_had_of_its_second_or_later() {
-        let listed = |path: &[u8], mtime, size| Listed {
-            path: path.to_vec(),
+    fn a_deletion_removes_only_versions_this_host_had_before_it() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_millis(secs * 1000 + 500);
+        let listed = |mtime, size| Listed {
+            path: b"x".to_vec(),
             mtime,
             size,
         };
-        let had = |mtime, size| Some(Version { mtime, size });
-        // (remote mtime, remote size, deletion seen at, the version this host had, kept)
-        let rows = [
-            (99, 6, 100, None, false),
-            (100, 6, 100, None, true),
-            (101, 6, 100, None, true),
-            // The very version this host had: deleted, however recent.
-            (100, 6, 100, had(100, 6), false),
-            (101, 6, 100, had(101, 6), false),
-            // Another version (another time or size) of the same second or later: kept.
-            (101, 6, 100, had(100, 6), true),
-            (100, 7, 100, had(100, 6), true),
-            // Older than the deletion: deleted whatever it is.
-            (99, 7, 100, had(98, 6), false),
+        let known = |mtime, size, since| Known {
+            version: Version { mtime, size },
+            since: at(since),
+        };
+        let dir = |since| Known {
+            version: Version::DIRECTORY,
+            since: at(since),
+        };
+        // (peer's mtime, size; what this host had and since when; kept)
+        let rows: Vec<((i64, u64), Vec<Known>, bool)> = vec![
+            // Nothing known: older than the deletion's second goes, the rest is kept.
+            ((99, 6), vec![], false),
+            ((100, 6), vec![], true),
+            ((101, 6), vec![], true),
+            // The version this host had: deleted, however recent its time.
+            ((100, 6), vec![known(100, 6, 90)], false),
+            ((150, 6), vec![known(150, 6, 99)], false),
+            // An older version it had also counts.
+            ((50, 6), vec![known(50, 6, 60), known(80, 7, 70)], false),
+            // A version it never had: kept, old or new (a modification on the peer).
+            ((50, 7), vec![known(50, 6, 60)], true),
+            ((101, 6), vec![known(100, 6, 60)], true),
+            // Known only after the deletion was seen: not this deletion's.
+            ((90, 6), vec![known(90, 6, 101)], true),
+            // A directory: one this host had goes, whatever its time; one it had only
+            // since, or never (and of the deletion's second or later), stays.
+            ((150, u64::MAX), vec![dir(90)], false),
+            ((150, u64::MAX), vec![dir(101)], true),
+            ((150, u64::MAX), vec![], true),
+            ((99, u64::MAX), vec![], false),
         ];
-        for (mtime, size, deleted_at, known, kept) in rows {
-            let got = newer_than(&[listed(b"x", mtime, size)], deleted_at, |_| known);
-            assert_eq!(
-                !got.is_empty(),
-                kept,
-                "{mtime}/{size} vs {deleted_at}, had {known:?}"
-            );
+        for ((mtime, size), history, kept) in rows {
+            let got = spared(&[listed(mtime, size)], at(100), |_| history.clone());
+            assert_eq!(!got.is_empty(), kept, "{mtime}/{size} with {history:?}");
         }
-        let got = newer_than(
-            &[
-                listed(b"b", 200, 1),
-                listed(b"a", 200, 1),
-                listed(b"b", 200, 1),
-                listed(b"", 300, 1),
-            ],
-            100,
-            |_| None,
+        let many = |path: &[u8]| Listed {
+            path: path.to_vec(),
+            mtime: 200,
+            size: 1,
+        };
+        let got = spared(
+            &[many(b"b"), many(b"a"), many(b"b"), many(b"")],
+            at(100),
+            |_| Vec::new(),
         );
         assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn versions_keep_when_each_was_first_known() {
+        let versions = Versions::default();
+        let v = |mtime| Version { mtime, size: 1 };
+        versions.record(b"p", v(1));
+        let first = versions.history(b"p")[0].since;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        versions.record(b"p", v(1));
+        assert_eq!(versions.history(b"p")[0].since, first);
+        for mtime in 2..=6 {
+            versions.record(b"p", v(mtime));
+        }
+        let kept: Vec<i64> = versions
+            .history(b"p")
+            .iter()
+            .map(|k| k.version.mtime)
+            .collect();
+        assert_eq!(kept, vec![3, 4, 5, 6]);
     }
 }

@@ -381,6 +381,11 @@ impl Edge for Fake<'_> {
             .map(|p| p.as_bytes().to_vec())
             .collect()
     }
+
+    fn are_directories(&mut self, paths: &[&[u8]]) -> Vec<bool> {
+        // One-way cases never ask; two-way ones are tested end to end (tests/it/two_way.rs).
+        vec![false; paths.len()]
+    }
 }
 
 fn check(cases: &[Case]) {
