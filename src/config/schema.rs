@@ -28,7 +28,7 @@ use super::{
     Auth, CommandPlugin, Config, Crontab, DeleteGuard, EventToggles, ExcludeRegex, FailLog, Filter,
     HostSection, HttpHeader, HttpPlugin, MetricsListen, PluginKind, Plugins, PurgeRequest,
     RefreshCdnPlugin, Remote, RsyncOptions, RunAs, SocketFraming, SocketPlugin, SoftDelete,
-    WatchRoot,
+    WatchBackend, WatchRoot,
 };
 use crate::http_url::{HttpUrl, template_sample};
 
@@ -132,6 +132,7 @@ const HEAD: Spec = Spec {
                 leaf("softDelete", &["start", "dir", "keepDays"]),
                 leaf("queue", &["maxPending"]),
                 leaf("metrics", &["listen"]),
+                leaf("watch", &["backend"]),
             ],
         },
         // The children of a top-level <plugin> depend on its name: see `plugin_section_spec`.
@@ -256,7 +257,11 @@ impl Checker<'_> {
         let mut delete_guard = DeleteGuard::default();
         let mut max_pending = super::DEFAULT_MAX_PENDING;
         let mut metrics = None;
+        let mut watch_backend = None;
         if let Some(sersync) = sersync {
+            if let Some(element) = self.single(sersync, "watch") {
+                watch_backend = self.watch_backend(element);
+            }
             if let Some(element) = self.single(sersync, "metrics") {
                 metrics = self.metrics(element);
             }
@@ -301,6 +306,18 @@ impl Checker<'_> {
             delete_guard,
             max_pending,
             metrics,
+            watch_backend,
+        }
+    }
+
+    fn watch_backend(&mut self, element: &Element) -> Option<WatchBackend> {
+        let attr = self.required(element, "backend")?;
+        match super::parse_watch_backend(&attr.value) {
+            Ok(backend) => Some(backend),
+            Err(message) => {
+                self.error(attr.value_at(), format!("{message} in <watch backend>"));
+                None
+            }
         }
     }
 
