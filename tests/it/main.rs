@@ -7,6 +7,7 @@
 // Test harness: rsync daemons, sersyncd processes, tree comparison, bounded waits.
 // Shared with tests/sim, which uses other parts of it.
 #[allow(dead_code, unused_imports)]
+#[macro_use]
 mod harness;
 
 // Black-box CLI: --help, --version, --check on the stock config and on the fixtures.
