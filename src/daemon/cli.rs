@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, ValueEnum};
 
 pub use crate::control::BusKind;
@@ -100,7 +101,8 @@ pub struct Cli {
     #[arg(
         long = "watch-backend",
         value_name = "BACKEND",
-        value_parser = crate::config::parse_watch_backend
+        value_parser = clap::builder::PossibleValuesParser::new(crate::config::WatchBackend::NAMES)
+            .map(|name| crate::config::parse_watch_backend(&name).unwrap_or_default())
     )]
     pub watch_backend: Option<crate::config::WatchBackend>,
 }
