@@ -8,7 +8,7 @@
 //! the root here: a directory handle is opened with `open_by_handle_at` (through a
 //! descriptor of the mount it is seen in), its path read back from `/proc/self/fd` and
 //! checked with `lstat` (same device and inode), and the result kept in a bounded cache
-//! that a directory rename, an overflow or a remount empties.
+//! that a directory rename touching the root, an overflow or a remount empties.
 //!
 //! What the daemon relies on is kept from the inotify watcher: the same [`WatchEvent`]s,
 //! the same filters ([`WatchSpec::ignores`]) and created-file rules
@@ -717,22 +717,25 @@ impl<F: FnMut(WatchEvent)> FanWatcher<F> {
         let (Some(old_name), Some(new_name)) = (old.name.clone(), new.name.clone()) else {
             return;
         };
-        let old_paths: Vec<RelPath> = self
-            .dir_paths(&old.handle)
+        let old_dirs = self.dir_paths(&old.handle);
+        let new_dirs = self.dir_paths(&new.handle);
+        if is_dir && !(old_dirs.is_empty() && new_dirs.is_empty()) {
+            // What is cached below the moved directory is stale now. A directory moved
+            // from elsewhere to elsewhere (both ends outside the root or hidden) changes
+            // nothing the cache says: it empties only for moves that touch the root, not
+            // for every rename on the filesystem.
+            self.cache.clear();
+        }
+        let old_paths: Vec<RelPath> = old_dirs
             .into_iter()
             .map(|dir| join(&dir, &old_name))
             .filter(|rel| !self.spec.ignores(rel, &old_name, is_dir))
             .collect();
-        let new_paths: Vec<RelPath> = self
-            .dir_paths(&new.handle)
+        let new_paths: Vec<RelPath> = new_dirs
             .into_iter()
             .map(|dir| join(&dir, &new_name))
             .filter(|rel| !self.spec.ignores(rel, &new_name, is_dir))
             .collect();
-        if is_dir {
-            // Every path cached below the moved directory is stale now.
-            self.cache.clear();
-        }
         let toggles = self.spec.events;
         let removes_old = toggles.move_from && toggles.delete;
         if is_dir {
