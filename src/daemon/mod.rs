@@ -981,12 +981,15 @@ impl Daemon {
             .and_then(|()| self.start_watchers())
         {
             tracing::error!("{err}");
-            // `--watch-backend fanotify` where it is refused: a configuration error.
-            return if self.watch_refused {
-                exit::CONFIG
-            } else {
-                exit::SOFTWARE
-            };
+            // `--watch-backend fanotify` where it is refused: a configuration error, and
+            // nothing was watched or owed, so the next start is not an unclean one.
+            if self.watch_refused {
+                if let Err(err) = self.state.clear_running() {
+                    tracing::error!("cannot remove the running marker: {err}");
+                }
+                return exit::CONFIG;
+            }
+            return exit::SOFTWARE;
         }
         tracing::info!(
             instance = %self.instance,
