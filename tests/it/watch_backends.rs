@@ -49,6 +49,25 @@ impl Mounted {
     }
 }
 
+impl Mounted {
+    /// `mount --bind source point`.
+    fn bind(source: &Path, point: &Path) -> Mounted {
+        std::fs::create_dir_all(point).unwrap();
+        let status = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(point)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount --bind {}: {status}",
+            point.display()
+        );
+        Mounted(point.to_owned())
+    }
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         match Command::new("umount").arg(&self.0).status() {
@@ -264,6 +283,30 @@ fn filesystems_mounted_inside_the_root_are_watched_too() {
     drop(daemon);
     drop(during);
     drop(before);
+}
+
+/// A directory of the same filesystem bind-mounted inside the root: its events name
+/// directories whose path through the root's mount lies elsewhere; they are resolved
+/// through the bind mount too, so changes there replicate.
+#[test]
+fn a_bind_mount_of_the_same_filesystem_inside_the_root_is_watched() {
+    if !can_run(&["mount", "umount"]) {
+        return;
+    }
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let elsewhere = temp_dir("bind-source");
+    let bound = Mounted::bind(elsewhere.path(), &env.src().join("bound"));
+    let daemon = env.start(|b| b.watch_backend("fanotify"));
+    assert!(
+        daemon.log().contains(" with fanotify (1 filesystem mark)"),
+        "{}",
+        tail(&daemon.log(), 30)
+    );
+    changes_replicate(&env, "bound/");
+    drop(daemon);
+    drop(bound);
 }
 
 /// ramfs has no file handles: fanotify cannot mark it. Under `auto` the root is watched
