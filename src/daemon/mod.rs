@@ -1760,9 +1760,16 @@ impl Daemon {
             // Other roots, or other filters: new watchers, and each root is rescanned once
             // its watches are in place (see `Ready`).
             if let Err(err) = self.start_watchers() {
-                tracing::error!("{err}; stopping so systemd can restart");
                 self.stopping = true;
-                self.exit_code = exit::SOFTWARE;
+                if self.watch_refused {
+                    // The reloaded config asks for fanotify where it is refused: a config
+                    // error (exit 78, which the unit does not restart).
+                    tracing::error!("{err}; stopping");
+                    self.exit_code = exit::CONFIG;
+                } else {
+                    tracing::error!("{err}; stopping so systemd can restart");
+                    self.exit_code = exit::SOFTWARE;
+                }
             }
         }
         self.timers

@@ -379,3 +379,33 @@ fn a_root_deleted_and_made_again_is_watched_again_with_fanotify() {
     write(&root, "third/deep", "3\n");
     crate::harness::wait_converged(&root, env.replica(), crate::harness::CONVERGE);
 }
+
+/// A reload whose config asks for fanotify where it is refused stops the daemon with 78
+/// (a config error, not restarted), saying why.
+#[test]
+fn a_reload_to_a_refused_fanotify_backend_exits_78() {
+    if !can_run(&["setpriv"]) {
+        return;
+    }
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let mut daemon = env.start(|b| b.launcher(&WITHOUT_CAP_SYS_ADMIN));
+    write(env.src(), "before", "watched with inotify\n");
+    env.converged();
+    let xml = env
+        .builder()
+        .raw_sersync_xml("        <watch backend=\"fanotify\"/>\n")
+        .xml();
+    daemon.write_config(&xml);
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(78), "{}", tail(&daemon.log(), 30));
+    assert!(
+        daemon
+            .log()
+            .contains("the fanotify watch backend is refused here"),
+        "{}",
+        tail(&daemon.log(), 30)
+    );
+}
