@@ -390,7 +390,7 @@ fn a_reload_to_a_refused_fanotify_backend_exits_78() {
     let Some(env) = Env::new(&["web"]) else {
         return;
     };
-    let mut daemon = env.start(|b| b.launcher(&WITHOUT_CAP_SYS_ADMIN));
+    let mut daemon = env.start(|b| b.config_watch_backend().launcher(&WITHOUT_CAP_SYS_ADMIN));
     write(env.src(), "before", "watched with inotify\n");
     env.converged();
     let xml = env

@@ -34,9 +34,20 @@ std::thread_local! {
         const { std::cell::Cell::new(None) };
 }
 
-/// The backend `both_backends!` runs the current test with.
+/// The backend `both_backends!` runs the current test with; outside it, the one
+/// `SERSYNC_TEST_WATCH_BACKEND` names for every test (`auto`, `inotify` or `fanotify`: to
+/// run the whole suite with one backend by hand); else none (the daemon's default).
 pub fn watch_backend() -> Option<&'static str> {
-    WATCH_BACKEND.get()
+    WATCH_BACKEND.get().or_else(|| {
+        match std::env::var("SERSYNC_TEST_WATCH_BACKEND").ok()?.as_str() {
+            "auto" => Some("auto"),
+            "inotify" => Some("inotify"),
+            "fanotify" => Some("fanotify"),
+            other => {
+                panic!("SERSYNC_TEST_WATCH_BACKEND={other}: expected auto, inotify or fanotify")
+            }
+        }
+    })
 }
 
 /// Runs `case` with every `sersyncd` it starts watching with `backend`. A fanotify run
