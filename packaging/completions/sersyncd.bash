@@ -23,7 +23,7 @@ _sersyncd() {
 
     case "${cmd}" in
         sersyncd)
-            opts="-o -r -n -d -m -v -h -V --config --full-sync-first --workers --daemon --module --check --state-dir --instance --verbose --log --bus --bus-address --no-dbus --metrics-listen --help --version"
+            opts="-o -r -n -d -m -v -h -V --config --full-sync-first --workers --daemon --module --check --state-dir --instance --verbose --log --bus --bus-address --no-dbus --metrics-listen --watch-backend --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -75,6 +75,10 @@ _sersyncd() {
                     ;;
                 --metrics-listen)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watch-backend)
+                    COMPREPLY=($(compgen -W "auto inotify fanotify" -- "${cur}"))
                     return 0
                     ;;
                 *)

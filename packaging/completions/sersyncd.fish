@@ -10,6 +10,9 @@ complete -c sersyncd -l bus -d 'Which D-Bus bus to offer the control interface o
 session\t'The session bus of the user (`$DBUS_SESSION_BUS_ADDRESS`), for unprivileged use'"
 complete -c sersyncd -l bus-address -d 'Connect to this D-Bus address instead (e.g. a private bus in tests)' -r
 complete -c sersyncd -l metrics-listen -d 'Answer Prometheus scrapes (GET /metrics) on this IP:PORT, e.g. 127.0.0.1:9150 (instead of the config\'s <metrics listen>)' -r
+complete -c sersyncd -l watch-backend -d 'How to watch the roots: inotify (one watch per directory), fanotify (one mark per filesystem; needs CAP_SYS_ADMIN, exits 78 where refused) or auto (fanotify where it works, else inotify) [default: the config\'s <watch backend>, else inotify]' -r -f -a "auto\t''
+inotify\t''
+fanotify\t''"
 complete -c sersyncd -s r -l full-sync-first -d 'Push every watched tree to every remote once the watches are in place'
 complete -c sersyncd -s d -l daemon -d 'Detach from the terminal like a classic daemon (not needed under systemd)'
 complete -c sersyncd -l check -d 'Validate the config (and with -m, the plugin named) and exit: 0 when valid, 78 with diagnostics otherwise, 64 when -m names no configured plugin'

@@ -63,6 +63,48 @@ pub struct Config {
     /// `<sersync><metrics listen>` (ours): where `sersyncd` answers Prometheus scrapes
     /// (`GET /metrics`); `None`: nowhere. `sersyncd --metrics-listen` wins over it.
     pub metrics: Option<MetricsListen>,
+    /// `<sersync><watch backend>` (ours): how the roots are watched; `None` when absent
+    /// (inotify). `sersyncd --watch-backend` wins over it.
+    pub watch_backend: Option<WatchBackend>,
+}
+
+/// How the roots are watched: `<watch backend>` and `sersyncd --watch-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchBackend {
+    /// fanotify where the kernel, the privileges and the filesystem allow it, else inotify
+    /// (one log line says why); never fails where inotify works.
+    Auto,
+    /// One inotify watch per directory (the default).
+    #[default]
+    Inotify,
+    /// One fanotify filesystem mark per filesystem (needs `CAP_SYS_ADMIN` and Linux 5.17);
+    /// a refusal is a configuration error (exit 78).
+    Fanotify,
+}
+
+impl WatchBackend {
+    pub const NAMES: [&'static str; 3] = ["auto", "inotify", "fanotify"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WatchBackend::Auto => "auto",
+            WatchBackend::Inotify => "inotify",
+            WatchBackend::Fanotify => "fanotify",
+        }
+    }
+}
+
+/// Reads a watch backend name (for `<watch backend>` and `sersyncd --watch-backend`
+/// alike); the error says what is expected.
+pub fn parse_watch_backend(text: &str) -> Result<WatchBackend, String> {
+    match text.trim() {
+        "auto" => Ok(WatchBackend::Auto),
+        "inotify" => Ok(WatchBackend::Inotify),
+        "fanotify" => Ok(WatchBackend::Fanotify),
+        _ => Err(format!(
+            "invalid watch backend \"{text}\": expected auto, inotify or fanotify"
+        )),
+    }
 }
 
 /// `<metrics listen="IP:PORT"/>`: the address of the metrics listener.

@@ -28,7 +28,7 @@ use super::{
     Auth, CommandPlugin, Config, Crontab, DeleteGuard, EventToggles, ExcludeRegex, FailLog, Filter,
     HostSection, HttpHeader, HttpPlugin, MetricsListen, PluginKind, Plugins, PurgeRequest,
     RefreshCdnPlugin, Remote, RsyncOptions, RunAs, SocketFraming, SocketPlugin, SoftDelete,
-    WatchRoot,
+    WatchBackend, WatchRoot,
 };
 use crate::http_url::{HttpUrl, template_sample};
 
@@ -133,6 +133,7 @@ const HEAD: Spec = Spec {
                 leaf("twoWay", &["start"]),
                 leaf("queue", &["maxPending"]),
                 leaf("metrics", &["listen"]),
+                leaf("watch", &["backend"]),
             ],
         },
         // The children of a top-level <plugin> depend on its name: see `plugin_section_spec`.
@@ -257,7 +258,11 @@ impl Checker<'_> {
         let mut delete_guard = DeleteGuard::default();
         let mut max_pending = super::DEFAULT_MAX_PENDING;
         let mut metrics = None;
+        let mut watch_backend = None;
         if let Some(sersync) = sersync {
+            if let Some(element) = self.single(sersync, "watch") {
+                watch_backend = self.watch_backend(element);
+            }
             if let Some(element) = self.single(sersync, "metrics") {
                 metrics = self.metrics(element);
             }
@@ -281,7 +286,13 @@ impl Checker<'_> {
                 rsync.soft_delete = soft_delete.and_then(|element| self.soft_delete(element));
             }
             if let Some(element) = two_way_element.filter(|_| two_way) {
-                self.check_two_way(element, &rsync, &filter, soft_delete.is_some());
+                self.check_two_way(
+                    element,
+                    &rsync,
+                    &filter,
+                    soft_delete.is_some(),
+                    watch_backend,
+                );
             }
             if let Some(element) = self.single(sersync, "failLog") {
                 fail_log = self.fail_log(element);
@@ -308,6 +319,18 @@ impl Checker<'_> {
             delete_guard,
             max_pending,
             metrics,
+            watch_backend,
+        }
+    }
+
+    fn watch_backend(&mut self, element: &Element) -> Option<WatchBackend> {
+        let attr = self.required(element, "backend")?;
+        match super::parse_watch_backend(&attr.value) {
+            Ok(backend) => Some(backend),
+            Err(message) => {
+                self.error(attr.value_at(), format!("{message} in <watch backend>"));
+                None
+            }
         }
     }
 
@@ -336,6 +359,7 @@ impl Checker<'_> {
         rsync: &RsyncOptions,
         filter: &Filter,
         soft_delete_given: bool,
+        watch_backend: Option<WatchBackend>,
     ) {
         if rsync.soft_delete.is_none() {
             let hint = if soft_delete_given {
@@ -350,6 +374,15 @@ impl Checker<'_> {
                      two-way mode every version the peer replaces or deletes, the loser of a \
                      conflict among them, is kept in its directory"
                 ),
+            );
+        }
+        if matches!(watch_backend, Some(WatchBackend::Fanotify)) {
+            self.error(
+                element.at,
+                "<twoWay start=\"true\"> cannot be used with <watch backend=\"fanotify\">: \
+                 two-way mode tells the peer's files by inotify's pairing of renames (it \
+                 watches with inotify; \"auto\" is accepted and means inotify here)"
+                    .to_owned(),
             );
         }
         if filter.enabled {

@@ -1578,6 +1578,14 @@ fn two_way_values_and_what_it_refuses() {
         (
             &in_sersync_after_root(
                 "<twoWay start=\"true\"/>\n<softDelete start=\"true\"/>\n\
+                 <watch backend=\"fanotify\"/>",
+            ),
+            4,
+            "cannot be used with <watch backend=\"fanotify\">",
+        ),
+        (
+            &in_sersync_after_root(
+                "<twoWay start=\"true\"/>\n<softDelete start=\"true\"/>\n\
                  <rsync><commonParams params=\"-aI --delete\"/></rsync>",
             ),
             4,
@@ -1601,4 +1609,57 @@ fn two_way_values_and_what_it_refuses() {
             "{text}: {errors:?}"
         );
     }
+}
+
+#[test]
+fn watch_backend_values_and_errors() {
+    let (config, _) = loaded(&in_sersync_after_root(""));
+    assert_eq!(config.watch_backend, None);
+    // (element, the backend it chooses); each on line 4.
+    let table = [
+        (r#"<watch backend="auto"/>"#, WatchBackend::Auto),
+        (r#"<watch backend="inotify"/>"#, WatchBackend::Inotify),
+        (r#"<watch backend=" fanotify "/>"#, WatchBackend::Fanotify),
+    ];
+    for (element, backend) in table {
+        let (config, warnings) = loaded(&in_sersync_after_root(element));
+        assert_eq!(config.watch_backend, Some(backend), "{element}");
+        assert!(warnings.is_empty(), "{element}: {warnings:?}");
+    }
+    // (element, words the error must carry); each on line 4.
+    let table = [
+        (
+            r#"<watch backend="fanotfy"/>"#,
+            "expected auto, inotify or fanotify",
+        ),
+        (
+            r#"<watch backend="FANOTIFY"/>"#,
+            "invalid watch backend \"FANOTIFY\"",
+        ),
+        (r#"<watch backend=""/>"#, "is empty"),
+        (r#"<watch/>"#, "missing the required attribute \"backend\""),
+    ];
+    for (element, words) in table {
+        let errors = errors_of(&in_sersync_after_root(element));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == 4 && e.message.contains(words) && e.message.contains("watch")),
+            "{element}: {errors:?}"
+        );
+    }
+    // The caret points at the value.
+    let errors = errors_of(&in_sersync_after_root(r#"<watch backend="fanotfy"/>"#));
+    assert_eq!((errors[0].line, errors[0].col), (4, 17), "{errors:?}");
+    // An attribute it does not know is a warning, like everywhere else.
+    let (config, warnings) = loaded(&in_sersync_after_root(
+        r#"<watch backend="auto" mode="x"/>"#,
+    ));
+    assert_eq!(config.watch_backend, Some(WatchBackend::Auto));
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.message.contains("unknown attribute \"mode\" on <watch>")),
+        "{warnings:?}"
+    );
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, ValueEnum};
 
 pub use crate::control::BusKind;
@@ -93,6 +94,17 @@ pub struct Cli {
         value_parser = crate::config::parse_listen_address
     )]
     pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// How to watch the roots: inotify (one watch per directory), fanotify (one mark per
+    /// filesystem; needs CAP_SYS_ADMIN, exits 78 where refused) or auto (fanotify where
+    /// it works, else inotify) [default: the config's <watch backend>, else inotify].
+    #[arg(
+        long = "watch-backend",
+        value_name = "BACKEND",
+        value_parser = clap::builder::PossibleValuesParser::new(crate::config::WatchBackend::NAMES)
+            .map(|name| crate::config::parse_watch_backend(&name).unwrap_or_default())
+    )]
+    pub watch_backend: Option<crate::config::WatchBackend>,
 }
 
 impl Cli {

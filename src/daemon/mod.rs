@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::atomic_file;
-use crate::config::{self, Config, RootId};
+use crate::config::{self, Config, RootId, WatchBackend};
 use crate::control::{
     self, Command, Counters, Event, FailureRecord, Histogram, RemoteStatus, RunCounts, Status,
 };
@@ -42,7 +42,7 @@ use crate::plugin::{ChangeKind, PluginEvent, PluginHost};
 use crate::queue::{Action, DEFAULT_MAX_BATCH, FullSyncReason, Job, LaneId, Queue};
 use crate::sync::argv::Transport;
 use crate::sync::{JobContext, Outcome, RunResult, Runner};
-use crate::watch::{Heartbeat, WatchControl, WatchEvent, WatchSpec, Watcher};
+use crate::watch::{self, Heartbeat, WatchControl, WatchEvent, WatchSpec};
 use checkpoints::{Checkpoints, Progress};
 pub use cli::Cli;
 use deletions::{DeletionWindows, Next};
@@ -283,6 +283,9 @@ struct Daemon {
     /// One per root, in root order.
     watchers: Vec<RootWatcher>,
     watcher_generation: u64,
+    /// `--watch-backend fanotify` (or `<watch backend="fanotify">`) was refused at start:
+    /// exit 78, not 70.
+    watch_refused: bool,
     watchers_started: Instant,
     in_flight: usize,
     next_lane: usize,
@@ -464,8 +467,17 @@ fn queue_layout(lanes: &[Lane]) -> Vec<(LaneId, RootId)> {
     lanes.iter().map(|lane| (lane.id, lane.root)).collect()
 }
 
-fn watch_spec(config: &Config) -> WatchSpec {
+/// The watch spec of `config`, with the backend `sersyncd --watch-backend` asks for (it
+/// wins over `<watch backend>`; inotify when neither says).
+fn watch_spec(config: &Config, backend: Option<WatchBackend>) -> WatchSpec {
     WatchSpec {
+        // Two-way mode tells the peer's files by inotify's pairing of renames (see
+        // `sync::two_way`); the fanotify watcher does not pair them that way.
+        backend: if config.rsync.two_way {
+            WatchBackend::Inotify
+        } else {
+            backend.or(config.watch_backend).unwrap_or_default()
+        },
         roots: config.roots.iter().map(|r| r.path.clone()).collect(),
         filter: config.filter.clone(),
         ignore_temp_files: config.ignore_temp_files,
@@ -486,6 +498,16 @@ fn watch_spec(config: &Config) -> WatchSpec {
 
 impl Daemon {
     fn new(cli: Cli, config: Config, instance: String, state_dir: PathBuf) -> Result<Self, String> {
+        if config.rsync.two_way
+            && cli
+                .watch_backend
+                .is_some_and(|backend| backend != WatchBackend::Inotify)
+        {
+            tracing::warn!(
+                "--watch-backend is inotify in two-way mode: it tells the peer's files by \
+                 inotify's pairing of renames"
+            );
+        }
         let timers = Timers::new(Instant::now(), schedule_of(&config));
         let mut next_lane_id = 0;
         let lanes = build_lanes(&config, &[], &mut next_lane_id);
@@ -511,6 +533,7 @@ impl Daemon {
             rx,
             watchers: Vec::new(),
             watcher_generation: 0,
+            watch_refused: false,
             watchers_started: Instant::now(),
             in_flight: 0,
             next_lane: 0,
@@ -876,7 +899,7 @@ impl Daemon {
         self.watcher_generation += 1;
         self.watchers_started = Instant::now();
         let generation = self.watcher_generation;
-        let spec = watch_spec(&self.config);
+        let spec = watch_spec(&self.config, self.cli.watch_backend);
         for root in &spec.roots {
             self.prepare_two_way_root(root);
         }
@@ -884,7 +907,7 @@ impl Daemon {
             let (control_tx, control_rx) = mpsc::channel();
             let tx = self.tx.clone();
             let heartbeat = Arc::new(Heartbeat::new());
-            let watcher = Watcher::new(spec.clone(), root, Arc::clone(&heartbeat), move |event| {
+            let watcher = watch::open(spec.clone(), root, Arc::clone(&heartbeat), move |event| {
                 let mut stall = None;
                 if let WatchEvent::Changes(changes) = &event {
                     for change in changes {
@@ -898,11 +921,14 @@ impl Daemon {
                 }
             })
             .map_err(|err| {
-                format!("cannot create an inotify instance: {err} (fs.inotify.max_user_instances?)")
+                if matches!(err, watch::OpenError::FanotifyRefused(_)) {
+                    self.watch_refused = true;
+                }
+                err.to_string()
             })?;
             let failed = self.tx.clone();
             std::thread::Builder::new()
-                .name(format!("inotify-{root}"))
+                .name(format!("{}-{root}", watcher.backend()))
                 .spawn(move || {
                     // A panic would otherwise end the thread silently and the root
                     // would stop being replicated with nothing said.
@@ -996,6 +1022,14 @@ impl Daemon {
             .and_then(|()| self.start_watchers())
         {
             tracing::error!("{err}");
+            // `--watch-backend fanotify` where it is refused: a configuration error, and
+            // nothing was watched or owed, so the next start is not an unclean one.
+            if self.watch_refused {
+                if let Err(err) = self.state.clear_running() {
+                    tracing::error!("cannot remove the running marker: {err}");
+                }
+                return exit::CONFIG;
+            }
             return exit::SOFTWARE;
         }
         tracing::info!(
@@ -1731,8 +1765,8 @@ impl Daemon {
         self.timers
             .retain_held_full_syncs(|id| lanes.iter().any(|lane| lane.id == id));
         self.finish_full_sync_jobs();
-        let spec = watch_spec(&config);
-        let rewatch = !spec.watches_like(&watch_spec(&self.config));
+        let spec = watch_spec(&config, self.cli.watch_backend);
+        let rewatch = !spec.watches_like(&watch_spec(&self.config, self.cli.watch_backend));
         // Roots that may have missed changes keep owing under their new numbers (new
         // watchers ask for their rescans with these stamps once ready, see `Ready`).
         let old_roots = &self.config.roots;
@@ -1767,9 +1801,16 @@ impl Daemon {
             // Other roots, or other filters: new watchers, and each root is rescanned once
             // its watches are in place (see `Ready`).
             if let Err(err) = self.start_watchers() {
-                tracing::error!("{err}; stopping so systemd can restart");
                 self.stopping = true;
-                self.exit_code = exit::SOFTWARE;
+                if self.watch_refused {
+                    // The reloaded config asks for fanotify where it is refused: a config
+                    // error (exit 78, which the unit does not restart).
+                    tracing::error!("{err}; stopping");
+                    self.exit_code = exit::CONFIG;
+                } else {
+                    tracing::error!("{err}; stopping so systemd can restart");
+                    self.exit_code = exit::SOFTWARE;
+                }
             }
         }
         self.timers

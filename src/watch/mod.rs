@@ -36,11 +36,14 @@ use std::time::{Duration, Instant};
 use inotify::{EventMask, Inotify, WatchMask};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::config::{EventToggles, Filter, RootId};
+use crate::config::{EventToggles, Filter, RootId, WatchBackend};
 use crate::queue::Action;
 use crate::relpath::{RelPath, join};
 
+mod created;
+pub mod fanotify;
 mod tree;
+use created::{RecentCreates, Tmpfile};
 use tree::{Place, WatchTree};
 
 /// One path-level change under a root.
@@ -101,13 +104,41 @@ pub struct WatchSpec {
     /// `crate::sync::two_way`), and files found in a new directory are
     /// [`Action::Created`].
     pub incoming: Option<Vec<u8>>,
+    /// inotify, fanotify, or fanotify where it works (see [`open`]).
+    pub backend: WatchBackend,
 }
 
 impl WatchSpec {
+    /// Whether an entry is left out: the built-in temporary-file names (non-directories)
+    /// and the `<filter>` excludes. Both backends ask this, so they see the same tree.
+    pub fn ignores(&self, rel: &[u8], name: &[u8], is_dir: bool) -> bool {
+        (self.ignore_temp_files && !is_dir && is_temp_file_name(name))
+            || self.is_own_directory(rel)
+            || self.filter.excludes(rel, is_dir)
+    }
+
+    /// Whether `rel` is one of sersync's own directories at the top of a root (two-way
+    /// mode's soft-delete and incoming directories).
+    fn is_own_directory(&self, rel: &[u8]) -> bool {
+        self.unwatched_top.as_deref() == Some(rel) || self.incoming.as_deref() == Some(rel)
+    }
+
+    /// Whether nothing inside the directory `rel` is seen: it or a directory above it is
+    /// excluded by `<filter>` (the inotify watcher never watches those directories; a
+    /// fanotify watcher, which sees the whole filesystem, asks this).
+    pub fn hides_contents_of(&self, rel: &[u8]) -> bool {
+        !rel.is_empty()
+            && (self.filter.excludes(rel, true)
+                || self.is_own_directory(rel)
+                || crate::relpath::ancestors(rel)
+                    .any(|dir| self.filter.excludes(dir, true) || self.is_own_directory(dir)))
+    }
+
     /// Whether `other` watches the same roots, in the same order, the same way (the
     /// watches of one can serve the other).
     pub fn watches_like(&self, other: &WatchSpec) -> bool {
         self.roots == other.roots
+            && self.backend == other.backend
             && self.events == other.events
             && self.ignore_temp_files == other.ignore_temp_files
             && self.unwatched_top == other.unwatched_top
@@ -156,20 +187,6 @@ struct PendingMove {
     incoming: bool,
 }
 
-/// What an event's name says about `O_TMPFILE` (see [`Watcher::tmpfile_link`]).
-#[derive(Debug)]
-enum Tmpfile {
-    /// A name like any other.
-    No,
-    /// The descriptor of a file linked in as this path.
-    LinkedAs(RootId, RelPath),
-    /// The descriptor of a file with no name (never linked, or linked too long ago).
-    Anonymous,
-}
-
-/// How many recently created files are remembered by inode (for `O_TMPFILE` links).
-const RECENT_CREATES: usize = 4096;
-
 /// When a watcher last made progress, shared with the daemon: a watcher blocked in a
 /// filesystem call (a hung NFS or FUSE mount) stops beating.
 #[derive(Debug)]
@@ -204,6 +221,141 @@ impl Default for Heartbeat {
     }
 }
 
+/// The watcher of one root, of either backend: run it on its own thread.
+pub enum AnyWatcher<F: FnMut(WatchEvent)> {
+    Inotify(Watcher<F>),
+    Fanotify(fanotify::FanWatcher<F>),
+}
+
+impl<F: FnMut(WatchEvent)> std::fmt::Debug for AnyWatcher<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnyWatcher::Inotify(w) => w.fmt(f),
+            AnyWatcher::Fanotify(w) => w.fmt(f),
+        }
+    }
+}
+
+impl<F: FnMut(WatchEvent)> AnyWatcher<F> {
+    /// Reports [`WatchEvent::Ready`], then reads events until told to stop.
+    pub fn run(self, control: Receiver<WatchControl>) -> io::Result<()> {
+        match self {
+            AnyWatcher::Inotify(w) => w.run(control),
+            AnyWatcher::Fanotify(w) => w.run(control),
+        }
+    }
+
+    /// `inotify` or `fanotify`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            AnyWatcher::Inotify(_) => "inotify",
+            AnyWatcher::Fanotify(_) => "fanotify",
+        }
+    }
+}
+
+/// Why no watcher could be made for a root.
+#[derive(Debug)]
+pub enum OpenError {
+    /// `fanotify` was asked for and is refused here (a configuration error: exit 78).
+    FanotifyRefused(String),
+    /// No inotify instance (`fs.inotify.max_user_instances`?).
+    Inotify(io::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::FanotifyRefused(why) => write!(
+                f,
+                "the fanotify watch backend is refused here: {why}; run with CAP_SYS_ADMIN and \
+                 CAP_DAC_READ_SEARCH on Linux 5.17 or later, or choose `auto` (falls back to \
+                 inotify) or `inotify`"
+            ),
+            OpenError::Inotify(err) => write!(
+                f,
+                "cannot create an inotify instance: {err} (fs.inotify.max_user_instances?)"
+            ),
+        }
+    }
+}
+
+/// Makes the watcher of root `root` with the backend `spec.backend` asks for:
+///
+/// - `inotify`: the inotify watcher (what it always was);
+/// - `fanotify`: the fanotify watcher; a refusal (privileges, kernel, the root's
+///   filesystem) is an error, a filesystem mounted below the root that refuses is logged
+///   at start, a missing root is reported lost and retried as with inotify;
+/// - `auto`: fanotify if it can watch the whole root, else inotify, with one log line
+///   saying why.
+pub fn open<F: FnMut(WatchEvent)>(
+    spec: WatchSpec,
+    root: RootId,
+    heartbeat: std::sync::Arc<Heartbeat>,
+    report: F,
+) -> Result<AnyWatcher<F>, OpenError> {
+    let path = spec.roots[root].clone();
+    let fallback = match spec.backend {
+        WatchBackend::Inotify => None,
+        WatchBackend::Fanotify => match fanotify::Marks::open(&spec, root) {
+            Ok(marks) => {
+                fanotify::log_unmarked(&marks);
+                Some(marks)
+            }
+            Err(fanotify::SetupError::Refused(refused)) => {
+                return Err(OpenError::FanotifyRefused(refused.to_string()));
+            }
+            Err(fanotify::SetupError::Root(_)) => {
+                return Ok(AnyWatcher::Fanotify(fanotify::FanWatcher::new(
+                    spec, root, None, heartbeat, report,
+                )));
+            }
+        },
+        WatchBackend::Auto => match fanotify::Marks::open(&spec, root) {
+            Ok(marks) if marks.unmarked.is_empty() => Some(marks),
+            Ok(marks) => {
+                let (point, err) = &marks.unmarked[0];
+                tracing::warn!(
+                    root = %path.display(),
+                    "fanotify cannot mark the filesystem mounted at {} ({err}): watching \
+                     this root with inotify",
+                    point.display()
+                );
+                None
+            }
+            Err(err) => {
+                tracing::warn!(
+                    root = %path.display(),
+                    "fanotify cannot watch this root ({err}): watching it with inotify"
+                );
+                None
+            }
+        },
+    };
+    match fallback {
+        Some(marks) => {
+            tracing::info!(
+                root = %path.display(),
+                filesystems = marks.marked(),
+                "watching {} with fanotify ({} filesystem mark{})",
+                path.display(),
+                marks.marked(),
+                if marks.marked() == 1 { "" } else { "s" }
+            );
+            Ok(AnyWatcher::Fanotify(fanotify::FanWatcher::new(
+                spec,
+                root,
+                Some(marks),
+                heartbeat,
+                report,
+            )))
+        }
+        None => Watcher::new(spec, root, heartbeat, report)
+            .map(AnyWatcher::Inotify)
+            .map_err(OpenError::Inotify),
+    }
+}
+
 /// The watcher of one root: run it on its own thread with [`Watcher::run`].
 pub struct Watcher<F: FnMut(WatchEvent)> {
     inotify: Inotify,
@@ -227,10 +379,8 @@ pub struct Watcher<F: FnMut(WatchEvent)> {
     unwatched: Vec<(i32, Vec<u8>)>,
     /// Roots for which a WatchLimit was reported since the last retry.
     limited_roots: Vec<RootId>,
-    /// Inode → path of regular files created lately and not synced on creation. A file
-    /// made with `open(dir, O_TMPFILE)` + `linkat` is written through a descriptor whose
-    /// name is `#<inode>`: its IN_CLOSE_WRITE never names the file.
-    recent_creates: std::collections::HashMap<u64, (RootId, RelPath)>,
+    /// Regular files created lately and not synced on creation (for `O_TMPFILE` links).
+    recent_creates: RecentCreates,
     /// `(parent, name, watch)` of a directory that the last rename moved another one onto.
     /// If the next move starts from that very name, it is the second half of a
     /// RENAME_EXCHANGE (`renameat2`, atomic swaps) and moves *this* directory, not the one
@@ -276,7 +426,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             last_reported_count: 0,
             unwatched: Vec::new(),
             limited_roots: Vec::new(),
-            recent_creates: std::collections::HashMap::new(),
+            recent_creates: RecentCreates::default(),
             displaced: None,
         })
     }
@@ -563,10 +713,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     }
 
     fn ignored(&self, rel: &[u8], name: &[u8], is_dir: bool) -> bool {
-        (self.spec.ignore_temp_files && !is_dir && is_temp_file_name(name))
-            || self.spec.unwatched_top.as_deref() == Some(rel)
-            || self.spec.incoming.as_deref() == Some(rel)
-            || self.spec.filter.excludes(rel, is_dir)
+        self.spec.ignores(rel, name, is_dir)
     }
 
     /// Adds a watch for `name` in directory `parent`, then walks what it contains.
@@ -843,50 +990,16 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
     }
 
-    /// Whether a created non-directory needs a sync now, without waiting for an
-    /// IN_CLOSE_WRITE that will never come: symlinks, fifos, device nodes, and a name given
-    /// to an inode that existed before (a hard link, a linked `O_TMPFILE`). Its link
-    /// count tells only while the other name lasts; its ctime after its mtime tells
-    /// either way (a link changes the ctime, a file being written moves both together).
-    /// Other regular files are remembered by inode for [`Watcher::tmpfile_link`].
+    /// Whether a created non-directory needs a sync now (see [`RecentCreates::needs_sync`]).
     fn created_needs_sync(&mut self, root: RootId, rel: &[u8]) -> bool {
-        match std::fs::symlink_metadata(self.abs_path(root, rel)) {
-            Ok(meta) if !meta.is_file() || meta.nlink() > 1 => true,
-            Ok(meta) if (meta.ctime(), meta.ctime_nsec()) > (meta.mtime(), meta.mtime_nsec()) => {
-                true
-            }
-            Ok(meta) => {
-                if self.recent_creates.len() >= RECENT_CREATES {
-                    self.recent_creates.clear();
-                }
-                self.recent_creates.insert(meta.ino(), (root, rel.to_vec()));
-                false
-            }
-            Err(_) => false,
-        }
+        let abs = self.abs_path(root, rel);
+        self.recent_creates.needs_sync(&abs, root, rel)
     }
 
-    /// An event named `#<inode>` that names no file is the anonymous name of an
-    /// `O_TMPFILE` descriptor: the file it became (if it was linked in lately) is the path
-    /// that changed; one never linked has no path.
+    /// What an event's name says about `O_TMPFILE` (see [`RecentCreates::tmpfile_link`]).
     fn tmpfile_link(&self, root: RootId, rel: &[u8], name: &[u8]) -> Tmpfile {
-        let Some(digits) = name.strip_prefix(b"#") else {
-            return Tmpfile::No;
-        };
-        let Some(ino) = std::str::from_utf8(digits)
-            .ok()
-            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|d| d.parse::<u64>().ok())
-        else {
-            return Tmpfile::No;
-        };
-        if std::fs::symlink_metadata(self.abs_path(root, rel)).is_ok() {
-            return Tmpfile::No; // a real file with that name
-        }
-        match self.recent_creates.get(&ino) {
-            Some((root, path)) => Tmpfile::LinkedAs(*root, path.clone()),
-            None => Tmpfile::Anonymous,
-        }
+        self.recent_creates
+            .tmpfile_link(&self.abs_path(root, rel), name)
     }
 
     /// A directory moved in from outside (no `IN_MOVED_FROM` paired with it). If it is one

@@ -490,7 +490,7 @@ fn clean_restart_with_a_remote_down_keeps_and_delivers_the_pending_changes() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. inotify queue overflow
+// 5. queue overflow (inotify and fanotify)
 // ---------------------------------------------------------------------------------------
 
 /// Sets a sysctl for the life of the guard; the old value is written back on drop (also
@@ -524,93 +524,104 @@ impl Drop for Sysctl {
     }
 }
 
-#[test]
-fn inotify_queue_overflow_is_detected_and_the_replica_converges_exactly() {
-    const MAX_QUEUED: &str = "/proc/sys/fs/inotify/max_queued_events";
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            !ci,
-            "CI=true: the overflow test needs root to set {MAX_QUEUED}"
-        );
-        eprintln!("SKIP overflow test: not root, cannot set {MAX_QUEUED}");
-        return;
-    }
-    let Some(env) = Env::new(&["web"]) else {
-        return;
-    };
-    let _serial = SYSCTL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let daemon = {
-        // The limit is copied into an inotify instance when it is created, so it only has
-        // to be low while sersyncd starts; restoring it at once keeps the window in which
-        // other tests' daemons could start with it short.
-        let guard = Sysctl::set(MAX_QUEUED, "64").unwrap_or_else(|e| panic!("{e}"));
-        let daemon = env.start(|b| b);
-        drop(guard);
-        daemon
-    };
-    let restored = std::fs::read_to_string(MAX_QUEUED).unwrap();
-    assert_ne!(restored.trim(), "64", "{MAX_QUEUED} was not restored");
-
-    // Ten watched directories first: events in them are what fills the queue.
-    for d in 0..10 {
-        write(env.src(), &format!("pre{d}/seed"), "seed\n");
-    }
-    env.converged();
-
-    // Stop the daemon while the burst is written: the kernel queues 64 events and drops
-    // the rest, so the overflow is certain rather than a matter of speed. 2,000 files go
-    // into the watched directories (4,000+ events), then 20 new directories with 50 files
-    // each are created, whose own creation events are among those dropped.
-    let pid = daemon.pid();
-    kill(pid, Signal::SIGSTOP).unwrap();
-    let burst = std::panic::catch_unwind(|| {
-        for i in 0..2000 {
-            write(
-                env.src(),
-                &format!("pre{}/f{i:04}", i % 10),
-                &format!("{i}\n"),
+both_backends! {
+    fn queue_overflow_is_detected_and_the_replica_converges_exactly() {
+        // The queue of the backend under test: both copy the limit when they are created.
+        let (max_queued, overflowed) = match crate::harness::watch_backend() {
+            Some("fanotify") => (
+                "/proc/sys/fs/fanotify/max_queued_events",
+                "fanotify queue overflowed",
+            ),
+            _ => (
+                "/proc/sys/fs/inotify/max_queued_events",
+                "inotify queue overflowed",
+            ),
+        };
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                !ci,
+                "CI=true: the overflow test needs root to set {max_queued}"
             );
+            eprintln!("SKIP overflow test: not root, cannot set {max_queued}");
+            return;
         }
-        for d in 0..20 {
-            for i in 0..50 {
+        let Some(env) = Env::new(&["web"]) else {
+            return;
+        };
+        let _serial = SYSCTL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let daemon = {
+            // The limit is copied into an inotify instance when it is created, so it only has
+            // to be low while sersyncd starts; restoring it at once keeps the window in which
+            // other tests' daemons could start with it short.
+            let guard = Sysctl::set(max_queued, "64").unwrap_or_else(|e| panic!("{e}"));
+            let daemon = env.start(|b| b);
+            drop(guard);
+            daemon
+        };
+        let restored = std::fs::read_to_string(max_queued).unwrap();
+        assert_ne!(restored.trim(), "64", "{max_queued} was not restored");
+
+        // Ten watched directories first: events in them are what fills the queue.
+        for d in 0..10 {
+            write(env.src(), &format!("pre{d}/seed"), "seed\n");
+        }
+        env.converged();
+
+        // Stop the daemon while the burst is written: the kernel queues 64 events and drops
+        // the rest, so the overflow is certain rather than a matter of speed. 2,000 files go
+        // into the watched directories (4,000+ events), then 20 new directories with 50 files
+        // each are created, whose own creation events are among those dropped.
+        let pid = daemon.pid();
+        kill(pid, Signal::SIGSTOP).unwrap();
+        let burst = std::panic::catch_unwind(|| {
+            for i in 0..2000 {
                 write(
                     env.src(),
-                    &format!("new{d:02}/f{i:02}"),
-                    &format!("{d} {i}\n"),
+                    &format!("pre{}/f{i:04}", i % 10),
+                    &format!("{i}\n"),
                 );
             }
+            for d in 0..20 {
+                for i in 0..50 {
+                    write(
+                        env.src(),
+                        &format!("new{d:02}/f{i:02}"),
+                        &format!("{d} {i}\n"),
+                    );
+                }
+            }
+        });
+        kill(pid, Signal::SIGCONT).unwrap();
+        if let Err(panic) = burst {
+            std::panic::resume_unwind(panic);
         }
-    });
-    kill(pid, Signal::SIGCONT).unwrap();
-    if let Err(panic) = burst {
-        std::panic::resume_unwind(panic);
-    }
-    wait_until(
-        Duration::from_secs(10),
-        "the daemon logs the overflow",
-        || daemon.log().contains("inotify queue overflowed"),
-        || tail(&daemon.log(), 20),
-    );
-    let took = wait_converged(env.src(), env.replica(), Duration::from_secs(30));
-    eprintln!("overflow: converged {took:?} after the burst");
-
-    // Every directory is watched after the rescan, also those whose creation was lost in
-    // the overflow: a change in each of them replicates live.
-    for d in 0..10 {
-        write(env.src(), &format!("pre{d}/after-the-overflow"), "live\n");
-    }
-    for d in 0..20 {
-        write(
-            env.src(),
-            &format!("new{d:02}/after-the-overflow"),
-            "live\n",
+        wait_until(
+            Duration::from_secs(10),
+            "the daemon logs the overflow",
+            || daemon.log().contains(overflowed),
+            || tail(&daemon.log(), 20),
         );
+        let took = wait_converged(env.src(), env.replica(), Duration::from_secs(30));
+        eprintln!("overflow: converged {took:?} after the burst");
+
+        // Every directory is watched after the rescan, also those whose creation was lost in
+        // the overflow: a change in each of them replicates live.
+        for d in 0..10 {
+            write(env.src(), &format!("pre{d}/after-the-overflow"), "live\n");
+        }
+        for d in 0..20 {
+            write(
+                env.src(),
+                &format!("new{d:02}/after-the-overflow"),
+                "live\n",
+            );
+        }
+        std::fs::remove_file(env.src().join("new19/f49")).unwrap();
+        wait_converged(env.src(), env.replica(), CONVERGE);
     }
-    std::fs::remove_file(env.src().join("new19/f49")).unwrap();
-    wait_converged(env.src(), env.replica(), CONVERGE);
 }
 
 // ---------------------------------------------------------------------------------------

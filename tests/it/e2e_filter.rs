@@ -27,38 +27,39 @@ fn with_filter(env: &Env, r: bool) -> crate::harness::Sersyncd {
     })
 }
 
-#[test]
-fn excluded_paths_never_reach_the_replica() {
-    let Some(env) = Env::new(&["web"]) else {
-        return;
-    };
-    let _daemon = with_filter(&env, false);
-    for path in [
-        "keep.txt",
-        "x.tmp",
-        "sub/y.tmp",
-        "sub/keep.txt",
-        "cache/a.txt",
-        "cache/deep/b.txt",
-        // Whole-string match from the root: these are not excluded.
-        "sub/cache/c.txt",
-        "notcache.txt",
-        "x.tmp.txt",
-    ] {
-        write(env.src(), path, path);
+both_backends! {
+    fn excluded_paths_never_reach_the_replica() {
+        let Some(env) = Env::new(&["web"]) else {
+            return;
+        };
+        let _daemon = with_filter(&env, false);
+        for path in [
+            "keep.txt",
+            "x.tmp",
+            "sub/y.tmp",
+            "sub/keep.txt",
+            "cache/a.txt",
+            "cache/deep/b.txt",
+            // Whole-string match from the root: these are not excluded.
+            "sub/cache/c.txt",
+            "notcache.txt",
+            "x.tmp.txt",
+        ] {
+            write(env.src(), path, path);
+        }
+        wait_converged_ignoring(env.src(), env.replica(), CONVERGE, &excluded);
+        assert!(env.replica().join("sub/cache/c.txt").is_file());
+        assert!(env.replica().join("x.tmp.txt").is_file());
+        // Change excluded files again, then a visible one, and wait for the visible one.
+        write(env.src(), "x.tmp", "changed");
+        write(env.src(), "cache/a.txt", "changed");
+        write(env.src(), "keep.txt", "changed, and longer");
+        wait_converged_ignoring(env.src(), env.replica(), CONVERGE, &excluded);
+        assert_none_appear(
+            &under(env.replica(), &["x.tmp", "sub/y.tmp", "cache"]),
+            NEVER,
+        );
     }
-    wait_converged_ignoring(env.src(), env.replica(), CONVERGE, &excluded);
-    assert!(env.replica().join("sub/cache/c.txt").is_file());
-    assert!(env.replica().join("x.tmp.txt").is_file());
-    // Change excluded files again, then a visible one, and wait for the visible one.
-    write(env.src(), "x.tmp", "changed");
-    write(env.src(), "cache/a.txt", "changed");
-    write(env.src(), "keep.txt", "changed, and longer");
-    wait_converged_ignoring(env.src(), env.replica(), CONVERGE, &excluded);
-    assert_none_appear(
-        &under(env.replica(), &["x.tmp", "sub/y.tmp", "cache"]),
-        NEVER,
-    );
 }
 
 #[test]
@@ -107,39 +108,41 @@ fn temp_file(relative: &[u8]) -> bool {
     name.starts_with(b".") || name.ends_with(b"~") || name == b"4913"
 }
 
-#[test]
-fn temporary_files_are_ignored_by_default() {
-    let Some(env) = Env::new(&["web"]) else {
-        return;
-    };
-    let _daemon = env.start(|b| b);
-    for path in [
-        ".htaccess",
-        "x~",
-        "4913",
-        "sub/.swp",
-        "sub/keep.txt",
-        "keep.txt",
-    ] {
-        write(env.src(), path, path);
+both_backends! {
+    fn temporary_files_are_ignored_by_default() {
+        let Some(env) = Env::new(&["web"]) else {
+            return;
+        };
+        let _daemon = env.start(|b| b);
+        for path in [
+            ".htaccess",
+            "x~",
+            "4913",
+            "sub/.swp",
+            "sub/keep.txt",
+            "keep.txt",
+        ] {
+            write(env.src(), path, path);
+        }
+        wait_converged_ignoring(env.src(), env.replica(), CONVERGE, &temp_file);
+        assert_none_appear(
+            &under(env.replica(), &["x~", "4913", "sub/.swp"]),
+            NEVER / 2,
+        );
+        assert_never_appears(&env.replica().join(".htaccess"), NEVER / 2);
     }
-    wait_converged_ignoring(env.src(), env.replica(), CONVERGE, &temp_file);
-    assert_none_appear(
-        &under(env.replica(), &["x~", "4913", "sub/.swp"]),
-        NEVER / 2,
-    );
-    assert_never_appears(&env.replica().join(".htaccess"), NEVER / 2);
 }
 
-#[test]
-fn temporary_files_are_synced_when_the_ignore_is_off() {
-    let Some(env) = Env::new(&["web"]) else {
-        return;
-    };
-    let _daemon = env.start(|b| b.ignore_temp_files(false));
-    for path in [".htaccess", "x~", "4913", "sub/.hidden", "keep.txt"] {
-        write(env.src(), path, path);
+both_backends! {
+    fn temporary_files_are_synced_when_the_ignore_is_off() {
+        let Some(env) = Env::new(&["web"]) else {
+            return;
+        };
+        let _daemon = env.start(|b| b.ignore_temp_files(false));
+        for path in [".htaccess", "x~", "4913", "sub/.hidden", "keep.txt"] {
+            write(env.src(), path, path);
+        }
+        env.converged();
+        assert!(env.replica().join(".htaccess").is_file());
     }
-    env.converged();
-    assert!(env.replica().join(".htaccess").is_file());
 }

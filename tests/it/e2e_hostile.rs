@@ -55,75 +55,76 @@ fn path(root: &Path, relative: &[u8]) -> PathBuf {
     root.join(OsStr::from_bytes(relative))
 }
 
-#[test]
-fn hostile_names_replicate_exactly_and_run_nothing() {
-    let Some(env) = Env::new(&["web"]) else {
-        return;
-    };
-    let daemon = env.start(|b| b);
-    let names = hostile_names();
-    for name in &names {
-        std::fs::write(path(env.src(), name), name).unwrap();
-    }
-    // A directory with a hostile name, with hostile files (and a subdirectory) inside,
-    // written right after the mkdir.
-    let dir = b"$(touch PWNED) dir;`touch PWNED`\n\xff".to_vec();
-    std::fs::create_dir(path(env.src(), &dir)).unwrap();
-    for name in [&b"-rf"[..], b"a\nb", b"*"] {
-        let mut relative = dir.clone();
-        relative.push(b'/');
-        relative.extend_from_slice(name);
-        std::fs::write(path(env.src(), &relative), &relative).unwrap();
-    }
-    let mut sub = dir.clone();
-    sub.extend_from_slice(b"/[sub] $HOME");
-    std::fs::create_dir(path(env.src(), &sub)).unwrap();
-    sub.extend_from_slice(b"/x;y");
-    std::fs::write(path(env.src(), &sub), b"deep").unwrap();
-    wait_converged(env.src(), env.replica(), Duration::from_secs(20));
-
-    // Every deletion replicates too.
-    for name in &names {
-        std::fs::remove_file(path(env.src(), name)).unwrap();
-    }
-    std::fs::remove_dir_all(path(env.src(), &dir)).unwrap();
-    wait_converged(env.src(), env.replica(), Duration::from_secs(20));
-    assert_eq!(std::fs::read_dir(env.replica()).unwrap().count(), 0);
-
-    let mut pwned = Vec::new();
-    for root in [
-        env.src(),
-        env.replica(),
-        &daemon.cwd(),
-        &daemon.state_dir(),
-        env.rsyncd.dir(),
-    ] {
-        pwned.extend(find_named(root, "PWNED"));
-    }
-    // Places a stray shell could have run in (not recursively: the cwd is the repo).
-    let cwd = std::env::current_dir().unwrap();
-    for candidate in [
-        cwd.join("PWNED"),
-        PathBuf::from("/PWNED"),
-        PathBuf::from("/tmp/PWNED"),
-    ] {
-        if std::fs::symlink_metadata(&candidate).is_ok() {
-            pwned.push(candidate);
+both_backends! {
+    fn hostile_names_replicate_exactly_and_run_nothing() {
+        let Some(env) = Env::new(&["web"]) else {
+            return;
+        };
+        let daemon = env.start(|b| b);
+        let names = hostile_names();
+        for name in &names {
+            std::fs::write(path(env.src(), name), name).unwrap();
         }
+        // A directory with a hostile name, with hostile files (and a subdirectory) inside,
+        // written right after the mkdir.
+        let dir = b"$(touch PWNED) dir;`touch PWNED`\n\xff".to_vec();
+        std::fs::create_dir(path(env.src(), &dir)).unwrap();
+        for name in [&b"-rf"[..], b"a\nb", b"*"] {
+            let mut relative = dir.clone();
+            relative.push(b'/');
+            relative.extend_from_slice(name);
+            std::fs::write(path(env.src(), &relative), &relative).unwrap();
+        }
+        let mut sub = dir.clone();
+        sub.extend_from_slice(b"/[sub] $HOME");
+        std::fs::create_dir(path(env.src(), &sub)).unwrap();
+        sub.extend_from_slice(b"/x;y");
+        std::fs::write(path(env.src(), &sub), b"deep").unwrap();
+        wait_converged(env.src(), env.replica(), Duration::from_secs(20));
+
+        // Every deletion replicates too.
+        for name in &names {
+            std::fs::remove_file(path(env.src(), name)).unwrap();
+        }
+        std::fs::remove_dir_all(path(env.src(), &dir)).unwrap();
+        wait_converged(env.src(), env.replica(), Duration::from_secs(20));
+        assert_eq!(std::fs::read_dir(env.replica()).unwrap().count(), 0);
+
+        let mut pwned = Vec::new();
+        for root in [
+            env.src(),
+            env.replica(),
+            &daemon.cwd(),
+            &daemon.state_dir(),
+            env.rsyncd.dir(),
+        ] {
+            pwned.extend(find_named(root, "PWNED"));
+        }
+        // Places a stray shell could have run in (not recursively: the cwd is the repo).
+        let cwd = std::env::current_dir().unwrap();
+        for candidate in [
+            cwd.join("PWNED"),
+            PathBuf::from("/PWNED"),
+            PathBuf::from("/tmp/PWNED"),
+        ] {
+            if std::fs::symlink_metadata(&candidate).is_ok() {
+                pwned.push(candidate);
+            }
+        }
+        assert!(pwned.is_empty(), "a file name was executed: {pwned:?}");
+        // The debug log names every path: a newline in a name must not start a line of its
+        // own ("line\ntouch PWNED" would forge one).
+        let log = daemon.log();
+        assert!(
+            log.contains("line\\ntouch PWNED"),
+            "the name is not in the log:\n{log}"
+        );
+        let forged: Vec<&str> = log
+            .lines()
+            .filter(|line| line.starts_with("touch PWNED") || line.starts_with("here"))
+            .collect();
+        assert!(forged.is_empty(), "file names forged log lines: {forged:?}");
     }
-    assert!(pwned.is_empty(), "a file name was executed: {pwned:?}");
-    // The debug log names every path: a newline in a name must not start a line of its
-    // own ("line\ntouch PWNED" would forge one).
-    let log = daemon.log();
-    assert!(
-        log.contains("line\\ntouch PWNED"),
-        "the name is not in the log:\n{log}"
-    );
-    let forged: Vec<&str> = log
-        .lines()
-        .filter(|line| line.starts_with("touch PWNED") || line.starts_with("here"))
-        .collect();
-    assert!(forged.is_empty(), "file names forged log lines: {forged:?}");
 }
 
 /// A full sync split into concurrent runs passes top-level directories as `./name`

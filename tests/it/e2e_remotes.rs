@@ -57,23 +57,24 @@ fn a_dead_remote_does_not_stall_a_live_one_and_catches_up() {
     wait_converged(src.path(), live.replica("web"), CONVERGE);
 }
 
-#[test]
-fn two_localpaths_each_with_its_own_remote() {
-    let Some(env) = Env::new(&["one", "two"]) else {
-        return;
-    };
-    let second = temp_dir("src2");
-    let _daemon = SersyncdBuilder::new()
-        .root(env.src(), &[env.rsyncd.remote("one")])
-        .root(second.path(), &[env.rsyncd.remote("two")])
-        .rsyncd(&env.rsyncd)
-        .start();
-    write(env.src(), "in-one.txt", "1\n");
-    write(env.src(), "d/deeper-one.txt", "1\n");
-    write(second.path(), "in-two.txt", "2\n");
-    write(second.path(), "d/deeper-two.txt", "2\n");
-    wait_converged(env.src(), env.rsyncd.replica("one"), CONVERGE);
-    wait_converged(second.path(), env.rsyncd.replica("two"), CONVERGE);
+both_backends! {
+    fn two_localpaths_each_with_its_own_remote() {
+        let Some(env) = Env::new(&["one", "two"]) else {
+            return;
+        };
+        let second = temp_dir("src2");
+        let _daemon = SersyncdBuilder::new()
+            .root(env.src(), &[env.rsyncd.remote("one")])
+            .root(second.path(), &[env.rsyncd.remote("two")])
+            .rsyncd(&env.rsyncd)
+            .start();
+        write(env.src(), "in-one.txt", "1\n");
+        write(env.src(), "d/deeper-one.txt", "1\n");
+        write(second.path(), "in-two.txt", "2\n");
+        write(second.path(), "d/deeper-two.txt", "2\n");
+        wait_converged(env.src(), env.rsyncd.replica("one"), CONVERGE);
+        wait_converged(second.path(), env.rsyncd.replica("two"), CONVERGE);
+    }
 }
 
 /// Watches the rsync processes of sersyncd `parent` (sampling /proc every millisecond)

@@ -7,6 +7,7 @@
 // Test harness: rsync daemons, sersyncd processes, tree comparison, bounded waits.
 // Shared with tests/sim, which uses other parts of it.
 #[allow(dead_code, unused_imports)]
+#[macro_use]
 mod harness;
 
 // Black-box CLI: --help, --version, --check on the stock config and on the fixtures.
@@ -19,6 +20,9 @@ mod e2e_filter;
 mod e2e_hostile;
 // Several remotes and several roots; a dead remote does not stall a live one.
 mod e2e_remotes;
+// Watch backends: fanotify refused → inotify (auto) or exit 78 (by name), <watch backend>
+// and the flag, filesystems mounted inside a root, a root deleted and made again.
+mod watch_backends;
 // Remote down, auth failure, kill -9, clean restart, inotify overflow, the failure script.
 mod e2e_failures;
 // Least privilege: rsync takes the tree owner's credentials (a swapped symlink publishes

@@ -27,6 +27,67 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+std::thread_local! {
+    /// The watch backend of the test running on this thread (set by `both_backends!`):
+    /// every `sersyncd` it starts gets `--watch-backend` with it. `None`: the default.
+    static WATCH_BACKEND: std::cell::Cell<Option<&'static str>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The backend `both_backends!` runs the current test with; outside it, the one
+/// `SERSYNC_TEST_WATCH_BACKEND` names for every test (`auto`, `inotify` or `fanotify`: to
+/// run the whole suite with one backend by hand); else none (the daemon's default).
+pub fn watch_backend() -> Option<&'static str> {
+    WATCH_BACKEND.get().or_else(|| {
+        match std::env::var("SERSYNC_TEST_WATCH_BACKEND").ok()?.as_str() {
+            "auto" => Some("auto"),
+            "inotify" => Some("inotify"),
+            "fanotify" => Some("fanotify"),
+            other => {
+                panic!("SERSYNC_TEST_WATCH_BACKEND={other}: expected auto, inotify or fanotify")
+            }
+        }
+    })
+}
+
+/// Runs `case` with every `sersyncd` it starts watching with `backend`. A fanotify run
+/// needs root (CAP_SYS_ADMIN): without it, it fails under `CI=true` and is skipped
+/// otherwise. It never falls back to inotify (the harness checks the daemon's log).
+pub fn with_watch_backend(backend: &'static str, case: fn()) {
+    if backend == "fanotify" && !nix::unistd::geteuid().is_root() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!ci, "CI=true: the fanotify run needs root (CAP_SYS_ADMIN)");
+        eprintln!("SKIP fanotify run: not root");
+        return;
+    }
+    WATCH_BACKEND.set(Some(backend));
+    case();
+}
+
+/// An end-to-end test run once per watch backend, as `NAME::inotify` and
+/// `NAME::fanotify` (the same body; see [`with_watch_backend`]).
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            use super::*;
+
+            fn case() $body
+
+            #[test]
+            fn inotify() {
+                crate::harness::with_watch_backend("inotify", case);
+            }
+
+            #[test]
+            fn fanotify() {
+                crate::harness::with_watch_backend("fanotify", case);
+            }
+        }
+    };
+}
+
 /// How long a normal change may take to reach the replica.
 pub const CONVERGE: Duration = Duration::from_secs(15);
 

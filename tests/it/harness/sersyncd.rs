@@ -87,11 +87,29 @@ pub struct SersyncdBuilder {
     crontab_excludes: Vec<String>,
     args: Vec<OsString>,
     launcher: Vec<OsString>,
+    /// `--watch-backend`: the backend of the test's `both_backends!` run, if any.
+    watch_backend: Option<&'static str>,
 }
 
 impl SersyncdBuilder {
     pub fn new() -> SersyncdBuilder {
-        SersyncdBuilder::default()
+        SersyncdBuilder {
+            watch_backend: super::watch_backend(),
+            ..SersyncdBuilder::default()
+        }
+    }
+
+    /// No `--watch-backend`, whatever the test's matrix or `SERSYNC_TEST_WATCH_BACKEND`
+    /// says: the config (or the default) decides.
+    pub fn config_watch_backend(mut self) -> Self {
+        self.watch_backend = None;
+        self
+    }
+
+    /// `--watch-backend BACKEND` on every start of this daemon.
+    pub fn watch_backend(mut self, backend: &'static str) -> Self {
+        self.watch_backend = Some(backend);
+        self
     }
 
     /// A `<localpath watch>` with its remotes (several roots are allowed).
@@ -336,6 +354,7 @@ pub struct Sersyncd {
     /// The extra command-line arguments, kept for [`Sersyncd::restart`].
     args: Vec<OsString>,
     launcher: Vec<OsString>,
+    watch_backend: Option<&'static str>,
     child: Option<Child>,
     status: Option<ExitStatus>,
     notifications: Arc<Mutex<Vec<String>>>,
@@ -376,6 +395,7 @@ impl Sersyncd {
             dir,
             args: builder.args,
             launcher: builder.launcher,
+            watch_backend: builder.watch_backend,
             child: None,
             status: None,
             notifications,
@@ -407,6 +427,11 @@ impl Sersyncd {
             .arg(dir.join("confxml.xml"))
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .args(
+                self.watch_backend
+                    .iter()
+                    .flat_map(|backend| ["--watch-backend", backend]),
+            )
             .args(&self.args)
             .env("NOTIFY_SOCKET", dir.join("notify.sock"))
             .env_remove("WATCHDOG_USEC")
@@ -424,6 +449,16 @@ impl Sersyncd {
         self.child = Some(child);
         self.status = None;
         self.wait_ready();
+        let to_journald = self.args.iter().any(|arg| arg == "journald");
+        if self.watch_backend == Some("fanotify") && !to_journald {
+            // A fanotify run that watched with inotify would prove nothing.
+            let log = self.log();
+            assert!(
+                log.contains(" with fanotify ("),
+                "sersyncd --watch-backend fanotify is not watching with fanotify:\n{}",
+                tail(&log, 20)
+            );
+        }
     }
 
     /// Starts the daemon again after [`Sersyncd::terminate`] or [`Sersyncd::kill9`]: same
