@@ -987,8 +987,9 @@ impl Checker<'_> {
             // A missing attribute keeps the shipped `-artuz`; an empty one means no params.
             if let Some(params) = element.attr("params") {
                 options.common_params = self.words(element, params);
-                // Two-way mode passes `--update` itself (newest wins); the user's may stay.
-                if !two_way && drop_update(&mut options.common_params) {
+                // Two-way mode passes `--update` itself, to the runs that must keep a newer
+                // file (see `sync::two_way`): the user's goes without a word.
+                if drop_update(&mut options.common_params) && !two_way {
                     self.warn(
                         params.value_at(),
                         "-u (--update) in commonParams is not used: it makes rsync keep any \

@@ -1549,8 +1549,8 @@ fn two_way_values_and_what_it_refuses() {
          <rsync><commonParams params=\"-artuz\"/></rsync>",
     ));
     assert!(config.rsync.two_way);
-    // `-u` is kept (and not warned about): newest wins is the point of two-way mode.
-    assert_eq!(config.rsync.common_params, vec!["-artuz".to_owned()]);
+    // `-u` is the mode's to pass (and not warned about).
+    assert_eq!(config.rsync.common_params, vec!["-artz".to_owned()]);
     assert!(
         warnings.iter().all(|w| !w.message.contains("--update")),
         "{warnings:?}"

@@ -184,6 +184,44 @@ pub fn batch(transport: &Transport) -> Vec<OsString> {
     argv
 }
 
+/// Two-way mode: the argv and stdin of a batch run that sends `paths` whatever the
+/// remote has, newer or not: each is known to hold a version this host had (see
+/// `super::two_way::stale`).
+pub fn batch_replacing(
+    transport: &Transport,
+    paths: &[&[u8]],
+    budget: usize,
+) -> (Vec<OsString>, Vec<u8>) {
+    let (mut argv, stdin) = batch_listed(transport, paths, budget);
+    argv.retain(|arg| arg != "--update");
+    (argv, stdin)
+}
+
+/// Two-way mode: the rules (for [`deletion_listing`]'s argv) that list exactly `paths` on
+/// the remote, with their ancestors: `+ /a/`, `+ /a/f`, `- *`.
+pub fn exact_listing_rules<'a>(paths: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let paths: Vec<&[u8]> = paths.into_iter().filter(|p| !p.is_empty()).collect();
+    let mut ancestors: std::collections::BTreeSet<&[u8]> = std::collections::BTreeSet::new();
+    for path in &paths {
+        for (i, _) in path.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            ancestors.insert(&path[..i]);
+        }
+    }
+    let mut rules = Vec::new();
+    for dir in ancestors {
+        rules.extend_from_slice(b"+ ");
+        rules.extend(anchored_pattern(dir));
+        rules.extend_from_slice(b"/\0");
+    }
+    for path in paths {
+        rules.extend_from_slice(b"+ ");
+        rules.extend(anchored_pattern(path));
+        rules.push(0);
+    }
+    rules.extend_from_slice(b"- *\0");
+    rules
+}
+
 /// The argv and stdin of a batch run that sends `paths` (see [`push_listed`]), reporting
 /// what it sent ([`REPORT_SENT`]).
 pub fn batch_listed(

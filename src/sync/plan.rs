@@ -496,6 +496,8 @@ impl<E: Edge> Plan<'_, E> {
     fn send_and_offer(&mut self, send: &[&[u8]], offer: &[&[u8]], ctx: &JobContext) -> Run {
         let sent = if send.is_empty() {
             Run::ended(RunResult::Exited(0))
+        } else if ctx.transport.options.two_way {
+            self.send_newest(send, ctx)
         } else {
             self.edge.run(self.send_run(ctx, send))
         };
@@ -507,6 +509,47 @@ impl<E: Edge> Plan<'_, E> {
         argv.insert(0, OsString::from("--ignore-existing"));
         let offered = self.edge.run(RunSpec::at_root(argv, stdin));
         Run::worst([sent, offered])
+    }
+
+    /// Two-way mode: sends `paths` with `--update` (a newer file there is the peer's and
+    /// stays), except those whose copy there is a version this host had: a file renamed
+    /// over one, or restored, with an older time, replaces it all the same. The peer's
+    /// copies are listed first to tell (see `super::two_way::stale`).
+    fn send_newest(&mut self, paths: &[&[u8]], ctx: &JobContext) -> Run {
+        let listing = self.edge.run(RunSpec {
+            capture_stdout: true,
+            ..RunSpec::at_root(
+                argv::deletion_listing(&ctx.transport),
+                argv::exact_listing_rules(paths.iter().copied()),
+            )
+        });
+        if !listing.result.is_done() {
+            return listing;
+        }
+        let stale =
+            super::two_way::stale(&super::two_way::parse_listing(&listing.stdout), |path| {
+                ctx.versions
+                    .as_ref()
+                    .map(|versions| versions.history(path))
+                    .unwrap_or_default()
+            });
+        let newest: Vec<&[u8]> = paths
+            .iter()
+            .copied()
+            .filter(|path| !stale.iter().any(|s| s.as_slice() == *path))
+            .collect();
+        let sent = if newest.is_empty() {
+            Run::ended(RunResult::Exited(0))
+        } else {
+            self.edge.run(self.send_run(ctx, &newest))
+        };
+        if stale.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
+            return sent;
+        }
+        let stale: Vec<&[u8]> = stale.iter().map(Vec::as_slice).collect();
+        let (argv, stdin) = argv::batch_replacing(&ctx.transport, &stale, self.args_budget);
+        let replaced = self.edge.run(RunSpec::at_root(argv, stdin));
+        Run::worst([sent, replaced])
     }
 
     /// The send run of `paths` (listed), from the root.

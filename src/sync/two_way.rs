@@ -191,6 +191,30 @@ impl Version {
     }
 }
 
+/// The paths whose copy on the peer is a version this host had but no longer has (a file
+/// renamed over it, or restored from a backup, with an older time): sent over it whatever
+/// its time (`--update` alone would keep the stale copy there for ever, as newer).
+/// `current` is this host's version of a path now (the last one recorded).
+pub fn stale(listed: &[Listed], history: impl Fn(&[u8]) -> Vec<Known>) -> Vec<Vec<u8>> {
+    let mut stale: Vec<Vec<u8>> = listed
+        .iter()
+        .filter(|entry| entry.size != Version::DIRECTORY.size)
+        .filter(|entry| {
+            let there = Version {
+                mtime: entry.mtime,
+                size: entry.size,
+            };
+            let history = history(&entry.path);
+            let current = history.last().map(|known| known.version);
+            current != Some(there) && history.iter().any(|known| known.version == there)
+        })
+        .map(|entry| entry.path.clone())
+        .collect();
+    stale.sort_unstable();
+    stale.dedup();
+    stale
+}
+
 /// One entry of an `rsync --list-only` listing: its path (relative to the listed
 /// module's top, unescaped), its modification time in whole seconds since the epoch, and
 /// its size ([`Version::DIRECTORY`]'s for a directory, whose time and size say nothing of
@@ -490,6 +514,37 @@ garbage\n\
             |_| Vec::new(),
         );
         assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn a_copy_that_is_a_version_this_host_had_is_stale() {
+        let at = std::time::UNIX_EPOCH;
+        let listed = |mtime, size| Listed {
+            path: b"x".to_vec(),
+            mtime,
+            size,
+        };
+        let known = |mtime, size| Known {
+            version: Version { mtime, size },
+            since: at,
+        };
+        // (peer's copy, this host's history with its current version last, stale)
+        let rows: Vec<((i64, u64), Vec<Known>, bool)> = vec![
+            // The current version there already: nothing to replace.
+            ((10, 1), vec![known(10, 1)], false),
+            // An older version this host had, the current one older by time (a file
+            // renamed over it): stale.
+            ((10, 1), vec![known(10, 1), known(5, 2)], true),
+            // A version this host never had (the peer's own edit): not stale.
+            ((12, 3), vec![known(10, 1), known(5, 2)], false),
+            ((12, 3), vec![], false),
+            // A directory never is.
+            ((10, u64::MAX), vec![known(10, 1), known(5, 2)], false),
+        ];
+        for ((mtime, size), history, want) in rows {
+            let got = stale(&[listed(mtime, size)], |_| history.clone());
+            assert_eq!(!got.is_empty(), want, "{mtime}/{size} with {history:?}");
+        }
     }
 
     #[test]
