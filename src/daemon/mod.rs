@@ -498,6 +498,12 @@ fn watch_spec(config: &Config, backend: Option<WatchBackend>) -> WatchSpec {
 
 impl Daemon {
     fn new(cli: Cli, config: Config, instance: String, state_dir: PathBuf) -> Result<Self, String> {
+        if config.rsync.two_way {
+            tracing::warn!(
+                "two-way mode is experimental: races remain in which a replaced or deleted \
+                 version ends in .sersync-trash instead of the tree (README, \"Two-way mode\")"
+            );
+        }
         if config.rsync.two_way
             && cli
                 .watch_backend
