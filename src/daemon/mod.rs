@@ -1886,10 +1886,15 @@ impl Daemon {
                         self.submit_plugin(&root, &change.path, change.action, Vec::new());
                         continue;
                     }
-                    if change.action == Action::Arrived {
+                    let mut action = change.action;
+                    if action == Action::Arrived {
                         self.record_arrival(change.root, &change.path);
+                    } else if let Action::Remove { dir } = action {
+                        if self.removed_by_peer(change.root, &change.path, dir) {
+                            action = Action::Arrived;
+                        }
                     }
-                    self.queue.push(change.root, &change.path, change.action);
+                    self.queue.push(change.root, &change.path, action);
                 }
                 for (root, count) in removals {
                     self.count_deletions(root, count);
@@ -2461,6 +2466,52 @@ impl Daemon {
                 );
             }
         }
+    }
+
+    /// Two-way mode: whether `path` just left the tree because the peer deleted it: its run
+    /// moved it into the soft-delete directory (`DIR/YYYY-MM-DD/<path>`, with a ctime of
+    /// the last seconds: a rename sets it), and for a file, what lies there is the version
+    /// this host had at the path (a local deletion right after the peer replaced the file
+    /// finds the older, replaced version there instead). Sent back, the peer's deletion
+    /// would return to it as one of this host's (see `sync::two_way`).
+    fn removed_by_peer(&self, root: RootId, path: &[u8], is_dir: bool) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        const RECENT: Duration = Duration::from_secs(10);
+        let Some(lane) = self.lanes.iter().find(|lane| lane.root == root) else {
+            return false;
+        };
+        let (Some(versions), Some(soft)) = (
+            &lane.context.versions,
+            &lane.context.transport.options.soft_delete,
+        ) else {
+            return false;
+        };
+        let now = std::time::SystemTime::now();
+        [now, now - Duration::from_secs(86_400)].iter().any(|day| {
+            let mut kept = soft.dir.as_bytes().to_vec();
+            kept.push(b'/');
+            kept.extend(crate::sync::argv::utc_date(*day).as_bytes());
+            let kept = crate::relpath::join(&kept, path);
+            let Ok(meta) =
+                std::fs::symlink_metadata(crate::relpath::absolute(&lane.context.root, &kept))
+            else {
+                return false;
+            };
+            let changed = std::time::UNIX_EPOCH
+                + Duration::new(
+                    u64::try_from(meta.ctime()).unwrap_or(0),
+                    u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+                );
+            let recent = changed + RECENT >= now;
+            let same = if is_dir {
+                meta.is_dir()
+            } else {
+                !meta.is_dir()
+                    && versions.history(path).last().map(|known| known.version)
+                        == Some(crate::sync::two_way::Version::of(&meta))
+            };
+            recent && same
+        })
     }
 
     /// Two-way mode: the version the peer just put at `path` is one this host had.

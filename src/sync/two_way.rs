@@ -16,7 +16,9 @@
 //!   the directory write through it, so a local `rsync` into the tree is not mistaken for
 //!   the peer. Files found in a directory the watcher had not watched yet cannot be told
 //!   apart: they are sent only where the peer lacks them (`Action::Created`,
-//!   `--ignore-existing`).
+//!   `--ignore-existing`). What the peer deletes here is moved to the soft-delete
+//!   directory: a removal whose path the trash has just received, holding (for a file)
+//!   the version this host had, is the peer's too (`Daemon::removed_by_peer`).
 //! - **Newest wins.** Every send passes `--update`: a file that is newer on the receiver
 //!   is not replaced. Sends compare contents (`--checksum`): an unchanged file moves no
 //!   data.

@@ -1181,3 +1181,265 @@ fn a_root_that_appears_after_the_start_gets_its_incoming_directory_and_receives(
     assert_eq!(read(&hosts.root_b().join("first")), "to B\n");
     assert_eq!(read(&hosts.root_a().join("second")), "to A\n");
 }
+
+/// A build on A: `rm -rf out` then the outputs written again a moment later (a clean
+/// build), a few times; nothing done on B. The last outputs are on both sides.
+#[test]
+fn a_directory_removed_and_regenerated_keeps_its_new_contents_on_both() {
+    let Some(hosts) = Hosts::new() else { return };
+    let _a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    let build = |n: u64| {
+        for f in 0..20 {
+            write(
+                hosts.root_a(),
+                &format!("out/obj{}/f{f}", f % 4),
+                &format!("build {n}\n"),
+            );
+        }
+    };
+    build(0);
+    hosts.converged(Duration::from_secs(30));
+    // Before each clean, the previous build's outputs must all still be on A: only A
+    // writes or removes them.
+    let mut vanished = Vec::new();
+    let mut check = |n: u64| {
+        for f in 0..20 {
+            let path = format!("out/obj{}/f{f}", f % 4);
+            let got = std::fs::read_to_string(hosts.root_a().join(&path));
+            if got.as_deref().ok() != Some(format!("build {n}\n").as_str()) {
+                vanished.push(format!("after build {n}: {path}: {got:?}"));
+            }
+        }
+    };
+    for n in 1..=5u64 {
+        std::thread::sleep(Duration::from_millis(300 + 200 * n));
+        check(n - 1);
+        // Not unwrapped: the outputs may be removed by someone else meanwhile.
+        let _ = std::fs::remove_dir_all(hosts.root_a().join("out"));
+        std::thread::sleep(Duration::from_millis(200));
+        build(n);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    check(5);
+    assert!(
+        vanished.is_empty(),
+        "A's own outputs vanished from A: {vanished:#?}"
+    );
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    let mut wrong = Vec::new();
+    for root in [hosts.root_a(), hosts.root_b()] {
+        for f in 0..20 {
+            let path = format!("out/obj{}/f{f}", f % 4);
+            let got = std::fs::read_to_string(root.join(&path));
+            if got.as_deref().ok() != Some("build 5\n") {
+                wrong.push(format!("{root:?} {path}: {got:?}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "last build lost: {wrong:#?}");
+}
+
+/// A file deleted and written again at the same path (the rewrite in a later batch) ends
+/// with its new contents on both sides: the peer's soft-delete move of the old version is
+/// seen there as a deletion and sent back, and must not delete the new version.
+#[test]
+fn a_file_deleted_then_written_again_keeps_its_new_contents_on_both() {
+    let Some(hosts) = Hosts::new() else { return };
+    let _a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    for round in 0..6u64 {
+        for f in 0..20 {
+            write(hosts.root_a(), &format!("r{round}/f{f}"), "old\n");
+        }
+    }
+    hosts.converged(Duration::from_secs(60));
+    for round in 0..6u64 {
+        for f in 0..20 {
+            std::fs::remove_file(hosts.root_a().join(format!("r{round}/f{f}"))).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50 + 250 * round));
+        for f in 0..20 {
+            write(
+                hosts.root_a(),
+                &format!("r{round}/f{f}"),
+                "new, written again\n",
+            );
+        }
+    }
+    let stopped = hosts.connections();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    let runs = hosts.quiet(stopped, Duration::from_secs(5), Duration::from_secs(60));
+    eprintln!("{runs} rsync runs after the writes");
+    let mut lost = Vec::new();
+    for root in [hosts.root_a(), hosts.root_b()] {
+        for round in 0..6u64 {
+            for f in 0..20 {
+                let got = std::fs::read_to_string(root.join(format!("r{round}/f{f}")));
+                if got.as_deref().ok() != Some("new, written again\n") {
+                    lost.push(format!("{root:?} r{round}/f{f}: {got:?}"));
+                }
+            }
+        }
+    }
+    assert!(lost.is_empty(), "rewrites lost: {lost:#?}");
+}
+
+/// A renames directory d to e while B (a second later, unreachable meanwhile) writes a
+/// new file in d: A's rename is a deletion of d for B, and B's file is newer than it, so
+/// it stays (at d/new) on both; A's renamed files are at e on both, not back at d.
+#[test]
+fn a_file_written_in_a_directory_the_peer_renames_is_kept_on_both() {
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    let _a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    for f in 0..10 {
+        write(hosts.root_a(), &format!("d/f{f}"), "A's file\n");
+    }
+    hosts.converged(Duration::from_secs(30));
+    hosts.a.stop();
+    hosts.b.stop();
+    std::fs::rename(hosts.root_a().join("d"), hosts.root_a().join("e")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    write(hosts.root_b(), "d/new", "B's new file\n");
+    hosts.a.start();
+    hosts.b.start();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    let mut want: Vec<String> = (0..10).map(|f| format!("e/f{f}")).collect();
+    want.push("d/new".to_owned());
+    want.sort();
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert_eq!(files_below(root), want, "files in {root:?}");
+        assert_eq!(read(&root.join("d/new")), "B's new file\n");
+    }
+}
+
+/// An editor's atomic saves on A (write `doc.tmp-save`, rename it over `doc`; not a
+/// dotfile, which would be ignored live by default), one every few
+/// hundred milliseconds, nothing done on B: every save succeeds (the temporary file is
+/// never deleted from under the editor) and the last one is on both sides.
+#[test]
+fn atomic_saves_on_one_side_all_succeed_and_the_last_is_on_both() {
+    let Some(hosts) = Hosts::new() else { return };
+    let _a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    for d in 0..5 {
+        write(hosts.root_a(), &format!("docs{d}/doc"), "version 0\n");
+    }
+    hosts.converged(Duration::from_secs(30));
+    let mut failed = Vec::new();
+    for save in 1..=12u64 {
+        for d in 0..5 {
+            write(
+                hosts.root_a(),
+                &format!("docs{d}/doc.tmp-save"),
+                &format!("version {save}\n"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100 + 40 * save));
+        for d in 0..5 {
+            let dir = hosts.root_a().join(format!("docs{d}"));
+            if let Err(err) = std::fs::rename(dir.join("doc.tmp-save"), dir.join("doc")) {
+                failed.push(format!("save {save} in docs{d}: {err}"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100 + 40 * save));
+    }
+    let stopped = hosts.connections();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    assert!(failed.is_empty(), "saves that failed: {failed:#?}");
+    for root in [hosts.root_a(), hosts.root_b()] {
+        for d in 0..5 {
+            assert_eq!(
+                std::fs::read_to_string(root.join(format!("docs{d}/doc"))).ok(),
+                Some("version 12\n".to_owned()),
+                "docs{d}/doc in {root:?}"
+            );
+        }
+    }
+    let runs = hosts.quiet(stopped, Duration::from_secs(5), Duration::from_secs(60));
+    eprintln!("{runs} rsync runs after the saves");
+}
+
+/// A swaps two directories (p <-> q through a third name) while B renames another (r ->
+/// s): afterwards both sides have the swapped contents and the rename, and no file is in
+/// a directory it was moved out of.
+#[test]
+fn directories_swapped_on_one_side_while_the_other_renames_end_swapped_on_both() {
+    let Some(hosts) = Hosts::new() else { return };
+    let _a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    for f in 0..5 {
+        write(hosts.root_a(), &format!("p/p{f}"), "from p\n");
+        write(hosts.root_a(), &format!("q/q{f}"), "from q\n");
+        write(hosts.root_b(), &format!("r/r{f}"), "from r\n");
+    }
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    let a = hosts.root_a();
+    std::fs::rename(a.join("p"), a.join("tmp")).unwrap();
+    std::fs::rename(a.join("q"), a.join("p")).unwrap();
+    std::fs::rename(a.join("tmp"), a.join("q")).unwrap();
+    std::fs::rename(hosts.root_b().join("r"), hosts.root_b().join("s")).unwrap();
+    let stopped = hosts.connections();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    let mut want: Vec<String> = (0..5)
+        .flat_map(|f| [format!("p/q{f}"), format!("q/p{f}"), format!("s/r{f}")])
+        .collect();
+    want.sort();
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert_eq!(files_below(root), want, "files in {root:?}");
+    }
+    let runs = hosts.quiet(stopped, Duration::from_secs(5), Duration::from_secs(60));
+    eprintln!("{runs} rsync runs after the renames");
+}
+
+/// A deletes a directory while B (a second later, unreachable meanwhile) adds files to
+/// it: B's files are newer than the deletion and stay on both sides; the old files,
+/// deleted, stay deleted.
+#[test]
+fn files_added_to_a_directory_the_peer_deletes_are_kept_on_both() {
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    let _a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    for f in 0..20 {
+        write(hosts.root_a(), &format!("d/sub/old{f}"), "old\n");
+    }
+    hosts.converged(Duration::from_secs(60));
+    hosts.a.stop();
+    hosts.b.stop();
+    std::fs::remove_dir_all(hosts.root_a().join("d")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    for f in 0..20 {
+        write(hosts.root_b(), &format!("d/sub/new{f}"), "B's new file\n");
+        write(hosts.root_b(), &format!("d/newdir/n{f}"), "B's new file\n");
+    }
+    hosts.a.start();
+    hosts.b.start();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        for f in 0..20 {
+            assert_eq!(read(&root.join(format!("d/sub/new{f}"))), "B's new file\n");
+            assert_eq!(read(&root.join(format!("d/newdir/n{f}"))), "B's new file\n");
+            assert!(
+                !root.join(format!("d/sub/old{f}")).exists(),
+                "old{f} came back"
+            );
+        }
+    }
+}
