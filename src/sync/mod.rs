@@ -140,8 +140,8 @@ pub struct JobContext {
     /// syncs; runs with [`argv::REPORT_PROGRESS`] feed it).
     pub progress: Option<std::sync::Arc<progress::JobProgress>>,
     /// When the oldest change of this job was first observed (set by the daemon when the
-    /// job starts): in two-way mode, a deletion spares the peer's versions that are newer
-    /// ([`two_way`]). The epoch (the default) spares every version.
+    /// job starts): in two-way mode, a deletion removes only versions this host had before
+    /// it ([`two_way::spared`]).
     pub changes_since: std::time::SystemTime,
     /// Two-way mode: the versions this host had at each path, shared by the root's lanes
     /// and the daemon (which records what arrives).
@@ -153,6 +153,14 @@ impl JobContext {
     /// `<delete>` on, except in two-way mode, where they reconcile ([`two_way`]).
     pub fn full_syncs_delete(&self) -> bool {
         self.propagate_deletes && !self.transport.options.two_way
+    }
+
+    /// Two-way mode: the versions this host had at `path` (none outside that mode).
+    pub fn history(&self, path: &[u8]) -> Vec<two_way::Known> {
+        self.versions
+            .as_ref()
+            .map(|versions| versions.history(path))
+            .unwrap_or_default()
     }
 }
 

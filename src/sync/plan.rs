@@ -406,12 +406,7 @@ impl<E: Edge> Plan<'_, E> {
                 .iter()
                 .any(|target| is_at_or_below(&entry.path, target))
         });
-        let newer = super::two_way::spared(&listed, ctx.changes_since, |path| {
-            ctx.versions
-                .as_ref()
-                .map(|versions| versions.history(path))
-                .unwrap_or_default()
-        });
+        let newer = super::two_way::spared(&listed, ctx.changes_since, |path| ctx.history(path));
         // A directory that is a directory here too is not deleted there (it would be sent
         // again; a deletion seen here and sent back while the peer made the directory anew
         // would take its empty directories otherwise), but what is in it is judged like
@@ -528,10 +523,7 @@ impl<E: Edge> Plan<'_, E> {
         }
         let stale =
             super::two_way::stale(&super::two_way::parse_listing(&listing.stdout), |path| {
-                ctx.versions
-                    .as_ref()
-                    .map(|versions| versions.history(path))
-                    .unwrap_or_default()
+                ctx.history(path)
             });
         let newest: Vec<&[u8]> = paths
             .iter()
