@@ -1995,7 +1995,15 @@ impl Daemon {
     fn announce_ready(&mut self) {
         self.ready = true;
         let watches = self.watches;
-        tracing::info!(watches, "watching {watches} directories");
+        // How fast the tree was read and watched: what a big tree's start-up costs.
+        let took = self.watchers_started.elapsed();
+        let per_second = (watches as f64 / took.as_secs_f64().max(0.001)).round();
+        tracing::info!(
+            watches,
+            ready_ms = took.as_millis(),
+            "watching {watches} directories (ready in {:.1} s, {per_second} directories/s)",
+            took.as_secs_f64()
+        );
         self.check_watch_headroom();
         if self.control.is_none() {
             self.start_control();
