@@ -43,8 +43,9 @@ pub enum Action {
     /// sent only if the remote lacks it, so that an echo of the peer's own file never
     /// replaces a newer version there (see `crate::sync::two_way`).
     Created,
-    /// Two-way mode: the peer's rsync put this here. Nothing to send, and what was pending
-    /// for the path is void: the file there now is the peer's. Never pending.
+    /// Two-way mode: the peer's rsync put this here. Nothing to send, and a write pending
+    /// for the path is void: the file there now is the peer's (a pending removal stays).
+    /// Never pending.
     Arrived,
 }
 
@@ -767,7 +768,13 @@ impl Lane {
             return;
         }
         if action == Action::Arrived {
-            self.pending.remove(path);
+            // The peer's file replaces what this host wrote there: that write is void. A
+            // pending removal is not: what it deleted may still be on the peer (a
+            // directory replaced here, its old files there), and a deletion run spares
+            // the peer's new versions anyway.
+            if matches!(self.pending.get(path), Some(Action::Sync | Action::Created)) {
+                self.pending.remove(path);
+            }
             return;
         }
         self.pending_since = older(self.pending_since, Some(seen));

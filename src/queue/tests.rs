@@ -341,6 +341,18 @@ const ROWS: &[(&str, &[&str], &[&str])] = &[
         &["S a\nb", "S a b", "take"],
         &["a\nb:S a b:S"],
     ),
+    (
+        "two-way: the peer's file voids a pending write, not a pending removal",
+        &[
+            "S a", "C b", "A a", "A b", "R d", "A d", "F e", "A e", "take",
+        ],
+        &["d:R e:F"],
+    ),
+    (
+        "two-way: an arrival sends nothing",
+        &["A a", "take"],
+        &["-"],
+    ),
 ];
 
 #[test]
