@@ -329,47 +329,12 @@ impl<E: Edge> Plan<'_, E> {
                 });
             }
         }
-        if ctx.propagate_deletes && !delete.is_empty() && ctx.transport.options.two_way {
-            let run = self.delete_unless_newer(&delete, ctx);
-            if !run.result.is_done() {
-                // As below: a refused deletion does not hold back the sends.
-                if run.result != RunResult::Exited(23)
-                    || (send.is_empty() && offer.is_empty() && trees.is_empty())
-                {
-                    return run;
-                }
-                let sent = self.send_and_sync_trees(&send, &offer, &trees, ctx);
-                return Run::worst([run, sent]);
-            }
-        } else if ctx.propagate_deletes && !delete.is_empty() {
-            let groups = argv::deletion_groups(delete.iter().copied(), self.edge.ways());
-            let mut ancestors: Vec<Vec<u8>> =
-                groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
-            ancestors.sort_unstable();
-            ancestors.dedup();
-            let argv = argv::deletion(&ctx.transport);
-            // Disjoint subtrees: the runs cannot delete each other's paths.
-            let split = groups.len() > 1;
-            let runs = groups
-                .into_iter()
-                .map(|(rules, _)| RunSpec {
-                    argv: argv.clone(),
-                    stdin: rules,
-                    at: At::Skeleton(ancestors.clone()),
-                    capture_stdout: false,
-                })
-                .collect();
-            let mut run = Run::worst(self.edge.run_concurrently(runs));
-            if split && refused_at_start(&run) {
-                self.edge.go_serial();
-                let (rules, _) = argv::deletion_rules(delete.iter().copied());
-                run = self.edge.run(RunSpec {
-                    argv,
-                    stdin: rules,
-                    at: At::Skeleton(ancestors),
-                    capture_stdout: false,
-                });
-            }
+        if ctx.propagate_deletes && !delete.is_empty() {
+            let run = if ctx.transport.options.two_way {
+                self.delete_unless_newer(&delete, ctx)
+            } else {
+                self.delete_in_groups(&delete, ctx)
+            };
             if !run.result.is_done() {
                 // A deletion the receiver refused (exit 23) must not hold back the
                 // sends of the batch: they are independent paths. Anything else
@@ -385,6 +350,40 @@ impl<E: Edge> Plan<'_, E> {
             }
         }
         self.send_and_sync_trees(&send, &offer, &trees, ctx)
+    }
+
+    /// Deletes `delete` on the remote: runs from a skeleton of their ancestors, split over
+    /// disjoint subtrees when there are many (one run when the module refuses more).
+    fn delete_in_groups(&mut self, delete: &[&[u8]], ctx: &JobContext) -> Run {
+        let groups = argv::deletion_groups(delete.iter().copied(), self.edge.ways());
+        let mut ancestors: Vec<Vec<u8>> =
+            groups.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
+        ancestors.sort_unstable();
+        ancestors.dedup();
+        let argv = argv::deletion(&ctx.transport);
+        // Disjoint subtrees: the runs cannot delete each other's paths.
+        let split = groups.len() > 1;
+        let runs = groups
+            .into_iter()
+            .map(|(rules, _)| RunSpec {
+                argv: argv.clone(),
+                stdin: rules,
+                at: At::Skeleton(ancestors.clone()),
+                capture_stdout: false,
+            })
+            .collect();
+        let run = Run::worst(self.edge.run_concurrently(runs));
+        if !(split && refused_at_start(&run)) {
+            return run;
+        }
+        self.edge.go_serial();
+        let (rules, _) = argv::deletion_rules(delete.iter().copied());
+        self.edge.run(RunSpec {
+            argv,
+            stdin: rules,
+            at: At::Skeleton(ancestors),
+            capture_stdout: false,
+        })
     }
 
     /// Two-way mode: deletes `delete` on the peer, except the versions there that are newer
