@@ -60,6 +60,10 @@ pub struct Config {
     /// root, above which they are folded into dirty directories (see
     /// [`crate::queue::Queue::set_max_pending`]).
     pub max_pending: usize,
+    /// `<sersync><queue largeFiles>` (ours): files of at least this many bytes go out in a
+    /// run of their own per remote, next to the batches of small files (see
+    /// [`crate::queue::Queue::hand_large`]); `None`: never (`largeFiles="0"`, or two-way mode).
+    pub large_files: Option<u64>,
     /// `<sersync><metrics listen>` (ours): where `sersyncd` answers Prometheus scrapes
     /// (`GET /metrics`); `None`: nowhere. `sersyncd --metrics-listen` wins over it.
     pub metrics: Option<MetricsListen>,
@@ -132,6 +136,35 @@ pub fn parse_listen_address(text: &str) -> Result<std::net::SocketAddr, String> 
 /// The default of `<queue maxPending>`: the cap of pending paths per lane (see
 /// [`crate::queue::Queue::set_max_pending`]).
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
+
+/// The default of `<queue largeFiles>`: 64 MiB.
+pub const DEFAULT_LARGE_FILES: u64 = 64 << 20;
+
+/// A size as `<queue largeFiles>` takes it: bytes, or a whole number with a binary suffix
+/// `K`, `M`, `G` or `T` (`64M` is 64 MiB; a trailing `B` or `iB` is allowed).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let upper = text.to_ascii_uppercase();
+    let unit = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (digits, shift) = match unit.chars().last() {
+        Some('K') => (&unit[..unit.len() - 1], 10),
+        Some('M') => (&unit[..unit.len() - 1], 20),
+        Some('G') => (&unit[..unit.len() - 1], 30),
+        Some('T') => (&unit[..unit.len() - 1], 40),
+        _ => (unit, 0),
+    };
+    let number: u64 = digits.trim().parse().map_err(|_| {
+        format!(
+            "invalid size \"{text}\": expected bytes or a whole number with K, M, G or T (e.g. 64M)"
+        )
+    })?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size \"{text}\" is too large"))
+}
 
 /// `<deleteGuard>`: when deletions are held instead of run (see [`crate::guard`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

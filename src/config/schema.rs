@@ -131,7 +131,7 @@ const HEAD: Spec = Spec {
                 leaf("deleteGuard", &["share", "minimum", "maximum", "sentinel"]),
                 leaf("softDelete", &["start", "dir", "keepDays"]),
                 leaf("twoWay", &["start"]),
-                leaf("queue", &["maxPending"]),
+                leaf("queue", &["maxPending", "largeFiles"]),
                 leaf("metrics", &["listen"]),
                 leaf("watch", &["backend"]),
             ],
@@ -257,6 +257,7 @@ impl Checker<'_> {
         let mut crontab = Crontab::default();
         let mut delete_guard = DeleteGuard::default();
         let mut max_pending = super::DEFAULT_MAX_PENDING;
+        let mut large_files = Some(super::DEFAULT_LARGE_FILES);
         let mut metrics = None;
         let mut watch_backend = None;
         if let Some(sersync) = sersync {
@@ -271,6 +272,16 @@ impl Checker<'_> {
                 max_pending = self
                     .optional_count(element, "maxPending", 16, "paths", default)
                     .map_or(max_pending, |cap| cap as usize);
+                if let Some(attr) = Self::given(element, "largeFiles") {
+                    match super::parse_size(&attr.value) {
+                        Ok(0) => large_files = None,
+                        Ok(size) => large_files = Some(size),
+                        Err(problem) => self.error(
+                            attr.value_at(),
+                            format!("{problem} for attribute \"largeFiles\" of <queue>"),
+                        ),
+                    }
+                }
             }
             if let Some(element) = self.single(sersync, "deleteGuard") {
                 delete_guard = self.delete_guard(element);
@@ -302,6 +313,8 @@ impl Checker<'_> {
             }
         }
         let plugins = self.plugins(head, sersync);
+        // Two-way mode's sends list the peer's copies first and compare versions: one run.
+        let large_files = large_files.filter(|_| !rsync.two_way);
 
         Config {
             file: self.file.to_owned(),
@@ -318,6 +331,7 @@ impl Checker<'_> {
             plugins,
             delete_guard,
             max_pending,
+            large_files,
             metrics,
             watch_backend,
         }

@@ -1355,6 +1355,41 @@ fn queue_cap_values_and_errors() {
 }
 
 #[test]
+fn large_files_values_and_errors() {
+    let (config, _) = loaded(&in_sersync_after_root(""));
+    assert_eq!(config.large_files, Some(64 << 20));
+    // (element, the threshold in bytes); each on line 4.
+    let table = [
+        (r#"<queue largeFiles="1048576"/>"#, Some(1 << 20)),
+        (r#"<queue largeFiles="512K"/>"#, Some(512 << 10)),
+        (r#"<queue largeFiles=" 2g "/>"#, Some(2 << 30)),
+        (r#"<queue largeFiles="100MiB"/>"#, Some(100 << 20)),
+        (r#"<queue largeFiles="1TB"/>"#, Some(1 << 40)),
+        (r#"<queue largeFiles="0"/>"#, None),
+        (r#"<queue maxPending="5000"/>"#, Some(64 << 20)),
+    ];
+    for (element, expected) in table {
+        let (config, _) = loaded(&in_sersync_after_root(element));
+        assert_eq!(config.large_files, expected, "{element}");
+    }
+    for element in [
+        r#"<queue largeFiles="big"/>"#,
+        r#"<queue largeFiles="12X"/>"#,
+        r#"<queue largeFiles="-1M"/>"#,
+        r#"<queue largeFiles="99999999999T"/>"#,
+    ] {
+        let errors = errors_of(&in_sersync_after_root(element));
+        assert!(
+            errors.iter().any(|e| e.line == 4
+                && e.message.contains("largeFiles")
+                && e.message.contains("queue")
+                && e.message.contains("size")),
+            "{element}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn metrics_listen_values_and_errors() {
     let (config, _) = loaded(&in_sersync_after_root(""));
     assert_eq!(config.metrics, None);

@@ -126,6 +126,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A job whose rsyncs have moved no data for this long is reported as stalled (in the
 /// log once, and in the status until it ends); rsync's own `--timeout` ends it.
 const STALL_WARNING: Duration = Duration::from_secs(30);
+
+/// Which of a lane's two jobs ended: its batch (or full sync), or its large-file run
+/// ([`Queue::take_large_job`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobSlot {
+    Batches,
+    Large,
+}
 /// A watcher that has not made progress for this long is blocked in a filesystem call (a
 /// hung mount): reported in the log and the status. Only its own root waits.
 const WATCHER_STUCK: Duration = Duration::from_secs(30);
@@ -426,6 +434,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                     password: None,
                     progress: None,
                     changes_since: std::time::UNIX_EPOCH,
+                    large_files: config.large_files,
                     versions: config.rsync.two_way.then(|| {
                         Arc::clone(versions.entry(root.path.clone()).or_insert_with(|| {
                             old.iter()
@@ -1116,6 +1125,9 @@ impl Daemon {
                     wake = wake.min(at.saturating_duration_since(now));
                 }
             }
+            if let Some(at) = self.queue.lane_large_not_before(lane) {
+                wake = wake.min(at.saturating_duration_since(now));
+            }
         }
         wake = wake.min(self.timers.next().saturating_duration_since(now));
         if !self.ready {
@@ -1730,11 +1742,22 @@ impl Daemon {
             .filter(|lane| !self.lanes.iter().any(|old| old.id == lane.id))
             .map(|lane| lane.id)
             .collect();
+        let large_busy: Vec<LaneId> = self
+            .lanes
+            .iter()
+            .map(|lane| lane.id)
+            .filter(|&lane| self.queue.lane_large_busy(lane))
+            .collect();
         let removed = self.queue.reconfigure(&queue_layout(&new_lanes));
         self.queue.set_max_pending(config.max_pending);
         for old in &self.lanes {
-            if old.job_started.is_some() && !new_lanes.iter().any(|lane| lane.id == old.id) {
-                self.retired_in_flight.push((old.id, old.key()));
+            if !new_lanes.iter().any(|lane| lane.id == old.id) {
+                if old.job_started.is_some() {
+                    self.retired_in_flight.push((old.id, old.key()));
+                }
+                if large_busy.contains(&old.id) {
+                    self.retired_in_flight.push((old.id, old.key()));
+                }
             }
         }
         for &lane in &added {
@@ -2129,6 +2152,35 @@ impl Daemon {
             });
         }
         self.next_lane = (self.next_lane + 1) % count.max(1);
+        for at in 0..count {
+            if self.in_flight >= limit {
+                break;
+            }
+            let lane_id = self.lanes[at].id;
+            if self
+                .retired_in_flight
+                .iter()
+                .any(|(_, key)| *key == self.lanes[at].key())
+            {
+                continue;
+            }
+            let Some(job) = self.queue.take_large_job(lane_id, now) else {
+                continue;
+            };
+            if let Job::Batch(batch) = &job {
+                tracing::debug!(
+                    sersync_remote = %self.lanes[at].label,
+                    "sending large files: {}",
+                    crate::sync::describe_batch(&batch.entries)
+                );
+            }
+            let context = self.lanes[at].context.clone();
+            let tx = self.tx.clone();
+            self.in_flight += 1;
+            self.runner.start(job, context, move |outcome| {
+                let _ = tx.send(Input::JobDone(outcome));
+            });
+        }
     }
 
     /// Reports lanes whose rsyncs moved no data for [`STALL_WARNING`] (checked every few
@@ -2167,15 +2219,44 @@ impl Daemon {
         }
     }
 
-    fn on_job_done(&mut self, outcome: Outcome) {
+    fn on_job_done(&mut self, mut outcome: Outcome) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let lane_id = outcome.job.lane();
-        self.retired_in_flight.retain(|(id, _)| *id != lane_id);
+        // One entry per job a removed lane still ran (its batch and its large-file run).
+        if let Some(retired) = self
+            .retired_in_flight
+            .iter()
+            .position(|(id, _)| *id == lane_id)
+        {
+            self.retired_in_flight.remove(retired);
+        }
         let Some(at) = self.lanes.iter().position(|lane| lane.id == lane_id) else {
             // A reload removed the lane while its job ran.
             tracing::debug!("outcome of a job for a remote no longer configured: ignored");
             return;
         };
+        let large_run = matches!(&outcome.job, Job::Batch(batch) if batch.large);
+        // The large files the batch left to the large-file run are not its to deliver.
+        let handed = std::mem::take(&mut outcome.large);
+        if let (false, Job::Batch(batch)) = (handed.is_empty(), &mut outcome.job) {
+            batch
+                .entries
+                .retain(|(path, _)| handed.binary_search_by(|(h, _)| h.cmp(path)).is_err());
+        }
+        if large_run {
+            let lane = &mut self.lanes[at];
+            match outcome.result {
+                ref done if done.is_done() => lane.runs.ok += 1,
+                RunResult::Exited(23) => lane.runs.partial += 1,
+                _ => lane.runs.failed += 1,
+            }
+            let bytes_sent = outcome.bytes_sent;
+            lane.bytes_sent = lane.bytes_sent.saturating_add(bytes_sent);
+            self.counters.bytes = self.counters.bytes.saturating_add(bytes_sent);
+            let settlement = self.settle_outcome(at, outcome);
+            self.carry_out(at, settlement, None, bytes_sent, JobSlot::Large);
+            return;
+        }
         if outcome.result.is_done() && matches!(outcome.job, Job::FullSync { .. }) {
             self.full_sync_duration.observe(outcome.elapsed);
         }
@@ -2195,6 +2276,32 @@ impl Daemon {
         lane.progress_announced = None;
         lane.job_started = None;
         lane.stalled = false;
+        let settlement = self.settle_outcome(at, outcome);
+        let since = self.carry_out(
+            at,
+            settlement,
+            full_sync_number,
+            bytes_sent,
+            JobSlot::Batches,
+        );
+        if !handed.is_empty() {
+            tracing::info!(
+                sersync_remote = %self.lanes[at].label,
+                files = handed.len(),
+                "{} large file(s) go out in a run of their own",
+                handed.len()
+            );
+            self.queue.hand_large(lane_id, handed, since);
+        }
+    }
+
+    /// What the end of a job of lane `at` means ([`settle::settle`]).
+    fn settle_outcome(
+        &mut self,
+        at: usize,
+        outcome: Outcome,
+    ) -> (settle::Settlement, settle::Clock) {
+        let lane = &mut self.lanes[at];
         let root = lane.context.root.clone();
         let label = lane.label.clone();
         let root_names = move || {
@@ -2212,19 +2319,20 @@ impl Daemon {
             wall: std::time::SystemTime::now(),
         };
         let settlement = settle::settle(&mut lane.health, &label, outcome, root_names, clock);
-        self.carry_out(at, settlement, full_sync_number, clock, bytes_sent);
+        (settlement, clock)
     }
 
-    /// Does what [`settle::settle`] decided at the end of a job of lane `at`, which
-    /// reported sending `bytes_sent` (for its log line).
+    /// Does what [`settle::settle`] decided at the end of a job of lane `at` (in `slot`),
+    /// which reported sending `bytes_sent` (for its log line). Returns the stamp of the
+    /// oldest change the job carried.
     fn carry_out(
         &mut self,
         at: usize,
-        settlement: settle::Settlement,
+        (settlement, clock): (settle::Settlement, settle::Clock),
         full_sync_number: Option<u64>,
-        clock: settle::Clock,
         bytes_sent: u64,
-    ) {
+        slot: JobSlot,
+    ) -> Option<crate::queue::Seen> {
         let settle::Settlement {
             succeeded,
             error,
@@ -2297,7 +2405,10 @@ impl Daemon {
         if let Some(number) = full_sync_number {
             self.full_sync_done(lane_id, number, succeeded);
         }
-        let since = self.queue.finish(lane_id, retry);
+        let since = match slot {
+            JobSlot::Batches => self.queue.finish(lane_id, retry),
+            JobSlot::Large => self.queue.finish_large(lane_id, retry),
+        };
         if let (true, Some(since)) = (succeeded, since) {
             // From when its oldest change was seen to now: what a reader of the replica
             // waited.
@@ -2310,6 +2421,7 @@ impl Daemon {
         if let Some((reason, when)) = guarded_full_sync {
             self.timers.hold_full_sync(lane_id, reason, when, since);
         }
+        since
     }
 
     /// The log line of a settled job, with the bytes its runs reported sending (field

@@ -227,6 +227,8 @@ pub(super) fn settle(
         elapsed,
         // Counted by the loop, whatever the job's end means.
         bytes_sent: _,
+        // Handed to the large-file run by the loop (and out of `job` already).
+        large: _,
     } = outcome;
     if let RunResult::Guarded {
         reason,

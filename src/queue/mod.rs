@@ -145,6 +145,9 @@ pub struct Batch {
     /// Directory renames `(from, to)` whose both ends are in this batch: the remote copy
     /// at `from` may serve as the basis for `to` before `from` is removed.
     pub renames: Vec<(RelPath, RelPath)>,
+    /// The lane's large-file run ([`Queue::take_large_job`]): large files a batch handed
+    /// over, sent next to the lane's batches instead of holding them back.
+    pub large: bool,
 }
 
 #[derive(Debug)]
@@ -173,6 +176,78 @@ struct Lane {
     /// The paths sent within the last [`HOT_INTERVAL`]: a file that keeps changing is sent
     /// again only once its interval is over (see [`Queue::take_job`]).
     recently_sent: RecentlySent,
+    /// Whether the job in flight is a full sync (which sends large files itself).
+    full_sync_in_flight: bool,
+    /// Large files handed over by batches, and the run that sends them.
+    large: Large,
+}
+
+/// Large files of a lane ([`Queue::hand_large`]): they go out in a run of their own, at
+/// most one at a time, next to the lane's batches, so that a multi-gigabyte upload does
+/// not hold back the small files written after it.
+///
+/// A path is never in two runs at once: while a large file waits or is in flight, the
+/// lane's batches leave pending every change that touches it (the path itself, anything
+/// below it, and a removal, replacement or dirty directory above it), and a full sync
+/// waits for the large run.
+#[derive(Debug, Default)]
+struct Large {
+    /// The paths of the large run in flight, sorted (empty when none runs).
+    in_flight: Vec<RelPath>,
+    busy: bool,
+    /// The oldest change the large run in flight delivers.
+    in_flight_since: Option<Seen>,
+    /// Handed over, waiting for the next large run.
+    waiting: BTreeMap<RelPath, Action>,
+    waiting_since: Option<Seen>,
+    /// A failed large run backs off until then (the lane's batches do not).
+    not_before: Option<Instant>,
+}
+
+impl Large {
+    fn is_idle_and_empty(&self) -> bool {
+        !self.busy && self.waiting.is_empty()
+    }
+
+    /// Whether a change of `path` (`action`) would touch a large file waiting or in
+    /// flight, and so must not go out in a batch now.
+    fn touches(&self, path: &[u8], action: Action) -> bool {
+        if self.is_idle_and_empty() {
+            return false;
+        }
+        let held = |p: &[u8]| {
+            self.waiting.contains_key(p)
+                || self
+                    .in_flight
+                    .binary_search_by(|f| f.as_slice().cmp(p))
+                    .is_ok()
+        };
+        // The path itself or something above it is a large file (a file that became a
+        // directory since: its new children wait too).
+        if held(path) || crate::relpath::ancestors(path).any(held) {
+            return true;
+        }
+        // A removal, replacement or dirty directory above a large file.
+        if matches!(
+            action,
+            Action::Remove { .. } | Action::Replace | Action::Tree
+        ) {
+            if path.is_empty() {
+                return true;
+            }
+            let range = crate::relpath::below_range(path);
+            let in_flight_below = {
+                let from = self
+                    .in_flight
+                    .partition_point(|f| f.as_slice() < range.start.as_slice());
+                self.in_flight
+                    .get(from)
+                    .is_some_and(|f| f.as_slice() < range.end.as_slice())
+            };
+            return in_flight_below || self.waiting.range(range).next().is_some();
+        }
+        false
+    }
 }
 
 /// Paths that failed on their own, retried at `due`.
@@ -303,6 +378,8 @@ impl Queue {
                     deferred: Vec::new(),
                     renames: Vec::new(),
                     recently_sent: RecentlySent::default(),
+                    full_sync_in_flight: false,
+                    large: Large::default(),
                 },
             };
             self.lanes.push(lane);
@@ -346,9 +423,10 @@ impl Queue {
     /// (as far as this queue knows; the daemon adds full syncs it holds back itself).
     pub fn lane_oldest(&self, lane: LaneId) -> Option<Seen> {
         let lane = self.lane(lane)?;
+        let large = older(lane.large.in_flight_since, lane.large.waiting_since);
         lane.deferred.iter().map(|d| d.since).fold(
             older(
-                older(lane.pending_since, lane.full_sync_since),
+                older(older(lane.pending_since, lane.full_sync_since), large),
                 lane.in_flight_since,
             ),
             older,
@@ -489,8 +567,17 @@ impl Queue {
         if lane.busy || lane.paused || lane.not_before.is_some_and(|at| now < at) {
             return None;
         }
-        if let Some(reason) = lane.full_sync.take() {
+        // A full sync sends large files too: it waits for the large run in flight, and
+        // takes along those waiting for the next one.
+        if let Some(reason) = lane.full_sync.take_if(|_| !lane.large.busy) {
+            let waiting = std::mem::take(&mut lane.large.waiting);
+            let waiting_since = lane.large.waiting_since.take();
+            for (path, action) in waiting {
+                lane.requeue(path, action, waiting_since);
+            }
+            lane.large.not_before = None;
             lane.busy = true;
+            lane.full_sync_in_flight = true;
             lane.in_flight_since = older(lane.full_sync_since.take(), lane.pending_since.take());
             lane.renames.clear();
             return Some(Job::FullSync {
@@ -508,6 +595,7 @@ impl Queue {
                 lane: lane_id,
                 entries,
                 renames: Vec::new(),
+                large: false,
             }));
         }
         if lane.pending.is_empty() || lane.recently_sent.nothing_before.is_some_and(|at| now < at) {
@@ -528,11 +616,36 @@ impl Queue {
             lane.recently_sent.nothing_before = lane.recently_sent.next_cool();
             return None;
         }
-        lane.in_flight_since = lane.pending_since;
-        let entries: Vec<(RelPath, Action)> = if lane.pending.len() <= max_batch {
+        let entries: Vec<(RelPath, Action)> = if !lane.large.is_idle_and_empty() {
+            // Changes that touch a large file waiting or in flight stay pending (with the
+            // lane's stamp: older than the truth is safe).
+            let large = &lane.large;
+            let mut taken = Vec::new();
+            for (path, action) in &lane.pending {
+                if taken.len() == max_batch {
+                    break;
+                }
+                if !large.touches(path, *action) {
+                    taken.push((path.clone(), *action));
+                }
+            }
+            if taken.is_empty() {
+                return None;
+            }
+            for (path, _) in &taken {
+                lane.pending.remove(path);
+            }
+            lane.in_flight_since = lane.pending_since;
+            if lane.pending.is_empty() {
+                lane.pending_since = None;
+            }
+            taken
+        } else if lane.pending.len() <= max_batch {
+            lane.in_flight_since = lane.pending_since;
             lane.pending_since = None;
             std::mem::take(&mut lane.pending).into_iter().collect()
         } else {
+            lane.in_flight_since = lane.pending_since;
             let mut taken = Vec::with_capacity(max_batch);
             while taken.len() < max_batch {
                 match lane.pending.pop_first() {
@@ -566,7 +679,114 @@ impl Queue {
             lane: lane_id,
             entries,
             renames,
+            large: false,
         }))
+    }
+
+    /// Hands large files of a batch of `lane` over to its large-file run (the batch did
+    /// not send them): they wait for the next one, and until it has sent them no batch
+    /// touches them. `since`: the stamp [`Queue::finish`] returned for their batch.
+    pub fn hand_large(
+        &mut self,
+        lane: LaneId,
+        entries: Vec<(RelPath, Action)>,
+        since: Option<Seen>,
+    ) {
+        let Some(lane) = self.lane_mut(lane) else {
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
+        lane.large.waiting_since = older(lane.large.waiting_since, since);
+        for (path, action) in entries {
+            match lane.large.waiting.get_mut(&path) {
+                Some(earlier) => *earlier = Action::then(*earlier, action),
+                None => {
+                    lane.large.waiting.insert(path, action);
+                }
+            }
+        }
+    }
+
+    /// The large-file run of `lane`, if none is in flight, large files wait, the lane is
+    /// not paused and runs no full sync, and the large run is not backing off. Runs next to
+    /// the lane's batches; [`Queue::finish_large`] ends it.
+    pub fn take_large_job(&mut self, lane_id: LaneId, now: Instant) -> Option<Job> {
+        let lane = self.lane_mut(lane_id)?;
+        let large = &mut lane.large;
+        if large.busy
+            || large.waiting.is_empty()
+            || lane.paused
+            || lane.full_sync_in_flight
+            || large.not_before.is_some_and(|at| now < at)
+        {
+            return None;
+        }
+        let entries: Vec<(RelPath, Action)> =
+            std::mem::take(&mut large.waiting).into_iter().collect();
+        large.in_flight = entries.iter().map(|(path, _)| path.clone()).collect();
+        large.in_flight_since = large.waiting_since.take();
+        large.busy = true;
+        Some(Job::Batch(Batch {
+            lane: lane_id,
+            entries,
+            renames: Vec::new(),
+            large: true,
+        }))
+    }
+
+    /// Ends the large-file run of `lane` ([`Queue::finish`] for it): what must be tried
+    /// again waits for the next large run, which backs off until `at` (the lane's batches
+    /// go on). Returns the stamp of the oldest change it carried.
+    pub fn finish_large(
+        &mut self,
+        lane_id: LaneId,
+        retry: Option<(Retry, Instant)>,
+    ) -> Option<Seen> {
+        let lane = self.lane_mut(lane_id)?;
+        lane.large.busy = false;
+        lane.large.in_flight.clear();
+        let since = lane.large.in_flight_since.take();
+        match retry {
+            None => lane.large.not_before = None,
+            Some((retry, at)) => {
+                lane.large.not_before = Some(at);
+                let entries = match retry {
+                    Retry::Paths(entries) => entries,
+                    // Not asked of a batch; should it be, the full sync covers them.
+                    Retry::FullSync { reason, then } => {
+                        lane.want_full_sync(reason, since);
+                        then
+                    }
+                };
+                lane.large.waiting_since = older(lane.large.waiting_since, since);
+                // Older than anything handed over since.
+                for (path, older_action) in entries {
+                    match lane.large.waiting.get_mut(&path) {
+                        Some(newer) => *newer = Action::then(older_action, *newer),
+                        None => {
+                            lane.large.waiting.insert(path, older_action);
+                        }
+                    }
+                }
+            }
+        }
+        since
+    }
+
+    /// Whether `lane`'s large-file run is in flight.
+    pub fn lane_large_busy(&self, lane: LaneId) -> bool {
+        self.lane(lane).is_some_and(|lane| lane.large.busy)
+    }
+
+    /// When `lane`'s waiting large files may go out, if they wait for a backoff.
+    pub fn lane_large_not_before(&self, lane: LaneId) -> Option<Instant> {
+        self.lane(lane).and_then(|lane| {
+            (!lane.large.waiting.is_empty() && !lane.large.busy)
+                .then_some(lane.large.not_before)
+                .flatten()
+        })
     }
 
     /// Ends the job in flight on `lane`. `retry` is what must be tried again (the whole
@@ -581,6 +801,7 @@ impl Queue {
         };
         let lane = &mut self.lanes[at];
         lane.busy = false;
+        lane.full_sync_in_flight = false;
         let since = lane.in_flight_since.take();
         match retry {
             None => lane.not_before = None,
@@ -651,6 +872,9 @@ impl Queue {
             if lane.not_before.take().is_some() {
                 count += lane.pending.len();
             }
+            if lane.large.not_before.take().is_some() {
+                count += lane.large.waiting.len();
+            }
             let deferred = std::mem::take(&mut lane.deferred);
             // Newest first: each is put back as older than what is pending already.
             for d in deferred.into_iter().rev() {
@@ -665,7 +889,8 @@ impl Queue {
 
     /// Pending paths of one lane (for status).
     pub fn lane_depth(&self, lane: LaneId) -> usize {
-        self.lane(lane).map_or(0, |lane| lane.pending.len())
+        self.lane(lane)
+            .map_or(0, |lane| lane.pending.len() + lane.large.waiting.len())
     }
 
     /// Whether the lane has a job in flight.
@@ -687,13 +912,19 @@ impl Queue {
     /// Whether a lane has anything to do (pending paths or a full sync).
     pub fn lane_has_work(&self, lane: LaneId) -> bool {
         self.lane(lane).is_some_and(|lane| {
-            lane.full_sync.is_some() || !lane.pending.is_empty() || !lane.deferred.is_empty()
+            lane.full_sync.is_some()
+                || !lane.pending.is_empty()
+                || !lane.deferred.is_empty()
+                || !lane.large.waiting.is_empty()
         })
     }
 
     /// Total pending paths over all lanes.
     pub fn depth(&self) -> usize {
-        self.lanes.iter().map(|lane| lane.pending.len()).sum()
+        self.lanes
+            .iter()
+            .map(|lane| lane.pending.len() + lane.large.waiting.len())
+            .sum()
     }
 
     /// Everything a lane has not delivered yet, in path order: pending paths and the
@@ -716,8 +947,14 @@ impl Queue {
             deferred: Vec::new(),
             renames: Vec::new(),
             recently_sent: RecentlySent::default(),
+            full_sync_in_flight: false,
+            large: Large::default(),
         };
-        // Newest first: each is put back as older than what is there already.
+        // Newest first: each is put back as older than what is there already. Large files
+        // were handed over before anything now pending.
+        for (path, action) in &lane.large.waiting {
+            merged.requeue(path.clone(), *action, None);
+        }
         for d in lane.deferred.iter().rev() {
             for (path, action) in &d.entries {
                 merged.requeue(path.clone(), *action, None);
@@ -809,7 +1046,13 @@ impl Lane {
             .deferred
             .iter()
             .enumerate()
-            .filter(|(_, d)| d.due <= now)
+            .filter(|(_, d)| {
+                d.due <= now
+                    && !d
+                        .entries
+                        .iter()
+                        .any(|(path, action)| self.large.touches(path, *action))
+            })
             .min_by_key(|(_, d)| d.due)?;
         let group = self.deferred.remove(at);
         let mut since = group.since;

@@ -50,6 +50,7 @@ fn run_clocked(script: &[&str], max_batch: usize, per_take: Duration) -> Vec<Str
     let mut queue = Queue::new(&[(0, 0)], max_batch, Instant::now());
     let mut last_batch: Option<Batch> = None;
     let mut last_full: Option<(FullSyncReason, Vec<(RelPath, Action)>)> = None;
+    let mut last_large: Option<Vec<(RelPath, Action)>> = None;
     let mut out = Vec::new();
     for step in script {
         match *step {
@@ -85,6 +86,21 @@ fn run_clocked(script: &[&str], max_batch: usize, per_take: Duration) -> Vec<Str
                 let since = queue.finish(0, None);
                 queue.defer(0, entries, now + Duration::from_secs(15), since);
             }
+            "take large" => out.push(match queue.take_large_job(0, now) {
+                Some(job) => format!("L {}", render(Some(job))),
+                None => "L -".to_owned(),
+            }),
+            "large ok" => {
+                queue.finish_large(0, None);
+            }
+            "large fail" => {
+                // Every large file again, in 1 s.
+                let entries = last_large.take().unwrap_or_default();
+                queue.finish_large(
+                    0,
+                    Some((Retry::Paths(entries), now + Duration::from_secs(1))),
+                );
+            }
             "full" => queue.request_full_sync(0, FullSyncReason::Scheduled),
             "rescan" => queue.request_full_sync(0, FullSyncReason::Rescan),
             "observe" => {
@@ -98,6 +114,16 @@ fn run_clocked(script: &[&str], max_batch: usize, per_take: Duration) -> Vec<Str
                 Some(at) => format!("cools {}", (at - start).as_millis()),
                 None => "cools -".to_owned(),
             }),
+            other if other.starts_with("ok handing ") => {
+                // The batch is done but for these large files, handed over.
+                let handed: Vec<(RelPath, Action)> = other["ok handing ".len()..]
+                    .split(',')
+                    .map(|path| (path.as_bytes().to_vec(), Action::Sync))
+                    .collect();
+                let since = queue.finish(0, None);
+                last_large = Some(handed.clone());
+                queue.hand_large(0, handed, since);
+            }
             other if other.starts_with("cap ") => {
                 queue.set_max_pending(other[4..].parse().expect("cap N"));
             }
@@ -354,6 +380,187 @@ const ROWS: &[(&str, &[&str], &[&str])] = &[
         &["-"],
     ),
 ];
+
+/// Large files ([`Queue::hand_large`]): (name, script, outputs). `ok handing P,Q` ends the
+/// batch with P and Q handed over; `take large` (`L …`), `large ok` and `large fail`
+/// (retried in 1 s) drive the large-file run.
+const LARGE_ROWS: &[(&str, &[&str], &[&str])] = &[
+    (
+        "a large file goes in a run of its own while the lane's batches go on",
+        &[
+            "S big",
+            "S a",
+            "take",
+            "ok handing big",
+            "S b",
+            "take",
+            "take large",
+            "ok",
+            "S c",
+            "take",
+            "ok",
+            "large ok",
+            "take",
+            "take large",
+        ],
+        &["a:S big:S", "b:S", "L big:S", "c:S", "-", "L -"],
+    ),
+    (
+        "a new version of a large file in flight waits for the large run",
+        &[
+            "S big",
+            "take",
+            "ok handing big",
+            "take large",
+            "S big",
+            "S a",
+            "take",
+            "ok",
+            "take",
+            "large ok",
+            "take",
+        ],
+        &["big:S", "L big:S", "a:S", "-", "big:S"],
+    ),
+    (
+        "a removal above a large file waits for it; other paths and a send of the \
+         directory itself do not",
+        &[
+            "S d/big",
+            "take",
+            "ok handing d/big",
+            "take large",
+            "D d",
+            "S e",
+            "take",
+            "ok",
+            "take",
+            "large ok",
+            "take",
+        ],
+        &["d/big:S", "L d/big:S", "e:S", "-", "d:D"],
+    ),
+    (
+        "the attributes of a large file's directory go out at once",
+        &[
+            "S d/big",
+            "take",
+            "ok handing d/big",
+            "take large",
+            "S d",
+            "take",
+        ],
+        &["d/big:S", "L d/big:S", "d:S"],
+    ),
+    (
+        "a dirty directory or the root above a waiting large file waits too",
+        &[
+            "S d/big",
+            "take",
+            "ok handing d/big",
+            "T d",
+            "take",
+            "take large",
+            "large ok",
+            "take",
+        ],
+        &["d/big:S", "-", "L d/big:S", "d:T"],
+    ),
+    (
+        "what appears below a large file that became a directory waits",
+        &[
+            "S f",
+            "take",
+            "ok handing f",
+            "take large",
+            "S f/x",
+            "take",
+            "large ok",
+            "take",
+        ],
+        &["f:S", "L f:S", "-", "f/x:S"],
+    ),
+    (
+        "a full sync waits for the large run, then takes the waiting large files along",
+        &[
+            "S big",
+            "take",
+            "ok handing big",
+            "take large",
+            "S big2",
+            "take",
+            "ok handing big2",
+            "full",
+            "take",
+            "large ok",
+            "take",
+            "take large",
+            "ok",
+            "take large",
+        ],
+        &["big:S", "L big:S", "big2:S", "-", "FULL", "L -", "L -"],
+    ),
+    (
+        "a failed large run backs off on its own while the lane's batches go on",
+        &[
+            "at 0",
+            "S big",
+            "take",
+            "ok handing big",
+            "take large",
+            "large fail",
+            "S a",
+            "take",
+            "ok",
+            "take large",
+            "at 5000",
+            "take large",
+        ],
+        &["big:S", "L big:S", "a:S", "L -", "L big:S"],
+    ),
+    (
+        "a large file is owed until its run is done",
+        &[
+            "observe",
+            "S big",
+            "take",
+            "ok handing big",
+            "oldest",
+            "take large",
+            "oldest",
+            "large ok",
+            "oldest",
+        ],
+        &["big:S", "oldest 1", "L big:S", "oldest 1", "oldest -"],
+    ),
+];
+
+#[test]
+fn large_files_run_beside_the_batches_and_never_share_a_path_with_them() {
+    for (name, script, expected) in LARGE_ROWS {
+        assert_eq!(run(script, DEFAULT_MAX_BATCH), *expected, "{name}");
+    }
+}
+
+#[test]
+fn undelivered_includes_waiting_large_files() {
+    let now = Instant::now();
+    let mut queue = Queue::new(&[(0, 0)], DEFAULT_MAX_BATCH, now);
+    queue.push(0, b"big", Action::Sync);
+    assert!(queue.take_job(0, now).is_some());
+    let since = queue.finish(0, None);
+    queue.hand_large(0, vec![(b"big".to_vec(), Action::Sync)], since);
+    queue.push(0, b"a", Action::Sync);
+    assert_eq!(
+        queue.undelivered(0),
+        vec![
+            (b"a".to_vec(), Action::Sync),
+            (b"big".to_vec(), Action::Sync)
+        ]
+    );
+    assert_eq!(queue.lane_depth(0), 2);
+    assert!(queue.lane_has_work(0));
+}
 
 #[test]
 fn coalescing_table() {

@@ -33,6 +33,8 @@ pub(super) fn entries(
                     }
                     if meta.is_dir() {
                         Local::Directory
+                    } else if meta.is_file() {
+                        Local::File { size: meta.len() }
                     } else {
                         Local::Other
                     }

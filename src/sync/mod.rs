@@ -109,6 +109,9 @@ pub struct Outcome {
     /// The bytes the job's rsync runs reported sending, summed over all of them (each
     /// run's own figure, [`argv::sent_bytes`]; a run that printed none counts 0).
     pub bytes_sent: u64,
+    /// Large files the batch did not send: the daemon hands them to the lane's large-file
+    /// run ([`crate::queue::Queue::hand_large`]). Not part of what the job delivered.
+    pub large: Vec<(RelPath, Action)>,
 }
 
 /// Everything a job needs besides the job itself.
@@ -146,6 +149,9 @@ pub struct JobContext {
     /// Two-way mode: the versions this host had at each path, shared by the root's lanes
     /// and the daemon (which records what arrives).
     pub versions: Option<std::sync::Arc<two_way::Versions>>,
+    /// `<queue largeFiles>`: a batch hands new versions of files this large to the lane's
+    /// large-file run ([`Outcome::large`]) instead of sending them with the rest.
+    pub large_files: Option<u64>,
 }
 
 impl JobContext {
@@ -265,6 +271,7 @@ impl Runner {
                 let mut context = context;
                 // Outside the containment: what runs sent before a panic (a bug) counts too.
                 let mut bytes_sent = 0;
+                let mut large = Vec::new();
                 let run = crate::panics::contain(|| {
                     if let Job::Batch(batch) = &job {
                         for (path, _) in &batch.entries {
@@ -272,16 +279,21 @@ impl Runner {
                         }
                     }
                     match context.take_identity() {
-                        Ok(()) => Plan {
-                            edge: &mut JobEdge {
-                                runner: &runner,
-                                lane: job.lane(),
-                                ctx: &context,
-                                bytes_sent: &mut bytes_sent,
-                            },
-                            args_budget: runner.path_args_budget,
+                        Ok(()) => {
+                            let mut plan = Plan {
+                                edge: &mut JobEdge {
+                                    runner: &runner,
+                                    lane: job.lane(),
+                                    ctx: &context,
+                                    bytes_sent: &mut bytes_sent,
+                                },
+                                args_budget: runner.path_args_budget,
+                                large: Vec::new(),
+                            };
+                            let run = plan.job(&job, &context);
+                            large = plan.large;
+                            run
                         }
-                        .job(&job, &context),
                         Err(failed) => failed,
                     }
                 })
@@ -299,6 +311,7 @@ impl Runner {
                     stderr_truncated: run.truncated,
                     elapsed: started.elapsed(),
                     bytes_sent,
+                    large,
                 });
             });
         if let Err(err) = spawned {
@@ -314,6 +327,7 @@ impl Runner {
                     stderr_truncated: false,
                     elapsed: Duration::ZERO,
                     bytes_sent: 0,
+                    large: Vec::new(),
                 });
             }
         }
@@ -539,6 +553,7 @@ pub(crate) mod fixtures {
             progress: None,
             changes_since: std::time::UNIX_EPOCH,
             versions: None,
+            large_files: None,
         }
     }
 }

@@ -38,7 +38,11 @@ pub enum Local {
     /// Nothing (or nothing the daemon can see).
     Missing,
     Directory,
-    /// A file, a symlink (also one to a directory), or another type.
+    /// A regular file of this many bytes.
+    File {
+        size: u64,
+    },
+    /// A symlink (also one to a directory), or another type.
     Other,
 }
 
@@ -199,7 +203,7 @@ pub fn classify<'b>(batch: &'b Batch, locals: &[Local], seeded: &[Vec<u8>]) -> L
             Local::BelowNonDirectory => continue,
             Local::Missing => (false, false),
             Local::Directory => (true, true),
-            Local::Other => (true, false),
+            Local::File { .. } | Local::Other => (true, false),
         };
         if *action == Action::Tree && is_dir {
             lists.trees.push(path);
@@ -236,12 +240,18 @@ pub struct Plan<'e, E: Edge> {
     pub edge: &'e mut E,
     /// Bytes of listed paths passed as arguments before falling back to stdin.
     pub args_budget: usize,
+    /// The large files a batch did not send, for the lane's large-file run
+    /// ([`JobContext::large_files`]; see [`crate::queue::Queue::hand_large`]).
+    pub large: Vec<(RelPath, Action)>,
 }
 
 impl<E: Edge> Plan<'_, E> {
     /// Runs `job` for `ctx` and returns what it amounts to.
     pub fn job(&mut self, job: &Job, ctx: &JobContext) -> Run {
         match job {
+            Job::Batch(batch) if !batch.large && ctx.large_files.is_some() => {
+                self.batch_without_large(batch, ctx)
+            }
             Job::Batch(batch) => self.batch(batch, ctx),
             Job::FullSync { lane, reason, then } => {
                 if ctx.full_syncs_delete() && *reason != FullSyncReason::Forced {
@@ -261,6 +271,7 @@ impl<E: Edge> Plan<'_, E> {
                     lane: *lane,
                     entries: after_full_sync(then, covered),
                     renames: Vec::new(),
+                    large: false,
                 };
                 if *reason == FullSyncReason::Forced {
                     // The operator vouched for the root as it is: its pending deletions go
@@ -276,11 +287,48 @@ impl<E: Edge> Plan<'_, E> {
         }
     }
 
+    /// A batch whose new versions of large files are handed to the lane's large-file run
+    /// ([`Plan::large`]) instead of going out with the rest.
+    fn batch_without_large(&mut self, batch: &Batch, ctx: &JobContext) -> Run {
+        let locals = self.edge.entries(batch);
+        let threshold = ctx.large_files.unwrap_or(u64::MAX);
+        let is_large = |(entry, local): (&(RelPath, Action), &Local)| {
+            entry.1 == Action::Sync && matches!(local, Local::File { size } if *size >= threshold)
+        };
+        if !batch.entries.iter().zip(&locals).any(is_large) {
+            return self.batch_at(batch, locals, ctx);
+        }
+        let mut small = Batch {
+            lane: batch.lane,
+            entries: Vec::with_capacity(batch.entries.len()),
+            renames: batch.renames.clone(),
+            large: false,
+        };
+        let mut small_locals = Vec::with_capacity(locals.len());
+        for (entry, local) in batch.entries.iter().zip(locals) {
+            if is_large((entry, &local)) {
+                self.large.push(entry.clone());
+            } else {
+                small.entries.push(entry.clone());
+                small_locals.push(local);
+            }
+        }
+        if small.entries.is_empty() {
+            return Run::ended(RunResult::Exited(0));
+        }
+        self.batch_at(&small, small_locals, ctx)
+    }
+
     fn batch(&mut self, batch: &Batch, ctx: &JobContext) -> Run {
+        let locals = self.edge.entries(batch);
+        self.batch_at(batch, locals, ctx)
+    }
+
+    /// Runs `batch`, whose paths are `locals` now.
+    fn batch_at(&mut self, batch: &Batch, locals: Vec<Local>, ctx: &JobContext) -> Run {
         let seeded = self.seed_renames(batch, ctx);
         // What no longer exists locally (or was replaced) is deleted on the
         // remote first; what exists is sent. rsync never sees a missing argument.
-        let locals = self.edge.entries(batch);
         let Lists {
             delete,
             mut send,

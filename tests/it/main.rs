@@ -36,6 +36,8 @@ mod panics;
 mod control;
 // Lag per remote and checkpoints (`sersyncctl checkpoint --wait`) against sersyncd.
 mod checkpoints;
+// Large files go out in a run of their own: small files never wait for a large upload.
+mod large_files;
 // Two-way mode: two hosts replicating to each other converge, lose nothing, go quiet.
 mod two_way;
 // Full-sync progress: status, STATUS=, the FullSyncProgress signal, full-sync --wait.

@@ -194,8 +194,10 @@ impl World {
             .raw_sersync_xml(r#"<deleteGuard share="0"/>"#)
             // The smallest cap the config allows, which a sim tree reaches in its bigger
             // rounds and outages (64 it never did): folding into dirty directories runs
-            // under every fault, while small rounds keep the ordinary path.
-            .raw_sersync_xml(r#"<queue maxPending="16"/>"#);
+            // under every fault, while small rounds keep the ordinary path. Files of 32 KiB
+            // or more (about one in six written) go through the large-file run, so that it
+            // races the batches under every operation and fault.
+            .raw_sersync_xml(r#"<queue maxPending="16" largeFiles="32K"/>"#);
         // The bus by the environment, which every restart keeps (restarts replace the
         // arguments).
         let mut launcher: Vec<String> = Vec::new();

@@ -20,6 +20,7 @@ fn batch(entries: &[(&str, Action)]) -> Job {
         lane: 1,
         entries: entries.iter().map(|(p, a)| (path(p), *a)).collect(),
         renames: Vec::new(),
+        large: false,
     })
 }
 
@@ -69,6 +70,7 @@ fn end(mut health: Health, job: Job, result: RunResult, stderr: &str) -> Ended {
         stderr_truncated: false,
         elapsed: Duration::from_millis(5),
         bytes_sent: 0,
+        large: Vec::new(),
     };
     let settlement = settle(
         &mut health,
@@ -517,6 +519,7 @@ fn partial_failures_defer_what_failed_and_let_the_lane_go_on() {
                 stderr_truncated: truncated,
                 elapsed: Duration::ZERO,
                 bytes_sent: 0,
+                large: Vec::new(),
             },
             || vec![ROOT.to_vec()],
             Clock {

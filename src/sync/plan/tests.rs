@@ -3,8 +3,9 @@
 //!
 //! A batch is written as `"path:ACT=LOCAL ..."` (sorted by path, the root as the empty
 //! path): ACT one of `S F D R T` (sync, remove file, remove directory, replace, dirty
-//! directory), LOCAL what is at the path when the job runs: `f` a file (or symlink), `d` a
-//! directory, `-` nothing, `x` below a file or symlink.
+//! directory), LOCAL what is at the path when the job runs: `f` a file (or symlink), `L` a
+//! file of 1 GiB (at or above `<queue largeFiles>`, 1 MiB here), `d` a directory, `-`
+//! nothing, `x` below a file or symlink.
 //!
 //! A run is rendered as `where: argv < stdin` (`>` at the end: its stdout is read; `&`
 //! in front: one of runs started at once), `where` being `root`, `in DIR` or
@@ -100,6 +101,8 @@ struct Case {
     /// `exit N`, `signal N`, `spawn failed`, or `guarded [held paths]: reason` (a
     /// trailing `…` matches any rest of the reason).
     outcome: &'static str,
+    /// The large files handed to the lane's large-file run, `"path:ACT ..."`.
+    large: &'static str,
 }
 
 impl Default for Case {
@@ -121,6 +124,7 @@ impl Default for Case {
             ways: 1,
             cores: 2,
             budget: 1 << 20,
+            large: "",
             results: &[],
             runs: &[],
             outcome: "exit 0",
@@ -148,6 +152,7 @@ fn context(case: &Case) -> JobContext {
             ..DeleteGuard::default()
         },
         deletions_held: case.held.map(str::to_owned),
+        large_files: Some(1 << 20),
         // Never read: the plan reads nothing.
         ..crate::sync::fixtures::context(std::path::Path::new("/nonexistent/root"))
     }
@@ -156,6 +161,7 @@ fn context(case: &Case) -> JobContext {
 fn local_of(code: &str) -> Local {
     match code {
         "f" => Local::Other,
+        "L" => Local::File { size: 1 << 30 },
         "d" => Local::Directory,
         "-" => Local::Missing,
         "x" => Local::BelowNonDirectory,
@@ -194,6 +200,7 @@ fn job(case: &Case) -> Job {
                 .iter()
                 .map(|(from, to)| (from.as_bytes().to_vec(), to.as_bytes().to_vec()))
                 .collect(),
+            large: false,
         }),
     }
 }
@@ -396,11 +403,24 @@ fn check(cases: &[Case]) {
             serial: false,
             log: Vec::new(),
         };
-        let run = Plan {
+        let mut plan = Plan {
             edge: &mut fake,
             args_budget: case.budget,
-        }
-        .job(&job(case), &context(case));
+            large: Vec::new(),
+        };
+        let run = plan.job(&job(case), &context(case));
+        let large: Vec<String> = plan
+            .large
+            .iter()
+            .map(|(path, action)| {
+                format!(
+                    "{}:{}",
+                    String::from_utf8_lossy(path),
+                    crate::queue::codes::code_of(*action)
+                )
+            })
+            .collect();
+        assert_eq!(large.join(" "), case.large, "{}: large files", case.name);
         assert_eq!(fake.log, case.runs, "{}: runs", case.name);
         let got = outcome(&run);
         let matches = match case.outcome.strip_suffix('…') {
@@ -414,6 +434,52 @@ fn check(cases: &[Case]) {
         );
         assert!(fake.results.is_empty(), "{}: results left over", case.name);
     }
+}
+
+#[test]
+fn large_files_leave_the_batch_for_their_own_run() {
+    check(&[
+        Case {
+            name: "a new version of a large file is handed over; the rest is sent",
+            batch: "a:S=f big:S=L d:S=d d/huge:S=L",
+            runs: &["root: SEND ./a ./d DEST/"],
+            large: "big:S d/huge:S",
+            ..Case::default()
+        },
+        Case {
+            name: "a batch of large files only runs nothing",
+            batch: "big:S=L",
+            runs: &[],
+            large: "big:S",
+            ..Case::default()
+        },
+        Case {
+            name: "removals go first whatever the batch hands over",
+            batch: "big:S=L gone:F=-",
+            runs: &["skeleton[]: DELETE DEST/ < + /gone + /gone/*** - *"],
+            large: "big:S",
+            ..Case::default()
+        },
+        Case {
+            name: "a directory replaced by a large file is purged and sent in the batch",
+            batch: "d:R=L",
+            runs: &[
+                "skeleton[]: DELETE DEST/ < + /d + /d/*** - *",
+                "root: SEND ./d DEST/",
+            ],
+            ..Case::default()
+        },
+        Case {
+            name: "the changes a full sync carries are sent by it, large or not",
+            batch: "big:S=L",
+            full: Some(Scheduled),
+            runs: &[
+                "root: --recursive --delete --force ./ DEST/",
+                "root: SEND ./big DEST/",
+            ],
+            ..Case::default()
+        },
+    ]);
 }
 
 #[test]
@@ -991,6 +1057,7 @@ fn a_big_deletion_is_split_and_joined_again_at_max_connections() {
         let run = Plan {
             edge: &mut fake,
             args_budget: case.budget,
+            large: Vec::new(),
         }
         .job(&job(&case), &context(&case));
         assert_eq!(outcome(&run), "exit 0");
@@ -1042,6 +1109,7 @@ fn classify_table() {
             lane: 0,
             entries: facts.iter().map(|(p, a, _)| (p.clone(), *a)).collect(),
             renames: Vec::new(),
+            large: false,
         };
         let locals: Vec<Local> = facts.iter().map(|(_, _, l)| *l).collect();
         let seeded: Vec<Vec<u8>> = seeded.iter().map(|s| s.as_bytes().to_vec()).collect();
