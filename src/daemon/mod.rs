@@ -2097,6 +2097,38 @@ impl Daemon {
         let now = Instant::now();
         let limit = self.cli.worker_limit();
         let count = self.lanes.len();
+        // Large-file runs first: they only send what batches handed over, so they cannot
+        // starve the batches, and batches that keep coming (with `-n 1`) must not starve
+        // them.
+        for at in 0..count {
+            if self.in_flight >= limit {
+                break;
+            }
+            let lane_id = self.lanes[at].id;
+            if self
+                .retired_in_flight
+                .iter()
+                .any(|(_, key)| *key == self.lanes[at].key())
+            {
+                continue;
+            }
+            let Some(job) = self.queue.take_large_job(lane_id, now) else {
+                continue;
+            };
+            if let Job::Batch(batch) = &job {
+                tracing::debug!(
+                    sersync_remote = %self.lanes[at].label,
+                    "sending large files: {}",
+                    crate::sync::describe_batch(&batch.entries)
+                );
+            }
+            let context = self.lanes[at].context.clone();
+            let tx = self.tx.clone();
+            self.in_flight += 1;
+            self.runner.start(job, context, move |outcome| {
+                let _ = tx.send(Input::JobDone(outcome));
+            });
+        }
         for step in 0..count {
             if self.in_flight >= limit {
                 break;
@@ -2152,35 +2184,6 @@ impl Daemon {
             });
         }
         self.next_lane = (self.next_lane + 1) % count.max(1);
-        for at in 0..count {
-            if self.in_flight >= limit {
-                break;
-            }
-            let lane_id = self.lanes[at].id;
-            if self
-                .retired_in_flight
-                .iter()
-                .any(|(_, key)| *key == self.lanes[at].key())
-            {
-                continue;
-            }
-            let Some(job) = self.queue.take_large_job(lane_id, now) else {
-                continue;
-            };
-            if let Job::Batch(batch) = &job {
-                tracing::debug!(
-                    sersync_remote = %self.lanes[at].label,
-                    "sending large files: {}",
-                    crate::sync::describe_batch(&batch.entries)
-                );
-            }
-            let context = self.lanes[at].context.clone();
-            let tx = self.tx.clone();
-            self.in_flight += 1;
-            self.runner.start(job, context, move |outcome| {
-                let _ = tx.send(Input::JobDone(outcome));
-            });
-        }
     }
 
     /// Reports lanes whose rsyncs moved no data for [`STALL_WARNING`] (checked every few

@@ -85,11 +85,12 @@ fn can_run() -> bool {
 /// A failed run: the rounds recorded so far and the report.
 type Failure = (Vec<Vec<Op>>, String);
 
-/// What one seed did: operations, faults that took effect (by kind), time.
+/// What one seed did: operations, faults that took effect (by kind), (queue folds,
+/// large-file hand-overs), time.
 type Ran = (
     usize,
     std::collections::BTreeMap<&'static str, usize>,
-    usize,
+    (usize, usize),
     Duration,
 );
 
@@ -141,7 +142,7 @@ fn run_seed(seed: u64, rounds: usize) -> Result<Ran, Failure> {
     Ok((
         ops_count,
         world.faults_applied.clone(),
-        world.folds(),
+        (world.folds(), world.large_handoffs()),
         started.elapsed(),
     ))
 }
@@ -247,6 +248,7 @@ fn run_seeds(seeds: std::ops::Range<u64>, rounds: usize, soak: Option<Duration>)
     let mut passed = 0;
     let mut total_ops = 0;
     let mut total_folds = 0;
+    let mut total_large = 0;
     let mut total_faults: std::collections::BTreeMap<&'static str, usize> =
         std::collections::BTreeMap::new();
     let mut seed = seeds.start;
@@ -259,17 +261,18 @@ fn run_seeds(seeds: std::ops::Range<u64>, rounds: usize, soak: Option<Duration>)
             break;
         }
         match run_seed(seed, rounds) {
-            Ok((ops, faults, folds, took)) => {
+            Ok((ops, faults, (folds, large), took)) => {
                 passed += 1;
                 total_ops += ops;
                 total_folds += folds;
+                total_large += large;
                 let applied: usize = faults.values().sum();
                 for (kind, n) in faults {
                     *total_faults.entry(kind).or_default() += n;
                 }
                 eprintln!(
                     "sim seed {seed}: {rounds} rounds, {ops} ops, {applied} faults, {folds} queue \
-                     folds, converged ({:.1} s)",
+                     folds, {large} large-file hand-overs, converged ({:.1} s)",
                     took.as_secs_f64()
                 );
             }
@@ -298,7 +301,7 @@ fn run_seeds(seeds: std::ops::Range<u64>, rounds: usize, soak: Option<Duration>)
         .collect();
     eprintln!(
         "simulation: {passed} seeds passed, {total_ops} ops, {} faults ({}), {total_folds} \
-         queue folds, in {:.0} s",
+         queue folds, {total_large} large-file hand-overs, in {:.0} s",
         total_faults.values().sum::<usize>(),
         faults.join(", "),
         started.elapsed().as_secs_f64()

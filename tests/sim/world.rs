@@ -635,6 +635,16 @@ impl World {
     }
 }
 
+impl World {
+    /// How often a batch handed large files to the large-file run (`<queue largeFiles>`),
+    /// to show that the runs exercised it (the current daemon's log only).
+    pub fn large_handoffs(&self) -> usize {
+        self.daemon.as_ref().map_or(0, |daemon| {
+            daemon.log().matches("go out in a run of their own").count()
+        })
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         self.restore_queued_events();
