@@ -1915,6 +1915,8 @@ impl Daemon {
                     } else if let Action::Remove { dir } = action {
                         if self.removed_by_peer(change.root, &change.path, dir) {
                             action = Action::Arrived;
+                        } else {
+                            self.record_removal(change.root, &change.path);
                         }
                     }
                     self.queue.push(change.root, &change.path, action);
@@ -2644,6 +2646,17 @@ impl Daemon {
         };
         if let Some(versions) = &lane.context.versions {
             versions.record_from_disk(&lane.context.root, path);
+        }
+    }
+
+    /// Two-way mode: this host saw `path` removed now (its deletion spares only the
+    /// versions it had before).
+    fn record_removal(&self, root: RootId, path: &[u8]) {
+        let Some(lane) = self.lanes.iter().find(|lane| lane.root == root) else {
+            return;
+        };
+        if let Some(versions) = &lane.context.versions {
+            versions.record_removal(path);
         }
     }
 

@@ -161,6 +161,16 @@ impl JobContext {
         self.propagate_deletes && !self.transport.options.two_way
     }
 
+    /// Two-way mode: when this host saw the deletion of `path` that a run of this job
+    /// carries out: when it saw `path` or an ancestor removed, if it remembers, else (or
+    /// if that is older) the job's oldest change, which is no later than it.
+    pub fn deleted_at(&self, path: &[u8]) -> std::time::SystemTime {
+        self.versions
+            .as_ref()
+            .and_then(|versions| versions.removed_at(path))
+            .map_or(self.changes_since, |at| at.max(self.changes_since))
+    }
+
     /// Two-way mode: the versions this host had at `path` (none outside that mode).
     pub fn history(&self, path: &[u8]) -> Vec<two_way::Known> {
         self.versions

@@ -453,7 +453,11 @@ impl<E: Edge> Plan<'_, E> {
                 .iter()
                 .any(|target| is_at_or_below(&entry.path, target))
         });
-        let newer = super::two_way::spared(&listed, ctx.changes_since, |path| ctx.history(path));
+        let newer = super::two_way::spared(
+            &listed,
+            |path| ctx.deleted_at(path),
+            |path| ctx.history(path),
+        );
         // A directory that is a directory here too is not deleted there (it would be sent
         // again; a deletion seen here and sent back while the peer made the directory anew
         // would take its empty directories otherwise), but what is in it is judged like

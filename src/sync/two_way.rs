@@ -124,6 +124,10 @@ pub struct Version {
 #[derive(Debug, Default)]
 pub struct Versions {
     known: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Vec<Known>>>,
+    /// When this host last saw each path removed (by itself, not by the peer's run): a
+    /// deletion is judged against its own moment, not the oldest change of its job, which
+    /// may be older than a version that arrived just before the removal.
+    removed: std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::time::SystemTime>>,
 }
 
 /// A version, and when this host first had it.
@@ -170,6 +174,29 @@ impl Versions {
     pub fn history(&self, path: &[u8]) -> Vec<Known> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known.get(path).cloned().unwrap_or_default()
+    }
+
+    /// This host saw `path` removed now.
+    pub fn record_removal(&self, path: &[u8]) {
+        self.record_removal_at(path, std::time::SystemTime::now());
+    }
+
+    fn record_removal_at(&self, path: &[u8], at: std::time::SystemTime) {
+        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        if removed.len() >= VERSIONS_KEPT && !removed.contains_key(path) {
+            removed.clear();
+        }
+        removed.insert(path.to_vec(), at);
+    }
+
+    /// When this host last saw `path` or one of its ancestors removed (the latest), if it
+    /// remembers: a deletion of `path` run now removes only versions it had before then.
+    pub fn removed_at(&self, path: &[u8]) -> Option<std::time::SystemTime> {
+        let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(path)
+            .chain(crate::relpath::ancestors(path))
+            .filter_map(|p| removed.get(p).copied())
+            .max()
     }
 }
 
@@ -320,9 +347,10 @@ fn utc_seconds(text: &[u8]) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + m * 60 + s)
 }
 
-/// The listed entries a deletion seen here at `deleted_at` must not remove, sorted and
-/// without duplicates. An entry is removed only if it is a version this host had before
-/// that moment (`history` of its path): any other version — modified on the peer, or one
+/// The listed entries a deletion seen here must not remove, sorted and without
+/// duplicates; `deleted_at` says when this host saw each path's deletion. An entry is
+/// removed only if it is a version this host had before that moment (`history` of its
+/// path): any other version — modified on the peer, or one
 /// that reached this host only after the deletion (the peer's own deletion seen here and
 /// sent back, then the peer's new files) — is not this host's to delete. For a path this
 /// host knows nothing of (since its start), the time decides: a version of the deletion's
@@ -330,18 +358,19 @@ fn utc_seconds(text: &[u8]) -> Option<i64> {
 /// failure, deleting a newer version is not).
 pub fn spared(
     listed: &[Listed],
-    deleted_at: std::time::SystemTime,
+    deleted_at: impl Fn(&[u8]) -> std::time::SystemTime,
     history: impl Fn(&[u8]) -> Vec<Known>,
 ) -> Vec<Vec<u8>> {
-    let deleted_second = deleted_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-        });
     let mut spared: Vec<Vec<u8>> = listed
         .iter()
         .filter(|entry| !entry.path.is_empty())
         .filter(|entry| {
+            let deleted_at = deleted_at(&entry.path);
+            let deleted_second = deleted_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+                });
             let there = if entry.size == Version::DIRECTORY.size {
                 Version::DIRECTORY
             } else {
@@ -502,7 +531,7 @@ garbage\n\
             ((99, u64::MAX), vec![], false),
         ];
         for ((mtime, size), history, kept) in rows {
-            let got = spared(&[listed(mtime, size)], at(100), |_| history.clone());
+            let got = spared(&[listed(mtime, size)], |_| at(100), |_| history.clone());
             assert_eq!(!got.is_empty(), kept, "{mtime}/{size} with {history:?}");
         }
         let many = |path: &[u8]| Listed {
@@ -512,10 +541,68 @@ garbage\n\
         };
         let got = spared(
             &[many(b"b"), many(b"a"), many(b"b"), many(b"")],
-            at(100),
+            |_| at(100),
             |_| Vec::new(),
         );
         assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn a_deletion_is_dated_by_the_latest_removal_of_its_path_or_an_ancestor() {
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let versions = Versions::default();
+        versions.record_removal_at(b"d", at(10));
+        versions.record_removal_at(b"d/e/f", at(20));
+        versions.record_removal_at(b"d", at(15));
+        versions.record_removal_at(b"x", at(30));
+        // (path, when its deletion was seen)
+        let rows: &[(&[u8], Option<u64>)] = &[
+            (b"d", Some(15)),
+            (b"d/e", Some(15)),
+            (b"d/e/f", Some(20)),
+            (b"d/e/f/g", Some(20)),
+            (b"dd", None),
+            (b"x/y", Some(30)),
+            (b"y", None),
+        ];
+        for (path, expected) in rows {
+            assert_eq!(
+                versions.removed_at(path),
+                expected.map(at),
+                "{}",
+                String::from_utf8_lossy(path)
+            );
+        }
+        // A version that arrived after the batch's oldest change but before the removal
+        // is this host's to delete.
+        let listed = Listed {
+            path: b"z/.dot".to_vec(),
+            mtime: 5,
+            size: 5,
+        };
+        let arrived = Known {
+            version: Version { mtime: 5, size: 5 },
+            since: at(12),
+        };
+        let oldest_change = at(11);
+        let removal = versions_with_removal(b"z/.dot", at(13));
+        let deleted_at = |path: &[u8]| {
+            removal
+                .removed_at(path)
+                .map_or(oldest_change, |t| t.max(oldest_change))
+        };
+        assert!(spared(std::slice::from_ref(&listed), deleted_at, |_| vec![arrived]).is_empty());
+        assert_eq!(
+            spared(&[listed], |_| oldest_change, |_| vec![arrived]).len(),
+            1,
+            "dated by the batch's oldest change, the arrival looked newer than the deletion"
+        );
+    }
+
+    fn versions_with_removal(path: &[u8], at: std::time::SystemTime) -> Versions {
+        let versions = Versions::default();
+        versions.record_removal_at(path, at);
+        versions
     }
 
     #[test]

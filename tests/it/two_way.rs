@@ -1443,3 +1443,35 @@ fn files_added_to_a_directory_the_peer_deletes_are_kept_on_both() {
         }
     }
 }
+/// From the tester's branch `twoway-test`, where it failed 3 times in 5: B deleted `z/.dot`
+/// 4 ms after it arrived, and its deletion was dated by the oldest change of its batch
+/// (B's echo of the directory `z`, older than the arrival), so the arrived version looked
+/// newer than the deletion and was pulled back. Deletions are dated by their own removal
+/// now (`Versions::removed_at`).
+#[test]
+fn empty_files_and_dot_files_reach_the_other_side_and_stay_deleted() {
+    let Some(hosts) = Hosts::new() else { return };
+    let _a = hosts.sersyncd_a_with(&[], |b| b.ignore_temp_files(false));
+    let _b = hosts.sersyncd_b_with(&[], |b| b.ignore_temp_files(false));
+    write(hosts.root_a(), "x/.keep", "");
+    write(hosts.root_a(), "y/keep", "");
+    write(hosts.root_a(), "z/.dot", "data\n");
+    write(hosts.root_a(), "top-empty", "");
+    write(hosts.root_a(), ".top-dot", "data\n");
+    hosts.converged(Duration::from_secs(30));
+    std::fs::remove_file(hosts.root_b().join("z/.dot")).unwrap();
+    std::fs::remove_file(hosts.root_a().join("x/.keep")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(5));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            !root.join("z/.dot").exists(),
+            "z/.dot came back in {root:?}"
+        );
+        assert!(
+            !root.join("x/.keep").exists(),
+            "x/.keep came back in {root:?}"
+        );
+    }
+}
