@@ -20,7 +20,7 @@ same run:
 
 Warm cache (the default): the tree is read once (find) before each start, as the issue's
 target says, so the inodes and dentries are in memory already and the slab growth is the
-watches' own (the inotify mark and its connector). `--cold` (ext4 only) unmounts and
+watches' own (the inotify mark and its connector). `--cache cold` (ext4 only) unmounts and
 mounts the file system before each start instead: its inodes and dentries leave the cache
 (nothing else's does), so the crawl reads them back in and the slab growth includes the
 inode and dentry that each watch then pins (the image's blocks stay in the host's page
@@ -28,7 +28,7 @@ cache: "cold" means cold inode and dentry caches, not a cold disk).
 
 Usage (root, for fanotify and the mounts):
     bench/watch-startup.py [--bin target/release/sersyncd] [--dirs 100000,1000000]
-        [--tools inotify,fanotify,lsyncd] [--fs tmpfs|ext4] [--cold]
+        [--tools inotify,fanotify,lsyncd] [--fs tmpfs|ext4] [--cache warm|cold|both]
         [--dir /dev/shm/sersync-watch-bench] [--image /var/tmp/sersync-watch-bench.img]
 
 fs.inotify.max_user_watches is raised to fit the biggest tree while it runs and written
@@ -336,13 +336,15 @@ def main():
     p.add_argument("--dirs", default="100000")
     p.add_argument("--tools", default="inotify,fanotify,lsyncd")
     p.add_argument("--fs", choices=["tmpfs", "ext4"], default="tmpfs")
-    p.add_argument("--cold", action="store_true",
-                   help="ext4 only: unmount and mount before each start (cold inode/dentry caches)")
+    p.add_argument("--cache", choices=["warm", "cold", "both"], default="warm",
+                   help="cold (ext4 only): unmount and mount before each start (cold inode and "
+                        "dentry caches); both: each tool warm, then cold")
     p.add_argument("--dir", default="/dev/shm/sersync-watch-bench")
     p.add_argument("--image", default="/var/tmp/sersync-watch-bench.img")
     args = p.parse_args()
-    if args.cold and args.fs != "ext4":
-        raise SystemExit("--cold needs --fs ext4")
+    if args.cache != "warm" and args.fs != "ext4":
+        raise SystemExit("--cache cold needs --fs ext4")
+    caches = ["warm", "cold"] if args.cache == "both" else [args.cache]
     binary = os.path.abspath(args.bin)
     tools = args.tools.split(",")
     sizes = [int(d) for d in args.dirs.split(",")]
@@ -364,14 +366,17 @@ def main():
             t = time.monotonic()
             make_tree(tree, dirs)
             print(f"tree of {dirs} directories made in {time.monotonic() - t:.1f} s", file=sys.stderr)
-            for tool in tools:
-                load = os.getloadavg()[0]
-                if tool == "lsyncd":
-                    result = run_lsyncd(tree, work, fs, args.cold)
-                else:
-                    result = run(binary, tree, tool, work, fs, args.cold)
-                rows.append((dirs, tool, load) + result)
-                print(f"  {tool}: READY {result[0]:.2f} s (load before {load:.2f})", file=sys.stderr)
+            for cache in caches:
+                for tool in tools:
+                    load = os.getloadavg()[0]
+                    cold = cache == "cold"
+                    if tool == "lsyncd":
+                        result = run_lsyncd(tree, work, fs, cold)
+                    else:
+                        result = run(binary, tree, tool, work, fs, cold)
+                    rows.append((dirs, tool, cache, load) + result)
+                    print(f"  {tool}, {cache}: READY {result[0]:.2f} s (load before {load:.2f})",
+                          file=sys.stderr)
             shutil.rmtree(tree, ignore_errors=True)
     finally:
         with open(limit, "w") as f:
@@ -380,23 +385,22 @@ def main():
         if fs is not None:
             fs.close()
     mib = 1024 * 1024
-    print(f"{args.fs}, {'cold' if args.cold else 'warm'} cache, {os.path.basename(binary)}; "
-          f"load = 1-minute load average before each start")
+    print(f"{args.fs}, {binary}; load = 1-minute load average before each start")
     print("slab growth: /proc/meminfo Slab, READY - before the start; B/watch: that / the "
           "watches. mark+conn: the inotify_inode_mark and fsnotify_mark_connector objects "
           "allocated (in use, /sys/kernel/slab/*/objects x slab_size) per watch; "
           "inode+dentry: the same for the file system's inode cache and dentry")
-    print("| directories | tool | READY s | RSS at READY MiB | peak RSS MiB | inotify watches "
+    print("| directories | tool | cache | READY s | RSS at READY MiB | peak RSS MiB | inotify watches "
           "| slab growth MiB | slab B/watch | mark+conn B/watch | inode+dentry B/watch | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for dirs, tool, load, ready, rss, hwm, slab, objects, watches, used in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for dirs, tool, cache, load, ready, rss, hwm, slab, objects, watches, used in rows:
         name = tool if used == tool else f"{tool} ({used})"
         marks = sum(v for c, v in objects.items() if c in WATCH_CACHES)
         pinned = sum(v for c, v in objects.items() if c not in WATCH_CACHES)
 
         def per(x):
             return f"{x / watches:.0f}" if watches else "–"
-        print(f"| {dirs:,} | {name} | {ready:.2f} | {rss / mib:.1f} | {hwm / mib:.1f} "
+        print(f"| {dirs:,} | {name} | {cache} | {ready:.2f} | {rss / mib:.1f} | {hwm / mib:.1f} "
               f"| {watches:,} | {slab / mib:.1f} | {per(slab)} | {per(marks)} | {per(pinned)} "
               f"| {load:.2f} |")
 
