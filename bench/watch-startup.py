@@ -347,6 +347,10 @@ def main():
     caches = ["warm", "cold"] if args.cache == "both" else [args.cache]
     binary = os.path.abspath(args.bin)
     tools = args.tools.split(",")
+    if "lsyncd" in tools and shutil.which("lsyncd") is None:
+        print("lsyncd is not installed: its rows are left out (apt-get install lsyncd)",
+              file=sys.stderr)
+        tools.remove("lsyncd")
     sizes = [int(d) for d in args.dirs.split(",")]
     work = tempfile.mkdtemp(prefix="sersync-watch-bench-")
     rows = []
