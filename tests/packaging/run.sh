@@ -180,6 +180,15 @@ done
 expect 0644 /etc/sersync/confxml.xml.example
 expect 0644 /usr/share/doc/sersync/README.md
 expect 0644 /usr/share/doc/sersync/ARCHITECTURE.md
+# Opt-in drop-ins (systemd/sersync@.service.d/NAME.conf.example): shipped as examples to
+# copy, never as active drop-ins under /usr/lib/systemd/system/sersync@.service.d/.
+DROPIN_EXAMPLES=()
+for f in systemd/sersync@.service.d/*.conf.example; do
+    [ -f "$f" ] || continue
+    name=${f##*/}
+    expect 0644 "/usr/share/doc/sersync/examples/${name%.example}"
+    DROPIN_EXAMPLES+=("$f")
+done
 sort -k2 -o "$T/expected.txt" "$T/expected.txt"
 cp "$T/expected.txt" "$T/expected-rpm.txt"
 expect 0644 /usr/share/doc/sersync/copyright
@@ -188,7 +197,7 @@ expect 0644 /usr/share/lintian/overrides/sersync
 sort -k2 -o "$T/expected.txt" "$T/expected.txt"
 echo "      the packages must hold $(wc -l <"$T/expected.txt") files (.deb), $(wc -l <"$T/expected-rpm.txt") (.rpm):" \
     "${#UNITS[@]} units, ${#SYSCTL[@]} sysctl.d, ${#POLICIES[@]} D-Bus policies, ${#MANPAGES[@]} man pages," \
-    "generator: ${GENERATOR:-none}"
+    "${#DROPIN_EXAMPLES[@]} example drop-ins, generator: ${GENERATOR:-none}"
 
 # ============================== DEB =====================================================
 echo "--- deb: $(dpkg-deb -f "$DEB" Package Version Architecture | tr '\n' ' ')"
@@ -328,6 +337,37 @@ verify_units() {
     [ $rc = 0 ] && [ ! -s "$T/verify.err" ]
 }
 check "deb: systemd-analyze verify on the installed units (${#UNITS[@]}, instantiated as @web): exit 0, empty stderr" verify_units
+
+# The example drop-ins: the repository's bytes, not active, and each verifies with the
+# installed unit once the operator copies it to sersync@NAME.service.d/ (as README says).
+exposure() { # exposure UNIT-FILE: the overall exposure level systemd-analyze security prints
+    systemd-analyze security --offline=yes --no-pager "$1" 2>/dev/null |
+        sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' | grep .
+}
+dropin_examples_ok() {
+    local f name with without inst=$T/dropin-units
+    [ ! -e /usr/lib/systemd/system/sersync@.service.d ] ||
+        { echo "an active drop-in directory was installed"; return 1; }
+    for f in "${DROPIN_EXAMPLES[@]}"; do
+        name=${f##*/}
+        name=${name%.example}
+        cmp "$f" "/usr/share/doc/sersync/examples/$name" || return 1
+        rm -rf "$inst" && mkdir -p "$inst/sersync@web.service.d"
+        cp /usr/lib/systemd/system/sersync@.service "$inst/sersync@web.service"
+        without=$(exposure "$inst/sersync@web.service") || return 1
+        cp "/usr/share/doc/sersync/examples/$name" "$inst/sersync@web.service.d/$name"
+        systemd-analyze verify --man=no "$inst/sersync@web.service" 2>"$T/verify.err"
+        local rc=$?
+        cat "$T/verify.err"
+        [ $rc = 0 ] && [ ! -s "$T/verify.err" ] || return 1
+        # Loaded: the exposure changes with it (the fanotify drop-in adds CAP_SYS_ADMIN).
+        with=$(exposure "$inst/sersync@web.service") || return 1
+        echo "systemd-analyze security --offline=yes: $without, with $name $with"
+        [ "$with" != "$without" ] || { echo "drop-in $name not loaded"; return 1; }
+    done
+    [ ${#DROPIN_EXAMPLES[@]} -gt 0 ]
+}
+check "deb: example drop-ins in /usr/share/doc/sersync/examples (${#DROPIN_EXAMPLES[@]}): as in the repository, not active, each verifies when copied to sersync@web.service.d/" dropin_examples_ok
 
 if [ -n "$GENERATOR" ]; then
     generator_ok() {
@@ -484,10 +524,15 @@ rpm_config_ok() {
 check "rpm: rpm -qcp: /etc/sersync/confxml.xml.example is %config(noreplace)" rpm_config_ok
 
 rpm_docs_ok() {
+    local f name
     rpm -qdp "$RPM" | tee /dev/stderr | has -x /usr/share/doc/sersync/README.md &&
-        rpm -qdp "$RPM" | has -x /usr/share/doc/sersync/ARCHITECTURE.md
+        rpm -qdp "$RPM" | has -x /usr/share/doc/sersync/ARCHITECTURE.md || return 1
+    for f in "${DROPIN_EXAMPLES[@]}"; do
+        name=${f##*/}
+        rpm -qdp "$RPM" | has -x "/usr/share/doc/sersync/examples/${name%.example}" || return 1
+    done
 }
-check "rpm: README.md and ARCHITECTURE.md are %doc" rpm_docs_ok
+check "rpm: README.md, ARCHITECTURE.md and the example drop-ins are %doc" rpm_docs_ok
 
 rpm_scripts_ok() {
     rpm -qp --scripts "$RPM" >"$T/rpm-scripts.txt" || return 1

@@ -13,7 +13,9 @@
 #     mirror of /etc/apt/sources.list(.d); MIRROR=URL overrides it);
 #   - boots it with systemd-nspawn --volatile=overlay (the cached tree is never written:
 #     every run gets a throw-away root on tmpfs), drives it with nsenter, and plays the
-#     administrator's commands of issue 9, steps 1-9, printing PASS/FAIL per step;
+#     administrator's commands of issue 9 (steps 1-8 and 10) and the fanotify drop-in of
+#     issue 20 (step 9: refused with exit 78 and auto's fallback without it, fanotify
+#     with it, on a tmpfs mounted in the container), printing PASS/FAIL per step;
 #   - runs the "backup" host inside the container: an rsync daemon with auth (modules
 #     "web" and "docs", secrets file), started as the transient unit backup-rsyncd. The
 #     container shares the host's network namespace (no --private-network): the daemon
@@ -274,8 +276,12 @@ trees_equal() { # trees_equal SRC DST: same names, types and contents
 }
 
 boot_container() {
+    # --system-call-filter: nspawn's own seccomp filter denies the fanotify calls to the
+    # whole container (fanotify_init fails with EPERM even as root with CAP_SYS_ADMIN);
+    # step 9 needs them allowed, as a container host must for fanotify inside.
     systemd-nspawn -q -D "$TREE" -b --register=no --keep-unit --console=passive \
         --volatile=overlay -M "sersync-systest-$$" \
+        --system-call-filter='fanotify_init fanotify_mark open_by_handle_at' \
         --bind-ro="$WORK/in:/mnt/in" </dev/null >"$WORK/boot.log" 2>&1 &
     NSP=$!
     # The container's PID 1: a child of systemd-nspawn in another PID namespace.
@@ -724,7 +730,96 @@ step8_kill9() {
     check "replica equals the source tree" wait_until 15 trees_equal /srv/www /srv/backup/web
 }
 
-step9_purge() {
+# fan.xml: the instance "fan" watches /srv/fan (a tmpfs mounted in the container: its
+# root is an overlayfs, which refuses fanotify) and pushes to the module "fan".
+write_fan_config() { # write_fan_config BACKEND
+    c sh -c 'cat >/etc/sersync/fan.xml.new && mv /etc/sersync/fan.xml.new /etc/sersync/fan.xml' <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<head version="2.5">
+    <sersync>
+        <watch backend="$1"/>
+        <localpath watch="/srv/fan">
+            <remote ip="127.0.0.1" name="fan"/>
+        </localpath>
+        <rsync>
+            <commonParams params="-artz"/>
+            <auth start="true" users="syncer" passwordfile="/etc/sersync/web.pass"/>
+            <userDefinedPort start="true" port="$PORT"/>
+            <timeout start="true" time="10"/>
+        </rsync>
+    </sersync>
+</head>
+EOF
+}
+fan_prop() { c systemctl show -p "$1" --value sersync@fan.service; }
+fan_log() { c journalctl --no-pager -u sersync@fan.service -o cat --after-cursor="$1"; }
+fan_same() { csh "cmp -s '/srv/fan/$1' '/srv/backup/fan/$1'"; }
+DROPIN_DIR=/etc/systemd/system/sersync@fan.service.d
+
+step9_fanotify() {
+    local cur out n
+    csh 'mkdir -p /srv/fan /srv/backup/fan && mount -t tmpfs -o mode=0755 sersync-fan /srv/fan &&
+         printf "[fan]\n    path = /srv/backup/fan\n    read only = no\n    auth users = syncer\n    secrets file = /etc/backup-rsyncd.secrets\n" >>/etc/backup-rsyncd.conf'
+    check "tmpfs mounted on /srv/fan; module fan added to the backup host" \
+        eval 'c findmnt -n -o FSTYPE /srv/fan | gq -x tmpfs'
+
+    # Without the drop-in, <watch backend="fanotify">: refused (no CAP_SYS_ADMIN), exit 78,
+    # not restarted (RestartPreventExitStatus=78).
+    write_fan_config fanotify
+    cur=$(jcursor)
+    c systemctl start sersync@fan.service >/dev/null 2>&1
+    check "without the drop-in, <watch backend=\"fanotify\">: start fails with exit status 78" \
+        wait_until 10 eval '[ "$(fan_prop ExecMainStatus)" = 78 ] && [ "$(fan_prop ActiveState)" = failed ]'
+    note "ExecMainStatus=$(fan_prop ExecMainStatus) ActiveState=$(fan_prop ActiveState) Result=$(fan_prop Result)"
+    out=$(fan_log "$cur" | grep -m1 'fanotify watch backend is refused')
+    check "journal: '${out:-no refusal logged}'" test -n "$out"
+    sleep 6   # RestartSec=5s: a restart would have happened by now
+    check "not restarted (NRestarts=$(fan_prop NRestarts))" \
+        eval '[ "$(fan_prop NRestarts)" = 0 ] && [ "$(fan_prop ActiveState)" = failed ]'
+    c systemctl reset-failed sersync@fan.service
+
+    # Without the drop-in, auto: inotify, one warning saying why.
+    write_fan_config auto
+    cur=$(jcursor)
+    check "without the drop-in, <watch backend=\"auto\">: systemctl start sersync@fan succeeds" \
+        c systemctl start sersync@fan.service
+    n=$(fan_log "$cur" | grep -c 'fanotify cannot watch this root')
+    out=$(fan_log "$cur" | grep -m1 'fanotify cannot watch this root')
+    check "journal: exactly one fallback line (got $n): '$out'" test "$n" = 1
+    check "journal: 'watching N directories' (inotify), no 'with fanotify'" \
+        eval 'fan_log "$cur" | gq "watching [0-9]* directories" && ! fan_log "$cur" | gq "with fanotify"'
+    csh 'echo inotify >/srv/fan/auto.txt'
+    check "a change replicates (inotify)" wait_until 15 fan_same auto.txt
+    c systemctl stop sersync@fan.service
+
+    # With the shipped example drop-in, copied as README says: fanotify.
+    c mkdir -p "$DROPIN_DIR"
+    check "the example drop-in copied to $DROPIN_DIR/fanotify.conf; daemon-reload" \
+        eval 'c cp /usr/share/doc/sersync/examples/fanotify.conf "$DROPIN_DIR/fanotify.conf" && c systemctl daemon-reload'
+    write_fan_config fanotify
+    cur=$(jcursor)
+    if ! check "with the drop-in: systemctl start sersync@fan succeeds" c systemctl start sersync@fan.service; then
+        fan_log "$cur" | tail -n 10 | indent
+    fi
+    out=$(fan_log "$cur" | grep -m1 'with fanotify (')
+    check "journal: '${out:-no fanotify line}'" test -n "$out" || fan_log "$cur" | tail -n 12 | indent
+    check "journal: no fallback line" eval '! fan_log "$cur" | gq "fanotify cannot watch"'
+    csh 'echo fanotify >/srv/fan/fan.txt && mkdir -p "/srv/fan/new dir/deeper" &&
+         echo deep >"/srv/fan/new dir/deeper/f.txt" && echo v2 >/srv/fan/auto.txt'
+    check "changes replicate with fanotify (a file, a new directory tree, a rewrite)" \
+        wait_until 15 eval 'fan_same fan.txt && fan_same "new dir/deeper/f.txt" && fan_same auto.txt'
+    note "StatusText: $(fan_prop StatusText)"
+
+    # Leave nothing behind for step 10 (the administrator's files).
+    c systemctl stop sersync@fan.service
+    c rm -rf "$DROPIN_DIR" /etc/sersync/fan.xml
+    c systemctl daemon-reload
+    c umount /srv/fan
+    c systemctl reset-failed sersync@fan.service >/dev/null 2>&1
+    return 0
+}
+
+step10_purge() {
     local files out left
     check "systemctl disable --now sersync@web" c systemctl disable --now sersync@web.service
     check "inactive and disabled" \
@@ -802,14 +897,15 @@ while :; do
     run_step 6 "backup host down: failures, then retry-failed delivers" step6_failures
     run_step 7 "full-sync timer repairs the replica; list-timers" step7_timer
     run_step 8 "kill -9: systemd restarts it, nothing lost" step8_kill9
+    run_step 9 "the fanotify drop-in: refused (78) and auto's fallback without it, fanotify with it" step9_fanotify
     break
 done
-run_step 9 "disable --now, dpkg --purge: nothing left" step9_purge
+run_step 10 "disable --now, dpkg --purge: nothing left" step10_purge
 
 say ""
 say "=== summary"
 for line in "${RESULTS[@]}"; do say "$line"; done
-[ ${#RESULTS[@]} -eq 9 ] || { say "FAIL  $(( 9 - ${#RESULTS[@]} )) step(s) not run"; FAILED=$((FAILED + 1)); }
+[ ${#RESULTS[@]} -eq 10 ] || { say "FAIL  $(( 10 - ${#RESULTS[@]} )) step(s) not run"; FAILED=$((FAILED + 1)); }
 say "time: $(secs "$T_TESTS") s for the tests (container boot included), $(secs "$T_START") s in all"
 if [ "$FAILED" = 0 ]; then
     say "system test: PASS"
