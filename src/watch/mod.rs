@@ -836,6 +836,13 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     }
 
     fn handle(&mut self, wd: i32, mask: EventMask, cookie: u32, name: Option<Vec<u8>>) {
+        tracing::trace!(
+            wd,
+            ?mask,
+            cookie,
+            name = %String::from_utf8_lossy(name.as_deref().unwrap_or_default()),
+            "inotify event"
+        );
         if let Some((_, _, node)) = self.displaced {
             let named = name.as_ref().is_some_and(|n| !n.is_empty());
             let ends = if wd == node {
@@ -1026,15 +1033,27 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     }
 
     fn renamed(&mut self, from: PendingMove, to_parent: i32, to_name: Vec<u8>, is_dir: bool) {
+        let (Some(to_root), Some(to_dir)) =
+            (self.tree.root_of(to_parent), self.tree.rel_path(to_parent))
+        else {
+            // Where it went is not in the tree any more: for the tree it left.
+            self.left_tree(from);
+            return;
+        };
         let (Some(from_root), Some(from_dir)) = (
             self.tree.root_of(from.parent),
             self.tree.rel_path(from.parent),
         ) else {
-            return;
-        };
-        let (Some(to_root), Some(to_dir)) =
-            (self.tree.root_of(to_parent), self.tree.rel_path(to_parent))
-        else {
+            // The directory it left was dropped from the tree meanwhile (it had moved away
+            // itself, its move unpaired): what arrived is new here, and must be sent and
+            // watched like anything moved in from outside (seed 14: `mv a/b a/t/x;
+            // mv a/t/x/c top` with `a/t` not watched yet lost `top` and all below it).
+            self.flush_pending_moves();
+            if is_dir {
+                self.add_subtree(to_parent, &to_name, true);
+            } else if self.spec.events.move_to {
+                self.emit(to_root, join(&to_dir, &to_name), Action::Sync);
+            }
             return;
         };
         let old_rel = join(&from_dir, &from.name);
@@ -1264,20 +1283,26 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     fn flush_pending_moves(&mut self) {
         let moves = std::mem::take(&mut self.pending_moves);
         for m in moves.into_iter().filter(|m| !m.incoming) {
-            let Some(root) = self.tree.root_of(m.parent) else {
-                continue;
-            };
-            // The directory that left, by its watch: what holds its old name now may be
-            // another directory that was moved there meanwhile.
-            if let Some(id) = m.node.filter(|&id| self.tree.contains(id)) {
-                self.drop_subtree(id);
-            }
-            let Some(dir) = self.tree.rel_path(m.parent) else {
-                continue;
-            };
-            if self.spec.events.move_from && self.spec.events.delete {
-                self.emit(root, join(&dir, &m.name), Action::Remove { dir: m.is_dir });
-            }
+            self.left_tree(m);
+        }
+    }
+
+    /// A move whose other half never came (or went where nothing is watched): what moved
+    /// left the tree.
+    fn left_tree(&mut self, m: PendingMove) {
+        let Some(root) = self.tree.root_of(m.parent) else {
+            return;
+        };
+        // The directory that left, by its watch: what holds its old name now may be
+        // another directory that was moved there meanwhile.
+        if let Some(id) = m.node.filter(|&id| self.tree.contains(id)) {
+            self.drop_subtree(id);
+        }
+        let Some(dir) = self.tree.rel_path(m.parent) else {
+            return;
+        };
+        if self.spec.events.move_from && self.spec.events.delete {
+            self.emit(root, join(&dir, &m.name), Action::Remove { dir: m.is_dir });
         }
     }
 

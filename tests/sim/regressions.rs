@@ -1085,3 +1085,30 @@ fn retried_change_under_a_replaced_directory(replace: impl Fn(&Path)) {
     std::thread::sleep(Duration::from_secs(16));
     converged_exactly(&src, env.replica(), Duration::from_millis(500));
 }
+
+/// Seed 14 (fixed in the commit that added this test): a directory `b` moved into a
+/// directory `t` that is not watched yet (its move is unpaired, so `b`'s watches are
+/// dropped as gone), then `b`'s subdirectory `c` moved from there to the root. The
+/// watcher paired the second move with a source it could no longer place and reported
+/// nothing: `top`, and everything written in it afterwards, never reached the replica.
+#[test]
+fn a_directory_moved_out_of_a_directory_that_left_the_tree_is_replicated() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let _daemon = env.start(|b| b);
+    let src = env.src().to_owned();
+    // The watcher adds `t`'s watch a moment after `t` is made: each round races it, and
+    // most rounds win.
+    for round in 0..10 {
+        let a = src.join(format!("a{round}"));
+        std::fs::create_dir_all(a.join("b/c")).unwrap();
+        env.converged();
+        std::fs::create_dir(a.join("t")).unwrap();
+        std::fs::rename(a.join("b"), a.join("t/x")).unwrap();
+        std::fs::rename(a.join("t/x/c"), src.join(format!("top{round}"))).unwrap();
+        std::fs::remove_dir_all(a.join("t")).unwrap();
+        write(&src, &format!("top{round}/late"), "late\n");
+        converged_exactly(&src, env.replica(), CONVERGE);
+    }
+}
