@@ -14,8 +14,6 @@ memory per tool at the peak). Run as root.
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-hot = __import__("hot-file")
+from rig import Rig, same_tree  # noqa: E402
 
 SMALL_EVERY = 0.1
 SMALL_COUNT = 50
@@ -42,43 +40,10 @@ def percentile(values, p):
 
 
 def run(tool, work, mib):
-    src, replica, state = work / "src", work / "replica", work / "state"
-    for d in (src, replica, state):
-        d.mkdir(parents=True)
-    port = hot.free_port()
-    secrets = work / "secrets"
-    secrets.write_text("bench:benchpass\n")
-    secrets.chmod(0o600)
-    password = work / "password"
-    password.write_text("benchpass\n")
-    password.chmod(0o600)
-    log = work / "rsyncd.log"
-    conf = work / "rsyncd.conf"
-    conf.write_text(
-        f"pid file = {work}/rsyncd.pid\nlog file = {log}\nuse chroot = no\n"
-        f"[bench]\npath = {replica}\nread only = false\nuid = root\ngid = root\n"
-        f"auth users = bench\nsecrets file = {secrets}\n"
-    )
-    daemon = subprocess.Popen(
-        ["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
-         "--address=127.0.0.1"],
-        start_new_session=True,
-    )
-    time.sleep(0.5)
-    env = dict(os.environ, SRC=str(src), HOST="127.0.0.1", PORT=str(port), MODULE="bench",
-               USER="bench", PASSWORD_FILE=str(password), STATE_DIR=str(state))
-    tool_log = open(work / "tool.log", "wb")
-    launched = subprocess.Popen([str(hot.LAUNCHERS / f"{tool}.sh")], env=env, stdout=tool_log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        (src / "probe").write_text("ready\n")
-        deadline = time.time() + 60
-        while not (replica / "probe").exists():
-            if launched.poll() is not None:
-                return f"{tool}: SKIP (exit {launched.returncode}; see {work}/tool.log)"
-            if time.time() > deadline:
-                return f"{tool}: FAIL (never synced the probe)"
-            time.sleep(0.05)
+    with Rig(tool, work) as rig:
+        if rig.skip:
+            return rig.skip
+        src, replica = rig.src, rig.replica
         time.sleep(2)
         # Written elsewhere and moved in: the tool sees one complete large file.
         staging = work / "big.staging"
@@ -112,9 +77,9 @@ def run(tool, work, mib):
         while len(arrived) < len(written) and time.time() < deadline:
             time.sleep(0.05)
         small_done = time.time()
-        while not hot.same_tree(src, replica) and time.time() < deadline:
+        while not same_tree(src, replica) and time.time() < deadline:
             time.sleep(0.2)
-        converged = hot.same_tree(src, replica)
+        converged = same_tree(src, replica)
         big_took = time.time() - big_closed
         done.set()
         poller.join()
@@ -126,18 +91,6 @@ def run(tool, work, mib):
                 f" / p99 {percentile(ms, 99):8.1f} / max {max(ms):8.1f} ms   "
                 f"all small in {small_done - big_closed:5.1f} s, converged {big_took:5.1f} s "
                 f"after the large file  {verdict}")
-    finally:
-        for proc in (launched, daemon):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        tool_log.close()
 
 
 def main():

@@ -2248,16 +2248,8 @@ impl Daemon {
                 .entries
                 .retain(|(path, _)| handed.binary_search_by(|(h, _)| h.cmp(path)).is_err());
         }
+        let bytes_sent = self.count_run(at, &outcome);
         if large_run {
-            let lane = &mut self.lanes[at];
-            match outcome.result {
-                ref done if done.is_done() => lane.runs.ok += 1,
-                RunResult::Exited(23) => lane.runs.partial += 1,
-                _ => lane.runs.failed += 1,
-            }
-            let bytes_sent = outcome.bytes_sent;
-            lane.bytes_sent = lane.bytes_sent.saturating_add(bytes_sent);
-            self.counters.bytes = self.counters.bytes.saturating_add(bytes_sent);
             let settlement = self.settle_outcome(at, outcome);
             self.carry_out(at, settlement, None, bytes_sent, JobSlot::Large);
             return;
@@ -2266,15 +2258,6 @@ impl Daemon {
             self.full_sync_duration.observe(outcome.elapsed);
         }
         let lane = &mut self.lanes[at];
-        match outcome.result {
-            ref done if done.is_done() => lane.runs.ok += 1,
-            RunResult::Exited(23) => lane.runs.partial += 1,
-            _ => lane.runs.failed += 1,
-        }
-        // Sent is sent, however the job ended (settle consumes the outcome).
-        let bytes_sent = outcome.bytes_sent;
-        lane.bytes_sent = lane.bytes_sent.saturating_add(bytes_sent);
-        self.counters.bytes = self.counters.bytes.saturating_add(bytes_sent);
         let full_sync_number = lane.full_sync_running.then_some(lane.full_syncs_started);
         lane.full_sync_running = false;
         lane.progress = None;
@@ -2298,6 +2281,20 @@ impl Daemon {
             );
             self.queue.hand_large(lane_id, handed, since);
         }
+    }
+
+    /// Counts a job of lane `at` by how it ended, and what it sent (sent is sent, however
+    /// the job ended; settle consumes the outcome). Returns the bytes sent.
+    fn count_run(&mut self, at: usize, outcome: &Outcome) -> u64 {
+        let lane = &mut self.lanes[at];
+        match outcome.result {
+            ref done if done.is_done() => lane.runs.ok += 1,
+            RunResult::Exited(23) => lane.runs.partial += 1,
+            _ => lane.runs.failed += 1,
+        }
+        lane.bytes_sent = lane.bytes_sent.saturating_add(outcome.bytes_sent);
+        self.counters.bytes = self.counters.bytes.saturating_add(outcome.bytes_sent);
+        outcome.bytes_sent
     }
 
     /// What the end of a job of lane `at` means ([`settle::settle`]).
