@@ -36,6 +36,9 @@ mod panics;
 mod control;
 // Lag per remote and checkpoints (`sersyncctl checkpoint --wait`) against sersyncd.
 mod checkpoints;
+// Warm rsyncs (issue 17): max connections, the receiver's timeout, a killed server side,
+// shutdown; over an rsync daemon and over an sshd of the test's own.
+mod warm;
 // Two-way mode: two hosts replicating to each other converge, lose nothing, go quiet.
 mod two_way;
 // Full-sync progress: status, STATUS=, the FullSyncProgress signal, full-sync --wait.

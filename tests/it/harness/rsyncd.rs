@@ -289,6 +289,11 @@ impl RsyncDaemon {
         self.port
     }
 
+    /// The PID of the daemon process (its connections are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The client password file (mode 0600) for `<auth passwordfile>`.
     pub fn password_file(&self) -> PathBuf {
         self.dir.path().join("client.pass")
