@@ -11,9 +11,10 @@ the exact options sersyncd uses:
           cold (one rsync per push, sersyncd's send options and --timeout=120), warm (an
           rsync started beforehand with --files-from=- --from0, connected and blocked on
           stdin, handed the path; a new one started after each push, as sersyncd's warm
-          rsyncs: without --timeout), and warm with --timeout=120 (where rsync 3.5.0's
-          post-file-list messages stall on Nagle + delayed ACK): p50/p95/p99/max side by
-          side. The ssh transport: bench/ssh-latency.py.
+          rsyncs: without --timeout), and warm with --timeout=120; warm processes handed
+          their path 20 ms after their start tell whether the stall that --timeout brings
+          (Nagle + delayed ACK in the receiving daemon) comes before the file list (in the
+          handshake, which a warm process has done) or after: p50/p95/p99/max side by side. The ssh transport: bench/ssh-latency.py.
   list    20,000 paths (200 dirs x 100 files of 1-8 KiB) sent once with the paths as
           arguments and once with --files-from=- on stdin: wall and client CPU seconds.
   delete  5,000 deletions (50 dirs x 100 files) as one rule run and as four concurrent
@@ -117,8 +118,11 @@ def warm_push(work, count=200):
     daemon = Daemon(work, False)
     kinds = {
         "cold, --timeout=120 (today's cold run)": ("cold", ["--timeout=120"]),
+        "cold, no --timeout": ("cold", []),
         "warm, no --timeout (sersyncd's warm run)": ("warm", []),
         "warm, --timeout=120": ("warm", ["--timeout=120"]),
+        "warm, --timeout=120, started 20 ms before": ("late", ["--timeout=120"]),
+        "warm, no --timeout, started 20 ms before": ("late", []),
     }
     times = {name: [] for name in kinds}
     spares = {}
@@ -137,6 +141,9 @@ def warm_push(work, count=200):
             rel = f"w{n}-{i}"
             with open(os.path.join(src, rel), "wb") as f:
                 f.write(os.urandom(512))
+            if how == "late":
+                spares[name] = start_warm(extra)
+                time.sleep(0.02)
             start = time.perf_counter()
             if how == "cold":
                 subprocess.run(["rsync", *SEND, *extra, "./" + rel, daemon.url], cwd=src,
@@ -147,17 +154,19 @@ def warm_push(work, count=200):
                 proc.stdin.close()
                 if proc.wait() != 0:
                     raise SystemExit(f"warm push failed: exit {proc.returncode}")
-                spares[name] = start_warm(extra)
+                if how == "warm":
+                    spares[name] = start_warm(extra)
             times[name].append((time.perf_counter() - start) * 1000)
             time.sleep(0.05)
-    for proc in spares.values():
-        proc.kill()
-        proc.wait()
+    for name, proc in spares.items():
+        if kinds[name][0] == "warm":
+            proc.kill()
+            proc.wait()
     daemon.stop()
     print(f"push of one 512 B file, {count} each, daemon without socket options:")
     for name, values in times.items():
         p50, p95, p99, top = percentiles(values)
-        print(f"  {name:42} p50 {p50:5.1f} / p95 {p95:5.1f} / p99 {p99:5.1f} / "
+        print(f"  {name:44} p50 {p50:5.1f} / p95 {p95:5.1f} / p99 {p99:5.1f} / "
               f"max {top:5.1f} ms")
 
 

@@ -13,6 +13,7 @@
     python3 bench/ssh-latency.py              # both
     python3 bench/ssh-latency.py floor        # one of them
     OURS_BIN=target/release/sersyncd python3 bench/ssh-latency.py sersyncd
+    COUNT=30 PACE_MS=1000 python3 bench/ssh-latency.py sersyncd   # sporadic changes
 
 Needs /usr/sbin/sshd (openssh-server), ssh, ssh-keygen, rsync; run as root (sshd logs the
 test key in as root). Only the standard library; sshd and sersyncd are stopped by PID.
@@ -29,8 +30,8 @@ import time
 SEND = ["-artz", "--info=stats1", "--no-human-readable", "--modify-window=-1",
         "--ignore-times", "--no-recursive", "--dirs", "--relative", "--force",
         "--ignore-missing-args"]
-COUNT = 200
-PACE = 0.05
+COUNT = int(os.environ.get("COUNT", "200"))
+PACE = float(os.environ.get("PACE_MS", "50")) / 1000
 
 
 def free_port():
@@ -172,12 +173,18 @@ def sersyncd_latency(work, sshd, binary, warm_on):
     try:
         # Ready: a probe arrives.
         probe = "probe"
-        with open(os.path.join(src, probe), "w") as f:
-            f.write("p\n")
         deadline = time.time() + 60
+        written = 0
         while not os.path.exists(os.path.join(replica, probe)):
+            if time.time() - written > 1:
+                # Again each second: the first may come before the watches.
+                with open(os.path.join(src, probe), "w") as f:
+                    f.write("p\n")
+                written = time.time()
             if time.time() > deadline or proc.poll() is not None:
-                raise SystemExit(f"sersyncd did not deliver the probe; see {top}")
+                log.flush()
+                with open(os.path.join(top, "sersyncd.log")) as f:
+                    raise SystemExit("sersyncd did not deliver the probe:\n" + f.read()[-3000:])
             time.sleep(0.01)
         time.sleep(1)
         times, lost = [], 0

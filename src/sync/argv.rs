@@ -186,11 +186,14 @@ pub fn batch(transport: &Transport) -> Vec<OsString> {
 
 /// The argv (after `rsync`) of a lane's warm rsync (`super::warm`): the send run of
 /// [`batch_listed`] with its paths to come NUL-separated on stdin, started before they
-/// are known, and without `--timeout`: with it rsync 3.5.0 exchanges small messages after
-/// the file list that stall ~40 ms on Nagle + delayed ACK in a receiving daemon without
-/// `socket options = TCP_NODELAY` (measured: warm hand-off p95 44.5 ms with it, 6.6 ms
-/// without). The daemon gives a warm run a deadline of its own instead (no I/O for the
-/// same number of seconds: [`io_timeout`]). `--contimeout` stays: it bounds the connect.
+/// are known, and without `--timeout`. With it rsync 3.5.0's handshake (before the file
+/// list) stalls ~40 ms on Nagle + delayed ACK in a receiving daemon without `socket
+/// options = TCP_NODELAY`: a warm process hides that only when it was started more than
+/// ~50 ms before its batch (`bench/rsync-floor.py warm`: handed 20 ms after its start,
+/// p50 43.7 ms with `--timeout`, 2.0 ms without; started long before, 2.4 and 2.5 ms), and
+/// the next batch often follows sooner. The daemon gives a warm run a deadline of its own
+/// instead (no I/O for the same number of seconds: [`io_timeout`]). `--contimeout` stays:
+/// it bounds the connect.
 pub fn warm(transport: &Transport) -> Vec<OsString> {
     let mut argv = batch_options(transport, true);
     argv.retain(|arg| !arg.as_encoded_bytes().starts_with(b"--timeout="));
