@@ -206,7 +206,7 @@ impl Pool {
             end(&mut state, idle.child);
             return None;
         }
-        if let Some(gone) = lost(&mut idle.child) {
+        if let Some(gone) = lost(&mut idle.child, &tcp_tables()) {
             state.settle_lost(idle, gone);
             return None;
         }
@@ -366,9 +366,9 @@ fn reap(child: &mut Child, since: Instant, wait: bool) -> bool {
 /// Whether an idle warm process has lost its connection: it exited, its rsync daemon
 /// socket is half-closed by the remote (`CLOSE_WAIT`), or its ssh child ended. `Some`
 /// with what it wrote to stderr.
-fn lost(child: &mut Child) -> Option<String> {
+fn lost(child: &mut Child, tcp: &str) -> Option<String> {
     let exited = matches!(child.try_wait(), Ok(Some(_)) | Err(_));
-    if !exited && !connection_closed(child.id()) {
+    if !exited && !connection_closed(child.id(), tcp) {
         return None;
     }
     // What it said, without waiting for a writer that may still hold the pipe.
@@ -392,8 +392,19 @@ fn lost(child: &mut Child) -> Option<String> {
     Some(String::from_utf8_lossy(&said).into_owned())
 }
 
-/// Whether process `pid` (or its ssh child) has lost its connection (see [`lost`]).
-fn connection_closed(pid: u32) -> bool {
+/// The kernel's TCP tables (`/proc/net/tcp` and `tcp6`), read once per look at the warm
+/// processes.
+fn tcp_tables() -> String {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .collect::<Vec<String>>()
+        .join("")
+}
+
+/// Whether process `pid` (or its ssh child) has lost its connection (see [`lost`]), by
+/// the TCP tables `tcp`.
+fn connection_closed(pid: u32, tcp: &str) -> bool {
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let mut pids = vec![pid];
@@ -408,9 +419,7 @@ fn connection_closed(pid: u32) -> bool {
     if inodes.is_empty() {
         return false;
     }
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table).is_ok_and(|text| closed_by_peer(&text, &inodes))
-    })
+    closed_by_peer(tcp, &inodes)
 }
 
 fn socket_inodes(pid: u32) -> Vec<u64> {
@@ -438,7 +447,8 @@ fn stat_state(stat: &str) -> Option<char> {
 /// Whether a `/proc/net/tcp` table shows one of `inodes` in `CLOSE_WAIT` (state `08`: the
 /// remote closed its end).
 fn closed_by_peer(table: &str, inodes: &HashSet<u64>) -> bool {
-    table.lines().skip(1).any(|line| {
+    // The header lines (one per table) have no number in the inode column.
+    table.lines().any(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         fields.len() > 9
             && fields[3] == "08"
@@ -464,12 +474,17 @@ fn keep(runner: &Runner, orders: &Receiver<Order>) {
         let mut replace = Vec::new();
         {
             let mut state = pool.lock();
+            let tcp = if state.idle.is_empty() {
+                String::new()
+            } else {
+                tcp_tables()
+            };
             let lanes: Vec<LaneId> = state.idle.keys().copied().collect();
             for lane in lanes {
                 let Some(mut idle) = state.idle.remove(&lane) else {
                     continue;
                 };
-                if let Some(said) = lost(&mut idle.child) {
+                if let Some(said) = lost(&mut idle.child, &tcp) {
                     let spec = idle.spec.clone();
                     if state.settle_lost(idle, said) {
                         replace.push((lane, spec));
