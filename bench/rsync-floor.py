@@ -7,12 +7,21 @@ the exact options sersyncd uses:
   push    200 one-file pushes of 512 B, 50 ms apart (the latency scenario's pace), with
           TCP_NODELAY on the client only (what sersyncd can set) and on both ends (the
           receiver's rsyncd.conf `socket options = TCP_NODELAY`): p50/p95/p99/max ms.
+  warm    the same pushes, in one run and against one daemon without `socket options`:
+          cold (one rsync per push, sersyncd's send options and --timeout=120), warm (an
+          rsync started beforehand with --files-from=- --from0, connected and blocked on
+          stdin, handed the path; a new one started after each push, as sersyncd's warm
+          rsyncs: without --timeout), and warm with --timeout=120; warm processes handed
+          their path 20 ms after their start tell whether the stall that --timeout brings
+          (Nagle + delayed ACK in the receiving daemon) comes before the file list (in the
+          handshake, which a warm process has done) or after: p50/p95/p99/max side by side. The ssh transport: bench/ssh-latency.py.
   list    20,000 paths (200 dirs x 100 files of 1-8 KiB) sent once with the paths as
           arguments and once with --files-from=- on stdin: wall and client CPU seconds.
   delete  5,000 deletions (50 dirs x 100 files) as one rule run and as four concurrent
           runs over disjoint directories, against a plain `--delete` with no rules.
 
-    python3 bench/rsync-floor.py              # all three
+    python3 bench/rsync-floor.py              # push, list, delete
+    python3 bench/rsync-floor.py warm         # cold vs warm pushes
     python3 bench/rsync-floor.py push         # one of them
 
 Only the standard library; every daemon it starts is stopped by PID at the end.
@@ -89,6 +98,76 @@ def push(work):
         where = "client and daemon" if nodelay else "client only     "
         print(f"push, TCP_NODELAY on {where}: p50 {times[100]:.1f} / p95 {times[190]:.1f} / "
               f"p99 {times[198]:.1f} / max {times[-1]:.1f} ms")
+
+
+SEND = ["-artz", "--sockopts=TCP_NODELAY", "--contimeout=30", "--info=stats1",
+        "--no-human-readable", "--modify-window=-1", "--ignore-times", "--no-recursive",
+        "--dirs", "--relative", "--force", "--ignore-missing-args"]
+
+
+def percentiles(times):
+    times = sorted(times)
+    at = lambda q: times[min(len(times) - 1, int(len(times) * q))]
+    return at(0.50), at(0.95), at(0.99), times[-1]
+
+
+def warm_push(work, count=200):
+    """Cold vs warm one-file pushes against one daemon, interleaved per push so that both
+    see the same machine load."""
+    src = tempfile.mkdtemp(dir=work)
+    daemon = Daemon(work, False)
+    kinds = {
+        "cold, --timeout=120 (today's cold run)": ("cold", ["--timeout=120"]),
+        "cold, no --timeout": ("cold", []),
+        "warm, no --timeout (sersyncd's warm run)": ("warm", []),
+        "warm, --timeout=120": ("warm", ["--timeout=120"]),
+        "warm, --timeout=120, started 20 ms before": ("late", ["--timeout=120"]),
+        "warm, no --timeout, started 20 ms before": ("late", []),
+    }
+    times = {name: [] for name in kinds}
+    spares = {}
+
+    def start_warm(extra):
+        return subprocess.Popen(["rsync", *SEND, *extra, "--files-from=-", "--from0", "./",
+                                 daemon.url], cwd=src, stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL)
+
+    for name, (how, extra) in kinds.items():
+        if how == "warm":
+            spares[name] = start_warm(extra)
+    time.sleep(0.5)
+    for i in range(count):
+        for n, (name, (how, extra)) in enumerate(kinds.items()):
+            rel = f"w{n}-{i}"
+            with open(os.path.join(src, rel), "wb") as f:
+                f.write(os.urandom(512))
+            if how == "late":
+                spares[name] = start_warm(extra)
+                time.sleep(0.02)
+            start = time.perf_counter()
+            if how == "cold":
+                subprocess.run(["rsync", *SEND, *extra, "./" + rel, daemon.url], cwd=src,
+                               check=True, stdout=subprocess.DEVNULL)
+            else:
+                proc = spares[name]
+                proc.stdin.write(b"./" + rel.encode() + b"\0")
+                proc.stdin.close()
+                if proc.wait() != 0:
+                    raise SystemExit(f"warm push failed: exit {proc.returncode}")
+                if how == "warm":
+                    spares[name] = start_warm(extra)
+            times[name].append((time.perf_counter() - start) * 1000)
+            time.sleep(0.05)
+    for name, proc in spares.items():
+        if kinds[name][0] == "warm":
+            proc.kill()
+            proc.wait()
+    daemon.stop()
+    print(f"push of one 512 B file, {count} each, daemon without socket options:")
+    for name, values in times.items():
+        p50, p95, p99, top = percentiles(values)
+        print(f"  {name:44} p50 {p50:5.1f} / p95 {p95:5.1f} / p99 {p99:5.1f} / "
+              f"max {top:5.1f} ms")
 
 
 def make_burst(root):
@@ -180,7 +259,7 @@ def main():
     work = tempfile.mkdtemp(prefix="rsync-floor.", dir="/dev/shm")
     try:
         for name in wanted:
-            {"push": push, "list": listing, "delete": delete}[name](work)
+            {"push": push, "warm": warm_push, "list": listing, "delete": delete}[name](work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

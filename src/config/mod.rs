@@ -331,6 +331,23 @@ pub struct RsyncOptions {
     /// `<sersync><twoWay start>` (ours): this host and its remote replicate to each other
     /// (see [`crate::sync::two_way`]).
     pub two_way: bool,
+    /// `<rsync><warm start idle>` (ours, on by default): small batches go to an rsync
+    /// started beforehand and already connected (see `crate::sync::warm`); `None` when
+    /// `start="false"`.
+    pub warm: Option<Warm>,
+}
+
+/// `<rsync><warm>`: one pre-connected rsync per lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Warm {
+    /// A warm rsync idle this long is ended and replaced (before a remote's own idle
+    /// timeout ends it): `idle` seconds, default [`Warm::DEFAULT_IDLE_SECS`].
+    pub idle_secs: u32,
+}
+
+impl Warm {
+    /// Below the 60 s that rsync daemons and sshd setups commonly use as an idle timeout.
+    pub const DEFAULT_IDLE_SECS: u32 = 30;
 }
 
 /// `<softDelete>`: what a run deletes or overwrites on a remote is moved into a dated
@@ -363,6 +380,9 @@ impl Default for RsyncOptions {
             ssh: false,
             soft_delete: None,
             two_way: false,
+            warm: Some(Warm {
+                idle_secs: Warm::DEFAULT_IDLE_SECS,
+            }),
         }
     }
 }

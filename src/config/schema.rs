@@ -115,6 +115,7 @@ const HEAD: Spec = Spec {
                         leaf("userDefinedPort", &["start", "port"]),
                         leaf("timeout", &["start", "time"]),
                         leaf("ssh", &["start"]),
+                        leaf("warm", &["start", "idle"]),
                     ],
                 },
                 leaf("failLog", &["path", "timeToExecute"]),
@@ -1059,6 +1060,25 @@ impl Checker<'_> {
 
         let ssh = self.single(rsync, "ssh");
         options.ssh = self.flag(ssh, "start", false);
+
+        // Ours: a pre-connected rsync per lane for small batches (`sync::warm`); on unless
+        // `start="false"`.
+        let warm = self.single(rsync, "warm");
+        if self.flag(warm, "start", true) {
+            let idle = match warm {
+                Some(element) => self.optional_count(
+                    element,
+                    "idle",
+                    1,
+                    "seconds",
+                    crate::config::Warm::DEFAULT_IDLE_SECS,
+                ),
+                None => Some(crate::config::Warm::DEFAULT_IDLE_SECS),
+            };
+            options.warm = idle.map(|idle_secs| crate::config::Warm { idle_secs });
+        } else {
+            options.warm = None;
+        }
         options
     }
 

@@ -386,6 +386,18 @@ fn error_cases() -> Vec<ErrorCase> {
             36,
         ),
         (
+            in_sersync_after_root(r#"<rsync><warm start="true" idle="0"/></rsync>"#),
+            "invalid number \"0\" for attribute \"idle\" of <warm>: expected whole seconds (1 or more)",
+            4,
+            33,
+        ),
+        (
+            in_sersync_after_root(r#"<rsync><warm idle="soon"/></rsync>"#),
+            "invalid number \"soon\" for attribute \"idle\" of <warm>",
+            4,
+            20,
+        ),
+        (
             in_sersync_after_root(r#"<failLog path="/tmp/f.sh" timeToExecute="abc"/>"#),
             "invalid number \"abc\" for attribute \"timeToExecute\" of <failLog>: expected whole minutes (1 or more)",
             4,
@@ -1697,4 +1709,28 @@ fn watch_backend_values_and_errors() {
             .any(|w| w.message.contains("unknown attribute \"mode\" on <watch>")),
         "{warnings:?}"
     );
+}
+
+#[test]
+fn warm_rsyncs_are_on_unless_turned_off() {
+    // (<rsync> contents, warm idle seconds)
+    let rows = [
+        ("", Some(30)),
+        (r#"<warm start="true"/>"#, Some(30)),
+        (r#"<warm idle="5"/>"#, Some(5)),
+        (r#"<warm start="false" idle="5"/>"#, None),
+        (r#"<warm start="false"/>"#, None),
+    ];
+    for (inner, idle) in rows {
+        let text = in_sersync_after_root(&format!("<rsync>{inner}</rsync>"));
+        let (config, _) = match load_str(&text) {
+            Ok(loaded) => loaded,
+            Err(diagnostics) => panic!("{inner}: {diagnostics:?}"),
+        };
+        assert_eq!(
+            config.rsync.warm.map(|warm| warm.idle_secs),
+            idle,
+            "{inner}"
+        );
+    }
 }

@@ -1097,8 +1097,11 @@ impl Daemon {
             }
             if self.stopping && shutdown_deadline.is_none() {
                 shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+                // Idle warm rsyncs have read no path: ended now, by PID.
+                self.runner.close_warm();
             }
         }
+        self.runner.close_warm();
         self.drain_watchers();
         self.stop_watchers();
         self.save_journal();
@@ -1467,6 +1470,7 @@ impl Daemon {
         }
         self.paused = paused;
         self.queue.set_paused(paused);
+        self.runner.pause_warm(paused);
     }
 
     fn request_full_sync_job(&mut self, root: Option<PathBuf>, force: bool) -> Result<u64, String> {
@@ -1720,6 +1724,8 @@ impl Daemon {
     /// find no lane). Directories the watch limit left out are tried again: the usual
     /// reason to reload is a raised limit.
     fn apply_config(&mut self, config: Config) {
+        // Warm rsyncs were started with the old options (and lanes may go): ended by PID.
+        self.runner.cool_warm();
         let mut next_id = self.next_lane_id;
         let mut new_lanes = build_lanes(&config, &self.lanes, &mut next_id);
         self.next_lane_id = next_id;

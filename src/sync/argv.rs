@@ -184,6 +184,29 @@ pub fn batch(transport: &Transport) -> Vec<OsString> {
     argv
 }
 
+/// The argv (after `rsync`) of a lane's warm rsync (`super::warm`): the send run of
+/// [`batch_listed`] with its paths to come NUL-separated on stdin, started before they
+/// are known, and without `--timeout`. With it rsync 3.5.0's handshake (before the file
+/// list) stalls ~40 ms on Nagle + delayed ACK in a receiving daemon without `socket
+/// options = TCP_NODELAY`: a warm process hides that only when it was started more than
+/// ~50 ms before its batch (`bench/rsync-floor.py warm`: handed 20 ms after its start,
+/// p50 43.7 ms with `--timeout`, 2.0 ms without; started long before, 2.4 and 2.5 ms), and
+/// the next batch often follows sooner. The daemon gives a warm run a deadline of its own
+/// instead (no I/O for the same number of seconds: [`io_timeout`]). `--contimeout` stays:
+/// it bounds the connect.
+pub fn warm(transport: &Transport) -> Vec<OsString> {
+    let mut argv = batch_options(transport, true);
+    argv.retain(|arg| !arg.as_encoded_bytes().starts_with(b"--timeout="));
+    argv.extend(["--files-from=-", "--from0", "./"].map(OsString::from));
+    argv.push(transport.destination());
+    argv
+}
+
+/// The seconds of silence after which a run ends: `<timeout>`, else [`DEFAULT_IO_TIMEOUT`].
+pub fn io_timeout(transport: &Transport) -> u32 {
+    transport.options.timeout.unwrap_or(DEFAULT_IO_TIMEOUT)
+}
+
 /// Two-way mode: the argv and stdin of a batch run that sends `paths` whatever the
 /// remote has, newer or not: each is known to hold a version this host had (see
 /// `super::two_way::stale`).
@@ -1037,8 +1060,44 @@ mod tests {
             ssh,
             soft_delete: None,
             two_way: false,
+            warm: None,
         };
         transport
+    }
+
+    #[test]
+    fn a_warm_run_is_the_send_run_listed_on_stdin_without_timeout() {
+        // (ssh, auth, <timeout>, argv)
+        let rows = [
+            (
+                false,
+                true,
+                None,
+                "-artuz --sockopts=TCP_NODELAY --password-file=/etc/rsync.pas --contimeout=30 --info=stats1 --no-human-readable --modify-window=-1 --ignore-times --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ rsync://backup@127.0.0.1/web/",
+            ),
+            (
+                true,
+                false,
+                Some(30),
+                "-artuz -e ssh --info=stats1 --no-human-readable --modify-window=-1 --ignore-times --no-recursive --dirs --relative --force --ignore-missing-args --files-from=- --from0 ./ 127.0.0.1:web/",
+            ),
+        ];
+        for (ssh, auth, timeout, expected) in rows {
+            let transport = transport(ssh, auth, None, timeout);
+            assert_eq!(joined(&warm(&transport)), expected);
+            // Everything else is the cold send run's.
+            let (mut cold, _) = batch_listed(&transport, &[b"a"], 1 << 20);
+            cold.retain(|arg| !arg.as_encoded_bytes().starts_with(b"--timeout="));
+            cold.pop();
+            cold.pop();
+            let mut warm = warm(&transport);
+            warm.pop();
+            assert_eq!(&warm[..warm.len() - 3], &cold[..]);
+            assert_eq!(
+                io_timeout(&transport),
+                timeout.unwrap_or(DEFAULT_IO_TIMEOUT)
+            );
+        }
     }
 
     fn joined(argv: &[OsString]) -> String {

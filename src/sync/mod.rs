@@ -31,6 +31,7 @@ mod plan;
 mod process;
 pub mod progress;
 pub mod two_way;
+pub mod warm;
 
 pub use plan::{after_full_sync, excluded_with_ancestors};
 
@@ -239,6 +240,8 @@ pub struct Runner {
     /// Destinations that refused a second connection (`max connections`): one run at a
     /// time for them from then on.
     serial_only: Arc<Mutex<HashSet<OsString>>>,
+    /// The lanes' warm rsyncs (see [`warm`]).
+    warm: Arc<warm::Pool>,
 }
 
 impl Runner {
@@ -255,7 +258,29 @@ impl Runner {
             children: Arc::new(Mutex::new(HashMap::new())),
             slots: Arc::new(Slots::new(process_limit.max(1))),
             path_args_budget: argv::path_args_budget(),
+            warm: Arc::new(warm::Pool::default()),
         }
+    }
+
+    /// Pause (`true`) ends the idle warm rsyncs and starts none until resumed.
+    pub fn pause_warm(&self, paused: bool) {
+        self.warm.set_paused(paused);
+    }
+
+    /// A reload: ends every idle warm rsync, by PID; lanes get new ones after their next
+    /// batch (with the new config's options).
+    pub fn cool_warm(&self) {
+        self.warm.cool_all();
+    }
+
+    /// Shutdown: ends every warm rsync and waits for them; none is started again.
+    pub fn close_warm(&self) {
+        self.warm.close();
+    }
+
+    /// How many warm rsyncs are idle, connected and waiting for a batch.
+    pub fn warm_idle(&self) -> usize {
+        self.warm.idle()
     }
 
     /// Runs `job` on a new thread; `done` receives the outcome, always: a job whose
@@ -268,6 +293,8 @@ impl Runner {
         done: impl FnOnce(Outcome) + Send + 'static,
     ) {
         let runner = self.clone();
+        // Taken now: a reload after this moment voids the warm rsync this job would offer.
+        let generation = self.warm.generation();
         // Shared so that a thread that cannot start still hands the job back.
         let handed = Arc::new(Mutex::new(Some((job, done))));
         let in_thread = Arc::clone(&handed);
@@ -296,6 +323,7 @@ impl Runner {
                                     lane: job.lane(),
                                     ctx: &context,
                                     bytes_sent: &mut bytes_sent,
+                                    generation,
                                 },
                                 args_budget: runner.path_args_budget,
                                 large: Vec::new(),
@@ -533,6 +561,7 @@ pub(crate) mod fixtures {
                 ssh: false,
                 soft_delete: None,
                 two_way: false,
+                warm: None,
             },
             remote: crate::config::Remote {
                 ip: "127.0.0.1".into(),

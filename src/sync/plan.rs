@@ -147,6 +147,12 @@ pub trait Edge {
     /// Runs these at once (they touch disjoint paths; all start where the first does);
     /// their results in the same order.
     fn run_concurrently(&mut self, specs: Vec<RunSpec>) -> Vec<Run>;
+    /// Carries out a batch's send run of `paths` (`spec` is its cold form): the edge may
+    /// hand them to the lane's warm rsync instead (`super::warm`), with the same result.
+    fn send(&mut self, spec: RunSpec, paths: &[&[u8]]) -> Run {
+        let _ = paths;
+        self.run(spec)
+    }
     /// How many concurrent runs a job for this destination may use now.
     fn ways(&self) -> usize;
     /// The destination refused one of several concurrent runs: one run at a time for it
@@ -545,7 +551,8 @@ impl<E: Edge> Plan<'_, E> {
         } else if ctx.transport.options.two_way {
             self.send_newest(send, ctx)
         } else {
-            self.edge.run(self.send_run(ctx, send))
+            let spec = self.send_run(ctx, send);
+            self.edge.send(spec, send)
         };
         if offer.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;

@@ -16,7 +16,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use super::plan::{self, At, Run, RunSpec};
-use super::{JobContext, RunResult, Runner, Secret, argv, facts, identity};
+use super::{JobContext, RunResult, Runner, Secret, argv, facts, identity, warm};
 use crate::queue::{Batch, LaneId};
 
 const STDERR_KEEP: usize = 16 * 1024;
@@ -215,6 +215,23 @@ impl Runner {
         capture_stdout: bool,
     ) -> Run {
         let _slot = self.slots.take();
+        match self.spawn(argv, cwd, ctx, !stdin.is_empty()) {
+            Ok(child) => self.finish(lane, child, argv, stdin, ctx, capture_stdout, None),
+            Err(failed) => failed,
+        }
+    }
+
+    /// Starts rsync with the credentials of `ctx`'s identity (see [`identity`]), in
+    /// `cwd`, with a pipe for stdin when `piped` (else `/dev/null`); the run that could not
+    /// start as the error. Takes no process slot: the caller holds one, or the process is
+    /// a lane's warm rsync (`super::warm`), which takes one when it is handed a batch.
+    pub(super) fn spawn(
+        &self,
+        argv: &[OsString],
+        cwd: Cwd<'_>,
+        ctx: &JobContext,
+        piped: bool,
+    ) -> Result<std::process::Child, Run> {
         if ctx.debug {
             tracing::debug!(
                 cwd = ?cwd,
@@ -230,13 +247,13 @@ impl Runner {
                 Ok(read_end) => Some(read_end),
                 Err(err) => {
                     let message = format!("cannot hand rsync the password: {err}");
-                    return Run {
+                    return Err(Run {
                         stderr: format!("{message}\n"),
                         ..Run::ended(RunResult::SpawnFailed {
                             kind: err.kind(),
                             message,
                         })
-                    };
+                    });
                 }
             },
             _ => None,
@@ -249,11 +266,7 @@ impl Runner {
         command
             .args(argv)
             // Paths passed as arguments leave nothing for stdin: no pipe, no writer thread.
-            .stdin(if stdin.is_empty() {
-                Stdio::null()
-            } else {
-                Stdio::piped()
-            })
+            .stdin(if piped { Stdio::piped() } else { Stdio::null() })
             // Always read: a run that moves data reports the bytes it sent there.
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -274,10 +287,10 @@ impl Runner {
             Cwd::Tree(path) => match std::ffi::CString::new(path.as_os_str().as_bytes()) {
                 Ok(path) => (Some(path), None),
                 Err(err) => {
-                    return Run::ended(RunResult::SpawnFailed {
+                    return Err(Run::ended(RunResult::SpawnFailed {
                         kind: std::io::ErrorKind::InvalidInput,
                         message: format!("{}: {err}", path.display()),
-                    });
+                    }));
                 }
             },
             Cwd::Scratch(fd) => (None, Some(fd.as_raw_fd())),
@@ -325,8 +338,8 @@ impl Runner {
                 Ok(())
             });
         }
-        let mut child = match command.spawn() {
-            Ok(child) => child,
+        match command.spawn() {
+            Ok(child) => Ok(child),
             Err(err) => {
                 let who = ctx
                     .identity
@@ -349,12 +362,29 @@ impl Runner {
                     }
                     _ => err.kind(),
                 };
-                return Run {
+                Err(Run {
                     stderr: format!("{message}\n"),
                     ..Run::ended(RunResult::SpawnFailed { kind, message })
-                };
+                })
             }
-        };
+        }
+    }
+
+    /// Carries a started rsync to its end: tracked by PID (for shutdown and the stall
+    /// watch), `stdin` written and closed, stdout and stderr kept, its exit. With a
+    /// `deadline`, it is killed once it has done no I/O (`/proc/PID/io`) for that long: a
+    /// warm run's stand-in for `--timeout` (see [`argv::warm`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn finish(
+        &self,
+        lane: LaneId,
+        mut child: std::process::Child,
+        argv: &[OsString],
+        stdin: Vec<u8>,
+        ctx: &JobContext,
+        capture_stdout: bool,
+        deadline: Option<std::time::Duration>,
+    ) -> Run {
         let pid = child.id();
         self.lock().insert(
             pid,
@@ -402,11 +432,25 @@ impl Runner {
                 }
             })
         });
+        let (ended, watched) = std::sync::mpsc::channel::<()>();
+        let watchdog = deadline
+            .map(|deadline| std::thread::spawn(move || silence_watchdog(pid, deadline, &watched)));
         let mut stderr = Tail::new(STDERR_KEEP);
         if let Some(mut pipe) = child.stderr.take() {
             stderr.read_all(&mut pipe);
         }
         let status = child.wait();
+        drop(ended);
+        let killed = watchdog.is_some_and(|watchdog| watchdog.join().unwrap_or(false));
+        if killed {
+            stderr.push(
+                format!(
+                    "sersyncd: the warm rsync did no I/O for {} s: ended (its --timeout)\n",
+                    deadline.unwrap_or_default().as_secs()
+                )
+                .as_bytes(),
+            );
+        }
         if let Some(writer) = writer {
             let _ = writer.join();
         }
@@ -420,6 +464,37 @@ impl Runner {
             stderr,
             truncated,
             stdout,
+        }
+    }
+}
+
+/// Kills `pid` (SIGKILL) once `/proc/PID/io` has not moved for `deadline`; returns whether
+/// it did. Stops when `ended` is dropped (the run was waited for: the PID is not looked at
+/// again).
+fn silence_watchdog(
+    pid: u32,
+    deadline: std::time::Duration,
+    ended: &std::sync::mpsc::Receiver<()>,
+) -> bool {
+    let mut last = io_bytes(pid);
+    let mut since = Instant::now();
+    loop {
+        match ended.recv_timeout(std::time::Duration::from_millis(500)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return false,
+        }
+        let now = io_bytes(pid);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= deadline {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return true;
         }
     }
 }
@@ -516,6 +591,8 @@ pub(super) struct JobEdge<'a> {
     /// What the job's runs so far reported sending, all of them (the plan combines their
     /// results and may drop a run's, never what it sent).
     pub(super) bytes_sent: &'a mut u64,
+    /// The warm pool's generation when the job started ([`super::warm::Spec::generation`]).
+    pub(super) generation: u64,
 }
 
 impl JobEdge<'_> {
@@ -599,10 +676,87 @@ impl JobEdge<'_> {
     }
 }
 
+impl JobEdge<'_> {
+    /// A run refused by the module's `max connections` while warm rsyncs held connections
+    /// there: they are ended, the destination runs cold from now on, and the run gets one
+    /// more try once the daemon's side of them has gone.
+    fn refused_by_warm(&mut self, run: &Run) -> bool {
+        plan::refused_at_start(run)
+            && self.runner.warm.refuse(&self.ctx.transport.destination())
+            && {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                true
+            }
+    }
+
+    /// The send run of a small batch handed to the lane's warm rsync; `None` when the lane
+    /// has none that matches (the batch then runs cold).
+    fn hand_off(&mut self, spec: &warm::Spec, paths: &[&[u8]]) -> Option<Run> {
+        let runner = self.runner;
+        let slot = runner.slots.take();
+        let Some(child) = runner.warm.take(self.lane, spec) else {
+            drop(slot);
+            return None;
+        };
+        if self.ctx.debug {
+            tracing::debug!(pid = child.id(), "run: handed to the warm rsync");
+        }
+        let deadline =
+            std::time::Duration::from_secs(u64::from(argv::io_timeout(&self.ctx.transport)));
+        let run = runner.finish(
+            self.lane,
+            child,
+            &spec.argv,
+            argv::nul_list(paths.iter().copied()),
+            self.ctx,
+            false,
+            Some(deadline),
+        );
+        drop(slot);
+        if warm::rerun_cold(&run.result) {
+            tracing::debug!(
+                result = ?run.result,
+                "the warm rsync had lost its connection ({}): the batch runs cold",
+                run.stderr.trim()
+            );
+            if plan::refused_at_start(&run) {
+                self.runner.warm.refuse(&self.ctx.transport.destination());
+            }
+            return None;
+        }
+        Some(run)
+    }
+}
+
 impl plan::Edge for JobEdge<'_> {
     fn run(&mut self, spec: RunSpec) -> Run {
-        let run = self.run_one(spec);
+        let mut run = self.run_one(spec.clone());
+        if self.refused_by_warm(&run) {
+            run = self.run_one(spec);
+        }
         self.count(&run);
+        run
+    }
+
+    fn send(&mut self, spec: RunSpec, paths: &[&[u8]]) -> Run {
+        let Some(warm) = warm::Spec::of(self.ctx, self.generation).filter(|_| spec.at == At::Root)
+        else {
+            return self.run(spec);
+        };
+        let handed = if warm::fits(paths) {
+            self.hand_off(&warm, paths)
+        } else {
+            None
+        };
+        let run = match handed {
+            Some(run) => {
+                self.count(&run);
+                run
+            }
+            None => self.run(spec),
+        };
+        // The next batch's: started right after this one (never beside its own send).
+        self.runner.warm.offer(self.runner, self.lane, warm);
         run
     }
 
@@ -921,6 +1075,7 @@ mod tests {
             lane: 7,
             ctx: &ctx,
             bytes_sent: &mut bytes_sent,
+            generation: 0,
         };
         let run = edge.run(spec(&format!("{listing}; {}", summary("100,118")), false));
         assert!(run.stdout.len() <= STDOUT_TAIL, "{}", run.stdout.len());
@@ -943,6 +1098,7 @@ mod tests {
             lane: 7,
             ctx: &ctx,
             bytes_sent: &mut none,
+            generation: 0,
         }
         .run(spec("", false));
         assert_eq!(none, 0);

@@ -250,7 +250,13 @@ fn auth_failure_names_the_remote_and_module_and_delivers_after_the_fix() {
         return;
     };
     let started = Instant::now();
-    let daemon = env.start(|b| b.fail_log("rsync_fail_log.sh", 1));
+    // No warm rsync: one authenticated before the password file changes would still
+    // deliver the next batch (it is replaced within `<warm idle>`), and this test is about
+    // the failure.
+    let daemon = env.start(|b| {
+        b.fail_log("rsync_fail_log.sh", 1)
+            .raw_rsync_xml("<warm start=\"false\"/>")
+    });
     write(env.src(), "before.txt", "sent with the right password\n");
     env.converged();
     // The replay (at start + 1 min) must come before the fatal retry (at failure + 60 s)

@@ -113,9 +113,22 @@ fn watch_for_two_runs_per_module(
                     continue;
                 };
                 let module = dest.rsplit('/').nth(1).unwrap_or_default().to_owned();
-                by_module.entry(module).or_default().push(args.join(" "));
+                // A lane's warm rsync (the send run without `--timeout`) waits beside its
+                // lane's runs, idle: it works only once a send run is handed to it, and no
+                // other run of its lane works meanwhile. One per lane.
+                let warm = !args.iter().any(|a| a.starts_with("--timeout="));
+                let key = if warm {
+                    format!("{module} (warm)")
+                } else {
+                    module
+                };
+                by_module.entry(key).or_default().push(args.join(" "));
             }
-            seen.extend(by_module.keys().cloned());
+            seen.extend(
+                by_module
+                    .keys()
+                    .map(|key| key.trim_end_matches(" (warm)").to_owned()),
+            );
             if let Some((_, runs)) = by_module.into_iter().find(|(_, runs)| runs.len() > 1) {
                 return (Some(runs), seen);
             }

@@ -38,6 +38,9 @@ mod control;
 mod checkpoints;
 // Large files go out in a run of their own: small files never wait for a large upload.
 mod large_files;
+// Warm rsyncs (issue 17): max connections, the receiver's timeout, a killed server side,
+// shutdown; over an rsync daemon and over an sshd of the test's own.
+mod warm;
 // Two-way mode: two hosts replicating to each other converge, lose nothing, go quiet.
 mod two_way;
 // Full-sync progress: status, STATUS=, the FullSyncProgress signal, full-sync --wait.

@@ -256,9 +256,19 @@ impl RsyncDaemon {
         panic!("cannot restart the rsync daemon on its port:\n{last_error}");
     }
 
+    /// Stops the daemon and the processes it forked for open connections (a client's
+    /// warm rsync holds one while idle): a stopped daemon is a remote that is down.
     fn kill(&mut self) {
         if let Some(child) = self.child.take() {
+            let pid = child.id();
+            let before = children_of(pid);
             super::sersyncd::terminate(child, Duration::from_secs(5));
+            for connection in before {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(connection as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 
@@ -287,6 +297,11 @@ impl RsyncDaemon {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The PID of the daemon process (its connections are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The client password file (mode 0600) for `<auth passwordfile>`.
@@ -366,4 +381,21 @@ fn free_port(addresses: &[&str]) -> u16 {
         }
     }
     panic!("no port free on all of {addresses:?}");
+}
+
+/// The PIDs of the children of `pid` (of any of its threads).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .flat_map(|task| {
+            std::fs::read_to_string(task.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }

@@ -82,6 +82,10 @@ pub struct SersyncdBuilder {
     common_params: Option<String>,
     raw_head_xml: String,
     raw_sersync_xml: String,
+    /// Elements added at the end of `<rsync>` (e.g. `<warm>`).
+    raw_rsync_xml: String,
+    /// `<ssh start="true"/>` instead of the rsync daemon transport.
+    ssh: bool,
     fail_log: Option<(String, u32)>,
     timeout: Option<Option<u32>>,
     crontab_excludes: Vec<String>,
@@ -176,6 +180,18 @@ impl SersyncdBuilder {
     }
 
     /// Raw XML inserted at the end of `<sersync>`.
+    /// Elements added at the end of `<rsync>`.
+    pub fn raw_rsync_xml(mut self, xml: &str) -> Self {
+        self.raw_rsync_xml.push_str(xml);
+        self
+    }
+
+    /// `<ssh start="true"/>`: rsync over `-e ssh` (the ssh command in `common_params`).
+    pub fn ssh(mut self, on: bool) -> Self {
+        self.ssh = on;
+        self
+    }
+
     pub fn raw_sersync_xml(mut self, xml: &str) -> Self {
         self.raw_sersync_xml.push_str(xml);
         self
@@ -303,7 +319,11 @@ impl SersyncdBuilder {
             )),
             Some(None) => x.push_str("            <timeout start=\"false\" time=\"100\"/>\n"),
         }
-        x.push_str("            <ssh start=\"false\"/>\n");
+        x.push_str(&format!(
+            "            <ssh start=\"{}\"/>\n",
+            toggle(self.ssh)
+        ));
+        x.push_str(&self.raw_rsync_xml);
         x.push_str("        </rsync>\n");
         let (fail_log, minutes) = self
             .fail_log
