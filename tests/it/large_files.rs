@@ -142,3 +142,345 @@ fn a_stop_that_ends_a_large_upload_leaves_it_owed_to_the_next_start() {
     daemon.restart();
     wait_converged(env.src(), env.replica(), SLOW_CONVERGE.max(CONVERGE));
 }
+
+/// Starts a daemon with uploads limited to `kib_per_s`, `<queue largeFiles="1M"/>` and
+/// the extra `args`.
+fn start_with(env: &Env, kib_per_s: u32, args: &[&str]) -> crate::harness::Sersyncd {
+    env.start(|b| {
+        let mut b = b
+            .common_params(&format!("-artuz --bwlimit={kib_per_s}"))
+            .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#);
+        for arg in args {
+            b = b.arg(arg);
+        }
+        b
+    })
+}
+
+/// Waits until the daemon's log holds `needle`; false after `within`.
+fn log_says(daemon: &crate::harness::Sersyncd, needle: &str, within: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if daemon.log().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+const HANDED: &str = "go out in a run of their own";
+
+/// A checkpoint asked for while a large file uploads is not reached before the large file
+/// is on the replica (status shows the lane idle meanwhile; the checkpoint must not).
+#[test]
+fn a_checkpoint_during_a_large_upload_waits_for_the_large_file() {
+    use crate::control::{ctl, on_bus};
+    use crate::harness::bus::{Bus, Policy};
+    let Some(bus) = Bus::start(Policy::SystemLike) else {
+        return;
+    };
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let daemon = env.start(|b| {
+        on_bus(b, &bus, "web")
+            .common_params("-artuz --bwlimit=1024")
+            .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#)
+    });
+    let big = random_bytes(11);
+    fs::write(env.src().join("big.iso"), &big).unwrap();
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    write(env.src(), "small.txt", "small\n");
+    assert!(arrival(&env.replica().join("small.txt"), b"small\n", CONVERGE).is_some());
+    // Only the large run is in flight now: not reached.
+    let now = ctl(&bus, &["checkpoint", "--json"]);
+    assert_eq!(
+        now.code,
+        75,
+        "a checkpoint was reached while big.iso uploads: {}\n{}",
+        now.stdout,
+        daemon.log()
+    );
+    let answer = ctl(&bus, &["checkpoint", "--wait", "--timeout", "60", "--json"]).json();
+    assert_eq!(answer["reached"], true, "{answer}\n{}", daemon.log());
+    assert!(
+        fs::read(env.replica().join("big.iso")).is_ok_and(|got| got == big),
+        "checkpoint reached before big.iso was on the replica:\n{}",
+        daemon.log()
+    );
+    wait_converged(env.src(), env.replica(), Duration::ZERO);
+}
+
+/// `-n 1`: one rsync at a time. The large run is dispatched first; small files written
+/// during it must still reach the replica in the end, and the large file too.
+#[test]
+fn with_one_worker_a_large_upload_and_small_files_both_arrive() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let daemon = start_with(&env, 1024, &["-n", "1"]);
+    fs::write(env.src().join("big.iso"), random_bytes(12)).unwrap();
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    for n in 0..20 {
+        write(env.src(), &format!("s/{n}.txt"), &format!("{n}\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::write(env.src().join("big2.iso"), random_bytes(13)).unwrap();
+    wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+}
+
+/// The remote goes away during a large upload and comes back: both the large run (which
+/// backs off on its own) and the batches recover, and the replica ends equal.
+#[test]
+fn the_remote_going_down_during_a_large_upload_and_back_ends_equal() {
+    let Some(mut env) = Env::new(&["web"]) else {
+        return;
+    };
+    let daemon = start(&env);
+    fs::write(env.src().join("big.iso"), random_bytes(14)).unwrap();
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    env.rsyncd.stop();
+    write(
+        env.src(),
+        "during.txt",
+        "written while the remote is down\n",
+    );
+    fs::write(env.src().join("big2.iso"), random_bytes(15)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    env.rsyncd.start();
+    wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+}
+
+/// kill -9 during a large upload (the rsync it started keeps running or dies with it),
+/// then a restart without -r: the unclean stop is detected and the replica ends equal.
+#[test]
+fn kill_9_during_a_large_upload_then_restart_ends_equal() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let mut daemon = start_at(&env, 512);
+    fs::write(env.src().join("big.iso"), random_bytes_of(16, 3 << 20)).unwrap();
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.kill9();
+    // Changed while no daemon runs.
+    fs::write(env.src().join("big.iso"), random_bytes_of(17, 3 << 20)).unwrap();
+    daemon.restart();
+    wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+}
+
+/// While large files upload: one is replaced by a directory with a file in it, one is
+/// truncated to a small file, and the directory of a third is renamed and a file of the
+/// same name made in the old place. The replica ends equal.
+#[test]
+fn a_large_file_replaced_by_a_directory_truncated_or_its_parent_renamed_ends_equal() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let daemon = start_at(&env, 2048);
+    for d in ["a", "b", "c"] {
+        fs::create_dir(env.src().join(d)).unwrap();
+    }
+    fs::write(env.src().join("a/big"), random_bytes_of(21, 3 << 20)).unwrap();
+    fs::write(env.src().join("b/big"), random_bytes_of(22, 3 << 20)).unwrap();
+    fs::write(env.src().join("c/big"), random_bytes_of(23, 3 << 20)).unwrap();
+    write(env.src(), "c/small.txt", "small in c\n");
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    fs::remove_file(env.src().join("a/big")).unwrap();
+    write(env.src(), "a/big/inside.txt", "a directory now\n");
+    fs::write(env.src().join("b/big"), b"tiny now\n").unwrap();
+    fs::rename(env.src().join("c"), env.src().join("c2")).unwrap();
+    write(env.src(), "c", "a file where the directory was\n");
+    write(env.src(), "after.txt", "after\n");
+    assert!(
+        arrival(
+            &env.replica().join("after.txt"),
+            b"after\n",
+            Duration::from_secs(3)
+        )
+        .is_some(),
+        "a small file waited for the large uploads:\n{}",
+        daemon.log()
+    );
+    wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+}
+
+/// A module that refuses the large file (exit 23, `daemon refused to receive`) while small
+/// files flow: the small ones arrive, and once the module accepts it the large one does.
+#[test]
+fn a_module_refusing_a_large_file_holds_back_nothing_else_and_it_arrives_once_allowed() {
+    let Some(mut env) = Env::new(&["web"]) else {
+        return;
+    };
+    env.rsyncd.set_module_options("    exclude = *.iso\n");
+    let daemon = start_at(&env, 4096);
+    fs::write(env.src().join("big.iso"), random_bytes_of(31, 2 << 20)).unwrap();
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    for n in 0..5 {
+        let name = format!("small-{n}.txt");
+        write(env.src(), &name, "small\n");
+        assert!(
+            arrival(
+                &env.replica().join(&name),
+                b"small\n",
+                Duration::from_secs(5)
+            )
+            .is_some(),
+            "{name} held back by the refused large file:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    env.rsyncd.set_module_options("");
+    // Retried after 15 s.
+    wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+}
+
+/// Pause while a large file uploads, with new large and small files written meanwhile;
+/// resume: everything arrives.
+#[test]
+fn pause_during_a_large_upload_then_resume_ends_equal() {
+    use crate::control::{ctl, on_bus};
+    use crate::harness::bus::{Bus, Policy};
+    let Some(bus) = Bus::start(Policy::SystemLike) else {
+        return;
+    };
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let daemon = env.start(|b| {
+        on_bus(b, &bus, "web")
+            .common_params("-artuz --bwlimit=2048")
+            .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#)
+    });
+    fs::write(env.src().join("big.iso"), random_bytes(41)).unwrap();
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    ctl(&bus, &["pause"]).expect(0);
+    fs::write(env.src().join("big2.iso"), random_bytes_of(42, 2 << 20)).unwrap();
+    write(env.src(), "paused.txt", "written while paused\n");
+    fs::write(env.src().join("big.iso"), random_bytes(43)).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    ctl(&bus, &["resume"]).expect(0);
+    wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+}
+
+/// A file appended to in a loop grows past the threshold while it is written: it goes in
+/// batches while small, then in large runs; the replica ends equal.
+#[test]
+fn a_file_growing_past_the_threshold_while_written_ends_equal() {
+    use std::io::Write;
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let daemon = start_at(&env, 4096);
+    let chunk = random_bytes_of(51, 64 << 10);
+    let mut file = fs::File::create(env.src().join("growing.log")).unwrap();
+    for n in 0..48 {
+        file.write_all(&chunk).unwrap();
+        file.flush().unwrap();
+        if n % 8 == 0 {
+            write(env.src(), &format!("tick-{n}.txt"), "tick\n");
+        }
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    drop(file);
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+}
+
+/// A directory full of large files is removed while they upload, and made again with
+/// small files: the replica ends equal, without the old large files.
+#[test]
+fn a_directory_of_large_files_removed_during_their_upload_ends_equal() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let daemon = start_at(&env, 2048);
+    fs::create_dir(env.src().join("d")).unwrap();
+    for n in 0..6 {
+        fs::write(
+            env.src().join(format!("d/big-{n}")),
+            random_bytes_of(60 + n, 3 << 19),
+        )
+        .unwrap();
+    }
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    fs::remove_dir_all(env.src().join("d")).unwrap();
+    write(env.src(), "d/big-0", "small now\n");
+    write(env.src(), "d/new.txt", "new\n");
+    wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+}
+
+// Commit 961c582 (watch): a rename whose source directory left the watch tree meanwhile.
+
+/// A directory moved out of the tree, then (before or after the watcher has dropped its
+/// watches) a subdirectory moved from it back into the tree and a file of the tree moved
+/// into it: the first is new in the tree (sent, with what is written in it later), the
+/// second is gone from it.
+#[test]
+fn renames_through_a_directory_that_left_the_tree_are_replicated() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let _daemon = env.start(|b| b);
+    let src = env.src().to_owned();
+    let outside = crate::harness::temp_dir("outside");
+    for round in 0..6 {
+        let d = src.join(format!("d{round}"));
+        fs::create_dir_all(d.join("sub/deeper")).unwrap();
+        write(&d, "sub/deeper/f", "in sub\n");
+        write(&src, &format!("g{round}"), "g\n");
+        env.converged();
+        let away = outside.path().join(format!("d{round}"));
+        fs::rename(&d, &away).unwrap();
+        if round % 2 == 1 {
+            // Let the watcher see the move out first.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        fs::rename(away.join("sub"), src.join(format!("back{round}"))).unwrap();
+        fs::rename(src.join(format!("g{round}")), away.join("g")).unwrap();
+        write(&src, &format!("back{round}/late"), "late\n");
+        write(&src, &format!("back{round}/deeper/late"), "late\n");
+        env.converged();
+    }
+}
