@@ -451,6 +451,86 @@ fn a_directory_of_large_files_removed_during_their_upload_ends_equal() {
     wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
 }
 
+/// A full sync asked for while large files keep coming (a camera or a backup job writing
+/// one large file after another) must start: it waits for the large run in flight, but
+/// `Daemon::dispatch` starts the large runs first, and `Queue::take_large_job` only
+/// checks `full_sync_in_flight`, not a full sync owed. So whenever a large run ends with
+/// new large files handed over meanwhile, the next large run starts at once and the full
+/// sync (`Queue::take_job`: `full_sync.take_if(|_| !lane.large.busy)`) waits again, for
+/// as long as large files keep coming. A full sync that stands for unseen changes (an
+/// overflow rescan, a start with -r) leaves the replica short of them meanwhile.
+///
+/// FAILS (at f229647, 1 in 1): after `full sync requested job=1 lanes=1` the log shows
+/// only `sending large files: 1 paths` / `2 paths` one after another, about every 0.8 s,
+/// and no `full sync started` within 10 s (it starts once the writer stops).
+#[test]
+fn a_full_sync_is_not_starved_by_large_files_that_keep_coming() {
+    use crate::control::{ctl, on_bus};
+    use crate::harness::bus::{Bus, Policy};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(bus) = Bus::start(Policy::SystemLike) else {
+        return;
+    };
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let daemon = env.start(|b| {
+        on_bus(b, &bus, "web")
+            .common_params("-artuz --bwlimit=1536")
+            .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#)
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let src = env.src().to_path_buf();
+        // 1.2 MB every 0.5 s (2.4 MB/s), uploaded at 1.5 MiB/s: every large run ends
+        // with new ones handed over.
+        let mut contents = random_bytes_of(100, 1_200_000);
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            // At most 30 s, fewer when the test is done with it.
+            while !stop.load(Ordering::Relaxed) && n < 60 {
+                contents[..8].copy_from_slice(&n.to_le_bytes());
+                fs::write(src.join(format!("cam-{n:03}.mp4")), &contents).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let before = daemon.log().matches("full sync started").count();
+    let asked = Instant::now();
+    ctl(&bus, &["full-sync"]).expect(0);
+    let started = {
+        let mut started = false;
+        while asked.elapsed() < Duration::from_secs(10) {
+            if daemon.log().matches("full sync started").count() > before {
+                started = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        started
+    };
+    let waited = asked.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        started,
+        "no full sync started within {waited:?} of the request while large files kept \
+         coming (each large run ends with new ones handed over, and the next large run \
+         starts before the full sync):\n{}",
+        crate::harness::tail(&daemon.log(), 60)
+    );
+    wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+}
+
 // Commit 961c582 (watch): a rename whose source directory left the watch tree meanwhile.
 
 /// A directory moved out of the tree, then (before or after the watcher has dropped its
