@@ -612,3 +612,54 @@ fn with_two_workers_and_two_remotes_small_files_do_not_wait_for_large_uploads() 
         wait_converged(env.src(), env.rsyncd.replica(module), SLOW_CONVERGE);
     }
 }
+
+/// A reload removes a remote while a large file uploads to it (and to the other remote),
+/// then a second reload brings it back while that upload may still run: the re-added
+/// remote waits for the old lane's run and then gets its full sync; both replicas end
+/// equal, with what was written between and after the reloads.
+#[test]
+fn a_remote_removed_and_re_added_by_reloads_during_a_large_upload_ends_equal() {
+    use crate::harness::SersyncdBuilder;
+    let Some(env) = Env::new(&["web", "mirror"]) else {
+        return;
+    };
+    let xml = |names: &[&str]| -> String {
+        let remotes: Vec<_> = names.iter().map(|m| env.rsyncd.remote(m)).collect();
+        SersyncdBuilder::new()
+            .root(env.src(), &remotes)
+            .rsyncd(&env.rsyncd)
+            .common_params("-artuz --bwlimit=1024")
+            .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#)
+            .xml()
+    };
+    let mut daemon = start(&env);
+    let reload = |daemon: &mut crate::harness::Sersyncd, xml: String, nth: usize| {
+        daemon.write_config(&xml);
+        daemon.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(
+            (0..1500).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                daemon.log().matches("configuration reloaded").count() >= nth
+            }),
+            "reload {nth} not done:\n{}",
+            daemon.log()
+        );
+    };
+    fs::write(env.src().join("big.iso"), random_bytes_of(81, 4 << 20)).unwrap();
+    let both = Instant::now();
+    while daemon.log().matches("sending large files").count() < 2 {
+        assert!(both.elapsed() < Duration::from_secs(5), "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    reload(&mut daemon, xml(&["web"]), 1);
+    fs::write(env.src().join("big2.iso"), random_bytes_of(82, 2 << 20)).unwrap();
+    write(env.src(), "between.txt", "between the reloads\n");
+    std::thread::sleep(Duration::from_millis(500));
+    reload(&mut daemon, xml(&["web", "mirror"]), 2);
+    write(env.src(), "after.txt", "after the reloads\n");
+    fs::write(env.src().join("big.iso"), random_bytes_of(83, 2 << 20)).unwrap();
+    for module in ["web", "mirror"] {
+        wait_converged(env.src(), env.rsyncd.replica(module), SLOW_CONVERGE);
+    }
+}
