@@ -663,3 +663,48 @@ fn a_remote_removed_and_re_added_by_reloads_during_a_large_upload_ends_equal() {
         wait_converged(env.src(), env.rsyncd.replica(module), SLOW_CONVERGE);
     }
 }
+
+/// A module that allows one connection at a time (`max connections = 1`; README: "If the
+/// module turns a run away with `max connections`, that remote gets one run at a time
+/// from then on (logged once)"). Before large runs a lane had one rsync at a time; now its
+/// large run holds the module's only connection for the whole upload and every batch
+/// meanwhile is turned away with exit 5, which counts as a failure of the remote: `WARN
+/// ... failed: rsync exit 5 ... max connections (1) reached`, the lane backs off (1 s,
+/// 2 s, 4 s, ... growing with the upload's length), the paths enter the failure journal
+/// (`previously failed changes delivered cleared=10` once through), `SyncFailed` is
+/// emitted. `go_serial` only covers the concurrent runs of one job (split full syncs and
+/// deletions), not a lane's batch next to its large run.
+///
+/// FAILS (at f229647, 1 in 1): three `rsync exit 5` failures during a 6 s upload (the
+/// first at 0.02 s, when the first small file's batch starts next to the large run).
+#[test]
+fn one_connection_per_module_a_large_upload_does_not_make_batches_fail() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    env.rsyncd.set_last_module_option("max connections", "1");
+    env.rsyncd.set_last_module_option(
+        "lock file",
+        &env.rsyncd.dir().join("rsyncd.lock").display().to_string(),
+    );
+    let daemon = start(&env);
+    fs::write(env.src().join("big.iso"), random_bytes(91)).unwrap();
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    for n in 0..10 {
+        write(env.src(), &format!("small-{n}.txt"), "small\n");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+    let log = daemon.log();
+    let refused = log.matches("failed: rsync exit 5").count();
+    assert!(
+        refused <= 1,
+        "{refused} runs turned away by the module's connection limit during one large \
+         upload, each a failure of the remote (backoff, failure journal), instead of one \
+         run at a time:\n{log}"
+    );
+}
