@@ -708,3 +708,41 @@ fn one_connection_per_module_a_large_upload_does_not_make_batches_fail() {
          run at a time:\n{log}"
     );
 }
+
+/// While `d/big` uploads (and `e/big2` waits for the next large run), `d` is renamed back
+/// and forth, swapped with `e` through a temporary name, and files are written in the
+/// renamed directories: the rename hints (seeds) meet held removals. The replica ends
+/// equal.
+#[test]
+fn parent_directories_renamed_back_and_forth_and_swapped_during_large_uploads_end_equal() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let daemon = start_at(&env, 2048);
+    let src = env.src();
+    for d in ["d", "e"] {
+        fs::create_dir(src.join(d)).unwrap();
+        write(src, &format!("{d}/small.txt"), &format!("small in {d}\n"));
+    }
+    env.converged();
+    fs::write(src.join("d/big"), random_bytes_of(101, 3 << 20)).unwrap();
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    fs::write(src.join("e/big2"), random_bytes_of(102, 2 << 20)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fs::rename(src.join("d"), src.join("f")).unwrap();
+    write(src, "f/new-in-f.txt", "new in f\n");
+    std::thread::sleep(Duration::from_millis(200));
+    fs::rename(src.join("f"), src.join("d")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Swap d and e through a temporary name.
+    fs::rename(src.join("d"), src.join("tmp")).unwrap();
+    fs::rename(src.join("e"), src.join("d")).unwrap();
+    fs::rename(src.join("tmp"), src.join("e")).unwrap();
+    write(src, "d/after-swap.txt", "after the swap\n");
+    write(src, "e/after-swap.txt", "after the swap, e\n");
+    wait_converged(src, env.replica(), SLOW_CONVERGE);
+}
