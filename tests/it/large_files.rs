@@ -793,3 +793,87 @@ fn renaming_a_directory_with_a_large_file_does_not_upload_it_again() {
     );
     wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
 }
+
+/// A tmpfs of `size` mounted over `dir` for the life of the guard (root only).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            assert!(!ci, "CI=true: cannot mount a tmpfs (needs root)");
+            eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// "A failed large run backs off on its own": a large file the receiver cannot take (its
+/// disk is full: rsync exit 11, retryable) while small files keep arriving fine. The large
+/// run's retry time comes from the lane's shared `Health::backoff`, which every successful
+/// batch resets (`settle::done` calls `backoff.success()`), so the large run never backs
+/// off past the 1 s base: it uploads the whole file again about every second for as long
+/// as small files flow, and since `backoff.failures()` never reaches 2 the failure never
+/// enters the failure journal (`settle::failed` records only from the second failure in a
+/// row); the lane's state flips backoff/ok with each run.
+///
+/// FAILS (at f229647, 1 in 1): 8 `sending large files: 1 paths` in 12 s, each followed
+/// 0.6 s later by `WARN 1 paths (0 removals) failed: rsync exit 11: ... write failed on
+/// "big.iso" (in web): No space left on device (28) ... bytes_sent=0 retry_in_s=1`; a
+/// backoff of its own (1 s, 2 s, 4 s, 8 s) would make 4. (`bytes_sent=0`: the ~3 MiB each
+/// failed attempt sent is not counted either, rsync printed no summary.)
+#[test]
+fn a_large_file_that_keeps_failing_backs_off_while_small_files_succeed() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let Some(_disk) = SmallDisk::mount(env.replica(), "3m") else {
+        return;
+    };
+    let daemon = start_at(&env, 8192);
+    fs::write(env.src().join("big.iso"), random_bytes_of(121, 4 << 20)).unwrap();
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        write(env.src(), &format!("small-{n}.txt"), "small\n");
+        n += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let log = daemon.log();
+    assert!(
+        arrival(
+            &env.replica().join(format!("small-{}.txt", n - 1)),
+            b"small\n",
+            CONVERGE
+        )
+        .is_some(),
+        "the small files did not arrive:\n{log}"
+    );
+    let attempts = log.matches("sending large files").count();
+    assert!(
+        attempts <= 5,
+        "{attempts} attempts to upload big.iso in 12 s: its backoff is reset by every \
+         successful batch of the lane:\n{}",
+        crate::harness::tail(&log, 40)
+    );
+}
