@@ -877,3 +877,47 @@ fn a_large_file_that_keeps_failing_backs_off_while_small_files_succeed() {
         crate::harness::tail(&log, 40)
     );
 }
+
+/// renameat2(RENAME_EXCHANGE) during large uploads: a directory whose large file uploads
+/// is swapped with a file, and two directories each holding a large file (one uploading,
+/// one waiting) are swapped with each other. The replica ends equal.
+#[test]
+fn directories_with_large_files_exchanged_during_their_upload_end_equal() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let exchange = |a: &str, b: &str| {
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &env.src().join(a),
+            nix::fcntl::AT_FDCWD,
+            &env.src().join(b),
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .unwrap();
+    };
+    let daemon = start_at(&env, 2048);
+    let src = env.src();
+    for d in ["d", "p", "q"] {
+        fs::create_dir(src.join(d)).unwrap();
+    }
+    write(src, "f", "a file\n");
+    write(src, "p/small", "small in p\n");
+    env.converged();
+    fs::write(src.join("d/big"), random_bytes_of(131, 3 << 20)).unwrap();
+    fs::write(src.join("p/big"), random_bytes_of(132, 2 << 20)).unwrap();
+    fs::write(src.join("q/big"), random_bytes_of(133, 2 << 20)).unwrap();
+    assert!(
+        log_says(&daemon, HANDED, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    exchange("d", "f");
+    exchange("p", "q");
+    write(src, "f/after.txt", "after the exchange\n");
+    write(src, "q/after.txt", "after the exchange, q\n");
+    std::thread::sleep(Duration::from_millis(300));
+    exchange("p", "q");
+    wait_converged(src, env.replica(), SLOW_CONVERGE);
+}
