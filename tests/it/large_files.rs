@@ -921,3 +921,82 @@ fn directories_with_large_files_exchanged_during_their_upload_end_equal() {
     exchange("p", "q");
     wait_converged(src, env.replica(), SLOW_CONVERGE);
 }
+
+/// Random operations on a few names (large and small files written, removed, renamed,
+/// directories made, removed, renamed and exchanged) while uploads are slow enough that
+/// large runs overlap the batches all the time. Every seed must end equal. The
+/// simulation does the same with `largeFiles="32K"` and no bandwidth limit, where the
+/// windows in which a large run overlaps a batch are milliseconds long.
+fn random_operations_during_large_uploads(seed: u64) {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let daemon = start_at(&env, 4096);
+    let src = env.src();
+    let mut state = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let dirs = ["a", "b", "a/x", "b/y"];
+    let names = ["f", "g", "h"];
+    let mut ops = Vec::new();
+    for step in 0..80u64 {
+        let dir = dirs[next(dirs.len() as u64) as usize];
+        let other = dirs[next(dirs.len() as u64) as usize];
+        let name = names[next(names.len() as u64) as usize];
+        let path = src.join(dir).join(name);
+        let op = next(10);
+        let result = match op {
+            0..=2 => fs::create_dir_all(src.join(dir)).and_then(|()| {
+                fs::write(
+                    &path,
+                    random_bytes_of(seed * 1000 + step, 1_200_000 + step as usize),
+                )
+            }),
+            3 => fs::create_dir_all(src.join(dir)).and_then(|()| fs::write(&path, b"small\n")),
+            4 => fs::remove_file(&path),
+            5 => fs::remove_dir_all(src.join(dir)),
+            6 => fs::rename(&path, src.join(other).join(name)),
+            7 => fs::rename(src.join(dir), src.join(other)),
+            8 => nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &src.join(dir),
+                nix::fcntl::AT_FDCWD,
+                &src.join(other),
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(std::io::Error::from),
+            _ => fs::create_dir_all(src.join(other)),
+        };
+        ops.push(format!("{step}: op {op} {dir} {other} {name}: {result:?}"));
+        std::thread::sleep(Duration::from_millis(20 + next(150)));
+    }
+    let converged = std::panic::catch_unwind(|| {
+        wait_converged(src, env.replica(), SLOW_CONVERGE);
+    });
+    if converged.is_err() {
+        panic!(
+            "seed {seed} did not converge; operations:\n{}\n\nlog (tail):\n{}",
+            ops.join("\n"),
+            crate::harness::tail(&daemon.log(), 80)
+        );
+    }
+}
+
+/// Seeds 1 to 3; `SERSYNC_LARGE_SEEDS=FROM-TO` runs others by hand.
+#[test]
+fn random_operations_during_large_uploads_end_equal() {
+    let (from, to) = std::env::var("SERSYNC_LARGE_SEEDS")
+        .ok()
+        .and_then(|r| {
+            let (a, b) = r.split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .unwrap_or((1, 3));
+    for seed in from..=to {
+        random_operations_during_large_uploads(seed);
+    }
+}
