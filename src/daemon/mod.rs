@@ -86,6 +86,9 @@ struct Lane {
     context: JobContext,
     /// What the ends of its jobs made of it ([`settle`]).
     health: Health,
+    /// The same for its large-file runs, which back off on their own: a large file that
+    /// cannot land is not retried every second because the small files around it can.
+    large_health: Health,
     /// Full syncs started so far; the one running (if any) has this number.
     full_syncs_started: u64,
     full_sync_running: bool,
@@ -445,6 +448,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                     }),
                 },
                 health: Health::new(Backoff::default()),
+                large_health: Health::new(Backoff::default()),
                 full_syncs_started: 0,
                 full_sync_running: false,
                 job_started: None,
@@ -1733,6 +1737,7 @@ impl Daemon {
             if let Some(old) = self.lanes.iter().find(|old| old.id == lane.id) {
                 // Health and progress carry over; the context is the new config's.
                 lane.health = old.health.clone();
+                lane.large_health = old.large_health.clone();
                 lane.full_syncs_started = old.full_syncs_started;
                 lane.full_sync_running = old.full_sync_running;
                 lane.job_started = old.job_started;
@@ -2105,14 +2110,23 @@ impl Daemon {
         let now = Instant::now();
         let limit = self.cli.worker_limit();
         let count = self.lanes.len();
-        // Large-file runs first: they only send what batches handed over, so they cannot
-        // starve the batches, and batches that keep coming (with `-n 1`) must not starve
-        // them.
+        // Large-file runs first, so that batches that keep coming do not starve them; but
+        // they leave one of the `-n` slots to the batches, which they must not hold back.
+        let mut large_in_flight = self
+            .lanes
+            .iter()
+            .filter(|lane| self.queue.lane_large_busy(lane.id))
+            .count();
         for at in 0..count {
-            if self.in_flight >= limit {
+            if self.in_flight >= limit || (limit > 1 && large_in_flight + 1 >= limit) {
                 break;
             }
             let lane_id = self.lanes[at].id;
+            // A remote that takes one connection at a time gets a lane's batch or its
+            // large run, not both.
+            if self.queue.lane_busy(lane_id) && self.runner.is_serial(&self.lanes[at].context) {
+                continue;
+            }
             if self
                 .retired_in_flight
                 .iter()
@@ -2133,6 +2147,7 @@ impl Daemon {
             let context = self.lanes[at].context.clone();
             let tx = self.tx.clone();
             self.in_flight += 1;
+            large_in_flight += 1;
             self.runner.start(job, context, move |outcome| {
                 let _ = tx.send(Input::JobDone(outcome));
             });
@@ -2148,6 +2163,10 @@ impl Daemon {
                 if self.retired_in_flight.iter().any(|(_, k)| *k == key) {
                     continue;
                 }
+            }
+            if self.queue.lane_large_busy(lane_id) && self.runner.is_serial(&self.lanes[at].context)
+            {
+                continue;
             }
             let Some(job) = self.queue.take_job(lane_id, now) else {
                 continue;
@@ -2256,7 +2275,7 @@ impl Daemon {
         }
         let bytes_sent = self.count_run(at, &outcome);
         if large_run {
-            let settlement = self.settle_outcome(at, outcome);
+            let settlement = self.settle_outcome(at, outcome, JobSlot::Large);
             self.carry_out(at, settlement, None, bytes_sent, JobSlot::Large);
             return;
         }
@@ -2270,7 +2289,7 @@ impl Daemon {
         lane.progress_announced = None;
         lane.job_started = None;
         lane.stalled = false;
-        let settlement = self.settle_outcome(at, outcome);
+        let settlement = self.settle_outcome(at, outcome, JobSlot::Batches);
         let since = self.carry_out(
             at,
             settlement,
@@ -2308,6 +2327,7 @@ impl Daemon {
         &mut self,
         at: usize,
         outcome: Outcome,
+        slot: JobSlot,
     ) -> (settle::Settlement, settle::Clock) {
         let lane = &mut self.lanes[at];
         let root = lane.context.root.clone();
@@ -2326,7 +2346,11 @@ impl Daemon {
             now: Instant::now(),
             wall: std::time::SystemTime::now(),
         };
-        let settlement = settle::settle(&mut lane.health, &label, outcome, root_names, clock);
+        let health = match slot {
+            JobSlot::Batches => &mut lane.health,
+            JobSlot::Large => &mut lane.large_health,
+        };
+        let settlement = settle::settle(health, &label, outcome, root_names, clock);
         (settlement, clock)
     }
 

@@ -710,7 +710,7 @@ impl Queue {
     }
 
     /// The large-file run of `lane`, if none is in flight, large files wait, the lane is
-    /// not paused and runs no full sync, and the large run is not backing off. Runs next to
+    /// not paused, runs and owes no full sync, and the large run is not backing off. Runs next to
     /// the lane's batches; [`Queue::finish_large`] ends it.
     pub fn take_large_job(&mut self, lane_id: LaneId, now: Instant) -> Option<Job> {
         let lane = self.lane_mut(lane_id)?;
@@ -719,6 +719,9 @@ impl Queue {
             || large.waiting.is_empty()
             || lane.paused
             || lane.full_sync_in_flight
+            // An owed full sync goes first: it waits for the large run in flight, and
+            // large runs that kept coming would starve it.
+            || lane.full_sync.is_some()
             || large.not_before.is_some_and(|at| now < at)
         {
             return None;

@@ -501,6 +501,24 @@ const LARGE_ROWS: &[(&str, &[&str], &[&str])] = &[
         &["big:S", "L big:S", "big2:S", "-", "FULL", "L -", "L -"],
     ),
     (
+        "an owed full sync starts once the large run in flight ends, before the next one",
+        &[
+            "S big",
+            "take",
+            "ok handing big",
+            "take large",
+            "S big2",
+            "take",
+            "ok handing big2",
+            "full",
+            "take large",
+            "large ok",
+            "take large",
+            "take",
+        ],
+        &["big:S", "L big:S", "big2:S", "L -", "L -", "FULL"],
+    ),
+    (
         "a failed large run backs off on its own while the lane's batches go on",
         &[
             "at 0",

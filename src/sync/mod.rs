@@ -504,6 +504,23 @@ impl Runner {
         out
     }
 
+    /// Whether the destination of `ctx` takes one rsync at a time (its module refused
+    /// concurrent connections): a lane's batch and its large-file run must not overlap.
+    pub fn is_serial(&self, ctx: &JobContext) -> bool {
+        self.serial_only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&ctx.transport.destination())
+    }
+
+    /// How many rsyncs of `lane` are running now.
+    fn lane_runs(&self, lane: LaneId) -> usize {
+        self.lock()
+            .values()
+            .filter(|child| child.lane == lane)
+            .count()
+    }
+
     /// How many concurrent runs a job for this destination may use.
     fn ways(&self, ctx: &JobContext) -> usize {
         let serial = self

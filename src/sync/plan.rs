@@ -295,11 +295,24 @@ impl<E: Edge> Plan<'_, E> {
 
     /// A batch whose new versions of large files are handed to the lane's large-file run
     /// ([`Plan::large`]) instead of going out with the rest.
+    ///
+    /// Not where the remote takes one connection at a time (the module's `max
+    /// connections`, or `-n 1`): a large run beside the batches would be turned away or wait
+    /// for a slot anyway. Not below a directory this batch renames either: its rename seed
+    /// copies the file on the remote from the old path, which the batch then deletes.
     fn batch_without_large(&mut self, batch: &Batch, ctx: &JobContext) -> Run {
+        if self.edge.ways() < 2 {
+            return self.batch(batch, ctx);
+        }
         let locals = self.edge.entries(batch);
         let threshold = ctx.large_files.unwrap_or(u64::MAX);
         let is_large = |(entry, local): (&(RelPath, Action), &Local)| {
-            entry.1 == Action::Sync && matches!(local, Local::File { size } if *size >= threshold)
+            entry.1 == Action::Sync
+                && matches!(local, Local::File { size } if *size >= threshold)
+                && !batch
+                    .renames
+                    .iter()
+                    .any(|(_, to)| is_at_or_below(&entry.0, to))
         };
         if !batch.entries.iter().zip(&locals).any(is_large) {
             return self.batch_at(batch, locals, ctx);

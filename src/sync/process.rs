@@ -732,7 +732,21 @@ impl plan::Edge for JobEdge<'_> {
     fn run(&mut self, spec: RunSpec) -> Run {
         let mut run = self.run_one(spec.clone());
         if self.refused_by_warm(&run) {
-            run = self.run_one(spec);
+            run = self.run_one(spec.clone());
+        }
+        if plan::refused_at_start(&run) {
+            if self.runner.lane_runs(self.lane) > 0 {
+                // Turned away while another run of this lane (its large-file run) held
+                // the module's connection: one run at a time for it from now on (the
+                // daemon then keeps a lane's batches and its large run apart, and batches
+                // keep their large files). This run fails once and is retried.
+                self.runner.go_serial(self.ctx);
+            } else if self.runner.is_serial(self.ctx) {
+                // One run at a time already: the daemon's side of the one before (the
+                // lane's large run, just ended) is still going away. One more try.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                run = self.run_one(spec);
+            }
         }
         self.count(&run);
         run

@@ -444,6 +444,7 @@ fn large_files_leave_the_batch_for_their_own_run() {
             batch: "a:S=f big:S=L d:S=d d/huge:S=L",
             runs: &["root: SEND ./a ./d DEST/"],
             large: "big:S d/huge:S",
+            ways: 2,
             ..Case::default()
         },
         Case {
@@ -451,6 +452,7 @@ fn large_files_leave_the_batch_for_their_own_run() {
             batch: "big:S=L",
             runs: &[],
             large: "big:S",
+            ways: 2,
             ..Case::default()
         },
         Case {
@@ -458,6 +460,7 @@ fn large_files_leave_the_batch_for_their_own_run() {
             batch: "big:S=L gone:F=-",
             runs: &["skeleton[]: DELETE DEST/ < + /gone + /gone/*** - *"],
             large: "big:S",
+            ways: 2,
             ..Case::default()
         },
         Case {
@@ -467,6 +470,7 @@ fn large_files_leave_the_batch_for_their_own_run() {
                 "skeleton[]: DELETE DEST/ < + /d + /d/*** - *",
                 "root: SEND ./d DEST/",
             ],
+            ways: 2,
             ..Case::default()
         },
         Case {
@@ -476,6 +480,25 @@ fn large_files_leave_the_batch_for_their_own_run() {
             runs: &[
                 "root: --recursive --delete --force ./ DEST/",
                 "root: SEND ./big DEST/",
+            ],
+            ways: 2,
+            ..Case::default()
+        },
+        Case {
+            name: "one connection at a time (max connections, -n 1): sent with the rest",
+            batch: "a:S=f big:S=L",
+            runs: &["root: SEND ./a ./big DEST/"],
+            ..Case::default()
+        },
+        Case {
+            name: "below a directory the batch renames: copied by the rename seed",
+            batch: "new:S=d new/big:S=L old:D=-",
+            renames: &[("old", "new")],
+            ways: 2,
+            runs: &[
+                "root: SEND ./new DEST/",
+                "in new: --copy-dest=../old --no-recursive --dirs --relative . ./big DEST/new/",
+                "skeleton[]: DELETE DEST/ < + /old + /old/*** - *",
             ],
             ..Case::default()
         },
