@@ -511,6 +511,12 @@ fn keep(runner: &Runner, orders: &Receiver<Order>) {
 
 /// Starts a warm process for `lane` (on the keeper thread, which outlives it).
 fn start(runner: &Runner, lane: LaneId, spec: Spec) {
+    // The warm processes ended before (a reload, a recycle) are gone before a new one
+    // starts: one warm rsync per lane alive at a time, not one idle beside one dying.
+    let dying = std::mem::take(&mut runner.warm.lock().dying);
+    for (mut child, at) in dying {
+        reap(&mut child, at, true);
+    }
     {
         let state = runner.warm.lock();
         if state.closed

@@ -99,7 +99,9 @@ fn watch_for_two_runs_per_module(
                     continue;
                 };
                 let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
-                if ppid != Some(parent) || !head.ends_with("(rsync") {
+                // A zombie (an ended warm rsync not reaped yet) pushes nothing.
+                let zombie = rest.starts_with('Z');
+                if ppid != Some(parent) || !head.ends_with("(rsync") || zombie {
                     continue;
                 }
                 let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
