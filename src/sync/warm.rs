@@ -210,6 +210,14 @@ impl Pool {
             state.settle_lost(idle, gone);
             return None;
         }
+        if !in_directory(idle.child.id(), &spec.ctx.root) {
+            // Its working directory is the root it started in: a root deleted and made
+            // again, or mounted over, is another directory, where the listed paths do not
+            // exist (and `--ignore-missing-args` would skip them all, with success).
+            tracing::debug!("the warm rsync's directory is no longer the root: ended");
+            end(&mut state, idle.child);
+            return None;
+        }
         Some(idle.child)
     }
 
@@ -336,6 +344,19 @@ fn end(state: &mut State, child: Child) {
         signal(grandchild, nix::sys::signal::Signal::SIGTERM);
     }
     state.dying.push((child, Instant::now()));
+}
+
+/// Whether the process `pid` works in the directory that is at `dir` now (same device
+/// and inode; unknown counts as not).
+fn in_directory(pid: u32, dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(format!("/proc/{pid}/cwd")),
+        std::fs::metadata(dir),
+    ) {
+        (Ok(cwd), Ok(now)) => cwd.dev() == now.dev() && cwd.ino() == now.ino(),
+        _ => false,
+    }
 }
 
 fn signal(pid: u32, signal: nix::sys::signal::Signal) {

@@ -474,3 +474,42 @@ fn over_ssh_warm_rsyncs_deliver_survive_and_go_away() {
         children(sshd.pid()).is_empty()
     });
 }
+
+/// A root deleted and made again is another directory. The lane's warm rsync was started
+/// in the old one (its working directory): handed the new root's paths, it found none and,
+/// with `--ignore-missing-args`, succeeded having sent nothing (the fanotify variant of
+/// `watch_backends::a_root_deleted_and_made_again_*` failed so once in the clean-clone CI
+/// of 216d408: `third` never arrived). A warm rsync is handed a batch only while it works
+/// in the directory that is the root now. (This inotify test did not reproduce that
+/// failure here, with or without the fix: it guards the sequence, it does not prove it.)
+#[test]
+fn a_root_made_again_never_gets_the_warm_rsync_of_the_old_one() {
+    let Some(env) = Env::new(&["web"]) else {
+        return;
+    };
+    let root = env.src().join("root");
+    fs::create_dir(&root).unwrap();
+    let daemon = SersyncdBuilder::new()
+        .root(&root, &[env.rsyncd.remote("web")])
+        .rsyncd(&env.rsyncd)
+        .start();
+    write(&root, "first", "1\n");
+    wait_converged(&root, env.replica(), CONVERGE);
+    fresh_warm(&daemon);
+    fs::remove_dir_all(&root).unwrap();
+    wait_for("the root to be lost", Duration::from_secs(15), || {
+        daemon
+            .log()
+            .contains("watch root was deleted or moved away")
+    });
+    fs::create_dir(&root).unwrap();
+    write(&root, "second", "2\n");
+    wait_for(
+        "the root to be watched again",
+        Duration::from_secs(20),
+        || daemon.log().contains("watching root again"),
+    );
+    wait_converged(&root, env.replica(), CONVERGE);
+    write(&root, "third/deep", "3\n");
+    wait_converged(&root, env.replica(), CONVERGE);
+}
