@@ -170,12 +170,7 @@ impl Pool {
     pub(super) fn offer(&self, runner: &Runner, lane: LaneId, spec: Spec) {
         {
             let state = self.lock();
-            if state.closed
-                || state.paused
-                || state.generation != spec.generation
-                || state.cold.contains(&spec.destination)
-                || state.idle.contains_key(&lane)
-            {
+            if !state.wants(lane, &spec) {
                 return;
             }
         }
@@ -282,6 +277,17 @@ impl Pool {
 }
 
 impl State {
+    /// Whether a warm process for `lane` to `spec` should be started now: the pool is open
+    /// and not paused, no reload came since `spec` was made, the destination takes warm
+    /// processes, and the lane has none idle.
+    fn wants(&self, lane: LaneId, spec: &Spec) -> bool {
+        !self.closed
+            && !self.paused
+            && self.generation == spec.generation
+            && !self.cold.contains(&spec.destination)
+            && !self.idle.contains_key(&lane)
+    }
+
     fn end_all(&mut self) {
         let lanes: Vec<LaneId> = self.idle.keys().copied().collect();
         for lane in lanes {
@@ -540,12 +546,7 @@ fn start(runner: &Runner, lane: LaneId, spec: Spec) {
     }
     {
         let state = runner.warm.lock();
-        if state.closed
-            || state.paused
-            || state.generation != spec.generation
-            || state.cold.contains(&spec.destination)
-            || state.idle.contains_key(&lane)
-        {
+        if !state.wants(lane, &spec) {
             return;
         }
     }

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::{CONVERGE, Env, wait_converged, write};
+use crate::harness::{CONVERGE, Env, SersyncdBuilder, wait_converged, write};
 
 /// 6 MiB of bytes that do not compress (`-z` is on), different for each `seed`.
 fn random_bytes(seed: u64) -> Vec<u8> {
@@ -147,14 +147,18 @@ fn a_stop_that_ends_a_large_upload_leaves_it_owed_to_the_next_start() {
 /// the extra `args`.
 fn start_with(env: &Env, kib_per_s: u32, args: &[&str]) -> crate::harness::Sersyncd {
     env.start(|b| {
-        let mut b = b
-            .common_params(&format!("-artuz --bwlimit={kib_per_s}"))
-            .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#);
+        let mut b = slow_uploads(b, kib_per_s);
         for arg in args {
             b = b.arg(arg);
         }
         b
     })
+}
+
+/// Uploads limited to `kib_per_s`, files of 1 MiB or more large.
+fn slow_uploads(b: SersyncdBuilder, kib_per_s: u32) -> SersyncdBuilder {
+    b.common_params(&format!("-artuz --bwlimit={kib_per_s}"))
+        .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#)
 }
 
 /// Waits until the daemon's log holds `needle`; false after `within`.
@@ -183,11 +187,7 @@ fn a_checkpoint_during_a_large_upload_waits_for_the_large_file() {
     let Some(env) = Env::new(&["web"]) else {
         return;
     };
-    let daemon = env.start(|b| {
-        on_bus(b, &bus, "web")
-            .common_params("-artuz --bwlimit=1024")
-            .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#)
-    });
+    let daemon = env.start(|b| slow_uploads(on_bus(b, &bus, "web"), 1024));
     let big = random_bytes(11);
     fs::write(env.src().join("big.iso"), &big).unwrap();
     assert!(
@@ -376,11 +376,7 @@ fn pause_during_a_large_upload_then_resume_ends_equal() {
     let Some(env) = Env::new(&["web"]) else {
         return;
     };
-    let daemon = env.start(|b| {
-        on_bus(b, &bus, "web")
-            .common_params("-artuz --bwlimit=2048")
-            .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#)
-    });
+    let daemon = env.start(|b| slow_uploads(on_bus(b, &bus, "web"), 2048));
     fs::write(env.src().join("big.iso"), random_bytes(41)).unwrap();
     assert!(
         log_says(&daemon, HANDED, Duration::from_secs(5)),
@@ -476,11 +472,7 @@ fn a_full_sync_is_not_starved_by_large_files_that_keep_coming() {
     let Some(env) = Env::new(&["web"]) else {
         return;
     };
-    let daemon = env.start(|b| {
-        on_bus(b, &bus, "web")
-            .common_params("-artuz --bwlimit=1536")
-            .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#)
-    });
+    let daemon = env.start(|b| slow_uploads(on_bus(b, &bus, "web"), 1536));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = Arc::clone(&stop);
@@ -618,18 +610,18 @@ fn with_two_workers_and_two_remotes_small_files_do_not_wait_for_large_uploads() 
 /// equal, with what was written between and after the reloads.
 #[test]
 fn a_remote_removed_and_re_added_by_reloads_during_a_large_upload_ends_equal() {
-    use crate::harness::SersyncdBuilder;
     let Some(env) = Env::new(&["web", "mirror"]) else {
         return;
     };
     let xml = |names: &[&str]| -> String {
         let remotes: Vec<_> = names.iter().map(|m| env.rsyncd.remote(m)).collect();
-        SersyncdBuilder::new()
-            .root(env.src(), &remotes)
-            .rsyncd(&env.rsyncd)
-            .common_params("-artuz --bwlimit=1024")
-            .raw_sersync_xml(r#"<queue largeFiles="1M"/>"#)
-            .xml()
+        slow_uploads(
+            SersyncdBuilder::new()
+                .root(env.src(), &remotes)
+                .rsyncd(&env.rsyncd),
+            1024,
+        )
+        .xml()
     };
     let mut daemon = start(&env);
     let reload = |daemon: &mut crate::harness::Sersyncd, xml: String, nth: usize| {
