@@ -10,7 +10,9 @@
 //!   read misses was created after the watch existed and has its own event;
 //! - `IN_MOVED_FROM`/`IN_MOVED_TO` are paired by cookie (also across read boundaries); an
 //!   unpaired `IN_MOVED_FROM` is a removal and the watches of the moved-away subtree are
-//!   dropped so events from outside the tree never arrive under a stale name;
+//!   dropped so events from outside the tree never arrive under a stale name; a pair whose
+//!   source directory was dropped meanwhile is a directory moved in (sent and watched), and
+//!   one whose destination left the tree is a move out;
 //! - `IN_Q_OVERFLOW` is reported as [`WatchEvent::Overflow`] (the daemon rescans);
 //! - each root has a watcher (thread and inotify instance) of its own, so a root on a hung
 //!   filesystem (a blocked `read_dir` or `lstat`) stalls only itself; its [`Heartbeat`]
