@@ -1921,13 +1921,19 @@ impl Daemon {
                         continue;
                     }
                     let mut action = change.action;
-                    if action == Action::Arrived {
+                    if action == Action::Arrived
+                        && self.undo_stale_arrival(change.root, &change.path)
+                    {
+                        action = Action::Remove { dir: false };
+                    } else if action == Action::Arrived {
                         self.record_arrival(change.root, &change.path);
                     } else if let Action::Remove { dir } = action {
-                        if self.removed_by_peer(change.root, &change.path, dir) {
+                        // A file unlinked here is this host's: the peer's runs rename.
+                        let own = change.unlinked && !dir;
+                        if !own && self.removed_by_peer(change.root, &change.path, dir) {
                             action = Action::Arrived;
                         } else {
-                            self.record_removal(change.root, &change.path);
+                            self.record_removal(change.root, &change.path, own);
                         }
                     }
                     self.queue.push(change.root, &change.path, action);
@@ -2654,7 +2660,12 @@ impl Daemon {
                     u64::try_from(meta.ctime()).unwrap_or(0),
                     u32::try_from(meta.ctime_nsec()).unwrap_or(0),
                 );
-            let recent = changed + RECENT >= now;
+            // Moved there after this host last saw the path removed itself: a removal of
+            // ours (undoing a stale arrival, say) is never the peer's.
+            let recent = changed + RECENT >= now
+                && versions
+                    .removed_at(path)
+                    .is_none_or(|removed| removed < changed);
             let same = if is_dir {
                 meta.is_dir()
             } else {
@@ -2664,6 +2675,74 @@ impl Daemon {
             };
             recent && same
         })
+    }
+
+    /// Two-way mode: whether what just arrived at `path` is a version this host had and
+    /// then saw deleted here moments ago, brought back (by the peer's full sync after a
+    /// restart, by a pull of this host's full sync, or by an older run) racing that
+    /// deletion: it is removed again, and the deletion goes on to the peer, whose copy is
+    /// that old version. Without this, the arrival would void the pending deletion, and
+    /// the deleted file would live on both sides. Any other version stays.
+    fn undo_stale_arrival(&self, root: RootId, path: &[u8]) -> bool {
+        /// How long after a deletion an old version coming back counts as racing it: a
+        /// restore of that version on the peer within this time is undone too (it stays
+        /// in the peer's soft-delete directory).
+        const RACING: Duration = Duration::from_secs(60);
+        let Some(lane) = self.lanes.iter().find(|lane| lane.root == root) else {
+            return false;
+        };
+        let Some(versions) = &lane.context.versions else {
+            return false;
+        };
+        let Some((removed_at, unlinked)) = versions.removal(path) else {
+            return false;
+        };
+        let now = std::time::SystemTime::now();
+        if now.duration_since(removed_at).unwrap_or_default() > RACING {
+            return false;
+        }
+        let abs = crate::relpath::absolute(&lane.context.root, path);
+        let Ok(meta) = std::fs::symlink_metadata(&abs) else {
+            return false;
+        };
+        if meta.is_dir() {
+            return false;
+        }
+        // Judged like the deletion run judges the peer's copy (`two_way::spared`): a
+        // version this host had before it saw the deletion, or, for a path or a version
+        // older than its history (since a restart), one modified before the deletion
+        // (here to the nanosecond, where a listing shows seconds). By time only after a
+        // file was unlinked here: a removal that was a rename away may have been the
+        // peer's run moving the old copy aside for the new version that arrives now.
+        let version = crate::sync::two_way::Version::of(&meta);
+        let history = versions.history(path);
+        let mut had = history
+            .iter()
+            .filter(|known| known.version == version)
+            .peekable();
+        let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        let stale = if had.peek().is_some() {
+            had.any(|known| known.since <= removed_at)
+        } else if history.is_empty() || modified < versions.complete_since() {
+            unlinked && modified < removed_at
+        } else {
+            false
+        };
+        if !stale {
+            return false;
+        }
+        match std::fs::remove_file(&abs) {
+            Ok(()) => {
+                versions.record_removal(path, true);
+                tracing::info!(
+                    sersync_path = %String::from_utf8_lossy(path),
+                    "two-way: the peer sent back a version deleted here moments ago; \
+                     removed again, and the deletion goes on"
+                );
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Two-way mode: the version the peer just put at `path` is one this host had.
@@ -2678,12 +2757,12 @@ impl Daemon {
 
     /// Two-way mode: this host saw `path` removed now (its deletion spares only the
     /// versions it had before).
-    fn record_removal(&self, root: RootId, path: &[u8]) {
+    fn record_removal(&self, root: RootId, path: &[u8], unlinked: bool) {
         let Some(lane) = self.lanes.iter().find(|lane| lane.root == root) else {
             return;
         };
         if let Some(versions) = &lane.context.versions {
-            versions.record_removal(path);
+            versions.record_removal(path, unlinked);
         }
     }
 

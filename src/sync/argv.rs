@@ -663,6 +663,20 @@ pub fn deletion_listing(transport: &Transport) -> Vec<OsString> {
     argv
 }
 
+/// Two-way mode: the argv of a run that leaves the notice `name` (a file in the run's
+/// working directory) in the peer's incoming directory, where its watcher reads it
+/// (`super::two_way::Announced`). The connection's options only: nothing of the user's
+/// may change where it lands or what it holds.
+pub fn notice(transport: &Transport, name: &str) -> Vec<OsString> {
+    let mut argv = transport.connection();
+    argv.push(OsString::from(name));
+    let mut destination = transport.destination();
+    destination.push(super::two_way::INCOMING);
+    destination.push("/");
+    argv.push(destination);
+    argv
+}
+
 /// Two-way mode: the options of a run that pulls from the peer into the root (the working
 /// directory): the user's, newest wins, and what it replaces here kept in the local
 /// `<softDelete>` directory (relative to the destination, which is here).

@@ -172,6 +172,14 @@ impl JobContext {
             .map_or(self.changes_since, |at| at.max(self.changes_since))
     }
 
+    /// Two-way mode: since when [`JobContext::history`] knows every version this host
+    /// had ([`two_way::Versions::complete_since`]).
+    pub fn history_complete_since(&self) -> std::time::SystemTime {
+        self.versions
+            .as_ref()
+            .map_or(std::time::UNIX_EPOCH, |versions| versions.complete_since())
+    }
+
     /// Two-way mode: the versions this host had at `path` (none outside that mode).
     pub fn history(&self, path: &[u8]) -> Vec<two_way::Known> {
         self.versions

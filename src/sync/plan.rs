@@ -21,6 +21,7 @@
 use std::ffi::OsString;
 
 use super::argv::{self, FullSyncRules};
+use super::two_way::Announced;
 use super::{JobContext, RunResult};
 use crate::config::Filter;
 use crate::queue::{Action, Batch, FullSyncReason, Job, RelPath};
@@ -57,6 +58,9 @@ pub enum At {
     /// A fresh skeleton holding only these directories (the empty ancestors of what a
     /// deletion run removes).
     Skeleton(Vec<Vec<u8>>),
+    /// A fresh scratch directory holding only the file `name` with `contents` (a notice
+    /// for the peer, see [`super::two_way::Announced`]).
+    Holding { name: String, contents: Vec<u8> },
 }
 
 /// One rsync run.
@@ -176,6 +180,10 @@ pub trait Edge {
     fn top_level_dirs(&mut self) -> Vec<Vec<u8>>;
     /// Which of `paths` are directories here now (not symlinks to one).
     fn are_directories(&mut self, paths: &[&[u8]]) -> Vec<bool>;
+    /// Two-way mode: what rsync would make in place on the peer for each of `paths` (a
+    /// directory, a symlink, a special file), as it is here now; `None` for a regular
+    /// file or nothing.
+    fn in_place(&mut self, paths: &[&[u8]]) -> Vec<Option<Announced>>;
 }
 
 /// What a batch deletes, sends and syncs recursively, from what is at its paths now.
@@ -472,10 +480,29 @@ impl<E: Edge> Plan<'_, E> {
                 .iter()
                 .any(|target| is_at_or_below(&entry.path, target))
         });
+        // Only what the listing showed is deleted. A target the peer did not have is
+        // what it made anew after the listing if it is there when the run comes (an
+        // empty directory the peer deleted here, seen here and sent back as a deletion
+        // while the peer's writer made it again: rsync's --backup keeps no empty
+        // directory, so the peer's removal of one cannot be told from this host's).
+        let present: Vec<&[u8]> = delete
+            .iter()
+            .copied()
+            .filter(|target| listed.iter().any(|entry| entry.path == *target))
+            .collect();
+        if present.is_empty() {
+            return listing;
+        }
+        let (rules, ancestors) = if present.len() == delete.len() {
+            (rules, ancestors)
+        } else {
+            argv::deletion_rules(present.iter().copied())
+        };
         let newer = super::two_way::spared(
             &listed,
             |path| ctx.deleted_at(path),
             |path| ctx.history(path),
+            ctx.history_complete_since(),
         );
         // A directory that is a directory here too is not deleted there (it would be sent
         // again; a deletion seen here and sent back while the peer made the directory anew
@@ -505,6 +532,22 @@ impl<E: Edge> Plan<'_, E> {
         skeleton.extend(here);
         skeleton.sort_unstable();
         skeleton.dedup();
+        // The directories the run removes, which leave nothing in the soft-delete
+        // directory when they are empty: announced, or the peer sends their removal back.
+        let removed: Vec<(Vec<u8>, Announced)> = listed
+            .iter()
+            .filter(|entry| entry.size == super::two_way::Version::DIRECTORY.size)
+            .filter(|entry| {
+                !skeleton
+                    .iter()
+                    .chain(&newer)
+                    .any(|kept| is_at_or_below(kept, &entry.path))
+            })
+            .map(|entry| (entry.path.clone(), Announced::Removed))
+            .collect();
+        if let Some(failed) = self.announce(&removed, ctx) {
+            return failed;
+        }
         let mut stdin = Vec::new();
         for path in &newer {
             stdin.extend(argv::protect_rule(path));
@@ -592,10 +635,27 @@ impl<E: Edge> Plan<'_, E> {
         if !listing.result.is_done() {
             return listing;
         }
-        let stale =
-            super::two_way::stale(&super::two_way::parse_listing(&listing.stdout), |path| {
-                ctx.history(path)
-            });
+        let listed = super::two_way::parse_listing(&listing.stdout);
+        let stale = super::two_way::stale(&listed, |path| ctx.history(path));
+        // What rsync makes in place there: the directories, symlinks and special files
+        // sent, and the ancestors the peer lacks (made by --relative).
+        let mut in_place: Vec<&[u8]> = paths.to_vec();
+        for path in paths {
+            in_place.extend(
+                crate::relpath::ancestors(path)
+                    .filter(|ancestor| !listed.iter().any(|entry| entry.path == *ancestor)),
+            );
+        }
+        in_place.sort_unstable();
+        in_place.dedup();
+        let made: Vec<(Vec<u8>, Announced)> = in_place
+            .iter()
+            .zip(self.edge.in_place(&in_place))
+            .filter_map(|(path, made)| Some((path.to_vec(), made?)))
+            .collect();
+        if let Some(failed) = self.announce(&made, ctx) {
+            return failed;
+        }
         let newest: Vec<&[u8]> = paths
             .iter()
             .copied()
@@ -613,6 +673,26 @@ impl<E: Edge> Plan<'_, E> {
         let (argv, stdin) = argv::batch_replacing(&ctx.transport, &stale, self.args_budget);
         let replaced = self.edge.run(RunSpec::at_root(argv, stdin));
         Run::worst([sent, replaced])
+    }
+
+    /// Two-way mode: leaves a notice of `entries` in the peer's incoming directory for
+    /// its watcher, before the run that makes or removes them there in place (see
+    /// [`Announced`]); the failed run if it could not.
+    fn announce(&mut self, entries: &[(Vec<u8>, Announced)], ctx: &JobContext) -> Option<Run> {
+        if entries.is_empty() {
+            return None;
+        }
+        let name = super::two_way::notice_name();
+        let noticed = self.edge.run(RunSpec {
+            argv: argv::notice(&ctx.transport, &name),
+            stdin: Vec::new(),
+            at: At::Holding {
+                name,
+                contents: super::two_way::encode_notice(entries),
+            },
+            capture_stdout: false,
+        });
+        (!noticed.result.is_done()).then_some(noticed)
     }
 
     /// The send run of `paths` (listed), from the root.

@@ -16,6 +16,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use super::plan::{self, At, Run, RunSpec};
+use super::two_way::Announced;
 use super::{JobContext, RunResult, Runner, Secret, argv, facts, identity, warm};
 use crate::queue::{Batch, LaneId};
 
@@ -105,12 +106,27 @@ impl Runner {
     pub(super) fn skeleton(&self, dirs: &[Vec<u8>], ctx: &JobContext) -> std::io::Result<Skeleton> {
         match &ctx.identity {
             // Made as that user, so that it is theirs without CAP_CHOWN.
-            Some(identity) => identity.creating_as(|| self.make_skeleton(dirs, true))?,
-            None => self.make_skeleton(dirs, false),
+            Some(identity) => identity.creating_as(|| self.make_skeleton(dirs, None, true))?,
+            None => self.make_skeleton(dirs, None, false),
         }
     }
 
-    fn make_skeleton(&self, dirs: &[Vec<u8>], for_user: bool) -> std::io::Result<Skeleton> {
+    /// Like [`Runner::skeleton`], holding one file `name` with `contents` (mode 0644: the
+    /// peer's watcher reads it whoever its daemon writes as) and no directories.
+    fn holding(&self, name: &str, contents: &[u8], ctx: &JobContext) -> std::io::Result<Skeleton> {
+        let file = Some((name, contents));
+        match &ctx.identity {
+            Some(identity) => identity.creating_as(|| self.make_skeleton(&[], file, true))?,
+            None => self.make_skeleton(&[], file, false),
+        }
+    }
+
+    fn make_skeleton(
+        &self,
+        dirs: &[Vec<u8>],
+        file: Option<(&str, &[u8])>,
+        for_user: bool,
+    ) -> std::io::Result<Skeleton> {
         use nix::fcntl::OFlag;
         use nix::sys::stat::Mode;
         // rsync opens its source by absolute path (from getcwd), so a run that takes a
@@ -157,6 +173,22 @@ impl Runner {
                 }
                 parent = Some(open_dir(at, name)?);
             }
+        }
+        if let Some((name, contents)) = file {
+            let fd = nix::fcntl::openat(
+                skeleton.dir.as_fd(),
+                name,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )?;
+            let mut written = std::fs::File::from(fd);
+            std::io::Write::write_all(&mut written, contents)?;
+            // The umask may have taken bits the reader needs.
+            written.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         }
         Ok(skeleton)
     }
@@ -642,6 +674,13 @@ impl JobEdge<'_> {
                 Ok(skeleton) => runner.run(lane, &argv, skeleton.cwd(), stdin, ctx, capture_stdout),
                 Err(failed) => failed,
             },
+            At::Holding { name, contents } => match runner.holding(&name, &contents, ctx) {
+                Ok(skeleton) => runner.run(lane, &argv, skeleton.cwd(), stdin, ctx, capture_stdout),
+                Err(err) => Run::ended(RunResult::SpawnFailed {
+                    kind: err.kind(),
+                    message: format!("cannot prepare {name}: {err}"),
+                }),
+            },
         }
     }
 
@@ -667,6 +706,9 @@ impl JobEdge<'_> {
                 }
                 Err(failed) => return vec![failed],
             },
+            At::Holding { .. } => {
+                unreachable!("a notice is one run, never run beside others")
+            }
         };
         let runs = specs
             .into_iter()
@@ -833,6 +875,17 @@ impl plan::Edge for JobEdge<'_> {
             })
             .collect()
     }
+
+    fn in_place(&mut self, paths: &[&[u8]]) -> Vec<Option<Announced>> {
+        paths
+            .iter()
+            .map(|path| {
+                let abs = crate::relpath::absolute(&self.ctx.root, path);
+                let meta = std::fs::symlink_metadata(&abs).ok()?;
+                Announced::of(&abs, &meta)
+            })
+            .collect()
+    }
 }
 
 /// Bytes read plus bytes written by process `pid` so far (`rchar + wchar` of
@@ -967,7 +1020,7 @@ mod tests {
         let dir = scratch("skeleton");
         let runner = Runner::new(PathBuf::from("/bin/false"), dir.clone(), 2);
         let dirs: Vec<Vec<u8>> = vec![b"a".to_vec(), b"a/b".to_vec(), b"c//d".to_vec()];
-        let skeleton = runner.make_skeleton(&dirs, false).unwrap();
+        let skeleton = runner.make_skeleton(&dirs, None, false).unwrap();
         let top = skeleton.path.clone();
         assert_eq!(top.parent(), Some(dir.as_path()));
         let mut found: Vec<String> = Vec::new();

@@ -52,7 +52,21 @@ pub fn prepare_incoming(root: &std::path::Path) -> std::io::Result<()> {
     let meta = std::fs::metadata(root)?;
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Notices left while this host was not watching: what their runs did is
+            // found by the full sync that follows, and they would announce it for ever.
+            for entry in std::fs::read_dir(&dir)?.flatten() {
+                use std::os::unix::ffi::OsStrExt;
+                if entry
+                    .file_name()
+                    .as_bytes()
+                    .starts_with(NOTICE_PREFIX.as_bytes())
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            return Ok(());
+        }
         Err(err) => return Err(err),
     }
     std::os::unix::fs::chown(&dir, Some(meta.uid()), Some(meta.gid()))?;
@@ -109,6 +123,144 @@ pub fn refused_option(word: &str) -> Option<&'static str> {
     None
 }
 
+/// The names of the notices a host's runs leave in the peer's [`INCOMING`] directory.
+pub const NOTICE_PREFIX: &str = "sersync-notice.";
+
+/// What a run is about to make or remove in place on the peer, told to the peer's
+/// watcher beforehand by a notice (see [`encode_notice`]): rsync writes regular files
+/// through [`INCOMING`], where the watcher tells them by their rename, but it makes
+/// directories, symlinks and special files where they belong, and removes an empty
+/// directory without leaving anything in the soft-delete directory. Without the notice
+/// the peer cannot tell these from its own user's changes, and sends them back (an echo
+/// that recreates what was deleted meanwhile, or deletes what was made anew).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announced {
+    /// A directory with this mode (permission bits) is there.
+    Directory { mode: u32 },
+    /// A symlink to this target is there.
+    Symlink { target: Vec<u8> },
+    /// Another type (a FIFO, a device, a socket) is there.
+    Special,
+    /// The directory that was there is gone.
+    Removed,
+}
+
+impl Announced {
+    /// What is at a path now, as a notice would tell it (`None` for a regular file, which
+    /// arrives through [`INCOMING`]).
+    pub fn of(path: &std::path::Path, meta: &std::fs::Metadata) -> Option<Announced> {
+        use std::os::unix::fs::PermissionsExt;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            Some(Announced::Directory {
+                mode: meta.permissions().mode() & 0o7777,
+            })
+        } else if kind.is_symlink() {
+            use std::os::unix::ffi::OsStrExt;
+            let target = std::fs::read_link(path).ok()?;
+            Some(Announced::Symlink {
+                target: target.as_os_str().as_bytes().to_vec(),
+            })
+        } else if kind.is_file() {
+            None
+        } else {
+            Some(Announced::Special)
+        }
+    }
+
+    /// Whether `now` (what is at the path here, `None` when nothing is) is what was
+    /// announced: then the change seen here is the peer's, which has it already.
+    pub fn is_met_by(&self, now: Option<&Announced>) -> bool {
+        match (self, now) {
+            (Announced::Removed, None) => true,
+            (Announced::Removed, Some(_)) | (_, None) => false,
+            (announced, Some(now)) => announced == now,
+        }
+    }
+}
+
+/// A new notice's name: unique among this host's notices (the peer may not have read the
+/// last ones yet, and a notice renamed over another would lose it).
+pub fn notice_name() -> String {
+    static NOTICES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{NOTICE_PREFIX}{}.{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos()),
+        NOTICES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// A notice's bytes: one record per entry, each `KIND PATH` and NUL, where KIND is `d`
+/// and the octal mode and a space (a directory), `l` (a symlink: its target follows as a
+/// record of its own), `s` (a special file) or `r` (removed). Paths are relative to the
+/// root, raw bytes (NUL cannot be in a path).
+pub fn encode_notice(entries: &[(Vec<u8>, Announced)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (path, announced) in entries {
+        match announced {
+            Announced::Directory { mode } => out.extend(format!("d{mode:o} ").as_bytes()),
+            Announced::Symlink { .. } => out.push(b'l'),
+            Announced::Special => out.push(b's'),
+            Announced::Removed => out.push(b'r'),
+        }
+        out.extend_from_slice(path);
+        out.push(0);
+        if let Announced::Symlink { target } = announced {
+            out.extend_from_slice(target);
+            out.push(0);
+        }
+    }
+    out
+}
+
+/// The entries of a notice ([`encode_notice`]); records that do not parse end it (the
+/// peer's notice is trusted like the rest of what it writes here, but read defensively).
+pub fn decode_notice(bytes: &[u8]) -> Vec<(Vec<u8>, Announced)> {
+    let mut entries = Vec::new();
+    let mut records = bytes.split(|&b| b == 0);
+    while let Some(record) = records.next() {
+        let Some((&kind, rest)) = record.split_first() else {
+            break;
+        };
+        let (path, announced) = match kind {
+            b'd' => {
+                let Some(space) = rest.iter().position(|&b| b == b' ') else {
+                    break;
+                };
+                let Some(mode) = std::str::from_utf8(&rest[..space])
+                    .ok()
+                    .and_then(|m| u32::from_str_radix(m, 8).ok())
+                else {
+                    break;
+                };
+                (&rest[space + 1..], Announced::Directory { mode })
+            }
+            b'l' => {
+                let Some(target) = records.next().filter(|t| !t.is_empty()) else {
+                    break;
+                };
+                (
+                    rest,
+                    Announced::Symlink {
+                        target: target.to_vec(),
+                    },
+                )
+            }
+            b's' => (rest, Announced::Special),
+            b'r' => (rest, Announced::Removed),
+            _ => break,
+        };
+        if path.is_empty() || path.starts_with(b"/") {
+            break;
+        }
+        entries.push((path.to_vec(), announced));
+    }
+    entries
+}
+
 /// A version of a file, as far as an rsync listing can tell versions apart: its
 /// modification time in whole seconds and its size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,13 +273,19 @@ pub struct Version {
 /// what it sent (stated when the job looked at the path) and what arrived from the peer.
 /// A deletion removes the peer's copy only when it is one of them, known before the
 /// deletion was seen ([`spared`]). Bounded: forgetting costs a resurrection at worst.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Versions {
     known: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Vec<Known>>>,
+    /// Since when `known` holds every version this host had (its start, or when the
+    /// bound made it start over): an older version it does not know may still have been
+    /// one of its own ([`spared`] judges those by time).
+    complete_since: std::sync::Mutex<std::time::SystemTime>,
     /// When this host last saw each path removed (by itself, not by the peer's run): a
     /// deletion is judged against its own moment, not the oldest change of its job, which
-    /// may be older than a version that arrived just before the removal.
-    removed: std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::time::SystemTime>>,
+    /// may be older than a version that arrived just before the removal. And whether that
+    /// removal was certainly this host's own: a file unlinked, not renamed away (the
+    /// peer's runs rename what they remove into the soft-delete directory).
+    removed: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (std::time::SystemTime, bool)>>,
 }
 
 /// A version, and when this host first had it.
@@ -142,12 +300,26 @@ pub struct Known {
 const VERSIONS_KEPT: usize = 200_000;
 const VERSIONS_PER_PATH: usize = 4;
 
+impl Default for Versions {
+    fn default() -> Versions {
+        Versions {
+            known: std::sync::Mutex::default(),
+            complete_since: std::sync::Mutex::new(std::time::SystemTime::now()),
+            removed: std::sync::Mutex::default(),
+        }
+    }
+}
+
 impl Versions {
     pub fn record(&self, path: &[u8], version: Version) {
         let now = std::time::SystemTime::now();
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() >= VERSIONS_KEPT && !known.contains_key(path) {
             known.clear();
+            *self
+                .complete_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = now;
         }
         let history = known.entry(path.to_vec()).or_default();
         // A version sent again is still known since it first was.
@@ -171,32 +343,48 @@ impl Versions {
         }
     }
 
+    /// Since when every version this host had is known (see [`spared`]).
+    pub fn complete_since(&self) -> std::time::SystemTime {
+        *self
+            .complete_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn history(&self, path: &[u8]) -> Vec<Known> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known.get(path).cloned().unwrap_or_default()
     }
 
-    /// This host saw `path` removed now.
-    pub fn record_removal(&self, path: &[u8]) {
-        self.record_removal_at(path, std::time::SystemTime::now());
+    /// This host saw `path` removed now; `unlinked`: certainly by itself (see
+    /// [`Versions::removal`]).
+    pub fn record_removal(&self, path: &[u8], unlinked: bool) {
+        self.record_removal_at(path, std::time::SystemTime::now(), unlinked);
     }
 
-    fn record_removal_at(&self, path: &[u8], at: std::time::SystemTime) {
+    fn record_removal_at(&self, path: &[u8], at: std::time::SystemTime, unlinked: bool) {
         let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
         if removed.len() >= VERSIONS_KEPT && !removed.contains_key(path) {
             removed.clear();
         }
-        removed.insert(path.to_vec(), at);
+        removed.insert(path.to_vec(), (at, unlinked));
     }
 
     /// When this host last saw `path` or one of its ancestors removed (the latest), if it
     /// remembers: a deletion of `path` run now removes only versions it had before then.
     pub fn removed_at(&self, path: &[u8]) -> Option<std::time::SystemTime> {
+        self.removal(path).map(|(at, _)| at)
+    }
+
+    /// [`Versions::removed_at`], and whether any of those removals was a file unlinked
+    /// here: certainly this host's own user's, where a rename away may have been the
+    /// peer's run moving a version into the soft-delete directory.
+    pub fn removal(&self, path: &[u8]) -> Option<(std::time::SystemTime, bool)> {
         let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
         std::iter::once(path)
             .chain(crate::relpath::ancestors(path))
             .filter_map(|p| removed.get(p).copied())
-            .max()
+            .reduce(|(a, a_unlinked), (b, b_unlinked)| (a.max(b), a_unlinked || b_unlinked))
     }
 }
 
@@ -303,17 +491,14 @@ pub fn parse_listing(stdout: &[u8]) -> Vec<Listed> {
             continue;
         }
         if kind == b'l' {
-            let mut any = false;
+            // The whole line is a reading too: a listing without `-l` (the deletion
+            // listing's) prints no target.
             for at in (0..name.len()).filter(|&i| name[i..].starts_with(b" -> ")) {
                 entries.push(Listed {
                     path: super::argv::unescape(&name[..at]),
                     mtime,
                     size,
                 });
-                any = true;
-            }
-            if any {
-                continue;
             }
         }
         entries.push(Listed {
@@ -353,24 +538,28 @@ fn utc_seconds(text: &[u8]) -> Option<i64> {
 /// path): any other version — modified on the peer, or one
 /// that reached this host only after the deletion (the peer's own deletion seen here and
 /// sent back, then the peer's new files) — is not this host's to delete. For a path this
-/// host knows nothing of (since its start), the time decides: a version of the deletion's
-/// second or later is kept (listings show whole seconds: resurrecting is the safe
-/// failure, deleting a newer version is not).
+/// host knows nothing of, or a version older than `complete_since` (before a restart,
+/// this host may have had it), the time decides: a version of the deletion's second or
+/// later is kept (listings show whole seconds: resurrecting is the safe failure,
+/// deleting a newer version is not).
 pub fn spared(
     listed: &[Listed],
     deleted_at: impl Fn(&[u8]) -> std::time::SystemTime,
     history: impl Fn(&[u8]) -> Vec<Known>,
+    complete_since: std::time::SystemTime,
 ) -> Vec<Vec<u8>> {
+    let seconds = |at: std::time::SystemTime| {
+        at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
+    };
+    let complete_second = seconds(complete_since);
     let mut spared: Vec<Vec<u8>> = listed
         .iter()
         .filter(|entry| !entry.path.is_empty())
         .filter(|entry| {
             let deleted_at = deleted_at(&entry.path);
-            let deleted_second = deleted_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| {
-                    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-                });
+            let deleted_second = seconds(deleted_at);
             let there = if entry.size == Version::DIRECTORY.size {
                 Version::DIRECTORY
             } else {
@@ -380,12 +569,14 @@ pub fn spared(
                 }
             };
             let history = history(&entry.path);
-            if history.is_empty() {
+            let mut had = history
+                .iter()
+                .filter(|known| known.version == there)
+                .peekable();
+            if had.peek().is_none() && (history.is_empty() || entry.mtime < complete_second) {
                 entry.mtime >= deleted_second
             } else {
-                !history
-                    .iter()
-                    .any(|known| known.version == there && known.since <= deleted_at)
+                !had.any(|known| known.since <= deleted_at)
             }
         })
         .map(|entry| entry.path.clone())
@@ -438,6 +629,61 @@ mod tests {
     }
 
     #[test]
+    fn notices_round_trip_and_stop_at_garbage() {
+        let entries = vec![
+            (b"a".to_vec(), Announced::Directory { mode: 0o2755 }),
+            (
+                b"a/l ink\n".to_vec(),
+                Announced::Symlink {
+                    target: b"../x y".to_vec(),
+                },
+            ),
+            (b"a/fifo".to_vec(), Announced::Special),
+            (b"-dash/ q'uote".to_vec(), Announced::Removed),
+        ];
+        let bytes = encode_notice(&entries);
+        assert_eq!(decode_notice(&bytes), entries);
+        let rows: &[(&[u8], usize)] = &[
+            (b"", 0),
+            (b"ra\0x\0rb\0", 1),
+            (b"d75 a\0dzz a\0", 1),
+            (b"la\0\0", 0),
+            (b"r/etc\0", 0),
+            (b"d755a\0", 0),
+        ];
+        for (bytes, count) in rows {
+            assert_eq!(decode_notice(bytes).len(), *count, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn announcements_are_met_only_by_the_same_entry() {
+        let dir = Announced::Directory { mode: 0o755 };
+        let link = Announced::Symlink {
+            target: b"t".to_vec(),
+        };
+        let rows: &[(&Announced, Option<&Announced>, bool)] = &[
+            (&dir, Some(&dir), true),
+            (&dir, Some(&Announced::Directory { mode: 0o700 }), false),
+            (&dir, None, false),
+            (&link, Some(&link), true),
+            (
+                &link,
+                Some(&Announced::Symlink {
+                    target: b"u".to_vec(),
+                }),
+                false,
+            ),
+            (&Announced::Removed, None, true),
+            (&Announced::Removed, Some(&dir), false),
+            (&Announced::Special, Some(&Announced::Special), true),
+        ];
+        for (announced, now, met) in rows {
+            assert_eq!(announced.is_met_by(*now), *met, "{announced:?} by {now:?}");
+        }
+    }
+
+    #[test]
     fn listings_table() {
         let listing = b"drwxr-xr-x          4,096 2026/12/07 03:10:11 .\n\
 drwxr-xr-x          4,096 2026/12/07 03:10:11 a\n\
@@ -476,6 +722,12 @@ garbage\n\
                 mtime: base + 2,
                 size: 3,
             },
+            // Without -l no target is printed: the whole line may be the name.
+            Listed {
+                path: b"a/link -> x".to_vec(),
+                mtime: base + 2,
+                size: 3,
+            },
             Listed {
                 path: b"a/b".to_vec(),
                 mtime: base + 2,
@@ -483,6 +735,11 @@ garbage\n\
             },
             Listed {
                 path: b"a/b -> c".to_vec(),
+                mtime: base + 2,
+                size: 3,
+            },
+            Listed {
+                path: b"a/b -> c -> d".to_vec(),
                 mtime: base + 2,
                 size: 3,
             },
@@ -531,8 +788,32 @@ garbage\n\
             ((99, u64::MAX), vec![], false),
         ];
         for ((mtime, size), history, kept) in rows {
-            let got = spared(&[listed(mtime, size)], |_| at(100), |_| history.clone());
+            let got = spared(
+                &[listed(mtime, size)],
+                |_| at(100),
+                |_| history.clone(),
+                UNIX_EPOCH,
+            );
             assert_eq!(!got.is_empty(), kept, "{mtime}/{size} with {history:?}");
+        }
+        // After a restart at 70, what this host had before is not known: a version it
+        // does not know from before then is judged by time, a later one is the peer's.
+        let restarted = vec![known(80, 6, 85)];
+        let rows: &[((i64, u64), bool)] = &[
+            ((50, 7), false),
+            ((69, 7), false),
+            ((70, 7), true),
+            ((101, 7), true),
+            ((80, 6), false),
+        ];
+        for ((mtime, size), kept) in rows {
+            let got = spared(
+                &[listed(*mtime, *size)],
+                |_| at(100),
+                |_| restarted.clone(),
+                at(70),
+            );
+            assert_eq!(!got.is_empty(), *kept, "{mtime}/{size} after a restart");
         }
         let many = |path: &[u8]| Listed {
             path: path.to_vec(),
@@ -543,6 +824,7 @@ garbage\n\
             &[many(b"b"), many(b"a"), many(b"b"), many(b"")],
             |_| at(100),
             |_| Vec::new(),
+            UNIX_EPOCH,
         );
         assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
     }
@@ -551,24 +833,25 @@ garbage\n\
     fn a_deletion_is_dated_by_the_latest_removal_of_its_path_or_an_ancestor() {
         let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
         let versions = Versions::default();
-        versions.record_removal_at(b"d", at(10));
-        versions.record_removal_at(b"d/e/f", at(20));
-        versions.record_removal_at(b"d", at(15));
-        versions.record_removal_at(b"x", at(30));
-        // (path, when its deletion was seen)
-        let rows: &[(&[u8], Option<u64>)] = &[
-            (b"d", Some(15)),
-            (b"d/e", Some(15)),
-            (b"d/e/f", Some(20)),
-            (b"d/e/f/g", Some(20)),
+        versions.record_removal_at(b"d", at(10), false);
+        versions.record_removal_at(b"d/e/f", at(20), true);
+        versions.record_removal_at(b"d", at(15), false);
+        versions.record_removal_at(b"x", at(30), false);
+        // (path, when its deletion was seen, whether a file was unlinked on the way)
+        type Row<'a> = (&'a [u8], Option<(u64, bool)>);
+        let rows: &[Row] = &[
+            (b"d", Some((15, false))),
+            (b"d/e", Some((15, false))),
+            (b"d/e/f", Some((20, true))),
+            (b"d/e/f/g", Some((20, true))),
             (b"dd", None),
-            (b"x/y", Some(30)),
+            (b"x/y", Some((30, false))),
             (b"y", None),
         ];
         for (path, expected) in rows {
             assert_eq!(
-                versions.removed_at(path),
-                expected.map(at),
+                versions.removal(path),
+                expected.map(|(secs, unlinked)| (at(secs), unlinked)),
                 "{}",
                 String::from_utf8_lossy(path)
             );
@@ -591,9 +874,18 @@ garbage\n\
                 .removed_at(path)
                 .map_or(oldest_change, |t| t.max(oldest_change))
         };
-        assert!(spared(std::slice::from_ref(&listed), deleted_at, |_| vec![arrived]).is_empty());
+        let epoch = std::time::UNIX_EPOCH;
+        assert!(
+            spared(
+                std::slice::from_ref(&listed),
+                deleted_at,
+                |_| vec![arrived],
+                epoch
+            )
+            .is_empty()
+        );
         assert_eq!(
-            spared(&[listed], |_| oldest_change, |_| vec![arrived]).len(),
+            spared(&[listed], |_| oldest_change, |_| vec![arrived], epoch).len(),
             1,
             "dated by the batch's oldest change, the arrival looked newer than the deletion"
         );
@@ -601,7 +893,7 @@ garbage\n\
 
     fn versions_with_removal(path: &[u8], at: std::time::SystemTime) -> Versions {
         let versions = Versions::default();
-        versions.record_removal_at(path, at);
+        versions.record_removal_at(path, at, false);
         versions
     }
 

@@ -54,6 +54,10 @@ pub struct Change {
     pub root: RootId,
     pub path: RelPath,
     pub action: Action,
+    /// The entry was unlinked or removed (`IN_DELETE`), not renamed away. Two-way mode
+    /// tells its own user's deletions of files by it: the peer's runs rename what they
+    /// remove or replace into the soft-delete directory.
+    pub unlinked: bool,
 }
 
 /// What the watcher reports to the daemon.
@@ -389,6 +393,10 @@ pub struct Watcher<F: FnMut(WatchEvent)> {
     /// that now holds the name. A plain rename over a directory removes it instead: its
     /// IN_ATTRIB (link count) or IN_DELETE_SELF comes first and clears this.
     displaced: Option<(i32, Vec<u8>, i32)>,
+    /// Two-way mode: what the peer's runs announced they make or remove in place here
+    /// (`crate::sync::two_way::Announced`), by path, until when: a change that leaves a
+    /// path as announced is the peer's, reported as [`Action::Arrived`].
+    announced: std::collections::HashMap<RelPath, (crate::sync::two_way::Announced, Instant)>,
 }
 
 impl<F: FnMut(WatchEvent)> std::fmt::Debug for Watcher<F> {
@@ -430,6 +438,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             limited_roots: Vec::new(),
             recent_creates: RecentCreates::default(),
             displaced: None,
+            announced: std::collections::HashMap::new(),
         })
     }
 
@@ -568,10 +577,91 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     }
 
     fn emit(&mut self, root: RootId, path: RelPath, action: Action) {
-        self.out.push(Change { root, path, action });
+        self.emit_change(root, path, action, false);
+    }
+
+    /// [`Watcher::emit`], saying whether the entry was unlinked ([`Change::unlinked`]).
+    fn emit_change(&mut self, root: RootId, path: RelPath, action: Action, unlinked: bool) {
+        let action = if self.announced.is_empty() {
+            action
+        } else {
+            self.as_announced(root, &path, action)
+        };
+        self.out.push(Change {
+            root,
+            path,
+            action,
+            unlinked,
+        });
         if self.out.len() >= CHANGE_CHUNK {
             let changes = std::mem::take(&mut self.out);
             (self.report)(WatchEvent::Changes(changes));
+        }
+    }
+
+    /// `action`, or [`Action::Arrived`] when the peer announced what is at `path` now
+    /// (made or removed by its run, see `crate::sync::two_way::Announced`): sent back, it
+    /// would undo what the peer did since. An announcement stays for the events that
+    /// follow (rsync sets a directory's times and mode after making it), until it expires;
+    /// a change that leaves the path otherwise is this host's.
+    fn as_announced(&mut self, root: RootId, path: &[u8], action: Action) -> Action {
+        use crate::sync::two_way::Announced;
+        if !matches!(
+            action,
+            Action::Sync | Action::Created | Action::Remove { .. }
+        ) {
+            return action;
+        }
+        let now = Instant::now();
+        self.announced.retain(|_, (_, until)| *until > now);
+        let Some((announced, _)) = self.announced.get(path) else {
+            return action;
+        };
+        let abs = self.abs_path(root, path);
+        let here = match std::fs::symlink_metadata(&abs) {
+            Err(_) => None,
+            Ok(meta) => match Announced::of(&abs, &meta) {
+                Some(here) => Some(here),
+                // A regular file is never announced: it arrives through the incoming
+                // directory.
+                None => return action,
+            },
+        };
+        if announced.is_met_by(here.as_ref()) {
+            Action::Arrived
+        } else {
+            action
+        }
+    }
+
+    /// Two-way mode: reads a notice the peer's run left in the incoming directory (and
+    /// removes it): what its next run makes or removes in place here.
+    fn read_notice(&mut self, root: RootId, dir_rel: &[u8], name: &[u8]) {
+        /// Long enough for the run the notice is for, and for this watcher to read that
+        /// run's events under load; short, because an announcement outliving its run
+        /// could pass a change of this host's for the peer's.
+        const ANNOUNCED_FOR: Duration = Duration::from_secs(30);
+        /// No notice is larger (a run of 100,000 directories is about 5 MB).
+        const NOTICE_MAX: u64 = 64 << 20;
+        let path = self.abs_path(root, &join(dir_rel, name));
+        let read = std::fs::File::open(&path).and_then(|file| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, NOTICE_MAX), &mut bytes)
+                .map(|_| bytes)
+        });
+        let _ = std::fs::remove_file(&path);
+        match read {
+            Ok(bytes) => {
+                let until = Instant::now() + ANNOUNCED_FOR;
+                for (path, announced) in crate::sync::two_way::decode_notice(&bytes) {
+                    self.announced.insert(path, (announced, until));
+                }
+            }
+            Err(err) => tracing::warn!(
+                notice = %path.display(),
+                "two-way: cannot read the peer's notice: {err} (its directories and \
+                 symlinks may be sent back)"
+            ),
         }
     }
 
@@ -894,7 +984,15 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         };
         let is_dir = mask.contains(EventMask::ISDIR);
         if self.spec.incoming.as_deref() == Some(dir_rel.as_slice()) {
-            // rsync's temporary files: only their renames into the tree matter.
+            // rsync's temporary files: only their renames into the tree matter, and the
+            // peer's notices (renamed into place here).
+            if mask.contains(EventMask::MOVED_TO)
+                && name.starts_with(crate::sync::two_way::NOTICE_PREFIX.as_bytes())
+            {
+                self.pending_moves.retain(|m| m.cookie != cookie);
+                self.read_notice(root, &dir_rel, &name);
+                return;
+            }
             if mask.contains(EventMask::MOVED_FROM) {
                 self.pending_moves.push(PendingMove {
                     cookie,
@@ -986,7 +1084,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             }
         } else if mask.contains(EventMask::DELETE) {
             if toggles.delete {
-                self.emit(root, rel, Action::Remove { dir: is_dir });
+                self.emit_change(root, rel, Action::Remove { dir: is_dir }, true);
             }
         } else if mask.intersects(EventMask::CLOSE_WRITE | EventMask::MODIFY)
             || (mask.contains(EventMask::ATTRIB) && toggles.attrib)
@@ -1110,6 +1208,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                         root: to_root,
                         path: old_rel,
                         action: Action::Remove { dir: true },
+                        unlinked: false,
                     });
                 }
                 if purge_new {
@@ -1117,12 +1216,14 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                         root: to_root,
                         path: new_rel.clone(),
                         action: Action::Remove { dir: true },
+                        unlinked: false,
                     });
                 }
                 changes.push(Change {
                     root: to_root,
                     path: new_rel,
                     action: Action::Sync,
+                    unlinked: false,
                 });
                 self.walk_report_only(id, &mut changes);
                 (self.report)(WatchEvent::Changes(changes));
@@ -1259,6 +1360,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     root,
                     path: rel.clone(),
                     action: Action::Sync,
+                    unlinked: false,
                 });
                 if is_dir {
                     let child = match self.tree.child(dir_id, &name) {

@@ -249,6 +249,7 @@ fn render(spec: &RunSpec) -> String {
             "skeleton[{}]",
             dirs.iter().map(|d| lossy(d)).collect::<Vec<_>>().join(",")
         ),
+        At::Holding { contents, .. } => format!("holding a notice of {}", lossy(contents)),
     };
     let mut text = spec
         .argv
@@ -392,6 +393,11 @@ impl Edge for Fake<'_> {
     fn are_directories(&mut self, paths: &[&[u8]]) -> Vec<bool> {
         // One-way cases never ask; two-way ones are tested end to end (tests/it/two_way.rs).
         vec![false; paths.len()]
+    }
+
+    fn in_place(&mut self, paths: &[&[u8]]) -> Vec<Option<super::Announced>> {
+        // Two-way only, like `are_directories`.
+        vec![None; paths.len()]
     }
 }
 

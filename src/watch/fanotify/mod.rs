@@ -467,6 +467,8 @@ impl<F: FnMut(WatchEvent)> FanWatcher<F> {
             root: self.root,
             path,
             action,
+            // Two-way mode watches with inotify only.
+            unlinked: false,
         });
         if self.out.len() >= CHANGE_CHUNK {
             self.flush();
