@@ -1921,11 +1921,12 @@ impl Daemon {
                         continue;
                     }
                     let mut action = change.action;
-                    if action == Action::Arrived
-                        && self.undo_stale_arrival(change.root, &change.path)
+                    let arrived = action == Action::Arrived;
+                    if matches!(action, Action::Arrived | Action::Sync | Action::Created)
+                        && self.undo_stale_arrival(change.root, &change.path, arrived)
                     {
                         action = Action::Remove { dir: false };
-                    } else if action == Action::Arrived {
+                    } else if arrived {
                         self.record_arrival(change.root, &change.path);
                     } else if let Action::Remove { dir } = action {
                         // A file unlinked here is this host's: the peer's runs rename.
@@ -2683,7 +2684,12 @@ impl Daemon {
     /// deletion: it is removed again, and the deletion goes on to the peer, whose copy is
     /// that old version. Without this, the arrival would void the pending deletion, and
     /// the deleted file would live on both sides. Any other version stays.
-    fn undo_stale_arrival(&self, root: RootId, path: &[u8]) -> bool {
+    ///
+    /// `arrived`: it came through the incoming directory; otherwise it was made in place
+    /// (a symlink the peer's full sync or a pull of this host's made, unannounced), and
+    /// only a symlink is judged (a user's new file or symlink has a new time, a copy the
+    /// old one's).
+    fn undo_stale_arrival(&self, root: RootId, path: &[u8], arrived: bool) -> bool {
         /// How long after a deletion an old version coming back counts as racing it: a
         /// restore of that version on the peer within this time is undone too (it stays
         /// in the peer's soft-delete directory).
@@ -2705,7 +2711,7 @@ impl Daemon {
         let Ok(meta) = std::fs::symlink_metadata(&abs) else {
             return false;
         };
-        if meta.is_dir() {
+        if meta.is_dir() || !(arrived || meta.file_type().is_symlink()) {
             return false;
         }
         // Judged like the deletion run judges the peer's copy (`two_way::spared`): a
@@ -2720,14 +2726,25 @@ impl Daemon {
             .iter()
             .filter(|known| known.version == version)
             .peekable();
+        // Whatever the history says, a copy of a version from before the deletion was
+        // modified before it, to the nanosecond: a version is told by whole seconds and
+        // size, and this host's user may have made the path again within the second.
         let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-        let stale = if had.peek().is_some() {
-            had.any(|known| known.since <= removed_at)
-        } else if history.is_empty() || modified < versions.complete_since() {
-            unlinked && modified < removed_at
-        } else {
-            false
-        };
+        let stale = modified < removed_at
+            && if had.peek().is_some() {
+                had.any(|known| known.since <= removed_at)
+            } else {
+                unlinked && (history.is_empty() || modified < versions.complete_since())
+            };
+        tracing::trace!(
+            sersync_path = %String::from_utf8_lossy(path),
+            ?version,
+            ?history,
+            ?removed_at,
+            unlinked,
+            stale,
+            "two-way: judged a return"
+        );
         if !stale {
             return false;
         }

@@ -184,6 +184,9 @@ pub trait Edge {
     /// directory, a symlink, a special file), as it is here now; `None` for a regular
     /// file or nothing.
     fn in_place(&mut self, paths: &[&[u8]]) -> Vec<Option<Announced>>;
+    /// Two-way mode: the version of each of `paths` here now (`None` for a directory or
+    /// nothing).
+    fn versions(&mut self, paths: &[&[u8]]) -> Vec<Option<super::two_way::Version>>;
 }
 
 /// What a batch deletes, sends and syncs recursively, from what is at its paths now.
@@ -613,6 +616,18 @@ impl<E: Edge> Plan<'_, E> {
         if offer.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;
         }
+        // Found in new directories: announced like a send's (see `send_newest`), the
+        // ancestors whether or not the peer has them (an announcement that is met
+        // already costs nothing).
+        let mut in_place: Vec<&[u8]> = offer.to_vec();
+        for path in offer {
+            in_place.extend(crate::relpath::ancestors(path));
+        }
+        in_place.sort_unstable();
+        in_place.dedup();
+        if let Some(failed) = self.announce_made(&in_place, ctx) {
+            return Run::worst([sent, failed]);
+        }
         let (mut argv, stdin) = argv::batch_listed(&ctx.transport, offer, self.args_budget);
         // Before the paths: rsync reads its options first.
         argv.insert(0, OsString::from("--ignore-existing"));
@@ -648,38 +663,67 @@ impl<E: Edge> Plan<'_, E> {
         }
         in_place.sort_unstable();
         in_place.dedup();
-        let made: Vec<(Vec<u8>, Announced)> = in_place
-            .iter()
-            .zip(self.edge.in_place(&in_place))
-            .filter_map(|(path, made)| Some((path.to_vec(), made?)))
-            .collect();
-        if let Some(failed) = self.announce(&made, ctx) {
+        if let Some(failed) = self.announce_made(&in_place, ctx) {
             return failed;
         }
+        let is_stale = |path: &[u8]| stale.iter().any(|s| s.as_slice() == path);
+        // A copy there that is newer than this host's and not a version it had: --update
+        // keeps it there, so it is pulled here, or the two sides would differ for good
+        // (this host's copy is older: renamed over the path, or restored, after a restart
+        // that forgot the versions that tell).
+        let peer_newer: Vec<&[u8]> = paths
+            .iter()
+            .copied()
+            .zip(self.edge.versions(paths))
+            .filter_map(|(path, here)| {
+                let here = here?;
+                let there = listed.iter().find(|entry| {
+                    entry.path == path && entry.size != super::two_way::Version::DIRECTORY.size
+                })?;
+                (there.mtime > here.mtime && !is_stale(path)).then_some(path)
+            })
+            .collect();
         let newest: Vec<&[u8]> = paths
             .iter()
             .copied()
-            .filter(|path| !stale.iter().any(|s| s.as_slice() == *path))
+            .filter(|path| !is_stale(path) && !peer_newer.contains(path))
             .collect();
         let sent = if newest.is_empty() {
             Run::ended(RunResult::Exited(0))
         } else {
             self.edge.run(self.send_run(ctx, &newest))
         };
-        if stale.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
+        if !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;
         }
-        let stale: Vec<&[u8]> = stale.iter().map(Vec::as_slice).collect();
-        let (argv, stdin) = argv::batch_replacing(&ctx.transport, &stale, self.args_budget);
-        let replaced = self.edge.run(RunSpec::at_root(argv, stdin));
-        Run::worst([sent, replaced])
+        let mut runs = vec![sent];
+        if !stale.is_empty() {
+            let stale: Vec<&[u8]> = stale.iter().map(Vec::as_slice).collect();
+            let (argv, stdin) = argv::batch_replacing(&ctx.transport, &stale, self.args_budget);
+            runs.push(self.edge.run(RunSpec::at_root(argv, stdin)));
+        }
+        if !peer_newer.is_empty() {
+            runs.push(self.pull(&peer_newer, false, ctx));
+        }
+        Run::worst(runs)
+    }
+
+    /// Two-way mode: announces what of `paths` (sorted) rsync makes in place on the peer
+    /// (see [`Announced`]); the failed run if it could not.
+    fn announce_made(&mut self, paths: &[&[u8]], ctx: &JobContext) -> Option<Run> {
+        let made: Vec<(Vec<u8>, Announced)> = paths
+            .iter()
+            .zip(self.edge.in_place(paths))
+            .filter_map(|(path, made)| Some((path.to_vec(), made?)))
+            .collect();
+        self.announce(&made, ctx)
     }
 
     /// Two-way mode: leaves a notice of `entries` in the peer's incoming directory for
     /// its watcher, before the run that makes or removes them there in place (see
     /// [`Announced`]); the failed run if it could not.
     fn announce(&mut self, entries: &[(Vec<u8>, Announced)], ctx: &JobContext) -> Option<Run> {
-        if entries.is_empty() {
+        if entries.is_empty() || !ctx.transport.options.two_way {
             return None;
         }
         let name = super::two_way::notice_name();

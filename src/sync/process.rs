@@ -876,6 +876,18 @@ impl plan::Edge for JobEdge<'_> {
             .collect()
     }
 
+    fn versions(&mut self, paths: &[&[u8]]) -> Vec<Option<super::two_way::Version>> {
+        paths
+            .iter()
+            .map(|path| {
+                let meta =
+                    std::fs::symlink_metadata(crate::relpath::absolute(&self.ctx.root, path))
+                        .ok()?;
+                (!meta.is_dir()).then(|| super::two_way::Version::of(&meta))
+            })
+            .collect()
+    }
+
     fn in_place(&mut self, paths: &[&[u8]]) -> Vec<Option<Announced>> {
         paths
             .iter()

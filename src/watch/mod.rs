@@ -173,6 +173,10 @@ pub fn is_temp_file_name(name: &[u8]) -> bool {
 
 const ROOT_RETRY: Duration = Duration::from_secs(5);
 const MOVE_PAIR_WAIT_MS: u8 = 2;
+/// How long a met announcement (see [`Watcher::as_announced`]) still covers the events
+/// that follow on its path.
+const ANNOUNCED_FOLLOW_UP: Duration = Duration::from_secs(2);
+
 const CHANGE_CHUNK: usize = 4096;
 
 #[derive(Debug)]
@@ -601,9 +605,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
 
     /// `action`, or [`Action::Arrived`] when the peer announced what is at `path` now
     /// (made or removed by its run, see `crate::sync::two_way::Announced`): sent back, it
-    /// would undo what the peer did since. An announcement stays for the events that
-    /// follow (rsync sets a directory's times and mode after making it), until it expires;
-    /// a change that leaves the path otherwise is this host's.
+    /// would undo what the peer did since. Met, an announcement stays a moment for the
+    /// events that follow (rsync sets a directory's times and mode after making it); a
+    /// change that leaves the path otherwise is this host's and ends it.
     fn as_announced(&mut self, root: RootId, path: &[u8], action: Action) -> Action {
         use crate::sync::two_way::Announced;
         if !matches!(
@@ -628,8 +632,25 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             },
         };
         if announced.is_met_by(here.as_ref()) {
+            // Kept a moment for the events that follow (rsync setting the times and mode
+            // of what it made), not longer: what the peer has may change.
+            let follow_up = now + ANNOUNCED_FOLLOW_UP;
+            if let Some((_, until)) = self.announced.get_mut(path) {
+                *until = (*until).min(follow_up);
+            }
             Action::Arrived
         } else {
+            // The path changed otherwise here: the announcement is stale (unless rsync has
+            // not set the directory's mode yet).
+            if !matches!(
+                (announced, &here),
+                (
+                    Announced::Directory { .. },
+                    Some(Announced::Directory { .. })
+                )
+            ) {
+                self.announced.remove(path);
+            }
             action
         }
     }

@@ -43,10 +43,6 @@ mod large_files;
 mod warm;
 // Two-way mode: two hosts replicating to each other converge, lose nothing, go quiet.
 mod two_way;
-// The simulation's seeded generator, for the randomized two-way rounds.
-#[path = "../sim/rng.rs"]
-#[allow(dead_code)]
-mod rng;
 // Full-sync progress: status, STATUS=, the FullSyncProgress signal, full-sync --wait.
 mod progress;
 // systemd units (verify, exposure score) and sersync-generator (configs in, drop-ins out).

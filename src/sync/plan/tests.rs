@@ -399,6 +399,10 @@ impl Edge for Fake<'_> {
         // Two-way only, like `are_directories`.
         vec![None; paths.len()]
     }
+
+    fn versions(&mut self, paths: &[&[u8]]) -> Vec<Option<crate::sync::two_way::Version>> {
+        vec![None; paths.len()]
+    }
 }
 
 fn check(cases: &[Case]) {
