@@ -264,12 +264,25 @@ struct Deferred {
 /// of a quiet path goes out at once.
 pub const HOT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Paths by the time they were last sent, expiring after [`HOT_INTERVAL`].
+/// The longest hold: a path sent again as soon as its hold ended (it kept changing through
+/// it) is held twice as long the next time, up to this. A file rewritten for minutes costs
+/// a run a second; its replica lags it by a second at most, and gets its last state.
+pub const HOT_INTERVAL_MAX: Duration = Duration::from_secs(1);
+
+/// Paths by the time they were last sent, each held for its interval ([`HOT_INTERVAL`],
+/// growing to [`HOT_INTERVAL_MAX`] while the path keeps changing).
 #[derive(Debug, Default)]
 struct RecentlySent {
-    /// In the order they were sent (a path sent twice is here twice).
-    order: VecDeque<(Instant, RelPath)>,
-    last: HashMap<RelPath, Instant>,
+    /// When each held path cools down (a path sent twice is here twice; the later entry
+    /// counts).
+    order: std::collections::BTreeSet<(Instant, RelPath)>,
+    /// Held paths: when each cools down, and for how long it was held.
+    last: HashMap<RelPath, (Instant, Duration)>,
+    /// Paths that cooled down lately: when, and the hold they had. One sent again within
+    /// that hold after cooling kept changing all along.
+    cooled: HashMap<RelPath, (Instant, Duration)>,
+    /// The same, in the order they cooled (to forget them in time).
+    cooled_order: VecDeque<(Instant, RelPath)>,
     /// Nothing pending can go out before this (every pending change is to a hot file),
     /// unless a change to another path comes in.
     nothing_before: Option<Instant>,
@@ -277,22 +290,49 @@ struct RecentlySent {
 
 impl RecentlySent {
     fn forget_before(&mut self, now: Instant) {
-        while let Some((at, _)) = self.order.front() {
-            if now.saturating_duration_since(*at) < HOT_INTERVAL {
+        while let Some((until, _)) = self.order.first() {
+            if *until > now {
                 break;
             }
-            let Some((at, path)) = self.order.pop_front() else {
+            let Some((until, path)) = self.order.pop_first() else {
                 break;
             };
-            if self.last.get(&path) == Some(&at) {
-                self.last.remove(&path);
+            if let Some(&(cools, hold)) = self.last.get(&path) {
+                if cools == until {
+                    self.last.remove(&path);
+                    self.cooled.insert(path.clone(), (until, hold));
+                    self.cooled_order.push_back((until, path));
+                }
+            }
+        }
+        while let Some((at, _)) = self.cooled_order.front() {
+            if now.saturating_duration_since(*at) <= HOT_INTERVAL_MAX {
+                break;
+            }
+            let Some((at, path)) = self.cooled_order.pop_front() else {
+                break;
+            };
+            if self
+                .cooled
+                .get(&path)
+                .is_some_and(|(cooled, _)| *cooled == at)
+            {
+                self.cooled.remove(&path);
             }
         }
     }
 
     fn note(&mut self, path: &[u8], now: Instant) {
-        self.order.push_back((now, path.to_vec()));
-        self.last.insert(path.to_vec(), now);
+        // Sent again right after its hold ended: still changing, held longer.
+        let kept_changing = self
+            .cooled
+            .remove(path)
+            .filter(|(cooled, hold)| now.saturating_duration_since(*cooled) <= *hold)
+            .map(|(_, hold)| hold);
+        let hold = kept_changing.map_or(HOT_INTERVAL, |hold| (hold * 2).min(HOT_INTERVAL_MAX));
+        let until = now + hold;
+        self.order.insert((until, path.to_vec()));
+        self.last.insert(path.to_vec(), (until, hold));
     }
 
     fn is_hot(&self, path: &[u8]) -> bool {
@@ -301,7 +341,7 @@ impl RecentlySent {
 
     /// When the earliest hot path cools down.
     fn next_cool(&self) -> Option<Instant> {
-        self.order.front().map(|(at, _)| *at + HOT_INTERVAL)
+        self.order.first().map(|(until, _)| *until)
     }
 }
 
