@@ -27,6 +27,7 @@
 pub mod argv;
 mod facts;
 pub mod identity;
+mod master;
 mod plan;
 mod process;
 pub mod progress;
@@ -242,6 +243,8 @@ pub struct Runner {
     serial_only: Arc<Mutex<HashSet<OsString>>>,
     /// The lanes' warm rsyncs (see [`warm`]).
     warm: Arc<warm::Pool>,
+    /// The ssh connection masters (see [`master`]).
+    masters: Arc<master::Masters>,
 }
 
 impl Runner {
@@ -259,6 +262,7 @@ impl Runner {
             slots: Arc::new(Slots::new(process_limit.max(1))),
             path_args_budget: argv::path_args_budget(),
             warm: Arc::new(warm::Pool::default()),
+            masters: Arc::new(master::Masters::default()),
         }
     }
 
@@ -276,6 +280,29 @@ impl Runner {
     /// Shutdown: ends every warm rsync and waits for them; none is started again.
     pub fn close_warm(&self) {
         self.warm.close();
+    }
+
+    /// Pause (`true`): the ssh connection masters end once no rsync runs, and none starts
+    /// until resumed.
+    pub fn pause_masters(&self, paused: bool) {
+        self.masters.set_paused(paused);
+    }
+
+    /// A reload: the ssh connection masters whose target no lane of the new config has
+    /// end once no rsync runs; the others stay.
+    pub fn keep_masters(&self, transports: &[&argv::Transport]) {
+        self.masters.keep(transports);
+    }
+
+    /// Shutdown, after the last runs: ends and reaps every ssh connection master, and
+    /// removes their sockets' directory.
+    pub fn close_masters(&self) {
+        self.masters.close();
+    }
+
+    /// How many ssh connection masters run (connected or connecting).
+    pub fn masters_running(&self) -> usize {
+        self.masters.running()
     }
 
     /// How many warm rsyncs are idle, connected and waiting for a batch.
@@ -317,6 +344,7 @@ impl Runner {
                     }
                     match context.take_identity() {
                         Ok(()) => {
+                            runner.masters.attach(&runner, &mut context);
                             let mut plan = Plan {
                                 edge: &mut JobEdge {
                                     runner: &runner,
@@ -381,7 +409,10 @@ impl Runner {
             .spawn(move || {
                 let mut context = context;
                 match context.take_identity() {
-                    Ok(()) => runner.execute_prune(lane, &context),
+                    Ok(()) => {
+                        runner.masters.attach(&runner, &mut context);
+                        runner.execute_prune(lane, &context)
+                    }
                     Err(failed) => {
                         tracing::warn!("cannot prune soft-deleted files: {}", failed.stderr.trim())
                     }
@@ -576,6 +607,7 @@ pub(crate) mod fixtures {
                 port: None,
                 timeout: None,
                 ssh: false,
+                ssh_master: true,
                 soft_delete: None,
                 two_way: false,
                 warm: None,
@@ -586,6 +618,7 @@ pub(crate) mod fixtures {
             },
             password_piped: false,
             today: "2026-12-06".into(),
+            control_path: None,
         }
     }
 
