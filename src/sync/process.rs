@@ -701,6 +701,13 @@ impl JobEdge<'_> {
         if self.ctx.debug {
             tracing::debug!(pid = child.id(), "run: handed to the warm rsync");
         }
+        if self.ctx.transport.control_path.is_some() {
+            // Over an ssh connection master a session is cheap and no `max connections`
+            // counts it: the next batch's warm rsync starts now, beside this run, so that
+            // it is ready when a stream's next change comes (its handshake takes longer
+            // than this run's own end). Without a master it starts after this run.
+            runner.warm.offer(runner, self.lane, spec.clone());
+        }
         let deadline =
             std::time::Duration::from_secs(u64::from(argv::io_timeout(&self.ctx.transport)));
         let run = runner.finish(
