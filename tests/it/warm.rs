@@ -502,7 +502,14 @@ fn over_ssh_warm_rsyncs_deliver_survive_and_go_away() {
     wait_for("the server side", CONVERGE, || {
         !children(sshd.pid()).is_empty()
     });
-    for pid in descendants(sshd.pid()) {
+    // The sshd processes of the connections (the master's, the warm rsyncs'): their
+    // sessions lose their connection. Only sshd's own: a SIGKILL to a session's shell
+    // while it runs its startup files (root's .bashrc) could leave their locks behind
+    // (pyenv's rehash lock here) and stall every later session.
+    for pid in descendants(sshd.pid())
+        .into_iter()
+        .filter(|pid| comm(*pid) == "sshd")
+    {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -542,6 +549,7 @@ fn over_ssh_warm_rsyncs_deliver_survive_and_go_away() {
 /// Over ssh with the connection master (the default): sersyncd runs one `ssh` with
 /// `ControlMaster=yes` as its child, and once it is up, sends, deletions and new
 /// directories (warm and cold runs) open sessions over it: sshd accepts no new connection.
+/// The lane keeps two warm rsyncs; shutdown removes the master and its socket.
 #[test]
 fn over_ssh_every_rsync_opens_its_session_over_the_master() {
     let Some(sshd) = Sshd::start() else {
@@ -583,6 +591,12 @@ fn over_ssh_every_rsync_opens_its_session_over_the_master() {
         Some(pid),
         "one master throughout"
     );
+    // Over a master a lane keeps two warm rsyncs (never more).
+    wait_for("two warm rsyncs", CONVERGE, || {
+        warm_rsyncs(&daemon).len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(warm_rsyncs(&daemon).len(), 2);
     no_failure(&daemon);
     let status = daemon.terminate();
     assert!(status.success(), "{status}");
