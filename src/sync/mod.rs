@@ -16,11 +16,14 @@
 //! - `process`: the edge: process slots (`-n`), spawning with the run's credentials
 //!   (`identity`; pre_exec, the password pipe, skeleton directories), stderr's tail, the
 //!   PIDs that [`Runner::terminate_all`] ends and [`Runner::silence`] watches.
+//! - `warm`: the lanes' pre-connected rsyncs; `master`: the ssh connection masters that
+//!   runs over ssh open their sessions over.
 //! - this file: the contract with the daemon ([`Runner`], [`JobContext`], [`Outcome`],
 //!   [`RunResult`]).
 //!
-//! Architecture invariant: only `sync` (rsync) and the command plugin spawn processes,
-//! and here only `process` does. No shell text is ever built: options and listed paths are
+//! Architecture invariant: only `sync` (rsync, and ssh connection masters) and the
+//! command plugin spawn processes, and here only `process` (rsync) and `master` (ssh)
+//! do. No shell text is ever built: options and listed paths are
 //! argv elements (paths as `./path`, or NUL-separated on stdin when a list is too long for
 //! the command line).
 

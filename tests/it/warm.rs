@@ -700,3 +700,49 @@ fn over_ssh_a_master_that_cannot_log_in_is_retried_with_backoff() {
         "outlived sersyncd"
     );
 }
+
+/// A reload that keeps the remote (the same ssh command, login and host) keeps its
+/// master; one that changes the ssh command ends the old master (reaped: no zombie) and
+/// the next change goes over a new one.
+#[test]
+fn over_ssh_a_reload_keeps_or_replaces_the_master() {
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    let src = temp_dir("ssh-src");
+    let replica = temp_dir("ssh-replica");
+    let mut daemon = over_ssh(&sshd, src.path(), replica.path()).start();
+    let reload = |daemon: &mut Sersyncd, command: &str, nth: usize| {
+        daemon.write_config(&over_ssh_with(command, src.path(), replica.path()).xml());
+        daemon.signal(nix::sys::signal::Signal::SIGHUP);
+        wait_for("the reload", CONVERGE, || {
+            daemon.log().matches("configuration reloaded").count() >= nth
+        });
+    };
+    write(src.path(), "first", "1\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let (pid, socket) = master_up(&daemon);
+    reload(&mut daemon, &sshd.ssh_command(), 1);
+    write(src.path(), "second", "2\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    assert_eq!(master_up(&daemon), (pid, socket.clone()), "kept");
+    let other = format!("{} -o ConnectTimeout=9", sshd.ssh_command());
+    reload(&mut daemon, &other, 2);
+    wait_for("the old master to be reaped", CONVERGE, || {
+        comm(pid).is_empty()
+    });
+    write(src.path(), "third", "3\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let (new_pid, new_socket) = master_up(&daemon);
+    assert_ne!(new_pid, pid);
+    assert_ne!(new_socket, socket);
+    assert!(
+        cmdline(new_pid).iter().any(|arg| arg == "ConnectTimeout=9"),
+        "{:?}",
+        cmdline(new_pid)
+    );
+    no_failure(&daemon);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert!(comm(new_pid).is_empty());
+}
