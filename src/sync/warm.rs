@@ -50,6 +50,10 @@ pub const MAX_LIST_BYTES: usize = 8 * 1024;
 /// A warm process that ends sooner than this after its start was refused (or failed to
 /// start), not ended by an idle timeout: it is not replaced until the lane's next batch.
 const YOUNG: Duration = Duration::from_secs(1);
+/// Over an ssh connection master, the next warm process starts this long after a hand-off
+/// (see `JobEdge::hand_off`): after the handed run's transfer has started, well before a
+/// stream's next change.
+pub const EARLY_START_DELAY: Duration = Duration::from_millis(20);
 /// The keeper looks at the warm processes this often.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -157,7 +161,8 @@ struct State {
 }
 
 enum Order {
-    Start(LaneId, Box<Spec>),
+    /// Start the lane's warm processes, not before the instant.
+    Start(LaneId, Box<Spec>, Instant),
 }
 
 /// The lanes' warm processes.
@@ -186,6 +191,11 @@ impl Pool {
     /// one, the pool is paused or closed, the destination is cold, or a reload came since
     /// the job started).
     pub(super) fn offer(&self, runner: &Runner, lane: LaneId, spec: Spec) {
+        self.offer_at(runner, lane, spec, Instant::now());
+    }
+
+    /// [`Pool::offer`], started no sooner than `at`.
+    pub(super) fn offer_at(&self, runner: &Runner, lane: LaneId, spec: Spec, at: Instant) {
         {
             let state = self.lock();
             if !state.wants(lane, &spec) {
@@ -206,7 +216,7 @@ impl Pool {
         let _ = keeper
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send(Order::Start(lane, Box::new(spec)));
+            .send(Order::Start(lane, Box::new(spec), at));
     }
 
     /// The lane's warm process for a batch of `spec`, if it has a live one that matches
@@ -515,14 +525,28 @@ fn closed_by_peer(table: &str, inodes: &HashSet<u64>) -> bool {
 /// long or that lost their connection, reaps the ended ones.
 fn keep(runner: &Runner, orders: &Receiver<Order>) {
     let pool = &runner.warm;
+    // Starts asked for later (`Pool::offer_at`), soonest first.
+    let mut deferred: Vec<(Instant, LaneId, Spec)> = Vec::new();
     loop {
-        match orders.recv_timeout(TICK) {
-            Ok(Order::Start(lane, spec)) => start(runner, lane, *spec),
+        let wait = deferred.first().map_or(TICK, |(at, _, _)| {
+            at.saturating_duration_since(Instant::now()).min(TICK)
+        });
+        match orders.recv_timeout(wait) {
+            Ok(Order::Start(lane, spec, at)) if at > Instant::now() => {
+                deferred.push((at, lane, *spec));
+                deferred.sort_by_key(|(at, _, _)| *at);
+            }
+            Ok(Order::Start(lane, spec, _)) => start(runner, lane, *spec),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 pool.close();
                 return;
             }
+        }
+        let now = Instant::now();
+        while deferred.first().is_some_and(|(at, _, _)| *at <= now) {
+            let (_, lane, spec) = deferred.remove(0);
+            start(runner, lane, spec);
         }
         let mut replace = Vec::new();
         {

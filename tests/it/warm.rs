@@ -585,7 +585,14 @@ fn over_ssh_every_rsync_opens_its_session_over_the_master() {
         tail(&log, 30),
         tail(&daemon.log(), 60)
     );
-    assert!(sshd.sessions() >= sessions + 5, "{}", tail(&log, 30));
+    // At least the deletion run's session and the warm rsyncs started to replace the
+    // ones handed a batch (sessions started before the count may have carried sends).
+    assert!(
+        sshd.sessions() >= sessions + 3,
+        "{} sessions, {sessions} before:\n{}",
+        sshd.sessions(),
+        tail(&log, 30)
+    );
     assert_eq!(
         master(&daemon).map(|(p, _)| p),
         Some(pid),
