@@ -22,9 +22,9 @@
 //!   (1 s doubling to 5 min), logged once until it is up again.
 //! - Masters start and are watched on one long-lived thread (their `PR_SET_PDEATHSIG` is
 //!   tied to it, so a killed sersyncd takes them along). Pause and a reload that drops a
-//!   target end masters by PID once no rsync of ours runs (a master's end would cut the
-//!   sessions of the runs over it); shutdown ends and reaps them all, after the last runs,
-//!   and removes the directory.
+//!   target end masters by PID once no running rsync names their socket (a master's end
+//!   would cut the sessions of the runs over it); shutdown ends and reaps them all, after
+//!   the last runs, and removes the directory.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -180,7 +180,12 @@ impl Masters {
                 complained: false,
                 retired: false,
             });
-            master.retired = false;
+            if master.retired {
+                // A job that started before the reload that dropped this target: on a
+                // connection of its own (it must not keep the master alive).
+                ctx.transport.control_path = None;
+                return;
+            }
             master.child.is_none() && !state.paused
         };
         if wake {
@@ -206,25 +211,21 @@ impl Masters {
         let _ = thread.lock().unwrap_or_else(|p| p.into_inner()).send(());
     }
 
-    /// Pause: the masters are ended once no rsync runs, and none starts until resumed.
+    /// Pause: each master is ended once no running rsync goes over it, and none starts
+    /// until resumed.
     pub(super) fn set_paused(&self, paused: bool) {
         self.lock().paused = paused;
     }
 
     /// A reload: masters whose target none of `transports` has any more (or that turn
-    /// masters off) are ended once no rsync runs; the others stay.
+    /// masters off) are ended once no running rsync goes over them; the others stay.
     pub(super) fn keep(&self, transports: &[&argv::Transport]) {
         let targets: Vec<SshTarget> = transports
             .iter()
             .filter_map(|transport| SshTarget::of(transport))
             .collect();
-        for master in self
-            .lock()
-            .masters
-            .iter_mut()
-            .filter_map(|(key, master)| (!targets.contains(&key.target)).then_some(master))
-        {
-            master.retired = true;
+        for (key, master) in &mut self.lock().masters {
+            master.retired = !targets.contains(&key.target);
         }
     }
 
@@ -426,14 +427,20 @@ fn tend(runner: &Runner, wakes: &Receiver<()>) {
             return;
         }
         let now = Instant::now();
-        // No rsync of ours runs (idle warm ones aside): ending a master cuts no run.
-        let quiet = runner.running() == 0;
         let paused = state.paused;
+        // The command lines of the rsyncs running now (idle warm ones aside), read only
+        // when a master may have to end: one that none of them names cuts no run.
+        let ending = paused || state.masters.values().any(|master| master.retired);
+        let running = if ending {
+            runner.running_argv()
+        } else {
+            Vec::new()
+        };
         let mut stopped = Vec::new();
         let mut forgotten = Vec::new();
         for (key, master) in &mut state.masters {
             look(master, now);
-            if (paused || master.retired) && quiet {
+            if (paused || master.retired) && !names(&running, &master.path) {
                 if let Some(running) = master.child.take() {
                     tracing::debug!(
                         remote = %master.label,
@@ -465,6 +472,17 @@ fn tend(runner: &Runner, wakes: &Receiver<()>) {
             !gone
         });
     }
+}
+
+/// Whether one of the command lines `running` names the socket `path` (its run goes over
+/// that master): `ControlPath=PATH ` in its `-e` ([`argv::rsh_over_master`]).
+fn names(running: &[Vec<u8>], path: &Path) -> bool {
+    let mut needle = b"ControlPath=".to_vec();
+    needle.extend_from_slice(path.as_os_str().as_bytes());
+    needle.push(b' ');
+    running
+        .iter()
+        .any(|argv| argv.windows(needle.len()).any(|window| window == needle))
 }
 
 /// Sees whether `master`'s process came up (its socket appeared) or ended.
@@ -686,6 +704,24 @@ mod tests {
         ] {
             assert!(!plain_path(Path::new(bad)), "{bad}");
         }
+    }
+
+    #[test]
+    fn which_runs_go_over_a_master() {
+        let running: Vec<Vec<u8>> = vec![
+            b"rsync\0-e\0ssh -p 2 -o ControlPath=/tmp/s.x/10 -o ControlMaster=no\0./a\0".to_vec(),
+            b"rsync\0-e\0ssh\0./b\0".to_vec(),
+        ];
+        // (socket, named by a running rsync)
+        let rows = [
+            ("/tmp/s.x/10", true),
+            ("/tmp/s.x/1", false),
+            ("/tmp/s.x/0", false),
+        ];
+        for (socket, named) in rows {
+            assert_eq!(names(&running, Path::new(socket)), named, "{socket}");
+        }
+        assert!(!names(&[], Path::new("/tmp/s.x/10")));
     }
 
     #[test]

@@ -285,14 +285,14 @@ impl Runner {
         self.warm.close();
     }
 
-    /// Pause (`true`): the ssh connection masters end once no rsync runs, and none starts
-    /// until resumed.
+    /// Pause (`true`): each ssh connection master ends once no running rsync goes over
+    /// it, and none starts until resumed.
     pub fn pause_masters(&self, paused: bool) {
         self.masters.set_paused(paused);
     }
 
     /// A reload: the ssh connection masters whose target no lane of the new config has
-    /// end once no rsync runs; the others stay.
+    /// end once no running rsync goes over them; the others stay.
     pub fn keep_masters(&self, transports: &[&argv::Transport]) {
         self.masters.keep(transports);
     }
@@ -511,6 +511,14 @@ impl Runner {
     /// How many rsync processes are alive.
     pub fn running(&self) -> usize {
         self.lock().len()
+    }
+
+    /// The command lines (`/proc/PID/cmdline`) of the rsync processes alive.
+    fn running_argv(&self) -> Vec<Vec<u8>> {
+        let pids: Vec<u32> = self.lock().keys().copied().collect();
+        pids.into_iter()
+            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Child>> {
