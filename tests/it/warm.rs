@@ -753,3 +753,39 @@ fn over_ssh_a_reload_keeps_or_replaces_the_master() {
     assert!(status.success(), "{status}");
     assert!(comm(new_pid).is_empty());
 }
+
+/// Pause (over D-Bus) ends the master once no run is left (reaped: no zombie) and starts
+/// none while paused; resume brings one back and the changes held arrive over it.
+#[test]
+fn over_ssh_pause_ends_the_master_and_resume_brings_it_back() {
+    use crate::control::{ctl, on_bus};
+    use crate::harness::bus::{Bus, Policy};
+    let Some(bus) = Bus::start(Policy::SystemLike) else {
+        return;
+    };
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    let src = temp_dir("ssh-src");
+    let replica = temp_dir("ssh-replica");
+    let mut daemon = on_bus(over_ssh(&sshd, src.path(), replica.path()), &bus, "web").start();
+    write(src.path(), "first", "1\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let (pid, _) = master_up(&daemon);
+    ctl(&bus, &["pause"]).expect(0);
+    wait_for("the master to end and be reaped", CONVERGE, || {
+        comm(pid).is_empty()
+    });
+    write(src.path(), "held", "2\n");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!replica.path().join("held").exists(), "sent while paused");
+    assert_eq!(master(&daemon), None, "a master started while paused");
+    ctl(&bus, &["resume"]).expect(0);
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let (new_pid, _) = master_up(&daemon);
+    assert_ne!(new_pid, pid);
+    no_failure(&daemon);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert!(comm(new_pid).is_empty());
+}
