@@ -1738,7 +1738,7 @@ impl Daemon {
         let mut new_lanes = build_lanes(&config, &self.lanes, &mut next_id);
         self.next_lane_id = next_id;
         // ssh connection masters stay for the remotes that stay (the same ssh command,
-        // login and host); the others end once no rsync runs.
+        // login and host); the others end once no run over them is left.
         self.runner.keep_masters(
             &new_lanes
                 .iter()

@@ -264,15 +264,6 @@ impl Masters {
             }
         }
     }
-
-    /// How many masters are running (connected or connecting).
-    pub(super) fn running(&self) -> usize {
-        self.lock()
-            .masters
-            .values()
-            .filter(|master| master.child.is_some())
-            .count()
-    }
 }
 
 impl State {

@@ -22,10 +22,9 @@
 //!   [`RunResult`]).
 //!
 //! Architecture invariant: only `sync` (rsync, and ssh connection masters) and the
-//! command plugin spawn processes, and here only `process` (rsync) and `master` (ssh)
-//! do. No shell text is ever built: options and listed paths are
-//! argv elements (paths as `./path`, or NUL-separated on stdin when a list is too long for
-//! the command line).
+//! command plugin spawn processes, and here only `process` (rsync) and `master` (ssh) do.
+//! No shell text is ever built: options and listed paths are argv elements (paths as
+//! `./path`, or NUL-separated on stdin when a list is too long for the command line).
 
 pub mod argv;
 mod facts;
@@ -301,11 +300,6 @@ impl Runner {
     /// removes their sockets' directory.
     pub fn close_masters(&self) {
         self.masters.close();
-    }
-
-    /// How many ssh connection masters run (connected or connecting).
-    pub fn masters_running(&self) -> usize {
-        self.masters.running()
     }
 
     /// How many warm rsyncs are idle, connected and waiting for a batch.
