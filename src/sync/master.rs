@@ -399,6 +399,12 @@ fn last_line(said: &[u8]) -> String {
         .to_owned()
 }
 
+/// Whether the master with the socket `path` is up (the socket is there: ssh makes it once
+/// connected, and a master that ended has it removed).
+pub(super) fn is_up(path: &Path) -> bool {
+    is_socket(path)
+}
+
 fn is_socket(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket())

@@ -701,7 +701,7 @@ impl JobEdge<'_> {
         if self.ctx.debug {
             tracing::debug!(pid = child.id(), "run: handed to the warm rsync");
         }
-        if self.ctx.transport.control_path.is_some() {
+        if spec.over_master() {
             // Over an ssh connection master a session is cheap and no `max connections`
             // counts it: the next batch's warm rsync starts beside this run, so that it is
             // ready when a stream's next change comes (its handshake takes longer than

@@ -125,7 +125,18 @@ impl Spec {
     /// (sessions are cheap there, and one started at a hand-off is still in its handshake
     /// when a stream's next change comes 50 ms later), else one ([`depth`]).
     pub(super) fn depth(&self) -> usize {
-        depth(self.ctx.transport.control_path.is_some())
+        depth(self.over_master())
+    }
+
+    /// Whether its runs go over an ssh connection master that is up now (its socket is
+    /// there: a master that cannot log in or is down leaves none, and its lanes' warm
+    /// rsyncs, each then a login of its own, stay one per lane, started after the run).
+    pub(super) fn over_master(&self) -> bool {
+        self.ctx
+            .transport
+            .control_path
+            .as_deref()
+            .is_some_and(super::master::is_up)
     }
 
     /// Whether a process started for `self` may run `other`'s batch: same argv, same
