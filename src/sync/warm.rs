@@ -10,9 +10,9 @@
 //!   ([`argv::warm`]: without `--timeout`, replaced by a silence deadline of ours), the
 //!   job's credentials, password pipe, working directory and parent-death signal. It is
 //!   handed a batch only if all of those still match the job's ([`Spec::matches`]).
-//! - At most one idle warm process per lane, two when its runs go over an ssh connection
-//!   master ([`depth`]; there the next one starts at the hand-off, beside the run, instead
-//!   of after it). One takes no `-n` slot while idle (it does no work); handed a batch,
+//! - At most one idle warm process per lane, two while its runs go over an ssh connection
+//!   master that is up ([`depth`], [`Spec::over_master`]; there the next one starts
+//!   [`EARLY_START_DELAY`] after the hand-off, beside the run, instead of after it). One takes no `-n` slot while idle (it does no work); handed a batch,
 //!   the run takes a slot like any run, so at most `-n` rsyncs do work at once, plus the
 //!   idle ones.
 //! - The keeper thread (the one long-lived thread that starts warm processes, so that
