@@ -14,6 +14,7 @@
     python3 bench/ssh-latency.py floor        # one of them
     OURS_BIN=target/release/sersyncd python3 bench/ssh-latency.py sersyncd
     COUNT=30 PACE_MS=1000 python3 bench/ssh-latency.py sersyncd   # sporadic changes
+    MASTER=false python3 bench/ssh-latency.py sersyncd   # without sersyncd's ssh master
 
 Needs /usr/sbin/sshd (openssh-server), ssh, ssh-keygen, rsync; run as root (sshd logs the
 test key in as root). Only the standard library; sshd and sersyncd are stopped by PID.
@@ -32,6 +33,8 @@ SEND = ["-artz", "--info=stats1", "--no-human-readable", "--modify-window=-1",
         "--ignore-missing-args"]
 COUNT = int(os.environ.get("COUNT", "200"))
 PACE = float(os.environ.get("PACE_MS", "50")) / 1000
+# `<ssh master>`: unset leaves sersyncd's default (on).
+MASTER = os.environ.get("MASTER")
 
 
 def free_port():
@@ -139,6 +142,7 @@ def sersyncd_latency(work, sshd, binary, warm_on):
     for d in (src, replica, state):
         os.mkdir(d)
     warm = "" if warm_on else '<warm start="false"/>'
+    master = f' master="{MASTER}"' if MASTER else ""
     params = f"-artuz -e '{sshd.command}'"
     conf = os.path.join(top, "confxml.xml")
     with open(conf, "w") as f:
@@ -158,7 +162,7 @@ def sersyncd_latency(work, sshd, binary, warm_on):
             <auth start="false" users="root" passwordfile="/etc/rsync.pas"/>
             <userDefinedPort start="false" port="874"/>
             <timeout start="false" time="100"/>
-            <ssh start="true"/>
+            <ssh start="true"{master}/>
             {warm}
         </rsync>
         <failLog path="{state}/rsync_fail_log.sh" timeToExecute="60"/>
@@ -217,8 +221,9 @@ def sersyncd_latency(work, sshd, binary, warm_on):
 def sersyncd(work, sshd):
     binary = os.environ.get("OURS_BIN") or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "sersyncd")
-    print(f"sersyncd <ssh start=\"true\"/> (sshd on 127.0.0.1), {COUNT} files of 512 B "
-          f"every {int(PACE * 1000)} ms, arrival on the replica:")
+    master = f' master=\"{MASTER}\"' if MASTER else ""
+    print(f"sersyncd <ssh start=\"true\"{master}/> (sshd on 127.0.0.1), {COUNT} files of "
+          f"512 B every {int(PACE * 1000)} ms, arrival on the replica:")
     for warm_on in (True, False):
         times, lost = sersyncd_latency(work, sshd, binary, warm_on)
         line("warm rsyncs on (default)" if warm_on else "warm rsyncs off", times, lost)

@@ -326,6 +326,10 @@ pub struct RsyncOptions {
     pub timeout: Option<u32>,
     /// `<ssh start>`.
     pub ssh: bool,
+    /// `<ssh master>` (ours, on by default): over ssh, one connection master per remote
+    /// (OpenSSH `ControlMaster`), started and owned by sersyncd, that every rsync opens its
+    /// session over (see `crate::sync::master`).
+    pub ssh_master: bool,
     /// `<sersync><softDelete start dir keepDays>` (ours) when start is true.
     pub soft_delete: Option<SoftDelete>,
     /// `<sersync><twoWay start>` (ours): this host and its remote replicate to each other
@@ -378,6 +382,7 @@ impl Default for RsyncOptions {
             port: None,
             timeout: None,
             ssh: false,
+            ssh_master: true,
             soft_delete: None,
             two_way: false,
             warm: Some(Warm {

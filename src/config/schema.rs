@@ -114,7 +114,7 @@ const HEAD: Spec = Spec {
                         leaf("auth", &["start", "users", "passwordfile"]),
                         leaf("userDefinedPort", &["start", "port"]),
                         leaf("timeout", &["start", "time"]),
-                        leaf("ssh", &["start"]),
+                        leaf("ssh", &["start", "master"]),
                         leaf("warm", &["start", "idle"]),
                     ],
                 },
@@ -1060,6 +1060,10 @@ impl Checker<'_> {
 
         let ssh = self.single(rsync, "ssh");
         options.ssh = self.flag(ssh, "start", false);
+        // Ours: an ssh connection master per remote (`sync::master`); on unless
+        // `master="false"`. Read (and checked) even without ssh, so a typo is an error
+        // before the day ssh is turned on.
+        options.ssh_master = self.flag(ssh, "master", true);
 
         // Ours: a pre-connected rsync per lane for small batches (`sync::warm`); on unless
         // `start="false"`.

@@ -392,6 +392,12 @@ fn error_cases() -> Vec<ErrorCase> {
             33,
         ),
         (
+            in_sersync_after_root(r#"<rsync><ssh start="true" master="yes"/></rsync>"#),
+            "invalid boolean \"yes\" for attribute \"master\" of <ssh>: expected \"true\" or \"false\"",
+            4,
+            34,
+        ),
+        (
             in_sersync_after_root(r#"<rsync><warm idle="soon"/></rsync>"#),
             "invalid number \"soon\" for attribute \"idle\" of <warm>",
             4,
@@ -1709,6 +1715,31 @@ fn watch_backend_values_and_errors() {
             .any(|w| w.message.contains("unknown attribute \"mode\" on <watch>")),
         "{warnings:?}"
     );
+}
+
+#[test]
+fn ssh_connection_masters_are_on_unless_turned_off() {
+    // (<rsync> contents, ssh, master)
+    let rows = [
+        ("", false, true),
+        (r#"<ssh start="true"/>"#, true, true),
+        (r#"<ssh start="true" master="true"/>"#, true, true),
+        (r#"<ssh start="true" master="false"/>"#, true, false),
+        (r#"<ssh start="false" master="false"/>"#, false, false),
+    ];
+    for (inner, ssh, master) in rows {
+        let text = in_sersync_after_root(&format!("<rsync>{inner}</rsync>"));
+        let (config, warnings) = match load_str(&text) {
+            Ok(loaded) => loaded,
+            Err(diagnostics) => panic!("{inner}: {diagnostics:?}"),
+        };
+        assert!(warnings.is_empty(), "{inner}: {warnings:?}");
+        assert_eq!(
+            (config.rsync.ssh, config.rsync.ssh_master),
+            (ssh, master),
+            "{inner}"
+        );
+    }
 }
 
 #[test]

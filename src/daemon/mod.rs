@@ -401,6 +401,7 @@ fn build_lanes(config: &Config, old: &[Lane], next_id: &mut LaneId) -> Vec<Lane>
                 password_piped: false,
                 // Set by each job when it starts.
                 today: String::new(),
+                control_path: None,
             };
             let id = match lane_position(old, &key) {
                 Some(at) => old[at].id,
@@ -1106,6 +1107,8 @@ impl Daemon {
             }
         }
         self.runner.close_warm();
+        // After the last runs (a master's end would cut their sessions).
+        self.runner.close_masters();
         self.drain_watchers();
         self.stop_watchers();
         self.save_journal();
@@ -1475,6 +1478,7 @@ impl Daemon {
         self.paused = paused;
         self.queue.set_paused(paused);
         self.runner.pause_warm(paused);
+        self.runner.pause_masters(paused);
     }
 
     fn request_full_sync_job(&mut self, root: Option<PathBuf>, force: bool) -> Result<u64, String> {
@@ -1733,6 +1737,14 @@ impl Daemon {
         let mut next_id = self.next_lane_id;
         let mut new_lanes = build_lanes(&config, &self.lanes, &mut next_id);
         self.next_lane_id = next_id;
+        // ssh connection masters stay for the remotes that stay (the same ssh command,
+        // login and host); the others end once no run over them is left.
+        self.runner.keep_masters(
+            &new_lanes
+                .iter()
+                .map(|lane| &lane.context.transport)
+                .collect::<Vec<_>>(),
+        );
         for lane in &mut new_lanes {
             if let Some(old) = self.lanes.iter().find(|old| old.id == lane.id) {
                 // Health and progress carry over; the context is the new config's.

@@ -23,6 +23,11 @@ pub struct Transport {
     /// The day (UTC, `YYYY-MM-DD`) the run's `<softDelete>` directory is named after: set
     /// when a job starts ([`utc_date`]), so that building an argv reads no clock.
     pub today: String,
+    /// Over ssh: the control socket of the remote's connection master (`super::master`),
+    /// set when a job starts; its rsyncs then open their session over that connection
+    /// ([`rsh_over_master`]). `None`: they connect on their own (and the failure script's
+    /// lines never name it: the socket lives only as long as the daemon).
+    pub control_path: Option<std::path::PathBuf>,
 }
 
 impl Transport {
@@ -133,10 +138,14 @@ impl Transport {
                 .any(|p| p.starts_with(prefix))
         };
         if self.options.ssh {
-            if !user_sets("-e") && !user_sets("--rsh") {
-                argv.push(OsString::from("-e"));
-                argv.push(OsString::from("ssh"));
-            }
+            // Every run gets the ssh command, the runs without the user's params too
+            // (deletions, listings): the last `-e` wins, so after the user's it is the same.
+            let rsh = rsh(self);
+            argv.push(OsString::from("-e"));
+            argv.push(OsString::from(match &self.control_path {
+                Some(path) => rsh_over_master(&rsh, path),
+                None => rsh,
+            }));
         } else {
             // The daemon handshake stalls ~40 ms per round trip on Nagle + delayed ACK:
             // 140 ms → 15-30 ms per small push on loopback. Users can override it.
@@ -161,6 +170,175 @@ impl Transport {
         }
         argv
     }
+}
+
+/// The ssh command rsync runs over `<ssh>` (its `-e`): the user's `-e`/`--rsh` in
+/// `commonParams` (the last one, as rsync reads them), else `ssh`.
+pub fn rsh(transport: &Transport) -> String {
+    user_rsh(&transport.options.common_params).unwrap_or_else(|| "ssh".to_owned())
+}
+
+/// The value of the last `-e`/`--rsh` in `params`: `-e CMD`, `-eCMD`, `--rsh=CMD`,
+/// `--rsh CMD`, and `-e` at the end of a cluster of short options (`-avze CMD`). A cluster
+/// ends at the first short option that takes a value (rsync's `-e`, `-B`, `-f`, `-M`,
+/// `-T`, `-@`), whose value is the rest of the word or the next word.
+fn user_rsh(params: &[String]) -> Option<String> {
+    let mut found = None;
+    let mut words = params.iter();
+    while let Some(word) = words.next() {
+        if let Some(value) = word.strip_prefix("--rsh=") {
+            found = Some(value.to_owned());
+        } else if word == "--rsh" {
+            found = words.next().cloned();
+        } else if word == "--" {
+            break;
+        } else if let Some(cluster) = word.strip_prefix('-').filter(|c| !c.starts_with('-')) {
+            for (at, letter) in cluster.char_indices() {
+                if matches!(letter, 'e' | 'B' | 'f' | 'M' | 'T' | '@') {
+                    let rest = &cluster[at + 1..];
+                    let value = if rest.is_empty() {
+                        words.next().cloned()
+                    } else {
+                        Some(rest.to_owned())
+                    };
+                    if letter == 'e' {
+                        found = value;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The words rsync makes of an `-e` command (its own split, `do_cmd` in rsync's main.c):
+/// separated by spaces; `'…'` and `"…"` quote, a doubled quote inside is one literal
+/// quote; no backslash escapes, no expansion. `None` for an unterminated quote (rsync
+/// refuses it).
+pub fn split_rsh(command: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut chars = command.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Some(words);
+        }
+        let mut word = String::new();
+        let mut quote: Option<char> = None;
+        loop {
+            match (chars.next(), quote) {
+                (None, None) => break,
+                (None, Some(_)) => return None,
+                (Some(' '), None) => break,
+                (Some(c @ ('\'' | '"')), None) => quote = Some(c),
+                (Some(c), Some(q)) if c == q => {
+                    if chars.peek() == Some(&q) {
+                        chars.next();
+                        word.push(q);
+                    } else {
+                        quote = None;
+                    }
+                }
+                (Some(c), _) => word.push(c),
+            }
+        }
+        words.push(word);
+    }
+}
+
+/// An ssh connection master's target: the ssh command's words (the user's `-e`, split as
+/// rsync splits it), the login (`<auth users>`, as rsync passes it: `-l USER`) and the
+/// host. Two lanes with the same target (and the same local user) share a master.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SshTarget {
+    pub words: Vec<String>,
+    pub login: Option<String>,
+    pub host: String,
+}
+
+impl SshTarget {
+    /// The master for `transport` (`<ssh start="true" master="true">`), or `None`: not
+    /// over ssh, masters off, a `-e` command that is not `ssh` itself (a wrapper could do
+    /// anything with our options), or one that sets up connection sharing of its own
+    /// (`ControlMaster`, `ControlPath`, `ControlPersist`, `-M`, `-S`).
+    pub fn of(transport: &Transport) -> Option<SshTarget> {
+        let options = &transport.options;
+        if !options.ssh || !options.ssh_master {
+            return None;
+        }
+        let words = split_rsh(&rsh(transport))?;
+        let program = words.first()?;
+        if program.rsplit('/').next() != Some("ssh") {
+            return None;
+        }
+        let own_sharing = words.iter().skip(1).any(|word| {
+            let lower = word.to_ascii_lowercase();
+            lower.contains("controlmaster")
+                || lower.contains("controlpath")
+                || lower.contains("controlpersist")
+                || word == "-M"
+                || word.starts_with("-S")
+        });
+        if own_sharing {
+            return None;
+        }
+        Some(SshTarget {
+            words,
+            login: options.auth.as_ref().map(|auth| auth.user.clone()),
+            host: transport.remote.ip.clone(),
+        })
+    }
+
+    /// The master's argv (program first): the ssh command with the control socket `path`,
+    /// no command (`-N`), no prompt, keep-alives (a dead connection ends it within 45 s,
+    /// and it is started again), then the login and host.
+    pub fn master_argv(&self, path: &std::path::Path) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = self.words.iter().map(OsString::from).collect();
+        let mut socket = OsString::from("ControlPath=");
+        socket.push(path);
+        for option in [
+            OsString::from("ControlMaster=yes"),
+            socket,
+            OsString::from("ControlPersist=no"),
+            OsString::from("BatchMode=yes"),
+            OsString::from("ServerAliveInterval=15"),
+            OsString::from("ServerAliveCountMax=3"),
+        ] {
+            argv.push(OsString::from("-o"));
+            argv.push(option);
+        }
+        argv.push(OsString::from("-N"));
+        if let Some(login) = &self.login {
+            argv.push(OsString::from("-l"));
+            argv.push(OsString::from(login));
+        }
+        argv.push(OsString::from(&self.host));
+        argv
+    }
+
+    /// How logs name it: `[user@]host`.
+    pub fn label(&self) -> String {
+        match &self.login {
+            Some(login) => format!("{login}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+}
+
+/// rsync's `-e` for a run over the master at `path`: the ssh command with the socket and
+/// `ControlMaster=no` (never become a master itself). ssh with a socket that is missing
+/// connects on its own, silently; with a stale one (a master that died) it says so on
+/// stderr and connects on its own; a session the master cannot open (the server's
+/// `MaxSessions`) is also opened on a connection of its own. `path` is ours: no
+/// whitespace, quote or `%` (checked where it is made), so rsync's split keeps it one word.
+pub fn rsh_over_master(rsh: &str, path: &std::path::Path) -> String {
+    format!(
+        "{rsh} -o ControlPath={} -o ControlMaster=no",
+        path.display()
+    )
 }
 
 /// rsync's `--timeout` when `<timeout>` is off: a run that moves no data for this long
@@ -1072,6 +1250,7 @@ mod tests {
             port,
             timeout,
             ssh,
+            ssh_master: true,
             soft_delete: None,
             two_way: false,
             warm: None,
@@ -1435,6 +1614,109 @@ mod tests {
         t.options.ssh = true;
         t.remote.name = "/srv/backup/".into();
         assert_eq!(t.destination(), "backup@[::1]:/srv/backup/");
+    }
+
+    #[test]
+    fn the_users_ssh_command() {
+        // (commonParams, the -e every run gets)
+        let rows: [(&[&str], &str); 8] = [
+            (&["-artz"], "ssh"),
+            (&["-artz", "-e", "ssh -p 2222"], "ssh -p 2222"),
+            (&["-artz", "-essh -p 2"], "ssh -p 2"),
+            (&["-avze", "ssh -p 3"], "ssh -p 3"),
+            (&["--rsh=ssh -p 4", "-a"], "ssh -p 4"),
+            (&["--rsh", "ssh -p 5", "-e", "ssh -p 6"], "ssh -p 6"),
+            // `-f`'s value is not a cluster of options, even when it holds an `e`.
+            (&["-avf", "- exclude-e"], "ssh"),
+            (&["-aT/tmp/e", "-z"], "ssh"),
+        ];
+        for (params, expected) in rows {
+            let mut t = transport(true, false, None, None);
+            t.options.common_params = params.iter().map(|p| (*p).to_owned()).collect();
+            assert_eq!(rsh(&t), expected, "{params:?}");
+            // Deletions (no user params) reach the same host the same way.
+            let argv = deletion(&t);
+            let at = argv.iter().rposition(|a| a == "-e").expect("-e");
+            assert_eq!(argv[at + 1], expected, "{params:?}");
+        }
+    }
+
+    #[test]
+    fn rsync_splits_an_ssh_command() {
+        // (command, words)
+        let rows: [(&str, Option<&[&str]>); 7] = [
+            ("ssh", Some(&["ssh"])),
+            ("  ssh  -p 22 ", Some(&["ssh", "-p", "22"])),
+            (
+                "ssh -i '/k ey' -o \"A=b c\"",
+                Some(&["ssh", "-i", "/k ey", "-o", "A=b c"]),
+            ),
+            ("ssh -o 'it''s'", Some(&["ssh", "-o", "it's"])),
+            ("ssh a'b'c", Some(&["ssh", "abc"])),
+            ("ssh \\x", Some(&["ssh", "\\x"])),
+            ("ssh 'open", None),
+        ];
+        for (command, words) in rows {
+            let expected = words.map(|w| w.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>());
+            assert_eq!(split_rsh(command), expected, "{command}");
+        }
+    }
+
+    #[test]
+    fn which_remotes_get_a_connection_master() {
+        // (ssh, master, commonParams, the master's argv with socket /run/s/1)
+        let rows: [(bool, bool, &[&str], Option<&str>); 7] = [
+            (
+                true,
+                true,
+                &["-a"],
+                Some(
+                    "ssh -o ControlMaster=yes -o ControlPath=/run/s/1 -o ControlPersist=no -o BatchMode=yes -o ServerAliveInterval=15 -o ServerAliveCountMax=3 -N -l backup 127.0.0.1",
+                ),
+            ),
+            (
+                true,
+                true,
+                &["-a", "-e", "/usr/bin/ssh -p 2222 -i '/k ey'"],
+                Some(
+                    "/usr/bin/ssh -p 2222 -i /k ey -o ControlMaster=yes -o ControlPath=/run/s/1 -o ControlPersist=no -o BatchMode=yes -o ServerAliveInterval=15 -o ServerAliveCountMax=3 -N -l backup 127.0.0.1",
+                ),
+            ),
+            (false, true, &["-a"], None),
+            (true, false, &["-a"], None),
+            (true, true, &["-e", "sshpass -p x ssh"], None),
+            (true, true, &["-e", "ssh -o ControlPath=~/.ssh/%r@%h"], None),
+            (true, true, &["-e", "ssh -S /tmp/s"], None),
+        ];
+        for (ssh, master, params, expected) in rows {
+            let mut t = transport(ssh, true, None, None);
+            t.options.ssh_master = master;
+            t.options.common_params = params.iter().map(|p| (*p).to_owned()).collect();
+            let argv = SshTarget::of(&t)
+                .map(|target| joined(&target.master_argv(std::path::Path::new("/run/s/1"))));
+            assert_eq!(argv.as_deref(), expected, "{ssh} {master} {params:?}");
+        }
+    }
+
+    #[test]
+    fn runs_over_a_master_name_its_socket() {
+        let mut t = transport(true, false, None, None);
+        t.options.common_params = vec!["-a".into(), "-e".into(), "ssh -p 2222".into()];
+        t.control_path = Some(PathBuf::from("/run/sersync/ssh.1/0"));
+        let over = "ssh -p 2222 -o ControlPath=/run/sersync/ssh.1/0 -o ControlMaster=no";
+        for argv in [
+            batch(&t),
+            warm(&t),
+            deletion(&t),
+            full_sync(&t, true, &FullSyncRules::default(), false),
+        ] {
+            let at = argv.iter().rposition(|a| a == "-e").expect("-e");
+            assert_eq!(argv[at + 1], over, "{}", joined(&argv));
+        }
+        // The failure script's lines (a transport without a socket) never name it.
+        t.control_path = None;
+        let (replayed, _) = replay(&t, true);
+        assert!(!joined(&replayed).contains("ControlPath"));
     }
 
     #[test]

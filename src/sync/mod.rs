@@ -16,17 +16,20 @@
 //! - `process`: the edge: process slots (`-n`), spawning with the run's credentials
 //!   (`identity`; pre_exec, the password pipe, skeleton directories), stderr's tail, the
 //!   PIDs that [`Runner::terminate_all`] ends and [`Runner::silence`] watches.
+//! - `warm`: the lanes' pre-connected rsyncs; `master`: the ssh connection masters that
+//!   runs over ssh open their sessions over.
 //! - this file: the contract with the daemon ([`Runner`], [`JobContext`], [`Outcome`],
 //!   [`RunResult`]).
 //!
-//! Architecture invariant: only `sync` (rsync) and the command plugin spawn processes,
-//! and here only `process` does. No shell text is ever built: options and listed paths are
-//! argv elements (paths as `./path`, or NUL-separated on stdin when a list is too long for
-//! the command line).
+//! Architecture invariant: only `sync` (rsync, and ssh connection masters) and the
+//! command plugin spawn processes, and here only `process` (rsync) and `master` (ssh) do.
+//! No shell text is ever built: options and listed paths are argv elements (paths as
+//! `./path`, or NUL-separated on stdin when a list is too long for the command line).
 
 pub mod argv;
 mod facts;
 pub mod identity;
+mod master;
 mod plan;
 mod process;
 pub mod progress;
@@ -250,6 +253,8 @@ pub struct Runner {
     serial_only: Arc<Mutex<HashSet<OsString>>>,
     /// The lanes' warm rsyncs (see [`warm`]).
     warm: Arc<warm::Pool>,
+    /// The ssh connection masters (see [`master`]).
+    masters: Arc<master::Masters>,
 }
 
 impl Runner {
@@ -267,6 +272,7 @@ impl Runner {
             slots: Arc::new(Slots::new(process_limit.max(1))),
             path_args_budget: argv::path_args_budget(),
             warm: Arc::new(warm::Pool::default()),
+            masters: Arc::new(master::Masters::default()),
         }
     }
 
@@ -284,6 +290,24 @@ impl Runner {
     /// Shutdown: ends every warm rsync and waits for them; none is started again.
     pub fn close_warm(&self) {
         self.warm.close();
+    }
+
+    /// Pause (`true`): each ssh connection master ends once no running rsync goes over
+    /// it, and none starts until resumed.
+    pub fn pause_masters(&self, paused: bool) {
+        self.masters.set_paused(paused);
+    }
+
+    /// A reload: the ssh connection masters whose target no lane of the new config has
+    /// end once no running rsync goes over them; the others stay.
+    pub fn keep_masters(&self, transports: &[&argv::Transport]) {
+        self.masters.keep(transports);
+    }
+
+    /// Shutdown, after the last runs: ends and reaps every ssh connection master, and
+    /// removes their sockets' directory.
+    pub fn close_masters(&self) {
+        self.masters.close();
     }
 
     /// How many warm rsyncs are idle, connected and waiting for a batch.
@@ -325,6 +349,7 @@ impl Runner {
                     }
                     match context.take_identity() {
                         Ok(()) => {
+                            runner.masters.attach(&runner, &mut context);
                             let mut plan = Plan {
                                 edge: &mut JobEdge {
                                     runner: &runner,
@@ -389,7 +414,10 @@ impl Runner {
             .spawn(move || {
                 let mut context = context;
                 match context.take_identity() {
-                    Ok(()) => runner.execute_prune(lane, &context),
+                    Ok(()) => {
+                        runner.masters.attach(&runner, &mut context);
+                        runner.execute_prune(lane, &context)
+                    }
                     Err(failed) => {
                         tracing::warn!("cannot prune soft-deleted files: {}", failed.stderr.trim())
                     }
@@ -485,6 +513,14 @@ impl Runner {
     /// How many rsync processes are alive.
     pub fn running(&self) -> usize {
         self.lock().len()
+    }
+
+    /// The command lines (`/proc/PID/cmdline`) of the rsync processes alive.
+    fn running_argv(&self) -> Vec<Vec<u8>> {
+        let pids: Vec<u32> = self.lock().keys().copied().collect();
+        pids.into_iter()
+            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Child>> {
@@ -584,6 +620,7 @@ pub(crate) mod fixtures {
                 port: None,
                 timeout: None,
                 ssh: false,
+                ssh_master: true,
                 soft_delete: None,
                 two_way: false,
                 warm: None,
@@ -594,6 +631,7 @@ pub(crate) mod fixtures {
             },
             password_piped: false,
             today: "2026-12-06".into(),
+            control_path: None,
         }
     }
 

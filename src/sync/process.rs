@@ -743,6 +743,20 @@ impl JobEdge<'_> {
         if self.ctx.debug {
             tracing::debug!(pid = child.id(), "run: handed to the warm rsync");
         }
+        if spec.over_master() {
+            // Over an ssh connection master a session is cheap and no `max connections`
+            // counts it: the next batch's warm rsync starts beside this run, so that it is
+            // ready when a stream's next change comes (its handshake takes longer than
+            // this run's own end), but a moment after the hand-off, once this run's
+            // transfer is under way: its start (rsync, ssh, the receiver's shell) would
+            // compete with it for the CPU. Without a master it starts after this run.
+            runner.warm.offer_at(
+                runner,
+                self.lane,
+                spec.clone(),
+                std::time::Instant::now() + warm::EARLY_START_DELAY,
+            );
+        }
         let deadline =
             std::time::Duration::from_secs(u64::from(argv::io_timeout(&self.ctx.transport)));
         let run = runner.finish(

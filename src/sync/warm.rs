@@ -10,9 +10,11 @@
 //!   ([`argv::warm`]: without `--timeout`, replaced by a silence deadline of ours), the
 //!   job's credentials, password pipe, working directory and parent-death signal. It is
 //!   handed a batch only if all of those still match the job's ([`Spec::matches`]).
-//! - At most one idle warm process per lane. It takes no `-n` slot while idle (it does no
-//!   work); handed a batch, the run takes a slot like any run, so at most `-n` rsyncs do
-//!   work at once, plus at most one idle process per lane.
+//! - At most one idle warm process per lane, two while its runs go over an ssh connection
+//!   master that is up ([`depth`], [`Spec::over_master`]; there the next one starts
+//!   [`EARLY_START_DELAY`] after the hand-off, beside the run, instead of after it). One takes no `-n` slot while idle (it does no work); handed a batch,
+//!   the run takes a slot like any run, so at most `-n` rsyncs do work at once, plus the
+//!   idle ones.
 //! - The keeper thread (the one long-lived thread that starts warm processes, so that
 //!   their `PR_SET_PDEATHSIG` is not fired by a job thread's exit) replaces a warm process
 //!   idle for [`recycle_after`], or that lost its connection (the remote's idle timeout:
@@ -48,6 +50,10 @@ pub const MAX_LIST_BYTES: usize = 8 * 1024;
 /// A warm process that ends sooner than this after its start was refused (or failed to
 /// start), not ended by an idle timeout: it is not replaced until the lane's next batch.
 const YOUNG: Duration = Duration::from_secs(1);
+/// Over an ssh connection master, the next warm process starts this long after a hand-off
+/// (see `JobEdge::hand_off`): after the handed run's transfer has started, well before a
+/// stream's next change.
+pub const EARLY_START_DELAY: Duration = Duration::from_millis(20);
 /// The keeper looks at the warm processes this often.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -60,6 +66,14 @@ pub fn fits(paths: &[&[u8]]) -> bool {
             .map(|p| argv::dot_path(p).len() + 1)
             .sum::<usize>()
             <= MAX_LIST_BYTES
+}
+
+/// How many idle warm processes a lane keeps: two when its runs go over an ssh connection
+/// master (`super::master`), else one (a second would hold a second connection to the
+/// remote: an rsync daemon counts it against `max connections`, and over ssh without a
+/// master it is a second login).
+pub fn depth(over_master: bool) -> usize {
+    if over_master { 2 } else { 1 }
 }
 
 /// How long a warm process may stay idle before it is replaced: `<warm idle>`, or 3/4 of
@@ -107,6 +121,24 @@ impl Spec {
         })
     }
 
+    /// How many idle warm processes its lane keeps: over an ssh connection master two
+    /// (sessions are cheap there, and one started at a hand-off is still in its handshake
+    /// when a stream's next change comes 50 ms later), else one ([`depth`]).
+    pub(super) fn depth(&self) -> usize {
+        depth(self.over_master())
+    }
+
+    /// Whether its runs go over an ssh connection master that is up now (its socket is
+    /// there: a master that cannot log in or is down leaves none, and its lanes' warm
+    /// rsyncs, each then a login of its own, stay one per lane, started after the run).
+    pub(super) fn over_master(&self) -> bool {
+        self.ctx
+            .transport
+            .control_path
+            .as_deref()
+            .is_some_and(super::master::is_up)
+    }
+
     /// Whether a process started for `self` may run `other`'s batch: same argv, same
     /// working directory, same credentials and password.
     fn matches(&self, other: &Spec) -> bool {
@@ -125,7 +157,8 @@ struct Idle {
 
 #[derive(Default)]
 struct State {
-    idle: HashMap<LaneId, Idle>,
+    /// Per lane, oldest first (at most [`depth`]).
+    idle: HashMap<LaneId, Vec<Idle>>,
     paused: bool,
     closed: bool,
     generation: u64,
@@ -139,7 +172,8 @@ struct State {
 }
 
 enum Order {
-    Start(LaneId, Box<Spec>),
+    /// Start the lane's warm processes, not before the instant.
+    Start(LaneId, Box<Spec>, Instant),
 }
 
 /// The lanes' warm processes.
@@ -168,6 +202,11 @@ impl Pool {
     /// one, the pool is paused or closed, the destination is cold, or a reload came since
     /// the job started).
     pub(super) fn offer(&self, runner: &Runner, lane: LaneId, spec: Spec) {
+        self.offer_at(runner, lane, spec, Instant::now());
+    }
+
+    /// [`Pool::offer`], started no sooner than `at`.
+    pub(super) fn offer_at(&self, runner: &Runner, lane: LaneId, spec: Spec, at: Instant) {
         {
             let state = self.lock();
             if !state.wants(lane, &spec) {
@@ -188,32 +227,39 @@ impl Pool {
         let _ = keeper
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send(Order::Start(lane, Box::new(spec)));
+            .send(Order::Start(lane, Box::new(spec), at));
     }
 
     /// The lane's warm process for a batch of `spec`, if it has a live one that matches
     /// (one that does not is ended).
     pub(super) fn take(&self, lane: LaneId, spec: &Spec) -> Option<Child> {
         let mut state = self.lock();
-        let mut idle = state.idle.remove(&lane)?;
-        if !idle.spec.matches(spec) {
-            tracing::debug!("the warm rsync was started for other options: ended");
-            end(&mut state, idle.child);
-            return None;
+        loop {
+            // The oldest: the most likely to be connected already.
+            let list = state.idle.get_mut(&lane)?;
+            let mut idle = list.remove(0);
+            if list.is_empty() {
+                state.idle.remove(&lane);
+            }
+            if !idle.spec.matches(spec) {
+                tracing::debug!("the warm rsync was started for other options: ended");
+                end(&mut state, idle.child);
+                continue;
+            }
+            if let Some(gone) = lost(&mut idle.child, &tcp_tables()) {
+                state.settle_lost(idle, gone);
+                continue;
+            }
+            if !in_directory(idle.child.id(), &spec.ctx.root) {
+                // Its working directory is the root it started in: a root deleted and made
+                // again, or mounted over, is another directory, where the listed paths do
+                // not exist (and `--ignore-missing-args` would skip them all, with success).
+                tracing::debug!("the warm rsync's directory is no longer the root: ended");
+                end(&mut state, idle.child);
+                continue;
+            }
+            return Some(idle.child);
         }
-        if let Some(gone) = lost(&mut idle.child, &tcp_tables()) {
-            state.settle_lost(idle, gone);
-            return None;
-        }
-        if !in_directory(idle.child.id(), &spec.ctx.root) {
-            // Its working directory is the root it started in: a root deleted and made
-            // again, or mounted over, is another directory, where the listed paths do not
-            // exist (and `--ignore-missing-args` would skip them all, with success).
-            tracing::debug!("the warm rsync's directory is no longer the root: ended");
-            end(&mut state, idle.child);
-            return None;
-        }
-        Some(idle.child)
     }
 
     /// A run to `destination` was refused by the module's `max connections`: if warm
@@ -224,7 +270,10 @@ impl Pool {
         let held: Vec<LaneId> = state
             .idle
             .iter()
-            .filter(|(_, idle)| &idle.spec.destination == destination)
+            .filter(|(_, list)| {
+                list.iter()
+                    .any(|idle| &idle.spec.destination == destination)
+            })
             .map(|(lane, _)| *lane)
             .collect();
         if held.is_empty() {
@@ -232,7 +281,7 @@ impl Pool {
         }
         state.go_cold(destination);
         for lane in held {
-            if let Some(idle) = state.idle.remove(&lane) {
+            for idle in state.idle.remove(&lane).unwrap_or_default() {
                 end(&mut state, idle.child);
             }
         }
@@ -272,28 +321,26 @@ impl Pool {
 
     /// How many warm processes are idle.
     pub(super) fn idle(&self) -> usize {
-        self.lock().idle.len()
+        self.lock().idle.values().map(Vec::len).sum()
     }
 }
 
 impl State {
     /// Whether a warm process for `lane` to `spec` should be started now: the pool is open
     /// and not paused, no reload came since `spec` was made, the destination takes warm
-    /// processes, and the lane has none idle.
+    /// processes, and the lane has fewer idle than its [`depth`].
     fn wants(&self, lane: LaneId, spec: &Spec) -> bool {
         !self.closed
             && !self.paused
             && self.generation == spec.generation
             && !self.cold.contains(&spec.destination)
-            && !self.idle.contains_key(&lane)
+            && self.idle.get(&lane).map_or(0, Vec::len) < spec.depth()
     }
 
     fn end_all(&mut self) {
-        let lanes: Vec<LaneId> = self.idle.keys().copied().collect();
-        for lane in lanes {
-            if let Some(idle) = self.idle.remove(&lane) {
-                end(self, idle.child);
-            }
+        let all: Vec<Idle> = self.idle.drain().flat_map(|(_, list)| list).collect();
+        for idle in all {
+            end(self, idle.child);
         }
     }
 
@@ -489,14 +536,28 @@ fn closed_by_peer(table: &str, inodes: &HashSet<u64>) -> bool {
 /// long or that lost their connection, reaps the ended ones.
 fn keep(runner: &Runner, orders: &Receiver<Order>) {
     let pool = &runner.warm;
+    // Starts asked for later (`Pool::offer_at`), soonest first.
+    let mut deferred: Vec<(Instant, LaneId, Spec)> = Vec::new();
     loop {
-        match orders.recv_timeout(TICK) {
-            Ok(Order::Start(lane, spec)) => start(runner, lane, *spec),
+        let wait = deferred.first().map_or(TICK, |(at, _, _)| {
+            at.saturating_duration_since(Instant::now()).min(TICK)
+        });
+        match orders.recv_timeout(wait) {
+            Ok(Order::Start(lane, spec, at)) if at > Instant::now() => {
+                deferred.push((at, lane, *spec));
+                deferred.sort_by_key(|(at, _, _)| *at);
+            }
+            Ok(Order::Start(lane, spec, _)) => start(runner, lane, *spec),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 pool.close();
                 return;
             }
+        }
+        let now = Instant::now();
+        while deferred.first().is_some_and(|(at, _, _)| *at <= now) {
+            let (_, lane, spec) = deferred.remove(0);
+            start(runner, lane, spec);
         }
         let mut replace = Vec::new();
         {
@@ -508,23 +569,29 @@ fn keep(runner: &Runner, orders: &Receiver<Order>) {
             };
             let lanes: Vec<LaneId> = state.idle.keys().copied().collect();
             for lane in lanes {
-                let Some(mut idle) = state.idle.remove(&lane) else {
+                let Some(list) = state.idle.remove(&lane) else {
                     continue;
                 };
-                if let Some(said) = lost(&mut idle.child, &tcp) {
-                    let spec = idle.spec.clone();
-                    if state.settle_lost(idle, said) {
-                        replace.push((lane, spec));
+                let mut kept = Vec::new();
+                for mut idle in list {
+                    if let Some(said) = lost(&mut idle.child, &tcp) {
+                        let spec = idle.spec.clone();
+                        if state.settle_lost(idle, said) {
+                            replace.push((lane, spec));
+                        }
+                        continue;
                     }
-                    continue;
+                    let lived = state.lived.get(&idle.spec.destination).copied();
+                    if idle.born.elapsed() >= recycle_after(idle.spec.idle, lived) {
+                        replace.push((lane, idle.spec.clone()));
+                        end(&mut state, idle.child);
+                        continue;
+                    }
+                    kept.push(idle);
                 }
-                let lived = state.lived.get(&idle.spec.destination).copied();
-                if idle.born.elapsed() >= recycle_after(idle.spec.idle, lived) {
-                    replace.push((lane, idle.spec.clone()));
-                    end(&mut state, idle.child);
-                    continue;
+                if !kept.is_empty() {
+                    state.idle.insert(lane, kept);
                 }
-                state.idle.insert(lane, idle);
             }
             state
                 .dying
@@ -536,45 +603,42 @@ fn keep(runner: &Runner, orders: &Receiver<Order>) {
     }
 }
 
-/// Starts a warm process for `lane` (on the keeper thread, which outlives it).
+/// Starts warm processes for `lane` until it has its [`depth`] (on the keeper thread,
+/// which outlives them).
 fn start(runner: &Runner, lane: LaneId, spec: Spec) {
     // The warm processes ended before (a reload, a recycle) are gone before a new one
-    // starts: one warm rsync per lane alive at a time, not one idle beside one dying.
+    // starts: no more warm rsyncs per lane alive at a time than its depth, not a full
+    // set idle beside dying ones.
     let dying = std::mem::take(&mut runner.warm.lock().dying);
     for (mut child, at) in dying {
         reap(&mut child, at, true);
     }
-    {
-        let state = runner.warm.lock();
+    loop {
+        {
+            let state = runner.warm.lock();
+            if !state.wants(lane, &spec) {
+                return;
+            }
+        }
+        let child = match runner.spawn(&spec.argv, Cwd::Tree(&spec.ctx.root), &spec.ctx, true) {
+            Ok(child) => child,
+            Err(Run { stderr, .. }) => {
+                tracing::debug!("cannot start a warm rsync: {}", stderr.trim());
+                return;
+            }
+        };
+        let mut state = runner.warm.lock();
+        // Paused, closed, reloaded or filled while it started: it goes at once.
         if !state.wants(lane, &spec) {
+            end(&mut state, child);
             return;
         }
-    }
-    let child = match runner.spawn(&spec.argv, Cwd::Tree(&spec.ctx.root), &spec.ctx, true) {
-        Ok(child) => child,
-        Err(Run { stderr, .. }) => {
-            tracing::debug!("cannot start a warm rsync: {}", stderr.trim());
-            return;
-        }
-    };
-    let mut state = runner.warm.lock();
-    // Paused, closed or reloaded while it started: it goes at once.
-    if state.closed
-        || state.paused
-        || state.generation != spec.generation
-        || state.idle.contains_key(&lane)
-    {
-        end(&mut state, child);
-        return;
-    }
-    state.idle.insert(
-        lane,
-        Idle {
-            spec,
+        state.idle.entry(lane).or_default().push(Idle {
+            spec: spec.clone(),
             child,
             born: Instant::now(),
-        },
-    );
+        });
+    }
 }
 
 #[cfg(test)]
@@ -596,6 +660,14 @@ mod tests {
         for (count, path, warm) in rows {
             let paths = vec![path; count];
             assert_eq!(fits(&paths), warm, "{count} x {} bytes", path.len());
+        }
+    }
+
+    #[test]
+    fn how_many_warm_rsyncs_a_lane_keeps() {
+        // (over an ssh connection master, idle warm rsyncs)
+        for (over_master, kept) in [(false, 1), (true, 2)] {
+            assert_eq!(depth(over_master), kept, "{over_master}");
         }
     }
 

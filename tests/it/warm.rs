@@ -1,6 +1,8 @@
 //! Warm rsyncs (issue 17): a small batch goes to the lane's rsync started beforehand and
 //! already connected, over an rsync daemon and over ssh. What must still hold: a module's
 //! `max connections`, the receiver's idle `timeout`, a server side that dies, shutdown.
+//! Over ssh, every rsync opens its session over sersyncd's ssh connection master: what
+//! must hold when the master is killed, cannot authenticate, and at shutdown.
 
 use std::fs;
 use std::path::Path;
@@ -308,7 +310,7 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
                  PidFile {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n",
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n",
                 at("host_key").display(),
                 at("authorized_keys").display(),
                 at("sshd.pid").display(),
@@ -348,14 +350,35 @@ impl Sshd {
 
     /// The `-e` command that reaches this sshd with the test's key and known_hosts only.
     fn ssh_command(&self) -> String {
+        self.ssh_command_with("client_key")
+    }
+
+    /// The `-e` command with the key in file `key` of the sshd's directory (`host_key`:
+    /// a key sshd does not accept).
+    fn ssh_command_with(&self, key: &str) -> String {
         let at = |name: &str| self.dir.path().join(name).display().to_string();
         format!(
             "ssh -F /dev/null -p {} -i {} -o IdentitiesOnly=yes -o BatchMode=yes \
              -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
             self.port,
-            at("client_key"),
+            at(key),
             at("known_hosts")
         )
+    }
+
+    /// What sshd logged (`LogLevel VERBOSE`).
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// How many ssh connections sshd accepted (authenticated).
+    fn connections(&self) -> usize {
+        self.log().matches("Accepted publickey").count()
+    }
+
+    /// How many sessions (commands: rsync) sshd started, over any connection.
+    fn sessions(&self) -> usize {
+        self.log().matches("Starting session: command").count()
     }
 
     fn answers(&self) -> bool {
@@ -403,6 +426,10 @@ fn descendants(pid: u32) -> Vec<u32> {
 /// A source tree pushed over ssh (`<ssh start="true"/>`, `-e` with the test's sshd) to a
 /// directory of its own; the daemon's builder.
 fn over_ssh(sshd: &Sshd, src: &Path, replica: &Path) -> SersyncdBuilder {
+    over_ssh_with(&sshd.ssh_command(), src, replica)
+}
+
+fn over_ssh_with(command: &str, src: &Path, replica: &Path) -> SersyncdBuilder {
     SersyncdBuilder::new()
         .root(
             src,
@@ -412,7 +439,44 @@ fn over_ssh(sshd: &Sshd, src: &Path, replica: &Path) -> SersyncdBuilder {
             }],
         )
         .ssh(true)
-        .common_params(&format!("-artuz -e '{}'", sshd.ssh_command()))
+        .common_params(&format!("-artuz -e '{command}'"))
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+/// sersyncd's ssh connection master: its PID and control socket, if one of its children is
+/// an ssh started with `ControlMaster=yes`.
+fn master(daemon: &Sersyncd) -> Option<(u32, std::path::PathBuf)> {
+    children(daemon.pid().as_raw() as u32)
+        .into_iter()
+        .filter(|pid| comm(*pid) == "ssh")
+        .find_map(|pid| {
+            let argv = cmdline(pid);
+            if !argv.iter().any(|arg| arg == "ControlMaster=yes") {
+                return None;
+            }
+            let socket = argv
+                .iter()
+                .find_map(|arg| arg.strip_prefix("ControlPath="))?;
+            Some((pid, std::path::PathBuf::from(socket)))
+        })
+}
+
+/// Waits until sersyncd's master is connected (its socket is there); its PID and socket.
+fn master_up(daemon: &Sersyncd) -> (u32, std::path::PathBuf) {
+    let mut found = None;
+    wait_for("an ssh connection master", CONVERGE, || {
+        found = master(daemon).filter(|(_, socket)| socket.exists());
+        found.is_some()
+    });
+    found.expect("a master")
 }
 
 /// Over ssh: changes go to the warm rsync (its ssh session opened before them); the server
@@ -438,7 +502,14 @@ fn over_ssh_warm_rsyncs_deliver_survive_and_go_away() {
     wait_for("the server side", CONVERGE, || {
         !children(sshd.pid()).is_empty()
     });
-    for pid in descendants(sshd.pid()) {
+    // The sshd processes of the connections (the master's, the warm rsyncs'): their
+    // sessions lose their connection. Only sshd's own: a SIGKILL to a session's shell
+    // while it runs its startup files (root's .bashrc) could leave their locks behind
+    // (pyenv's rehash lock here) and stall every later session.
+    for pid in descendants(sshd.pid())
+        .into_iter()
+        .filter(|pid| comm(*pid) == "sshd")
+    {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -473,4 +544,248 @@ fn over_ssh_warm_rsyncs_deliver_survive_and_go_away() {
     wait_for("the server side to end", Duration::from_secs(5), || {
         children(sshd.pid()).is_empty()
     });
+}
+
+/// Over ssh with the connection master (the default): sersyncd runs one `ssh` with
+/// `ControlMaster=yes` as its child, and once it is up, sends, deletions and new
+/// directories (warm and cold runs) open sessions over it: sshd accepts no new connection.
+/// The lane keeps two warm rsyncs; shutdown removes the master and its socket.
+#[test]
+fn over_ssh_every_rsync_opens_its_session_over_the_master() {
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    let src = temp_dir("ssh-src");
+    let replica = temp_dir("ssh-replica");
+    let mut daemon = over_ssh(&sshd, src.path(), replica.path()).start();
+    write(src.path(), "first", "1\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let (pid, socket) = master_up(&daemon);
+    // The rsyncs started before the master was up (connected on their own) are used up.
+    for i in 0..2 {
+        write(src.path(), &format!("warm-up-{i}"), "0\n");
+        wait_converged(src.path(), replica.path(), CONVERGE);
+        fresh_warm(&daemon);
+    }
+    let (connections, sessions) = (sshd.connections(), sshd.sessions());
+    for i in 0..3 {
+        write(src.path(), &format!("next-{i}"), "2\n");
+        wait_converged(src.path(), replica.path(), CONVERGE);
+        fresh_warm(&daemon);
+    }
+    fs::remove_file(src.path().join("first")).unwrap();
+    write(src.path(), "dir/below/new", "3\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    fresh_warm(&daemon);
+    let log = sshd.log();
+    assert_eq!(
+        sshd.connections(),
+        connections,
+        "a run connected on its own:\n{}\n{}",
+        tail(&log, 30),
+        tail(&daemon.log(), 60)
+    );
+    // At least the deletion run's session and the warm rsyncs started to replace the
+    // ones handed a batch (sessions started before the count may have carried sends).
+    assert!(
+        sshd.sessions() >= sessions + 3,
+        "{} sessions, {sessions} before:\n{}",
+        sshd.sessions(),
+        tail(&log, 30)
+    );
+    assert_eq!(
+        master(&daemon).map(|(p, _)| p),
+        Some(pid),
+        "one master throughout"
+    );
+    // Over a master a lane keeps two warm rsyncs (never more).
+    wait_for("two warm rsyncs", CONVERGE, || {
+        warm_rsyncs(&daemon).len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(warm_rsyncs(&daemon).len(), 2);
+    no_failure(&daemon);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert_eq!(comm(pid), "", "the master outlived sersyncd");
+    assert!(!socket.exists(), "{} left behind", socket.display());
+    assert!(
+        !socket.parent().unwrap().exists(),
+        "the socket directory left behind"
+    );
+}
+
+/// The master killed (-9): the next change still arrives (its run connects on its own or
+/// over the new master), nothing is recorded as failed, a new master comes up, and
+/// SIGTERM leaves no ssh or rsync of ours behind.
+#[test]
+fn over_ssh_a_killed_master_comes_back() {
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    let src = temp_dir("ssh-src");
+    let replica = temp_dir("ssh-replica");
+    let mut daemon = over_ssh(&sshd, src.path(), replica.path()).start();
+    write(src.path(), "first", "1\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let (pid, socket) = master_up(&daemon);
+    fresh_warm(&daemon);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    // At once: the warm rsync over it may be dead, the socket stale.
+    write(src.path(), "right-after", "2\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let mut back = None;
+    wait_for("a new master", CONVERGE, || {
+        back = master(&daemon).filter(|(p, socket)| *p != pid && socket.exists());
+        back.is_some()
+    });
+    let (new_pid, new_socket) = back.unwrap();
+    assert_eq!(
+        new_socket, socket,
+        "the same socket path (warm rsyncs' argv match)"
+    );
+    for i in 0..2 {
+        write(src.path(), &format!("later-{i}"), "3\n");
+        wait_converged(src.path(), replica.path(), CONVERGE);
+        fresh_warm(&daemon);
+    }
+    no_failure(&daemon);
+    let ours = descendants(daemon.pid().as_raw() as u32);
+    assert!(ours.contains(&new_pid));
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    let alive: Vec<u32> = ours
+        .iter()
+        .copied()
+        .filter(|pid| matches!(comm(*pid).as_str(), "rsync" | "ssh"))
+        .collect();
+    assert_eq!(alive, Vec::<u32>::new(), "outlived sersyncd");
+    assert!(!socket.exists());
+}
+
+/// A master that cannot authenticate (a key sshd does not accept): one clear warning with
+/// ssh's own message, tried again with backoff (a handful of starts in 6 s, not a loop),
+/// and none left at shutdown.
+#[test]
+fn over_ssh_a_master_that_cannot_log_in_is_retried_with_backoff() {
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    let src = temp_dir("ssh-src");
+    let replica = temp_dir("ssh-replica");
+    let command = sshd.ssh_command_with("host_key");
+    let mut daemon = over_ssh_with(&command, src.path(), replica.path()).start();
+    write(src.path(), "never", "1\n");
+    wait_for("the master's failure", CONVERGE, || {
+        daemon
+            .log()
+            .contains("cannot keep an ssh connection master open")
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let log = daemon.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("cannot keep an ssh connection master open"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", tail(&log, 60));
+    assert!(warned[0].contains("Permission denied"), "{}", warned[0]);
+    let starts = log.matches("starting the ssh connection master").count();
+    assert!(
+        (2..=5).contains(&starts),
+        "{starts} starts:\n{}",
+        tail(&log, 60)
+    );
+    let ours = descendants(daemon.pid().as_raw() as u32);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert!(
+        ours.iter()
+            .all(|pid| !matches!(comm(*pid).as_str(), "rsync" | "ssh")),
+        "outlived sersyncd"
+    );
+}
+
+/// A reload that keeps the remote (the same ssh command, login and host) keeps its
+/// master; one that changes the ssh command ends the old master (reaped: no zombie) and
+/// the next change goes over a new one.
+#[test]
+fn over_ssh_a_reload_keeps_or_replaces_the_master() {
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    let src = temp_dir("ssh-src");
+    let replica = temp_dir("ssh-replica");
+    let mut daemon = over_ssh(&sshd, src.path(), replica.path()).start();
+    let reload = |daemon: &mut Sersyncd, command: &str, nth: usize| {
+        daemon.write_config(&over_ssh_with(command, src.path(), replica.path()).xml());
+        daemon.signal(nix::sys::signal::Signal::SIGHUP);
+        wait_for("the reload", CONVERGE, || {
+            daemon.log().matches("configuration reloaded").count() >= nth
+        });
+    };
+    write(src.path(), "first", "1\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let (pid, socket) = master_up(&daemon);
+    reload(&mut daemon, &sshd.ssh_command(), 1);
+    write(src.path(), "second", "2\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    assert_eq!(master_up(&daemon), (pid, socket.clone()), "kept");
+    let other = format!("{} -o ConnectTimeout=9", sshd.ssh_command());
+    reload(&mut daemon, &other, 2);
+    wait_for("the old master to be reaped", CONVERGE, || {
+        comm(pid).is_empty()
+    });
+    write(src.path(), "third", "3\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let (new_pid, new_socket) = master_up(&daemon);
+    assert_ne!(new_pid, pid);
+    assert_ne!(new_socket, socket);
+    assert!(
+        cmdline(new_pid).iter().any(|arg| arg == "ConnectTimeout=9"),
+        "{:?}",
+        cmdline(new_pid)
+    );
+    no_failure(&daemon);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert!(comm(new_pid).is_empty());
+}
+
+/// Pause (over D-Bus) ends the master once no run is left (reaped: no zombie) and starts
+/// none while paused; resume brings one back and the changes held arrive over it.
+#[test]
+fn over_ssh_pause_ends_the_master_and_resume_brings_it_back() {
+    use crate::control::{ctl, on_bus};
+    use crate::harness::bus::{Bus, Policy};
+    let Some(bus) = Bus::start(Policy::SystemLike) else {
+        return;
+    };
+    let Some(sshd) = Sshd::start() else {
+        return;
+    };
+    let src = temp_dir("ssh-src");
+    let replica = temp_dir("ssh-replica");
+    let mut daemon = on_bus(over_ssh(&sshd, src.path(), replica.path()), &bus, "web").start();
+    write(src.path(), "first", "1\n");
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let (pid, _) = master_up(&daemon);
+    ctl(&bus, &["pause"]).expect(0);
+    wait_for("the master to end and be reaped", CONVERGE, || {
+        comm(pid).is_empty()
+    });
+    write(src.path(), "held", "2\n");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!replica.path().join("held").exists(), "sent while paused");
+    assert_eq!(master(&daemon), None, "a master started while paused");
+    ctl(&bus, &["resume"]).expect(0);
+    wait_converged(src.path(), replica.path(), CONVERGE);
+    let (new_pid, _) = master_up(&daemon);
+    assert_ne!(new_pid, pid);
+    no_failure(&daemon);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert!(comm(new_pid).is_empty());
 }
