@@ -32,6 +32,28 @@ pub struct Identity {
     pub groups: Vec<libc::gid_t>,
 }
 
+/// Takes `credentials` (groups, group, user) in a child between fork and exec: groups,
+/// then group, then user, since after setuid nothing else may change.
+///
+/// # Safety
+/// Only for a `pre_exec` closure: it calls only async-signal-safe functions (setgroups,
+/// setgid, setuid) on data prepared before the fork.
+pub(super) unsafe fn take_in_child(
+    credentials: &(Vec<libc::gid_t>, libc::gid_t, libc::uid_t),
+) -> std::io::Result<()> {
+    let (groups, gid, uid) = credentials;
+    // SAFETY: async-signal-safe calls on memory the child owns (see above).
+    unsafe {
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || libc::setgid(*gid) != 0
+            || libc::setuid(*uid) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 impl Identity {
     /// Who runs rsync for `root`: `None` means as the daemon itself (root).
     ///

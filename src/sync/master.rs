@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use super::argv::{self, SshTarget};
 use super::identity::Identity;
+use super::warm::{reap, signal};
 use super::{JobContext, Runner};
 
 /// How often the master thread looks at its masters.
@@ -341,33 +342,8 @@ fn user_dir(dir: &Path, who: &Identity) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-fn signal(pid: u32, signal: nix::sys::signal::Signal) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-    }
-}
-
 fn terminate(child: &Child) {
     signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-}
-
-/// Reaps `child` if it ended; past 2 s since `since`, kills it (SIGKILL). With `wait`,
-/// until it is reaped. Returns whether it was.
-fn reap(child: &mut Child, since: Instant, wait: bool) -> bool {
-    loop {
-        if let Ok(Some(_)) | Err(_) = child.try_wait() {
-            return true;
-        }
-        if since.elapsed() >= Duration::from_secs(2) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return true;
-        }
-        if !wait {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Reads what `child` wrote to stderr so far (without blocking) into `said`, keeping the
@@ -580,13 +556,8 @@ fn start(master: &mut Master, now: Instant) {
     // setuid, prctl, getppid, _exit) on data prepared before the fork.
     unsafe {
         command.pre_exec(move || {
-            if let Some((groups, gid, uid)) = &credentials {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(*gid) != 0
-                    || libc::setuid(*uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(credentials) = &credentials {
+                super::identity::take_in_child(credentials)?;
             }
             // After the credentials: changing them clears the parent-death signal.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {

@@ -335,14 +335,8 @@ impl Runner {
         // setuid, prctl, getppid, chdir, fchdir) on data prepared before the fork.
         unsafe {
             command.pre_exec(move || {
-                if let Some((groups, gid, uid)) = &credentials {
-                    // Groups, then group, then user: after setuid nothing else may change.
-                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                        || libc::setgid(*gid) != 0
-                        || libc::setuid(*uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                if let Some(credentials) = &credentials {
+                    identity::take_in_child(credentials)?;
                 }
                 // The password pipe stays open across exec (it was made close-on-exec).
                 if let Some(fd) = password_fd {

@@ -412,7 +412,8 @@ fn in_directory(pid: u32, dir: &std::path::Path) -> bool {
     }
 }
 
-fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+/// Sends `signal` to process `pid` (one of ours), ignoring a process already gone.
+pub(super) fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
     }
@@ -420,7 +421,7 @@ fn signal(pid: u32, signal: nix::sys::signal::Signal) {
 
 /// Reaps `child` if it ended; past 2 s since `since`, kills it (SIGKILL). With `wait`,
 /// until it is reaped. Returns whether it was.
-fn reap(child: &mut Child, since: Instant, wait: bool) -> bool {
+pub(super) fn reap(child: &mut Child, since: Instant, wait: bool) -> bool {
     loop {
         if let Ok(Some(_)) | Err(_) = child.try_wait() {
             return true;
