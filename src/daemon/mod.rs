@@ -283,6 +283,9 @@ fn prepare_state_dir(dir: &Path) -> std::io::Result<std::fs::File> {
 }
 
 struct Daemon {
+    /// Two-way mode: paths `undo_stale_arrival` moved aside lately (their removal is
+    /// not the user's).
+    undone: Vec<(RootId, crate::relpath::RelPath, Instant)>,
     cli: Cli,
     config: Config,
     instance: String,
@@ -538,6 +541,7 @@ impl Daemon {
             cli.worker_limit(),
         );
         Ok(Daemon {
+            undone: Vec::new(),
             queue: {
                 let mut queue =
                     Queue::new(&queue_layout(&lanes), DEFAULT_MAX_BATCH, Instant::now());
@@ -1933,17 +1937,19 @@ impl Daemon {
                         continue;
                     }
                     let mut action = change.action;
-                    let arrived = action == Action::Arrived;
-                    if matches!(action, Action::Arrived | Action::Sync | Action::Created)
-                        && self.undo_stale_arrival(change.root, &change.path, arrived)
+                    if action == Action::Arrived
+                        && self.undo_stale_arrival(change.root, &change.path)
                     {
                         action = Action::Remove { dir: false };
-                    } else if arrived {
+                    } else if action == Action::Arrived {
                         self.record_arrival(change.root, &change.path);
                     } else if let Action::Remove { dir } = action {
                         // A file unlinked here is this host's: the peer's runs rename.
                         let own = change.unlinked && !dir;
-                        if !own && self.removed_by_peer(change.root, &change.path, dir) {
+                        if self.undone_here(change.root, &change.path) {
+                            // Moved aside by `undo_stale_arrival`: its deletion is queued
+                            // already, dated by the user's removal.
+                        } else if !own && self.removed_by_peer(change.root, &change.path, dir) {
                             action = Action::Arrived;
                         } else {
                             self.record_removal(change.root, &change.path, own);
@@ -2679,12 +2685,18 @@ impl Daemon {
                 && versions
                     .removed_at(path)
                     .is_none_or(|removed| removed < changed);
+            // A file: the version this host had there. Knowing none (since a restart),
+            // a recent arrival in the trash is taken for the peer's: sent back as this
+            // host's deletion, the peer's run moving the old copy aside for a new one
+            // would delete the new one there, judged by time.
             let same = if is_dir {
                 meta.is_dir()
             } else {
+                let history = versions.history(path);
                 !meta.is_dir()
-                    && versions.history(path).last().map(|known| known.version)
-                        == Some(crate::sync::two_way::Version::of(&meta))
+                    && (history.is_empty()
+                        || history.last().map(|known| known.version)
+                            == Some(crate::sync::two_way::Version::of(&meta)))
             };
             recent && same
         })
@@ -2692,24 +2704,23 @@ impl Daemon {
 
     /// Two-way mode: whether what just arrived at `path` is a version this host had and
     /// then saw deleted here moments ago, brought back (by the peer's full sync after a
-    /// restart, by a pull of this host's full sync, or by an older run) racing that
-    /// deletion: it is removed again, and the deletion goes on to the peer, whose copy is
-    /// that old version. Without this, the arrival would void the pending deletion, and
-    /// the deleted file would live on both sides. Any other version stays.
-    ///
-    /// `arrived`: it came through the incoming directory; otherwise it was made in place
-    /// (a symlink the peer's full sync or a pull of this host's made, unannounced), and
-    /// only a symlink is judged (a user's new file or symlink has a new time, a copy the
-    /// old one's).
-    fn undo_stale_arrival(&self, root: RootId, path: &[u8], arrived: bool) -> bool {
+    /// restart, or by an older run) racing that deletion: it is moved into the local
+    /// soft-delete directory, and the deletion goes on to the peer, whose copy is that old
+    /// version. Without this, the arrival would void the deletion, and the deleted file
+    /// would live on both sides. Anything else stays: a version this host never had, one
+    /// modified since, or any version once this host has made the path again itself.
+    fn undo_stale_arrival(&mut self, root: RootId, path: &[u8]) -> bool {
         /// How long after a deletion an old version coming back counts as racing it: a
         /// restore of that version on the peer within this time is undone too (it stays
-        /// in the peer's soft-delete directory).
+        /// in the soft-delete directories).
         const RACING: Duration = Duration::from_secs(60);
         let Some(lane) = self.lanes.iter().find(|lane| lane.root == root) else {
             return false;
         };
-        let Some(versions) = &lane.context.versions else {
+        let (Some(versions), Some(soft)) = (
+            &lane.context.versions,
+            &lane.context.transport.options.soft_delete,
+        ) else {
             return false;
         };
         let Some((removed_at, unlinked)) = versions.removal(path) else {
@@ -2723,54 +2734,101 @@ impl Daemon {
         let Ok(meta) = std::fs::symlink_metadata(&abs) else {
             return false;
         };
-        if meta.is_dir() || !(arrived || meta.file_type().is_symlink()) {
+        if meta.is_dir() {
             return false;
         }
         // Judged like the deletion run judges the peer's copy (`two_way::spared`): a
         // version this host had before it saw the deletion, or, for a path or a version
-        // older than its history (since a restart), one modified before the deletion
-        // (here to the nanosecond, where a listing shows seconds). By time only after a
+        // older than its history (since a restart), one of an earlier second than the
+        // deletion (the deletion run spares the deletion's second). By time only after a
         // file was unlinked here: a removal that was a rename away may have been the
         // peer's run moving the old copy aside for the new version that arrives now.
         let version = crate::sync::two_way::Version::of(&meta);
         let history = versions.history(path);
+        if history.iter().any(|known| known.since > removed_at) {
+            // This host had the path again after the deletion (its user made it anew,
+            // or it arrived and stayed): the deletion is over.
+            return false;
+        }
+        let seconds = |at: std::time::SystemTime| {
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs())
+        };
+        let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
         let mut had = history
             .iter()
             .filter(|known| known.version == version)
             .peekable();
-        // Whatever the history says, a copy of a version from before the deletion was
-        // modified before it, to the nanosecond: a version is told by whole seconds and
-        // size, and this host's user may have made the path again within the second.
-        let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-        let stale = modified < removed_at
-            && if had.peek().is_some() {
-                had.any(|known| known.since <= removed_at)
-            } else {
-                unlinked && (history.is_empty() || modified < versions.complete_since())
-            };
-        tracing::trace!(
-            sersync_path = %String::from_utf8_lossy(path),
-            ?version,
-            ?history,
-            ?removed_at,
-            unlinked,
-            stale,
-            "two-way: judged a return"
-        );
+        let stale = if had.peek().is_some() {
+            // A copy of a version from before the deletion was modified before it.
+            modified < removed_at && had.any(|known| known.since <= removed_at)
+        } else {
+            unlinked
+                && (history.is_empty() || modified < versions.complete_since())
+                && seconds(modified) < seconds(removed_at)
+        };
         if !stale {
             return false;
         }
-        match std::fs::remove_file(&abs) {
-            Ok(()) => {
-                versions.record_removal(path, true);
-                tracing::info!(
-                    sersync_path = %String::from_utf8_lossy(path),
-                    "two-way: the peer sent back a version deleted here moments ago; \
-                     removed again, and the deletion goes on"
-                );
+        // Into the soft-delete directory, never over what is there: nothing is lost.
+        let mut kept = soft.dir.as_bytes().to_vec();
+        kept.push(b'/');
+        kept.extend(crate::sync::argv::utc_date(now).as_bytes());
+        let kept = crate::relpath::absolute(&lane.context.root, &crate::relpath::join(&kept, path));
+        let moved = kept
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                let mut target = kept.clone();
+                for n in 1..100 {
+                    match nix::fcntl::renameat2(
+                        nix::fcntl::AT_FDCWD,
+                        &abs,
+                        nix::fcntl::AT_FDCWD,
+                        &target,
+                        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+                    ) {
+                        Err(nix::errno::Errno::EEXIST) => {
+                            let mut name = kept.as_os_str().to_owned();
+                            name.push(format!(".{n}"));
+                            target = PathBuf::from(name);
+                        }
+                        done => return done.map_err(std::io::Error::from),
+                    }
+                }
+                Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+            });
+        if let Err(err) = moved {
+            tracing::debug!(
+                sersync_path = %String::from_utf8_lossy(path),
+                "two-way: cannot move a returned old version aside: {err}"
+            );
+            return false;
+        }
+        tracing::info!(
+            sersync_path = %String::from_utf8_lossy(path),
+            "two-way: the peer sent back a version deleted here moments ago; moved into the \
+             soft-delete directory again, and the deletion goes on"
+        );
+        self.undone.push((root, path.to_vec(), Instant::now()));
+        true
+    }
+
+    /// Whether `path`'s removal is `undo_stale_arrival` moving it aside (forgotten once
+    /// seen, or after a minute).
+    fn undone_here(&mut self, root: RootId, path: &[u8]) -> bool {
+        self.undone
+            .retain(|(_, _, at)| at.elapsed() < Duration::from_secs(60));
+        match self
+            .undone
+            .iter()
+            .position(|(r, p, _)| *r == root && p.as_slice() == path)
+        {
+            Some(at) => {
+                self.undone.swap_remove(at);
                 true
             }
-            Err(_) => false,
+            None => false,
         }
     }
 

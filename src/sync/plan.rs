@@ -488,10 +488,12 @@ impl<E: Edge> Plan<'_, E> {
         // empty directory the peer deleted here, seen here and sent back as a deletion
         // while the peer's writer made it again: rsync's --backup keeps no empty
         // directory, so the peer's removal of one cannot be told from this host's).
+        let shown: std::collections::HashSet<&[u8]> =
+            listed.iter().map(|entry| entry.path.as_slice()).collect();
         let present: Vec<&[u8]> = delete
             .iter()
             .copied()
-            .filter(|target| listed.iter().any(|entry| entry.path == *target))
+            .filter(|target| shown.contains(target))
             .collect();
         if present.is_empty() {
             return listing;
@@ -652,13 +654,41 @@ impl<E: Edge> Plan<'_, E> {
         }
         let listed = super::two_way::parse_listing(&listing.stdout);
         let stale = super::two_way::stale(&listed, |path| ctx.history(path));
+        let stale_set: std::collections::HashSet<&[u8]> = stale.iter().map(Vec::as_slice).collect();
+        // The peer's entries by path (of a path read twice, a symlink whose name holds
+        // " -> ", the first reading).
+        let mut there: std::collections::HashMap<&[u8], &super::two_way::Listed> =
+            std::collections::HashMap::new();
+        for entry in &listed {
+            there.entry(entry.path.as_slice()).or_insert(entry);
+        }
+        // A copy there that is newer than this host's and not a version it had: --update
+        // keeps it there, so it is pulled here, or the two sides would differ for good
+        // (this host's copy is older: renamed over the path, or restored, after a restart
+        // that forgot the versions that tell).
+        let peer_newer: std::collections::HashSet<&[u8]> = paths
+            .iter()
+            .copied()
+            .zip(self.edge.versions(paths))
+            .filter_map(|(path, here)| {
+                let here = here?;
+                let there = there.get(path)?;
+                let newer = there.size != super::two_way::Version::DIRECTORY.size
+                    && there.mtime > here.mtime
+                    && !stale_set.contains(path);
+                newer.then_some(path)
+            })
+            .collect();
         // What rsync makes in place there: the directories, symlinks and special files
-        // sent, and the ancestors the peer lacks (made by --relative).
-        let mut in_place: Vec<&[u8]> = paths.to_vec();
+        // sent, and the ancestors the peer lacks (made by --relative); not what is pulled.
+        let mut in_place: Vec<&[u8]> = paths
+            .iter()
+            .copied()
+            .filter(|path| !peer_newer.contains(path))
+            .collect();
         for path in paths {
             in_place.extend(
-                crate::relpath::ancestors(path)
-                    .filter(|ancestor| !listed.iter().any(|entry| entry.path == *ancestor)),
+                crate::relpath::ancestors(path).filter(|ancestor| !there.contains_key(ancestor)),
             );
         }
         in_place.sort_unstable();
@@ -666,27 +696,10 @@ impl<E: Edge> Plan<'_, E> {
         if let Some(failed) = self.announce_made(&in_place, ctx) {
             return failed;
         }
-        let is_stale = |path: &[u8]| stale.iter().any(|s| s.as_slice() == path);
-        // A copy there that is newer than this host's and not a version it had: --update
-        // keeps it there, so it is pulled here, or the two sides would differ for good
-        // (this host's copy is older: renamed over the path, or restored, after a restart
-        // that forgot the versions that tell).
-        let peer_newer: Vec<&[u8]> = paths
-            .iter()
-            .copied()
-            .zip(self.edge.versions(paths))
-            .filter_map(|(path, here)| {
-                let here = here?;
-                let there = listed.iter().find(|entry| {
-                    entry.path == path && entry.size != super::two_way::Version::DIRECTORY.size
-                })?;
-                (there.mtime > here.mtime && !is_stale(path)).then_some(path)
-            })
-            .collect();
         let newest: Vec<&[u8]> = paths
             .iter()
             .copied()
-            .filter(|path| !is_stale(path) && !peer_newer.contains(path))
+            .filter(|path| !stale_set.contains(path) && !peer_newer.contains(path))
             .collect();
         let sent = if newest.is_empty() {
             Run::ended(RunResult::Exited(0))
@@ -703,7 +716,9 @@ impl<E: Edge> Plan<'_, E> {
             runs.push(self.edge.run(RunSpec::at_root(argv, stdin)));
         }
         if !peer_newer.is_empty() {
-            runs.push(self.pull(&peer_newer, false, ctx));
+            let mut pulled: Vec<&[u8]> = peer_newer.into_iter().collect();
+            pulled.sort_unstable();
+            runs.push(self.pull(&pulled, false, ctx));
         }
         Run::worst(runs)
     }

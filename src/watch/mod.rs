@@ -617,21 +617,31 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             return action;
         }
         let now = Instant::now();
-        self.announced.retain(|_, (_, until)| *until > now);
-        let Some((announced, _)) = self.announced.get(path) else {
+        let Some((announced, until)) = self.announced.get(path) else {
             return action;
         };
+        if *until <= now {
+            self.announced.remove(path);
+            return action;
+        }
         let abs = self.abs_path(root, path);
         let here = match std::fs::symlink_metadata(&abs) {
             Err(_) => None,
             Ok(meta) => match Announced::of(&abs, &meta) {
                 Some(here) => Some(here),
-                // A regular file is never announced: it arrives through the incoming
-                // directory.
-                None => return action,
+                // A regular file is never announced (it arrives through the incoming
+                // directory): the path is this host's now.
+                None => {
+                    self.announced.remove(path);
+                    return action;
+                }
             },
         };
-        if announced.is_met_by(here.as_ref()) {
+        // Only directories are announced removed: a file's removal is never the peer's
+        // by announcement.
+        let met = announced.is_met_by(here.as_ref())
+            && !(matches!(announced, Announced::Removed) && action != Action::Remove { dir: true });
+        if met {
             // Kept a moment for the events that follow (rsync setting the times and mode
             // of what it made), not longer: what the peer has may change.
             let follow_up = now + ANNOUNCED_FOLLOW_UP;
@@ -673,7 +683,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         let _ = std::fs::remove_file(&path);
         match read {
             Ok(bytes) => {
-                let until = Instant::now() + ANNOUNCED_FOR;
+                let now = Instant::now();
+                self.announced.retain(|_, (_, until)| *until > now);
+                let until = now + ANNOUNCED_FOR;
                 for (path, announced) in crate::sync::two_way::decode_notice(&bytes) {
                     self.announced.insert(path, (announced, until));
                 }
