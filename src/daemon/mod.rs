@@ -283,6 +283,8 @@ fn prepare_state_dir(dir: &Path) -> std::io::Result<std::fs::File> {
 }
 
 struct Daemon {
+    /// Two-way mode: when the versions were last saved (see `save_versions`).
+    versions_saved: Instant,
     /// Two-way mode: paths `undo_stale_arrival` moved aside lately (their removal is
     /// not the user's).
     undone: Vec<(RootId, crate::relpath::RelPath, Instant)>,
@@ -541,6 +543,7 @@ impl Daemon {
             cli.worker_limit(),
         );
         Ok(Daemon {
+            versions_saved: Instant::now(),
             undone: Vec::new(),
             queue: {
                 let mut queue =
@@ -1041,6 +1044,7 @@ impl Daemon {
     }
 
     fn run(mut self) -> i32 {
+        self.load_versions();
         if let Err(err) = self
             .start_signal_listener()
             .and_then(|()| self.start_watchers())
@@ -1084,6 +1088,7 @@ impl Daemon {
             self.dispatch();
             self.advance_checkpoints();
             self.refresh_status();
+            self.save_versions(false);
             if self.stopping && self.in_flight == 0 {
                 break;
             }
@@ -1116,6 +1121,7 @@ impl Daemon {
         self.drain_watchers();
         self.stop_watchers();
         self.save_journal();
+        self.save_versions(true);
         self.save_state();
         if let Some(plugins) = self.plugins.take() {
             plugins.shutdown(Duration::from_secs(5));
@@ -2883,6 +2889,76 @@ impl Daemon {
     }
 
     /// Writes the failure journal and the failure script if they changed.
+    /// Two-way mode: the file in the state directory that keeps the versions of `root`
+    /// across restarts (named by a hash of the root's path: roots may come and go).
+    fn versions_file(&self, root: &Path) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in root.as_os_str().as_bytes() {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.state
+            .path()
+            .join(format!("two-way-versions-{hash:016x}"))
+    }
+
+    /// Two-way mode: takes up the versions each root had when the last run stopped or last
+    /// saved them (after a kill -9, the last seconds' are lost: those paths go by time).
+    fn load_versions(&mut self) {
+        if !self.config.rsync.two_way {
+            return;
+        }
+        let roots: Vec<PathBuf> = self.config.roots.iter().map(|r| r.path.clone()).collect();
+        for root in roots {
+            let file = self.versions_file(&root);
+            let loaded = match std::fs::read(&file) {
+                Ok(bytes) => crate::sync::two_way::Versions::decode(&bytes),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    tracing::warn!(file = %file.display(), "two-way: cannot read the saved versions: {err}");
+                    continue;
+                }
+            };
+            let Some(loaded) = loaded else {
+                tracing::warn!(file = %file.display(), "two-way: the saved versions are damaged; starting without them");
+                continue;
+            };
+            let loaded = Arc::new(loaded);
+            for lane in &mut self.lanes {
+                if lane.context.root == root && lane.context.versions.is_some() {
+                    lane.context.versions = Some(Arc::clone(&loaded));
+                }
+            }
+        }
+    }
+
+    /// Two-way mode: saves what changed in the roots' versions, at most every 2 s (and
+    /// with `stopping`, whatever changed).
+    fn save_versions(&mut self, stopping: bool) {
+        const EVERY: Duration = Duration::from_secs(2);
+        if !self.config.rsync.two_way || (!stopping && self.versions_saved.elapsed() < EVERY) {
+            return;
+        }
+        self.versions_saved = Instant::now();
+        let mut done: Vec<PathBuf> = Vec::new();
+        for lane in &self.lanes {
+            let Some(versions) = &lane.context.versions else {
+                continue;
+            };
+            if done.contains(&lane.context.root) {
+                continue;
+            }
+            done.push(lane.context.root.clone());
+            if !versions.take_changed() {
+                continue;
+            }
+            let file = self.versions_file(&lane.context.root);
+            if let Err(err) = crate::atomic_file::write_atomically(&file, &versions.encode()) {
+                tracing::warn!(file = %file.display(), "two-way: cannot save the versions: {err}");
+            }
+        }
+    }
+
     fn save_journal(&mut self) {
         if !self.journal_dirty {
             return;

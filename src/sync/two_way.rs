@@ -286,6 +286,8 @@ pub struct Versions {
     /// removal was certainly this host's own: a file unlinked, not renamed away (the
     /// peer's runs rename what they remove into the soft-delete directory).
     removed: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (std::time::SystemTime, bool)>>,
+    /// Something was recorded since [`Versions::take_changed`] last said so.
+    changed: std::sync::atomic::AtomicBool,
 }
 
 /// A version, and when this host first had it.
@@ -306,11 +308,112 @@ impl Default for Versions {
             known: std::sync::Mutex::default(),
             complete_since: std::sync::Mutex::new(std::time::SystemTime::now()),
             removed: std::sync::Mutex::default(),
+            changed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
+/// The first record of [`Versions::encode`]'s bytes.
+const VERSIONS_MAGIC: &[u8] = b"sersync-two-way-versions 1";
+
+fn encode_time(at: std::time::SystemTime, out: &mut Vec<u8>) {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    out.extend(format!("{}.{:09}", since.as_secs(), since.subsec_nanos()).as_bytes());
+    out.push(0);
+}
+
+fn decode_time(field: &[u8]) -> Option<std::time::SystemTime> {
+    let text = std::str::from_utf8(field).ok()?;
+    let (secs, nanos) = text.split_once('.')?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs.parse().ok()?, nanos.parse().ok()?))
+}
+
+fn decode_number<T: std::str::FromStr>(field: &[u8]) -> Option<T> {
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
 impl Versions {
+    /// Whether anything was recorded since the last call (for saving it).
+    pub fn take_changed(&self) -> bool {
+        self.changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What this record holds, as bytes that [`Versions::decode`] reads back: saved in
+    /// the state directory, so that a restart (a kill -9 included) does not forget which
+    /// versions this host had. NUL-separated records; paths are raw bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = VERSIONS_MAGIC.to_vec();
+        out.push(0);
+        encode_time(self.complete_since(), &mut out);
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for (path, history) in known.iter() {
+            for known in history {
+                out.push(b'K');
+                out.extend_from_slice(path);
+                out.push(0);
+                out.extend(known.version.mtime.to_string().as_bytes());
+                out.push(0);
+                out.extend(known.version.size.to_string().as_bytes());
+                out.push(0);
+                encode_time(known.since, &mut out);
+            }
+        }
+        drop(known);
+        let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        for (path, (at, unlinked)) in removed.iter() {
+            out.push(b'R');
+            out.extend_from_slice(path);
+            out.push(0);
+            encode_time(*at, &mut out);
+            out.push(if *unlinked { b'1' } else { b'0' });
+            out.push(0);
+        }
+        // The end: a file cut short (a full disk) is not taken for a whole one.
+        out.extend_from_slice(b"E\0");
+        out
+    }
+
+    /// A record from [`Versions::encode`]'s bytes, or `None` if they are not such (a
+    /// damaged file starts an empty record: resurrection at worst).
+    pub fn decode(bytes: &[u8]) -> Option<Versions> {
+        let mut fields = bytes.split(|&b| b == 0);
+        if fields.next()? != VERSIONS_MAGIC {
+            return None;
+        }
+        let versions = Versions::default();
+        *versions
+            .complete_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = decode_time(fields.next()?)?;
+        {
+            let mut known = versions.known.lock().unwrap_or_else(|e| e.into_inner());
+            let mut removed = versions.removed.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                let (&kind, path) = fields.next()?.split_first()?;
+                match kind {
+                    b'E' if path.is_empty() => break,
+                    b'K' => {
+                        let mtime = decode_number(fields.next()?)?;
+                        let size = decode_number(fields.next()?)?;
+                        let since = decode_time(fields.next()?)?;
+                        known.entry(path.to_vec()).or_default().push(Known {
+                            version: Version { mtime, size },
+                            since,
+                        });
+                    }
+                    b'R' => {
+                        let at = decode_time(fields.next()?)?;
+                        let unlinked = fields.next()? == b"1";
+                        removed.insert(path.to_vec(), (at, unlinked));
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        Some(versions)
+    }
+
     pub fn record(&self, path: &[u8], version: Version) {
         let now = std::time::SystemTime::now();
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
@@ -333,6 +436,8 @@ impl Versions {
             version,
             since: now,
         });
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records the version at `path` below `root` now.
@@ -368,6 +473,8 @@ impl Versions {
             removed.clear();
         }
         removed.insert(path.to_vec(), (at, unlinked));
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// When this host last saw `path` or one of its ancestors removed (the latest), if it
@@ -626,6 +733,28 @@ mod tests {
         for (word, refused) in rows {
             assert_eq!(refused_option(word).is_some(), *refused, "{word}");
         }
+    }
+
+    #[test]
+    fn versions_survive_their_encoding() {
+        let at = |secs, nanos| std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+        let versions = Versions::default();
+        versions.record(b"a/new\nline", Version { mtime: 5, size: 6 });
+        versions.record(b"a/new\nline", Version::DIRECTORY);
+        versions.record(b"-dash q'uote", Version { mtime: -1, size: 0 });
+        versions.record_removal_at(b"gone", at(7, 123), true);
+        versions.record_removal_at(b"dir", at(8, 0), false);
+        assert!(versions.take_changed());
+        assert!(!versions.take_changed());
+        let back = Versions::decode(&versions.encode()).expect("decodes");
+        for path in [&b"a/new\nline"[..], b"-dash q'uote", b"absent"] {
+            assert_eq!(back.history(path), versions.history(path));
+        }
+        assert_eq!(back.removal(b"gone"), Some((at(7, 123), true)));
+        assert_eq!(back.removal(b"dir/x"), Some((at(8, 0), false)));
+        assert_eq!(back.complete_since(), versions.complete_since());
+        assert!(Versions::decode(b"something else\0").is_none());
+        assert!(Versions::decode(&versions.encode()[..40]).is_none());
     }
 
     #[test]

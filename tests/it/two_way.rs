@@ -1525,3 +1525,54 @@ fn entries_made_in_place_and_removed_dirs_are_not_sent_back() {
         assert!(!hosts.root_b().join(format!("d{i}")).exists());
     }
 }
+
+/// A host killed with kill -9 and restarted still knows the versions it had (saved in
+/// its state directory every 2 s): a file renamed over another with an older time after
+/// the restart replaces the peer's copy, which is a version this host had. Forgetting
+/// them, the restarted host took the peer's copy (newer by time) for the peer's own edit
+/// and pulled it back over the renamed file (the randomized rounds, seeds 1 and 3).
+#[test]
+fn a_rename_of_an_older_file_after_a_kill_9_restart_wins_on_both() {
+    let Some(hosts) = Hosts::new() else { return };
+    let mut a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    let root = hosts.root_a();
+    write(root, "old", "the older file\n");
+    let past = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(root.join("old"))
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    write(root, "f", "the newer file\n");
+    hosts.converged(Duration::from_secs(30));
+    // Past a save of the versions.
+    std::thread::sleep(Duration::from_secs(3));
+    a.kill9();
+    a.restart();
+    // After the restart's full sync (a rename racing its pull loses to the peer's newer
+    // copy: README, open defects).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.log().contains("synced full sync (Recovery)") {
+        assert!(
+            Instant::now() < deadline,
+            "no recovery full sync:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::rename(root.join("old"), root.join("f")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert_eq!(
+            read(&root.join("f")),
+            "the older file\n",
+            "f in {root:?}; A's log:\n{}",
+            a.log()
+        );
+        assert!(!root.join("old").exists(), "old came back in {root:?}");
+    }
+}
