@@ -376,6 +376,20 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
+/// Where the soft-delete directory of `tree` keeps `path` for `day`
+/// (`DIR/YYYY-MM-DD/<path>`, as rsync's `--backup-dir` of the peer's runs puts it).
+fn trash_path(
+    tree: &Path,
+    soft: &crate::config::SoftDelete,
+    day: std::time::SystemTime,
+    path: &[u8],
+) -> PathBuf {
+    let mut kept = soft.dir.as_bytes().to_vec();
+    kept.push(b'/');
+    kept.extend(crate::sync::argv::utc_date(day).as_bytes());
+    crate::relpath::absolute(tree, &crate::relpath::join(&kept, path))
+}
+
 /// The lane of `root` pushing to `ip`'s module `name`.
 fn lane_position(lanes: &[Lane], key: &LaneKey) -> Option<usize> {
     lanes.iter().position(|lane| lane.is(key))
@@ -2660,24 +2674,12 @@ impl Daemon {
     fn removed_by_peer(&self, root: RootId, path: &[u8], is_dir: bool) -> bool {
         use std::os::unix::fs::MetadataExt;
         const RECENT: Duration = Duration::from_secs(10);
-        let Some(lane) = self.lanes.iter().find(|lane| lane.root == root) else {
-            return false;
-        };
-        let (Some(versions), Some(soft)) = (
-            &lane.context.versions,
-            &lane.context.transport.options.soft_delete,
-        ) else {
+        let Some((tree, versions, soft)) = self.two_way_parts(root) else {
             return false;
         };
         let now = std::time::SystemTime::now();
         [now, now - Duration::from_secs(86_400)].iter().any(|day| {
-            let mut kept = soft.dir.as_bytes().to_vec();
-            kept.push(b'/');
-            kept.extend(crate::sync::argv::utc_date(*day).as_bytes());
-            let kept = crate::relpath::join(&kept, path);
-            let Ok(meta) =
-                std::fs::symlink_metadata(crate::relpath::absolute(&lane.context.root, &kept))
-            else {
+            let Ok(meta) = std::fs::symlink_metadata(trash_path(tree, soft, *day, path)) else {
                 return false;
             };
             let changed = std::time::UNIX_EPOCH
@@ -2720,13 +2722,7 @@ impl Daemon {
         /// restore of that version on the peer within this time is undone too (it stays
         /// in the soft-delete directories).
         const RACING: Duration = Duration::from_secs(60);
-        let Some(lane) = self.lanes.iter().find(|lane| lane.root == root) else {
-            return false;
-        };
-        let (Some(versions), Some(soft)) = (
-            &lane.context.versions,
-            &lane.context.transport.options.soft_delete,
-        ) else {
+        let Some((tree, versions, soft)) = self.two_way_parts(root) else {
             return false;
         };
         let Some((removed_at, unlinked)) = versions.removal(path) else {
@@ -2736,7 +2732,7 @@ impl Daemon {
         if now.duration_since(removed_at).unwrap_or_default() > RACING {
             return false;
         }
-        let abs = crate::relpath::absolute(&lane.context.root, path);
+        let abs = crate::relpath::absolute(tree, path);
         let Ok(meta) = std::fs::symlink_metadata(&abs) else {
             return false;
         };
@@ -2777,10 +2773,7 @@ impl Daemon {
             return false;
         }
         // Into the soft-delete directory, never over what is there: nothing is lost.
-        let mut kept = soft.dir.as_bytes().to_vec();
-        kept.push(b'/');
-        kept.extend(crate::sync::argv::utc_date(now).as_bytes());
-        let kept = crate::relpath::absolute(&lane.context.root, &crate::relpath::join(&kept, path));
+        let kept = trash_path(tree, soft, now, path);
         let moved = kept
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
@@ -2840,23 +2833,35 @@ impl Daemon {
 
     /// Two-way mode: the version the peer just put at `path` is one this host had.
     fn record_arrival(&self, root: RootId, path: &[u8]) {
-        let Some(lane) = self.lanes.iter().find(|lane| lane.root == root) else {
-            return;
-        };
-        if let Some(versions) = &lane.context.versions {
-            versions.record_from_disk(&lane.context.root, path);
+        if let Some((tree, versions, _)) = self.two_way_parts(root) {
+            versions.record_from_disk(tree, path);
         }
     }
 
     /// Two-way mode: this host saw `path` removed now (its deletion spares only the
     /// versions it had before).
     fn record_removal(&self, root: RootId, path: &[u8], unlinked: bool) {
-        let Some(lane) = self.lanes.iter().find(|lane| lane.root == root) else {
-            return;
-        };
-        if let Some(versions) = &lane.context.versions {
+        if let Some((_, versions, _)) = self.two_way_parts(root) {
             versions.record_removal(path, unlinked);
         }
+    }
+
+    /// Two-way mode: the root's tree, its record of versions and its soft-delete
+    /// directory (shared by its lanes); `None` outside that mode.
+    fn two_way_parts(
+        &self,
+        root: RootId,
+    ) -> Option<(
+        &Path,
+        &crate::sync::two_way::Versions,
+        &crate::config::SoftDelete,
+    )> {
+        let lane = self.lanes.iter().find(|lane| lane.root == root)?;
+        Some((
+            &lane.context.root,
+            lane.context.versions.as_deref()?,
+            lane.context.transport.options.soft_delete.as_ref()?,
+        ))
     }
 
     fn submit_plugin(&self, root: &Path, path: &[u8], action: Action, remotes: Vec<String>) {

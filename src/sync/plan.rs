@@ -206,6 +206,22 @@ pub struct Lists<'b> {
     pub offer: Vec<&'b [u8]>,
 }
 
+/// `paths`, and the ancestors of `of` that `keep` keeps, sorted and without duplicates
+/// (what a run with --relative makes on the peer).
+fn with_ancestors<'a>(
+    paths: impl IntoIterator<Item = &'a [u8]>,
+    of: &[&'a [u8]],
+    keep: impl Fn(&[u8]) -> bool,
+) -> Vec<&'a [u8]> {
+    let mut all: Vec<&[u8]> = paths.into_iter().collect();
+    for path in of {
+        all.extend(crate::relpath::ancestors(path).filter(|ancestor| keep(ancestor)));
+    }
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// Sorts a batch's paths by what is at them (`locals`, in the batch's order) into what is
 /// deleted, sent, purged whole and synced recursively. `seeded`: the renamed directories
 /// a rename seed delivered already (their subtree is not sent again).
@@ -621,12 +637,7 @@ impl<E: Edge> Plan<'_, E> {
         // Found in new directories: announced like a send's (see `send_newest`), the
         // ancestors whether or not the peer has them (an announcement that is met
         // already costs nothing).
-        let mut in_place: Vec<&[u8]> = offer.to_vec();
-        for path in offer {
-            in_place.extend(crate::relpath::ancestors(path));
-        }
-        in_place.sort_unstable();
-        in_place.dedup();
+        let in_place = with_ancestors(offer.iter().copied(), offer, |_| true);
         if let Some(failed) = self.announce_made(&in_place, ctx) {
             return Run::worst([sent, failed]);
         }
@@ -681,18 +692,14 @@ impl<E: Edge> Plan<'_, E> {
             .collect();
         // What rsync makes in place there: the directories, symlinks and special files
         // sent, and the ancestors the peer lacks (made by --relative); not what is pulled.
-        let mut in_place: Vec<&[u8]> = paths
-            .iter()
-            .copied()
-            .filter(|path| !peer_newer.contains(path))
-            .collect();
-        for path in paths {
-            in_place.extend(
-                crate::relpath::ancestors(path).filter(|ancestor| !there.contains_key(ancestor)),
-            );
-        }
-        in_place.sort_unstable();
-        in_place.dedup();
+        let in_place = with_ancestors(
+            paths
+                .iter()
+                .copied()
+                .filter(|path| !peer_newer.contains(path)),
+            paths,
+            |ancestor| !there.contains_key(ancestor),
+        );
         if let Some(failed) = self.announce_made(&in_place, ctx) {
             return failed;
         }

@@ -425,6 +425,13 @@ fn descendants(pid: u32) -> Vec<u32> {
 
 /// A source tree pushed over ssh (`<ssh start="true"/>`, `-e` with the test's sshd) to a
 /// directory of its own; the daemon's builder.
+/// An sshd of the test's own, a source and a replica (`None` where sshd is missing
+/// outside CI).
+fn over_ssh_env() -> Option<(Sshd, tempfile::TempDir, tempfile::TempDir)> {
+    let sshd = Sshd::start()?;
+    Some((sshd, temp_dir("ssh-src"), temp_dir("ssh-replica")))
+}
+
 fn over_ssh(sshd: &Sshd, src: &Path, replica: &Path) -> SersyncdBuilder {
     over_ssh_with(&sshd.ssh_command(), src, replica)
 }
@@ -483,11 +490,9 @@ fn master_up(daemon: &Sersyncd) -> (u32, std::path::PathBuf) {
 /// side killed, the next change still arrives; SIGTERM leaves no rsync or ssh of ours.
 #[test]
 fn over_ssh_warm_rsyncs_deliver_survive_and_go_away() {
-    let Some(sshd) = Sshd::start() else {
+    let Some((sshd, src, replica)) = over_ssh_env() else {
         return;
     };
-    let src = temp_dir("ssh-src");
-    let replica = temp_dir("ssh-replica");
     let mut daemon = over_ssh(&sshd, src.path(), replica.path()).start();
     write(src.path(), "first", "1\n");
     wait_converged(src.path(), replica.path(), CONVERGE);
@@ -552,11 +557,9 @@ fn over_ssh_warm_rsyncs_deliver_survive_and_go_away() {
 /// The lane keeps two warm rsyncs; shutdown removes the master and its socket.
 #[test]
 fn over_ssh_every_rsync_opens_its_session_over_the_master() {
-    let Some(sshd) = Sshd::start() else {
+    let Some((sshd, src, replica)) = over_ssh_env() else {
         return;
     };
-    let src = temp_dir("ssh-src");
-    let replica = temp_dir("ssh-replica");
     let mut daemon = over_ssh(&sshd, src.path(), replica.path()).start();
     write(src.path(), "first", "1\n");
     wait_converged(src.path(), replica.path(), CONVERGE);
@@ -620,11 +623,9 @@ fn over_ssh_every_rsync_opens_its_session_over_the_master() {
 /// SIGTERM leaves no ssh or rsync of ours behind.
 #[test]
 fn over_ssh_a_killed_master_comes_back() {
-    let Some(sshd) = Sshd::start() else {
+    let Some((sshd, src, replica)) = over_ssh_env() else {
         return;
     };
-    let src = temp_dir("ssh-src");
-    let replica = temp_dir("ssh-replica");
     let mut daemon = over_ssh(&sshd, src.path(), replica.path()).start();
     write(src.path(), "first", "1\n");
     wait_converged(src.path(), replica.path(), CONVERGE);
@@ -671,11 +672,9 @@ fn over_ssh_a_killed_master_comes_back() {
 /// and none left at shutdown.
 #[test]
 fn over_ssh_a_master_that_cannot_log_in_is_retried_with_backoff() {
-    let Some(sshd) = Sshd::start() else {
+    let Some((sshd, src, replica)) = over_ssh_env() else {
         return;
     };
-    let src = temp_dir("ssh-src");
-    let replica = temp_dir("ssh-replica");
     let command = sshd.ssh_command_with("host_key");
     let mut daemon = over_ssh_with(&command, src.path(), replica.path()).start();
     write(src.path(), "never", "1\n");
@@ -713,11 +712,9 @@ fn over_ssh_a_master_that_cannot_log_in_is_retried_with_backoff() {
 /// the next change goes over a new one.
 #[test]
 fn over_ssh_a_reload_keeps_or_replaces_the_master() {
-    let Some(sshd) = Sshd::start() else {
+    let Some((sshd, src, replica)) = over_ssh_env() else {
         return;
     };
-    let src = temp_dir("ssh-src");
-    let replica = temp_dir("ssh-replica");
     let mut daemon = over_ssh(&sshd, src.path(), replica.path()).start();
     let reload = |daemon: &mut Sersyncd, command: &str, nth: usize| {
         daemon.write_config(&over_ssh_with(command, src.path(), replica.path()).xml());
@@ -763,11 +760,9 @@ fn over_ssh_pause_ends_the_master_and_resume_brings_it_back() {
     let Some(bus) = Bus::start(Policy::SystemLike) else {
         return;
     };
-    let Some(sshd) = Sshd::start() else {
+    let Some((sshd, src, replica)) = over_ssh_env() else {
         return;
     };
-    let src = temp_dir("ssh-src");
-    let replica = temp_dir("ssh-replica");
     let mut daemon = on_bus(over_ssh(&sshd, src.path(), replica.path()), &bus, "web").start();
     write(src.path(), "first", "1\n");
     wait_converged(src.path(), replica.path(), CONVERGE);
