@@ -282,9 +282,17 @@ fn prepare_state_dir(dir: &Path) -> std::io::Result<std::fs::File> {
     Ok(lock)
 }
 
+/// What a root's saved two-way versions file holds: the bytes of its last whole write,
+/// and of the records appended since (0 and 0: write it whole next).
+#[derive(Debug, Default)]
+struct VersionsFileSizes {
+    whole: u64,
+    appended: u64,
+}
+
 struct Daemon {
-    /// Two-way mode: when the versions were last saved (see `save_versions`).
-    versions_saved: Instant,
+    /// Two-way mode: each root's saved versions file (see `save_versions`).
+    versions_sizes: std::collections::HashMap<PathBuf, VersionsFileSizes>,
     /// Two-way mode: paths `undo_stale_arrival` moved aside lately (their removal is
     /// not the user's).
     undone: Vec<(RootId, crate::relpath::RelPath, Instant)>,
@@ -557,7 +565,7 @@ impl Daemon {
             cli.worker_limit(),
         );
         Ok(Daemon {
-            versions_saved: Instant::now(),
+            versions_sizes: std::collections::HashMap::new(),
             undone: Vec::new(),
             queue: {
                 let mut queue =
@@ -1957,8 +1965,12 @@ impl Daemon {
                         continue;
                     }
                     let mut action = change.action;
-                    if action == Action::Arrived
-                        && self.undo_stale_arrival(change.root, &change.path)
+                    if matches!(action, Action::Arrived | Action::Sync | Action::Created)
+                        && self.undo_stale_arrival(
+                            change.root,
+                            &change.path,
+                            action == Action::Arrived,
+                        )
                     {
                         action = Action::Remove { dir: false };
                     } else if action == Action::Arrived {
@@ -2674,6 +2686,14 @@ impl Daemon {
     fn removed_by_peer(&self, root: RootId, path: &[u8], is_dir: bool) -> bool {
         use std::os::unix::fs::MetadataExt;
         const RECENT: Duration = Duration::from_secs(10);
+        // A directory is never moved there (rsync's --backup keeps no directory, only the
+        // files in it, and makes the directory there when it moves the first one): a
+        // recent one there says only that the peer's run moved something below it, maybe
+        // just before this host's user removed the directory. The peer's runs announce
+        // the directories they remove (`sync::two_way::Announced`).
+        if is_dir {
+            return false;
+        }
         let Some((tree, versions, soft)) = self.two_way_parts(root) else {
             return false;
         };
@@ -2697,15 +2717,11 @@ impl Daemon {
             // a recent arrival in the trash is taken for the peer's: sent back as this
             // host's deletion, the peer's run moving the old copy aside for a new one
             // would delete the new one there, judged by time.
-            let same = if is_dir {
-                meta.is_dir()
-            } else {
-                let history = versions.history(path);
-                !meta.is_dir()
-                    && (history.is_empty()
-                        || history.last().map(|known| known.version)
-                            == Some(crate::sync::two_way::Version::of(&meta)))
-            };
+            let history = versions.history(path);
+            let same = !meta.is_dir()
+                && (history.is_empty()
+                    || history.last().map(|known| known.version)
+                        == Some(crate::sync::two_way::Version::of(&meta)));
             recent && same
         })
     }
@@ -2717,7 +2733,12 @@ impl Daemon {
     /// version. Without this, the arrival would void the deletion, and the deleted file
     /// would live on both sides. Anything else stays: a version this host never had, one
     /// modified since, or any version once this host has made the path again itself.
-    fn undo_stale_arrival(&mut self, root: RootId, path: &[u8]) -> bool {
+    ///
+    /// A symlink (or special file) comes back in place, not through the incoming
+    /// directory: the peer's full sync pushes it unannounced, so it is judged when it
+    /// appears (`arrived` false) by the same rule; a version this host never had, as a
+    /// symlink its user makes anew, is never stale.
+    fn undo_stale_arrival(&mut self, root: RootId, path: &[u8], arrived: bool) -> bool {
         /// How long after a deletion an old version coming back counts as racing it: a
         /// restore of that version on the peer within this time is undone too (it stays
         /// in the soft-delete directories).
@@ -2736,7 +2757,7 @@ impl Daemon {
         let Ok(meta) = std::fs::symlink_metadata(&abs) else {
             return false;
         };
-        if meta.is_dir() {
+        if meta.is_dir() || (!arrived && meta.is_file()) {
             return false;
         }
         // Judged like the deletion run judges the peer's copy (`two_way::spared`): a
@@ -2928,6 +2949,15 @@ impl Daemon {
                 tracing::warn!(file = %file.display(), "two-way: the saved versions are damaged; starting without them");
                 continue;
             };
+            if let Ok(meta) = std::fs::metadata(&file) {
+                self.versions_sizes.insert(
+                    root.clone(),
+                    VersionsFileSizes {
+                        whole: meta.len(),
+                        appended: 0,
+                    },
+                );
+            }
             let loaded = Arc::new(loaded);
             for lane in &mut self.lanes {
                 if lane.context.root == root && lane.context.versions.is_some() {
@@ -2937,29 +2967,59 @@ impl Daemon {
         }
     }
 
-    /// Two-way mode: saves what changed in the roots' versions, at most every 2 s (and
-    /// with `stopping`, whatever changed).
+    /// Two-way mode: appends what each root's versions recorded since the last call to its
+    /// saved file, so that a kill -9 forgets nothing recorded before it (the page cache
+    /// outlives the process); rewrites the file whole when the appended records outgrow
+    /// the last whole write (and 1 MiB), when the record started over, and at a stop.
     fn save_versions(&mut self, stopping: bool) {
-        const EVERY: Duration = Duration::from_secs(2);
-        if !self.config.rsync.two_way || (!stopping && self.versions_saved.elapsed() < EVERY) {
+        if !self.config.rsync.two_way {
             return;
         }
-        self.versions_saved = Instant::now();
-        let mut done: Vec<PathBuf> = Vec::new();
+        let mut roots: Vec<(PathBuf, Arc<crate::sync::two_way::Versions>)> = Vec::new();
         for lane in &self.lanes {
-            let Some(versions) = &lane.context.versions else {
-                continue;
-            };
-            if done.contains(&lane.context.root) {
-                continue;
+            if let Some(versions) = &lane.context.versions {
+                if !roots.iter().any(|(root, _)| *root == lane.context.root) {
+                    roots.push((lane.context.root.clone(), Arc::clone(versions)));
+                }
             }
-            done.push(lane.context.root.clone());
-            if !versions.take_changed() {
-                continue;
-            }
-            let file = self.versions_file(&lane.context.root);
-            if let Err(err) = crate::atomic_file::write_atomically(&file, &versions.encode()) {
-                tracing::warn!(file = %file.display(), "two-way: cannot save the versions: {err}");
+        }
+        for (root, versions) in roots {
+            let file = self.versions_file(&root);
+            let journal = versions.take_journal();
+            let sizes = self.versions_sizes.entry(root).or_default();
+            let rewrite = versions.take_start_over()
+                || (sizes.whole == 0 && !journal.is_empty())
+                || (stopping && (sizes.appended > 0 || !journal.is_empty()))
+                || sizes.appended > sizes.whole.max(1 << 20);
+            if rewrite {
+                let whole = versions.encode();
+                match crate::atomic_file::write_atomically(&file, &whole) {
+                    Ok(()) => {
+                        *sizes = VersionsFileSizes {
+                            whole: whole.len() as u64,
+                            appended: 0,
+                        }
+                    }
+                    Err(err) => {
+                        sizes.whole = 0;
+                        tracing::warn!(file = %file.display(), "two-way: cannot save the versions: {err}");
+                    }
+                }
+            } else if !journal.is_empty() {
+                use std::io::Write;
+                let appended = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&file)
+                    .and_then(|mut out| out.write_all(&journal));
+                match appended {
+                    Ok(()) => sizes.appended += journal.len() as u64,
+                    Err(err) => {
+                        // A part may have been written: the next save rewrites the file.
+                        sizes.whole = 0;
+                        versions.restore_journal(journal);
+                        tracing::warn!(file = %file.display(), "two-way: cannot save the versions: {err}");
+                    }
+                }
             }
         }
     }

@@ -133,6 +133,26 @@ pub(super) fn top_level_dirs(root: &Path) -> Vec<Vec<u8>> {
     dirs
 }
 
+/// Of `paths` (relative to `root`), the ones that are gone now (nothing there, or a
+/// non-directory where an ancestor should be), top-most only, sorted. An entry that cannot
+/// be looked at for another reason (permissions) is not gone.
+pub(super) fn gone(root: &Path, paths: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut gone: Vec<Vec<u8>> = paths
+        .into_iter()
+        .filter(|path| !path.is_empty())
+        .filter(|path| {
+            std::fs::symlink_metadata(crate::relpath::absolute(root, path)).is_err_and(|err| {
+                err.kind() == std::io::ErrorKind::NotFound
+                    || err.raw_os_error() == Some(nix::libc::ENOTDIR)
+            })
+        })
+        .collect();
+    gone.sort_unstable();
+    let all: std::collections::HashSet<Vec<u8>> = gone.iter().cloned().collect();
+    gone.retain(|path| !crate::relpath::ancestors(path).any(|ancestor| all.contains(ancestor)));
+    gone
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +185,40 @@ mod tests {
             );
         }
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Gone: nothing there, or a file where a directory was; the top-most only.
+    #[test]
+    fn gone_paths_are_the_top_most_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("kept/sub")).unwrap();
+        std::fs::write(root.join("kept/file"), "x").unwrap();
+        std::fs::write(root.join("was-a-dir"), "now a file").unwrap();
+        std::fs::create_dir(root.join("a")).unwrap();
+        let paths: Vec<Vec<u8>> = [
+            "kept",
+            "kept/sub",
+            "kept/file",
+            "kept/gone",
+            "gone-dir",
+            "gone-dir/x",
+            "gone-dir/y/z",
+            "was-a-dir/child",
+            "a-b",
+            "a/b",
+            "a",
+        ]
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+        let gone: Vec<String> = super::gone(root, paths)
+            .into_iter()
+            .map(|p| String::from_utf8(p).unwrap())
+            .collect();
+        assert_eq!(
+            gone,
+            ["a-b", "a/b", "gone-dir", "kept/gone", "was-a-dir/child"]
+        );
     }
 }

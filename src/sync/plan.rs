@@ -143,6 +143,17 @@ impl Run {
     }
 }
 
+/// How a two-way deletion judges the peer's copies of what it deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judged {
+    /// A deletion seen here: versions this host had before it go, and by time what it
+    /// cannot know ([`super::two_way::spared`]).
+    ByDeletion,
+    /// What a full sync finds gone: only files that are versions this host had
+    /// ([`super::two_way::spared_unless_had`]).
+    OnlyVersionsHad,
+}
+
 /// What the plan asks of the process side: runs, and facts about the local tree and the
 /// destination, each at the moment it needs them.
 pub trait Edge {
@@ -187,6 +198,14 @@ pub trait Edge {
     /// Two-way mode: the version of each of `paths` here now (`None` for a directory or
     /// nothing).
     fn versions(&mut self, paths: &[&[u8]]) -> Vec<Option<super::two_way::Version>>;
+    /// Two-way mode: the paths this host had a version of that are gone here now (the
+    /// top-most of each gone subtree, sorted; see [`super::two_way::Versions::paths`]).
+    fn gone_since_known(&mut self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    /// Two-way mode: records the version of everything in the tree now as one this host
+    /// had (a full sync is about to push them all).
+    fn record_tree_versions(&mut self) {}
 }
 
 /// What a batch deletes, sends and syncs recursively, from what is at its paths now.
@@ -484,6 +503,11 @@ impl<E: Edge> Plan<'_, E> {
     /// than the deletion (see `super::two_way`): those are protected from the deletion run
     /// and pulled back here, so that both sides keep them.
     fn delete_unless_newer(&mut self, delete: &[&[u8]], ctx: &JobContext) -> Run {
+        self.delete_two_way(delete, Judged::ByDeletion, ctx)
+    }
+
+    /// [`Plan::delete_unless_newer`], judging the peer's copies as `judged` says.
+    fn delete_two_way(&mut self, delete: &[&[u8]], judged: Judged, ctx: &JobContext) -> Run {
         let (rules, ancestors) = argv::deletion_rules(delete.iter().copied());
         let listing = self.edge.run(RunSpec {
             capture_stdout: true,
@@ -519,12 +543,17 @@ impl<E: Edge> Plan<'_, E> {
         } else {
             argv::deletion_rules(present.iter().copied())
         };
-        let newer = super::two_way::spared(
-            &listed,
-            |path| ctx.deleted_at(path),
-            |path| ctx.history(path),
-            ctx.history_complete_since(),
-        );
+        let newer = match judged {
+            Judged::ByDeletion => super::two_way::spared(
+                &listed,
+                |path| ctx.deleted_at(path),
+                |path| ctx.history(path),
+                ctx.history_complete_since(),
+            ),
+            Judged::OnlyVersionsHad => {
+                super::two_way::spared_unless_had(&listed, |path| ctx.history(path))
+            }
+        };
         // A directory that is a directory here too is not deleted there (it would be sent
         // again; a deletion seen here and sent back while the peer made the directory anew
         // would take its empty directories otherwise), but what is in it is judged like
@@ -536,6 +565,9 @@ impl<E: Edge> Plan<'_, E> {
             .collect();
         let here: Vec<Vec<u8>> = if listed_dirs.is_empty() {
             Vec::new()
+        } else if judged == Judged::OnlyVersionsHad {
+            // Every directory stays (see `spared_unless_had`).
+            listed_dirs.iter().map(|dir| dir.to_vec()).collect()
         } else {
             let flags = self.edge.are_directories(&listed_dirs);
             listed_dirs
@@ -940,6 +972,13 @@ impl<E: Edge> Plan<'_, E> {
     /// the peer's pulled the same way (see `super::two_way`). Each side ends with the union
     /// of both, the newer version of each file.
     fn reconcile(&mut self, reason: FullSyncReason, ctx: &JobContext) -> Run {
+        if let Some(failed) = self.delete_gone_since_known(ctx) {
+            return failed;
+        }
+        // What the push delivers are versions this host had: a later deletion or rename
+        // here must remove them there (a file changed while sersyncd was stopped reaches
+        // the peer by this push alone).
+        self.edge.record_tree_versions();
         let rules = FullSyncRules {
             glob_excludes: if reason == FullSyncReason::Scheduled {
                 ctx.crontab_excludes.clone()
@@ -960,6 +999,51 @@ impl<E: Edge> Plan<'_, E> {
             Vec::new(),
         ));
         Run::worst([pushed, pulled])
+    }
+
+    /// Two-way mode, before a full sync pulls the peer's tree: deletes on the peer what
+    /// this host had and no longer has — removed while sersyncd was stopped, or whose
+    /// deletion a kill -9 cut short — by the rules of every deletion (only versions this
+    /// host had go, see `super::two_way`). Without this step the pull would bring them
+    /// back. Nothing is deleted where the replica guard distrusts the root or the root is
+    /// empty (an unmounted filesystem has lost nothing). Returns a failure that ends the
+    /// full sync.
+    fn delete_gone_since_known(&mut self, ctx: &JobContext) -> Option<Run> {
+        if !ctx.propagate_deletes {
+            return None;
+        }
+        let gone = self.edge.gone_since_known();
+        if gone.is_empty() {
+            return None;
+        }
+        if let Some(reason) = self.deletion_refusal(ctx) {
+            tracing::warn!(
+                paths = gone.len(),
+                "two-way: not deleting on the peer what is gone here since this host had it: {reason}"
+            );
+            return None;
+        }
+        match self.edge.root_is_empty() {
+            Ok(false) => {}
+            _ => {
+                tracing::warn!(
+                    paths = gone.len(),
+                    "two-way: the root is empty: not deleting on the peer what is gone here"
+                );
+                return None;
+            }
+        }
+        tracing::info!(
+            paths = gone.len(),
+            "two-way: deleting on the peer what this host had and is gone here (where the peer has a version this host had)"
+        );
+        let targets: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
+        let run = self.delete_two_way(&targets, Judged::OnlyVersionsHad, ctx);
+        if run.result.is_done() || run.result == RunResult::Exited(23) {
+            None
+        } else {
+            Some(run)
+        }
     }
 
     /// The push of a whole root: one run, or split over its top-level directories when no

@@ -247,6 +247,16 @@ impl Runner {
         capture_stdout: bool,
     ) -> Run {
         let _slot = self.slots.take();
+        if ctx.debug && !stdin.is_empty() {
+            // What a run was given (paths, rules) decides what it did: the first KiB, NULs
+            // shown as `|`.
+            let shown: Vec<u8> = stdin
+                .iter()
+                .take(1024)
+                .map(|&b| if b == 0 { b'|' } else { b })
+                .collect();
+            tracing::debug!(bytes = stdin.len(), "run's stdin: {}", shown.escape_ascii());
+        }
         match self.spawn(argv, cwd, ctx, !stdin.is_empty()) {
             Ok(child) => self.finish(lane, child, argv, stdin, ctx, capture_stdout, None),
             Err(failed) => failed,
@@ -779,6 +789,38 @@ impl JobEdge<'_> {
 }
 
 impl plan::Edge for JobEdge<'_> {
+    fn gone_since_known(&mut self) -> Vec<Vec<u8>> {
+        let Some(versions) = self.ctx.versions.as_deref() else {
+            return Vec::new();
+        };
+        facts::gone(&self.ctx.root, versions.paths())
+    }
+
+    fn record_tree_versions(&mut self) {
+        let Some(versions) = self.ctx.versions.as_deref() else {
+            return;
+        };
+        // sersync's own directories at the top are not replicated.
+        let own: Vec<&[u8]> = std::iter::once(super::two_way::INCOMING.as_bytes())
+            .chain(
+                self.ctx
+                    .transport
+                    .options
+                    .soft_delete
+                    .as_ref()
+                    .map(|soft| soft.dir.as_bytes()),
+            )
+            .collect();
+        for path in facts::local_subtree(&self.ctx.root, b"", &self.ctx.filter) {
+            if !own
+                .iter()
+                .any(|dir| crate::relpath::is_at_or_below(&path, dir))
+            {
+                versions.record_from_disk(&self.ctx.root, &path);
+            }
+        }
+    }
+
     fn run(&mut self, spec: RunSpec) -> Run {
         let mut run = self.run_one(spec.clone());
         if self.refused_by_warm(&run) {

@@ -286,8 +286,13 @@ pub struct Versions {
     /// removal was certainly this host's own: a file unlinked, not renamed away (the
     /// peer's runs rename what they remove into the soft-delete directory).
     removed: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (std::time::SystemTime, bool)>>,
-    /// Something was recorded since [`Versions::take_changed`] last said so.
-    changed: std::sync::atomic::AtomicBool,
+    /// The records made since [`Versions::take_journal`] last took them, encoded as in
+    /// [`Versions::encode`]: appended to the saved file after every batch, so that a
+    /// kill -9 forgets nothing that was recorded before it.
+    journal: std::sync::Mutex<Vec<u8>>,
+    /// The bound made `known` or `removed` start over: appending is not enough, the saved
+    /// file must be rewritten whole.
+    start_over: std::sync::atomic::AtomicBool,
 }
 
 /// A version, and when this host first had it.
@@ -301,6 +306,8 @@ pub struct Known {
 /// over, and how many versions per path.
 const VERSIONS_KEPT: usize = 200_000;
 const VERSIONS_PER_PATH: usize = 4;
+/// How long after its removal here a path (not had again since) is forgotten.
+const SETTLED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Default for Versions {
     fn default() -> Versions {
@@ -308,13 +315,16 @@ impl Default for Versions {
             known: std::sync::Mutex::default(),
             complete_since: std::sync::Mutex::new(std::time::SystemTime::now()),
             removed: std::sync::Mutex::default(),
-            changed: std::sync::atomic::AtomicBool::new(false),
+            journal: std::sync::Mutex::default(),
+            start_over: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
-/// The first record of [`Versions::encode`]'s bytes.
-const VERSIONS_MAGIC: &[u8] = b"sersync-two-way-versions 1";
+/// The first record of [`Versions::encode`]'s bytes (version 1 files ended with an end
+/// mark and had nothing appended; they are read as well).
+const VERSIONS_MAGIC: &[u8] = b"sersync-two-way-versions 2";
+const VERSIONS_MAGIC_1: &[u8] = b"sersync-two-way-versions 1";
 
 fn encode_time(at: std::time::SystemTime, out: &mut Vec<u8>) {
     let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -332,53 +342,126 @@ fn decode_number<T: std::str::FromStr>(field: &[u8]) -> Option<T> {
     std::str::from_utf8(field).ok()?.parse().ok()
 }
 
+fn encode_known(path: &[u8], known: &Known, out: &mut Vec<u8>) {
+    out.push(b'K');
+    out.extend_from_slice(path);
+    out.push(0);
+    out.extend(known.version.mtime.to_string().as_bytes());
+    out.push(0);
+    out.extend(known.version.size.to_string().as_bytes());
+    out.push(0);
+    encode_time(known.since, out);
+}
+
+fn encode_removal(path: &[u8], at: std::time::SystemTime, unlinked: bool, out: &mut Vec<u8>) {
+    out.push(b'R');
+    out.extend_from_slice(path);
+    out.push(0);
+    encode_time(at, out);
+    out.push(if unlinked { b'1' } else { b'0' });
+    out.push(0);
+}
+
+/// Adds `known` to a path's history unless that version is there already (a version
+/// sent again is still known since it first was); true if it was added.
+fn add_known(history: &mut Vec<Known>, known: Known) -> bool {
+    if history.iter().any(|k| k.version == known.version) {
+        return false;
+    }
+    if history.len() >= VERSIONS_PER_PATH {
+        history.remove(0);
+    }
+    history.push(known);
+    true
+}
+
 impl Versions {
-    /// Whether anything was recorded since the last call (for saving it).
-    pub fn take_changed(&self) -> bool {
-        self.changed
+    /// The records made since the last call, as bytes to append to the saved file.
+    pub fn take_journal(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.journal.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Forgets the paths removed here before `cutoff` and not had again since, with their
+    /// removals: each full sync deletes on the peer what this host had and no longer has
+    /// ([`Versions::paths`]), which must stay the recent ones. Their removal long over,
+    /// a copy of theirs coming back is no longer stale ([`Versions::removal`]'s users
+    /// look back 60 s at most).
+    fn forget_settled(&self, cutoff: std::time::SystemTime) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        let removal = |path: &[u8]| {
+            std::iter::once(path)
+                .chain(crate::relpath::ancestors(path))
+                .filter_map(|p| removed.get(p).map(|(at, _)| *at))
+                .max()
+        };
+        known.retain(|path, history| {
+            let Some(at) = removal(path) else {
+                return true;
+            };
+            at >= cutoff || history.iter().any(|known| known.since > at)
+        });
+        let mut still_needed: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+        for path in known.keys() {
+            still_needed.insert(path);
+            still_needed.extend(crate::relpath::ancestors(path));
+        }
+        let keep: std::collections::HashSet<Vec<u8>> = removed
+            .iter()
+            .filter(|(path, (at, _))| *at >= cutoff || still_needed.contains(path.as_slice()))
+            .map(|(path, _)| path.clone())
+            .collect();
+        drop(still_needed);
+        removed.retain(|path, _| keep.contains(path));
+    }
+
+    /// Puts back records [`Versions::take_journal`] took that could not be saved.
+    pub fn restore_journal(&self, mut records: Vec<u8>) {
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        records.append(&mut journal);
+        *journal = records;
+    }
+
+    /// Whether the saved file must be rewritten whole (see `start_over`); asks once.
+    pub fn take_start_over(&self) -> bool {
+        self.start_over
             .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What this record holds, as bytes that [`Versions::decode`] reads back: saved in
     /// the state directory, so that a restart (a kill -9 included) does not forget which
-    /// versions this host had. NUL-separated records; paths are raw bytes.
+    /// versions this host had. NUL-separated records; paths are raw bytes. Records from
+    /// [`Versions::take_journal`] may be appended.
     pub fn encode(&self) -> Vec<u8> {
+        self.forget_settled(std::time::SystemTime::now() - SETTLED_AFTER);
         let mut out = VERSIONS_MAGIC.to_vec();
         out.push(0);
         encode_time(self.complete_since(), &mut out);
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         for (path, history) in known.iter() {
             for known in history {
-                out.push(b'K');
-                out.extend_from_slice(path);
-                out.push(0);
-                out.extend(known.version.mtime.to_string().as_bytes());
-                out.push(0);
-                out.extend(known.version.size.to_string().as_bytes());
-                out.push(0);
-                encode_time(known.since, &mut out);
+                encode_known(path, known, &mut out);
             }
         }
         drop(known);
         let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
         for (path, (at, unlinked)) in removed.iter() {
-            out.push(b'R');
-            out.extend_from_slice(path);
-            out.push(0);
-            encode_time(*at, &mut out);
-            out.push(if *unlinked { b'1' } else { b'0' });
-            out.push(0);
+            encode_removal(path, *at, *unlinked, &mut out);
         }
-        // The end: a file cut short (a full disk) is not taken for a whole one.
-        out.extend_from_slice(b"E\0");
         out
     }
 
-    /// A record from [`Versions::encode`]'s bytes, or `None` if they are not such (a
-    /// damaged file starts an empty record: resurrection at worst).
+    /// A record from [`Versions::encode`]'s bytes (and records appended to them), or
+    /// `None` if they are not such. A file cut short (a full disk, a crash while
+    /// appending) gives the records before the cut: the paths of the lost ones go by time
+    /// ([`spared`]), resurrection at worst.
     pub fn decode(bytes: &[u8]) -> Option<Versions> {
-        let mut fields = bytes.split(|&b| b == 0);
-        if fields.next()? != VERSIONS_MAGIC {
+        // Every record ends with a NUL: what follows the last one is a cut field, which
+        // could still parse (a time missing its last digits).
+        let whole = bytes.iter().rposition(|&b| b == 0).map_or(0, |at| at + 1);
+        let mut fields = bytes[..whole].split(|&b| b == 0);
+        let magic = fields.next()?;
+        if magic != VERSIONS_MAGIC && magic != VERSIONS_MAGIC_1 {
             return None;
         }
         let versions = Versions::default();
@@ -389,27 +472,35 @@ impl Versions {
         {
             let mut known = versions.known.lock().unwrap_or_else(|e| e.into_inner());
             let mut removed = versions.removed.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
+            let mut next = || -> Option<()> {
                 let (&kind, path) = fields.next()?.split_first()?;
                 match kind {
-                    b'E' if path.is_empty() => break,
                     b'K' => {
                         let mtime = decode_number(fields.next()?)?;
                         let size = decode_number(fields.next()?)?;
                         let since = decode_time(fields.next()?)?;
-                        known.entry(path.to_vec()).or_default().push(Known {
-                            version: Version { mtime, size },
-                            since,
-                        });
+                        add_known(
+                            known.entry(path.to_vec()).or_default(),
+                            Known {
+                                version: Version { mtime, size },
+                                since,
+                            },
+                        );
                     }
                     b'R' => {
                         let at = decode_time(fields.next()?)?;
-                        let unlinked = fields.next()? == b"1";
+                        let unlinked = match fields.next()? {
+                            b"1" => true,
+                            b"0" => false,
+                            _ => return None,
+                        };
                         removed.insert(path.to_vec(), (at, unlinked));
                     }
                     _ => return None,
                 }
-            }
+                Some(())
+            };
+            while next().is_some() {}
         }
         Some(versions)
     }
@@ -423,21 +514,17 @@ impl Versions {
                 .complete_since
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = now;
+            self.start_over
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let history = known.entry(path.to_vec()).or_default();
-        // A version sent again is still known since it first was.
-        if history.iter().any(|k| k.version == version) {
-            return;
-        }
-        if history.len() >= VERSIONS_PER_PATH {
-            history.remove(0);
-        }
-        history.push(Known {
+        let entry = Known {
             version,
             since: now,
-        });
-        self.changed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        };
+        if add_known(known.entry(path.to_vec()).or_default(), entry) {
+            let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+            encode_known(path, &entry, &mut journal);
+        }
     }
 
     /// Records the version at `path` below `root` now.
@@ -456,6 +543,12 @@ impl Versions {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every path this host has a version of.
+    pub fn paths(&self) -> Vec<Vec<u8>> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.keys().cloned().collect()
+    }
+
     pub fn history(&self, path: &[u8]) -> Vec<Known> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known.get(path).cloned().unwrap_or_default()
@@ -471,10 +564,12 @@ impl Versions {
         let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
         if removed.len() >= VERSIONS_KEPT && !removed.contains_key(path) {
             removed.clear();
+            self.start_over
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         removed.insert(path.to_vec(), (at, unlinked));
-        self.changed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        encode_removal(path, at, unlinked, &mut journal);
     }
 
     /// When this host last saw `path` or one of its ancestors removed (the latest), if it
@@ -693,6 +788,31 @@ pub fn spared(
     spared
 }
 
+/// The listed entries that a deletion of what is gone here since this host had it (found
+/// by a full sync, not seen: removed while sersyncd was stopped, or before a kill -9) must
+/// not remove: every entry that is not a version this host had (directories aside: all
+/// versions of one look alike, so the caller keeps every one, emptied of what goes). No
+/// time rule: what the peer's user made meanwhile is never this host's to delete.
+pub fn spared_unless_had(listed: &[Listed], history: impl Fn(&[u8]) -> Vec<Known>) -> Vec<Vec<u8>> {
+    let mut spared: Vec<Vec<u8>> = listed
+        .iter()
+        .filter(|entry| !entry.path.is_empty() && entry.size != Version::DIRECTORY.size)
+        .filter(|entry| {
+            !history(&entry.path).iter().any(|known| {
+                known.version
+                    == Version {
+                        mtime: entry.mtime,
+                        size: entry.size,
+                    }
+            })
+        })
+        .map(|entry| entry.path.clone())
+        .collect();
+    spared.sort_unstable();
+    spared.dedup();
+    spared
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -737,15 +857,15 @@ mod tests {
 
     #[test]
     fn versions_survive_their_encoding() {
-        let at = |secs, nanos| std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+        // Recent removals (older ones are forgotten when written whole).
+        let base = std::time::SystemTime::now();
+        let at = |secs, nanos| base + std::time::Duration::new(secs, nanos);
         let versions = Versions::default();
         versions.record(b"a/new\nline", Version { mtime: 5, size: 6 });
         versions.record(b"a/new\nline", Version::DIRECTORY);
         versions.record(b"-dash q'uote", Version { mtime: -1, size: 0 });
         versions.record_removal_at(b"gone", at(7, 123), true);
         versions.record_removal_at(b"dir", at(8, 0), false);
-        assert!(versions.take_changed());
-        assert!(!versions.take_changed());
         let back = Versions::decode(&versions.encode()).expect("decodes");
         for path in [&b"a/new\nline"[..], b"-dash q'uote", b"absent"] {
             assert_eq!(back.history(path), versions.history(path));
@@ -754,7 +874,132 @@ mod tests {
         assert_eq!(back.removal(b"dir/x"), Some((at(8, 0), false)));
         assert_eq!(back.complete_since(), versions.complete_since());
         assert!(Versions::decode(b"something else\0").is_none());
-        assert!(Versions::decode(&versions.encode()[..40]).is_none());
+    }
+
+    /// Paths removed before the cutoff and not had again are forgotten with their
+    /// removals; the rest stays (a removal still covering a kept path below it included).
+    #[test]
+    fn what_is_gone_here_removes_only_files_this_host_had() {
+        let had = Version {
+            mtime: 100,
+            size: 5,
+        };
+        let history = |path: &[u8]| {
+            if path.starts_with(b"had") {
+                vec![Known {
+                    version: had,
+                    since: std::time::UNIX_EPOCH,
+                }]
+            } else {
+                Vec::new()
+            }
+        };
+        let entry = |path: &str, mtime, size| Listed {
+            path: path.as_bytes().to_vec(),
+            mtime,
+            size,
+        };
+        let listed = [
+            entry("had", 100, 5),
+            entry("had-changed", 100, 6),
+            entry("had-older", 50, 5),
+            entry("unknown-old", 1, 1),
+            entry("had-dir", 0, Version::DIRECTORY.size),
+        ];
+        assert_eq!(
+            spared_unless_had(&listed, history),
+            [
+                b"had-changed".to_vec(),
+                b"had-older".to_vec(),
+                b"unknown-old".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn settled_removals_are_forgotten_and_the_rest_is_kept() {
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let versions = Versions::default();
+        let version = Version { mtime: 1, size: 1 };
+        let known_at = |path: &[u8], secs| {
+            versions.known.lock().unwrap().insert(
+                path.to_vec(),
+                vec![Known {
+                    version,
+                    since: at(secs),
+                }],
+            );
+        };
+        // (path, had since, removed at)
+        let rows: &[(&[u8], u64, Option<u64>)] = &[
+            (b"old-gone", 10, Some(20)),
+            (b"recent-gone", 10, Some(200)),
+            (b"back-again", 30, Some(20)),
+            (b"present", 10, None),
+            (b"dir/old-child", 10, None),
+        ];
+        for (path, since, removed) in rows {
+            known_at(path, *since);
+            if let Some(removed) = removed {
+                versions.record_removal_at(path, at(*removed), true);
+            }
+        }
+        versions.record_removal_at(b"dir", at(20), false);
+        versions.record_removal_at(b"never-known", at(20), true);
+        versions.forget_settled(at(100));
+        let mut paths = versions.paths();
+        paths.sort();
+        assert_eq!(
+            paths,
+            vec![
+                b"back-again".to_vec(),
+                b"present".to_vec(),
+                b"recent-gone".to_vec()
+            ]
+        );
+        assert_eq!(versions.removed_at(b"recent-gone"), Some(at(200)));
+        assert_eq!(
+            versions.removed_at(b"back-again"),
+            Some(at(20)),
+            "still had after it"
+        );
+        assert_eq!(versions.removed_at(b"old-gone"), None);
+        assert_eq!(versions.removed_at(b"dir/old-child"), None);
+        assert_eq!(versions.removed_at(b"never-known"), None);
+    }
+
+    /// The saved file is a snapshot with the journal's records appended after each batch:
+    /// read back, it holds everything; cut anywhere, it holds the records before the cut.
+    #[test]
+    fn versions_journal_appends_and_a_cut_keeps_what_came_before() {
+        let at = |secs, nanos| std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+        let versions = Versions::default();
+        versions.record(b"kept", Version { mtime: 1, size: 1 });
+        let mut file = versions.encode();
+        let _ = versions.take_journal();
+        let snapshot = file.len();
+        versions.record(b"kept", Version { mtime: 2, size: 2 });
+        versions.record(b"kept", Version { mtime: 2, size: 2 });
+        versions.record_removal_at(b"gone", at(9, 5), true);
+        let appended = versions.take_journal();
+        assert!(versions.take_journal().is_empty(), "taken once");
+        file.extend_from_slice(&appended);
+        let back = Versions::decode(&file).expect("decodes");
+        assert_eq!(back.history(b"kept"), versions.history(b"kept"));
+        assert_eq!(
+            back.history(b"kept").len(),
+            2,
+            "a version recorded twice counts once"
+        );
+        assert_eq!(back.removal(b"gone"), Some((at(9, 5), true)));
+        for cut in snapshot..file.len() {
+            let back = Versions::decode(&file[..cut]).expect("a cut file decodes");
+            assert!(!back.history(b"kept").is_empty(), "cut at {cut}");
+            assert!(back.history(b"kept").len() <= 2, "cut at {cut}");
+        }
+        let back = Versions::decode(&file[..file.len() - 3]).expect("decodes");
+        assert_eq!(back.removal(b"gone"), None, "a cut record is dropped");
+        assert!(!versions.take_start_over());
     }
 
     #[test]

@@ -1576,3 +1576,112 @@ fn a_rename_of_an_older_file_after_a_kill_9_restart_wins_on_both() {
         assert!(!root.join("old").exists(), "old came back in {root:?}");
     }
 }
+
+/// What a host deletes while its sersyncd is stopped is deleted on the peer when it comes
+/// back with `-r`, where the peer's copy is the version this host had; a copy the peer
+/// modified meanwhile is kept and comes back (the randomized rounds, seed 3: before, the
+/// full sync's pull resurrected every such deletion). The rounds' seed 6 found the first
+/// version deleting by time a file the peer had just made in a directory this host had
+/// once: only versions this host had go.
+#[test]
+fn deletions_made_while_sersyncd_was_stopped_reach_the_peer_but_spare_its_edits() {
+    let Some(hosts) = Hosts::new() else { return };
+    let mut a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    for f in 0..20 {
+        write(hosts.root_a(), &format!("d/f{f}"), "first\n");
+    }
+    write(hosts.root_a(), "edited-there", "first\n");
+    write(hosts.root_a(), "tree/sub/f", "first\n");
+    hosts.converged(Duration::from_secs(30));
+    a.terminate();
+    for f in 0..10 {
+        std::fs::remove_file(hosts.root_a().join(format!("d/f{f}"))).unwrap();
+    }
+    std::fs::remove_file(hosts.root_a().join("edited-there")).unwrap();
+    std::fs::remove_dir_all(hosts.root_a().join("tree")).unwrap();
+    // A second later: a newer version there, which A never had.
+    std::thread::sleep(Duration::from_millis(1100));
+    write(hosts.root_b(), "edited-there", "edited on B\n");
+    std::thread::sleep(Duration::from_millis(500));
+    a.restart_with(&["-r"]);
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        for f in 0..20 {
+            assert_eq!(
+                root.join(format!("d/f{f}")).exists(),
+                f >= 10,
+                "d/f{f} in {root:?}; A's log:\n{}",
+                a.log()
+            );
+        }
+        // Its directories may come back, empty: every version of a directory looks alike,
+        // and one the peer made anew is not this host's to delete.
+        assert!(
+            !root.join("tree/sub/f").exists(),
+            "tree/sub/f came back in {root:?}"
+        );
+        assert_eq!(read(&root.join("edited-there")), "edited on B\n");
+    }
+}
+
+/// A file changed while sersyncd was stopped reaches the peer by the full sync; renamed
+/// after that, its old name goes on the peer too (before, the full sync's push recorded no
+/// version, so the peer's copy counted as the peer's own and came back).
+#[test]
+fn a_file_changed_while_stopped_then_renamed_leaves_no_copy_behind() {
+    let Some(hosts) = Hosts::new() else { return };
+    let mut a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "f", "first\n");
+    hosts.converged(Duration::from_secs(30));
+    a.terminate();
+    std::thread::sleep(Duration::from_millis(1100));
+    write(
+        hosts.root_a(),
+        "f",
+        "changed while A's sersyncd was stopped\n",
+    );
+    a.restart_with(&["-r"]);
+    hosts.converged(Duration::from_secs(30));
+    std::fs::rename(hosts.root_a().join("f"), hosts.root_a().join("g")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(!root.join("f").exists(), "f came back in {root:?}");
+        assert_eq!(
+            read(&root.join("g")),
+            "changed while A's sersyncd was stopped\n"
+        );
+    }
+}
+
+/// A directory this host's user removes right after the peer deleted a file in it (so
+/// the soft-delete directory has just made that directory) is removed on the peer too:
+/// before, its removal was taken for the peer's and never sent (seeds 1 and 2).
+#[test]
+fn a_directory_removed_right_after_the_peer_deleted_in_it_is_removed_on_both() {
+    let Some(hosts) = Hosts::new() else { return };
+    let _a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "d/sub/f", "in d\n");
+    write(hosts.root_a(), "d/g", "in d\n");
+    hosts.converged(Duration::from_secs(30));
+    std::fs::remove_file(hosts.root_b().join("d/sub/f")).unwrap();
+    std::fs::remove_file(hosts.root_b().join("d/g")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hosts.root_a().join("d/g").exists() || hosts.root_a().join("d/sub/f").exists() {
+        assert!(Instant::now() < deadline, "B's deletions never reached A");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(hosts.root_a().join("d")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(!root.join("d").exists(), "d/ stayed in {root:?}");
+    }
+}
