@@ -296,6 +296,9 @@ struct Daemon {
     /// Two-way mode: paths `undo_stale_arrival` moved aside lately (their removal is
     /// not the user's).
     undone: Vec<(RootId, crate::relpath::RelPath, Instant)>,
+    /// Two-way mode: files this host's users changed in the last seconds (see
+    /// `keep_own_write_over_an_older_arrival`: only such a version can cross the peer's).
+    written_here: std::collections::HashMap<(RootId, crate::relpath::RelPath), Instant>,
     cli: Cli,
     config: Config,
     instance: String,
@@ -567,6 +570,7 @@ impl Daemon {
         Ok(Daemon {
             versions_sizes: std::collections::HashMap::new(),
             undone: Vec::new(),
+            written_here: std::collections::HashMap::new(),
             queue: {
                 let mut queue =
                     Queue::new(&queue_layout(&lanes), DEFAULT_MAX_BATCH, Instant::now());
@@ -1973,8 +1977,20 @@ impl Daemon {
                         )
                     {
                         action = Action::Remove { dir: false };
+                    } else if action == Action::Arrived
+                        && self.keep_own_write_over_an_older_arrival(change.root, &change.path)
+                    {
+                        // This host's version is back in place: its own change now,
+                        // reported by the watcher as the rename back and sent from there.
+                        continue;
                     } else if action == Action::Arrived {
+                        self.written_here
+                            .remove(&(change.root, change.path.clone()));
                         self.record_arrival(change.root, &change.path);
+                    } else if matches!(action, Action::Sync | Action::Created)
+                        && self.config.rsync.two_way
+                    {
+                        self.note_written_here(change.root, &change.path);
                     } else if let Action::Remove { dir } = action {
                         // A file unlinked here is this host's: the peer's runs rename.
                         let own = change.unlinked && !dir;
@@ -2832,6 +2848,117 @@ impl Daemon {
         );
         self.undone.push((root, path.to_vec(), Instant::now()));
         true
+    }
+
+    /// Two-way mode: whether the file that just arrived at `path` replaced the version this
+    /// host's user wrote moments ago with an older one, and this host's version went back
+    /// in place. Older means:
+    /// - written in the same second, fewer nanoseconds: both hosts wrote the file within a
+    ///   second and sent at once. rsync's `--update` compares whole seconds, so each run
+    ///   replaced the other side's copy, and each side would end with the other's version;
+    /// - a version this host had before: a run that listed the path before the user wrote
+    ///   it or renamed a file over it (the peer's full sync, this host's own pull).
+    ///
+    /// The version the run replaced is the one it moved into the soft-delete directory
+    /// moments ago, and the one this host last had at the path. It is put back (the arrival
+    /// stays in the soft-delete directory, by a hard link: nothing is lost), and the
+    /// watcher reports that as this host's change, which is sent. On the peer the same
+    /// check finds its own version older and keeps this one: both end with the newer.
+    fn keep_own_write_over_an_older_arrival(&mut self, root: RootId, path: &[u8]) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        const JUST_NOW: Duration = Duration::from_secs(5);
+        // Only a version this host's user wrote moments ago can have crossed: one that
+        // came from the peer and was replaced by a file the peer renamed over it is the
+        // peer's to replace, whatever the nanoseconds.
+        if self
+            .written_here
+            .get(&(root, path.to_vec()))
+            .is_none_or(|at| at.elapsed() >= JUST_NOW)
+        {
+            return false;
+        }
+        let Some((tree, versions, soft)) = self.two_way_parts(root) else {
+            return false;
+        };
+        let now = std::time::SystemTime::now();
+        let abs = crate::relpath::absolute(tree, path);
+        let kept = trash_path(tree, soft, now, path);
+        let (Ok(arrived), Ok(ours)) = (
+            std::fs::symlink_metadata(&abs),
+            std::fs::symlink_metadata(&kept),
+        ) else {
+            return false;
+        };
+        if !arrived.is_file() || !ours.is_file() {
+            return false;
+        }
+        let moved_at = std::time::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(ours.ctime()).unwrap_or(0),
+                u32::try_from(ours.ctime_nsec()).unwrap_or(0),
+            );
+        let ours_version = crate::sync::two_way::Version::of(&ours);
+        let arrived_version = crate::sync::two_way::Version::of(&arrived);
+        let history = versions.history(path);
+        // Written in the same second, later: the runs crossed.
+        let crossed = ours.mtime() == arrived.mtime() && ours.mtime_nsec() > arrived.mtime_nsec();
+        // A version this host had before, replacing its newer one: a run (the peer's
+        // full sync, or this host's pull) that listed the path before this host's user
+        // renamed a file over it or wrote it.
+        let stale = arrived_version != ours_version
+            && history.iter().any(|known| known.version == arrived_version);
+        if !(moved_at + JUST_NOW >= now
+            && history.last().map(|known| known.version) == Some(ours_version)
+            && (crossed || stale))
+        {
+            return false;
+        }
+        // The arrival into the soft-delete directory beside it, under a free name.
+        let mut linked = false;
+        for n in 1..100 {
+            let mut name = kept.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            match std::fs::hard_link(&abs, PathBuf::from(name)) {
+                Ok(()) => {
+                    linked = true;
+                    break;
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(_) => break,
+            }
+        }
+        // Still the arrival there (a hard link keeps it, not what replaced it since).
+        let unchanged = std::fs::symlink_metadata(&abs)
+            .is_ok_and(|now| now.ino() == arrived.ino() && now.dev() == arrived.dev());
+        if !linked || !unchanged {
+            return false;
+        }
+        if let Err(err) = std::fs::rename(&kept, &abs) {
+            tracing::debug!(
+                sersync_path = %String::from_utf8_lossy(path),
+                "two-way: cannot put this host's newer version back: {err}"
+            );
+            return false;
+        }
+        tracing::info!(
+            sersync_path = %String::from_utf8_lossy(path),
+            crossed,
+            "two-way: an arrival replaced the version this host's user had just written, and it is not the peer's newer edit (of the same second and older, or a version this host had before); put ours back (the arrival is in the soft-delete directory)"
+        );
+        true
+    }
+
+    /// Two-way mode: this host's user changed `path` now (its version is one this host
+    /// had from now on, also before the batch that sends it records it).
+    fn note_written_here(&mut self, root: RootId, path: &[u8]) {
+        const KEPT: usize = 10_000;
+        self.record_arrival(root, path);
+        if self.written_here.len() >= KEPT {
+            self.written_here
+                .retain(|_, at| at.elapsed() < Duration::from_secs(5));
+        }
+        self.written_here
+            .insert((root, path.to_vec()), Instant::now());
     }
 
     /// Whether `path`'s removal is `undo_stale_arrival` moving it aside (forgotten once

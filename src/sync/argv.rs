@@ -874,9 +874,25 @@ pub fn pull(transport: &Transport, rules: &FullSyncRules) -> Vec<OsString> {
     for pattern in &rules.glob_excludes {
         argv.push(OsString::from(format!("--exclude={pattern}")));
     }
+    if rules.rules_on_stdin {
+        argv.extend(["--from0", "--filter=. -"].map(OsString::from));
+    }
     argv.push(transport.destination());
     argv.push(OsString::from("./"));
     argv
+}
+
+/// Two-way mode: `argv` (a pull's) as a dry run that prints, per entry it would make or
+/// change, its itemized change, permission bits and name (`%i %B %n%L`), for
+/// [`super::two_way::parse_made`].
+pub fn dry_run_itemized(argv: &[OsString]) -> Vec<OsString> {
+    // Before the paths: rsync reads its options first.
+    let mut dry = vec![
+        OsString::from("--dry-run"),
+        OsString::from("--out-format=%i %B %n%L"),
+    ];
+    dry.extend(argv.iter().cloned());
+    dry
 }
 
 /// Two-way mode: the argv and stdin of a pull of `paths` from the peer, recursively when
@@ -1170,6 +1186,22 @@ fn push_escaped(pattern: &mut Vec<u8>, literal: &[u8]) {
     }
 }
 
+/// A risk rule (`R /path`) for stdin rule lists: `path` may be deleted even where a
+/// later protect rule covers it.
+pub fn risk_rule(relative: &[u8]) -> Vec<u8> {
+    let mut rule = b"R ".to_vec();
+    rule.extend(anchored_pattern(relative));
+    rule
+}
+
+/// A protect rule for everything below `relative` and itself (`P /path/***`).
+pub fn protect_subtree_rule(relative: &[u8]) -> Vec<u8> {
+    let mut rule = b"P /".to_vec();
+    push_escaped(&mut rule, relative);
+    rule.extend_from_slice(b"/***");
+    rule
+}
+
 /// A protect rule (`P /path`) for stdin rule lists.
 pub fn protect_rule(relative: &[u8]) -> Vec<u8> {
     let mut rule = b"P ".to_vec();
@@ -1235,6 +1267,25 @@ pub fn os(bytes: &[u8]) -> OsString {
 
 #[cfg(test)]
 mod tests {
+    /// Exact rules stay literal unless the name holds a wildcard; subtree rules always
+    /// hold one, so every wildcard and backslash of the name is escaped.
+    #[test]
+    fn risk_and_protect_subtree_rules_table() {
+        let rows: &[(&[u8], &str, &str)] = &[
+            (b"d/f", "R /d/f", "P /d/f/***"),
+            (b"a*b", "R /a\\*b", "P /a\\*b/***"),
+            (b"back\\slash", "R /back\\slash", "P /back\\\\slash/***"),
+            (b"-dash q'uote", "R /-dash q'uote", "P /-dash q'uote/***"),
+        ];
+        for (name, risk, subtree) in rows {
+            assert_eq!(String::from_utf8_lossy(&risk_rule(name)), *risk);
+            assert_eq!(
+                String::from_utf8_lossy(&protect_subtree_rule(name)),
+                *subtree
+            );
+        }
+    }
+
     use super::*;
     use crate::config::Auth;
     use std::path::PathBuf;

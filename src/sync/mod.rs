@@ -183,6 +183,14 @@ impl JobContext {
             .map_or(std::time::UNIX_EPOCH, |versions| versions.complete_since())
     }
 
+    /// Two-way mode: the paths this host saw removed in the last minute (by itself).
+    pub fn removed_lately(&self) -> Vec<Vec<u8>> {
+        self.versions.as_ref().map_or_else(Vec::new, |versions| {
+            versions
+                .removed_since(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+        })
+    }
+
     /// Two-way mode: the versions this host had at `path` (none outside that mode).
     pub fn history(&self, path: &[u8]) -> Vec<two_way::Known> {
         self.versions

@@ -206,6 +206,11 @@ pub trait Edge {
     /// Two-way mode: records the version of everything in the tree now as one this host
     /// had (a full sync is about to push them all).
     fn record_tree_versions(&mut self) {}
+    /// Two-way mode: leaves a notice of `entries` in this host's own incoming directory,
+    /// for its own watcher: what a pull is about to make here in place is the peer's.
+    fn announce_here(&mut self, entries: &[(Vec<u8>, Announced)]) {
+        let _ = entries;
+    }
 }
 
 /// What a batch deletes, sends and syncs recursively, from what is at its paths now.
@@ -606,6 +611,22 @@ impl<E: Edge> Plan<'_, E> {
             stdin.extend(argv::protect_rule(path));
             stdin.push(0);
         }
+        // Only what the listing showed goes: what the peer made below a target since
+        // (a file written into a directory being deleted) is protected, and keeps its
+        // directory. The receiver matches every entry against every rule: above
+        // `EXACT_DELETION_MAX` listed entries the run deletes whole subtrees as listed at
+        // its start (README, two-way limits).
+        const EXACT_DELETION_MAX: usize = 2_000;
+        if listed.len() <= EXACT_DELETION_MAX {
+            for entry in &listed {
+                stdin.extend(argv::risk_rule(&entry.path));
+                stdin.push(0);
+            }
+            for target in &present {
+                stdin.extend(argv::protect_subtree_rule(target));
+                stdin.push(0);
+            }
+        }
         stdin.extend(rules);
         let deleted = self.edge.run(RunSpec {
             argv: argv::deletion(&ctx.transport),
@@ -634,7 +655,28 @@ impl<E: Edge> Plan<'_, E> {
             return refused;
         }
         let (argv, stdin) = argv::pull_listed(&ctx.transport, paths, recursive);
+        self.announce_own_pull(&argv, &stdin);
         self.edge.run(RunSpec::at_root(argv, stdin))
+    }
+
+    /// Two-way mode, before a pull: tells this host's own watcher what the pull will make
+    /// in place (directories, symlinks, special files; files come through the incoming
+    /// directory and are told apart by that), found by a dry run of the same pull. Seen as
+    /// this host's own, they would be sent back: a directory the peer's user removed
+    /// meanwhile would come back there. Without the dry run's answer the pull goes on
+    /// unannounced.
+    fn announce_own_pull(&mut self, argv: &[OsString], stdin: &[u8]) {
+        let dry = self.edge.run(RunSpec {
+            capture_stdout: true,
+            ..RunSpec::at_root(argv::dry_run_itemized(argv), stdin.to_vec())
+        });
+        if !(dry.result.is_done() || dry.result == RunResult::Exited(23)) {
+            return;
+        }
+        let made = super::two_way::parse_made(&dry.stdout);
+        if !made.is_empty() {
+            self.edge.announce_here(&made);
+        }
     }
 
     /// Why nothing may be pulled into the root now, as a guarded run: the replica guard's
@@ -979,6 +1021,9 @@ impl<E: Edge> Plan<'_, E> {
         // here must remove them there (a file changed while sersyncd was stopped reaches
         // the peer by this push alone).
         self.edge.record_tree_versions();
+        if let Some(failed) = self.replace_stale_copies(ctx) {
+            return failed;
+        }
         let rules = FullSyncRules {
             glob_excludes: if reason == FullSyncReason::Scheduled {
                 ctx.crontab_excludes.clone()
@@ -994,10 +1039,21 @@ impl<E: Edge> Plan<'_, E> {
         if let Some(refused) = self.pull_refusal(ctx) {
             return refused;
         }
-        let pulled = self.edge.run(RunSpec::at_root(
-            argv::pull(&ctx.transport, &rules),
-            Vec::new(),
-        ));
+        // What this host's user removed in the last minute is not pulled back: the push
+        // may have listed it before the removal, and the peer may not have seen it yet.
+        // A newer version there is kept and pulled by the deletion run (which spares it).
+        let mut stdin = Vec::new();
+        for path in ctx.removed_lately() {
+            stdin.extend(argv::exclude_rule(&path));
+            stdin.push(0);
+        }
+        let rules = FullSyncRules {
+            rules_on_stdin: !stdin.is_empty(),
+            ..rules
+        };
+        let argv = argv::pull(&ctx.transport, &rules);
+        self.announce_own_pull(&argv, &stdin);
+        let pulled = self.edge.run(RunSpec::at_root(argv, stdin));
         Run::worst([pushed, pulled])
     }
 
@@ -1043,6 +1099,55 @@ impl<E: Edge> Plan<'_, E> {
             None
         } else {
             Some(run)
+        }
+    }
+
+    /// Two-way mode, before a full sync pushes with `--update`: replaces the peer's copies
+    /// that are older versions this host had (a file renamed over one, or restored, with
+    /// an older time, whose send a stop or a kill -9 cut short). `--update` would keep
+    /// them, and the pull would then bring them back over this host's version.
+    fn replace_stale_copies(&mut self, ctx: &JobContext) -> Option<Run> {
+        let mut rules = Vec::new();
+        let own = std::iter::once(super::two_way::INCOMING).chain(
+            ctx.transport
+                .options
+                .soft_delete
+                .as_ref()
+                .map(|soft| soft.dir.as_str()),
+        );
+        for dir in own {
+            rules.extend(argv::exclude_rule(dir.as_bytes()));
+            rules.push(0);
+        }
+        let listing = self.edge.run(RunSpec {
+            capture_stdout: true,
+            ..RunSpec::at_root(argv::deletion_listing(&ctx.transport), rules)
+        });
+        if !listing.result.is_done() {
+            return Some(listing);
+        }
+        let listed = super::two_way::parse_listing(&listing.stdout);
+        let stale = super::two_way::stale(&listed, |path| ctx.history(path));
+        let candidates: Vec<&[u8]> = stale.iter().map(Vec::as_slice).collect();
+        let here = self.edge.versions(&candidates);
+        let paths: Vec<&[u8]> = candidates
+            .into_iter()
+            .zip(here)
+            .filter(|(_, version)| version.is_some())
+            .map(|(path, _)| path)
+            .collect();
+        if paths.is_empty() {
+            return None;
+        }
+        tracing::info!(
+            paths = paths.len(),
+            "two-way: the peer has older versions this host had of files it has now; replacing them"
+        );
+        let sent = self.send_newest(&paths, ctx);
+        if sent.result.is_done() || sent.result == RunResult::Exited(23) {
+            None
+        } else {
+            Some(sent)
         }
     }
 

@@ -796,6 +796,20 @@ impl plan::Edge for JobEdge<'_> {
         facts::gone(&self.ctx.root, versions.paths())
     }
 
+    fn announce_here(&mut self, entries: &[(Vec<u8>, super::two_way::Announced)]) {
+        // Written aside and renamed into place: the watcher reads a notice when one is
+        // renamed into the incoming directory.
+        let incoming = self.ctx.root.join(super::two_way::INCOMING);
+        let name = super::two_way::notice_name();
+        let aside = incoming.join(format!(".{name}"));
+        let written = std::fs::write(&aside, super::two_way::encode_notice(entries))
+            .and_then(|()| std::fs::rename(&aside, incoming.join(&name)));
+        if let Err(err) = written {
+            let _ = std::fs::remove_file(&aside);
+            tracing::debug!("two-way: cannot announce a pull to this host's watcher: {err}");
+        }
+    }
+
     fn record_tree_versions(&mut self) {
         let Some(versions) = self.ctx.versions.as_deref() else {
             return;

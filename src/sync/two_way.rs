@@ -572,6 +572,18 @@ impl Versions {
         encode_removal(path, at, unlinked, &mut journal);
     }
 
+    /// The paths this host saw removed at `since` or later.
+    pub fn removed_since(&self, since: std::time::SystemTime) -> Vec<Vec<u8>> {
+        let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut paths: Vec<Vec<u8>> = removed
+            .iter()
+            .filter(|(_, (at, _))| *at >= since)
+            .map(|(path, _)| path.clone())
+            .collect();
+        paths.sort_unstable();
+        paths
+    }
+
     /// When this host last saw `path` or one of its ancestors removed (the latest), if it
     /// remembers: a deletion of `path` run now removes only versions it had before then.
     pub fn removed_at(&self, path: &[u8]) -> Option<std::time::SystemTime> {
@@ -632,6 +644,76 @@ pub fn stale(listed: &[Listed], history: impl Fn(&[u8]) -> Vec<Known>) -> Vec<Ve
     stale.sort_unstable();
     stale.dedup();
     stale
+}
+
+/// What a dry run of a pull ([`super::argv::dry_run_itemized`]) says it would make in place
+/// here: new directories (with their permission bits), symlinks and special files. Lines
+/// that are not such an item (statistics, files, changes to existing entries) are skipped.
+pub fn parse_made(stdout: &[u8]) -> Vec<(Vec<u8>, Announced)> {
+    let mut made = Vec::new();
+    for line in stdout.split(|&b| b == b'\n') {
+        // `cd+++++++++ rwxr-xr-x name/`: an entry created (`c`, all `+`).
+        if line.len() < 23 || line[11] != b' ' || line[21] != b' ' {
+            continue;
+        }
+        let (code, perms, name) = (&line[..11], &line[12..21], &line[22..]);
+        if code[0] != b'c' || !code[2..].iter().all(|&b| b == b'+') {
+            continue;
+        }
+        let Some(mode) = mode_of(perms) else {
+            continue;
+        };
+        let entry = match code[1] {
+            b'd' => {
+                let name = name.strip_suffix(b"/").unwrap_or(name);
+                if name == b"." || name.is_empty() {
+                    continue;
+                }
+                (super::argv::unescape(name), Announced::Directory { mode })
+            }
+            b'L' => {
+                // `name -> target`: a name holding ` -> ` is read at its first one (an
+                // announcement that is never met expires).
+                let Some(at) = (0..name.len()).find(|&i| name[i..].starts_with(b" -> ")) else {
+                    continue;
+                };
+                (
+                    super::argv::unescape(&name[..at]),
+                    Announced::Symlink {
+                        target: super::argv::unescape(&name[at + 4..]),
+                    },
+                )
+            }
+            b'D' | b'S' => (super::argv::unescape(name), Announced::Special),
+            _ => continue,
+        };
+        made.push(entry);
+    }
+    made
+}
+
+/// Permission bits from `ls`-style `rwxr-sr-t` (rsync's `%B`).
+fn mode_of(perms: &[u8]) -> Option<u32> {
+    let mut mode = 0;
+    for (i, &c) in perms.iter().enumerate() {
+        let bit = 1 << (8 - i);
+        let special = match i {
+            2 => 0o4000,
+            5 => 0o2000,
+            8 => 0o1000,
+            _ => 0,
+        };
+        mode |= match c {
+            b'-' => 0,
+            b'r' if i % 3 == 0 => bit,
+            b'w' if i % 3 == 1 => bit,
+            b'x' if i % 3 == 2 => bit,
+            b's' | b't' if i % 3 == 2 && special != 0 => bit | special,
+            b'S' | b'T' if i % 3 == 2 && special != 0 => special,
+            _ => return None,
+        };
+    }
+    (perms.len() == 9).then_some(mode)
 }
 
 /// One entry of an `rsync --list-only` listing: its path (relative to the listed
@@ -914,6 +996,39 @@ mod tests {
                 b"unknown-old".to_vec()
             ]
         );
+    }
+
+    #[test]
+    fn what_a_pull_would_make_in_place_is_read_from_its_dry_run() {
+        let stdout = b"cd+++++++++ rwxr-xr-x new/\n\
+            cd+++++++++ rwxr-sr-t new/sticky/\n\
+            cL+++++++++ rwxrwxrwx new/link -> ../target\n\
+            cS+++++++++ rw-r--r-- new/fifo\n\
+            >f+++++++++ rw-r--r-- new/file\n\
+            .d..t...... rwxr-xr-x old/\n\
+            cd+++++++++ rwxr-xr-x ./\n\
+            cd+++++++++ rwxr-xr-x odd\\#012name/\n\
+            Number of files: 7\n";
+        assert_eq!(
+            parse_made(stdout),
+            vec![
+                (b"new".to_vec(), Announced::Directory { mode: 0o755 }),
+                (
+                    b"new/sticky".to_vec(),
+                    Announced::Directory { mode: 0o3755 }
+                ),
+                (
+                    b"new/link".to_vec(),
+                    Announced::Symlink {
+                        target: b"../target".to_vec()
+                    }
+                ),
+                (b"new/fifo".to_vec(), Announced::Special),
+                (b"odd\nname".to_vec(), Announced::Directory { mode: 0o755 }),
+            ]
+        );
+        assert_eq!(mode_of(b"rwSr-xr-T"), Some(0o5654));
+        assert_eq!(mode_of(b"rwxr-xr-"), None);
     }
 
     #[test]

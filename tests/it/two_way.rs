@@ -1685,3 +1685,95 @@ fn a_directory_removed_right_after_the_peer_deleted_in_it_is_removed_on_both() {
         assert!(!root.join("d").exists(), "d/ stayed in {root:?}");
     }
 }
+
+/// The same file written on both hosts within one second, both sends racing: rsync's
+/// `--update` sees the same second and each run replaces the other side's copy. Before,
+/// each side ended with the other's version; now the side whose newer version was
+/// replaced puts it back (by the nanoseconds) and both end with the newer one. The older
+/// is in a trash.
+#[test]
+fn writes_within_one_second_on_both_sides_end_with_the_newer_on_both() {
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    let _a = hosts.sersyncd_a(&[]);
+    let _b = hosts.sersyncd_b(&[]);
+    for f in 0..4 {
+        write(hosts.root_a(), &format!("doc{f}"), "original\n");
+    }
+    hosts.converged(Duration::from_secs(30));
+    // Neither change reaches the other side until both are made; then both retry.
+    hosts.a.stop();
+    hosts.b.stop();
+    // Early in a second, so that both writes fall in it.
+    let subsec = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis()
+    };
+    while subsec() > 100 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut newer = Vec::new();
+    for f in 0..4 {
+        // Alternately the later writer: A for even files, B for odd ones.
+        let (first, second) = if f % 2 == 0 {
+            (hosts.root_b(), hosts.root_a())
+        } else {
+            (hosts.root_a(), hosts.root_b())
+        };
+        write(first, &format!("doc{f}"), &format!("older {f}\n"));
+        std::thread::sleep(Duration::from_millis(50));
+        write(
+            second,
+            &format!("doc{f}"),
+            &format!("newer {f}, same second\n"),
+        );
+        newer.push(format!("newer {f}, same second\n"));
+    }
+    assert!(
+        subsec() < 900,
+        "the writes took too long to share their second"
+    );
+    hosts.a.start();
+    hosts.b.start();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for (f, text) in newer.iter().enumerate() {
+        for root in [hosts.root_a(), hosts.root_b()] {
+            assert_eq!(
+                &read(&root.join(format!("doc{f}"))),
+                text,
+                "doc{f} in {root:?}"
+            );
+        }
+        let older = format!("older {f}\n");
+        let kept = [hosts.root_a(), hosts.root_b()]
+            .iter()
+            .flat_map(|root| files_in(&root.join(TRASH)))
+            .any(|path| {
+                path.file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with(&format!("doc{f}")))
+                    && std::fs::read_to_string(&path).is_ok_and(|text| text == older)
+            });
+        assert!(kept, "the older version of doc{f} is in no trash");
+    }
+}
+
+/// Every file below `dir`, recursively.
+fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}
