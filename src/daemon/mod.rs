@@ -2889,7 +2889,9 @@ impl Daemon {
         ) else {
             return false;
         };
-        if !arrived.is_file() || !ours.is_file() {
+        // A symlink renamed over a file is replaced the same way (rsync moves it aside).
+        let movable = |meta: &std::fs::Metadata| meta.is_file() || meta.is_symlink();
+        if !movable(&arrived) || !movable(&ours) {
             return false;
         }
         let moved_at = std::time::UNIX_EPOCH

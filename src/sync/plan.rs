@@ -150,7 +150,7 @@ enum Judged {
     /// cannot know ([`super::two_way::spared`]).
     ByDeletion,
     /// What a full sync finds gone: only files that are versions this host had
-    /// ([`super::two_way::spared_unless_had`]).
+    /// ([`super::two_way::spared_unless_had`]), and directories left with nothing else.
     OnlyVersionsHad,
 }
 
@@ -570,9 +570,6 @@ impl<E: Edge> Plan<'_, E> {
             .collect();
         let here: Vec<Vec<u8>> = if listed_dirs.is_empty() {
             Vec::new()
-        } else if judged == Judged::OnlyVersionsHad {
-            // Every directory stays (see `spared_unless_had`).
-            listed_dirs.iter().map(|dir| dir.to_vec()).collect()
         } else {
             let flags = self.edge.are_directories(&listed_dirs);
             listed_dirs

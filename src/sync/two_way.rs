@@ -872,9 +872,10 @@ pub fn spared(
 
 /// The listed entries that a deletion of what is gone here since this host had it (found
 /// by a full sync, not seen: removed while sersyncd was stopped, or before a kill -9) must
-/// not remove: every entry that is not a version this host had (directories aside: all
-/// versions of one look alike, so the caller keeps every one, emptied of what goes). No
-/// time rule: what the peer's user made meanwhile is never this host's to delete.
+/// not remove: every file, symlink or special file that is not a version this host had.
+/// No time rule: what the peer's user made meanwhile is never this host's to delete. A
+/// directory is not spared by itself (all versions of one look alike): it goes when
+/// nothing spared is left in it.
 pub fn spared_unless_had(listed: &[Listed], history: impl Fn(&[u8]) -> Vec<Known>) -> Vec<Vec<u8>> {
     let mut spared: Vec<Vec<u8>> = listed
         .iter()
