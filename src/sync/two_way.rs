@@ -572,13 +572,19 @@ impl Versions {
         encode_removal(path, at, unlinked, &mut journal);
     }
 
-    /// The paths this host saw removed at `since` or later.
+    /// The paths this host saw removed at `since` or later, top-most only (a tree
+    /// removed whole is one path), sorted.
     pub fn removed_since(&self, since: std::time::SystemTime) -> Vec<Vec<u8>> {
         let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
-        let mut paths: Vec<Vec<u8>> = removed
+        let recent: std::collections::HashSet<&[u8]> = removed
             .iter()
             .filter(|(_, (at, _))| *at >= since)
-            .map(|(path, _)| path.clone())
+            .map(|(path, _)| path.as_slice())
+            .collect();
+        let mut paths: Vec<Vec<u8>> = recent
+            .iter()
+            .filter(|path| !crate::relpath::ancestors(path).any(|a| recent.contains(a)))
+            .map(|path| path.to_vec())
             .collect();
         paths.sort_unstable();
         paths
@@ -1030,6 +1036,30 @@ mod tests {
         );
         assert_eq!(mode_of(b"rwSr-xr-T"), Some(0o5654));
         assert_eq!(mode_of(b"rwxr-xr-"), None);
+    }
+
+    #[test]
+    fn removals_since_a_moment_are_the_top_most_ones() {
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let versions = Versions::default();
+        for (path, secs) in [
+            (&b"tree"[..], 20),
+            (b"tree/a", 20),
+            (b"tree/a/b", 20),
+            (b"tree-b", 20),
+            (b"old", 5),
+            (b"old-dir/new", 30),
+        ] {
+            versions.record_removal_at(path, at(secs), true);
+        }
+        assert_eq!(
+            versions.removed_since(at(10)),
+            [
+                b"old-dir/new".to_vec(),
+                b"tree".to_vec(),
+                b"tree-b".to_vec()
+            ]
+        );
     }
 
     #[test]
