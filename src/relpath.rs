@@ -49,6 +49,16 @@ pub fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
         .map(move |(at, _)| &path[..at])
 }
 
+/// Of `paths`, those with no ancestor among them (a subtree stands for what is below it),
+/// sorted and without duplicates.
+pub fn top_most(mut paths: Vec<RelPath>) -> Vec<RelPath> {
+    let all: std::collections::HashSet<RelPath> = paths.iter().cloned().collect();
+    paths.retain(|path| !ancestors(path).any(|ancestor| all.contains(ancestor)));
+    paths.sort_unstable();
+    paths.dedup();
+    paths
+}
+
 /// `path` under `root` on this machine (the root itself for the empty path), with one
 /// slash between them whatever `root` ends with.
 pub fn absolute(root: &Path, path: &[u8]) -> PathBuf {

@@ -401,6 +401,31 @@ fn trash_path(
     crate::relpath::absolute(tree, &crate::relpath::join(&kept, path))
 }
 
+/// Places something at `kept` (when `kept_itself`) or else at the first free `kept.N`
+/// (N from 1 to 99) by `place`, which must fail with `AlreadyExists` where something is:
+/// what is in the soft-delete directory is never replaced.
+fn at_a_free_name(
+    kept: &Path,
+    kept_itself: bool,
+    mut place: impl FnMut(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let first = if kept_itself { 0 } else { 1 };
+    for n in first..100 {
+        let target = if n == 0 {
+            kept.to_path_buf()
+        } else {
+            let mut name = kept.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        match place(&target) {
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            done => return done,
+        }
+    }
+    Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+}
+
 /// The lane of `root` pushing to `ip`'s module `name`.
 fn lane_position(lanes: &[Lane], key: &LaneKey) -> Option<usize> {
     lanes.iter().position(|lane| lane.is(key))
@@ -1986,7 +2011,7 @@ impl Daemon {
                     } else if action == Action::Arrived {
                         self.written_here
                             .remove(&(change.root, change.path.clone()));
-                        self.record_arrival(change.root, &change.path);
+                        self.record_version_here(change.root, &change.path);
                     } else if matches!(action, Action::Sync | Action::Created)
                         && self.config.rsync.two_way
                     {
@@ -2815,24 +2840,16 @@ impl Daemon {
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| {
-                let mut target = kept.clone();
-                for n in 1..100 {
-                    match nix::fcntl::renameat2(
+                at_a_free_name(&kept, true, |target| {
+                    nix::fcntl::renameat2(
                         nix::fcntl::AT_FDCWD,
                         &abs,
                         nix::fcntl::AT_FDCWD,
-                        &target,
+                        target,
                         nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-                    ) {
-                        Err(nix::errno::Errno::EEXIST) => {
-                            let mut name = kept.as_os_str().to_owned();
-                            name.push(format!(".{n}"));
-                            target = PathBuf::from(name);
-                        }
-                        done => return done.map_err(std::io::Error::from),
-                    }
-                }
-                Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+                    )
+                    .map_err(std::io::Error::from)
+                })
             });
         if let Err(err) = moved {
             tracing::debug!(
@@ -2915,20 +2932,9 @@ impl Daemon {
         {
             return false;
         }
-        // The arrival into the soft-delete directory beside it, under a free name.
-        let mut linked = false;
-        for n in 1..100 {
-            let mut name = kept.as_os_str().to_owned();
-            name.push(format!(".{n}"));
-            match std::fs::hard_link(&abs, PathBuf::from(name)) {
-                Ok(()) => {
-                    linked = true;
-                    break;
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(_) => break,
-            }
-        }
+        // The arrival into the soft-delete directory beside it (`kept` is ours).
+        let linked =
+            at_a_free_name(&kept, false, |target| std::fs::hard_link(&abs, target)).is_ok();
         // Still the arrival there (a hard link keeps it, not what replaced it since).
         let unchanged = std::fs::symlink_metadata(&abs)
             .is_ok_and(|now| now.ino() == arrived.ino() && now.dev() == arrived.dev());
@@ -2954,7 +2960,7 @@ impl Daemon {
     /// had from now on, also before the batch that sends it records it).
     fn note_written_here(&mut self, root: RootId, path: &[u8]) {
         const KEPT: usize = 10_000;
-        self.record_arrival(root, path);
+        self.record_version_here(root, path);
         if self.written_here.len() >= KEPT {
             self.written_here
                 .retain(|_, at| at.elapsed() < Duration::from_secs(5));
@@ -2981,8 +2987,9 @@ impl Daemon {
         }
     }
 
-    /// Two-way mode: the version the peer just put at `path` is one this host had.
-    fn record_arrival(&self, root: RootId, path: &[u8]) {
+    /// Two-way mode: the version at `path` now (one the peer just put there, or one this
+    /// host's user just wrote) is one this host had.
+    fn record_version_here(&self, root: RootId, path: &[u8]) {
         if let Some((tree, versions, _)) = self.two_way_parts(root) {
             versions.record_from_disk(tree, path);
         }
@@ -3113,10 +3120,15 @@ impl Daemon {
             }
         }
         for (root, versions) in roots {
-            let file = self.versions_file(&root);
             let journal = versions.take_journal();
+            let start_over = versions.take_start_over();
+            if journal.is_empty() && !start_over && !stopping {
+                // Most loop turns: nothing recorded since the last one.
+                continue;
+            }
+            let file = self.versions_file(&root);
             let sizes = self.versions_sizes.entry(root).or_default();
-            let rewrite = versions.take_start_over()
+            let rewrite = start_over
                 || (sizes.whole == 0 && !journal.is_empty())
                 || (stopping && (sizes.appended > 0 || !journal.is_empty()))
                 || sizes.appended > sizes.whole.max(1 << 20);

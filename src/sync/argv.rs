@@ -86,6 +86,18 @@ impl Transport {
         argv
     }
 
+    /// sersync's own directories at the top of a tree, never replicated: `<softDelete>`'s,
+    /// and in two-way mode the incoming directory.
+    pub fn own_directories(&self) -> Vec<&str> {
+        let soft = self
+            .options
+            .soft_delete
+            .as_ref()
+            .map(|soft| soft.dir.as_str());
+        let incoming = self.options.two_way.then_some(super::two_way::INCOMING);
+        soft.into_iter().chain(incoming).collect()
+    }
+
     /// The `P`/`-` rules for sersync's own directories in a tree: `<softDelete>`'s, and in
     /// two-way mode the incoming directory (none without either).
     fn own_directories_filters(&self) -> Vec<OsString> {

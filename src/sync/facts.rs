@@ -137,20 +137,18 @@ pub(super) fn top_level_dirs(root: &Path) -> Vec<Vec<u8>> {
 /// non-directory where an ancestor should be), top-most only, sorted. An entry that cannot
 /// be looked at for another reason (permissions) is not gone.
 pub(super) fn gone(root: &Path, paths: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    let mut gone: Vec<Vec<u8>> = paths
-        .into_iter()
-        .filter(|path| !path.is_empty())
-        .filter(|path| {
-            std::fs::symlink_metadata(crate::relpath::absolute(root, path)).is_err_and(|err| {
-                err.kind() == std::io::ErrorKind::NotFound
-                    || err.raw_os_error() == Some(nix::libc::ENOTDIR)
+    crate::relpath::top_most(
+        paths
+            .into_iter()
+            .filter(|path| !path.is_empty())
+            .filter(|path| {
+                std::fs::symlink_metadata(crate::relpath::absolute(root, path)).is_err_and(|err| {
+                    err.kind() == std::io::ErrorKind::NotFound
+                        || err.raw_os_error() == Some(nix::libc::ENOTDIR)
+                })
             })
-        })
-        .collect();
-    gone.sort_unstable();
-    let all: std::collections::HashSet<Vec<u8>> = gone.iter().cloned().collect();
-    gone.retain(|path| !crate::relpath::ancestors(path).any(|ancestor| all.contains(ancestor)));
-    gone
+            .collect(),
+    )
 }
 
 #[cfg(test)]

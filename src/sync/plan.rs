@@ -1105,14 +1105,7 @@ impl<E: Edge> Plan<'_, E> {
     /// them, and the pull would then bring them back over this host's version.
     fn replace_stale_copies(&mut self, ctx: &JobContext) -> Option<Run> {
         let mut rules = Vec::new();
-        let own = std::iter::once(super::two_way::INCOMING).chain(
-            ctx.transport
-                .options
-                .soft_delete
-                .as_ref()
-                .map(|soft| soft.dir.as_str()),
-        );
-        for dir in own {
+        for dir in ctx.transport.own_directories() {
             rules.extend(argv::exclude_rule(dir.as_bytes()));
             rules.push(0);
         }

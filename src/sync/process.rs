@@ -814,21 +814,11 @@ impl plan::Edge for JobEdge<'_> {
         let Some(versions) = self.ctx.versions.as_deref() else {
             return;
         };
-        // sersync's own directories at the top are not replicated.
-        let own: Vec<&[u8]> = std::iter::once(super::two_way::INCOMING.as_bytes())
-            .chain(
-                self.ctx
-                    .transport
-                    .options
-                    .soft_delete
-                    .as_ref()
-                    .map(|soft| soft.dir.as_bytes()),
-            )
-            .collect();
+        let own = self.ctx.transport.own_directories();
         for path in facts::local_subtree(&self.ctx.root, b"", &self.ctx.filter) {
             if !own
                 .iter()
-                .any(|dir| crate::relpath::is_at_or_below(&path, dir))
+                .any(|dir| crate::relpath::is_at_or_below(&path, dir.as_bytes()))
             {
                 versions.record_from_disk(&self.ctx.root, &path);
             }

@@ -576,18 +576,13 @@ impl Versions {
     /// removed whole is one path), sorted.
     pub fn removed_since(&self, since: std::time::SystemTime) -> Vec<Vec<u8>> {
         let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
-        let recent: std::collections::HashSet<&[u8]> = removed
-            .iter()
-            .filter(|(_, (at, _))| *at >= since)
-            .map(|(path, _)| path.as_slice())
-            .collect();
-        let mut paths: Vec<Vec<u8>> = recent
-            .iter()
-            .filter(|path| !crate::relpath::ancestors(path).any(|a| recent.contains(a)))
-            .map(|path| path.to_vec())
-            .collect();
-        paths.sort_unstable();
-        paths
+        crate::relpath::top_most(
+            removed
+                .iter()
+                .filter(|(_, (at, _))| *at >= since)
+                .map(|(path, _)| path.clone())
+                .collect(),
+        )
     }
 
     /// When this host last saw `path` or one of its ancestors removed (the latest), if it
