@@ -767,6 +767,24 @@ fn renaming_a_directory_with_a_large_file_does_not_upload_it_again() {
     fs::rename(&staged, env.src().join("videos/big.iso")).unwrap();
     write(env.src(), "videos/index.txt", "index\n");
     wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+    // The replica holds the file once the receiver renamed it into place; sersyncd knows
+    // the run is over only when it has reaped the sender. A rename before that finds the
+    // large run still in flight, holds the old directory's removal back and, with it, the
+    // seed (seen under load in CI: a second full upload). The case here is the rename of
+    // a directory whose upload is over.
+    let settled = Instant::now();
+    while !daemon
+        .log()
+        .lines()
+        .any(|line| sent_at_least(line, big.len()))
+    {
+        assert!(
+            settled.elapsed() < SLOW_CONVERGE,
+            "the upload of videos/big.iso never settled:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let sent_before = daemon.log().matches("bytes_sent=").count();
     fs::rename(env.src().join("videos"), env.src().join("v")).unwrap();
     let took = arrival(
@@ -788,6 +806,14 @@ fn renaming_a_directory_with_a_large_file_does_not_upload_it_again() {
         after.join("\n")
     );
     wait_converged(env.src(), env.replica(), SLOW_CONVERGE);
+}
+
+/// Whether a log line reports a run that sent at least `bytes`.
+fn sent_at_least(line: &str, bytes: usize) -> bool {
+    line.split_once("bytes_sent=").is_some_and(|(_, rest)| {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<usize>().is_ok_and(|sent| sent >= bytes)
+    })
 }
 
 /// A tmpfs of `size` mounted over `dir` for the life of the guard (root only).
