@@ -464,6 +464,9 @@ impl World {
     /// Heals every fault, then waits until every configured replica equals the source
     /// twice in a row.
     fn quiesce(&mut self) -> Result<(), Divergence> {
+        // A read-only module is a configuration problem: sersyncd retries it every 60 s
+        // (README, failures), and the operator who fixed it asks for the retry at once.
+        let configuration_fixed = self.active.read_only.iter().any(|&on| on);
         for remote in 0..self.remotes.len() {
             self.repair(remote);
             if self.active.down[remote] {
@@ -485,6 +488,17 @@ impl World {
                 what: "sersyncd is not running at a quiescent point (it exited by itself)".into(),
             });
         }
+        if configuration_fixed {
+            // Runs still on their way when the module was fixed fail after it: the retry
+            // is asked for once the replicas had 2 s to catch up and did not.
+            let asked = Instant::now();
+            while !self.differences().is_empty() && asked.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !self.differences().is_empty() {
+                self.retry_failed()?;
+            }
+        }
         let started = Instant::now();
         self.check_checkpoint()?;
         let result = self.wait_converged();
@@ -501,6 +515,36 @@ impl World {
             self.daemon().restart_with(&[]);
         }
         Ok(())
+    }
+
+    /// `sersyncctl retry-failed`, as the operator runs it after fixing a remote's
+    /// configuration.
+    fn retry_failed(&mut self) -> Result<(), Divergence> {
+        let Some(bus) = &self.bus else {
+            return Ok(());
+        };
+        let out = Command::new(env!("CARGO_BIN_EXE_sersyncctl"))
+            .args(["--bus-address", bus.address(), "retry-failed"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run sersyncctl");
+        self.record(format!(
+            "[round {}]    retry-failed (a configuration problem was fixed): exit {:?}",
+            self.round,
+            out.status.code()
+        ));
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(Divergence {
+            round: self.round,
+            what: format!(
+                "sersyncctl retry-failed failed (exit {:?}): {}{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        })
     }
 
     /// `sersyncctl checkpoint --wait`: it must be reached within the convergence timeout,
