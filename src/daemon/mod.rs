@@ -290,12 +290,28 @@ struct VersionsFileSizes {
     appended: u64,
 }
 
+/// Two-way mode: a directory the peer's run made again here moments after this host's
+/// user removed it (see `Daemon::undo_returned_directories`).
+#[derive(Debug)]
+struct ReturnedDir {
+    root: RootId,
+    path: crate::relpath::RelPath,
+    /// The user's removal it returned after.
+    removed_at: std::time::SystemTime,
+    arrived: Instant,
+}
+
 struct Daemon {
     /// Two-way mode: each root's saved versions file (see `save_versions`).
     versions_sizes: std::collections::HashMap<PathBuf, VersionsFileSizes>,
     /// Two-way mode: paths `undo_stale_arrival` moved aside lately (their removal is
     /// not the user's).
     undone: Vec<(RootId, crate::relpath::RelPath, Instant)>,
+    /// Two-way mode: directories the peer's run made again moments after this host's user
+    /// removed them (see `undo_returned_directories`).
+    returned_dirs: Vec<ReturnedDir>,
+    /// Two-way mode: the directories `undo_returned_directories` removed lately.
+    dirs_undone: Vec<(RootId, crate::relpath::RelPath, Instant)>,
     /// Two-way mode: files this host's users changed in the last seconds (see
     /// `keep_own_write_over_an_older_arrival`: only such a version can cross the peer's).
     written_here: std::collections::HashMap<(RootId, crate::relpath::RelPath), Instant>,
@@ -595,6 +611,8 @@ impl Daemon {
         Ok(Daemon {
             versions_sizes: std::collections::HashMap::new(),
             undone: Vec::new(),
+            returned_dirs: Vec::new(),
+            dirs_undone: Vec::new(),
             written_here: std::collections::HashMap::new(),
             queue: {
                 let mut queue =
@@ -1140,6 +1158,7 @@ impl Daemon {
             self.advance_checkpoints();
             self.refresh_status();
             self.save_versions(false);
+            self.undo_returned_directories();
             if self.stopping && self.in_flight == 0 {
                 break;
             }
@@ -1994,12 +2013,13 @@ impl Daemon {
                         continue;
                     }
                     let mut action = change.action;
+                    // Found in a directory the peer's run brought back (it made the file
+                    // before the directory was watched): an arrival too.
+                    let arrived = action == Action::Arrived
+                        || (action == Action::Created
+                            && self.in_returned_directory(change.root, &change.path));
                     if matches!(action, Action::Arrived | Action::Sync | Action::Created)
-                        && self.undo_stale_arrival(
-                            change.root,
-                            &change.path,
-                            action == Action::Arrived,
-                        )
+                        && self.undo_stale_arrival(change.root, &change.path, arrived)
                     {
                         action = Action::Remove { dir: false };
                     } else if action == Action::Arrived
@@ -2011,7 +2031,8 @@ impl Daemon {
                     } else if action == Action::Arrived {
                         self.written_here
                             .remove(&(change.root, change.path.clone()));
-                        self.record_version_here(change.root, &change.path);
+                        self.note_returned_directory(change.root, &change.path);
+                        self.record_arrival(change.root, &change.path);
                     } else if matches!(action, Action::Sync | Action::Created)
                         && self.config.rsync.two_way
                     {
@@ -2024,6 +2045,7 @@ impl Daemon {
                             // already, dated by the user's removal.
                         } else if !own && self.removed_by_peer(change.root, &change.path, dir) {
                             action = Action::Arrived;
+                            self.record_arrival(change.root, &change.path);
                         } else {
                             self.record_removal(change.root, &change.path, own);
                         }
@@ -2969,6 +2991,118 @@ impl Daemon {
             .insert((root, path.to_vec()), Instant::now());
     }
 
+    /// Two-way mode: notes a directory that just arrived (the peer's run made it, as its
+    /// notice announced) where this host's user removed one in the last minute and has
+    /// not had one since: the peer's full sync after a restart, or a run that listed the
+    /// directory before the removal, brought it back. Files that come back in it are
+    /// judged by `undo_stale_arrival`; the directory by `undo_returned_directories`.
+    fn note_returned_directory(&mut self, root: RootId, path: &[u8]) {
+        const RACING: Duration = Duration::from_secs(60);
+        let Some((tree, versions, _)) = self.two_way_parts(root) else {
+            return;
+        };
+        let Some((removed_at, _)) = versions.removal(path) else {
+            return;
+        };
+        let recent = std::time::SystemTime::now()
+            .duration_since(removed_at)
+            .is_ok_and(|since| since <= RACING);
+        if !recent
+            || versions
+                .history(path)
+                .iter()
+                .any(|known| known.since > removed_at)
+            || self
+                .returned_dirs
+                .iter()
+                .any(|dir| dir.root == root && dir.path == path && dir.removed_at == removed_at)
+        {
+            return;
+        }
+        let is_dir = std::fs::symlink_metadata(crate::relpath::absolute(tree, path))
+            .is_ok_and(|meta| meta.is_dir());
+        if is_dir {
+            self.returned_dirs.push(ReturnedDir {
+                root,
+                path: path.to_vec(),
+                removed_at,
+                arrived: Instant::now(),
+            });
+        }
+    }
+
+    /// Whether `path` is below a directory the peer's run brought back moments ago
+    /// (`note_returned_directory`).
+    fn in_returned_directory(&self, root: RootId, path: &[u8]) -> bool {
+        self.returned_dirs.iter().any(|dir| {
+            dir.root == root
+                && crate::relpath::ancestors(path).any(|ancestor| ancestor == dir.path.as_slice())
+        })
+    }
+
+    /// Two-way mode: removes again, once they are empty, the directories the peer's run
+    /// brought back moments after this host's user removed them
+    /// (`note_returned_directory`); their removal then goes to the peer like the user's.
+    /// Kept, the directory would live on both sides, which the user removed. Only an
+    /// empty directory is removed (`rmdir`): one that holds anything the peer made, or
+    /// that this host has had again since, stays (the union, as for any contested path).
+    /// Each is tried a second after it arrived (the files that came back in it are moved
+    /// aside by then), and again until 10 s after; a path is removed so at most once a
+    /// minute (what the peer keeps of it, it sends again: no ping-pong).
+    fn undo_returned_directories(&mut self) {
+        const SETTLE: Duration = Duration::from_secs(1);
+        const GIVE_UP: Duration = Duration::from_secs(10);
+        const ONCE_IN: Duration = Duration::from_secs(60);
+        if self.returned_dirs.is_empty() {
+            return;
+        }
+        self.dirs_undone.retain(|(_, _, at)| at.elapsed() < ONCE_IN);
+        let mut returned = std::mem::take(&mut self.returned_dirs);
+        // Deepest first: a directory is empty only once what it holds is gone.
+        returned.sort_by(|a, b| (b.root, &b.path).cmp(&(a.root, &a.path)));
+        for dir in returned {
+            if dir.arrived.elapsed() < SETTLE {
+                self.returned_dirs.push(dir);
+                continue;
+            }
+            let Some((tree, versions, _)) = self.two_way_parts(dir.root) else {
+                continue;
+            };
+            let had_again = versions
+                .history(&dir.path)
+                .iter()
+                .any(|known| known.since > dir.removed_at);
+            let undone_lately = self
+                .dirs_undone
+                .iter()
+                .any(|(root, path, _)| *root == dir.root && *path == dir.path);
+            if had_again || undone_lately {
+                continue;
+            }
+            match std::fs::remove_dir(crate::relpath::absolute(tree, &dir.path)) {
+                Ok(()) => {
+                    tracing::info!(
+                        sersync_path = %String::from_utf8_lossy(&dir.path),
+                        "two-way: the peer brought back a directory removed here moments \
+                         ago; removed again, and the removal goes on"
+                    );
+                    self.dirs_undone.push((dir.root, dir.path, Instant::now()));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    if dir.arrived.elapsed() < GIVE_UP {
+                        self.returned_dirs.push(dir);
+                    } else {
+                        tracing::debug!(
+                            sersync_path = %String::from_utf8_lossy(&dir.path),
+                            "two-way: a directory the peer brought back stays: {err}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether `path`'s removal is `undo_stale_arrival` moving it aside (forgotten once
     /// seen, or after a minute).
     fn undone_here(&mut self, root: RootId, path: &[u8]) -> bool {
@@ -2992,6 +3126,22 @@ impl Daemon {
     fn record_version_here(&self, root: RootId, path: &[u8]) {
         if let Some((tree, versions, _)) = self.two_way_parts(root) {
             versions.record_from_disk(tree, path);
+        }
+    }
+
+    /// Two-way mode: what the peer's run did at `path` arrived; if that was a removal
+    /// (the path is gone), it is recorded as the peer's, so that no full sync carries it
+    /// back to the peer as this host's deletion (see `Versions::paths`).
+    fn record_arrival(&self, root: RootId, path: &[u8]) {
+        let Some((tree, versions, _)) = self.two_way_parts(root) else {
+            return;
+        };
+        match std::fs::symlink_metadata(crate::relpath::absolute(tree, path)) {
+            Ok(meta) => versions.record(path, crate::sync::two_way::Version::of(&meta)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                versions.record_removal_by_peer(path);
+            }
+            Err(_) => {}
         }
     }
 

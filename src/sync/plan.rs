@@ -1029,6 +1029,9 @@ impl<E: Edge> Plan<'_, E> {
             },
             rules_on_stdin: false,
         };
+        if let Some(failed) = self.announce_push(&rules, ctx) {
+            return failed;
+        }
         let pushed = self.push_whole(&rules, Vec::new(), ctx);
         if !pushed.result.is_done() {
             return pushed;
@@ -1052,6 +1055,28 @@ impl<E: Edge> Plan<'_, E> {
         self.announce_own_pull(&argv, &stdin);
         let pulled = self.edge.run(RunSpec::at_root(argv, stdin));
         Run::worst([pushed, pulled])
+    }
+
+    /// Two-way mode, before a full sync's push: tells the peer's watcher what the push
+    /// will make in place there (directories, symlinks, special files), found by a dry
+    /// run of the same push. Seen as its user's, they would be sent back, and a directory
+    /// the peer's user removed while this host was stopped (or in the moment before this
+    /// push) would live on; announced, the peer's watcher takes them for arrivals, and the
+    /// peer removes again an arrived directory it removed moments ago (see
+    /// `Daemon::undo_returned_directories`). Without the dry run's answer the push goes on
+    /// unannounced; a failed notice ends the full sync.
+    fn announce_push(&mut self, rules: &FullSyncRules, ctx: &JobContext) -> Option<Run> {
+        let mut argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, rules, false);
+        argv.retain(|word| word != argv::REPORT_PROGRESS);
+        let dry = self.edge.run(RunSpec {
+            capture_stdout: true,
+            ..RunSpec::at_root(argv::dry_run_itemized(&argv), Vec::new())
+        });
+        if !(dry.result.is_done() || dry.result == RunResult::Exited(23)) {
+            return None;
+        }
+        let made = super::two_way::parse_made(&dry.stdout);
+        self.announce(&made, ctx)
     }
 
     /// Two-way mode, before a full sync pulls the peer's tree: deletes on the peer what

@@ -169,11 +169,16 @@ impl Announced {
     }
 
     /// Whether `now` (what is at the path here, `None` when nothing is) is what was
-    /// announced: then the change seen here is the peer's, which has it already.
+    /// announced: then the change seen here is the peer's, which has it already. A
+    /// directory meets a directory's announcement whatever its mode: rsync makes it with
+    /// another mode and sets the peer's when it has filled it, and the first event comes
+    /// before that (taken for this host's user's, the directory was sent back: a test of
+    /// a full sync's push after a restart). The peer has a directory there either way.
     pub fn is_met_by(&self, now: Option<&Announced>) -> bool {
         match (self, now) {
             (Announced::Removed, None) => true,
             (Announced::Removed, Some(_)) | (_, None) => false,
+            (Announced::Directory { .. }, Some(Announced::Directory { .. })) => true,
             (announced, Some(now)) => announced == now,
         }
     }
@@ -286,6 +291,11 @@ pub struct Versions {
     /// removal was certainly this host's own: a file unlinked, not renamed away (the
     /// peer's runs rename what they remove into the soft-delete directory).
     removed: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (std::time::SystemTime, bool)>>,
+    /// When this host last saw each path removed by the peer's run: gone here, but not
+    /// this host's deletion to carry to the peer ([`Versions::paths`]). The peer's user
+    /// may make the path again, with a version this host had (a restore, a directory:
+    /// every directory reads alike).
+    removed_by_peer: std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::time::SystemTime>>,
     /// The records made since [`Versions::take_journal`] last took them, encoded as in
     /// [`Versions::encode`]: appended to the saved file after every batch, so that a
     /// kill -9 forgets nothing that was recorded before it.
@@ -315,6 +325,7 @@ impl Default for Versions {
             known: std::sync::Mutex::default(),
             complete_since: std::sync::Mutex::new(std::time::SystemTime::now()),
             removed: std::sync::Mutex::default(),
+            removed_by_peer: std::sync::Mutex::default(),
             journal: std::sync::Mutex::default(),
             start_over: std::sync::atomic::AtomicBool::new(false),
         }
@@ -360,6 +371,13 @@ fn encode_removal(path: &[u8], at: std::time::SystemTime, unlinked: bool, out: &
     encode_time(at, out);
     out.push(if unlinked { b'1' } else { b'0' });
     out.push(0);
+}
+
+fn encode_removal_by_peer(path: &[u8], at: std::time::SystemTime, out: &mut Vec<u8>) {
+    out.push(b'P');
+    out.extend_from_slice(path);
+    out.push(0);
+    encode_time(at, out);
 }
 
 /// Adds `known` to a path's history unless that version is there already (a version
@@ -413,6 +431,24 @@ impl Versions {
             .collect();
         drop(still_needed);
         removed.retain(|path, _| keep.contains(path));
+        drop(removed);
+        let mut by_peer = self
+            .removed_by_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        by_peer.retain(|path, at| {
+            if *at >= cutoff {
+                return true;
+            }
+            // Settled: what this host knew of the path before goes with it.
+            if known
+                .get(path)
+                .is_some_and(|history| history.iter().all(|k| k.since <= *at))
+            {
+                known.remove(path);
+            }
+            false
+        });
     }
 
     /// Puts back records [`Versions::take_journal`] took that could not be saved.
@@ -448,6 +484,14 @@ impl Versions {
         for (path, (at, unlinked)) in removed.iter() {
             encode_removal(path, *at, *unlinked, &mut out);
         }
+        drop(removed);
+        let by_peer = self
+            .removed_by_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (path, at) in by_peer.iter() {
+            encode_removal_by_peer(path, *at, &mut out);
+        }
         out
     }
 
@@ -472,6 +516,10 @@ impl Versions {
         {
             let mut known = versions.known.lock().unwrap_or_else(|e| e.into_inner());
             let mut removed = versions.removed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut by_peer = versions
+                .removed_by_peer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let mut next = || -> Option<()> {
                 let (&kind, path) = fields.next()?.split_first()?;
                 match kind {
@@ -479,6 +527,7 @@ impl Versions {
                         let mtime = decode_number(fields.next()?)?;
                         let size = decode_number(fields.next()?)?;
                         let since = decode_time(fields.next()?)?;
+                        by_peer.remove(path);
                         add_known(
                             known.entry(path.to_vec()).or_default(),
                             Known {
@@ -495,6 +544,9 @@ impl Versions {
                             _ => return None,
                         };
                         removed.insert(path.to_vec(), (at, unlinked));
+                    }
+                    b'P' => {
+                        by_peer.insert(path.to_vec(), decode_time(fields.next()?)?);
                     }
                     _ => return None,
                 }
@@ -521,7 +573,14 @@ impl Versions {
             version,
             since: now,
         };
-        if add_known(known.entry(path.to_vec()).or_default(), entry) {
+        // Here again: what the peer's run removed before is over.
+        let was_removed_by_peer = self
+            .removed_by_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path)
+            .is_some();
+        if add_known(known.entry(path.to_vec()).or_default(), entry) || was_removed_by_peer {
             let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
             encode_known(path, &entry, &mut journal);
         }
@@ -543,10 +602,51 @@ impl Versions {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every path this host has a version of.
+    /// Every path this host has a version of, but those the peer's run removed here
+    /// since (or removed an ancestor of): what is gone of these is this host's deletion.
     pub fn paths(&self) -> Vec<Vec<u8>> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.keys().cloned().collect()
+        let by_peer = self
+            .removed_by_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        known
+            .iter()
+            .filter(|(path, history)| {
+                let last = history.iter().map(|k| k.since).max();
+                !std::iter::once(path.as_slice())
+                    .chain(crate::relpath::ancestors(path))
+                    .filter_map(|p| by_peer.get(p))
+                    .any(|at| last.is_none_or(|last| *at >= last))
+            })
+            .map(|(path, _)| path.clone())
+            .collect()
+    }
+
+    /// The peer's run removed `path` here now (see `removed_by_peer`).
+    pub fn record_removal_by_peer(&self, path: &[u8]) {
+        let at = std::time::SystemTime::now();
+        // `known` first, as everywhere.
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_peer = self
+            .removed_by_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if by_peer.len() >= VERSIONS_KEPT && !by_peer.contains_key(path) {
+            // Forgetting one costs a deletion of what the peer's user made again at
+            // worst: start over along with what they were about.
+            by_peer.clear();
+            known.clear();
+            *self
+                .complete_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = at;
+            self.start_over
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        by_peer.insert(path.to_vec(), at);
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        encode_removal_by_peer(path, at, &mut journal);
     }
 
     pub fn history(&self, path: &[u8]) -> Vec<Known> {
@@ -873,22 +973,29 @@ pub fn spared(
 
 /// The listed entries that a deletion of what is gone here since this host had it (found
 /// by a full sync, not seen: removed while sersyncd was stopped, or before a kill -9) must
-/// not remove: every file, symlink or special file that is not a version this host had.
-/// No time rule: what the peer's user made meanwhile is never this host's to delete. A
-/// directory is not spared by itself (all versions of one look alike): it goes when
-/// nothing spared is left in it.
+/// not remove: every file, symlink or special file that is not a version this host had,
+/// and every directory at a path where this host never had one (the peer's user made it
+/// below a directory this host removed: `mkdir -p` of a path that was there once). No
+/// time rule: what the peer's user made meanwhile is never this host's to delete. A
+/// directory this host had is not spared by itself (all versions of one look alike): it
+/// goes when nothing spared is left in it.
 pub fn spared_unless_had(listed: &[Listed], history: impl Fn(&[u8]) -> Vec<Known>) -> Vec<Vec<u8>> {
     let mut spared: Vec<Vec<u8>> = listed
         .iter()
-        .filter(|entry| !entry.path.is_empty() && entry.size != Version::DIRECTORY.size)
+        .filter(|entry| !entry.path.is_empty())
         .filter(|entry| {
-            !history(&entry.path).iter().any(|known| {
-                known.version
-                    == Version {
-                        mtime: entry.mtime,
-                        size: entry.size,
-                    }
-            })
+            // A directory's listing reads as any directory (`Version::DIRECTORY`).
+            let there = if entry.size == Version::DIRECTORY.size {
+                Version::DIRECTORY
+            } else {
+                Version {
+                    mtime: entry.mtime,
+                    size: entry.size,
+                }
+            };
+            !history(&entry.path)
+                .iter()
+                .any(|known| known.version == there)
         })
         .map(|entry| entry.path.clone())
         .collect();
@@ -969,9 +1076,14 @@ mod tests {
             size: 5,
         };
         let history = |path: &[u8]| {
+            let version = if path == b"had-dir" {
+                Version::DIRECTORY
+            } else {
+                had
+            };
             if path.starts_with(b"had") {
                 vec![Known {
-                    version: had,
+                    version,
                     since: std::time::UNIX_EPOCH,
                 }]
             } else {
@@ -989,12 +1101,18 @@ mod tests {
             entry("had-older", 50, 5),
             entry("unknown-old", 1, 1),
             entry("had-dir", 0, Version::DIRECTORY.size),
+            // A file this host had at a path that is a directory there now.
+            entry("had-file-now-dir", 0, Version::DIRECTORY.size),
+            // Made by the peer's user below a directory this host removed.
+            entry("new-dir", 0, Version::DIRECTORY.size),
         ];
         assert_eq!(
             spared_unless_had(&listed, history),
             [
                 b"had-changed".to_vec(),
+                b"had-file-now-dir".to_vec(),
                 b"had-older".to_vec(),
+                b"new-dir".to_vec(),
                 b"unknown-old".to_vec()
             ]
         );
@@ -1144,6 +1262,42 @@ mod tests {
     }
 
     #[test]
+    fn what_the_peer_removed_here_is_not_this_hosts_deletion_until_had_again() {
+        let versions = Versions::default();
+        let file = Version { mtime: 5, size: 5 };
+        for path in [&b"d"[..], b"d/x", b"f", b"other"] {
+            versions.record(path, file);
+        }
+        let saved = versions.encode();
+        let _ = versions.take_journal();
+        versions.record_removal_by_peer(b"d");
+        versions.record_removal_by_peer(b"f");
+        let mut paths = versions.paths();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [b"other".to_vec()],
+            "d, d/x (below d) and f are the peer's"
+        );
+        // Made again (arrived, or written here): had again.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        versions.record(b"f", file);
+        versions.record(b"d/x", Version { mtime: 6, size: 6 });
+        let mut paths = versions.paths();
+        paths.sort();
+        assert_eq!(paths, [b"d/x".to_vec(), b"f".to_vec(), b"other".to_vec()]);
+        // Journaled: the same after a restart, and in a file written whole.
+        let mut file_with_journal = saved;
+        file_with_journal.extend(versions.take_journal());
+        for bytes in [file_with_journal, versions.encode()] {
+            let back = Versions::decode(&bytes).expect("decodes");
+            let mut paths = back.paths();
+            paths.sort();
+            assert_eq!(paths, [b"d/x".to_vec(), b"f".to_vec(), b"other".to_vec()]);
+        }
+    }
+
+    #[test]
     fn notices_round_trip_and_stop_at_garbage() {
         let entries = vec![
             (b"a".to_vec(), Announced::Directory { mode: 0o2755 }),
@@ -1179,7 +1333,9 @@ mod tests {
         };
         let rows: &[(&Announced, Option<&Announced>, bool)] = &[
             (&dir, Some(&dir), true),
-            (&dir, Some(&Announced::Directory { mode: 0o700 }), false),
+            // Before rsync set the mode.
+            (&dir, Some(&Announced::Directory { mode: 0o700 }), true),
+            (&dir, Some(&Announced::Special), false),
             (&dir, None, false),
             (&link, Some(&link), true),
             (

@@ -54,9 +54,11 @@ pub struct Change {
     pub root: RootId,
     pub path: RelPath,
     pub action: Action,
-    /// The entry was unlinked or removed (`IN_DELETE`), not renamed away. Two-way mode
-    /// tells its own user's deletions of files by it: the peer's runs rename what they
-    /// remove or replace into the soft-delete directory.
+    /// The entry was unlinked or removed (`IN_DELETE`), or renamed to another path of the
+    /// tree: not renamed away out of it. Two-way mode tells its own user's deletions of
+    /// files by it: the peer's runs rename what they remove or replace into the
+    /// soft-delete directory, which is never watched, and never rename one path of the
+    /// tree to another.
     pub unlinked: bool,
 }
 
@@ -509,7 +511,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             };
             if !readable {
                 // No MOVED_TO followed: the pending moves left the tree.
-                self.flush_pending_moves();
+                self.expire_pending_moves();
                 self.flush();
                 continue;
             }
@@ -650,17 +652,8 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             }
             Action::Arrived
         } else {
-            // The path changed otherwise here: the announcement is stale (unless rsync has
-            // not set the directory's mode yet).
-            if !matches!(
-                (announced, &here),
-                (
-                    Announced::Directory { .. },
-                    Some(Announced::Directory { .. })
-                )
-            ) {
-                self.announced.remove(path);
-            }
+            // The path changed otherwise here: the announcement is stale.
+            self.announced.remove(path);
             action
         }
     }
@@ -981,7 +974,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
         if mask.contains(EventMask::Q_OVERFLOW) {
             tracing::warn!("inotify queue overflowed: events were lost, rescanning");
-            self.flush_pending_moves();
+            self.expire_pending_moves();
             self.flush();
             // Directories created during the overflow were never watched, and removed
             // ones may never get their IN_IGNORED: repair the watch tree first, so the
@@ -1196,10 +1189,12 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         // The old path of an exchange's second half holds the other directory now.
         let removes_old = toggles.move_from && toggles.delete && !from.exchanged;
         if removes_old && !same_root_dir {
-            self.emit(
+            // Renamed within the tree: this host's user's (see `Change::unlinked`).
+            self.emit_change(
                 from_root,
                 old_rel.clone(),
                 Action::Remove { dir: from.is_dir },
+                true,
             );
         }
         if !is_dir {
@@ -1417,11 +1412,32 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         self.emit(root, rel, Action::Arrived);
     }
 
+    /// The pending moves out of the tree left it. rsync's renames out of the incoming
+    /// directory stay, for their other half (paired by cookie): several runs write at
+    /// once (a full sync's runs over the top-level directories, or the runs of another
+    /// peer), and another run's event may come between the two halves of one. Unpaired,
+    /// the arrival would be taken for this host's user's file, and sent back (seed 11
+    /// of the randomized two-way rounds: a file the peer had just renamed away came
+    /// back there). They go once the events pause ([`Watcher::expire_pending_moves`]).
     fn flush_pending_moves(&mut self) {
+        /// More would be a watcher that never sees the events pause.
+        const INCOMING_PENDING_MAX: usize = 4096;
         let moves = std::mem::take(&mut self.pending_moves);
-        for m in moves.into_iter().filter(|m| !m.incoming) {
+        let (mut incoming, moves): (Vec<PendingMove>, Vec<PendingMove>) =
+            moves.into_iter().partition(|m| m.incoming);
+        if incoming.len() > INCOMING_PENDING_MAX {
+            incoming.drain(..incoming.len() - INCOMING_PENDING_MAX);
+        }
+        self.pending_moves = incoming;
+        for m in moves {
             self.left_tree(m);
         }
+    }
+
+    /// Every pending move left the tree: no event followed for a moment.
+    fn expire_pending_moves(&mut self) {
+        self.flush_pending_moves();
+        self.pending_moves.clear();
     }
 
     /// A move whose other half never came (or went where nothing is watched): what moved

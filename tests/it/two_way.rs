@@ -1633,6 +1633,45 @@ fn deletions_made_while_sersyncd_was_stopped_reach_the_peer_but_spare_its_edits(
     }
 }
 
+/// A directory this host's user removes while the peer restarts is not brought back by
+/// the peer's full sync, which pushes the peer's tree before the removal reaches it
+/// (randomized two-way rounds, seed 1: the directories came back on both sides). The
+/// push announces the directories it makes, and this host removes again, once the files
+/// in them are moved aside, an arrived directory its user removed moments ago.
+#[test]
+fn a_directory_removed_while_the_peer_restarts_is_not_brought_back_by_its_full_sync() {
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    let a = hosts.sersyncd_a(&[]);
+    let mut b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "gone/sub/deeper/f", "first\n");
+    write(hosts.root_a(), "gone/g", "first\n");
+    write(hosts.root_a(), "kept/f", "first\n");
+    hosts.converged(Duration::from_secs(30));
+    // A's removal cannot reach B (its rsync daemon is down) before B's full sync pushes
+    // B's tree to A.
+    hosts.b.stop();
+    b.terminate();
+    std::fs::remove_dir_all(hosts.root_a().join("gone")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    b.restart_with(&["-r"]);
+    std::thread::sleep(Duration::from_secs(4));
+    hosts.b.start();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            !root.join("gone").exists(),
+            "gone/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+        assert_eq!(read(&root.join("kept/f")), "first\n");
+    }
+}
+
 /// A file changed while sersyncd was stopped reaches the peer by the full sync; renamed
 /// after that, its old name goes on the peer too (before, the full sync's push recorded no
 /// version, so the peer's copy counted as the peer's own and came back).
