@@ -2031,7 +2031,9 @@ impl Daemon {
                     } else if action == Action::Arrived {
                         self.written_here
                             .remove(&(change.root, change.path.clone()));
-                        self.note_returned_directory(change.root, &change.path);
+                        if change.resent {
+                            self.note_returned_directory(change.root, &change.path);
+                        }
                         self.record_arrival(change.root, &change.path);
                     } else if matches!(action, Action::Sync | Action::Created)
                         && self.config.rsync.two_way
@@ -2991,10 +2993,11 @@ impl Daemon {
             .insert((root, path.to_vec()), Instant::now());
     }
 
-    /// Two-way mode: notes a directory that just arrived (the peer's run made it, as its
-    /// notice announced) where this host's user removed one in the last minute and has
-    /// not had one since: the peer's full sync after a restart, or a run that listed the
-    /// directory before the removal, brought it back. Files that come back in it are
+    /// Two-way mode: notes a directory that the peer's full sync just pushed again (as its
+    /// notice announced: [`crate::watch::Change::resent`]) where this host's user removed
+    /// one in the last minute and has not had one since: the full sync listed the peer's
+    /// tree before the removal reached it. A directory the peer's user makes is never
+    /// taken back (every directory reads alike: it cannot be told from the old one). Files that come back in it are
     /// judged by `undo_stale_arrival`; the directory by `undo_returned_directories`.
     fn note_returned_directory(&mut self, root: RootId, path: &[u8]) {
         const RACING: Duration = Duration::from_secs(60);
@@ -3139,7 +3142,7 @@ impl Daemon {
         match std::fs::symlink_metadata(crate::relpath::absolute(tree, path)) {
             Ok(meta) => versions.record(path, crate::sync::two_way::Version::of(&meta)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                versions.record_removal_by_peer(path);
+                versions.record_peer_lacks(path);
             }
             Err(_) => {}
         }

@@ -206,6 +206,12 @@ pub trait Edge {
     /// Two-way mode: records the version of everything in the tree now as one this host
     /// had (a full sync is about to push them all).
     fn record_tree_versions(&mut self) {}
+    /// Two-way mode: the peer lacks `paths` now (a deletion reached it, or it had none of
+    /// them), as this host does: no full sync carries them to it again (see
+    /// [`super::two_way::Versions::record_peer_lacks`]).
+    fn record_peer_lacks(&mut self, paths: &[&[u8]]) {
+        let _ = paths;
+    }
     /// Two-way mode: leaves a notice of `entries` in this host's own incoming directory,
     /// for its own watcher: what a pull is about to make here in place is the peer's.
     fn announce_here(&mut self, entries: &[(Vec<u8>, Announced)]) {
@@ -541,6 +547,7 @@ impl<E: Edge> Plan<'_, E> {
             .filter(|target| shown.contains(target))
             .collect();
         if present.is_empty() {
+            self.edge.record_peer_lacks(delete);
             return listing;
         }
         let (rules, ancestors) = if present.len() == delete.len() {
@@ -631,6 +638,11 @@ impl<E: Edge> Plan<'_, E> {
             at: At::Skeleton(skeleton),
             capture_stdout: false,
         });
+        if deleted.result.is_done() {
+            // Delivered: a later full sync must not delete there again what the peer's
+            // user makes at these paths (what was spared is had here again once pulled).
+            self.edge.record_peer_lacks(delete);
+        }
         if newer.is_empty()
             || !(deleted.result.is_done() || deleted.result == RunResult::Exited(23))
         {
@@ -1075,7 +1087,13 @@ impl<E: Edge> Plan<'_, E> {
         if !(dry.result.is_done() || dry.result == RunResult::Exited(23)) {
             return None;
         }
-        let made = super::two_way::parse_made(&dry.stdout);
+        let made: Vec<(Vec<u8>, Announced)> = super::two_way::parse_made(&dry.stdout)
+            .into_iter()
+            .map(|(path, made)| match made {
+                Announced::Directory { mode } => (path, Announced::ResentDirectory { mode }),
+                other => (path, other),
+            })
+            .collect();
         self.announce(&made, ctx)
     }
 

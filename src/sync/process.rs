@@ -810,6 +810,18 @@ impl plan::Edge for JobEdge<'_> {
         }
     }
 
+    fn record_peer_lacks(&mut self, paths: &[&[u8]]) {
+        let Some(versions) = self.ctx.versions.as_deref() else {
+            return;
+        };
+        for path in paths {
+            // Made here again meanwhile: that one is had here, and judged as such.
+            if std::fs::symlink_metadata(crate::relpath::absolute(&self.ctx.root, path)).is_err() {
+                versions.record_peer_lacks(path);
+            }
+        }
+    }
+
     fn record_tree_versions(&mut self) {
         let Some(versions) = self.ctx.versions.as_deref() else {
             return;

@@ -137,6 +137,10 @@ pub const NOTICE_PREFIX: &str = "sersync-notice.";
 pub enum Announced {
     /// A directory with this mode (permission bits) is there.
     Directory { mode: u32 },
+    /// A directory the peer's full sync pushes again: its state from before, which may
+    /// be older than a removal here (see `Daemon::note_returned_directory`). Met like a
+    /// directory.
+    ResentDirectory { mode: u32 },
     /// A symlink to this target is there.
     Symlink { target: Vec<u8> },
     /// Another type (a FIFO, a device, a socket) is there.
@@ -178,7 +182,10 @@ impl Announced {
         match (self, now) {
             (Announced::Removed, None) => true,
             (Announced::Removed, Some(_)) | (_, None) => false,
-            (Announced::Directory { .. }, Some(Announced::Directory { .. })) => true,
+            (
+                Announced::Directory { .. } | Announced::ResentDirectory { .. },
+                Some(Announced::Directory { .. }),
+            ) => true,
             (announced, Some(now)) => announced == now,
         }
     }
@@ -199,7 +206,7 @@ pub fn notice_name() -> String {
 }
 
 /// A notice's bytes: one record per entry, each `KIND PATH` and NUL, where KIND is `d`
-/// and the octal mode and a space (a directory), `l` (a symlink: its target follows as a
+/// and the octal mode and a space (a directory; `D` for one a full sync pushes again), `l` (a symlink: its target follows as a
 /// record of its own), `s` (a special file) or `r` (removed). Paths are relative to the
 /// root, raw bytes (NUL cannot be in a path).
 pub fn encode_notice(entries: &[(Vec<u8>, Announced)]) -> Vec<u8> {
@@ -207,6 +214,7 @@ pub fn encode_notice(entries: &[(Vec<u8>, Announced)]) -> Vec<u8> {
     for (path, announced) in entries {
         match announced {
             Announced::Directory { mode } => out.extend(format!("d{mode:o} ").as_bytes()),
+            Announced::ResentDirectory { mode } => out.extend(format!("D{mode:o} ").as_bytes()),
             Announced::Symlink { .. } => out.push(b'l'),
             Announced::Special => out.push(b's'),
             Announced::Removed => out.push(b'r'),
@@ -231,7 +239,7 @@ pub fn decode_notice(bytes: &[u8]) -> Vec<(Vec<u8>, Announced)> {
             break;
         };
         let (path, announced) = match kind {
-            b'd' => {
+            b'd' | b'D' => {
                 let Some(space) = rest.iter().position(|&b| b == b' ') else {
                     break;
                 };
@@ -241,7 +249,12 @@ pub fn decode_notice(bytes: &[u8]) -> Vec<(Vec<u8>, Announced)> {
                 else {
                     break;
                 };
-                (&rest[space + 1..], Announced::Directory { mode })
+                let announced = if kind == b'D' {
+                    Announced::ResentDirectory { mode }
+                } else {
+                    Announced::Directory { mode }
+                };
+                (&rest[space + 1..], announced)
             }
             b'l' => {
                 let Some(target) = records.next().filter(|t| !t.is_empty()) else {
@@ -291,11 +304,12 @@ pub struct Versions {
     /// removal was certainly this host's own: a file unlinked, not renamed away (the
     /// peer's runs rename what they remove into the soft-delete directory).
     removed: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (std::time::SystemTime, bool)>>,
-    /// When this host last saw each path removed by the peer's run: gone here, but not
-    /// this host's deletion to carry to the peer ([`Versions::paths`]). The peer's user
-    /// may make the path again, with a version this host had (a restore, a directory:
-    /// every directory reads alike).
-    removed_by_peer: std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::time::SystemTime>>,
+    /// When the peer last lacked each path as this host does: its run removed it here, or
+    /// this host's deletion of it reached the peer. Gone here, but not a deletion still
+    /// to carry to the peer ([`Versions::paths`]): the peer's user may make the path
+    /// again, with a version this host had (a restore; a directory: every directory reads
+    /// alike), and a full sync would delete it.
+    peer_lacks: std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::time::SystemTime>>,
     /// The records made since [`Versions::take_journal`] last took them, encoded as in
     /// [`Versions::encode`]: appended to the saved file after every batch, so that a
     /// kill -9 forgets nothing that was recorded before it.
@@ -325,7 +339,7 @@ impl Default for Versions {
             known: std::sync::Mutex::default(),
             complete_since: std::sync::Mutex::new(std::time::SystemTime::now()),
             removed: std::sync::Mutex::default(),
-            removed_by_peer: std::sync::Mutex::default(),
+            peer_lacks: std::sync::Mutex::default(),
             journal: std::sync::Mutex::default(),
             start_over: std::sync::atomic::AtomicBool::new(false),
         }
@@ -373,7 +387,7 @@ fn encode_removal(path: &[u8], at: std::time::SystemTime, unlinked: bool, out: &
     out.push(0);
 }
 
-fn encode_removal_by_peer(path: &[u8], at: std::time::SystemTime, out: &mut Vec<u8>) {
+fn encode_peer_lacks(path: &[u8], at: std::time::SystemTime, out: &mut Vec<u8>) {
     out.push(b'P');
     out.extend_from_slice(path);
     out.push(0);
@@ -432,10 +446,7 @@ impl Versions {
         drop(still_needed);
         removed.retain(|path, _| keep.contains(path));
         drop(removed);
-        let mut by_peer = self
-            .removed_by_peer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut by_peer = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
         by_peer.retain(|path, at| {
             if *at >= cutoff {
                 return true;
@@ -485,12 +496,9 @@ impl Versions {
             encode_removal(path, *at, *unlinked, &mut out);
         }
         drop(removed);
-        let by_peer = self
-            .removed_by_peer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let by_peer = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
         for (path, at) in by_peer.iter() {
-            encode_removal_by_peer(path, *at, &mut out);
+            encode_peer_lacks(path, *at, &mut out);
         }
         out
     }
@@ -517,7 +525,7 @@ impl Versions {
             let mut known = versions.known.lock().unwrap_or_else(|e| e.into_inner());
             let mut removed = versions.removed.lock().unwrap_or_else(|e| e.into_inner());
             let mut by_peer = versions
-                .removed_by_peer
+                .peer_lacks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             let mut next = || -> Option<()> {
@@ -574,13 +582,13 @@ impl Versions {
             since: now,
         };
         // Here again: what the peer's run removed before is over.
-        let was_removed_by_peer = self
-            .removed_by_peer
+        let peer_lacked = self
+            .peer_lacks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(path)
             .is_some();
-        if add_known(known.entry(path.to_vec()).or_default(), entry) || was_removed_by_peer {
+        if add_known(known.entry(path.to_vec()).or_default(), entry) || peer_lacked {
             let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
             encode_known(path, &entry, &mut journal);
         }
@@ -602,14 +610,12 @@ impl Versions {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every path this host has a version of, but those the peer's run removed here
-    /// since (or removed an ancestor of): what is gone of these is this host's deletion.
+    /// Every path this host has a version of, but those the peer lacks as well since (it
+    /// or an ancestor: see `peer_lacks`): what is gone of these is a deletion of this
+    /// host's that has not reached the peer.
     pub fn paths(&self) -> Vec<Vec<u8>> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let by_peer = self
-            .removed_by_peer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let by_peer = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
         known
             .iter()
             .filter(|(path, history)| {
@@ -623,15 +629,13 @@ impl Versions {
             .collect()
     }
 
-    /// The peer's run removed `path` here now (see `removed_by_peer`).
-    pub fn record_removal_by_peer(&self, path: &[u8]) {
+    /// The peer lacks `path` now, as this host does: its run removed it here, or this
+    /// host's deletion of it reached it (see `peer_lacks`).
+    pub fn record_peer_lacks(&self, path: &[u8]) {
         let at = std::time::SystemTime::now();
         // `known` first, as everywhere.
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let mut by_peer = self
-            .removed_by_peer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut by_peer = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
         if by_peer.len() >= VERSIONS_KEPT && !by_peer.contains_key(path) {
             // Forgetting one costs a deletion of what the peer's user made again at
             // worst: start over along with what they were about.
@@ -646,7 +650,7 @@ impl Versions {
         }
         by_peer.insert(path.to_vec(), at);
         let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        encode_removal_by_peer(path, at, &mut journal);
+        encode_peer_lacks(path, at, &mut journal);
     }
 
     pub fn history(&self, path: &[u8]) -> Vec<Known> {
@@ -1270,8 +1274,8 @@ mod tests {
         }
         let saved = versions.encode();
         let _ = versions.take_journal();
-        versions.record_removal_by_peer(b"d");
-        versions.record_removal_by_peer(b"f");
+        versions.record_peer_lacks(b"d");
+        versions.record_peer_lacks(b"f");
         let mut paths = versions.paths();
         paths.sort();
         assert_eq!(
@@ -1301,6 +1305,10 @@ mod tests {
     fn notices_round_trip_and_stop_at_garbage() {
         let entries = vec![
             (b"a".to_vec(), Announced::Directory { mode: 0o2755 }),
+            (
+                b"again".to_vec(),
+                Announced::ResentDirectory { mode: 0o750 },
+            ),
             (
                 b"a/l ink\n".to_vec(),
                 Announced::Symlink {
@@ -1336,6 +1344,11 @@ mod tests {
             // Before rsync set the mode.
             (&dir, Some(&Announced::Directory { mode: 0o700 }), true),
             (&dir, Some(&Announced::Special), false),
+            (
+                &Announced::ResentDirectory { mode: 0o755 },
+                Some(&Announced::Directory { mode: 0o700 }),
+                true,
+            ),
             (&dir, None, false),
             (&link, Some(&link), true),
             (

@@ -60,6 +60,10 @@ pub struct Change {
     /// soft-delete directory, which is never watched, and never rename one path of the
     /// tree to another.
     pub unlinked: bool,
+    /// Two-way mode: an [`Action::Arrived`] directory the peer's full sync pushed again
+    /// (announced as `crate::sync::two_way::Announced::ResentDirectory`): its state from
+    /// before, which may be older than a removal here.
+    pub resent: bool,
 }
 
 /// What the watcher reports to the daemon.
@@ -588,8 +592,8 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
 
     /// [`Watcher::emit`], saying whether the entry was unlinked ([`Change::unlinked`]).
     fn emit_change(&mut self, root: RootId, path: RelPath, action: Action, unlinked: bool) {
-        let action = if self.announced.is_empty() {
-            action
+        let (action, resent) = if self.announced.is_empty() {
+            (action, false)
         } else {
             self.as_announced(root, &path, action)
         };
@@ -598,6 +602,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             path,
             action,
             unlinked,
+            resent,
         });
         if self.out.len() >= CHANGE_CHUNK {
             let changes = std::mem::take(&mut self.out);
@@ -609,22 +614,24 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     /// (made or removed by its run, see `crate::sync::two_way::Announced`): sent back, it
     /// would undo what the peer did since. Met, an announcement stays a moment for the
     /// events that follow (rsync sets a directory's times and mode after making it); a
-    /// change that leaves the path otherwise is this host's and ends it.
-    fn as_announced(&mut self, root: RootId, path: &[u8], action: Action) -> Action {
+    /// change that leaves the path otherwise is this host's and ends it. With it, whether
+    /// the announcement was of a directory the peer's full sync pushed again
+    /// ([`Change::resent`]).
+    fn as_announced(&mut self, root: RootId, path: &[u8], action: Action) -> (Action, bool) {
         use crate::sync::two_way::Announced;
         if !matches!(
             action,
             Action::Sync | Action::Created | Action::Remove { .. }
         ) {
-            return action;
+            return (action, false);
         }
         let now = Instant::now();
         let Some((announced, until)) = self.announced.get(path) else {
-            return action;
+            return (action, false);
         };
         if *until <= now {
             self.announced.remove(path);
-            return action;
+            return (action, false);
         }
         let abs = self.abs_path(root, path);
         let here = match std::fs::symlink_metadata(&abs) {
@@ -635,7 +642,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 // directory): the path is this host's now.
                 None => {
                     self.announced.remove(path);
-                    return action;
+                    return (action, false);
                 }
             },
         };
@@ -647,14 +654,15 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             // Kept a moment for the events that follow (rsync setting the times and mode
             // of what it made), not longer: what the peer has may change.
             let follow_up = now + ANNOUNCED_FOLLOW_UP;
+            let resent = matches!(announced, Announced::ResentDirectory { .. });
             if let Some((_, until)) = self.announced.get_mut(path) {
                 *until = (*until).min(follow_up);
             }
-            Action::Arrived
+            (Action::Arrived, resent)
         } else {
             // The path changed otherwise here: the announcement is stale.
             self.announced.remove(path);
-            action
+            (action, false)
         }
     }
 
@@ -1237,6 +1245,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                         path: old_rel,
                         action: Action::Remove { dir: true },
                         unlinked: false,
+                        resent: false,
                     });
                 }
                 if purge_new {
@@ -1245,6 +1254,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                         path: new_rel.clone(),
                         action: Action::Remove { dir: true },
                         unlinked: false,
+                        resent: false,
                     });
                 }
                 changes.push(Change {
@@ -1252,6 +1262,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     path: new_rel,
                     action: Action::Sync,
                     unlinked: false,
+                    resent: false,
                 });
                 self.walk_report_only(id, &mut changes);
                 (self.report)(WatchEvent::Changes(changes));
@@ -1389,6 +1400,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     path: rel.clone(),
                     action: Action::Sync,
                     unlinked: false,
+                    resent: false,
                 });
                 if is_dir {
                     let child = match self.tree.child(dir_id, &name) {

@@ -1672,6 +1672,45 @@ fn a_directory_removed_while_the_peer_restarts_is_not_brought_back_by_its_full_s
     }
 }
 
+/// A directory this host removed, whose removal reached the peer, is not deleted there
+/// again by this host's next full sync when the peer's user makes it anew meanwhile
+/// (randomized two-way rounds, seed 7: every directory reads alike, and the full sync
+/// took the peer's new one for the one this host had removed). (A file restored there as
+/// the very version this host had is judged by its version: within a minute of the
+/// removal it is moved aside again, README, two-way rules.)
+#[test]
+fn a_directory_made_again_on_the_peer_after_a_delivered_removal_survives_a_restart() {
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    let a = hosts.sersyncd_a(&[]);
+    let mut b = hosts.sersyncd_b(&[]);
+    write(hosts.root_b(), "d/f", "first\n");
+    hosts.converged(Duration::from_secs(30));
+    std::fs::remove_dir_all(hosts.root_b().join("d")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    assert!(!hosts.root_a().join("d").exists());
+    // B is down, and A's change cannot reach its root, when A's user makes it again.
+    b.terminate();
+    hosts.b.stop();
+    std::fs::create_dir(hosts.root_a().join("d")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    b.restart_with(&["-r"]);
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.b.start();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            root.join("d").is_dir(),
+            "d/ is gone from {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+    }
+}
+
 /// A file changed while sersyncd was stopped reaches the peer by the full sync; renamed
 /// after that, its old name goes on the peer too (before, the full sync's push recorded no
 /// version, so the peer's copy counted as the peer's own and came back).

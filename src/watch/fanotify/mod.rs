@@ -469,6 +469,7 @@ impl<F: FnMut(WatchEvent)> FanWatcher<F> {
             action,
             // Two-way mode watches with inotify only.
             unlinked: false,
+            resent: false,
         });
         if self.out.len() >= CHANGE_CHUNK {
             self.flush();
