@@ -643,9 +643,14 @@ impl<E: Edge> Plan<'_, E> {
             // user makes at these paths (what was spared is had here again once pulled).
             self.edge.record_peer_lacks(delete);
         }
-        if newer.is_empty()
-            || !(deleted.result.is_done() || deleted.result == RunResult::Exited(23))
-        {
+        if !(deleted.result.is_done() || deleted.result == RunResult::Exited(23)) {
+            return deleted;
+        }
+        let deleted = match self.send_back_what_came_meanwhile(&listed, &newer, ctx) {
+            Some(sent) => Run::worst([deleted, sent]),
+            None => deleted,
+        };
+        if newer.is_empty() {
             return deleted;
         }
         tracing::info!(
@@ -655,6 +660,48 @@ impl<E: Edge> Plan<'_, E> {
         let newer: Vec<&[u8]> = newer.iter().map(Vec::as_slice).collect();
         let pulled = self.pull(&newer, false, ctx);
         Run::worst([deleted, pulled])
+    }
+
+    /// Two-way mode, after a deletion run: sends again the files it deleted on the peer
+    /// that are here now (`listed` but not `spared`). The peer's run that sent one here
+    /// crossed the deletion (a file the peer's user renamed into a directory this host's
+    /// user renamed away at the same moment, seed 1 of the randomized two-way rounds):
+    /// this host kept the arrival, the peer lost its copy to the deletion (into its
+    /// trash), and nothing would send it again. Sent, both sides keep it.
+    fn send_back_what_came_meanwhile(
+        &mut self,
+        listed: &[super::two_way::Listed],
+        spared: &[Vec<u8>],
+        ctx: &JobContext,
+    ) -> Option<Run> {
+        let deleted: Vec<&[u8]> = listed
+            .iter()
+            .filter(|entry| entry.size != super::two_way::Version::DIRECTORY.size)
+            .map(|entry| entry.path.as_slice())
+            .filter(|path| {
+                !spared
+                    .iter()
+                    .any(|kept| is_at_or_below(path, kept.as_slice()))
+            })
+            .collect();
+        if deleted.is_empty() {
+            return None;
+        }
+        let here = self.edge.versions(&deleted);
+        let back: Vec<&[u8]> = deleted
+            .into_iter()
+            .zip(here)
+            .filter(|(_, version)| version.is_some())
+            .map(|(path, _)| path)
+            .collect();
+        if back.is_empty() {
+            return None;
+        }
+        tracing::info!(
+            paths = back.len(),
+            "two-way: files deleted on the peer are here now (sent here while the deletion ran); sending them again"
+        );
+        Some(self.send_newest(&back, ctx))
     }
 
     /// Two-way mode: pulls `paths` (recursively when `recursive`) from the peer into the

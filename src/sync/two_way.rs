@@ -676,14 +676,18 @@ impl Versions {
         encode_removal(path, at, unlinked, &mut journal);
     }
 
-    /// The paths this host saw removed at `since` or later, top-most only (a tree
-    /// removed whole is one path), sorted.
+    /// The paths this host saw removed at `since` or later whose removal has not reached
+    /// the peer since (see `peer_lacks`: what the peer has there now, its user made
+    /// after that), top-most only (a tree removed whole is one path), sorted.
     pub fn removed_since(&self, since: std::time::SystemTime) -> Vec<Vec<u8>> {
         let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        let lacks = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
         crate::relpath::top_most(
             removed
                 .iter()
-                .filter(|(_, (at, _))| *at >= since)
+                .filter(|(path, (at, _))| {
+                    *at >= since && lacks.get(path.as_slice()).is_none_or(|lacked| lacked < at)
+                })
                 .map(|(path, _)| path.clone())
                 .collect(),
         )
@@ -1176,6 +1180,12 @@ mod tests {
                 b"tree".to_vec(),
                 b"tree-b".to_vec()
             ]
+        );
+        // Its deletion reached the peer: what the peer has there now is new.
+        versions.record_peer_lacks(b"tree-b");
+        assert_eq!(
+            versions.removed_since(at(10)),
+            [b"old-dir/new".to_vec(), b"tree".to_vec()]
         );
     }
 
