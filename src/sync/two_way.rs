@@ -31,11 +31,16 @@
 //!   ([`spared`]) is protected from the run and pulled back here, so both sides keep
 //!   it. A modification in the moments between the listing and the deletion run loses to
 //!   the deletion and is kept in the peer's soft-delete directory.
-//! - **Full syncs reconcile, never delete.** A full sync (or a dirty directory) is pushed
+//! - **Full syncs reconcile, never mirror.** A full sync (or a dirty directory) is pushed
 //!   with `--update` and no `--delete`, then pulled the same way: afterwards each side has
-//!   the union, the newer version of each file. A deletion this host did not see (made
-//!   while sersyncd was down, or lost in an overflow) comes back from the peer:
-//!   resurrection is the safe failure.
+//!   the union, the newer version of each file. Before it, a full sync deletes on the peer
+//!   what this host had and no longer has and the peer may still have (removed while
+//!   sersyncd was down, or cut short by a kill -9: [`Versions::paths`], which leaves out
+//!   what the peer lacks too, [`Versions::record_peer_lacks`]), by the strict rule of
+//!   [`spared_unless_had`]. Its push announces what it makes in place
+//!   ([`Announced::ResentDirectory`]), so that the peer can take back a directory its
+//!   user removed meanwhile. A deletion this host knows nothing of comes back from the
+//!   peer: resurrection is the safe failure.
 //!
 //! What is refused in `commonParams` is in [`refused_option`]; `<filter>` is refused by
 //! the config (what is pulled cannot be filtered by sersyncd's regexes).
@@ -446,8 +451,8 @@ impl Versions {
         drop(still_needed);
         removed.retain(|path, _| keep.contains(path));
         drop(removed);
-        let mut by_peer = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
-        by_peer.retain(|path, at| {
+        let mut lacks = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
+        lacks.retain(|path, at| {
             if *at >= cutoff {
                 return true;
             }
@@ -496,8 +501,8 @@ impl Versions {
             encode_removal(path, *at, *unlinked, &mut out);
         }
         drop(removed);
-        let by_peer = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
-        for (path, at) in by_peer.iter() {
+        let lacks = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
+        for (path, at) in lacks.iter() {
             encode_peer_lacks(path, *at, &mut out);
         }
         out
@@ -524,7 +529,7 @@ impl Versions {
         {
             let mut known = versions.known.lock().unwrap_or_else(|e| e.into_inner());
             let mut removed = versions.removed.lock().unwrap_or_else(|e| e.into_inner());
-            let mut by_peer = versions
+            let mut lacks = versions
                 .peer_lacks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
@@ -535,7 +540,7 @@ impl Versions {
                         let mtime = decode_number(fields.next()?)?;
                         let size = decode_number(fields.next()?)?;
                         let since = decode_time(fields.next()?)?;
-                        by_peer.remove(path);
+                        lacks.remove(path);
                         add_known(
                             known.entry(path.to_vec()).or_default(),
                             Known {
@@ -554,7 +559,7 @@ impl Versions {
                         removed.insert(path.to_vec(), (at, unlinked));
                     }
                     b'P' => {
-                        by_peer.insert(path.to_vec(), decode_time(fields.next()?)?);
+                        lacks.insert(path.to_vec(), decode_time(fields.next()?)?);
                     }
                     _ => return None,
                 }
@@ -569,13 +574,7 @@ impl Versions {
         let now = std::time::SystemTime::now();
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() >= VERSIONS_KEPT && !known.contains_key(path) {
-            known.clear();
-            *self
-                .complete_since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = now;
-            self.start_over
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.forget_all_known(&mut known, now);
         }
         let entry = Known {
             version,
@@ -592,6 +591,22 @@ impl Versions {
             let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
             encode_known(path, &entry, &mut journal);
         }
+    }
+
+    /// Starts over at `at` (the bound was reached): every version is forgotten, and the
+    /// saved file is rewritten whole.
+    fn forget_all_known(
+        &self,
+        known: &mut std::collections::HashMap<Vec<u8>, Vec<Known>>,
+        at: std::time::SystemTime,
+    ) {
+        known.clear();
+        *self
+            .complete_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = at;
+        self.start_over
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records the version at `path` below `root` now.
@@ -615,14 +630,14 @@ impl Versions {
     /// host's that has not reached the peer.
     pub fn paths(&self) -> Vec<Vec<u8>> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let by_peer = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
+        let lacks = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
         known
             .iter()
             .filter(|(path, history)| {
                 let last = history.iter().map(|k| k.since).max();
                 !std::iter::once(path.as_slice())
                     .chain(crate::relpath::ancestors(path))
-                    .filter_map(|p| by_peer.get(p))
+                    .filter_map(|p| lacks.get(p))
                     .any(|at| last.is_none_or(|last| *at >= last))
             })
             .map(|(path, _)| path.clone())
@@ -635,20 +650,14 @@ impl Versions {
         let at = std::time::SystemTime::now();
         // `known` first, as everywhere.
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let mut by_peer = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
-        if by_peer.len() >= VERSIONS_KEPT && !by_peer.contains_key(path) {
+        let mut lacks = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
+        if lacks.len() >= VERSIONS_KEPT && !lacks.contains_key(path) {
             // Forgetting one costs a deletion of what the peer's user made again at
             // worst: start over along with what they were about.
-            by_peer.clear();
-            known.clear();
-            *self
-                .complete_since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = at;
-            self.start_over
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            lacks.clear();
+            self.forget_all_known(&mut known, at);
         }
-        by_peer.insert(path.to_vec(), at);
+        lacks.insert(path.to_vec(), at);
         let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
         encode_peer_lacks(path, at, &mut journal);
     }
