@@ -290,8 +290,8 @@ struct VersionsFileSizes {
     appended: u64,
 }
 
-/// Two-way mode: a directory the peer's run made again here moments after this host's
-/// user removed it (see `Daemon::undo_returned_directories`).
+/// Two-way mode: a directory the peer's full sync pushed again here moments after this
+/// host's user removed it (see `Daemon::undo_returned_directories`).
 #[derive(Debug)]
 struct ReturnedDir {
     root: RootId,
@@ -307,8 +307,8 @@ struct Daemon {
     /// Two-way mode: paths `undo_stale_arrival` moved aside lately (their removal is
     /// not the user's).
     undone: Vec<(RootId, crate::relpath::RelPath, Instant)>,
-    /// Two-way mode: directories the peer's run made again moments after this host's user
-    /// removed them (see `undo_returned_directories`).
+    /// Two-way mode: directories the peer's full sync pushed again moments after this
+    /// host's user removed them (see `undo_returned_directories`).
     returned_dirs: Vec<ReturnedDir>,
     /// Two-way mode: the directories `undo_returned_directories` removed lately.
     dirs_undone: Vec<(RootId, crate::relpath::RelPath, Instant)>,
@@ -2997,8 +2997,9 @@ impl Daemon {
     /// notice announced: [`crate::watch::Change::resent`]) where this host's user removed
     /// one in the last minute and has not had one since: the full sync listed the peer's
     /// tree before the removal reached it. A directory the peer's user makes is never
-    /// taken back (every directory reads alike: it cannot be told from the old one). Files that come back in it are
-    /// judged by `undo_stale_arrival`; the directory by `undo_returned_directories`.
+    /// taken back (every directory reads alike: it cannot be told from the old one).
+    /// Files that come back in it are judged by `undo_stale_arrival`; the directory by
+    /// `undo_returned_directories`.
     fn note_returned_directory(&mut self, root: RootId, path: &[u8]) {
         const RACING: Duration = Duration::from_secs(60);
         let Some((tree, versions, _)) = self.two_way_parts(root) else {
@@ -3034,7 +3035,7 @@ impl Daemon {
         }
     }
 
-    /// Whether `path` is below a directory the peer's run brought back moments ago
+    /// Whether `path` is below a directory the peer's full sync brought back moments ago
     /// (`note_returned_directory`).
     fn in_returned_directory(&self, root: RootId, path: &[u8]) -> bool {
         self.returned_dirs.iter().any(|dir| {
@@ -3043,8 +3044,8 @@ impl Daemon {
         })
     }
 
-    /// Two-way mode: removes again, once they are empty, the directories the peer's run
-    /// brought back moments after this host's user removed them
+    /// Two-way mode: removes again, once they are empty, the directories the peer's full
+    /// sync brought back moments after this host's user removed them
     /// (`note_returned_directory`); their removal then goes to the peer like the user's.
     /// Kept, the directory would live on both sides, which the user removed. Only an
     /// empty directory is removed (`rmdir`): one that holds anything the peer made, or
