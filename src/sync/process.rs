@@ -883,7 +883,23 @@ impl plan::Edge for JobEdge<'_> {
     }
 
     fn run_concurrently(&mut self, specs: Vec<RunSpec>) -> Vec<Run> {
-        let runs = self.run_together(specs);
+        let mut runs = self.run_together(specs.clone());
+        // Turned away because this lane's own idle warm rsync held the module's only
+        // connection (`max connections = 1`, a deletion run after a send): as for a single
+        // run (`refused_by_warm`), the warm rsyncs go, and the refused runs go once more.
+        // Without this a deletion failed for as long as a warm rsync was kept idle there.
+        if runs.iter().any(plan::refused_at_start)
+            && self.runner.warm.refuse(&self.ctx.transport.destination())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let refused: Vec<usize> = (0..runs.len())
+                .filter(|&at| plan::refused_at_start(&runs[at]))
+                .collect();
+            let again = self.run_together(refused.iter().map(|&at| specs[at].clone()).collect());
+            for (at, run) in refused.into_iter().zip(again) {
+                runs[at] = run;
+            }
+        }
         for run in &runs {
             self.count(run);
         }
