@@ -687,13 +687,7 @@ impl<E: Edge> Plan<'_, E> {
         if deleted.is_empty() {
             return None;
         }
-        let here = self.edge.versions(&deleted);
-        let back: Vec<&[u8]> = deleted
-            .into_iter()
-            .zip(here)
-            .filter(|(_, version)| version.is_some())
-            .map(|(path, _)| path)
-            .collect();
+        let back = self.files_here(deleted);
         if back.is_empty() {
             return None;
         }
@@ -702,6 +696,17 @@ impl<E: Edge> Plan<'_, E> {
             "two-way: files deleted on the peer are here now (sent here while the deletion ran); sending them again"
         );
         Some(self.send_newest(&back, ctx))
+    }
+
+    /// Those of `paths` that are a file, symlink or special file here now.
+    fn files_here<'p>(&mut self, paths: Vec<&'p [u8]>) -> Vec<&'p [u8]> {
+        let here = self.edge.versions(&paths);
+        paths
+            .into_iter()
+            .zip(here)
+            .filter(|(_, version)| version.is_some())
+            .map(|(path, _)| path)
+            .collect()
     }
 
     /// Two-way mode: pulls `paths` (recursively when `recursive`) from the peer into the
@@ -1208,14 +1213,7 @@ impl<E: Edge> Plan<'_, E> {
         }
         let listed = super::two_way::parse_listing(&listing.stdout);
         let stale = super::two_way::stale(&listed, |path| ctx.history(path));
-        let candidates: Vec<&[u8]> = stale.iter().map(Vec::as_slice).collect();
-        let here = self.edge.versions(&candidates);
-        let paths: Vec<&[u8]> = candidates
-            .into_iter()
-            .zip(here)
-            .filter(|(_, version)| version.is_some())
-            .map(|(path, _)| path)
-            .collect();
+        let paths = self.files_here(stale.iter().map(Vec::as_slice).collect());
         if paths.is_empty() {
             return None;
         }

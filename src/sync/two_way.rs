@@ -847,6 +847,20 @@ pub struct Listed {
     pub size: u64,
 }
 
+impl Listed {
+    /// The version listed: a directory reads as any directory (`Version::DIRECTORY`).
+    pub fn version(&self) -> Version {
+        if self.size == Version::DIRECTORY.size {
+            Version::DIRECTORY
+        } else {
+            Version {
+                mtime: self.mtime,
+                size: self.size,
+            }
+        }
+    }
+}
+
 /// The non-directory entries of a `--list-only` listing printed with `TZ=UTC` (rsync
 /// prints times in the local zone; sersyncd runs rsync with `TZ=UTC`). Lines that do not
 /// parse are skipped.
@@ -962,14 +976,7 @@ pub fn spared(
         .filter(|entry| {
             let deleted_at = deleted_at(&entry.path);
             let deleted_second = seconds(deleted_at);
-            let there = if entry.size == Version::DIRECTORY.size {
-                Version::DIRECTORY
-            } else {
-                Version {
-                    mtime: entry.mtime,
-                    size: entry.size,
-                }
-            };
+            let there = entry.version();
             let history = history(&entry.path);
             let mut had = history
                 .iter()
@@ -1001,15 +1008,7 @@ pub fn spared_unless_had(listed: &[Listed], history: impl Fn(&[u8]) -> Vec<Known
         .iter()
         .filter(|entry| !entry.path.is_empty())
         .filter(|entry| {
-            // A directory's listing reads as any directory (`Version::DIRECTORY`).
-            let there = if entry.size == Version::DIRECTORY.size {
-                Version::DIRECTORY
-            } else {
-                Version {
-                    mtime: entry.mtime,
-                    size: entry.size,
-                }
-            };
+            let there = entry.version();
             !history(&entry.path)
                 .iter()
                 .any(|known| known.version == there)
