@@ -204,8 +204,11 @@ pub trait Edge {
         Vec::new()
     }
     /// Two-way mode: records the version of everything in the tree now as one this host
-    /// had (a full sync is about to push them all).
-    fn record_tree_versions(&mut self) {}
+    /// had (a full sync is about to push them all); returns the directories among them
+    /// that this host had not had (see [`super::two_way::Versions::had`]).
+    fn record_tree_versions(&mut self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
     /// Two-way mode: the peer lacks `paths` now (a deletion reached it, or it had none of
     /// them), as this host does: no full sync carries them to it again (see
     /// [`super::two_way::Versions::record_peer_lacks`]).
@@ -1081,7 +1084,7 @@ impl<E: Edge> Plan<'_, E> {
         // What the push delivers are versions this host had: a later deletion or rename
         // here must remove them there (a file changed while sersyncd was stopped reaches
         // the peer by this push alone).
-        self.edge.record_tree_versions();
+        let new_here = self.edge.record_tree_versions();
         if let Some(failed) = self.replace_stale_copies(ctx) {
             return failed;
         }
@@ -1093,7 +1096,7 @@ impl<E: Edge> Plan<'_, E> {
             },
             rules_on_stdin: false,
         };
-        if let Some(failed) = self.announce_push(&rules, ctx) {
+        if let Some(failed) = self.announce_push(&rules, &new_here, ctx) {
             return failed;
         }
         let pushed = self.push_whole(&rules, Vec::new(), ctx);
@@ -1127,9 +1130,17 @@ impl<E: Edge> Plan<'_, E> {
     /// the peer's user removed while this host was stopped (or in the moment before this
     /// push) would live on; announced, the peer's watcher takes them for arrivals, and the
     /// peer removes again an arrived directory it removed moments ago (see
-    /// `Daemon::undo_returned_directories`). Without the dry run's answer the push goes on
-    /// unannounced; a failed notice ends the full sync.
-    fn announce_push(&mut self, rules: &FullSyncRules, ctx: &JobContext) -> Option<Run> {
+    /// `Daemon::undo_returned_directories`). Not the directories of `new_here` (sorted):
+    /// made here since the peer removed one at that path, or where this host never had
+    /// one, they are this host's user's new ones, and a removal there moments ago does not
+    /// make them old. Without the dry run's answer the push goes on unannounced; a failed
+    /// notice ends the full sync.
+    fn announce_push(
+        &mut self,
+        rules: &FullSyncRules,
+        new_here: &[Vec<u8>],
+        ctx: &JobContext,
+    ) -> Option<Run> {
         let mut argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, rules, false);
         argv.retain(|word| word != argv::REPORT_PROGRESS);
         let dry = self.edge.run(RunSpec {
@@ -1142,7 +1153,9 @@ impl<E: Edge> Plan<'_, E> {
         let made: Vec<(Vec<u8>, Announced)> = super::two_way::parse_made(&dry.stdout)
             .into_iter()
             .map(|(path, made)| match made {
-                Announced::Directory { mode } => (path, Announced::ResentDirectory { mode }),
+                Announced::Directory { mode } if new_here.binary_search(&path).is_err() => {
+                    (path, Announced::ResentDirectory { mode })
+                }
                 other => (path, other),
             })
             .collect();

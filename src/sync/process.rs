@@ -822,19 +822,27 @@ impl plan::Edge for JobEdge<'_> {
         }
     }
 
-    fn record_tree_versions(&mut self) {
+    fn record_tree_versions(&mut self) -> Vec<Vec<u8>> {
         let Some(versions) = self.ctx.versions.as_deref() else {
-            return;
+            return Vec::new();
         };
         let own = self.ctx.transport.own_directories();
+        let mut new_here = Vec::new();
         for path in facts::local_subtree(&self.ctx.root, b"", &self.ctx.filter) {
-            if !own
+            if own
                 .iter()
                 .any(|dir| crate::relpath::is_at_or_below(&path, dir.as_bytes()))
             {
-                versions.record_from_disk(&self.ctx.root, &path);
+                continue;
+            }
+            let had = versions.had(&path);
+            let recorded = versions.record_from_disk(&self.ctx.root, &path);
+            if !had && recorded == Some(super::two_way::Version::DIRECTORY) {
+                new_here.push(path);
             }
         }
+        new_here.sort_unstable();
+        new_here
     }
 
     fn run(&mut self, spec: RunSpec) -> Run {

@@ -401,6 +401,20 @@ fn encode_peer_lacks(path: &[u8], at: std::time::SystemTime, out: &mut Vec<u8>) 
 
 /// Adds `known` to a path's history unless that version is there already (a version
 /// sent again is still known since it first was); true if it was added.
+/// Whether the peer lacked `path` or an ancestor at or after the last version of
+/// `history` became known here (see `Versions::peer_lacks`).
+fn lacked_since(
+    path: &[u8],
+    history: &[Known],
+    lacks: &std::collections::HashMap<Vec<u8>, std::time::SystemTime>,
+) -> bool {
+    let last = history.iter().map(|k| k.since).max();
+    std::iter::once(path)
+        .chain(crate::relpath::ancestors(path))
+        .filter_map(|p| lacks.get(p))
+        .any(|at| last.is_none_or(|last| *at >= last))
+}
+
 fn add_known(history: &mut Vec<Known>, known: Known) -> bool {
     if history.iter().any(|k| k.version == known.version) {
         return false;
@@ -609,12 +623,13 @@ impl Versions {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Records the version at `path` below `root` now.
-    pub fn record_from_disk(&self, root: &std::path::Path, path: &[u8]) {
-        // A path that is gone already has nothing to record.
-        if let Ok(meta) = std::fs::symlink_metadata(crate::relpath::absolute(root, path)) {
-            self.record(path, Version::of(&meta));
-        }
+    /// Records the version at `path` below `root` now, and returns it (`None`: the path
+    /// is gone already, and nothing is recorded).
+    pub fn record_from_disk(&self, root: &std::path::Path, path: &[u8]) -> Option<Version> {
+        let meta = std::fs::symlink_metadata(crate::relpath::absolute(root, path)).ok()?;
+        let version = Version::of(&meta);
+        self.record(path, version);
+        Some(version)
     }
 
     /// Since when every version this host had is known (see [`spared`]).
@@ -633,15 +648,21 @@ impl Versions {
         let lacks = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
         known
             .iter()
-            .filter(|(path, history)| {
-                let last = history.iter().map(|k| k.since).max();
-                !std::iter::once(path.as_slice())
-                    .chain(crate::relpath::ancestors(path))
-                    .filter_map(|p| lacks.get(p))
-                    .any(|at| last.is_none_or(|last| *at >= last))
-            })
+            .filter(|(path, history)| !lacked_since(path, history, &lacks))
             .map(|(path, _)| path.clone())
             .collect()
+    }
+
+    /// Whether this host has had a version of `path` and the peer has not lacked it (or
+    /// an ancestor) since: what is at `path` here now, if a directory, may be that one,
+    /// where otherwise it was made here after the peer's removal reached this host, or
+    /// is one this host never had.
+    pub fn had(&self, path: &[u8]) -> bool {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let lacks = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .get(path)
+            .is_some_and(|history| !history.is_empty() && !lacked_since(path, history, &lacks))
     }
 
     /// The peer lacks `path` now, as this host does: its run removed it here, or this
@@ -1317,6 +1338,26 @@ mod tests {
             paths.sort();
             assert_eq!(paths, [b"d/x".to_vec(), b"f".to_vec(), b"other".to_vec()]);
         }
+    }
+
+    /// A directory here is one this host had only if it had one there and the peer has
+    /// not lacked it (or an ancestor) since (seed 20: a directory made while sersyncd was
+    /// stopped, where the peer's user had removed one moments before, was taken for the
+    /// old one and removed again by the peer).
+    #[test]
+    fn a_path_is_had_until_the_peer_lacks_it_or_an_ancestor() {
+        let versions = Versions::default();
+        assert!(!versions.had(b"d"), "never had");
+        versions.record(b"d", Version::DIRECTORY);
+        versions.record(b"e/sub", Version::DIRECTORY);
+        assert!(versions.had(b"d") && versions.had(b"e/sub"));
+        versions.record_peer_lacks(b"d");
+        versions.record_peer_lacks(b"e");
+        assert!(!versions.had(b"d"), "the peer removed it here");
+        assert!(!versions.had(b"e/sub"), "the peer removed an ancestor here");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        versions.record(b"d", Version::DIRECTORY);
+        assert!(versions.had(b"d"), "had again");
     }
 
     #[test]

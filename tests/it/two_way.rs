@@ -1711,6 +1711,39 @@ fn a_directory_made_again_on_the_peer_after_a_delivered_removal_survives_a_resta
     }
 }
 
+/// A directory this host's user makes while sersyncd is stopped, where the peer's user
+/// removed one less than a minute before, is a new one: the full sync's push delivers it,
+/// and the peer keeps it. Before, every directory the push made was announced as resent,
+/// and the peer removed it again as its user's removed one brought back (seed 20).
+#[test]
+fn a_directory_made_while_stopped_after_the_peer_removed_one_there_survives_the_restart() {
+    let Some(hosts) = Hosts::new() else { return };
+    let mut a = hosts.sersyncd_a(&[]);
+    let b = hosts.sersyncd_b(&[]);
+    std::fs::create_dir(hosts.root_b().join("d")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    assert!(hosts.root_a().join("d").is_dir());
+    std::fs::remove_dir(hosts.root_b().join("d")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    assert!(!hosts.root_a().join("d").exists());
+    // A's watcher sees the removal arrive (into its soft-delete directory) first.
+    std::thread::sleep(Duration::from_millis(500));
+    a.terminate();
+    std::fs::create_dir(hosts.root_a().join("d")).unwrap();
+    a.restart_with(&["-r"]);
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            root.join("d").is_dir(),
+            "d/ is gone from {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+    }
+}
+
 /// A file changed while sersyncd was stopped reaches the peer by the full sync; renamed
 /// after that, its old name goes on the peer too (before, the full sync's push recorded no
 /// version, so the peer's copy counted as the peer's own and came back).
