@@ -772,18 +772,64 @@ impl<E: Edge> Plan<'_, E> {
         if offer.is_empty() || !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;
         }
-        // Found in new directories: announced like a send's (see `send_newest`), the
-        // ancestors whether or not the peer has them (an announcement that is met
-        // already costs nothing).
-        let in_place = with_ancestors(offer.iter().copied(), offer, |_| true);
-        if let Some(failed) = self.announce_made(&in_place, ctx) {
-            return Run::worst([sent, failed]);
-        }
-        let (mut argv, stdin) = argv::batch_listed(&ctx.transport, offer, self.args_budget);
-        // Before the paths: rsync reads its options first.
-        argv.insert(0, OsString::from("--ignore-existing"));
-        let offered = self.edge.run(RunSpec::at_root(argv, stdin));
+        let offered = self.offer(offer, ctx);
         Run::worst([sent, offered])
+    }
+
+    /// Two-way mode: offers `paths`, files found in directories that were new here
+    /// ([`Action::Created`]), which may be echoes of the peer's own files: each is sent
+    /// only where the peer lacks it, never over a copy there. Where the peer's copy wins
+    /// instead (newer; in the same second, larger: a rule both hosts read alike), it is
+    /// pulled: the same new directory made on both hosts at once, with a file at one path,
+    /// would otherwise keep each host's own file for good. Where this host's copy wins,
+    /// the peer's offer pulls it.
+    fn offer(&mut self, paths: &[&[u8]], ctx: &JobContext) -> Run {
+        let listing = self.edge.run(RunSpec {
+            capture_stdout: true,
+            ..RunSpec::at_root(
+                argv::deletion_listing(&ctx.transport),
+                argv::exact_listing_rules(paths.iter().copied()),
+            )
+        });
+        if !listing.result.is_done() {
+            return listing;
+        }
+        let listed = super::two_way::parse_listing(&listing.stdout);
+        let there: std::collections::HashMap<&[u8], &super::two_way::Listed> = listed
+            .iter()
+            .rev()
+            .map(|entry| (entry.path.as_slice(), entry))
+            .collect();
+        let mut lacking = Vec::new();
+        let mut peer_wins = Vec::new();
+        for (path, here) in paths.iter().copied().zip(self.edge.versions(paths)) {
+            let Some(here) = here else { continue };
+            match there.get(path) {
+                None => lacking.push(path),
+                Some(there) if super::two_way::offered_copy_loses(here, there.version()) => {
+                    peer_wins.push(path);
+                }
+                Some(_) => {}
+            }
+        }
+        let mut runs = vec![Run::ended(RunResult::Exited(0))];
+        if !lacking.is_empty() {
+            // Announced like a send's (see `send_newest`), the ancestors whether or not
+            // the peer has them (an announcement that is met already costs nothing).
+            let in_place = with_ancestors(lacking.iter().copied(), &lacking, |_| true);
+            if let Some(failed) = self.announce_made(&in_place, ctx) {
+                return failed;
+            }
+            let (mut argv, stdin) = argv::batch_listed(&ctx.transport, &lacking, self.args_budget);
+            // Before the paths: rsync reads its options first. A copy the peer makes
+            // after the listing stays too.
+            argv.insert(0, OsString::from("--ignore-existing"));
+            runs.push(self.edge.run(RunSpec::at_root(argv, stdin)));
+        }
+        if !peer_wins.is_empty() {
+            runs.push(self.pull(&peer_wins, false, ctx));
+        }
+        Run::worst(runs)
     }
 
     /// Two-way mode: sends `paths` with `--update` (a newer file there is the peer's and

@@ -761,6 +761,15 @@ impl Version {
     }
 }
 
+/// Whether this host's copy of a file found in a new directory (offered, not sent: see
+/// `Plan::offer`) loses to the peer's copy `there`: older, or in the same second and
+/// smaller. Both hosts judge a pair of copies alike, so exactly one of them pulls
+/// (equal copies, or equal times and sizes, stay as they are: same-second ties, README).
+pub fn offered_copy_loses(here: Version, there: Version) -> bool {
+    there != Version::DIRECTORY
+        && (there.mtime > here.mtime || (there.mtime == here.mtime && there.size > here.size))
+}
+
 /// The paths whose copy on the peer is a version this host had but no longer has (a file
 /// renamed over it, or restored from a backup, with an older time): sent over it whatever
 /// its time (`--update` alone would keep the stale copy there for ever, as newer).
@@ -1358,6 +1367,34 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         versions.record(b"d", Version::DIRECTORY);
         assert!(versions.had(b"d"), "had again");
+    }
+
+    #[test]
+    fn of_two_offered_copies_exactly_one_loses() {
+        let v = |mtime, size| Version { mtime, size };
+        // (here, there, here loses)
+        let table = [
+            (v(10, 5), v(11, 5), true),
+            (v(11, 5), v(10, 5), false),
+            (v(10, 5), v(10, 6), true),
+            (v(10, 6), v(10, 5), false),
+            (v(10, 5), v(10, 5), false),
+            (v(10, 5), Version::DIRECTORY, false),
+        ];
+        for (here, there, loses) in table {
+            assert_eq!(
+                offered_copy_loses(here, there),
+                loses,
+                "{here:?} vs {there:?}"
+            );
+            if here != there && there != Version::DIRECTORY {
+                assert_ne!(
+                    offered_copy_loses(there, here),
+                    loses,
+                    "the peer judges {there:?} vs {here:?} the other way"
+                );
+            }
+        }
     }
 
     #[test]

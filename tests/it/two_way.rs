@@ -1744,6 +1744,59 @@ fn a_directory_made_while_stopped_after_the_peer_removed_one_there_survives_the_
     }
 }
 
+/// The same new directory made on both hosts at once, with a file at one path in it:
+/// each host finds the file in a directory it was not watching yet, so neither can tell
+/// it from an echo of the peer's, and each offers its own only where the peer lacks it.
+/// The newer one must end on both sides all the same, the older kept in the trash. Before,
+/// each side kept its own for good (seed 14). Both sersyncd are stopped by SIGSTOP while
+/// the users work, so that the directory's watch comes after the file on both hosts.
+#[test]
+fn a_file_made_on_both_hosts_in_a_new_directory_ends_as_the_newer_on_both() {
+    use nix::sys::signal::Signal;
+    let Some(hosts) = Hosts::new() else { return };
+    let a = hosts.sersyncd_a(&[]);
+    let b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "ready", "both up\n");
+    hosts.converged(Duration::from_secs(30));
+    a.signal(Signal::SIGSTOP);
+    b.signal(Signal::SIGSTOP);
+    let now = std::time::SystemTime::now();
+    for (root, contents, age) in [
+        (hosts.root_a(), "older, made on A\n", 60),
+        (hosts.root_b(), "newer, made on B, and longer\n", 30),
+    ] {
+        write(root, "n/sub/f", contents);
+        std::fs::File::options()
+            .write(true)
+            .open(root.join("n/sub/f"))
+            .unwrap()
+            .set_modified(now - Duration::from_secs(age))
+            .unwrap();
+    }
+    a.signal(Signal::SIGCONT);
+    b.signal(Signal::SIGCONT);
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert_eq!(
+            read(&root.join("n/sub/f")),
+            "newer, made on B, and longer\n",
+            "n/sub/f in {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+    }
+    let kept: Vec<String> = find_named(&hosts.root_a().join(TRASH), "f")
+        .iter()
+        .map(|path| read(path))
+        .collect();
+    assert!(
+        kept.iter().any(|text| text == "older, made on A\n"),
+        "A's older version is not in A's trash: {kept:?}"
+    );
+}
+
 /// A file changed while sersyncd was stopped reaches the peer by the full sync; renamed
 /// after that, its old name goes on the peer too (before, the full sync's push recorded no
 /// version, so the peer's copy counted as the peer's own and came back).
