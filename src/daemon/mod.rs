@@ -2387,6 +2387,12 @@ impl Daemon {
             tracing::debug!("outcome of a job for a remote no longer configured: ignored");
             return;
         };
+        let pulled_over_removals = std::mem::take(&mut outcome.pulled_over_removals);
+        if !pulled_over_removals.is_empty() {
+            // Before the next job of the lane can send them back.
+            let root = self.lanes[at].root;
+            self.take_back_pulled_over_removals(root, &pulled_over_removals);
+        }
         let large_run = matches!(&outcome.job, Job::Batch(batch) if batch.large);
         // The large files the batch left to the large-file run are not its to deliver.
         let handed = std::mem::take(&mut outcome.large);
@@ -3104,6 +3110,61 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// Two-way mode: takes back what this host's own full-sync pull made where its user
+    /// removed a directory while the pull ran (`Outcome::pulled_over_removals`): the
+    /// pull's dry run saw the directory here, so the watcher took what the pull made for
+    /// the user's, and the next batch would send it back, undoing the removal on both
+    /// sides. Below each one, the files that are versions this host had before the
+    /// removal go into the soft-delete directory (`undo_stale_arrival`, which moved most
+    /// of them already as they arrived); then the directories left empty are removed,
+    /// deepest first, and their removal goes on to the peer, dated by the user's. What
+    /// else is there (a newer version the peer's user made) stays, with the directories
+    /// that hold it: the union, as for any contested path.
+    fn take_back_pulled_over_removals(&mut self, root: RootId, tops: &[Vec<u8>]) {
+        let Some((tree, _, _)) = self.two_way_parts(root) else {
+            return;
+        };
+        let tree = tree.to_path_buf();
+        for top in tops {
+            let mut dirs = vec![top.clone()];
+            let mut files = Vec::new();
+            let mut next = 0;
+            while let Some(dir) = dirs.get(next).cloned() {
+                next += 1;
+                let Ok(entries) = std::fs::read_dir(crate::relpath::absolute(&tree, &dir)) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let path = crate::relpath::join(&dir, entry.file_name().as_bytes());
+                    if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                        dirs.push(path);
+                    } else {
+                        files.push(path);
+                    }
+                }
+            }
+            for file in files {
+                self.undo_stale_arrival(root, &file, true);
+            }
+            // Breadth-first order reversed: every directory before its parent.
+            let mut removed = 0;
+            for dir in dirs.into_iter().rev() {
+                if std::fs::remove_dir(crate::relpath::absolute(&tree, &dir)).is_ok() {
+                    // Its removal is the user's, from before: not dated anew.
+                    self.undone.push((root, dir, Instant::now()));
+                    removed += 1;
+                }
+            }
+            tracing::info!(
+                sersync_path = %String::from_utf8_lossy(top),
+                directories_removed = removed,
+                "two-way: this host's full sync pulled back a directory its user removed \
+                 while the pull ran; removed again where nothing newer came in it, and the \
+                 removal goes on"
+            );
         }
     }
 

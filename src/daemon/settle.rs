@@ -229,6 +229,8 @@ pub(super) fn settle(
         bytes_sent: _,
         // Handed to the large-file run by the loop (and out of `job` already).
         large: _,
+        // Taken back by the loop before the outcome is settled.
+        pulled_over_removals: _,
     } = outcome;
     if let RunResult::Guarded {
         reason,

@@ -898,13 +898,17 @@ pub fn pull(transport: &Transport, rules: &FullSyncRules) -> Vec<OsString> {
 /// change, its itemized change, permission bits and name (`%i %B %n%L`), for
 /// [`super::two_way::parse_made`].
 pub fn dry_run_itemized(argv: &[OsString]) -> Vec<OsString> {
-    // Before the paths: rsync reads its options first.
-    let mut dry = vec![
-        OsString::from("--dry-run"),
-        OsString::from("--out-format=%i %B %n%L"),
-    ];
-    dry.extend(argv.iter().cloned());
+    let mut dry = vec![OsString::from("--dry-run")];
+    dry.extend(itemized(argv));
     dry
+}
+
+/// `argv` printing, per entry it makes or changes, what [`dry_run_itemized`] prints.
+pub fn itemized(argv: &[OsString]) -> Vec<OsString> {
+    // Before the paths: rsync reads its options first.
+    let mut itemized = vec![OsString::from("--out-format=%i %B %n%L")];
+    itemized.extend(argv.iter().cloned());
+    itemized
 }
 
 /// Two-way mode: the argv and stdin of a pull of `paths` from the peer, recursively when

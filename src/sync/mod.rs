@@ -116,6 +116,10 @@ pub struct Outcome {
     /// Large files the batch did not send: the daemon hands them to the lane's large-file
     /// run ([`crate::queue::Queue::hand_large`]). Not part of what the job delivered.
     pub large: Vec<(RelPath, Action)>,
+    /// Two-way mode: the directories a full sync's pull made where this host's user
+    /// removed one while it ran (top-most, sorted): the daemon takes them back
+    /// ([`plan::Plan::pulled_over_removals`]).
+    pub pulled_over_removals: Vec<Vec<u8>>,
 }
 
 /// Everything a job needs besides the job itself.
@@ -181,6 +185,14 @@ impl JobContext {
         self.versions
             .as_ref()
             .map_or(std::time::UNIX_EPOCH, |versions| versions.complete_since())
+    }
+
+    /// Two-way mode: when this host last saw `path` or an ancestor removed, if it
+    /// remembers ([`two_way::Versions::removed_at`]).
+    pub fn removed_at(&self, path: &[u8]) -> Option<std::time::SystemTime> {
+        self.versions
+            .as_ref()
+            .and_then(|versions| versions.removed_at(path))
     }
 
     /// Two-way mode: the paths this host saw removed in the last minute (by itself).
@@ -349,6 +361,7 @@ impl Runner {
                 // Outside the containment: what runs sent before a panic (a bug) counts too.
                 let mut bytes_sent = 0;
                 let mut large = Vec::new();
+                let mut pulled_over_removals = Vec::new();
                 let run = crate::panics::contain(|| {
                     if let Job::Batch(batch) = &job {
                         for (path, _) in &batch.entries {
@@ -368,9 +381,11 @@ impl Runner {
                                 },
                                 args_budget: runner.path_args_budget,
                                 large: Vec::new(),
+                                pulled_over_removals: Vec::new(),
                             };
                             let run = plan.job(&job, &context);
                             large = plan.large;
+                            pulled_over_removals = plan.pulled_over_removals;
                             run
                         }
                         Err(failed) => failed,
@@ -391,6 +406,7 @@ impl Runner {
                     elapsed: started.elapsed(),
                     bytes_sent,
                     large,
+                    pulled_over_removals,
                 });
             });
         if let Err(err) = spawned {
@@ -407,6 +423,7 @@ impl Runner {
                     elapsed: Duration::ZERO,
                     bytes_sent: 0,
                     large: Vec::new(),
+                    pulled_over_removals: Vec::new(),
                 });
             }
         }

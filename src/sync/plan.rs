@@ -309,6 +309,12 @@ pub struct Plan<'e, E: Edge> {
     /// The large files a batch did not send, for the lane's large-file run
     /// ([`JobContext::large_files`]; see [`crate::queue::Queue::hand_large`]).
     pub large: Vec<(RelPath, Action)>,
+    /// Two-way mode: the directories a full sync's pull made where this host's user
+    /// removed one while it ran, after the pull's exclusions were read (top-most, sorted).
+    /// The pull's dry run saw them here, so nothing announced them to the watcher, which
+    /// took them for its user's: kept, they would be sent back, and the user's removal
+    /// undone on both sides. The daemon takes them back ([`super::Outcome`]).
+    pub pulled_over_removals: Vec<Vec<u8>>,
 }
 
 impl<E: Edge> Plan<'_, E> {
@@ -1155,6 +1161,8 @@ impl<E: Edge> Plan<'_, E> {
         // What this host's user removed in the last minute is not pulled back: the push
         // may have listed it before the removal, and the peer may not have seen it yet.
         // A newer version there is kept and pulled by the deletion run (which spares it).
+        // What the user removes from now on, the pull may make again.
+        let excluded_at = std::time::SystemTime::now();
         let mut stdin = Vec::new();
         for path in ctx.removed_lately() {
             stdin.extend(argv::exclude_rule(&path));
@@ -1166,7 +1174,11 @@ impl<E: Edge> Plan<'_, E> {
         };
         let argv = argv::pull(&ctx.transport, &rules);
         self.announce_own_pull(&argv, &stdin);
-        let pulled = self.edge.run(RunSpec::at_root(argv, stdin));
+        let pulled = self.edge.run(RunSpec {
+            capture_stdout: true,
+            ..RunSpec::at_root(argv::itemized(&argv), stdin)
+        });
+        self.pulled_over_removals = made_over_removals(&pulled.stdout, excluded_at, ctx);
         Run::worst([pushed, pulled])
     }
 
@@ -1386,6 +1398,25 @@ impl<E: Edge> Plan<'_, E> {
 /// (rsync exit 5 with the daemon's `@ERROR: max connections (N) reached`), so the work is
 /// worth one more try as a single run. Other start-up failures (auth, unknown module)
 /// are reported as they are.
+/// The directories a pull's itemized output (`stdout`) says it made where this host's
+/// user removed one (or an ancestor) at `since` or later: top-most, sorted.
+fn made_over_removals(
+    stdout: &[u8],
+    since: std::time::SystemTime,
+    ctx: &JobContext,
+) -> Vec<Vec<u8>> {
+    crate::relpath::top_most(
+        super::two_way::parse_made(stdout)
+            .into_iter()
+            .filter(|(path, made)| {
+                matches!(made, Announced::Directory { .. })
+                    && ctx.removed_at(path).is_some_and(|at| at >= since)
+            })
+            .map(|(path, _)| path)
+            .collect(),
+    )
+}
+
 pub fn refused_at_start(run: &Run) -> bool {
     run.result == RunResult::Exited(5) && crate::failure::policy::at_connection_limit(&run.stderr)
 }

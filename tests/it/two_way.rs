@@ -1797,6 +1797,57 @@ fn a_file_made_on_both_hosts_in_a_new_directory_ends_as_the_newer_on_both() {
     );
 }
 
+/// A directory this host's user removes while its own full sync pulls (after the pull's
+/// dry run, before the pull's file list comes) stays removed on both hosts: the pull
+/// makes it again, and sersyncd takes back what it made over the removal. Before, it came
+/// back on both sides (seed 5). B's rsync daemon answers every connection 2 s late
+/// (`pre-xfer exec`), which leaves the time to remove it.
+#[test]
+fn a_directory_removed_while_the_full_sync_pulls_stays_removed() {
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    let mut a = hosts.sersyncd_a(&[]);
+    let b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "z/f", "in z\n");
+    write(hosts.root_a(), "z/sub/g", "in z/sub\n");
+    hosts.converged(Duration::from_secs(30));
+    // Past a save of the versions.
+    std::thread::sleep(Duration::from_secs(3));
+    a.terminate();
+    hosts.b.set_module_options("    pre-xfer exec = sleep 2\n");
+    a.restart_with(&["-r"]);
+    let is_the_pull = |pid: u32| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        args.last() == Some(&&b"./"[..]) && !args.contains(&&b"--dry-run"[..])
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !crate::harness::children_of(a.pid().as_raw() as u32)
+        .into_iter()
+        .any(is_the_pull)
+    {
+        assert!(Instant::now() < deadline, "no pull:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::remove_dir_all(hosts.root_a().join("z")).unwrap();
+    hosts.b.set_module_options("");
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            !root.join("z").exists(),
+            "z/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+    }
+}
+
 /// A file changed while sersyncd was stopped reaches the peer by the full sync; renamed
 /// after that, its old name goes on the peer too (before, the full sync's push recorded no
 /// version, so the peer's copy counted as the peer's own and came back).

@@ -71,6 +71,7 @@ fn end(mut health: Health, job: Job, result: RunResult, stderr: &str) -> Ended {
         elapsed: Duration::from_millis(5),
         bytes_sent: 0,
         large: Vec::new(),
+        pulled_over_removals: Vec::new(),
     };
     let settlement = settle(
         &mut health,
@@ -520,6 +521,7 @@ fn partial_failures_defer_what_failed_and_let_the_lane_go_on() {
                 elapsed: Duration::ZERO,
                 bytes_sent: 0,
                 large: Vec::new(),
+                pulled_over_removals: Vec::new(),
             },
             || vec![ROOT.to_vec()],
             Clock {

@@ -417,6 +417,7 @@ fn check(cases: &[Case]) {
             edge: &mut fake,
             args_budget: case.budget,
             large: Vec::new(),
+            pulled_over_removals: Vec::new(),
         };
         let run = plan.job(&job(case), &context(case));
         let large: Vec<String> = plan
@@ -1091,6 +1092,7 @@ fn a_big_deletion_is_split_and_joined_again_at_max_connections() {
             edge: &mut fake,
             args_budget: case.budget,
             large: Vec::new(),
+            pulled_over_removals: Vec::new(),
         }
         .job(&job(&case), &context(&case));
         assert_eq!(outcome(&run), "exit 0");
@@ -1241,4 +1243,35 @@ fn several_runs_amount_to_the_worst() {
         assert_eq!(worst.stderr, stderr, "{what}");
         assert_eq!(worst.truncated, truncated, "{what}");
     }
+}
+
+/// A full sync's pull hands back to the daemon the directories it made where this host's
+/// user removed one (or an ancestor) after the pull's exclusions were read: top-most only,
+/// and not what was removed before (excluded from the pull) nor what is not a directory.
+#[test]
+fn a_pull_reports_the_directories_it_made_over_removals_since_its_exclusions() {
+    let versions = std::sync::Arc::new(super::super::two_way::Versions::default());
+    versions.record_removal(b"before", false);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let since = std::time::SystemTime::now();
+    for path in [&b"z"[..], b"y/sub", b"link", b"f"] {
+        versions.record_removal(path, false);
+    }
+    let ctx = JobContext {
+        versions: Some(versions),
+        ..crate::sync::fixtures::context(std::path::Path::new("/nonexistent/root"))
+    };
+    let stdout = b"cd+++++++++ rwxr-xr-x before/\n\
+        cd+++++++++ rwxr-xr-x z/\n\
+        cd+++++++++ rwxr-xr-x z/sub/\n\
+        >f+++++++++ rw-r--r-- z/sub/g\n\
+        cd+++++++++ rwxr-xr-x y/sub/deeper/\n\
+        cd+++++++++ rwxr-xr-x other/\n\
+        cL+++++++++ rwxrwxrwx link -> t\n\
+        >f+++++++++ rw-r--r-- f\n\
+        sent 10 bytes  received 20 bytes  60.00 bytes/sec\n";
+    assert_eq!(
+        made_over_removals(stdout, since, &ctx),
+        [b"y/sub/deeper".to_vec(), b"z".to_vec()]
+    );
 }

@@ -16,7 +16,7 @@ mod sersyncd;
 mod tree;
 pub mod users;
 
-pub use rsyncd::RsyncDaemon;
+pub use rsyncd::{RsyncDaemon, children_of};
 pub use sersyncd::{Remote, Sersyncd, SersyncdBuilder, sersyncd_binary, terminate};
 pub use tree::{
     assert_never_appears, assert_none_appear, find_named, wait_converged, wait_converged_ignoring,
