@@ -205,7 +205,8 @@ pub trait Edge {
     }
     /// Two-way mode: records the version of everything in the tree now as one this host
     /// had (a full sync is about to push them all); returns the directories among them
-    /// that this host had not had (see [`super::two_way::Versions::had`]).
+    /// made here since the peer lacked them (see
+    /// [`super::two_way::Versions::peer_lacked`]).
     fn record_tree_versions(&mut self) -> Vec<Vec<u8>> {
         Vec::new()
     }
@@ -1189,9 +1190,10 @@ impl<E: Edge> Plan<'_, E> {
     /// push) would live on; announced, the peer's watcher takes them for arrivals, and the
     /// peer removes again an arrived directory it removed moments ago (see
     /// `Daemon::undo_returned_directories`). Not the directories of `new_here` (sorted):
-    /// made here since the peer removed one at that path, or where this host never had
-    /// one, they are this host's user's new ones, and a removal there moments ago does not
-    /// make them old. Without the dry run's answer the push goes on unannounced; a failed
+    /// made here since the peer's removal of one at that path reached this host, they are
+    /// this host's user's new ones, and a removal there moments ago does not make them
+    /// old. (One this host has no record of may be what the peer sent while sersyncd was
+    /// stopped: it is marked as pushed again.) Without the dry run's answer the push goes on unannounced; a failed
     /// notice ends the full sync.
     fn announce_push(
         &mut self,

@@ -835,9 +835,9 @@ impl plan::Edge for JobEdge<'_> {
             {
                 continue;
             }
-            let had = versions.had(&path);
+            let made_since_lacked = versions.peer_lacked(&path);
             let recorded = versions.record_from_disk(&self.ctx.root, &path);
-            if !had && recorded == Some(super::two_way::Version::DIRECTORY) {
+            if made_since_lacked && recorded == Some(super::two_way::Version::DIRECTORY) {
                 new_here.push(path);
             }
         }

@@ -653,16 +653,15 @@ impl Versions {
             .collect()
     }
 
-    /// Whether this host has had a version of `path` and the peer has not lacked it (or
-    /// an ancestor) since: what is at `path` here now, if a directory, may be that one,
-    /// where otherwise it was made here after the peer's removal reached this host, or
-    /// is one this host never had.
-    pub fn had(&self, path: &[u8]) -> bool {
+    /// Whether the peer lacked `path` (or an ancestor) as this host did, after the last
+    /// version of it this host had (see `peer_lacks`): what is at `path` here now was
+    /// made here since, not had before. Without such a record, what is here may be what
+    /// the peer sent while this host's sersyncd was stopped (nothing recorded it).
+    pub fn peer_lacked(&self, path: &[u8]) -> bool {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let lacks = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
-        known
-            .get(path)
-            .is_some_and(|history| !history.is_empty() && !lacked_since(path, history, &lacks))
+        let history = known.get(path).map_or(&[][..], Vec::as_slice);
+        lacked_since(path, history, &lacks)
     }
 
     /// The peer lacks `path` now, as this host does: its run removed it here, or this
@@ -1349,24 +1348,30 @@ mod tests {
         }
     }
 
-    /// A directory here is one this host had only if it had one there and the peer has
-    /// not lacked it (or an ancestor) since (seed 20: a directory made while sersyncd was
-    /// stopped, where the peer's user had removed one moments before, was taken for the
-    /// old one and removed again by the peer).
+    /// What is at a path here was made since the peer lacked it (or an ancestor) as this
+    /// host did, until this host has it again (seed 20: a directory made while sersyncd
+    /// was stopped, where the peer's user had removed one moments before, was taken for
+    /// the old one and removed again by the peer). A path never recorded may be what the
+    /// peer sent while sersyncd was stopped (seed 30): not "lacked".
     #[test]
-    fn a_path_is_had_until_the_peer_lacks_it_or_an_ancestor() {
+    fn a_path_was_lacked_by_the_peer_until_had_again() {
         let versions = Versions::default();
-        assert!(!versions.had(b"d"), "never had");
+        assert!(!versions.peer_lacked(b"d"), "never recorded");
         versions.record(b"d", Version::DIRECTORY);
         versions.record(b"e/sub", Version::DIRECTORY);
-        assert!(versions.had(b"d") && versions.had(b"e/sub"));
+        assert!(!versions.peer_lacked(b"d") && !versions.peer_lacked(b"e/sub"));
         versions.record_peer_lacks(b"d");
         versions.record_peer_lacks(b"e");
-        assert!(!versions.had(b"d"), "the peer removed it here");
-        assert!(!versions.had(b"e/sub"), "the peer removed an ancestor here");
+        versions.record_peer_lacks(b"never-had");
+        assert!(versions.peer_lacked(b"d"), "the peer removed it here");
+        assert!(
+            versions.peer_lacked(b"e/sub"),
+            "the peer removed an ancestor here"
+        );
+        assert!(versions.peer_lacked(b"never-had"));
         std::thread::sleep(std::time::Duration::from_millis(2));
         versions.record(b"d", Version::DIRECTORY);
-        assert!(versions.had(b"d"), "had again");
+        assert!(!versions.peer_lacked(b"d"), "had again");
     }
 
     #[test]

@@ -1744,6 +1744,49 @@ fn a_directory_made_while_stopped_after_the_peer_removed_one_there_survives_the_
     }
 }
 
+/// A directory the peer's user makes while this host's sersyncd is stopped (it arrives
+/// here, and nothing records it) and removes again just before this host's restart is
+/// not brought back by that restart's full sync, whose push lists it before the peer's
+/// deletion reaches this host: pushed as a directory this host may have had, the peer
+/// takes it back (seed 30: announced as new, it stayed on both). A's rsync daemon answers
+/// every connection 3 s late, so that B's deletion reaches A after A's push.
+#[test]
+fn a_directory_the_peer_made_and_removed_while_this_host_was_stopped_stays_removed() {
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    let mut a = hosts.sersyncd_a(&[]);
+    let b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "ready", "both up\n");
+    hosts.converged(Duration::from_secs(30));
+    a.terminate();
+    std::fs::create_dir(hosts.root_b().join("d")).unwrap();
+    // Not `converged`: the notice of B's run stays in A's incoming directory until A's
+    // sersyncd is back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hosts.root_a().join("d").is_dir() {
+        assert!(Instant::now() < deadline, "d/ never reached A");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    hosts.a.set_module_options("    pre-xfer exec = sleep 3\n");
+    std::fs::remove_dir(hosts.root_b().join("d")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    a.restart_with(&["-r"]);
+    std::thread::sleep(Duration::from_secs(4));
+    hosts.a.set_module_options("");
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            !root.join("d").exists(),
+            "d/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+    }
+}
+
 /// The same new directory made on both hosts at once, with a file at one path in it:
 /// each host finds the file in a directory it was not watching yet, so neither can tell
 /// it from an echo of the peer's, and each offers its own only where the peer lacks it.
