@@ -1193,8 +1193,8 @@ impl<E: Edge> Plan<'_, E> {
     /// made here since the peer's removal of one at that path reached this host, they are
     /// this host's user's new ones, and a removal there moments ago does not make them
     /// old. (One this host has no record of may be what the peer sent while sersyncd was
-    /// stopped: it is marked as pushed again.) Without the dry run's answer the push goes on unannounced; a failed
-    /// notice ends the full sync.
+    /// stopped: it is marked as pushed again.) Without the dry run's answer the push goes
+    /// on unannounced; a failed notice ends the full sync.
     fn announce_push(
         &mut self,
         rules: &FullSyncRules,
@@ -1396,10 +1396,6 @@ impl<E: Edge> Plan<'_, E> {
     }
 }
 
-/// Whether a run of a concurrent set was turned away by the module's `max connections`
-/// (rsync exit 5 with the daemon's `@ERROR: max connections (N) reached`), so the work is
-/// worth one more try as a single run. Other start-up failures (auth, unknown module)
-/// are reported as they are.
 /// The directories a pull's itemized output (`stdout`) says it made where this host's
 /// user removed one (or an ancestor) at `since` or later: top-most, sorted.
 fn made_over_removals(
@@ -1419,6 +1415,10 @@ fn made_over_removals(
     )
 }
 
+/// Whether a run of a concurrent set was turned away by the module's `max connections`
+/// (rsync exit 5 with the daemon's `@ERROR: max connections (N) reached`), so the work is
+/// worth one more try as a single run. Other start-up failures (auth, unknown module)
+/// are reported as they are.
 pub fn refused_at_start(run: &Run) -> bool {
     run.result == RunResult::Exited(5) && crate::failure::policy::at_connection_limit(&run.stderr)
 }
