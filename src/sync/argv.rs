@@ -903,6 +903,17 @@ pub fn dry_run_itemized(argv: &[OsString]) -> Vec<OsString> {
     dry
 }
 
+/// Two-way mode: `argv` (a send's) printing, per file it sends or whose attributes it
+/// sets, its itemized change, length, modification time and name (`%i %l %M %n`), for
+/// [`super::two_way::parse_sent`]: the versions the send delivered, which may not be the
+/// ones the plan looked at (a file renamed over the path in between).
+pub fn reporting_sent(argv: &[OsString]) -> Vec<OsString> {
+    // Before the paths: rsync reads its options first.
+    let mut reporting = vec![OsString::from("--out-format=%i %l %M %n")];
+    reporting.extend(argv.iter().cloned());
+    reporting
+}
+
 /// `argv` printing, per entry it makes or changes, what [`dry_run_itemized`] prints.
 pub fn itemized(argv: &[OsString]) -> Vec<OsString> {
     // Before the paths: rsync reads its options first.

@@ -216,6 +216,15 @@ pub trait Edge {
     fn record_peer_lacks(&mut self, paths: &[&[u8]]) {
         let _ = paths;
     }
+    /// Two-way mode: what a send that started at `since` delivered is a version this host
+    /// had at each path since then (see [`super::two_way::parse_sent`]).
+    fn record_sent(
+        &mut self,
+        sent: &[(Vec<u8>, super::two_way::Version)],
+        since: std::time::SystemTime,
+    ) {
+        let _ = (sent, since);
+    }
     /// Two-way mode: leaves a notice of `entries` in this host's own incoming directory,
     /// for its own watcher: what a pull is about to make here in place is the peer's.
     fn announce_here(&mut self, entries: &[(Vec<u8>, Announced)]) {
@@ -831,7 +840,7 @@ impl<E: Edge> Plan<'_, E> {
             // Before the paths: rsync reads its options first. A copy the peer makes
             // after the listing stays too.
             argv.insert(0, OsString::from("--ignore-existing"));
-            runs.push(self.edge.run(RunSpec::at_root(argv, stdin)));
+            runs.push(self.run_recording_sent(RunSpec::at_root(argv, stdin)));
         }
         if !peer_wins.is_empty() {
             runs.push(self.pull(&peer_wins, false, ctx));
@@ -902,7 +911,8 @@ impl<E: Edge> Plan<'_, E> {
         let sent = if newest.is_empty() {
             Run::ended(RunResult::Exited(0))
         } else {
-            self.edge.run(self.send_run(ctx, &newest))
+            let spec = self.send_run(ctx, &newest);
+            self.run_recording_sent(spec)
         };
         if !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;
@@ -911,7 +921,7 @@ impl<E: Edge> Plan<'_, E> {
         if !stale.is_empty() {
             let stale: Vec<&[u8]> = stale.iter().map(Vec::as_slice).collect();
             let (argv, stdin) = argv::batch_replacing(&ctx.transport, &stale, self.args_budget);
-            runs.push(self.edge.run(RunSpec::at_root(argv, stdin)));
+            runs.push(self.run_recording_sent(RunSpec::at_root(argv, stdin)));
         }
         if !peer_newer.is_empty() {
             let mut pulled: Vec<&[u8]> = peer_newer.into_iter().collect();
@@ -919,6 +929,28 @@ impl<E: Edge> Plan<'_, E> {
             runs.push(self.pull(&pulled, false, ctx));
         }
         Run::worst(runs)
+    }
+
+    /// Two-way mode: runs `spec`, a send, and records what it delivered as versions this
+    /// host had, read from what it prints ([`argv::reporting_sent`]). The versions the
+    /// batch looked at are recorded already, but a file renamed over a path after the
+    /// look is what rsync sends: unrecorded, the peer's copy of it would be spared by
+    /// this host's deletion of the path as a version this host never had.
+    ///
+    /// Recorded as had since the run started: rsync read each file after that, and a
+    /// removal seen while the run went on must not make it look had again after it.
+    fn run_recording_sent(&mut self, spec: RunSpec) -> Run {
+        let started = std::time::SystemTime::now();
+        let run = self.edge.run(RunSpec {
+            argv: argv::reporting_sent(&spec.argv),
+            capture_stdout: true,
+            ..spec
+        });
+        let sent = super::two_way::parse_sent(&run.stdout);
+        if !sent.is_empty() {
+            self.edge.record_sent(&sent, started);
+        }
+        run
     }
 
     /// Two-way mode: announces what of `paths` (sorted) rsync makes in place on the peer

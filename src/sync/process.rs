@@ -822,6 +822,18 @@ impl plan::Edge for JobEdge<'_> {
         }
     }
 
+    fn record_sent(
+        &mut self,
+        sent: &[(Vec<u8>, super::two_way::Version)],
+        since: std::time::SystemTime,
+    ) {
+        if let Some(versions) = self.ctx.versions.as_deref() {
+            for (path, version) in sent {
+                versions.record_since(path, *version, since);
+            }
+        }
+    }
+
     fn record_tree_versions(&mut self) -> Vec<Vec<u8>> {
         let Some(versions) = self.ctx.versions.as_deref() else {
             return Vec::new();

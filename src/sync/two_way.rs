@@ -585,15 +585,17 @@ impl Versions {
     }
 
     pub fn record(&self, path: &[u8], version: Version) {
-        let now = std::time::SystemTime::now();
+        self.record_since(path, version, std::time::SystemTime::now());
+    }
+
+    /// Records `version` at `path` as had since `since` (a moment at or before this host
+    /// certainly had it: the start of the run that sent it).
+    pub fn record_since(&self, path: &[u8], version: Version, since: std::time::SystemTime) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() >= VERSIONS_KEPT && !known.contains_key(path) {
-            self.forget_all_known(&mut known, now);
+            self.forget_all_known(&mut known, std::time::SystemTime::now());
         }
-        let entry = Known {
-            version,
-            since: now,
-        };
+        let entry = Known { version, since };
         // Here again: what the peer's run removed before is over.
         let peer_lacked = self
             .peer_lacks
@@ -837,6 +839,37 @@ pub fn parse_made(stdout: &[u8]) -> Vec<(Vec<u8>, Announced)> {
         made.push(entry);
     }
     made
+}
+
+/// The files a send printed as delivered ([`super::argv::reporting_sent`]): sent (`<f`)
+/// or with attributes set (`.f`), each with the version the peer has now. Other lines
+/// (directories, symlinks, rsync's summary) are skipped.
+pub fn parse_sent(stdout: &[u8]) -> Vec<(Vec<u8>, Version)> {
+    let mut sent = Vec::new();
+    for line in stdout.split(|&b| b == b'\n') {
+        // `<f+++++++++ 52 2026/12/07-19:40:12 name`
+        if line.len() < 11 || !matches!(line[0], b'<' | b'.') || line[1] != b'f' {
+            continue;
+        }
+        let mut fields = line[11..].splitn(4, |&b| b == b' ');
+        let (Some(b""), Some(size), Some(when), Some(name)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let when: Vec<u8> = when
+            .iter()
+            .map(|&b| if b == b'-' { b' ' } else { b })
+            .collect();
+        let (Some(size), Some(mtime)) = (decode_number::<u64>(size), utc_seconds(&when)) else {
+            continue;
+        };
+        if name.is_empty() {
+            continue;
+        }
+        sent.push((super::argv::unescape(name), Version { mtime, size }));
+    }
+    sent
 }
 
 /// Permission bits from `ls`-style `rwxr-sr-t` (rsync's `%B`).
@@ -1400,6 +1433,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// What a send delivered is read from its `%i %l %M %n` lines (seed 6: a file renamed
+    /// over the path between the plan's look and the send was delivered, but the version
+    /// recorded was the one looked at, and the peer's copy of the delivered one was later
+    /// spared by a deletion as a version this host never had).
+    #[test]
+    fn what_a_send_delivered_is_read_from_its_output() {
+        let stdout = b"<f+++++++++ 52 2026/12/07-19:40:12 b/f3\n\
+            .f..t...... 7 2026/12/07-00:00:01 with space/f\n\
+            <f.st...... 9 1970/01/01-00:00:00 odd\\#012name\n\
+            cd+++++++++ 4096 2026/12/07-19:40:12 b/\n\
+            cL+++++++++ 1 2026/12/07-19:40:12 link -> t\n\
+            >f+++++++++ 5 2026/12/07-19:40:12 received\n\
+            <f+++++++++ x 2026/12/07-19:40:12 bad-size\n\
+            sent 100 bytes  received 20 bytes  240.00 bytes/sec\n";
+        assert_eq!(
+            parse_sent(stdout),
+            [
+                (
+                    b"b/f3".to_vec(),
+                    Version {
+                        mtime: 1_796_672_412,
+                        size: 52
+                    }
+                ),
+                (
+                    b"with space/f".to_vec(),
+                    Version {
+                        mtime: 1_796_601_601,
+                        size: 7
+                    }
+                ),
+                (b"odd\nname".to_vec(), Version { mtime: 0, size: 9 }),
+            ]
+        );
     }
 
     #[test]
