@@ -2018,7 +2018,11 @@ impl Daemon {
                     let arrived = action == Action::Arrived
                         || (action == Action::Created
                             && self.in_returned_directory(change.root, &change.path));
+                    // Renamed here from another path of the tree: this host's user's (the
+                    // peer's runs never rename one path of the tree to another), never a
+                    // stale copy coming back (seed 28: a symlink renamed away and back).
                     if matches!(action, Action::Arrived | Action::Sync | Action::Created)
+                        && !change.moved_within
                         && self.undo_stale_arrival(change.root, &change.path, arrived)
                     {
                         action = Action::Remove { dir: false };
@@ -2039,6 +2043,7 @@ impl Daemon {
                         && self.config.rsync.two_way
                     {
                         self.note_written_here(change.root, &change.path);
+                        self.keep_returned_directories_of(change.root, &change.path);
                     } else if let Action::Remove { dir } = action {
                         // A file unlinked here is this host's: the peer's runs rename.
                         let own = change.unlinked && !dir;
@@ -2050,6 +2055,7 @@ impl Daemon {
                             self.record_arrival(change.root, &change.path);
                         } else {
                             self.record_removal(change.root, &change.path, own);
+                            self.keep_returned_directories_of(change.root, &change.path);
                         }
                     }
                     self.queue.push(change.root, &change.path, action);
@@ -3039,6 +3045,21 @@ impl Daemon {
                 arrived: Instant::now(),
             });
         }
+    }
+
+    /// Two-way mode: this host's user changed `path`: a directory the peer's full sync
+    /// brought back (`note_returned_directory`) at or above it is theirs again, and stays
+    /// (seed 28: the user moved the last file out of one four seconds after it came back,
+    /// and the undo, still waiting for it to be empty, removed it).
+    fn keep_returned_directories_of(&mut self, root: RootId, path: &[u8]) {
+        if self.returned_dirs.is_empty() {
+            return;
+        }
+        self.returned_dirs.retain(|dir| {
+            dir.root != root
+                || !(dir.path == path
+                    || crate::relpath::ancestors(path).any(|ancestor| ancestor == dir.path))
+        });
     }
 
     /// Whether `path` is below a directory the peer's full sync brought back moments ago

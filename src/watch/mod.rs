@@ -64,6 +64,9 @@ pub struct Change {
     /// (announced as `crate::sync::two_way::Announced::ResentDirectory`): its state from
     /// before, which may be older than a removal here.
     pub resent: bool,
+    /// The entry was renamed here from another path of the tree: this host's user's, for
+    /// the same reason as [`Change::unlinked`].
+    pub moved_within: bool,
 }
 
 /// What the watcher reports to the daemon.
@@ -592,6 +595,22 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
 
     /// [`Watcher::emit`], saying whether the entry was unlinked ([`Change::unlinked`]).
     fn emit_change(&mut self, root: RootId, path: RelPath, action: Action, unlinked: bool) {
+        self.push_change(root, path, action, unlinked, false);
+    }
+
+    /// A file renamed to `path` from another path of the tree ([`Change::moved_within`]).
+    fn emit_moved_within(&mut self, root: RootId, path: RelPath) {
+        self.push_change(root, path, Action::Sync, false, true);
+    }
+
+    fn push_change(
+        &mut self,
+        root: RootId,
+        path: RelPath,
+        action: Action,
+        unlinked: bool,
+        moved_within: bool,
+    ) {
         let (action, resent) = if self.announced.is_empty() {
             (action, false)
         } else {
@@ -603,6 +622,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             action,
             unlinked,
             resent,
+            moved_within: moved_within && action == Action::Sync,
         });
         if self.out.len() >= CHANGE_CHUNK {
             let changes = std::mem::take(&mut self.out);
@@ -1207,7 +1227,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
         if !is_dir {
             if toggles.move_to {
-                self.emit(to_root, new_rel, Action::Sync);
+                self.emit_moved_within(to_root, new_rel);
             }
             return;
         }
@@ -1246,6 +1266,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                         action: Action::Remove { dir: true },
                         unlinked: false,
                         resent: false,
+                        moved_within: false,
                     });
                 }
                 if purge_new {
@@ -1255,6 +1276,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                         action: Action::Remove { dir: true },
                         unlinked: false,
                         resent: false,
+                        moved_within: false,
                     });
                 }
                 changes.push(Change {
@@ -1263,6 +1285,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     action: Action::Sync,
                     unlinked: false,
                     resent: false,
+                    moved_within: false,
                 });
                 self.walk_report_only(id, &mut changes);
                 (self.report)(WatchEvent::Changes(changes));
@@ -1401,6 +1424,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     action: Action::Sync,
                     unlinked: false,
                     resent: false,
+                    moved_within: false,
                 });
                 if is_dir {
                     let child = match self.tree.child(dir_id, &name) {

@@ -1787,6 +1787,36 @@ fn a_directory_the_peer_made_and_removed_while_this_host_was_stopped_stays_remov
     }
 }
 
+/// A symlink this host's user renames away and straight back stays: it is not a stale copy
+/// that the peer's full sync pushed back over the user's removal (seed 28: taken for one,
+/// it went into the trash, and its removal to the peer).
+#[test]
+fn a_symlink_renamed_away_and_back_stays_on_both() {
+    let Some(hosts) = Hosts::new() else { return };
+    let a = hosts.sersyncd_a(&[]);
+    let b = hosts.sersyncd_b(&[]);
+    std::os::unix::fs::symlink("target", hosts.root_a().join("link")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    // Past the second of its version (the rule that judges stale copies compares seconds).
+    std::thread::sleep(Duration::from_millis(1100));
+    let (link, away) = (hosts.root_a().join("link"), hosts.root_a().join("away"));
+    std::fs::rename(&link, &away).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::rename(&away, &link).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert_eq!(
+            std::fs::read_link(root.join("link")).ok(),
+            Some(std::path::PathBuf::from("target")),
+            "link in {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+    }
+}
+
 /// The same new directory made on both hosts at once, with a file at one path in it:
 /// each host finds the file in a directory it was not watching yet, so neither can tell
 /// it from an echo of the peer's, and each offers its own only where the peer lacks it.

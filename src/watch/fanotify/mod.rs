@@ -470,6 +470,7 @@ impl<F: FnMut(WatchEvent)> FanWatcher<F> {
             // Two-way mode watches with inotify only.
             unlinked: false,
             resent: false,
+            moved_within: false,
         });
         if self.out.len() >= CHANGE_CHUNK {
             self.flush();
