@@ -2050,7 +2050,9 @@ impl Daemon {
                         if self.undone_here(change.root, &change.path) {
                             // Moved aside by `undo_stale_arrival`: its deletion is queued
                             // already, dated by the user's removal.
-                        } else if !own && self.removed_by_peer(change.root, &change.path, dir) {
+                        } else if !own
+                            && self.removed_by_peer(change.root, &change.path, dir, change.read_at)
+                        {
                             action = Action::Arrived;
                             self.record_arrival(change.root, &change.path);
                         } else {
@@ -2760,9 +2762,21 @@ impl Daemon {
     /// this host had at the path (a local deletion right after the peer replaced the file
     /// finds the older, replaced version there instead). Sent back, the peer's deletion
     /// would return to it as one of this host's (see `sync::two_way`).
-    fn removed_by_peer(&self, root: RootId, path: &[u8], is_dir: bool) -> bool {
+    fn removed_by_peer(
+        &self,
+        root: RootId,
+        path: &[u8],
+        is_dir: bool,
+        read_at: std::time::SystemTime,
+    ) -> bool {
         use std::os::unix::fs::MetadataExt;
-        const RECENT: Duration = Duration::from_secs(10);
+        // The peer's run moves the path there with the rename whose event this is: the
+        // entry there changed when the event was read, within the watcher's latency. One
+        // that changed seconds before is another's (seed 32: a second arrival of the same
+        // version, 3.7 s before this host's user moved the file into a directory not yet
+        // watched, made that move look like the peer's, and it never reached the peer).
+        const BEFORE_READ: Duration = Duration::from_secs(2);
+        const AFTER_READ: Duration = Duration::from_secs(1);
         // A directory is never moved there (rsync's --backup keeps no directory, only the
         // files in it, and makes the directory there when it moves the first one): a
         // recent one there says only that the peer's run moved something below it, maybe
@@ -2774,33 +2788,35 @@ impl Daemon {
         let Some((tree, versions, soft)) = self.two_way_parts(root) else {
             return false;
         };
-        let now = std::time::SystemTime::now();
-        [now, now - Duration::from_secs(86_400)].iter().any(|day| {
-            let Ok(meta) = std::fs::symlink_metadata(trash_path(tree, soft, *day, path)) else {
-                return false;
-            };
-            let changed = std::time::UNIX_EPOCH
-                + Duration::new(
-                    u64::try_from(meta.ctime()).unwrap_or(0),
-                    u32::try_from(meta.ctime_nsec()).unwrap_or(0),
-                );
-            // Moved there after this host last saw the path removed itself: a removal of
-            // ours (undoing a stale arrival, say) is never the peer's.
-            let recent = changed + RECENT >= now
-                && versions
-                    .removed_at(path)
-                    .is_none_or(|removed| removed < changed);
-            // A file: the version this host had there. Knowing none (since a restart),
-            // a recent arrival in the trash is taken for the peer's: sent back as this
-            // host's deletion, the peer's run moving the old copy aside for a new one
-            // would delete the new one there, judged by time.
-            let history = versions.history(path);
-            let same = !meta.is_dir()
-                && (history.is_empty()
-                    || history.last().map(|known| known.version)
-                        == Some(crate::sync::two_way::Version::of(&meta)));
-            recent && same
-        })
+        [read_at, read_at - Duration::from_secs(86_400)]
+            .iter()
+            .any(|day| {
+                let Ok(meta) = std::fs::symlink_metadata(trash_path(tree, soft, *day, path)) else {
+                    return false;
+                };
+                let changed = std::time::UNIX_EPOCH
+                    + Duration::new(
+                        u64::try_from(meta.ctime()).unwrap_or(0),
+                        u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+                    );
+                // Moved there after this host last saw the path removed itself: a removal of
+                // ours (undoing a stale arrival, say) is never the peer's.
+                let recent = changed + BEFORE_READ >= read_at
+                    && changed <= read_at + AFTER_READ
+                    && versions
+                        .removed_at(path)
+                        .is_none_or(|removed| removed < changed);
+                // A file: the version this host had there. Knowing none (since a restart),
+                // a recent arrival in the trash is taken for the peer's: sent back as this
+                // host's deletion, the peer's run moving the old copy aside for a new one
+                // would delete the new one there, judged by time.
+                let history = versions.history(path);
+                let same = !meta.is_dir()
+                    && (history.is_empty()
+                        || history.last().map(|known| known.version)
+                            == Some(crate::sync::two_way::Version::of(&meta)));
+                recent && same
+            })
     }
 
     /// Two-way mode: whether what just arrived at `path` is a version this host had and

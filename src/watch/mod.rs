@@ -67,6 +67,10 @@ pub struct Change {
     /// The entry was renamed here from another path of the tree: this host's user's, for
     /// the same reason as [`Change::unlinked`].
     pub moved_within: bool,
+    /// When the watcher read the event: the moment it happened, within the watcher's
+    /// latency. Two-way mode compares it with when the peer's run moved the path into the
+    /// soft-delete directory (`Daemon::removed_by_peer`).
+    pub read_at: std::time::SystemTime,
 }
 
 /// What the watcher reports to the daemon.
@@ -204,6 +208,8 @@ struct PendingMove {
     /// Out of the incoming directory (two-way mode): rsync putting what it received in
     /// place. Never a removal.
     incoming: bool,
+    /// When its `IN_MOVED_FROM` was read ([`Change::read_at`] of the removal it may be).
+    read_at: std::time::SystemTime,
 }
 
 /// When a watcher last made progress, shared with the daemon: a watcher blocked in a
@@ -410,6 +416,10 @@ pub struct Watcher<F: FnMut(WatchEvent)> {
     /// (`crate::sync::two_way::Announced`), by path, until when: a change that leaves a
     /// path as announced is the peer's, reported as [`Action::Arrived`].
     announced: std::collections::HashMap<RelPath, (crate::sync::two_way::Announced, Instant)>,
+    /// When the events being handled were read ([`Change::read_at`]).
+    read_at: std::time::SystemTime,
+    /// The read time of the pending move being reported, in place of `read_at`.
+    reporting_move_read_at: Option<std::time::SystemTime>,
 }
 
 impl<F: FnMut(WatchEvent)> std::fmt::Debug for Watcher<F> {
@@ -452,6 +462,8 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             recent_creates: RecentCreates::default(),
             displaced: None,
             announced: std::collections::HashMap::new(),
+            read_at: std::time::SystemTime::now(),
+            reporting_move_read_at: None,
         })
     }
 
@@ -546,6 +558,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 Err(err) => return Err(err),
             };
         let any = !events.is_empty();
+        if any {
+            self.read_at = std::time::SystemTime::now();
+        }
         for (wd, mask, cookie, name) in events {
             self.handle(wd, mask, cookie, name);
         }
@@ -623,6 +638,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             unlinked,
             resent,
             moved_within: moved_within && action == Action::Sync,
+            read_at: self.reporting_move_read_at.unwrap_or(self.read_at),
         });
         if self.out.len() >= CHANGE_CHUNK {
             let changes = std::mem::take(&mut self.out);
@@ -1056,6 +1072,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     node: None,
                     exchanged: false,
                     incoming: true,
+                    read_at: self.read_at,
                 });
             }
             return;
@@ -1100,6 +1117,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 node,
                 exchanged,
                 incoming: false,
+                read_at: self.read_at,
             });
             return;
         }
@@ -1267,6 +1285,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                         unlinked: false,
                         resent: false,
                         moved_within: false,
+                        read_at: self.read_at,
                     });
                 }
                 if purge_new {
@@ -1277,6 +1296,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                         unlinked: false,
                         resent: false,
                         moved_within: false,
+                        read_at: self.read_at,
                     });
                 }
                 changes.push(Change {
@@ -1286,6 +1306,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     unlinked: false,
                     resent: false,
                     moved_within: false,
+                    read_at: self.read_at,
                 });
                 self.walk_report_only(id, &mut changes);
                 (self.report)(WatchEvent::Changes(changes));
@@ -1425,6 +1446,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     unlinked: false,
                     resent: false,
                     moved_within: false,
+                    read_at: self.read_at,
                 });
                 if is_dir {
                     let child = match self.tree.child(dir_id, &name) {
@@ -1491,7 +1513,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             return;
         };
         if self.spec.events.move_from && self.spec.events.delete {
+            self.reporting_move_read_at = Some(m.read_at);
             self.emit(root, join(&dir, &m.name), Action::Remove { dir: m.is_dir });
+            self.reporting_move_read_at = None;
         }
     }
 

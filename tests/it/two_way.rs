@@ -1817,6 +1817,60 @@ fn a_symlink_renamed_away_and_back_stays_on_both() {
     }
 }
 
+/// A file this host's user moves into a directory made a moment before (not watched yet,
+/// so the move is seen as the file leaving the tree) is removed on the peer, even when the
+/// soft-delete directory holds the same version at that path from seconds before (a
+/// second arrival of one version moves the first there). Before, that entry made the move
+/// look like the peer's run moving the file aside, and it never reached the peer (seed
+/// 32). A's sersyncd is stopped (SIGSTOP) while the user works, so that the directory is
+/// not watched before the move.
+#[test]
+fn a_file_moved_into_a_new_directory_is_moved_on_the_peer_despite_an_old_trash_copy() {
+    use nix::sys::signal::Signal;
+    let Some(hosts) = Hosts::new() else { return };
+    let a = hosts.sersyncd_a(&[]);
+    let b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "f", "the file\n");
+    hosts.converged(Duration::from_secs(30));
+    // The same version in A's soft-delete directory, as a second arrival leaves it.
+    let day = String::from_utf8(
+        std::process::Command::new("date")
+            .args(["-u", "+%F"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let trash = hosts.root_a().join(TRASH).join(day.trim());
+    std::fs::create_dir_all(&trash).unwrap();
+    std::fs::copy(hosts.root_a().join("f"), trash.join("f")).unwrap();
+    let modified = std::fs::metadata(hosts.root_a().join("f"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(trash.join("f"))
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    a.signal(Signal::SIGSTOP);
+    std::fs::create_dir(hosts.root_a().join("new")).unwrap();
+    std::fs::rename(hosts.root_a().join("f"), hosts.root_a().join("new/f")).unwrap();
+    a.signal(Signal::SIGCONT);
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    assert!(
+        !hosts.root_b().join("f").exists(),
+        "f stayed on B; A's log:\n{}\nB's log:\n{}",
+        a.log(),
+        b.log()
+    );
+    assert_eq!(read(&hosts.root_b().join("new/f")), "the file\n");
+}
+
 /// The same new directory made on both hosts at once, with a file at one path in it:
 /// each host finds the file in a directory it was not watching yet, so neither can tell
 /// it from an echo of the peer's, and each offers its own only where the peer lacks it.

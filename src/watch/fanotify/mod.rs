@@ -471,6 +471,7 @@ impl<F: FnMut(WatchEvent)> FanWatcher<F> {
             unlinked: false,
             resent: false,
             moved_within: false,
+            read_at: std::time::SystemTime::now(),
         });
         if self.out.len() >= CHANGE_CHUNK {
             self.flush();
