@@ -248,8 +248,9 @@ impl Default for Heartbeat {
 
 /// The watcher of one root, of either backend: run it on its own thread.
 pub enum AnyWatcher<F: FnMut(WatchEvent)> {
-    Inotify(Watcher<F>),
-    Fanotify(fanotify::FanWatcher<F>),
+    // Boxed: they differ much in size, and each is made once per root.
+    Inotify(Box<Watcher<F>>),
+    Fanotify(Box<fanotify::FanWatcher<F>>),
 }
 
 impl<F: FnMut(WatchEvent)> std::fmt::Debug for AnyWatcher<F> {
@@ -265,8 +266,8 @@ impl<F: FnMut(WatchEvent)> AnyWatcher<F> {
     /// Reports [`WatchEvent::Ready`], then reads events until told to stop.
     pub fn run(self, control: Receiver<WatchControl>) -> io::Result<()> {
         match self {
-            AnyWatcher::Inotify(w) => w.run(control),
-            AnyWatcher::Fanotify(w) => w.run(control),
+            AnyWatcher::Inotify(w) => (*w).run(control),
+            AnyWatcher::Fanotify(w) => (*w).run(control),
         }
     }
 
@@ -331,9 +332,9 @@ pub fn open<F: FnMut(WatchEvent)>(
                 return Err(OpenError::FanotifyRefused(refused.to_string()));
             }
             Err(fanotify::SetupError::Root(_)) => {
-                return Ok(AnyWatcher::Fanotify(fanotify::FanWatcher::new(
+                return Ok(AnyWatcher::Fanotify(Box::new(fanotify::FanWatcher::new(
                     spec, root, None, heartbeat, report,
-                )));
+                ))));
             }
         },
         WatchBackend::Auto => match fanotify::Marks::open(&spec, root) {
@@ -367,16 +368,16 @@ pub fn open<F: FnMut(WatchEvent)>(
                 marks.marked(),
                 if marks.marked() == 1 { "" } else { "s" }
             );
-            Ok(AnyWatcher::Fanotify(fanotify::FanWatcher::new(
+            Ok(AnyWatcher::Fanotify(Box::new(fanotify::FanWatcher::new(
                 spec,
                 root,
                 Some(marks),
                 heartbeat,
                 report,
-            )))
+            ))))
         }
         None => Watcher::new(spec, root, heartbeat, report)
-            .map(AnyWatcher::Inotify)
+            .map(|watcher| AnyWatcher::Inotify(Box::new(watcher)))
             .map_err(OpenError::Inotify),
     }
 }
