@@ -996,7 +996,7 @@ impl Daemon {
         self.watchers_started = Instant::now();
         let generation = self.watcher_generation;
         let spec = watch_spec(&self.config, self.cli.watch_backend);
-        for root in &spec.roots {
+        for root in 0..spec.roots.len() {
             self.prepare_two_way_root(root);
         }
         for root in 0..spec.roots.len() {
@@ -2035,6 +2035,7 @@ impl Daemon {
                     } else if action == Action::Arrived {
                         self.written_here
                             .remove(&(change.root, change.path.clone()));
+                        self.keep_returned_directories_of(change.root, &change.path, true);
                         if change.resent {
                             self.note_returned_directory(change.root, &change.path);
                         }
@@ -2043,7 +2044,7 @@ impl Daemon {
                         && self.config.rsync.two_way
                     {
                         self.note_written_here(change.root, &change.path);
-                        self.keep_returned_directories_of(change.root, &change.path);
+                        self.keep_returned_directories_of(change.root, &change.path, false);
                     } else if let Action::Remove { dir } = action {
                         // A file unlinked here is this host's: the peer's runs rename.
                         let own = change.unlinked && !dir;
@@ -2054,10 +2055,11 @@ impl Daemon {
                             && self.removed_by_peer(change.root, &change.path, dir, change.read_at)
                         {
                             action = Action::Arrived;
+                            self.keep_returned_directories_of(change.root, &change.path, true);
                             self.record_arrival(change.root, &change.path);
                         } else {
                             self.record_removal(change.root, &change.path, own);
-                            self.keep_returned_directories_of(change.root, &change.path);
+                            self.keep_returned_directories_of(change.root, &change.path, false);
                         }
                     }
                     self.queue.push(change.root, &change.path, action);
@@ -2074,7 +2076,7 @@ impl Daemon {
                 watcher.watches = watches;
                 self.watches = self.watchers.iter().map(|w| w.watches).sum();
                 self.record_fs(root, false);
-                self.prepare_two_way_root(self.root_path(root));
+                self.prepare_two_way_root(root);
                 let lanes = &self.lanes;
                 let (owed_here, owed_elsewhere): (Vec<LaneId>, Vec<LaneId>) = self
                     .owed_after_ready
@@ -2139,7 +2141,7 @@ impl Daemon {
                     "watching root again; rescanning it"
                 );
                 self.record_fs(root, false);
-                self.prepare_two_way_root(self.root_path(root));
+                self.prepare_two_way_root(root);
                 self.queue.request_full_sync(root, FullSyncReason::Rescan);
             }
             WatchEvent::WatchLimit { root, path } => {
@@ -2737,21 +2739,48 @@ impl Daemon {
 
     /// Two-way mode: makes the root's incoming directory if it is missing (at start, and
     /// when a root appears or comes back), bounded like every look at a root.
-    fn prepare_two_way_root(&self, root: &Path) {
+    fn prepare_two_way_root(&self, root: RootId) {
         if !self.config.rsync.two_way {
             return;
         }
-        let path = root.to_path_buf();
+        let path = self.root_path(root).to_path_buf();
         let made = crate::probe::within(crate::probe::ANSWER_WITHIN, move || {
             crate::sync::two_way::prepare_incoming(&path)
         });
-        if let Some(Err(err)) = made {
-            if err.kind() != std::io::ErrorKind::NotFound {
+        match made {
+            Some(Ok(announced)) => self.record_left_notices(root, &announced),
+            Some(Err(err)) if err.kind() != std::io::ErrorKind::NotFound => {
                 tracing::error!(
-                    root = %root.display(),
+                    root = %self.root_path(root).display(),
                     "two-way: cannot make {}: {err} (the peer's pushes fail until it exists)",
                     crate::sync::two_way::INCOMING
                 );
+            }
+            _ => {}
+        }
+    }
+
+    /// Two-way mode: the directories that notices left while this host was not watching
+    /// announced, and that are here, are the peer's runs': versions this host has had.
+    /// Unrecorded, its next full sync would take them for its user's new ones, and a
+    /// removal the peer's user made meanwhile would not be undone (seed 30).
+    fn record_left_notices(
+        &self,
+        root: RootId,
+        announced: &[(Vec<u8>, crate::sync::two_way::Announced)],
+    ) {
+        use crate::sync::two_way::Announced;
+        let Some((tree, versions, _)) = self.two_way_parts(root) else {
+            return;
+        };
+        for (path, made) in announced {
+            if matches!(
+                made,
+                Announced::Directory { .. } | Announced::ResentDirectory { .. }
+            ) && std::fs::symlink_metadata(crate::relpath::absolute(tree, path))
+                .is_ok_and(|meta| meta.is_dir())
+            {
+                versions.record(path, crate::sync::two_way::Version::DIRECTORY);
             }
         }
     }
@@ -3063,18 +3092,23 @@ impl Daemon {
         }
     }
 
-    /// Two-way mode: this host's user changed `path`: a directory the peer's full sync
-    /// brought back (`note_returned_directory`) at or above it is theirs again, and stays
-    /// (seed 28: the user moved the last file out of one four seconds after it came back,
-    /// and the undo, still waiting for it to be empty, removed it).
-    fn keep_returned_directories_of(&mut self, root: RootId, path: &[u8]) {
+    /// Two-way mode: `path` changed (`by_peer`: by the peer's run): a directory the peer's
+    /// full sync brought back (`note_returned_directory`) at or above it stays, if this
+    /// host's user made the change, or the peer's run made it later than the push that
+    /// brought the directory back (a second after its arrival). The undo waits for the
+    /// directory to be empty to remove it; emptied by a later change, it is not what came
+    /// back any more (seed 28: a user, on either host, moved the last entry out of one
+    /// four seconds after it came back, and the undo removed it).
+    fn keep_returned_directories_of(&mut self, root: RootId, path: &[u8], by_peer: bool) {
+        const SAME_PUSH: Duration = Duration::from_secs(1);
         if self.returned_dirs.is_empty() {
             return;
         }
         self.returned_dirs.retain(|dir| {
-            dir.root != root
-                || !(dir.path == path
-                    || crate::relpath::ancestors(path).any(|ancestor| ancestor == dir.path))
+            let at_or_above = dir.root == root
+                && (dir.path == path
+                    || crate::relpath::ancestors(path).any(|ancestor| ancestor == dir.path));
+            !at_or_above || (by_peer && dir.arrived.elapsed() <= SAME_PUSH)
         });
     }
 

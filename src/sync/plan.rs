@@ -205,8 +205,7 @@ pub trait Edge {
     }
     /// Two-way mode: records the version of everything in the tree now as one this host
     /// had (a full sync is about to push them all); returns the directories among them
-    /// made here since the peer lacked them (see
-    /// [`super::two_way::Versions::peer_lacked`]).
+    /// that this host had not had (see [`super::two_way::Versions::had`]).
     fn record_tree_versions(&mut self) -> Vec<Vec<u8>> {
         Vec::new()
     }
@@ -1222,11 +1221,11 @@ impl<E: Edge> Plan<'_, E> {
     /// push) would live on; announced, the peer's watcher takes them for arrivals, and the
     /// peer removes again an arrived directory it removed moments ago (see
     /// `Daemon::undo_returned_directories`). Not the directories of `new_here` (sorted):
-    /// made here since the peer's removal of one at that path reached this host, they are
-    /// this host's user's new ones, and a removal there moments ago does not make them
-    /// old. (One this host has no record of may be what the peer sent while sersyncd was
-    /// stopped: it is marked as pushed again.) Without the dry run's answer the push goes
-    /// on unannounced; a failed notice ends the full sync.
+    /// made here since the peer's removal of one at that path reached this host, or where
+    /// this host never had one (what the peer's runs made while sersyncd was stopped is
+    /// had: their notices say so), they are this host's user's new ones, and a removal
+    /// there moments ago does not make them old. Without the dry run's answer the push
+    /// goes on unannounced; a failed notice ends the full sync.
     fn announce_push(
         &mut self,
         rules: &FullSyncRules,

@@ -847,9 +847,9 @@ impl plan::Edge for JobEdge<'_> {
             {
                 continue;
             }
-            let made_since_lacked = versions.peer_lacked(&path);
+            let had = versions.had(&path);
             let recorded = versions.record_from_disk(&self.ctx.root, &path);
-            if made_since_lacked && recorded == Some(super::two_way::Version::DIRECTORY) {
+            if !had && recorded == Some(super::two_way::Version::DIRECTORY) {
                 new_here.push(path);
             }
         }

@@ -50,16 +50,19 @@
 pub const INCOMING: &str = ".sersync-incoming";
 
 /// Makes the root's [`INCOMING`] directory if it is missing, owned like the root and with
-/// its mode, so that whoever the peer's rsync runs as here can write in it.
-pub fn prepare_incoming(root: &std::path::Path) -> std::io::Result<()> {
+/// its mode, so that whoever the peer's rsync runs as here can write in it. Returns what
+/// the notices left there while this host was not watching announced, and removes them:
+/// what their runs did is found by the full sync that follows, and they would announce
+/// it for ever; but a directory such a run made is the peer's, which this host has had
+/// (see `Plan::announce_push`).
+pub fn prepare_incoming(root: &std::path::Path) -> std::io::Result<Vec<(Vec<u8>, Announced)>> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = root.join(INCOMING);
     let meta = std::fs::metadata(root)?;
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Notices left while this host was not watching: what their runs did is
-            // found by the full sync that follows, and they would announce it for ever.
+            let mut announced = Vec::new();
             for entry in std::fs::read_dir(&dir)?.flatten() {
                 use std::os::unix::ffi::OsStrExt;
                 if entry
@@ -67,10 +70,13 @@ pub fn prepare_incoming(root: &std::path::Path) -> std::io::Result<()> {
                     .as_bytes()
                     .starts_with(NOTICE_PREFIX.as_bytes())
                 {
+                    if let Ok(bytes) = std::fs::read(entry.path()) {
+                        announced.extend(decode_notice(&bytes));
+                    }
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
-            return Ok(());
+            return Ok(announced);
         }
         Err(err) => return Err(err),
     }
@@ -78,7 +84,8 @@ pub fn prepare_incoming(root: &std::path::Path) -> std::io::Result<()> {
     std::fs::set_permissions(
         &dir,
         std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
-    )
+    )?;
+    Ok(Vec::new())
 }
 
 /// Why `word` (one of `commonParams`' words) cannot be used in two-way mode, or `None`.
@@ -655,15 +662,17 @@ impl Versions {
             .collect()
     }
 
-    /// Whether the peer lacked `path` (or an ancestor) as this host did, after the last
-    /// version of it this host had (see `peer_lacks`): what is at `path` here now was
-    /// made here since, not had before. Without such a record, what is here may be what
-    /// the peer sent while this host's sersyncd was stopped (nothing recorded it).
-    pub fn peer_lacked(&self, path: &[u8]) -> bool {
+    /// Whether this host has had a version of `path` and the peer has not lacked it (or
+    /// an ancestor) since (see `peer_lacks`): what is at `path` here now, if a directory,
+    /// may be that one; otherwise it was made here since, or is one this host never had.
+    /// (What the peer's runs made here while sersyncd was stopped is had once their
+    /// notices are read at the start, `prepare_incoming`.)
+    pub fn had(&self, path: &[u8]) -> bool {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let lacks = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
-        let history = known.get(path).map_or(&[][..], Vec::as_slice);
-        lacked_since(path, history, &lacks)
+        known
+            .get(path)
+            .is_some_and(|history| !history.is_empty() && !lacked_since(path, history, &lacks))
     }
 
     /// The peer lacks `path` now, as this host does: its run removed it here, or this
@@ -1381,30 +1390,24 @@ mod tests {
         }
     }
 
-    /// What is at a path here was made since the peer lacked it (or an ancestor) as this
-    /// host did, until this host has it again (seed 20: a directory made while sersyncd
-    /// was stopped, where the peer's user had removed one moments before, was taken for
-    /// the old one and removed again by the peer). A path never recorded may be what the
-    /// peer sent while sersyncd was stopped (seed 30): not "lacked".
+    /// A directory here is one this host had only if it had one there and the peer has
+    /// not lacked it (or an ancestor) since (seed 20: a directory made while sersyncd was
+    /// stopped, where the peer's user had removed one moments before, was taken for the
+    /// old one and removed again by the peer).
     #[test]
-    fn a_path_was_lacked_by_the_peer_until_had_again() {
+    fn a_path_is_had_until_the_peer_lacks_it_or_an_ancestor() {
         let versions = Versions::default();
-        assert!(!versions.peer_lacked(b"d"), "never recorded");
+        assert!(!versions.had(b"d"), "never had");
         versions.record(b"d", Version::DIRECTORY);
         versions.record(b"e/sub", Version::DIRECTORY);
-        assert!(!versions.peer_lacked(b"d") && !versions.peer_lacked(b"e/sub"));
+        assert!(versions.had(b"d") && versions.had(b"e/sub"));
         versions.record_peer_lacks(b"d");
         versions.record_peer_lacks(b"e");
-        versions.record_peer_lacks(b"never-had");
-        assert!(versions.peer_lacked(b"d"), "the peer removed it here");
-        assert!(
-            versions.peer_lacked(b"e/sub"),
-            "the peer removed an ancestor here"
-        );
-        assert!(versions.peer_lacked(b"never-had"));
+        assert!(!versions.had(b"d"), "the peer removed it here");
+        assert!(!versions.had(b"e/sub"), "the peer removed an ancestor here");
         std::thread::sleep(std::time::Duration::from_millis(2));
         versions.record(b"d", Version::DIRECTORY);
-        assert!(!versions.peer_lacked(b"d"), "had again");
+        assert!(versions.had(b"d"), "had again");
     }
 
     #[test]
