@@ -299,6 +299,8 @@ struct ReturnedDir {
     /// The user's removal it returned after.
     removed_at: std::time::SystemTime,
     arrived: Instant,
+    /// `arrived` on the wall clock, to compare with the directory's ctime.
+    arrived_at: std::time::SystemTime,
 }
 
 struct Daemon {
@@ -3088,6 +3090,7 @@ impl Daemon {
                 path: path.to_vec(),
                 removed_at,
                 arrived: Instant::now(),
+                arrived_at: std::time::SystemTime::now(),
             });
         }
     }
@@ -3132,6 +3135,7 @@ impl Daemon {
     /// minute (what the peer keeps of it, it sends again: no ping-pong).
     fn undo_returned_directories(&mut self) {
         const SETTLE: Duration = Duration::from_secs(1);
+        const SAME_PUSH: Duration = Duration::from_secs(2);
         const GIVE_UP: Duration = Duration::from_secs(10);
         const ONCE_IN: Duration = Duration::from_secs(60);
         if self.returned_dirs.is_empty() {
@@ -3157,7 +3161,23 @@ impl Daemon {
                 .dirs_undone
                 .iter()
                 .any(|(root, path, _)| *root == dir.root && *path == dir.path);
-            if had_again || undone_lately {
+            // Emptied by a change after the push that brought it back (its entries' own
+            // moves aside come with that push): not what came back any more, and the
+            // event of that change may not have been read yet (seed 5: the peer's
+            // deletion of the last entry, five seconds later, beat its event here).
+            let changed_later = std::fs::symlink_metadata(crate::relpath::absolute(
+                tree, &dir.path,
+            ))
+            .is_ok_and(|meta| {
+                use std::os::unix::fs::MetadataExt;
+                let changed = std::time::UNIX_EPOCH
+                    + Duration::new(
+                        u64::try_from(meta.ctime()).unwrap_or(0),
+                        u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+                    );
+                changed > dir.arrived_at + SAME_PUSH
+            });
+            if had_again || undone_lately || changed_later {
                 continue;
             }
             match std::fs::remove_dir(crate::relpath::absolute(tree, &dir.path)) {
