@@ -799,22 +799,11 @@ impl<E: Edge> Plan<'_, E> {
     /// would otherwise keep each host's own file for good. Where this host's copy wins,
     /// the peer's offer pulls it.
     fn offer(&mut self, paths: &[&[u8]], ctx: &JobContext) -> Run {
-        let listing = self.edge.run(RunSpec {
-            capture_stdout: true,
-            ..RunSpec::at_root(
-                argv::deletion_listing(&ctx.transport),
-                argv::exact_listing_rules(paths.iter().copied()),
-            )
-        });
-        if !listing.result.is_done() {
-            return listing;
-        }
-        let listed = super::two_way::parse_listing(&listing.stdout);
-        let there: std::collections::HashMap<&[u8], &super::two_way::Listed> = listed
-            .iter()
-            .rev()
-            .map(|entry| (entry.path.as_slice(), entry))
-            .collect();
+        let listed = match self.list_peer_copies(paths, ctx) {
+            Ok(listed) => listed,
+            Err(failed) => return failed,
+        };
+        let there = super::two_way::Listed::by_path(&listed);
         let mut lacking = Vec::new();
         let mut peer_wins = Vec::new();
         for (path, here) in paths.iter().copied().zip(self.edge.versions(paths)) {
@@ -847,11 +836,13 @@ impl<E: Edge> Plan<'_, E> {
         Run::worst(runs)
     }
 
-    /// Two-way mode: sends `paths` with `--update` (a newer file there is the peer's and
-    /// stays), except those whose copy there is a version this host had: a file renamed
-    /// over one, or restored, with an older time, replaces it all the same. The peer's
-    /// copies are listed first to tell (see `super::two_way::stale`).
-    fn send_newest(&mut self, paths: &[&[u8]], ctx: &JobContext) -> Run {
+    /// Two-way mode: the peer's copies of exactly `paths` (and their ancestors), or the
+    /// listing run that failed.
+    fn list_peer_copies(
+        &mut self,
+        paths: &[&[u8]],
+        ctx: &JobContext,
+    ) -> Result<Vec<super::two_way::Listed>, Run> {
         let listing = self.edge.run(RunSpec {
             capture_stdout: true,
             ..RunSpec::at_root(
@@ -860,18 +851,23 @@ impl<E: Edge> Plan<'_, E> {
             )
         });
         if !listing.result.is_done() {
-            return listing;
+            return Err(listing);
         }
-        let listed = super::two_way::parse_listing(&listing.stdout);
+        Ok(super::two_way::parse_listing(&listing.stdout))
+    }
+
+    /// Two-way mode: sends `paths` with `--update` (a newer file there is the peer's and
+    /// stays), except those whose copy there is a version this host had: a file renamed
+    /// over one, or restored, with an older time, replaces it all the same. The peer's
+    /// copies are listed first to tell (see `super::two_way::stale`).
+    fn send_newest(&mut self, paths: &[&[u8]], ctx: &JobContext) -> Run {
+        let listed = match self.list_peer_copies(paths, ctx) {
+            Ok(listed) => listed,
+            Err(failed) => return failed,
+        };
         let stale = super::two_way::stale(&listed, |path| ctx.history(path));
         let stale_set: std::collections::HashSet<&[u8]> = stale.iter().map(Vec::as_slice).collect();
-        // The peer's entries by path (of a path read twice, a symlink whose name holds
-        // " -> ", the first reading).
-        let mut there: std::collections::HashMap<&[u8], &super::two_way::Listed> =
-            std::collections::HashMap::new();
-        for entry in &listed {
-            there.entry(entry.path.as_slice()).or_insert(entry);
-        }
+        let there = super::two_way::Listed::by_path(&listed);
         // A copy there that is newer than this host's and not a version it had: --update
         // keeps it there, so it is pulled here, or the two sides would differ for good
         // (this host's copy is older: renamed over the path, or restored, after a restart

@@ -919,6 +919,16 @@ pub struct Listed {
 }
 
 impl Listed {
+    /// `listed` by path; of a path read twice (a symlink whose name holds ` -> `), the
+    /// first reading.
+    pub fn by_path(listed: &[Listed]) -> std::collections::HashMap<&[u8], &Listed> {
+        let mut by_path = std::collections::HashMap::new();
+        for entry in listed {
+            by_path.entry(entry.path.as_slice()).or_insert(entry);
+        }
+        by_path
+    }
+
     /// The version listed: a directory reads as any directory (`Version::DIRECTORY`).
     pub fn version(&self) -> Version {
         if self.size == Version::DIRECTORY.size {
