@@ -299,8 +299,10 @@ struct ReturnedDir {
     /// The user's removal it returned after.
     removed_at: std::time::SystemTime,
     arrived: Instant,
-    /// `arrived` on the wall clock, to compare with the directory's ctime.
-    arrived_at: std::time::SystemTime,
+    /// When the peer said that its push made it (`WatchEvent::ResentOutcome`), and that
+    /// moment on the wall clock, to compare with the directory's ctime. Until then it may
+    /// be one this host's user made as the push began.
+    made_by_push: Option<(Instant, std::time::SystemTime)>,
 }
 
 struct Daemon {
@@ -2121,6 +2123,11 @@ impl Daemon {
                 self.watches = self.watchers.iter().map(|w| w.watches).sum();
             }
             WatchEvent::DirRenamed { root, from, to } => self.queue.note_rename(root, &from, &to),
+            WatchEvent::ResentOutcome { root, paths } => {
+                for (path, made) in paths {
+                    self.note_resent_outcome(root, &path, made);
+                }
+            }
             WatchEvent::Overflow { root } | WatchEvent::Rescan { root } => self.on_overflow(root),
             WatchEvent::Drained { root } => {
                 if self.checkpoints.drained(root, self.queue.clock().seq) {
@@ -3090,9 +3097,52 @@ impl Daemon {
                 path: path.to_vec(),
                 removed_at,
                 arrived: Instant::now(),
-                arrived_at: std::time::SystemTime::now(),
+                made_by_push: None,
             });
         }
+    }
+
+    /// Two-way mode: what the peer's full sync says of a directory it announced as pushed
+    /// again: made here by its push (`made`), it is the old one brought back, and
+    /// `undo_returned_directories` takes it back; found here, it is this host's user's,
+    /// made in the moment between the announcement and the push, and taken for the
+    /// peer's (seed 1: removed again as brought back). Kept, it is sent like the user's
+    /// change it is: the peer may have removed its own meanwhile.
+    fn note_resent_outcome(&mut self, root: RootId, path: &[u8], made: bool) {
+        let Some(index) = self
+            .returned_dirs
+            .iter()
+            .position(|dir| dir.root == root && dir.path == path && dir.made_by_push.is_none())
+        else {
+            return;
+        };
+        if made {
+            self.returned_dirs[index].made_by_push =
+                Some((Instant::now(), std::time::SystemTime::now()));
+        } else {
+            let dir = self.returned_dirs.swap_remove(index);
+            self.keep_as_own_directory(dir, "its push found it here");
+        }
+    }
+
+    /// Two-way mode: a directory taken for one the peer's full sync brought back
+    /// (`note_returned_directory`) that its push did not make: this host's user's, sent.
+    fn keep_as_own_directory(&mut self, dir: ReturnedDir, why: &str) {
+        let Some((tree, _, _)) = self.two_way_parts(dir.root) else {
+            return;
+        };
+        if !std::fs::symlink_metadata(crate::relpath::absolute(tree, &dir.path))
+            .is_ok_and(|meta| meta.is_dir())
+        {
+            return;
+        }
+        tracing::info!(
+            sersync_path = %String::from_utf8_lossy(&dir.path),
+            "two-way: a directory taken for one the peer's full sync brought back is this \
+             host's user's ({why}); kept, and sent"
+        );
+        self.note_written_here(dir.root, &dir.path);
+        self.queue.push(dir.root, &dir.path, Action::Sync);
     }
 
     /// Two-way mode: `path` changed (`by_peer`: by the peer's run): a directory the peer's
@@ -3130,14 +3180,18 @@ impl Daemon {
     /// Kept, the directory would live on both sides, which the user removed. Only an
     /// empty directory is removed (`rmdir`): one that holds anything the peer made, or
     /// that this host has had again since, stays (the union, as for any contested path).
-    /// Each is tried a second after it arrived (the files that came back in it are moved
-    /// aside by then), and again until 10 s after; a path is removed so at most once a
-    /// minute (what the peer keeps of it, it sends again: no ping-pong).
+    /// Only what the peer's push says it made is taken back (`note_resent_outcome`), a
+    /// second after it said so (the files that came back in it are moved aside by then),
+    /// and again until 10 s after; a path is removed so at most once a minute (what the
+    /// peer keeps of it, it sends again: no ping-pong).
     fn undo_returned_directories(&mut self) {
         const SETTLE: Duration = Duration::from_secs(1);
-        const SAME_PUSH: Duration = Duration::from_secs(2);
         const GIVE_UP: Duration = Duration::from_secs(10);
         const ONCE_IN: Duration = Duration::from_secs(60);
+        /// A full sync's push of a large tree runs for minutes; one that says nothing for
+        /// longer (stopped, or its notice failed) made nothing here as far as this host
+        /// knows: the directory is kept (resurrection, the safe failure).
+        const OUTCOME_WAIT: Duration = Duration::from_secs(300);
         if self.returned_dirs.is_empty() {
             return;
         }
@@ -3145,8 +3199,17 @@ impl Daemon {
         let mut returned = std::mem::take(&mut self.returned_dirs);
         // Deepest first: a directory is empty only once what it holds is gone.
         returned.sort_by(|a, b| (b.root, &b.path).cmp(&(a.root, &a.path)));
-        for dir in returned {
-            if dir.arrived.elapsed() < SETTLE {
+        let mut returned = std::collections::VecDeque::from(returned);
+        while let Some(dir) = returned.pop_front() {
+            let Some((made_by_push, made_by_push_at)) = dir.made_by_push else {
+                if dir.arrived.elapsed() < OUTCOME_WAIT {
+                    self.returned_dirs.push(dir);
+                } else {
+                    self.keep_as_own_directory(dir, "its push never said it made it");
+                }
+                continue;
+            };
+            if made_by_push.elapsed() < SETTLE {
                 self.returned_dirs.push(dir);
                 continue;
             }
@@ -3162,9 +3225,10 @@ impl Daemon {
                 .iter()
                 .any(|(root, path, _)| *root == dir.root && *path == dir.path);
             // Emptied by a change after the push that brought it back (its entries' own
-            // moves aside come with that push): not what came back any more, and the
-            // event of that change may not have been read yet (seed 5: the peer's
-            // deletion of the last entry, five seconds later, beat its event here).
+            // moves aside come with that push, before its outcome): not what came back
+            // any more, and the event of that change may not have been read yet (seed 5:
+            // the peer's deletion of the last entry, five seconds later, beat its event
+            // here).
             let changed_later = std::fs::symlink_metadata(crate::relpath::absolute(
                 tree, &dir.path,
             ))
@@ -3175,7 +3239,7 @@ impl Daemon {
                         u64::try_from(meta.ctime()).unwrap_or(0),
                         u32::try_from(meta.ctime_nsec()).unwrap_or(0),
                     );
-                changed > dir.arrived_at + SAME_PUSH
+                changed > made_by_push_at
             });
             if had_again || undone_lately || changed_later {
                 continue;
@@ -3187,11 +3251,23 @@ impl Daemon {
                         "two-way: the peer brought back a directory removed here moments \
                          ago; removed again, and the removal goes on"
                     );
+                    // Its parent's ctime is this removal's, not a later change there.
+                    if let Some(parent) = crate::relpath::ancestors(&dir.path).last() {
+                        let now = std::time::SystemTime::now();
+                        for other in returned.iter_mut().chain(self.returned_dirs.iter_mut()) {
+                            if let (true, Some((_, at))) = (
+                                other.root == dir.root && other.path == parent,
+                                other.made_by_push.as_mut(),
+                            ) {
+                                *at = now;
+                            }
+                        }
+                    }
                     self.dirs_undone.push((dir.root, dir.path, Instant::now()));
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => {
-                    if dir.arrived.elapsed() < GIVE_UP {
+                    if made_by_push.elapsed() < GIVE_UP {
                         self.returned_dirs.push(dir);
                     } else {
                         tracing::debug!(

@@ -471,7 +471,7 @@ impl Runner {
             scratch.cwd(),
             Vec::new(),
             ctx,
-            true,
+            plan::Capture::All,
         );
         if !listing.result.is_done() {
             if listing.stderr.contains("No such file or directory") {
@@ -508,7 +508,7 @@ impl Runner {
             skeleton.cwd(),
             rules,
             ctx,
-            false,
+            plan::Capture::Tail,
         );
         if run.result.is_done() {
             tracing::info!(

@@ -71,8 +71,22 @@ pub struct RunSpec {
     /// Listed paths or filter rules, NUL-separated (empty: nothing on stdin).
     pub stdin: Vec<u8>,
     pub at: At,
-    /// Whether the plan reads what rsync prints (listings, dry runs).
-    pub capture_stdout: bool,
+    /// What of rsync's stdout the plan reads.
+    pub capture_stdout: Capture,
+}
+
+/// What of a run's stdout its [`Run::stdout`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// Its end (bounded), where rsync reports what it sent (counted by the edge, not the
+    /// plan).
+    Tail,
+    /// All of it (listings, dry runs).
+    All,
+    /// Its lines (ended by `\n` or `\r`) that start with these bytes, whole, and then its
+    /// end as with [`Capture::Tail`]: what a long run itemizes of one kind (a full sync's
+    /// push, the directories it made), kept without holding the rest, beside its progress.
+    LinesStarting(&'static [u8]),
 }
 
 impl RunSpec {
@@ -81,7 +95,7 @@ impl RunSpec {
             argv,
             stdin,
             at: At::Root,
-            capture_stdout: false,
+            capture_stdout: Capture::Tail,
         }
     }
 }
@@ -93,8 +107,7 @@ pub struct Run {
     pub stderr: String,
     /// Whether `stderr` lost its head to the bound.
     pub truncated: bool,
-    /// What it printed: all of it when the plan asked ([`RunSpec::capture_stdout`]), else
-    /// its end, where rsync reports what it sent (counted by the edge, not the plan).
+    /// What it printed, as far as [`RunSpec::capture_stdout`] asked.
     pub stdout: Vec<u8>,
 }
 
@@ -511,7 +524,7 @@ impl<E: Edge> Plan<'_, E> {
                 argv: argv.clone(),
                 stdin: rules,
                 at: At::Skeleton(ancestors.clone()),
-                capture_stdout: false,
+                capture_stdout: Capture::Tail,
             })
             .collect();
         let run = Run::worst(self.edge.run_concurrently(runs));
@@ -524,7 +537,7 @@ impl<E: Edge> Plan<'_, E> {
             argv,
             stdin: rules,
             at: At::Skeleton(ancestors),
-            capture_stdout: false,
+            capture_stdout: Capture::Tail,
         })
     }
 
@@ -539,7 +552,7 @@ impl<E: Edge> Plan<'_, E> {
     fn delete_two_way(&mut self, delete: &[&[u8]], judged: Judged, ctx: &JobContext) -> Run {
         let (rules, ancestors) = argv::deletion_rules(delete.iter().copied());
         let listing = self.edge.run(RunSpec {
-            capture_stdout: true,
+            capture_stdout: Capture::All,
             ..RunSpec::at_root(argv::deletion_listing(&ctx.transport), rules.clone())
         });
         if !listing.result.is_done() {
@@ -654,7 +667,7 @@ impl<E: Edge> Plan<'_, E> {
             argv: argv::deletion(&ctx.transport),
             stdin,
             at: At::Skeleton(skeleton),
-            capture_stdout: false,
+            capture_stdout: Capture::Tail,
         });
         if deleted.result.is_done() {
             // Delivered: a later full sync must not delete there again what the peer's
@@ -746,7 +759,7 @@ impl<E: Edge> Plan<'_, E> {
     /// unannounced.
     fn announce_own_pull(&mut self, argv: &[OsString], stdin: &[u8]) {
         let dry = self.edge.run(RunSpec {
-            capture_stdout: true,
+            capture_stdout: Capture::All,
             ..RunSpec::at_root(argv::dry_run_itemized(argv), stdin.to_vec())
         });
         if !(dry.result.is_done() || dry.result == RunResult::Exited(23)) {
@@ -844,7 +857,7 @@ impl<E: Edge> Plan<'_, E> {
         ctx: &JobContext,
     ) -> Result<Vec<super::two_way::Listed>, Run> {
         let listing = self.edge.run(RunSpec {
-            capture_stdout: true,
+            capture_stdout: Capture::All,
             ..RunSpec::at_root(
                 argv::deletion_listing(&ctx.transport),
                 argv::exact_listing_rules(paths.iter().copied()),
@@ -938,7 +951,7 @@ impl<E: Edge> Plan<'_, E> {
         let started = std::time::SystemTime::now();
         let run = self.edge.run(RunSpec {
             argv: argv::reporting_sent(&spec.argv),
-            capture_stdout: true,
+            capture_stdout: Capture::All,
             ..spec
         });
         let sent = super::two_way::parse_sent(&run.stdout);
@@ -974,7 +987,7 @@ impl<E: Edge> Plan<'_, E> {
                 name,
                 contents: super::two_way::encode_notice(entries),
             },
-            capture_stdout: false,
+            capture_stdout: Capture::Tail,
         });
         (!noticed.result.is_done()).then_some(noticed)
     }
@@ -1065,7 +1078,7 @@ impl<E: Edge> Plan<'_, E> {
             Ok(true) => {
                 // Only an empty root costs a listing of the remote's top level.
                 let listing = self.edge.run(RunSpec {
-                    capture_stdout: true,
+                    capture_stdout: Capture::All,
                     ..RunSpec::at_root(argv::list_top(&ctx.transport), Vec::new())
                 });
                 if !listing.result.is_done() {
@@ -1113,7 +1126,7 @@ impl<E: Edge> Plan<'_, E> {
             && crate::guard::limits_deletions(&ctx.delete_guard);
         if protect_excluded || count_deletions {
             let run = self.edge.run(RunSpec {
-                capture_stdout: true,
+                capture_stdout: Capture::All,
                 ..RunSpec::at_root(
                     argv::full_sync(&ctx.transport, true, &rules, true),
                     stdin.clone(),
@@ -1151,7 +1164,7 @@ impl<E: Edge> Plan<'_, E> {
             }
         }
         rules.rules_on_stdin = !stdin.is_empty();
-        self.push_whole(&rules, stdin, ctx)
+        self.push_whole(&rules, stdin, false, ctx)
     }
 
     /// Two-way mode's full sync: the root pushed with `--update` and no deletions, then
@@ -1176,10 +1189,14 @@ impl<E: Edge> Plan<'_, E> {
             },
             rules_on_stdin: false,
         };
-        if let Some(failed) = self.announce_push(&rules, &new_here, ctx) {
+        let resent = match self.announce_push(&rules, &new_here, ctx) {
+            Ok(resent) => resent,
+            Err(failed) => return failed,
+        };
+        let pushed = self.push_whole(&rules, Vec::new(), !resent.is_empty(), ctx);
+        if let Some(failed) = self.tell_resent_outcome(&resent, &pushed.stdout, ctx) {
             return failed;
         }
-        let pushed = self.push_whole(&rules, Vec::new(), ctx);
         if !pushed.result.is_done() {
             return pushed;
         }
@@ -1203,7 +1220,7 @@ impl<E: Edge> Plan<'_, E> {
         let argv = argv::pull(&ctx.transport, &rules);
         self.announce_own_pull(&argv, &stdin);
         let pulled = self.edge.run(RunSpec {
-            capture_stdout: true,
+            capture_stdout: Capture::All,
             ..RunSpec::at_root(argv::itemized(&argv), stdin)
         });
         self.pulled_over_removals = made_over_removals(&pulled.stdout, excluded_at, ctx);
@@ -1220,22 +1237,24 @@ impl<E: Edge> Plan<'_, E> {
     /// made here since the peer's removal of one at that path reached this host, or where
     /// this host never had one (what the peer's runs made while sersyncd was stopped is
     /// had: their notices say so), they are this host's user's new ones, and a removal
-    /// there moments ago does not make them old. Without the dry run's answer the push
-    /// goes on unannounced; a failed notice ends the full sync.
+    /// there moments ago does not make them old. Returns the directories announced as
+    /// pushed again (sorted), whose outcome the peer is told after the push
+    /// (`tell_resent_outcome`). Without the dry run's answer the push goes on
+    /// unannounced; a failed notice ends the full sync.
     fn announce_push(
         &mut self,
         rules: &FullSyncRules,
         new_here: &[Vec<u8>],
         ctx: &JobContext,
-    ) -> Option<Run> {
+    ) -> Result<Vec<Vec<u8>>, Run> {
         let mut argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, rules, false);
         argv.retain(|word| word != argv::REPORT_PROGRESS);
         let dry = self.edge.run(RunSpec {
-            capture_stdout: true,
+            capture_stdout: Capture::All,
             ..RunSpec::at_root(argv::dry_run_itemized(&argv), Vec::new())
         });
         if !(dry.result.is_done() || dry.result == RunResult::Exited(23)) {
-            return None;
+            return Ok(Vec::new());
         }
         let made: Vec<(Vec<u8>, Announced)> = super::two_way::parse_made(&dry.stdout)
             .into_iter()
@@ -1246,7 +1265,47 @@ impl<E: Edge> Plan<'_, E> {
                 other => (path, other),
             })
             .collect();
-        self.announce(&made, ctx)
+        if let Some(failed) = self.announce(&made, ctx) {
+            return Err(failed);
+        }
+        let mut resent: Vec<Vec<u8>> = made
+            .into_iter()
+            .filter(|(_, made)| matches!(made, Announced::ResentDirectory { .. }))
+            .map(|(path, _)| path)
+            .collect();
+        resent.sort();
+        Ok(resent)
+    }
+
+    /// Two-way mode, after a full sync's push: tells the peer which of the directories
+    /// announced as pushed again (`resent`, sorted) the push made (`push_stdout`: what it
+    /// itemized, see [`Capture::LinesStarting`]), and which it found there or left out.
+    /// The peer takes back only what the push made: a directory its user made in the
+    /// moment between the announcement and the push meets the announcement just the same
+    /// (seed 1), and is the user's. The failed notice if it could not be told (the peer
+    /// then keeps them all: resurrection, the safe failure).
+    fn tell_resent_outcome(
+        &mut self,
+        resent: &[Vec<u8>],
+        push_stdout: &[u8],
+        ctx: &JobContext,
+    ) -> Option<Run> {
+        if resent.is_empty() {
+            return None;
+        }
+        let made: std::collections::HashSet<Vec<u8>> = super::two_way::parse_made(push_stdout)
+            .into_iter()
+            .filter(|(_, made)| matches!(made, Announced::Directory { .. }))
+            .map(|(path, _)| path)
+            .collect();
+        let outcome: Vec<(Vec<u8>, Announced)> = resent
+            .iter()
+            .map(|path| {
+                let made = made.contains(path);
+                (path.clone(), Announced::ResentOutcome { made })
+            })
+            .collect();
+        self.announce(&outcome, ctx)
     }
 
     /// Two-way mode, before a full sync pulls the peer's tree: deletes on the peer what
@@ -1305,7 +1364,7 @@ impl<E: Edge> Plan<'_, E> {
             rules.push(0);
         }
         let listing = self.edge.run(RunSpec {
-            capture_stdout: true,
+            capture_stdout: Capture::All,
             ..RunSpec::at_root(argv::deletion_listing(&ctx.transport), rules)
         });
         if !listing.result.is_done() {
@@ -1331,7 +1390,25 @@ impl<E: Edge> Plan<'_, E> {
 
     /// The push of a whole root: one run, or split over its top-level directories when no
     /// rules go on stdin.
-    fn push_whole(&mut self, rules: &FullSyncRules, stdin: Vec<u8>, ctx: &JobContext) -> Run {
+    fn push_whole(
+        &mut self,
+        rules: &FullSyncRules,
+        stdin: Vec<u8>,
+        itemizing_made: bool,
+        ctx: &JobContext,
+    ) -> Run {
+        // The directories it makes, itemized (`tell_resent_outcome`): kept whole, the rest
+        // of what it prints is not.
+        let spec = |argv: Vec<OsString>, stdin: Vec<u8>| {
+            if itemizing_made {
+                RunSpec {
+                    capture_stdout: Capture::LinesStarting(super::two_way::MADE_DIRECTORY),
+                    ..RunSpec::at_root(argv::itemized(&argv), stdin)
+                }
+            } else {
+                RunSpec::at_root(argv, stdin)
+            }
+        };
         if !rules.rules_on_stdin {
             let top = self.edge.top_level_dirs();
             let ways = self.edge.ways().min(self.edge.cores());
@@ -1345,9 +1422,14 @@ impl<E: Edge> Plan<'_, E> {
             ) {
                 let runs = argvs
                     .into_iter()
-                    .map(|argv| RunSpec::at_root(argv, Vec::new()))
+                    .map(|argv| spec(argv, Vec::new()))
                     .collect();
-                let run = Run::worst(self.edge.run_concurrently(runs));
+                let runs = self.edge.run_concurrently(runs);
+                let made: Vec<u8> = runs.iter().flat_map(|run| run.stdout.clone()).collect();
+                let run = Run {
+                    stdout: made,
+                    ..Run::worst(runs)
+                };
                 if !refused_at_start(&run) {
                     return run;
                 }
@@ -1355,7 +1437,7 @@ impl<E: Edge> Plan<'_, E> {
             }
         }
         let argv = argv::full_sync(&ctx.transport, ctx.propagate_deletes, rules, false);
-        self.edge.run(RunSpec::at_root(argv, stdin))
+        self.edge.run(spec(argv, stdin))
     }
 
     /// Rebuilds renamed directories on the remote from their old copies; returns the
@@ -1406,7 +1488,7 @@ impl<E: Edge> Plan<'_, E> {
                 argv,
                 stdin,
                 at: At::Below(to.clone()),
-                capture_stdout: false,
+                capture_stdout: Capture::Tail,
             });
             if matches!(run.result, RunResult::Exited(0)) {
                 seeded.push(to.clone());

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use super::plan::{self, At, Run, RunSpec};
+use super::plan::{self, At, Capture, Run, RunSpec};
 use super::two_way::Announced;
 use super::{JobContext, RunResult, Runner, Secret, argv, facts, identity, warm};
 use crate::queue::{Batch, LaneId};
@@ -198,7 +198,7 @@ impl Runner {
     fn run_concurrently(
         &self,
         lane: LaneId,
-        runs: Vec<(Vec<OsString>, Vec<u8>, bool)>,
+        runs: Vec<(Vec<OsString>, Vec<u8>, Capture)>,
         cwd: Cwd<'_>,
         ctx: &JobContext,
     ) -> Vec<Run> {
@@ -244,7 +244,7 @@ impl Runner {
         cwd: Cwd<'_>,
         stdin: Vec<u8>,
         ctx: &JobContext,
-        capture_stdout: bool,
+        capture_stdout: Capture,
     ) -> Run {
         let _slot = self.slots.take();
         if ctx.debug && !stdin.is_empty() {
@@ -418,7 +418,7 @@ impl Runner {
         argv: &[OsString],
         stdin: Vec<u8>,
         ctx: &JobContext,
-        capture_stdout: bool,
+        capture_stdout: Capture,
         deadline: Option<std::time::Duration>,
     ) -> Run {
         let pid = child.id();
@@ -446,26 +446,34 @@ impl Runner {
             .filter(|_| argv.iter().any(|a| a == argv::REPORT_PROGRESS));
         let stdout_reader = child.stdout.take().map(|mut pipe| {
             std::thread::spawn(move || {
-                if capture_stdout {
-                    let mut out = Vec::new();
-                    let _ = pipe.read_to_end(&mut out);
-                    out
-                } else {
-                    let mut tail = Tail::new(STDOUT_TAIL);
-                    match progress {
-                        Some(job) => {
-                            let slot = job.slot();
-                            let mut parser = super::progress::Parser::default();
-                            tail.read_all_with(&mut pipe, |chunk| {
-                                if let Some(latest) = parser.feed(chunk) {
-                                    job.update(slot, latest);
-                                }
-                            });
-                        }
-                        None => tail.read_all(&mut pipe),
+                let kept_prefix = match capture_stdout {
+                    Capture::All => {
+                        let mut out = Vec::new();
+                        let _ = pipe.read_to_end(&mut out);
+                        return out;
                     }
-                    tail.finish().0
-                }
+                    Capture::Tail => None,
+                    Capture::LinesStarting(prefix) => Some(prefix),
+                };
+                let mut tail = Tail::new(STDOUT_TAIL);
+                let mut kept = kept_prefix.map(KeptLines::new);
+                let mut progress = progress.map(|job| {
+                    let slot = job.slot();
+                    (job, slot, super::progress::Parser::default())
+                });
+                tail.read_all_with(&mut pipe, |chunk| {
+                    if let Some((job, slot, parser)) = progress.as_mut() {
+                        if let Some(latest) = parser.feed(chunk) {
+                            job.update(*slot, latest);
+                        }
+                    }
+                    if let Some(kept) = kept.as_mut() {
+                        kept.feed(chunk);
+                    }
+                });
+                let mut out = kept.map(KeptLines::finish).unwrap_or_default();
+                out.extend(tail.finish().0);
+                out
             })
         });
         let (ended, watched) = std::sync::mpsc::channel::<()>();
@@ -613,6 +621,62 @@ impl Tail {
 /// The bytes a run reported sending: rsync's closing summary on stdout, or on stderr
 /// where a user's `--stderr=all` (or `--msgs2stderr`) sends every message; 0 when it
 /// printed none (it failed before the end, or `-q`).
+/// The lines of a stream (ended by `\n` or `\r`) that start with a prefix, each ended by
+/// `\n` ([`Capture::LinesStarting`]). The line being read is held up to its end: a line
+/// longer than a path can be (64 KiB) is not one of them.
+struct KeptLines {
+    prefix: &'static [u8],
+    kept: Vec<u8>,
+    line: Vec<u8>,
+    /// The line being read is too long to be kept: dropped up to its end.
+    skipping: bool,
+}
+
+impl KeptLines {
+    const LINE_MAX: usize = 64 << 10;
+
+    fn new(prefix: &'static [u8]) -> KeptLines {
+        KeptLines {
+            prefix,
+            kept: Vec::new(),
+            line: Vec::new(),
+            skipping: false,
+        }
+    }
+
+    fn feed(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            let end = chunk.iter().position(|&b| b == b'\n' || b == b'\r');
+            let (part, rest) = match end {
+                Some(at) => (&chunk[..at], Some(&chunk[at + 1..])),
+                None => (chunk, None),
+            };
+            if !self.skipping {
+                // Only a line that may still start with the prefix is worth holding.
+                self.line.extend_from_slice(part);
+                let seen = self.line.len().min(self.prefix.len());
+                if self.line[..seen] != self.prefix[..seen] || self.line.len() > Self::LINE_MAX {
+                    self.skipping = true;
+                    self.line.clear();
+                }
+            }
+            let Some(rest) = rest else { return };
+            if !self.skipping && self.line.starts_with(self.prefix) {
+                self.kept.extend_from_slice(&self.line);
+                self.kept.push(b'\n');
+            }
+            self.line.clear();
+            self.skipping = false;
+            chunk = rest;
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.feed(b"\n");
+        self.kept
+    }
+}
+
 fn reported_sent(run: &Run) -> u64 {
     argv::sent_bytes(&run.stdout)
         .or_else(|| argv::sent_bytes(run.stderr.as_bytes()))
@@ -769,7 +833,7 @@ impl JobEdge<'_> {
             &spec.argv,
             argv::nul_list(paths.iter().copied()),
             self.ctx,
-            false,
+            Capture::Tail,
             Some(deadline),
         );
         drop(slot);
@@ -1195,7 +1259,14 @@ mod tests {
         ];
         for (script, stdin, result, stderr, stdout) in rows {
             let argv = [arg("-c"), arg(script)];
-            let run = sh.run(7, &argv, Cwd::Tree(&dir), stdin.to_vec(), &ctx, true);
+            let run = sh.run(
+                7,
+                &argv,
+                Cwd::Tree(&dir),
+                stdin.to_vec(),
+                &ctx,
+                Capture::All,
+            );
             assert_eq!(run.result, result, "{script}");
             assert_eq!(run.stderr, stderr, "{script}");
             assert_eq!(run.stdout, stdout, "{script}");
@@ -1208,7 +1279,7 @@ mod tests {
             Cwd::Tree(&dir.join("gone")),
             Vec::new(),
             &ctx,
-            false,
+            Capture::Tail,
         );
         assert!(
             matches!(&run.result, RunResult::SpawnFailed { kind: std::io::ErrorKind::Other, message } if message.contains("gone")),
@@ -1216,7 +1287,7 @@ mod tests {
             run.result
         );
         let missing = Runner::new(dir.join("no-rsync"), dir.clone(), 1);
-        let run = missing.run(7, &[], Cwd::Tree(&dir), Vec::new(), &ctx, false);
+        let run = missing.run(7, &[], Cwd::Tree(&dir), Vec::new(), &ctx, Capture::Tail);
         assert!(
             matches!(
                 run.result,
@@ -1232,12 +1303,45 @@ mod tests {
     }
 
     #[test]
+    fn kept_lines_are_those_with_the_prefix_however_the_stream_is_cut() {
+        let long = format!("cd+++++++++ {}\n", "x".repeat(KeptLines::LINE_MAX));
+        let rows: &[(&[u8], &[u8])] = &[
+            (b"", b""),
+            (b"cd+++++++++ a/\n", b"cd+++++++++ a/\n"),
+            // Progress records (`\r`) between itemized lines, and a last line unended.
+            (
+                b"\r   1,234  10%  1.00MB/s  0:00:01 (xfr#1, to-chk=3/5)\ncd+++++++++ a/\n\
+                  >f+++++++++ a/f\n.d..t...... b/\r  2  50%\ncd+++++++++ b/c d/",
+                b"cd+++++++++ a/\ncd+++++++++ b/c d/\n",
+            ),
+            // Not at the start of a line.
+            (b"x cd+++++++++ a/\ncd+++\n", b""),
+            (long.as_bytes(), b""),
+        ];
+        for (stream, kept) in rows {
+            // Whole, and in chunks of every size up to 7 bytes.
+            for size in [usize::MAX, 1, 2, 3, 7] {
+                let mut lines = KeptLines::new(b"cd+++++++++ ");
+                for chunk in stream.chunks(size.min(stream.len().max(1))) {
+                    lines.feed(chunk);
+                }
+                assert_eq!(
+                    lines.finish().escape_ascii().to_string(),
+                    kept.escape_ascii().to_string(),
+                    "{} in chunks of {size}",
+                    stream.escape_ascii()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_job_counts_what_each_of_its_runs_reported_sending() {
         use plan::Edge;
         let dir = scratch("sent");
         let ctx = context(&dir);
         let sh = Runner::new(PathBuf::from("/bin/sh"), dir.clone(), 2);
-        let spec = |script: &str, capture_stdout: bool| RunSpec {
+        let spec = |script: &str, capture_stdout: Capture| RunSpec {
             argv: vec![OsString::from("-c"), OsString::from(script)],
             stdin: Vec::new(),
             at: At::Root,
@@ -1258,20 +1362,34 @@ mod tests {
             bytes_sent: &mut bytes_sent,
             generation: 0,
         };
-        let run = edge.run(spec(&format!("{listing}; {}", summary("100,118")), false));
+        let run = edge.run(spec(
+            &format!("{listing}; {}", summary("100,118")),
+            Capture::Tail,
+        ));
         assert!(run.stdout.len() <= STDOUT_TAIL, "{}", run.stdout.len());
         assert!(run.stdout.ends_with(b"speedup is 0.01\n"));
         // Concurrent runs, one failing after its summary (exit 23 still prints it), one
         // with its messages on stderr (`--stderr=all`), one printing none (`-q`).
         let runs = edge.run_concurrently(vec![
-            spec(&format!("{}; exit 23", summary("2000")), false),
-            spec(&format!("{} >&2", summary("30")), false),
-            spec("exit 0", false),
+            spec(&format!("{}; exit 23", summary("2000")), Capture::Tail),
+            spec(&format!("{} >&2", summary("30")), Capture::Tail),
+            spec("exit 0", Capture::Tail),
         ]);
         assert_eq!(runs.len(), 3);
         // A listing the plan reads whole, and a run that could not start.
-        let listing_run = edge.run(spec(&format!("{listing}; {}", summary("4")), true));
+        let listing_run = edge.run(spec(&format!("{listing}; {}", summary("4")), Capture::All));
         assert!(listing_run.stdout.len() > STDOUT_TAIL);
+        // Lines of one kind kept whole, before the end (the summary, counted).
+        let kept = edge.run(spec(
+            &format!("{listing}; echo 'cd+++ made/'; {listing}; {}", summary("5")),
+            Capture::LinesStarting(b"cd+++ "),
+        ));
+        assert!(kept.stdout.starts_with(b"cd+++ made/\n"));
+        assert!(
+            kept.stdout.len() <= STDOUT_TAIL + 12,
+            "{}",
+            kept.stdout.len()
+        );
         let missing = Runner::new(dir.join("no-rsync"), dir.clone(), 1);
         let mut none = 0;
         JobEdge {
@@ -1281,9 +1399,9 @@ mod tests {
             bytes_sent: &mut none,
             generation: 0,
         }
-        .run(spec("", false));
+        .run(spec("", Capture::Tail));
         assert_eq!(none, 0);
-        assert_eq!(bytes_sent, 100_118 + 2000 + 30 + 4);
+        assert_eq!(bytes_sent, 100_118 + 2000 + 30 + 4 + 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

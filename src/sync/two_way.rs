@@ -159,6 +159,13 @@ pub enum Announced {
     Special,
     /// The directory that was there is gone.
     Removed,
+    /// After a full sync's push, of a directory it announced as pushed again
+    /// ([`Announced::ResentDirectory`]): the push made it (`true`), or found one there or
+    /// left it out (`false`). Only a directory the push made can be the peer's old one
+    /// brought back: one this host's user made in the moment between the announcement
+    /// and the push looks just alike (seed 1 of the two-way rounds), and the push tells
+    /// them apart by what it itemized. Told after the push, never met by a change.
+    ResentOutcome { made: bool },
 }
 
 impl Announced {
@@ -193,7 +200,9 @@ impl Announced {
     pub fn is_met_by(&self, now: Option<&Announced>) -> bool {
         match (self, now) {
             (Announced::Removed, None) => true,
-            (Announced::Removed, Some(_)) | (_, None) => false,
+            (Announced::Removed, Some(_)) | (_, None) | (Announced::ResentOutcome { .. }, _) => {
+                false
+            }
             (
                 Announced::Directory { .. } | Announced::ResentDirectory { .. },
                 Some(Announced::Directory { .. }),
@@ -218,9 +227,10 @@ pub fn notice_name() -> String {
 }
 
 /// A notice's bytes: one record per entry, each `KIND PATH` and NUL, where KIND is `d`
-/// and the octal mode and a space (a directory; `D` for one a full sync pushes again), `l` (a symlink: its target follows as a
-/// record of its own), `s` (a special file) or `r` (removed). Paths are relative to the
-/// root, raw bytes (NUL cannot be in a path).
+/// and the octal mode and a space (a directory; `D` for one a full sync pushes again), `l`
+/// (a symlink: its target follows as a record of its own), `s` (a special file), `r`
+/// (removed), or `m` and `n` (a directory pushed again was made, or not, by the push).
+/// Paths are relative to the root, raw bytes (NUL cannot be in a path).
 pub fn encode_notice(entries: &[(Vec<u8>, Announced)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (path, announced) in entries {
@@ -230,6 +240,7 @@ pub fn encode_notice(entries: &[(Vec<u8>, Announced)]) -> Vec<u8> {
             Announced::Symlink { .. } => out.push(b'l'),
             Announced::Special => out.push(b's'),
             Announced::Removed => out.push(b'r'),
+            Announced::ResentOutcome { made } => out.push(if *made { b'm' } else { b'n' }),
         }
         out.extend_from_slice(path);
         out.push(0);
@@ -281,6 +292,7 @@ pub fn decode_notice(bytes: &[u8]) -> Vec<(Vec<u8>, Announced)> {
             }
             b's' => (rest, Announced::Special),
             b'r' => (rest, Announced::Removed),
+            b'm' | b'n' => (rest, Announced::ResentOutcome { made: kind == b'm' }),
             _ => break,
         };
         if path.is_empty() || path.starts_with(b"/") {
@@ -803,6 +815,9 @@ pub fn stale(listed: &[Listed], history: impl Fn(&[u8]) -> Vec<Known>) -> Vec<Ve
     stale.dedup();
     stale
 }
+
+/// How [`parse_made`]'s lines of a directory made start (`cd` and nine `+`, a space).
+pub const MADE_DIRECTORY: &[u8] = b"cd+++++++++ ";
 
 /// What a dry run of a pull ([`super::argv::dry_run_itemized`]) says it would make in place
 /// here: new directories (with their permission bits), symlinks and special files. Lines
@@ -1500,6 +1515,8 @@ mod tests {
             ),
             (b"a/fifo".to_vec(), Announced::Special),
             (b"-dash/ q'uote".to_vec(), Announced::Removed),
+            (b"again".to_vec(), Announced::ResentOutcome { made: true }),
+            (b"d\nx".to_vec(), Announced::ResentOutcome { made: false }),
         ];
         let bytes = encode_notice(&entries);
         assert_eq!(decode_notice(&bytes), entries);
@@ -1544,6 +1561,9 @@ mod tests {
             (&Announced::Removed, None, true),
             (&Announced::Removed, Some(&dir), false),
             (&Announced::Special, Some(&Announced::Special), true),
+            // An outcome comes after the push: no change is the peer's by it.
+            (&Announced::ResentOutcome { made: true }, Some(&dir), false),
+            (&Announced::ResentOutcome { made: false }, None, false),
         ];
         for (announced, now, met) in rows {
             assert_eq!(announced.is_met_by(*now), *met, "{announced:?} by {now:?}");

@@ -102,6 +102,14 @@ pub enum WatchEvent {
         from: RelPath,
         to: RelPath,
     },
+    /// Two-way mode: the peer's full sync has pushed, and says which of the directories
+    /// it announced as pushed again (see [`Change::resent`]) it made here (`true`) and
+    /// which it found here or left out (`false`). Reported after every change read
+    /// before it (the push's own).
+    ResentOutcome {
+        root: RootId,
+        paths: Vec<(RelPath, bool)>,
+    },
 }
 
 /// What to watch and how to filter.
@@ -724,8 +732,25 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 let now = Instant::now();
                 self.announced.retain(|_, (_, until)| *until > now);
                 let until = now + ANNOUNCED_FOR;
+                let mut outcome = Vec::new();
                 for (path, announced) in crate::sync::two_way::decode_notice(&bytes) {
-                    self.announced.insert(path, (announced, until));
+                    match announced {
+                        crate::sync::two_way::Announced::ResentOutcome { made } => {
+                            outcome.push((path, made));
+                        }
+                        announced => {
+                            self.announced.insert(path, (announced, until));
+                        }
+                    }
+                }
+                if !outcome.is_empty() {
+                    // The push's events were read before its outcome: the daemon gets
+                    // them first.
+                    self.flush();
+                    (self.report)(WatchEvent::ResentOutcome {
+                        root,
+                        paths: outcome,
+                    });
                 }
             }
             Err(err) => tracing::warn!(

@@ -1787,6 +1787,74 @@ fn a_directory_the_peer_made_and_removed_while_this_host_was_stopped_stays_remov
     }
 }
 
+/// A directory this host's user removes and makes again in the moment between the peer's
+/// full-sync notice that it pushes its old one again and that push is the user's, and
+/// stays on both. It meets the announcement just like the old one would, so only the push
+/// can tell them apart: it found one here, made none. Before, this host took it for the
+/// old one brought back and removed it again, on both sides (two-way rounds, seed 1).
+/// A's sersyncd is stopped (SIGSTOP) while B's notice lands in its incoming directory, and
+/// A's rsync daemon answers every connection half a second late, so that the user's
+/// `mkdir` comes after the notice and before the push, and the push within the second
+/// after which this host took such a directory back.
+#[test]
+fn a_directory_made_again_as_the_peers_full_sync_pushes_the_old_one_stays_on_both() {
+    use nix::sys::signal::Signal;
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    let a = hosts.sersyncd_a(&[]);
+    let mut b = hosts.sersyncd_b(&[]);
+    std::fs::create_dir(hosts.root_a().join("d")).unwrap();
+    write(hosts.root_a(), "kept/f", "first\n");
+    hosts.converged(Duration::from_secs(30));
+    assert!(hosts.root_b().join("d").is_dir());
+    // B is down, and A's removal cannot reach B's root before B's full sync lists it.
+    hosts.b.stop();
+    b.terminate();
+    std::fs::remove_dir(hosts.root_a().join("d")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    hosts
+        .a
+        .set_module_options("    pre-xfer exec = sleep 0.5\n");
+    a.signal(Signal::SIGSTOP);
+    b.restart_with(&["-r"]);
+    let incoming = hosts.root_a().join(".sersync-incoming");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(&incoming)
+        .unwrap()
+        .flatten()
+        .any(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("sersync-notice.")
+        })
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B's full sync left no notice in A's incoming directory; B's log:\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::create_dir(hosts.root_a().join("d")).unwrap();
+    a.signal(Signal::SIGCONT);
+    hosts.b.start();
+    std::thread::sleep(Duration::from_secs(4));
+    hosts.a.set_module_options("");
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            root.join("d").is_dir(),
+            "d/ is gone from {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+    }
+}
+
 /// A symlink this host's user renames away and straight back stays: it is not a stale copy
 /// that the peer's full sync pushed back over the user's removal (seed 28: taken for one,
 /// it went into the trash, and its removal to the peer).

@@ -271,7 +271,7 @@ fn render(spec: &RunSpec) -> String {
             .collect();
         text = format!("{text} < {}", listed.join(" "));
     }
-    if spec.capture_stdout {
+    if spec.capture_stdout != Capture::Tail {
         text.push_str(" >");
     }
     format!("{at}: {text}")
