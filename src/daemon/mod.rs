@@ -3147,13 +3147,14 @@ impl Daemon {
 
     /// Two-way mode: `path` changed (`by_peer`: by the peer's run): a directory the peer's
     /// full sync brought back (`note_returned_directory`) at or above it stays, if this
-    /// host's user made the change, or the peer's run made it later than the push that
-    /// brought the directory back (a second after its arrival). The undo waits for the
-    /// directory to be empty to remove it; emptied by a later change, it is not what came
-    /// back any more (seed 28: a user, on either host, moved the last entry out of one
-    /// four seconds after it came back, and the undo removed it).
+    /// host's user made the change, or the peer's run made it after the push that
+    /// brought the directory back had said its outcome (`note_resent_outcome`: what the
+    /// peer's runs do before that is the push's own, however long it runs: the peer runs
+    /// one job at a time). The undo waits for the directory to be empty to remove it;
+    /// emptied by a later change, it is not what came back any more (seed 28: a user, on
+    /// either host, moved the last entry out of one four seconds after it came back, and
+    /// the undo removed it).
     fn keep_returned_directories_of(&mut self, root: RootId, path: &[u8], by_peer: bool) {
-        const SAME_PUSH: Duration = Duration::from_secs(1);
         if self.returned_dirs.is_empty() {
             return;
         }
@@ -3161,7 +3162,7 @@ impl Daemon {
             let at_or_above = dir.root == root
                 && (dir.path == path
                     || crate::relpath::ancestors(path).any(|ancestor| ancestor == dir.path));
-            !at_or_above || (by_peer && dir.arrived.elapsed() <= SAME_PUSH)
+            !at_or_above || (by_peer && dir.made_by_push.is_none())
         });
     }
 

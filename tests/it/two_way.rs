@@ -1787,6 +1787,56 @@ fn a_directory_the_peer_made_and_removed_while_this_host_was_stopped_stays_remov
     }
 }
 
+/// The same when the push that brings the directory back runs for seconds (B's runs are
+/// limited to 100 KB/s, and the directory holds 400 KB that does not compress): what the
+/// peer's runs do here before its push says what it made is the push's own. Before, a
+/// change in it more than a second after it came back was taken for a later one, and the
+/// directory stayed on both (resurrection; README open defects until 2026-12-07).
+#[test]
+fn a_directory_removed_while_the_peer_restarts_is_not_brought_back_by_its_long_push() {
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    let a = hosts.sersyncd_a(&[]);
+    let mut b = two_way(hosts.root_b(), &hosts.a, &[])
+        .common_params("-artuz --bwlimit=100")
+        .start();
+    let mut noise = 0x9e37_79b9_7f4a_7c15_u64;
+    std::fs::create_dir_all(hosts.root_a().join("gone/sub")).unwrap();
+    for file in 0..8 {
+        let bytes: Vec<u8> = (0..50_000)
+            .map(|_| {
+                noise ^= noise << 13;
+                noise ^= noise >> 7;
+                noise ^= noise << 17;
+                noise.to_le_bytes()[0]
+            })
+            .collect();
+        std::fs::write(hosts.root_a().join(format!("gone/sub/f{file}")), bytes).unwrap();
+    }
+    write(hosts.root_a(), "kept/f", "first\n");
+    hosts.converged(Duration::from_secs(60));
+    hosts.b.stop();
+    b.terminate();
+    std::fs::remove_dir_all(hosts.root_a().join("gone")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    b.restart_with(&["-r"]);
+    std::thread::sleep(Duration::from_secs(8));
+    hosts.b.start();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            !root.join("gone").exists(),
+            "gone/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+        assert_eq!(read(&root.join("kept/f")), "first\n");
+    }
+}
+
 /// A directory this host's user removes and makes again in the moment between the peer's
 /// full-sync notice that it pushes its old one again and that push is the user's, and
 /// stays on both. It meets the announcement just like the old one would, so only the push
