@@ -1219,8 +1219,10 @@ impl<E: Edge> Plan<'_, E> {
         };
         let argv = argv::pull(&ctx.transport, &rules);
         self.announce_own_pull(&argv, &stdin);
+        // Of what it itemizes, only the directories it made are read: the rest (a line
+        // per file of a first pull of a large tree) is not held.
         let pulled = self.edge.run(RunSpec {
-            capture_stdout: Capture::All,
+            capture_stdout: Capture::LinesStarting(super::two_way::MADE_DIRECTORY),
             ..RunSpec::at_root(argv::itemized(&argv), stdin)
         });
         self.pulled_over_removals = made_over_removals(&pulled.stdout, excluded_at, ctx);
