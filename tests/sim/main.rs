@@ -64,7 +64,14 @@ fn failures_dir() -> PathBuf {
 
 /// Whether the simulation can run here; under `CI=true` it must.
 fn can_run() -> bool {
-    let tools = ["rsync", "unshare", "nsenter", "chattr", "mount"];
+    let tools = [
+        "rsync",
+        "unshare",
+        "nsenter",
+        "chattr",
+        "mount",
+        "dbus-daemon",
+    ];
     let missing: Vec<&str> = tools
         .iter()
         .copied()

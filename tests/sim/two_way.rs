@@ -1,6 +1,7 @@
 //! Two-way rounds: seeded operations on both hosts of a two-way pair (`<twoWay>`), with
-//! sersyncd killed (-9 or SIGTERM) and restarted, and a peer's rsync daemon stopped and
-//! started, while both sides keep working. At the end of every round both roots must be
+//! sersyncd killed (-9 or SIGTERM) and restarted, a peer's rsync daemon stopped and
+//! started, and a full sync asked for (`sersyncctl full-sync`, on a private bus of each
+//! side's), while both sides keep working. At the end of every round both roots must be
 //! equal, and every path only one side touched in that round must be as that side left it
 //! (nothing lost, nothing resurrected, nothing made by one side dropped by the other).
 //!
@@ -18,6 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::harness::bus::{Bus, Policy, SERSYNCCTL};
 use crate::harness::{RsyncDaemon, Sersyncd, SersyncdBuilder};
 use crate::rng::Rng;
 
@@ -175,6 +177,8 @@ fn builder(root: &Path, peer: &RsyncDaemon) -> SersyncdBuilder {
 }
 
 struct Pair {
+    /// Each side's control bus (`--bus-address`), where a fault asks for a full sync.
+    buses: [Bus; 2],
     daemons: [RsyncDaemon; 2],
     sides: [Side; 2],
     rng: Rng,
@@ -197,14 +201,21 @@ impl Pair {
                 std::fs::create_dir_all(root.join(area)).unwrap();
             }
         }
+        let buses = [0, 1].map(|_| Bus::start(Policy::Permissive).expect("dbus-daemon"));
         let sides = [0, 1].map(|i| Side {
             name: NAMES[i],
             root: roots[i].clone(),
-            sersyncd: Some(builder(&roots[i], &daemons[1 - i]).start()),
+            sersyncd: Some(
+                builder(&roots[i], &daemons[1 - i])
+                    .arg("--bus-address")
+                    .arg(buses[i].address())
+                    .start(),
+            ),
             restarting: None,
             touched: BTreeMap::new(),
         });
         Pair {
+            buses,
             daemons,
             sides,
             rng: Rng::new(seed),
@@ -389,10 +400,10 @@ impl Pair {
                 )
             }
         };
-        let before: Vec<String> = scopes
-            .iter()
-            .flat_map(|scope| tree_under(&root, scope).into_keys())
-            .collect();
+        let mut before = Tree::new();
+        for scope in &scopes {
+            before.extend(tree_under(&root, scope));
+        }
         let outcome = action();
         let mut after = Tree::new();
         for scope in &scopes {
@@ -400,12 +411,41 @@ impl Pair {
         }
         let side_state = &mut self.sides[side];
         let offline = side_state.offline();
-        for path in before.into_iter().chain(scopes.iter().cloned()) {
+        // A failed operation left only what it changed (parents it made): what else is
+        // there is not this side's doing (seed 49: a rename refused by a directory the
+        // peer's full sync had just brought back over this side's removal, which the
+        // daemon then removed again, as it should).
+        let failed = outcome.is_err();
+        let paths: BTreeSet<String> = before
+            .keys()
+            .chain(after.keys())
+            .cloned()
+            .chain(scopes.iter().cloned())
+            .collect();
+        for path in paths {
             let now = after.get(&path).cloned();
+            if failed && before.get(&path) == now.as_ref() {
+                continue;
+            }
             side_state.touched.insert(path, (now, offline));
         }
-        for (path, entry) in after {
-            side_state.touched.insert(path, (Some(entry), offline));
+        // An operation that makes its path's parents wants them there: one this side
+        // removed earlier in the round, and that the peer brought back just before (its
+        // full sync, listing before the removal reached it), is this side's again (seed
+        // 11: a write into a directory removed a moment before, which a resurrection had
+        // made again; without it, the write would have made it).
+        if !failed {
+            for scope in &scopes {
+                for (at, _) in scope.match_indices('/') {
+                    let ancestor = &scope[..at];
+                    if matches!(side_state.touched.get(ancestor), Some((None, _))) {
+                        let now = entry_at(&root.join(ancestor));
+                        side_state
+                            .touched
+                            .insert(ancestor.to_owned(), (now, offline));
+                    }
+                }
+            }
         }
         let result = match outcome {
             Ok(()) => String::new(),
@@ -416,13 +456,15 @@ impl Pair {
     }
 
     /// A fault, now and then: sersyncd killed and restarted a moment later on a thread of
-    /// its own (both sides keep working), or the peer's rsync daemon down for a moment.
+    /// its own (both sides keep working), the peer's rsync daemon down for a moment, or a
+    /// full sync asked for while both sides work (as a timer unit or an operator does).
     fn fault(&mut self, side: usize) {
-        match self.rng.weighted(&[3, 1, 1]) {
+        match self.rng.weighted(&[3, 1, 1, 1]) {
             0 | 1 if self.sides[side].sersyncd.is_some() => {
                 let kill = self.rng.chance(75);
                 let delay = Duration::from_millis(self.rng.range(0, 1500));
                 let mut sersyncd = self.sides[side].sersyncd.take().unwrap();
+                let bus = self.buses[side].address().to_owned();
                 if kill {
                     sersyncd.kill9();
                 } else {
@@ -435,7 +477,7 @@ impl Pair {
                     if kill {
                         sersyncd.restart();
                     } else {
-                        sersyncd.restart_with(&["-r"]);
+                        sersyncd.restart_with(&["-r", "--bus-address", &bus]);
                     }
                     sersyncd
                 }));
@@ -456,6 +498,23 @@ impl Pair {
                 self.daemons[side].stop();
                 std::thread::sleep(down);
                 self.daemons[side].start();
+            }
+            3 => {
+                let asked = std::process::Command::new(SERSYNCCTL)
+                    .arg("--bus-address")
+                    .arg(self.buses[side].address())
+                    .arg("full-sync")
+                    .output();
+                let outcome = match asked {
+                    Ok(out) if out.status.success() => String::new(),
+                    Ok(out) => format!(
+                        " ({}: {})",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                    Err(err) => format!(" ({err})"),
+                };
+                self.note(format!("{}: full sync asked for{outcome}", NAMES[side]));
             }
             _ => {}
         }
