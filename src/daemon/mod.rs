@@ -2851,8 +2851,9 @@ impl Daemon {
                 let history = versions.history(path);
                 let same = !meta.is_dir()
                     && (history.is_empty()
-                        || history.last().map(|known| known.version)
-                            == Some(crate::sync::two_way::Version::of(&meta)));
+                        || history
+                            .last()
+                            .is_some_and(|known| known.is_local_copy(&meta)));
                 recent && same
             })
     }
@@ -2897,7 +2898,6 @@ impl Daemon {
         // deletion (the deletion run spares the deletion's second). By time only after a
         // file was unlinked here: a removal that was a rename away may have been the
         // peer's run moving the old copy aside for the new version that arrives now.
-        let version = crate::sync::two_way::Version::of(&meta);
         let history = versions.history(path);
         if history.iter().any(|known| known.since > removed_at) {
             // This host had the path again after the deletion (its user made it anew,
@@ -2911,7 +2911,7 @@ impl Daemon {
         let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
         let mut had = history
             .iter()
-            .filter(|known| known.version == version)
+            .filter(|known| known.is_local_copy(&meta))
             .peekable();
         let stale = if had.peek().is_some() {
             // A copy of a version from before the deletion was modified before it.
@@ -3370,7 +3370,9 @@ impl Daemon {
             return;
         };
         match std::fs::symlink_metadata(crate::relpath::absolute(tree, path)) {
-            Ok(meta) => versions.record(path, crate::sync::two_way::Version::of(&meta)),
+            Ok(meta) => {
+                versions.record_local(path, &meta);
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 versions.record_peer_lacks(path);
             }

@@ -857,7 +857,30 @@ impl plan::Edge for JobEdge<'_> {
         let Some(versions) = self.ctx.versions.as_deref() else {
             return Vec::new();
         };
-        facts::gone(&self.ctx.root, versions.paths())
+        let gone = facts::gone(&self.ctx.root, versions.paths());
+        let Some(soft) = self.ctx.transport.options.soft_delete.as_ref() else {
+            return gone;
+        };
+        let now = std::time::SystemTime::now();
+        let (by_peer, gone): (Vec<Vec<u8>>, Vec<Vec<u8>>) = gone.into_iter().partition(|path| {
+            facts::removed_by_peer_unrecorded(
+                &self.ctx.root,
+                &soft.dir,
+                path,
+                &versions.history(path),
+                versions.removed_at(path),
+                now,
+            )
+        });
+        for path in &by_peer {
+            tracing::info!(
+                sersync_path = %String::from_utf8_lossy(path),
+                "two-way: a directory gone here went into the soft-delete directory after \
+                 this host last had it: the peer's deletion, not deleted there again"
+            );
+            versions.record_peer_lacks(path);
+        }
+        gone
     }
 
     fn announce_here(&mut self, entries: &[(Vec<u8>, super::two_way::Announced)]) {

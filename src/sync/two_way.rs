@@ -348,6 +348,26 @@ pub struct Versions {
 pub struct Known {
     pub version: Version,
     pub since: std::time::SystemTime,
+    /// The nanoseconds of its modification time, when it was recorded from a file here
+    /// (not from a listing, which has whole seconds, nor from the saved file, which
+    /// keeps none): two local copies of one second and size are told apart by them
+    /// (`Known::is_local_copy`).
+    pub nanos: Option<u32>,
+}
+
+impl Known {
+    /// Whether the local file `meta` is a copy of this version: same second and size, and
+    /// the same nanoseconds where they are known (rsync's `--times` keeps them). Seed 2 of
+    /// the two-way rounds: a file the peer's user wrote in the same second as this host's
+    /// user wrote another at a path, of the same size, arrived there after this host
+    /// removed its own, and was taken for that one coming back.
+    pub fn is_local_copy(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.version == Version::of(meta)
+            && self
+                .nanos
+                .is_none_or(|nanos| i64::from(nanos) == meta.mtime_nsec())
+    }
 }
 
 /// How many paths [`Versions`] remembers per root (about 150 B each) before it starts
@@ -435,8 +455,21 @@ fn lacked_since(
 }
 
 fn add_known(history: &mut Vec<Known>, known: Known) -> bool {
-    if history.iter().any(|k| k.version == known.version) {
-        return false;
+    // The same version, unless both know nanoseconds and they differ (two versions of
+    // one second and size); a version known by its second alone learns them. Had again
+    // (a file renamed back over the path), it is the current one: the last, since when
+    // it was first had (seed 5 of the two-way rounds: left where it was, an older
+    // version renamed back over a newer one was taken for stale, and the newer one was
+    // pulled back over it).
+    // From the last: a version known by its second alone is the current one if it can be.
+    if let Some(at) = history.iter().rposition(|k| {
+        k.version == known.version
+            && (k.nanos.is_none() || known.nanos.is_none() || k.nanos == known.nanos)
+    }) {
+        let mut same = history.remove(at);
+        same.nanos = same.nanos.or(known.nanos);
+        history.push(same);
+        return at + 1 != history.len();
     }
     if history.len() >= VERSIONS_PER_PATH {
         history.remove(0);
@@ -579,6 +612,7 @@ impl Versions {
                             Known {
                                 version: Version { mtime, size },
                                 since,
+                                nanos: None,
                             },
                         );
                     }
@@ -607,14 +641,40 @@ impl Versions {
         self.record_since(path, version, std::time::SystemTime::now());
     }
 
+    /// Records the version of the local entry `meta` at `path`, with its nanoseconds
+    /// (see [`Known::nanos`]), and returns it.
+    pub fn record_local(&self, path: &[u8], meta: &std::fs::Metadata) -> Version {
+        use std::os::unix::fs::MetadataExt;
+        let version = Version::of(meta);
+        self.record_known(
+            path,
+            Known {
+                version,
+                since: std::time::SystemTime::now(),
+                nanos: (!meta.is_dir()).then(|| u32::try_from(meta.mtime_nsec()).unwrap_or(0)),
+            },
+        );
+        version
+    }
+
     /// Records `version` at `path` as had since `since` (a moment at or before this host
     /// certainly had it: the start of the run that sent it).
     pub fn record_since(&self, path: &[u8], version: Version, since: std::time::SystemTime) {
+        self.record_known(
+            path,
+            Known {
+                version,
+                since,
+                nanos: None,
+            },
+        );
+    }
+
+    fn record_known(&self, path: &[u8], entry: Known) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() >= VERSIONS_KEPT && !known.contains_key(path) {
             self.forget_all_known(&mut known, std::time::SystemTime::now());
         }
-        let entry = Known { version, since };
         // Here again: what the peer's run removed before is over.
         let peer_lacked = self
             .peer_lacks
@@ -648,9 +708,7 @@ impl Versions {
     /// is gone already, and nothing is recorded).
     pub fn record_from_disk(&self, root: &std::path::Path, path: &[u8]) -> Option<Version> {
         let meta = std::fs::symlink_metadata(crate::relpath::absolute(root, path)).ok()?;
-        let version = Version::of(&meta);
-        self.record(path, version);
-        Some(version)
+        Some(self.record_local(path, &meta))
     }
 
     /// Since when every version this host had is known (see [`spared`]).
@@ -1197,6 +1255,7 @@ mod tests {
                 vec![Known {
                     version,
                     since: std::time::UNIX_EPOCH,
+                    nanos: None,
                 }]
             } else {
                 Vec::new()
@@ -1304,6 +1363,7 @@ mod tests {
                 vec![Known {
                     version,
                     since: at(secs),
+                    nanos: None,
                 }],
             );
         };
@@ -1499,6 +1559,71 @@ mod tests {
         );
     }
 
+    /// Versions of one second and size recorded from local files are told apart by their
+    /// nanoseconds; one known by its second alone matches either.
+    #[test]
+    fn local_copies_are_told_apart_by_their_nanoseconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"same size").unwrap();
+        let second = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_680_000);
+        let at = |nanos| {
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(second + std::time::Duration::from_nanos(nanos))
+                .unwrap();
+            std::fs::symlink_metadata(&file).unwrap()
+        };
+        let version = Version {
+            mtime: 1_796_680_000,
+            size: 9,
+        };
+        let known = |nanos| Known {
+            version,
+            since: second,
+            nanos,
+        };
+        let rows: &[(Option<u32>, u64, bool)] = &[
+            (Some(5), 5, true),
+            (Some(5), 6, false),
+            (None, 6, true),
+            (Some(0), 0, true),
+        ];
+        for (nanos, on_disk, copy) in rows {
+            assert_eq!(
+                known(*nanos).is_local_copy(&at(*on_disk)),
+                *copy,
+                "{nanos:?} {on_disk}"
+            );
+        }
+        let mut history = vec![known(Some(1))];
+        assert!(add_known(&mut history, known(Some(2))));
+        assert!(!add_known(&mut history, known(None)));
+        assert_eq!(history.len(), 2);
+        let mut history = vec![known(None)];
+        assert!(!add_known(&mut history, known(Some(3))));
+        assert_eq!(history, vec![known(Some(3))]);
+    }
+
+    /// A version had again is the current one (the last), since when it was first had;
+    /// moved, it is recorded again (the saved file replays the order).
+    #[test]
+    fn a_version_had_again_is_the_last() {
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let known = |mtime, since| Known {
+            version: Version { mtime, size: 1 },
+            since: at(since),
+            nanos: None,
+        };
+        let mut history = vec![known(1, 10), known(2, 20)];
+        assert!(add_known(&mut history, known(1, 30)));
+        assert_eq!(history, vec![known(2, 20), known(1, 10)]);
+        assert!(!add_known(&mut history, known(1, 40)));
+        assert_eq!(history, vec![known(2, 20), known(1, 10)]);
+    }
+
     #[test]
     fn notices_round_trip_and_stop_at_garbage() {
         let entries = vec![
@@ -1646,10 +1771,12 @@ garbage\n\
         let known = |mtime, size, since| Known {
             version: Version { mtime, size },
             since: at(since),
+            nanos: None,
         };
         let dir = |since| Known {
             version: Version::DIRECTORY,
             since: at(since),
+            nanos: None,
         };
         // (peer's mtime, size; what this host had and since when; kept)
         let rows: Vec<((i64, u64), Vec<Known>, bool)> = vec![
@@ -1753,6 +1880,7 @@ garbage\n\
         let arrived = Known {
             version: Version { mtime: 5, size: 5 },
             since: at(12),
+            nanos: None,
         };
         let oldest_change = at(11);
         let removal = versions_with_removal(b"z/.dot", at(13));
@@ -1795,6 +1923,7 @@ garbage\n\
         let known = |mtime, size| Known {
             version: Version { mtime, size },
             since: at,
+            nanos: None,
         };
         // (peer's copy, this host's history with its current version last, stale)
         let rows: Vec<((i64, u64), Vec<Known>, bool)> = vec![

@@ -1905,6 +1905,141 @@ fn a_directory_made_again_as_the_peers_full_sync_pushes_the_old_one_stays_on_bot
     }
 }
 
+/// A directory the peer deleted here just before a kill -9 (this host never recorded the
+/// deletion) is not deleted on the peer again by the recovery's full sync: the peer's user
+/// made it anew meanwhile, and every directory reads alike. The soft-delete directory
+/// tells: the peer's run moved what was in it there after this host last had it (seed
+/// 50: the new empty directory was removed on both). B's sersyncd is stopped (SIGSTOP)
+/// while A's deletion reaches B, then killed, and B's rsync daemon is down while A's user
+/// makes the directory again, so that only B's full sync meets it.
+#[test]
+fn a_directory_the_peer_deleted_just_before_a_kill_9_is_not_deleted_there_again() {
+    use nix::sys::signal::Signal;
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    let a = hosts.sersyncd_a(&[]);
+    let mut b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "d/f", "first\n");
+    write(hosts.root_a(), "kept/f", "first\n");
+    hosts.converged(Duration::from_secs(30));
+    b.signal(Signal::SIGSTOP);
+    std::fs::remove_dir_all(hosts.root_a().join("d")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hosts.root_b().join("d").exists() {
+        assert!(Instant::now() < deadline, "A's deletion never reached B");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    hosts.b.stop();
+    std::fs::create_dir(hosts.root_a().join("d")).unwrap();
+    b.kill9();
+    b.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.b.start();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            root.join("d").is_dir(),
+            "d/ is gone from {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+        assert!(!root.join("d/f").exists(), "d/f came back in {root:?}");
+    }
+}
+
+/// A file the peer's user renames over a path this host's user renamed away moments
+/// before stays on both, though it has the same size and second as the file that was
+/// there: the nanoseconds tell it from that one coming back (seed 2 of the two-way
+/// rounds: taken for it, it went into the trash on both sides). Both files are made
+/// outside the roots with their times set, and renamed in.
+#[test]
+fn a_file_renamed_over_a_path_just_renamed_away_is_not_taken_for_the_old_one() {
+    let Some(hosts) = Hosts::new() else { return };
+    let a = hosts.sersyncd_a(&[]);
+    let b = hosts.sersyncd_b(&[]);
+    // A second after both started (older versions are judged by time: sersyncd may have
+    // had them before its start).
+    std::thread::sleep(Duration::from_millis(1200));
+    let second = std::time::UNIX_EPOCH
+        + Duration::from_secs(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        );
+    let place = |root: &Path, name: &str, contents: &str, nanos: u64| {
+        let aside = root.parent().unwrap().join(format!("{name}.aside"));
+        std::fs::write(&aside, contents).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&aside)
+            .unwrap()
+            .set_modified(second + Duration::from_nanos(nanos))
+            .unwrap();
+        std::fs::rename(&aside, root.join(name)).unwrap();
+    };
+    place(hosts.root_a(), "p", "A's\n", 100_000_000);
+    place(hosts.root_b(), "q", "B's\n", 700_000_000);
+    hosts.converged(Duration::from_secs(30));
+    // The removal after both versions' second.
+    while std::time::SystemTime::now() < second + Duration::from_millis(1100) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::rename(hosts.root_a().join("p"), hosts.root_a().join("r")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    std::fs::rename(hosts.root_b().join("q"), hosts.root_b().join("p")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            root.join("p").exists(),
+            "p is gone from {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+        assert_eq!(read(&root.join("p")), "B's\n");
+        assert_eq!(read(&root.join("r")), "A's\n");
+        assert!(!root.join("q").exists());
+    }
+}
+
+/// A file renamed away and, after a newer one was written at its path, renamed back over
+/// that one is the file at the path on both, though it is older: the version this host
+/// had again is its current one (seed 5 of the two-way rounds: the newer one, which the
+/// history still took for current, was pulled back over it).
+#[test]
+fn an_older_file_renamed_back_over_a_newer_one_wins_on_both() {
+    let Some(hosts) = Hosts::new() else { return };
+    let a = hosts.sersyncd_a(&[]);
+    let b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "f", "the first\n");
+    hosts.converged(Duration::from_secs(30));
+    std::fs::rename(hosts.root_a().join("f"), hosts.root_a().join("g")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    // A second later: newer.
+    std::thread::sleep(Duration::from_millis(1100));
+    write(hosts.root_a(), "f", "the second\n");
+    hosts.converged(Duration::from_secs(30));
+    std::fs::rename(hosts.root_a().join("g"), hosts.root_a().join("f")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert_eq!(
+            read(&root.join("f")),
+            "the first\n",
+            "in {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+        assert!(!root.join("g").exists());
+    }
+}
+
 /// A symlink this host's user renames away and straight back stays: it is not a stale copy
 /// that the peer's full sync pushed back over the user's removal (seed 28: taken for one,
 /// it went into the trash, and its removal to the peer).
