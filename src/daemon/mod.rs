@@ -319,6 +319,9 @@ struct Daemon {
     /// Two-way mode: files this host's users changed in the last seconds (see
     /// `keep_own_write_over_an_older_arrival`: only such a version can cross the peer's).
     written_here: std::collections::HashMap<(RootId, crate::relpath::RelPath), Instant>,
+    /// Two-way mode: the paths whose version `keep_own_write_over_an_older_arrival` put
+    /// back in the last minute (once a minute at most).
+    put_back: std::collections::HashMap<(RootId, crate::relpath::RelPath), Instant>,
     cli: Cli,
     config: Config,
     instance: String,
@@ -618,6 +621,7 @@ impl Daemon {
             returned_dirs: Vec::new(),
             dirs_undone: Vec::new(),
             written_here: std::collections::HashMap::new(),
+            put_back: std::collections::HashMap::new(),
             queue: {
                 let mut queue =
                     Queue::new(&queue_layout(&lanes), DEFAULT_MAX_BATCH, Instant::now());
@@ -2974,6 +2978,16 @@ impl Daemon {
     fn keep_own_write_over_an_older_arrival(&mut self, root: RootId, path: &[u8]) -> bool {
         use std::os::unix::fs::MetadataExt;
         const JUST_NOW: Duration = Duration::from_secs(5);
+        /// A path's version is put back at most once a minute: the put-back is this
+        /// host's change (sent, and counted as written here), and two hosts that each
+        /// judge the other's version older would otherwise put theirs back for ever (seed
+        /// 6 of the two-way rounds: 64 times on each side in 60 s). The second time, the
+        /// arrival stays, and the two sides end alike.
+        const ONCE_IN: Duration = Duration::from_secs(60);
+        self.put_back.retain(|_, at| at.elapsed() < ONCE_IN);
+        if self.put_back.contains_key(&(root, path.to_vec())) {
+            return false;
+        }
         // Only a version this host's user wrote moments ago can have crossed: one that
         // came from the peer and was replaced by a file the peer renamed over it is the
         // peer's to replace, whatever the nanoseconds.
@@ -3038,6 +3052,7 @@ impl Daemon {
             );
             return false;
         }
+        self.put_back.insert((root, path.to_vec()), Instant::now());
         tracing::info!(
             sersync_path = %String::from_utf8_lossy(path),
             crossed,
@@ -3158,12 +3173,26 @@ impl Daemon {
         if self.returned_dirs.is_empty() {
             return;
         }
-        self.returned_dirs.retain(|dir| {
-            let at_or_above = dir.root == root
-                && (dir.path == path
-                    || crate::relpath::ancestors(path).any(|ancestor| ancestor == dir.path));
-            !at_or_above || (by_peer && dir.made_by_push.is_none())
-        });
+        let (kept, still): (Vec<ReturnedDir>, Vec<ReturnedDir>) =
+            std::mem::take(&mut self.returned_dirs)
+                .into_iter()
+                .partition(|dir| {
+                    let at_or_above = dir.root == root
+                        && (dir.path == path
+                            || crate::relpath::ancestors(path)
+                                .any(|ancestor| ancestor == dir.path));
+                    at_or_above && !(by_peer && dir.made_by_push.is_none())
+                });
+        self.returned_dirs = still;
+        // Kept by this host's user's change in it, it is theirs: sent, as the removal
+        // queued before it may have reached the peer already (seed 11: a file written and
+        // removed in a directory the peer's full sync brought back kept it here, and the
+        // peer, where the removal went on, never had it again).
+        if !by_peer {
+            for dir in kept {
+                self.keep_as_own_directory(dir, "its user changed something in it");
+            }
+        }
     }
 
     /// Whether `path` is below a directory the peer's full sync brought back moments ago
@@ -3358,7 +3387,13 @@ impl Daemon {
     /// host's user just wrote) is one this host had.
     fn record_version_here(&self, root: RootId, path: &[u8]) {
         if let Some((tree, versions, _)) = self.two_way_parts(root) {
-            versions.record_from_disk(tree, path);
+            // A directory this host's user makes (or changes) is a new one for the
+            // peer's sake a while (`Versions::made_here`): every directory reads alike.
+            if versions.record_from_disk(tree, path)
+                == Some(crate::sync::two_way::Version::DIRECTORY)
+            {
+                versions.made_here(path);
+            }
         }
     }
 

@@ -872,13 +872,16 @@ impl plan::Edge for JobEdge<'_> {
                 now,
             )
         });
+        // Not recorded as lacked by the peer: if this host's user removed it after all
+        // (while sersyncd was stopped, just after the peer's run moved something out of
+        // it), the peer has it, and the pull brings it back (seed 12: recorded so, it was
+        // left out of the pull, and the two sides differed).
         for path in &by_peer {
             tracing::info!(
                 sersync_path = %String::from_utf8_lossy(path),
                 "two-way: a directory gone here went into the soft-delete directory after \
-                 this host last had it: the peer's deletion, not deleted there again"
+                 this host last had it: taken for the peer's deletion, not deleted there"
             );
-            versions.record_peer_lacks(path);
         }
         gone
     }

@@ -341,7 +341,16 @@ pub struct Versions {
     /// The bound made `known` or `removed` start over: appending is not enough, the saved
     /// file must be rewritten whole.
     start_over: std::sync::atomic::AtomicBool,
+    /// Directories made here anew, and when ([`Versions::made_here`]): for a minute not
+    /// had, though recorded (every directory reads alike, so the history cannot tell a
+    /// new one from one the peer removed). Not saved.
+    anew: std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::time::Instant>>,
 }
+
+/// How long a directory made again after the peer lacked it is not had (see
+/// `Versions::anew`): the peer takes back a directory pushed again only within a minute
+/// of its own removal (`Daemon::note_returned_directory`).
+const ANEW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A version, and when this host first had it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,6 +395,7 @@ impl Default for Versions {
             peer_lacks: std::sync::Mutex::default(),
             journal: std::sync::Mutex::default(),
             start_over: std::sync::atomic::AtomicBool::new(false),
+            anew: std::sync::Mutex::default(),
         }
     }
 }
@@ -732,12 +742,34 @@ impl Versions {
             .collect()
     }
 
+    /// A directory at `path` was made here anew (this host's user made or changed it; not
+    /// one the peer's run made, which is the peer's, whatever came before): for a minute
+    /// it is not had
+    /// ([`Versions::had`]). Seed 5 of the two-way rounds: a full sync asked for just
+    /// after this host's user made a directory pushed it as one this host had, and the
+    /// peer, whose user had removed one there moments before, removed the new one.
+    pub fn made_here(&self, path: &[u8]) {
+        let mut anew = self.anew.lock().unwrap_or_else(|e| e.into_inner());
+        anew.retain(|_, at| at.elapsed() < ANEW);
+        anew.insert(path.to_vec(), std::time::Instant::now());
+    }
+
     /// Whether this host has had a version of `path` and the peer has not lacked it (or
     /// an ancestor) since (see `peer_lacks`): what is at `path` here now, if a directory,
     /// may be that one; otherwise it was made here since, or is one this host never had.
     /// (What the peer's runs made here while sersyncd was stopped is had once their
-    /// notices are read at the start, `prepare_incoming`.)
+    /// notices are read at the start, `prepare_incoming`.) A directory made here anew in
+    /// the last minute is not ([`Versions::made_here`]).
     pub fn had(&self, path: &[u8]) -> bool {
+        if self
+            .anew
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .is_some_and(|at| at.elapsed() < ANEW)
+        {
+            return false;
+        }
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let lacks = self.peer_lacks.lock().unwrap_or_else(|e| e.into_inner());
         known
@@ -1493,6 +1525,9 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         versions.record(b"d", Version::DIRECTORY);
         assert!(versions.had(b"d"), "had again");
+        // One this host's user makes is a new one for a minute.
+        versions.made_here(b"d");
+        assert!(!versions.had(b"d"), "made here anew");
     }
 
     #[test]
