@@ -2052,6 +2052,12 @@ impl Daemon {
                         && self.config.rsync.two_way
                     {
                         self.note_written_here(change.root, &change.path);
+                        // Made or changed here by the user: here again, and a directory
+                        // is a new one (not for what is found in a new directory, which
+                        // the peer's run may have made).
+                        if action == Action::Sync {
+                            self.note_made_here(change.root, &change.path);
+                        }
                         self.keep_returned_directories_of(change.root, &change.path, false);
                     } else if let Action::Remove { dir } = action {
                         // A file unlinked here is this host's: the peer's runs rename.
@@ -3387,10 +3393,18 @@ impl Daemon {
     /// host's user just wrote) is one this host had.
     fn record_version_here(&self, root: RootId, path: &[u8]) {
         if let Some((tree, versions, _)) = self.two_way_parts(root) {
-            // A directory this host's user makes (or changes) is a new one for the
-            // peer's sake a while (`Versions::made_here`): every directory reads alike.
-            if versions.record_from_disk(tree, path)
-                == Some(crate::sync::two_way::Version::DIRECTORY)
+            versions.record_from_disk(tree, path);
+        }
+    }
+
+    /// Two-way mode: this host's user made or changed `path`; a directory is a new one
+    /// for the peer's sake a while (`Versions::made_here`): every directory reads alike.
+    /// (Not `Versions::here_again`: a full sync's pull that makes a directory over a
+    /// removal is seen the same way, and is taken back by that removal.)
+    fn note_made_here(&self, root: RootId, path: &[u8]) {
+        if let Some((tree, versions, _)) = self.two_way_parts(root) {
+            if std::fs::symlink_metadata(crate::relpath::absolute(tree, path))
+                .is_ok_and(|meta| meta.is_dir())
             {
                 versions.made_here(path);
             }

@@ -939,6 +939,9 @@ impl plan::Edge for JobEdge<'_> {
             }
             let had = versions.had(&path);
             let recorded = versions.record_from_disk(&self.ctx.root, &path);
+            if recorded.is_some() {
+                versions.here_again(&path);
+            }
             if !had && recorded == Some(super::two_way::Version::DIRECTORY) {
                 new_here.push(path);
             }

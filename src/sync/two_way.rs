@@ -742,6 +742,20 @@ impl Versions {
             .collect()
     }
 
+    /// `path` is here again, as a full sync found it before its push: what this host saw
+    /// removed there before is over (seed 14 of the two-way rounds: a directory removed,
+    /// then made again while sersyncd was stopped, was left out of the full sync's pull
+    /// as removed a moment ago, and the two sides differed; every version of a directory
+    /// is the same, so the history alone cannot tell). Not for changes seen live: a full
+    /// sync's pull that makes a directory over a removal looks like one, and is taken back
+    /// by that removal. Not saved.
+    pub fn here_again(&self, path: &[u8]) {
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
+    }
+
     /// A directory at `path` was made here anew (this host's user made or changed it; not
     /// one the peer's run made, which is the peer's, whatever came before): for a minute
     /// it is not had
@@ -1640,6 +1654,21 @@ mod tests {
         let mut history = vec![known(None)];
         assert!(!add_known(&mut history, known(Some(3))));
         assert_eq!(history, vec![known(Some(3))]);
+    }
+
+    /// A path here again is no longer removed; a record alone (an arrival) does not say so.
+    #[test]
+    fn a_path_here_again_is_no_longer_removed() {
+        let now = std::time::SystemTime::now();
+        let minute = std::time::Duration::from_secs(60);
+        let versions = Versions::default();
+        versions.record(b"d", Version::DIRECTORY);
+        versions.record_removal(b"d", false);
+        versions.record(b"d", Version::DIRECTORY);
+        assert_eq!(versions.removed_since(now - minute), vec![b"d".to_vec()]);
+        versions.here_again(b"d");
+        assert!(versions.removed_since(now - minute).is_empty());
+        assert!(versions.removal(b"d").is_none());
     }
 
     /// A version had again is the current one (the last), since when it was first had;
