@@ -337,11 +337,13 @@ fn replicas_equal_the_source_at_every_quiescent_point() {
     run_seeds(seeds, rounds, soak);
 }
 
-/// The two-way seeds CI runs (see `two_way.rs`): the ones that passed in every run on the
-/// final code of the session that added them (others still fail now and then: README,
-/// two-way open defects), and seed 20, which found two defects on 2026-12-07 (a directory
-/// made while stopped, removed by the peer). `SERSYNC_SIM_TWO_WAY_SEEDS=A-B` runs others.
-const TWO_WAY_CI_SEEDS: &[u64] = &[3, 8, 20];
+/// The two-way seeds CI runs (see `two_way.rs`): since the rounds ask for full syncs too
+/// (2026-12-07, eighth session), every seed draws differently from before; these three
+/// each found a defect that session (2: same second and size, 5: a version had again and
+/// a new directory pushed as old, 6: put-backs for ever) and passed in the last two
+/// rounds on its final code. Others still fail now and then (README, two-way open
+/// defects). `SERSYNC_SIM_TWO_WAY_SEEDS=A-B` runs others.
+const TWO_WAY_CI_SEEDS: &[u64] = &[2, 5, 6];
 
 #[test]
 fn two_way_roots_are_equal_and_keep_every_uncontested_change_after_every_round() {
