@@ -758,8 +758,7 @@ impl Versions {
 
     /// A directory at `path` was made here anew (this host's user made or changed it; not
     /// one the peer's run made, which is the peer's, whatever came before): for a minute
-    /// it is not had
-    /// ([`Versions::had`]). Seed 5 of the two-way rounds: a full sync asked for just
+    /// it is not had ([`Versions::had`]). Seed 5 of the two-way rounds: a full sync asked for just
     /// after this host's user made a directory pushed it as one this host had, and the
     /// peer, whose user had removed one there moments before, removed the new one.
     pub fn made_here(&self, path: &[u8]) {
