@@ -2138,6 +2138,13 @@ impl Daemon {
                     self.note_resent_outcome(root, &path, made);
                 }
             }
+            WatchEvent::PeerRemoves { root, paths } => {
+                if let Some((_, versions, _)) = self.two_way_parts(root) {
+                    for path in &paths {
+                        versions.record_peer_lacks(path);
+                    }
+                }
+            }
             WatchEvent::Overflow { root } | WatchEvent::Rescan { root } => self.on_overflow(root),
             WatchEvent::Drained { root } => {
                 if self.checkpoints.drained(root, self.queue.clock().seq) {
@@ -2782,7 +2789,8 @@ impl Daemon {
     /// Two-way mode: the directories that notices left while this host was not watching
     /// announced, and that are here, are the peer's runs': versions this host has had.
     /// Unrecorded, its next full sync would take them for its user's new ones, and a
-    /// removal the peer's user made meanwhile would not be undone (seed 30).
+    /// removal the peer's user made meanwhile would not be undone (seed 30). Those they
+    /// announced removed, the peer lacks (see `WatchEvent::PeerRemoves`).
     fn record_left_notices(
         &self,
         root: RootId,
@@ -2793,7 +2801,9 @@ impl Daemon {
             return;
         };
         for (path, made) in announced {
-            if matches!(
+            if *made == Announced::Removed {
+                versions.record_peer_lacks(path);
+            } else if matches!(
                 made,
                 Announced::Directory { .. } | Announced::ResentDirectory { .. }
             ) && std::fs::symlink_metadata(crate::relpath::absolute(tree, path))

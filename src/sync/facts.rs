@@ -151,50 +151,6 @@ pub(super) fn gone(root: &Path, paths: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     )
 }
 
-/// Two-way mode: whether `path`, a directory this host had (`history`) and gone here,
-/// went because the peer's run deleted it, though this host never recorded that (a kill -9
-/// came first, seed 50): the peer's run moved what was in it into the soft-delete
-/// directory (`soft_dir`), whose copy of the directory (rsync's `--backup` makes it when
-/// it moves the first file) changed after this host last recorded having the directory,
-/// and after this host's own last removal of it (`removed_at`). A full sync deleting it
-/// on the peer again would remove what the peer's user made there since: every
-/// directory reads alike. If this host's user removed it after all (while sersyncd was
-/// stopped, just after the peer's run moved something out of it), it comes back:
-/// resurrection, the safe failure.
-pub(super) fn removed_by_peer_unrecorded(
-    root: &Path,
-    soft_dir: &str,
-    path: &[u8],
-    history: &[super::two_way::Known],
-    removed_at: Option<std::time::SystemTime>,
-    now: std::time::SystemTime,
-) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Some(last) = history.last() else {
-        return false;
-    };
-    if last.version != super::two_way::Version::DIRECTORY {
-        return false;
-    }
-    let day = std::time::Duration::from_secs(86_400);
-    [now, now - day].iter().any(|when| {
-        let mut kept = soft_dir.as_bytes().to_vec();
-        kept.push(b'/');
-        kept.extend(super::argv::utc_date(*when).as_bytes());
-        let trash = crate::relpath::absolute(root, &crate::relpath::join(&kept, path));
-        std::fs::symlink_metadata(trash).is_ok_and(|meta| {
-            let changed = std::time::UNIX_EPOCH
-                + std::time::Duration::new(
-                    u64::try_from(meta.ctime()).unwrap_or(0),
-                    u32::try_from(meta.ctime_nsec()).unwrap_or(0),
-                );
-            meta.is_dir()
-                && changed > last.since
-                && removed_at.is_none_or(|removed| removed < changed)
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,64 +183,6 @@ mod tests {
             );
         }
         std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    /// A directory gone here is the peer's deletion when the soft-delete directory's copy
-    /// of it changed after this host last had it, and after its own removal of it.
-    #[test]
-    fn a_directory_moved_into_the_trash_since_it_was_had_was_removed_by_the_peer() {
-        use super::super::two_way::{Known, Version};
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        let now = std::time::SystemTime::now();
-        let day = super::super::argv::utc_date(now);
-        std::fs::create_dir_all(root.join(format!(".trash/{day}/gone/sub"))).unwrap();
-        std::fs::write(root.join(format!(".trash/{day}/file")), b"").unwrap();
-        let hour = std::time::Duration::from_secs(3600);
-        let had = |version, since| {
-            vec![Known {
-                version,
-                since,
-                nanos: None,
-            }]
-        };
-        let file = Version { mtime: 1, size: 1 };
-        let rows: &[(&str, Vec<Known>, Option<std::time::SystemTime>, bool)] = &[
-            ("gone", had(Version::DIRECTORY, now - hour), None, true),
-            ("gone/sub", had(Version::DIRECTORY, now - hour), None, true),
-            // Had again after the peer's run moved it there.
-            ("gone", had(Version::DIRECTORY, now + hour), None, false),
-            // Removed here after that.
-            (
-                "gone",
-                had(Version::DIRECTORY, now - hour),
-                Some(now + hour),
-                false,
-            ),
-            (
-                "gone",
-                had(Version::DIRECTORY, now - hour),
-                Some(now - hour),
-                true,
-            ),
-            ("gone", Vec::new(), None, false),
-            ("file", had(file, now - hour), None, false),
-            ("other", had(Version::DIRECTORY, now - hour), None, false),
-        ];
-        for (path, history, removed_at, by_peer) in rows {
-            assert_eq!(
-                removed_by_peer_unrecorded(
-                    root,
-                    ".trash",
-                    path.as_bytes(),
-                    history,
-                    *removed_at,
-                    now
-                ),
-                *by_peer,
-                "{path} {history:?} {removed_at:?}"
-            );
-        }
     }
 
     /// Gone: nothing there, or a file where a directory was; the top-most only.

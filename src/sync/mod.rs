@@ -382,6 +382,7 @@ impl Runner {
                                 args_budget: runner.path_args_budget,
                                 large: Vec::new(),
                                 pulled_over_removals: Vec::new(),
+                                announced: Vec::new(),
                             };
                             let run = plan.job(&job, &context);
                             large = plan.large;

@@ -242,6 +242,11 @@ pub trait Edge {
     fn announce_here(&mut self, entries: &[(Vec<u8>, Announced)]) {
         let _ = entries;
     }
+    /// Two-way mode: a send run delivered `paths` whole (see
+    /// [`super::two_way::Versions::delivered`]).
+    fn record_delivered(&mut self, paths: &[&[u8]]) {
+        let _ = paths;
+    }
 }
 
 /// What a batch deletes, sends and syncs recursively, from what is at its paths now.
@@ -337,11 +342,46 @@ pub struct Plan<'e, E: Edge> {
     /// took them for its user's: kept, they would be sent back, and the user's removal
     /// undone on both sides. The daemon takes them back ([`super::Outcome`]).
     pub pulled_over_removals: Vec<Vec<u8>>,
+    /// Two-way mode: the paths this job's notices announced to the peer's watcher, told
+    /// at the job's end that its runs are over ([`Announced::Ended`]).
+    pub announced: Vec<Vec<u8>>,
 }
 
 impl<E: Edge> Plan<'_, E> {
     /// Runs `job` for `ctx` and returns what it amounts to.
     pub fn job(&mut self, job: &Job, ctx: &JobContext) -> Run {
+        let run = self.runs_of(job, ctx);
+        self.end_announcements(&run, ctx);
+        run
+    }
+
+    /// Two-way mode, after a job whose notices announced paths to the peer: tells the
+    /// peer's watcher that the runs they were for are over, so that what it still holds
+    /// unmet ends now, not 30 s later (a directory announced and found there already, a
+    /// removal the peer's user made first). Not when the job did not reach the peer:
+    /// its watcher ends them in time, and a notice to an unreachable peer would wait out
+    /// the connection timeout. A notice that fails changes nothing in the job's outcome.
+    fn end_announcements(&mut self, run: &Run, ctx: &JobContext) {
+        let mut ended = std::mem::take(&mut self.announced);
+        if ended.is_empty() || !(run.result.is_done() || run.result == RunResult::Exited(23)) {
+            return;
+        }
+        ended.sort_unstable();
+        ended.dedup();
+        let ended: Vec<(Vec<u8>, Announced)> = ended
+            .into_iter()
+            .map(|path| (path, Announced::Ended))
+            .collect();
+        if let Some(failed) = self.announce(&ended, ctx) {
+            tracing::debug!(
+                result = ?failed.result,
+                "two-way: cannot tell the peer that the announced runs are over (its watcher \
+                 ends the announcements in 30 s)"
+            );
+        }
+    }
+
+    fn runs_of(&mut self, job: &Job, ctx: &JobContext) -> Run {
         match job {
             Job::Batch(batch) if !batch.large && ctx.large_files.is_some() => {
                 self.batch_without_large(batch, ctx)
@@ -922,6 +962,9 @@ impl<E: Edge> Plan<'_, E> {
             let spec = self.send_run(ctx, &newest);
             self.run_recording_sent(spec)
         };
+        if sent.result.is_done() {
+            self.edge.record_delivered(&newest);
+        }
         if !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;
         }
@@ -989,7 +1032,21 @@ impl<E: Edge> Plan<'_, E> {
             },
             capture_stdout: Capture::Tail,
         });
-        (!noticed.result.is_done()).then_some(noticed)
+        if !noticed.result.is_done() {
+            return Some(noticed);
+        }
+        self.announced.extend(
+            entries
+                .iter()
+                .filter(|(_, announced)| {
+                    !matches!(
+                        announced,
+                        Announced::ResentOutcome { .. } | Announced::Ended
+                    )
+                })
+                .map(|(path, _)| path.clone()),
+        );
+        None
     }
 
     /// The send run of `paths` (listed), from the root.

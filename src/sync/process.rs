@@ -857,33 +857,10 @@ impl plan::Edge for JobEdge<'_> {
         let Some(versions) = self.ctx.versions.as_deref() else {
             return Vec::new();
         };
-        let gone = facts::gone(&self.ctx.root, versions.paths());
-        let Some(soft) = self.ctx.transport.options.soft_delete.as_ref() else {
-            return gone;
-        };
-        let now = std::time::SystemTime::now();
-        let (by_peer, gone): (Vec<Vec<u8>>, Vec<Vec<u8>>) = gone.into_iter().partition(|path| {
-            facts::removed_by_peer_unrecorded(
-                &self.ctx.root,
-                &soft.dir,
-                path,
-                &versions.history(path),
-                versions.removed_at(path),
-                now,
-            )
-        });
-        // Not recorded as lacked by the peer: if this host's user removed it after all
-        // (while sersyncd was stopped, just after the peer's run moved something out of
-        // it), the peer has it, and the pull brings it back (seed 12: recorded so, it was
-        // left out of the pull, and the two sides differed).
-        for path in &by_peer {
-            tracing::info!(
-                sersync_path = %String::from_utf8_lossy(path),
-                "two-way: a directory gone here went into the soft-delete directory after \
-                 this host last had it: taken for the peer's deletion, not deleted there"
-            );
-        }
-        gone
+        // What the peer deleted here is not among them, recorded or not: the peer
+        // lacks it since its notice announced the removal (`Versions::paths`), read
+        // before its run's events, or left behind for the start (`prepare_incoming`).
+        facts::gone(&self.ctx.root, versions.paths())
     }
 
     fn announce_here(&mut self, entries: &[(Vec<u8>, super::two_way::Announced)]) {
@@ -920,6 +897,14 @@ impl plan::Edge for JobEdge<'_> {
         if let Some(versions) = self.ctx.versions.as_deref() {
             for (path, version) in sent {
                 versions.record_since(path, *version, since);
+            }
+        }
+    }
+
+    fn record_delivered(&mut self, paths: &[&[u8]]) {
+        if let Some(versions) = self.ctx.versions.as_deref() {
+            for path in paths {
+                versions.delivered(path);
             }
         }
     }

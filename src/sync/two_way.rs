@@ -166,6 +166,13 @@ pub enum Announced {
     /// and the push looks just alike (seed 1 of the two-way rounds), and the push tells
     /// them apart by what it itemized. Told after the push, never met by a change.
     ResentOutcome { made: bool },
+    /// After the run a notice was for: what it made or removed is done, so an
+    /// announcement of this path not met by now never will be (the run's events were
+    /// queued before this notice's). Left for up to 30 s, it would pass this host's user's
+    /// next change of the path for the peer's (seed 9 of the two-way rounds: a directory
+    /// the user renamed away and made again, taken for the directory a full sync of the
+    /// peer's had announced and found there). Told after the run, never met by a change.
+    Ended,
 }
 
 impl Announced {
@@ -200,14 +207,33 @@ impl Announced {
     pub fn is_met_by(&self, now: Option<&Announced>) -> bool {
         match (self, now) {
             (Announced::Removed, None) => true,
-            (Announced::Removed, Some(_)) | (_, None) | (Announced::ResentOutcome { .. }, _) => {
-                false
-            }
+            (Announced::Removed, Some(_))
+            | (_, None)
+            | (Announced::ResentOutcome { .. } | Announced::Ended, _) => false,
             (
                 Announced::Directory { .. } | Announced::ResentDirectory { .. },
                 Some(Announced::Directory { .. }),
             ) => true,
             (announced, Some(now)) => announced == now,
+        }
+    }
+    /// Whether a change seen here, with `now` at its path, is the one announced: as
+    /// [`Announced::is_met_by`], and only a directory's removal (`removes_directory`)
+    /// meets a removal's announcement (a file's removal is never the peer's by
+    /// announcement: its runs move files into the soft-delete directory), while a
+    /// directory's removal never meets the announcement of a directory. The peer's run
+    /// makes a directory where a file or symlink was, never where a directory was: a
+    /// directory removed here while a directory stands at the path again was renamed
+    /// away or removed by this host's user, who made the new one (seed 9 of the two-way
+    /// rounds: both were taken for the peer's, and the old directory's contents stayed on
+    /// the peer for good).
+    pub fn is_met_by_change(&self, now: Option<&Announced>, removes_directory: bool) -> bool {
+        match self {
+            Announced::Removed => removes_directory && self.is_met_by(now),
+            Announced::Directory { .. } | Announced::ResentDirectory { .. } => {
+                !removes_directory && self.is_met_by(now)
+            }
+            _ => self.is_met_by(now),
         }
     }
 }
@@ -229,7 +255,8 @@ pub fn notice_name() -> String {
 /// A notice's bytes: one record per entry, each `KIND PATH` and NUL, where KIND is `d`
 /// and the octal mode and a space (a directory; `D` for one a full sync pushes again), `l`
 /// (a symlink: its target follows as a record of its own), `s` (a special file), `r`
-/// (removed), or `m` and `n` (a directory pushed again was made, or not, by the push).
+/// (removed), `m` and `n` (a directory pushed again was made, or not, by the push), or `e`
+/// (the run is over: [`Announced::Ended`]).
 /// Paths are relative to the root, raw bytes (NUL cannot be in a path).
 pub fn encode_notice(entries: &[(Vec<u8>, Announced)]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -241,6 +268,7 @@ pub fn encode_notice(entries: &[(Vec<u8>, Announced)]) -> Vec<u8> {
             Announced::Special => out.push(b's'),
             Announced::Removed => out.push(b'r'),
             Announced::ResentOutcome { made } => out.push(if *made { b'm' } else { b'n' }),
+            Announced::Ended => out.push(b'e'),
         }
         out.extend_from_slice(path);
         out.push(0);
@@ -293,6 +321,7 @@ pub fn decode_notice(bytes: &[u8]) -> Vec<(Vec<u8>, Announced)> {
             b's' => (rest, Announced::Special),
             b'r' => (rest, Announced::Removed),
             b'm' | b'n' => (rest, Announced::ResentOutcome { made: kind == b'm' }),
+            b'e' => (rest, Announced::Ended),
             _ => break,
         };
         if path.is_empty() || path.starts_with(b"/") {
@@ -446,6 +475,15 @@ fn encode_peer_lacks(path: &[u8], at: std::time::SystemTime, out: &mut Vec<u8>) 
     out.extend_from_slice(path);
     out.push(0);
     encode_time(at, out);
+}
+
+/// A record that ends the removal of `path` ([`Versions::here_again`]). Only appended,
+/// never in a file written whole (which leaves the removal out): a sersyncd from before
+/// it stops reading the appended records there, and starts with what came before.
+fn encode_here_again(path: &[u8], out: &mut Vec<u8>) {
+    out.push(b'H');
+    out.extend_from_slice(path);
+    out.push(0);
 }
 
 /// Adds `known` to a path's history unless that version is there already (a version
@@ -635,6 +673,9 @@ impl Versions {
                         };
                         removed.insert(path.to_vec(), (at, unlinked));
                     }
+                    b'H' => {
+                        removed.remove(path);
+                    }
                     b'P' => {
                         lacks.insert(path.to_vec(), decode_time(fields.next()?)?);
                     }
@@ -748,12 +789,19 @@ impl Versions {
     /// as removed a moment ago, and the two sides differed; every version of a directory
     /// is the same, so the history alone cannot tell). Not for changes seen live: a full
     /// sync's pull that makes a directory over a removal looks like one, and is taken back
-    /// by that removal. Not saved.
+    /// by that removal. Journaled: forgotten by a kill -9 after the full sync, the removal
+    /// came back with the saved file, and the next full sync's pull left the directory
+    /// out again (seed 12 of the two-way rounds).
     pub fn here_again(&self, path: &[u8]) {
-        self.removed
+        let removed = self
+            .removed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(path);
+        if removed.is_some() {
+            let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+            encode_here_again(path, &mut journal);
+        }
     }
 
     /// A directory at `path` was made here anew (this host's user made or changed it; not
@@ -765,6 +813,18 @@ impl Versions {
         let mut anew = self.anew.lock().unwrap_or_else(|e| e.into_inner());
         anew.retain(|_, at| at.elapsed() < ANEW);
         anew.insert(path.to_vec(), std::time::Instant::now());
+    }
+
+    /// A send delivered `path` to the peer: a directory made here anew is had from now
+    /// on, as any the peer has from this host. Left new for its minute, a full sync would
+    /// push it as new after the peer's user removed it, and the peer would keep it: a
+    /// removal undone (seed 20 of the two-way rounds, the peer's full sync 10 s after
+    /// its user made the directory).
+    pub fn delivered(&self, path: &[u8]) {
+        let mut anew = self.anew.lock().unwrap_or_else(|e| e.into_inner());
+        if !anew.is_empty() {
+            anew.remove(path);
+        }
     }
 
     /// Whether this host has had a version of `path` and the peer has not lacked it (or
@@ -1541,6 +1601,11 @@ mod tests {
         // One this host's user makes is a new one for a minute.
         versions.made_here(b"d");
         assert!(!versions.had(b"d"), "made here anew");
+        // Until a send delivers it (seed 20).
+        versions.delivered(b"e");
+        assert!(!versions.had(b"d"), "another path delivered");
+        versions.delivered(b"d");
+        assert!(versions.had(b"d"), "delivered: the peer has it from here");
     }
 
     #[test]
@@ -1665,9 +1730,19 @@ mod tests {
         versions.record_removal(b"d", false);
         versions.record(b"d", Version::DIRECTORY);
         assert_eq!(versions.removed_since(now - minute), vec![b"d".to_vec()]);
+        let mut saved = versions.encode();
+        versions.take_journal();
         versions.here_again(b"d");
         assert!(versions.removed_since(now - minute).is_empty());
         assert!(versions.removal(b"d").is_none());
+        // Journaled: a restart does not bring the removal back.
+        saved.extend(versions.take_journal());
+        let restarted = Versions::decode(&saved).unwrap();
+        assert!(restarted.removal(b"d").is_none());
+        assert!(restarted.had(b"d"));
+        // Nothing to end, nothing journaled.
+        versions.here_again(b"d");
+        assert!(versions.take_journal().is_empty());
     }
 
     /// A version had again is the current one (the last), since when it was first had;
@@ -1705,6 +1780,7 @@ mod tests {
             (b"-dash/ q'uote".to_vec(), Announced::Removed),
             (b"again".to_vec(), Announced::ResentOutcome { made: true }),
             (b"d\nx".to_vec(), Announced::ResentOutcome { made: false }),
+            (b"over".to_vec(), Announced::Ended),
         ];
         let bytes = encode_notice(&entries);
         assert_eq!(decode_notice(&bytes), entries);
@@ -1752,9 +1828,41 @@ mod tests {
             // An outcome comes after the push: no change is the peer's by it.
             (&Announced::ResentOutcome { made: true }, Some(&dir), false),
             (&Announced::ResentOutcome { made: false }, None, false),
+            (&Announced::Ended, Some(&dir), false),
+            (&Announced::Ended, None, false),
         ];
         for (announced, now, met) in rows {
             assert_eq!(announced.is_met_by(*now), *met, "{announced:?} by {now:?}");
+        }
+    }
+
+    #[test]
+    fn a_directory_removed_here_meets_only_the_announcement_of_a_removal_or_replacement() {
+        let dir = Announced::Directory { mode: 0o755 };
+        let resent = Announced::ResentDirectory { mode: 0o755 };
+        let link = Announced::Symlink {
+            target: b"t".to_vec(),
+        };
+        // (announced, what is at the path now, the change removes a directory, met)
+        let rows: &[(&Announced, Option<&Announced>, bool, bool)] = &[
+            (&Announced::Removed, None, true, true),
+            // A file's removal is never the peer's by announcement.
+            (&Announced::Removed, None, false, false),
+            // A directory made again at once (seed 9): this host's user's.
+            (&dir, Some(&dir), true, false),
+            (&resent, Some(&dir), true, false),
+            (&dir, Some(&dir), false, true),
+            (&resent, Some(&dir), false, true),
+            // The peer's run replaced a directory here by a symlink.
+            (&link, Some(&link), true, true),
+            (&Announced::Ended, None, true, false),
+        ];
+        for (announced, now, removes_directory, met) in rows {
+            assert_eq!(
+                announced.is_met_by_change(*now, *removes_directory),
+                *met,
+                "{announced:?} by {now:?}, removes a directory: {removes_directory}"
+            );
         }
     }
 

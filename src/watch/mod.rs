@@ -110,6 +110,11 @@ pub enum WatchEvent {
         root: RootId,
         paths: Vec<(RelPath, bool)>,
     },
+    /// Two-way mode: the peer's next run removes these directories here, as its notice
+    /// announced: the peer lacks them. Reported when the notice is read, before the
+    /// run's events, so that a kill -9 between the two does not leave a removal that the
+    /// next full sync takes for this host's user's (seed 50 of the two-way rounds).
+    PeerRemoves { root: RootId, paths: Vec<RelPath> },
 }
 
 /// What to watch and how to filter.
@@ -691,10 +696,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 }
             },
         };
-        // Only directories are announced removed: a file's removal is never the peer's
-        // by announcement.
-        let met = announced.is_met_by(here.as_ref())
-            && !(matches!(announced, Announced::Removed) && action != Action::Remove { dir: true });
+        let met = announced.is_met_by_change(here.as_ref(), action == Action::Remove { dir: true });
         if met {
             // Kept a moment for the events that follow (rsync setting the times and mode
             // of what it made), not longer: what the peer has may change.
@@ -733,15 +735,30 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 self.announced.retain(|_, (_, until)| *until > now);
                 let until = now + ANNOUNCED_FOR;
                 let mut outcome = Vec::new();
+                let mut removes = Vec::new();
                 for (path, announced) in crate::sync::two_way::decode_notice(&bytes) {
                     match announced {
                         crate::sync::two_way::Announced::ResentOutcome { made } => {
+                            self.end_announcement(&path, now);
                             outcome.push((path, made));
                         }
+                        crate::sync::two_way::Announced::Ended => {
+                            self.end_announcement(&path, now);
+                        }
                         announced => {
+                            if announced == crate::sync::two_way::Announced::Removed {
+                                removes.push(path.clone());
+                            }
                             self.announced.insert(path, (announced, until));
                         }
                     }
+                }
+                if !removes.is_empty() {
+                    self.flush();
+                    (self.report)(WatchEvent::PeerRemoves {
+                        root,
+                        paths: removes,
+                    });
                 }
                 if !outcome.is_empty() {
                     // The push's events were read before its outcome: the daemon gets
@@ -758,6 +775,16 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 "two-way: cannot read the peer's notice: {err} (its directories and \
                  symlinks may be sent back)"
             ),
+        }
+    }
+
+    /// The peer's run announced at `path` is over ([`crate::sync::two_way::Announced::Ended`],
+    /// or a push's outcome): its events were queued before its notice's, and those still
+    /// held (a move waiting for its pair) are read within a moment; after that, a change
+    /// of the path is this host's.
+    fn end_announcement(&mut self, path: &[u8], now: Instant) {
+        if let Some((_, until)) = self.announced.get_mut(path) {
+            *until = (*until).min(now + ANNOUNCED_FOLLOW_UP);
         }
     }
 

@@ -2378,3 +2378,146 @@ fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// A directory the peer's run just made here, that this host's user renames away and
+/// makes again at once, is new and empty on both, and what the run brought is only where
+/// it went (seed 9 of the two-way rounds). The run's announcement of the directory still
+/// covers its follow-up events when the rename's first half is read: the directory there
+/// again met it, and the removal was taken for the peer's and never sent; the peer kept
+/// the old contents for good. A directory's removal never meets the announcement of a
+/// directory now. The rename goes into a directory made just before, not watched yet:
+/// its two halves are not paired.
+#[test]
+fn a_directory_the_peer_just_made_renamed_away_and_made_again_is_new_on_both() {
+    let Some(hosts) = Hosts::new() else { return };
+    let a = hosts.sersyncd_a(&[]);
+    let b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "p/old", "old\n");
+    hosts.converged(Duration::from_secs(30));
+    write(hosts.root_b(), "p/n/f", "new\n");
+    // Once A has recorded the file's arrival (moved before that, it would not be a
+    // version A had, and the removal would spare it on B: resurrection, the safe failure).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.log().contains("sersync_path=p/n/f action=Arrived") {
+        assert!(Instant::now() < deadline, "p/n/f never reached A");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::fs::create_dir(hosts.root_a().join("x")).unwrap();
+    std::fs::rename(hosts.root_a().join("p/n"), hosts.root_a().join("x/n")).unwrap();
+    std::fs::create_dir(hosts.root_a().join("p/n")).unwrap();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        let context = || format!("in {root:?}; A's log:\n{}\nB's log:\n{}", a.log(), b.log());
+        assert!(root.join("p/n").is_dir(), "p/n/ is gone {}", context());
+        assert!(
+            !root.join("p/n/f").exists(),
+            "the old p/n/ stayed {}",
+            context()
+        );
+        assert_eq!(read(&root.join("x/n/f")), "new\n", "{}", context());
+        assert_eq!(read(&root.join("p/old")), "old\n", "{}", context());
+    }
+}
+
+/// A directory this host's user renamed away while sersyncd was stopped is deleted on
+/// the peer by the restart's full sync, though the peer's run had moved a file out of it
+/// into this host's soft-delete directory since this host first had it (seeds 11 and 12
+/// of the two-way rounds: that was taken for the peer's deletion of the whole directory,
+/// it was not deleted there, and the pull brought it back). Only the peer's notice that
+/// its run removes a directory says so now.
+#[test]
+fn a_directory_renamed_away_while_stopped_is_deleted_on_the_peer_despite_its_trash_copy() {
+    let Some(hosts) = Hosts::new() else { return };
+    let a = hosts.sersyncd_a(&[]);
+    let mut b = hosts.sersyncd_b(&[]);
+    write(hosts.root_a(), "d/a", "a\n");
+    write(hosts.root_a(), "d/b", "b\n");
+    hosts.converged(Duration::from_secs(30));
+    std::fs::remove_file(hosts.root_a().join("d/a")).unwrap();
+    hosts.converged(Duration::from_secs(30));
+    assert!(
+        !find_named(&hosts.root_b().join(TRASH), "a").is_empty(),
+        "A's deletion of d/a left nothing in B's soft-delete directory"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    b.terminate();
+    std::fs::rename(hosts.root_b().join("d"), hosts.root_b().join("e")).unwrap();
+    b.restart_with(&["-r"]);
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            !root.join("d").exists(),
+            "d/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+        assert_eq!(read(&root.join("e/b")), "b\n");
+    }
+}
+
+/// A directory this host's user removed, that the peer's user had made seconds before
+/// and that had reached this host, is not brought back for good by the peer's full sync
+/// pushing it while the removal is on its way (seed 20 of the two-way rounds: the peer
+/// pushed it as a new one, its user's of the last minute, and this host kept it). A
+/// directory delivered to the peer is one it has from this host, however new. B's rsync
+/// daemon is down while A's user removes the directory and B's full sync runs.
+#[test]
+fn a_directory_removed_as_the_peers_full_sync_pushes_it_stays_removed_on_both() {
+    use crate::harness::bus::{Bus, Policy, SERSYNCCTL};
+    let Some(mut hosts) = Hosts::new() else {
+        return;
+    };
+    if !require_tool("dbus-daemon") {
+        return;
+    }
+    let bus = Bus::start(Policy::Permissive).expect("a private dbus-daemon");
+    let a = hosts.sersyncd_a(&[]);
+    let b = hosts.sersyncd_b(&["--bus-address", bus.address()]);
+    write(hosts.root_a(), "kept/f", "first\n");
+    hosts.converged(Duration::from_secs(30));
+    std::fs::create_dir(hosts.root_b().join("d")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hosts.root_a().join("d").is_dir() {
+        assert!(Instant::now() < deadline, "d/ never reached A");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    hosts.b.stop();
+    std::fs::remove_dir(hosts.root_a().join("d")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = std::process::Command::new(SERSYNCCTL)
+        .args(["--bus-address", bus.address(), "full-sync"])
+        .output()
+        .expect("sersyncctl");
+    assert!(
+        asked.status.success(),
+        "sersyncctl full-sync: {}",
+        String::from_utf8_lossy(&asked.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b.log().contains("synced full sync") {
+        assert!(
+            Instant::now() < deadline,
+            "B's full sync did not end; B's log:\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    hosts.b.start();
+    hosts.converged(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    hosts.converged(Duration::from_secs(30));
+    for root in [hosts.root_a(), hosts.root_b()] {
+        assert!(
+            !root.join("d").exists(),
+            "d/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
+            a.log(),
+            b.log()
+        );
+        assert_eq!(read(&root.join("kept/f")), "first\n");
+    }
+}

@@ -418,6 +418,7 @@ fn check(cases: &[Case]) {
             args_budget: case.budget,
             large: Vec::new(),
             pulled_over_removals: Vec::new(),
+            announced: Vec::new(),
         };
         let run = plan.job(&job(case), &context(case));
         let large: Vec<String> = plan
@@ -1093,6 +1094,7 @@ fn a_big_deletion_is_split_and_joined_again_at_max_connections() {
             args_budget: case.budget,
             large: Vec::new(),
             pulled_over_removals: Vec::new(),
+            announced: Vec::new(),
         }
         .job(&job(&case), &context(&case));
         assert_eq!(outcome(&run), "exit 0");
