@@ -968,7 +968,9 @@ impl<E: Edge> Plan<'_, E> {
         if !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;
         }
+        let undo = self.undo_directories_made_after_their_removal(&sent.stdout, ctx);
         let mut runs = vec![sent];
+        runs.extend(undo);
         if !stale.is_empty() {
             let stale: Vec<&[u8]> = stale.iter().map(Vec::as_slice).collect();
             let (argv, stdin) = argv::batch_replacing(&ctx.transport, &stale, self.args_budget);
@@ -980,6 +982,46 @@ impl<E: Edge> Plan<'_, E> {
             runs.push(self.pull(&pulled, false, ctx));
         }
         Run::worst(runs)
+    }
+
+    /// Two-way mode, after a send: deletes on the peer the directories the send made
+    /// there (`send_stdout`, its itemized lines) that are gone here by now. The peer's
+    /// deletion of such a directory crossed the send (seed 3 of the two-way rounds: the
+    /// peer's user renamed the directory away; its deletion run removed it here while
+    /// this host's send of a file in it, listed before, made it there again, and the
+    /// file vanished: the peer kept an empty directory, this host none, and each took
+    /// the other's change for its peer's). Gone here by this host's user, its deletion
+    /// is on its way anyway. Only what this host had goes (see `delete_two_way`): what
+    /// the peer's user put in it since stays, and keeps it.
+    fn undo_directories_made_after_their_removal(
+        &mut self,
+        send_stdout: &[u8],
+        ctx: &JobContext,
+    ) -> Option<Run> {
+        let made = super::two_way::parse_made_by_send(send_stdout);
+        if made.is_empty() {
+            return None;
+        }
+        let made: Vec<&[u8]> = made.iter().map(Vec::as_slice).collect();
+        let flags = self.edge.are_directories(&made);
+        let mut gone: Vec<&[u8]> = made
+            .into_iter()
+            .zip(flags)
+            .filter(|(_, is_dir)| !is_dir)
+            .map(|(path, _)| path)
+            .collect();
+        if gone.is_empty() {
+            return None;
+        }
+        gone.sort_unstable();
+        let gone = crate::relpath::top_most(gone.iter().map(|path| path.to_vec()).collect());
+        tracing::info!(
+            paths = gone.len(),
+            "two-way: directories this send made on the peer are gone here since (the peer's \
+             deletion crossed the send); deleting them there"
+        );
+        let gone: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
+        Some(self.delete_two_way(&gone, Judged::OnlyVersionsHad, ctx))
     }
 
     /// Two-way mode: runs `spec`, a send, and records what it delivered as versions this

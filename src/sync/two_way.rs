@@ -1031,6 +1031,19 @@ pub fn parse_made(stdout: &[u8]) -> Vec<(Vec<u8>, Announced)> {
 /// The files a send printed as delivered ([`super::argv::reporting_sent`]): sent (`<f`)
 /// or with attributes set (`.f`), each with the version the peer has now. Other lines
 /// (directories, symlinks, rsync's summary) are skipped.
+/// The directories a send made on the peer, from its `%i %l %M %n` lines
+/// ([`super::argv::reporting_sent`]; [`MADE_DIRECTORY`]).
+pub fn parse_made_by_send(stdout: &[u8]) -> Vec<Vec<u8>> {
+    stdout
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.strip_prefix(MADE_DIRECTORY))
+        .filter_map(|rest| rest.splitn(3, |&b| b == b' ').nth(2))
+        .map(|name| name.strip_suffix(b"/").unwrap_or(name))
+        .filter(|name| !name.is_empty() && *name != b".")
+        .map(super::argv::unescape)
+        .collect()
+}
+
 pub fn parse_sent(stdout: &[u8]) -> Vec<(Vec<u8>, Version)> {
     let mut sent = Vec::new();
     for line in stdout.split(|&b| b == b'\n') {
@@ -1634,6 +1647,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The directories a send made are read from the same lines (seed 3).
+    #[test]
+    fn the_directories_a_send_made_are_read_from_its_output() {
+        let stdout = b"cd+++++++++ 4096 2026/12/07-19:40:12 s/d2/\n\
+            cd+++++++++ 4096 2026/12/07-19:40:12 with space\\#012/\n\
+            .d..t...... 4096 2026/12/07-19:40:12 there/\n\
+            <f+++++++++ 52 2026/12/07-19:40:12 s/d2/f\n\
+            cd+++++++++ 4096 2026/12/07-19:40:12 ./\n\
+            cd+++++++++ 4096\n";
+        assert_eq!(
+            parse_made_by_send(stdout),
+            [b"s/d2".to_vec(), b"with space\n".to_vec()]
+        );
     }
 
     /// What a send delivered is read from its `%i %l %M %n` lines (seed 6: a file renamed

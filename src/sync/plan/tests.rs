@@ -1277,3 +1277,66 @@ fn a_pull_reports_the_directories_it_made_over_removals_since_its_exclusions() {
         [b"y/sub/deeper".to_vec(), b"z".to_vec()]
     );
 }
+
+/// Two-way mode: a send whose run made a directory on the peer that is gone here when it
+/// ends (the peer's deletion of it crossed the send: seed 3 of the two-way rounds) is
+/// followed by a deletion of that directory there, judged like every deletion: the
+/// peer's copies are listed first, and it is announced removed. A directory the send
+/// made that is still here is left alone.
+#[test]
+fn a_directory_a_send_made_on_the_peer_and_gone_here_since_is_deleted_there() {
+    let versions = std::sync::Arc::new(super::super::two_way::Versions::default());
+    versions.record(b"d", super::super::two_way::Version::DIRECTORY);
+    let mut ctx = crate::sync::fixtures::context(std::path::Path::new("/nonexistent/root"));
+    ctx.transport.options.two_way = true;
+    ctx.versions = Some(versions);
+    let case = Case {
+        batch: "d/f:S=f",
+        ..Case::default()
+    };
+    let results = [
+        // The send's listing of the peer's copies: it lacks d/.
+        R::Prints(""),
+        // The send made d/ and delivered d/f; d/ is gone here by now (the fake has no
+        // directories).
+        R::Prints(
+            "cd+++++++++ 4096 2026/12/08-01:48:00 d/\n<f+++++++++ 5 2026/12/08-01:48:00 d/f\n",
+        ),
+        // The deletion's listing: the peer has d/ (empty, the file vanished here).
+        R::Prints("drwxr-xr-x          4,096 2026/12/08 01:48:00 d\n"),
+    ];
+    let mut fake = Fake {
+        case: &case,
+        results: results.into_iter().collect(),
+        serial: false,
+        log: Vec::new(),
+    };
+    let mut plan = Plan {
+        edge: &mut fake,
+        args_budget: case.budget,
+        large: Vec::new(),
+        pulled_over_removals: Vec::new(),
+        announced: Vec::new(),
+    };
+    let run = plan.job(&job(&case), &ctx);
+    assert!(run.result.is_done(), "{:?}", run.result);
+    let log = fake.log.join("\n");
+    let send = fake
+        .log
+        .iter()
+        .position(|run| run.contains("--out-format=%i %l %M %n"))
+        .unwrap_or_else(|| panic!("no send:\n{log}"));
+    let after: Vec<&String> = fake.log[send + 1..].iter().collect();
+    assert!(
+        after
+            .iter()
+            .any(|run| run.contains("--list-only") && run.contains("+ /d")),
+        "no listing of d/ after the send:\n{log}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|run| run.starts_with("skeleton[") && run.contains("R /d")),
+        "no deletion of d/ after the send:\n{log}"
+    );
+}
