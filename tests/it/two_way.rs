@@ -57,10 +57,32 @@ impl Hosts {
         crate::harness::wait_converged_ignoring(self.root_a(), self.root_b(), timeout, &not_trash)
     }
 
+    /// Waits until both roots are equal, and still are after 3 s of what follows
+    /// (the runs a convergence sets off, an undo that comes after an outcome).
+    fn settled(&self) {
+        self.converged(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_secs(3));
+        self.converged(Duration::from_secs(30));
+    }
+
     /// Connections each rsync daemon has accepted so far (one per rsync run against it).
     fn connections(&self) -> (usize, usize) {
         let count = |daemon: &RsyncDaemon| daemon.log().matches("connect from").count();
         (count(&self.a), count(&self.b))
+    }
+}
+
+/// Polls `done` every `every` until it holds; fails with `failure()` after `timeout`.
+fn wait_until(
+    timeout: Duration,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+    failure: impl FnOnce() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", failure());
+        std::thread::sleep(every);
     }
 }
 
@@ -494,11 +516,12 @@ fn a_deletion_never_removes_a_newer_modification_whatever_the_name() {
     // edits cannot reach A, so the edits survive only if the listing protects them.
     let before = hosts.connections().1;
     hosts.b.start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while hosts.connections().1 < before + 2 {
-        assert!(Instant::now() < deadline, "A's deletion never reached B");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || hosts.connections().1 >= before + 2,
+        || "A's deletion never reached B".to_owned(),
+    );
     std::thread::sleep(Duration::from_secs(2));
     hosts.a.start();
 
@@ -560,9 +583,7 @@ fn hostile_names_created_renamed_and_deleted_on_both_sides_converge_and_stay_awa
         std::fs::remove_file(raw(hosts.root_a(), &path("a", name, ".lnk"))).unwrap();
     }
     let stopped = hosts.connections();
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     let runs = hosts.quiet(stopped, Duration::from_secs(5), Duration::from_secs(60));
     eprintln!("{runs} rsync runs after the changes");
     for root in [hosts.root_a(), hosts.root_b()] {
@@ -898,21 +919,23 @@ fn overflow_while_the_other_deletes(during_reconcile: bool) {
     if !during_reconcile {
         // B's deletions reach A (its rsync daemon is up) before A resumes; racing A's
         // reconcile is the other test.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while (0..50).any(|f| hosts.root_a().join(format!("old/f{f}")).exists()) {
-            assert!(Instant::now() < deadline, "B's deletions never reached A");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || !((0..50).any(|f| hosts.root_a().join(format!("old/f{f}")).exists())),
+            || "B's deletions never reached A".to_owned(),
+        );
     }
     _a.signal(nix::sys::signal::Signal::SIGCONT);
     if during_reconcile {
         delete(Duration::from_millis(40));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !_a.log().contains("inotify queue overflowed") {
-        assert!(Instant::now() < deadline, "A logged no overflow");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || _a.log().contains("inotify queue overflowed"),
+        || "A logged no overflow".to_owned(),
+    );
     let stopped = hosts.connections();
     hosts.converged(Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(3));
@@ -1138,9 +1161,7 @@ fn files_in_a_new_directory_deleted_right_after_they_arrived_stay_deleted() {
             std::fs::remove_file(hosts.root_a().join(format!("n{round}/sub/f{f}"))).unwrap();
         }
     }
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     let mut back = Vec::new();
     for root in [hosts.root_a(), hosts.root_b()] {
         for round in 0..4 {
@@ -1167,14 +1188,12 @@ fn a_root_that_appears_after_the_start_gets_its_incoming_directory_and_receives(
     let _b = hosts.sersyncd_b(&[]);
     std::fs::create_dir(hosts.root_b()).unwrap();
     let incoming = hosts.root_b().join(".sersync-incoming");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !incoming.is_dir() {
-        assert!(
-            Instant::now() < deadline,
-            "B's incoming directory was never made"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || incoming.is_dir(),
+        || "B's incoming directory was never made".to_owned(),
+    );
     write(hosts.root_a(), "first", "to B\n");
     write(hosts.root_b(), "second", "to A\n");
     hosts.converged(Duration::from_secs(60));
@@ -1226,9 +1245,7 @@ fn a_directory_removed_and_regenerated_keeps_its_new_contents_on_both() {
         vanished.is_empty(),
         "A's own outputs vanished from A: {vanished:#?}"
     );
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     let mut wrong = Vec::new();
     for root in [hosts.root_a(), hosts.root_b()] {
         for f in 0..20 {
@@ -1309,9 +1326,7 @@ fn a_file_written_in_a_directory_the_peer_renames_is_kept_on_both() {
     write(hosts.root_b(), "d/new", "B's new file\n");
     hosts.a.start();
     hosts.b.start();
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     let mut want: Vec<String> = (0..10).map(|f| format!("e/f{f}")).collect();
     want.push("d/new".to_owned());
     want.sort();
@@ -1429,9 +1444,7 @@ fn files_added_to_a_directory_the_peer_deletes_are_kept_on_both() {
     }
     hosts.a.start();
     hosts.b.start();
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
         for f in 0..20 {
             assert_eq!(read(&root.join(format!("d/sub/new{f}"))), "B's new file\n");
@@ -1553,15 +1566,12 @@ fn a_rename_of_an_older_file_after_a_kill_9_restart_wins_on_both() {
     a.restart();
     // After the restart's full sync (a rename racing its pull loses to the peer's newer
     // copy: README, open defects).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a.log().contains("synced full sync (Recovery)") {
-        assert!(
-            Instant::now() < deadline,
-            "no recovery full sync:\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || a.log().contains("synced full sync (Recovery)"),
+        || format!("no recovery full sync:\n{}", a.log()),
+    );
     std::fs::rename(root.join("old"), root.join("f")).unwrap();
     hosts.converged(Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
@@ -1658,9 +1668,7 @@ fn a_directory_removed_while_the_peer_restarts_is_not_brought_back_by_its_full_s
     b.restart_with(&["-r"]);
     std::thread::sleep(Duration::from_secs(4));
     hosts.b.start();
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("gone").exists(),
@@ -1763,20 +1771,19 @@ fn a_directory_the_peer_made_and_removed_while_this_host_was_stopped_stays_remov
     std::fs::create_dir(hosts.root_b().join("d")).unwrap();
     // Not `converged`: the notice of B's run stays in A's incoming directory until A's
     // sersyncd is back.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !hosts.root_a().join("d").is_dir() {
-        assert!(Instant::now() < deadline, "d/ never reached A");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || hosts.root_a().join("d").is_dir(),
+        || "d/ never reached A".to_owned(),
+    );
     hosts.a.set_module_options("    pre-xfer exec = sleep 3\n");
     std::fs::remove_dir(hosts.root_b().join("d")).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     a.restart_with(&["-r"]);
     std::thread::sleep(Duration::from_secs(4));
     hosts.a.set_module_options("");
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("d").exists(),
@@ -1823,9 +1830,7 @@ fn a_directory_removed_while_the_peer_restarts_is_not_brought_back_by_its_long_p
     b.restart_with(&["-r"]);
     std::thread::sleep(Duration::from_secs(8));
     hosts.b.start();
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("gone").exists(),
@@ -1869,32 +1874,33 @@ fn a_directory_made_again_as_the_peers_full_sync_pushes_the_old_one_stays_on_bot
     a.signal(Signal::SIGSTOP);
     b.restart_with(&["-r"]);
     let incoming = hosts.root_a().join(".sersync-incoming");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_dir(&incoming)
-        .unwrap()
-        .flatten()
-        .any(|entry| {
-            entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with("sersync-notice.")
-        })
-    {
-        assert!(
-            Instant::now() < deadline,
-            "B's full sync left no notice in A's incoming directory; B's log:\n{}",
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        || {
+            std::fs::read_dir(&incoming)
+                .unwrap()
+                .flatten()
+                .any(|entry| {
+                    entry
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("sersync-notice.")
+                })
+        },
+        || {
+            format!(
+                "B's full sync left no notice in A's incoming directory; B's log:\n{}",
+                b.log()
+            )
+        },
+    );
     std::fs::create_dir(hosts.root_a().join("d")).unwrap();
     a.signal(Signal::SIGCONT);
     hosts.b.start();
     std::thread::sleep(Duration::from_secs(4));
     hosts.a.set_module_options("");
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             root.join("d").is_dir(),
@@ -1925,20 +1931,19 @@ fn a_directory_the_peer_deleted_just_before_a_kill_9_is_not_deleted_there_again(
     hosts.converged(Duration::from_secs(30));
     b.signal(Signal::SIGSTOP);
     std::fs::remove_dir_all(hosts.root_a().join("d")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while hosts.root_b().join("d").exists() {
-        assert!(Instant::now() < deadline, "A's deletion never reached B");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || !hosts.root_b().join("d").exists(),
+        || "A's deletion never reached B".to_owned(),
+    );
     hosts.b.stop();
     std::fs::create_dir(hosts.root_a().join("d")).unwrap();
     b.kill9();
     b.restart();
     std::thread::sleep(Duration::from_secs(3));
     hosts.b.start();
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             root.join("d").is_dir(),
@@ -2205,19 +2210,19 @@ fn a_directory_removed_while_the_full_sync_pulls_stays_removed() {
             .collect();
         args.last() == Some(&&b"./"[..]) && !args.contains(&&b"--dry-run"[..])
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !crate::harness::children_of(a.pid().as_raw() as u32)
-        .into_iter()
-        .any(is_the_pull)
-    {
-        assert!(Instant::now() < deadline, "no pull:\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(5),
+        || {
+            crate::harness::children_of(a.pid().as_raw() as u32)
+                .into_iter()
+                .any(is_the_pull)
+        },
+        || format!("no pull:\n{}", a.log()),
+    );
     std::fs::remove_dir_all(hosts.root_a().join("z")).unwrap();
     hosts.b.set_module_options("");
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("z").exists(),
@@ -2273,11 +2278,12 @@ fn a_directory_removed_right_after_the_peer_deleted_in_it_is_removed_on_both() {
     hosts.converged(Duration::from_secs(30));
     std::fs::remove_file(hosts.root_b().join("d/sub/f")).unwrap();
     std::fs::remove_file(hosts.root_b().join("d/g")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while hosts.root_a().join("d/g").exists() || hosts.root_a().join("d/sub/f").exists() {
-        assert!(Instant::now() < deadline, "B's deletions never reached A");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || !(hosts.root_a().join("d/g").exists() || hosts.root_a().join("d/sub/f").exists()),
+        || "B's deletions never reached A".to_owned(),
+    );
     std::fs::remove_dir_all(hosts.root_a().join("d")).unwrap();
     hosts.converged(Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
@@ -2339,9 +2345,7 @@ fn writes_within_one_second_on_both_sides_end_with_the_newer_on_both() {
     );
     hosts.a.start();
     hosts.b.start();
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for (f, text) in newer.iter().enumerate() {
         for root in [hosts.root_a(), hosts.root_b()] {
             assert_eq!(
@@ -2397,17 +2401,16 @@ fn a_directory_the_peer_just_made_renamed_away_and_made_again_is_new_on_both() {
     write(hosts.root_b(), "p/n/f", "new\n");
     // Once A has recorded the file's arrival (moved before that, it would not be a
     // version A had, and the removal would spare it on B: resurrection, the safe failure).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a.log().contains("sersync_path=p/n/f action=Arrived") {
-        assert!(Instant::now() < deadline, "p/n/f never reached A");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(2),
+        || a.log().contains("sersync_path=p/n/f action=Arrived"),
+        || "p/n/f never reached A".to_owned(),
+    );
     std::fs::create_dir(hosts.root_a().join("x")).unwrap();
     std::fs::rename(hosts.root_a().join("p/n"), hosts.root_a().join("x/n")).unwrap();
     std::fs::create_dir(hosts.root_a().join("p/n")).unwrap();
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
         let context = || format!("in {root:?}; A's log:\n{}\nB's log:\n{}", a.log(), b.log());
         assert!(root.join("p/n").is_dir(), "p/n/ is gone {}", context());
@@ -2445,9 +2448,7 @@ fn a_directory_renamed_away_while_stopped_is_deleted_on_the_peer_despite_its_tra
     b.terminate();
     std::fs::rename(hosts.root_b().join("d"), hosts.root_b().join("e")).unwrap();
     b.restart_with(&["-r"]);
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("d").exists(),
@@ -2480,11 +2481,12 @@ fn a_directory_removed_as_the_peers_full_sync_pushes_it_stays_removed_on_both() 
     write(hosts.root_a(), "kept/f", "first\n");
     hosts.converged(Duration::from_secs(30));
     std::fs::create_dir(hosts.root_b().join("d")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !hosts.root_a().join("d").is_dir() {
-        assert!(Instant::now() < deadline, "d/ never reached A");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || hosts.root_a().join("d").is_dir(),
+        || "d/ never reached A".to_owned(),
+    );
     std::thread::sleep(Duration::from_millis(500));
     hosts.b.stop();
     std::fs::remove_dir(hosts.root_a().join("d")).unwrap();
@@ -2498,19 +2500,14 @@ fn a_directory_removed_as_the_peers_full_sync_pushes_it_stays_removed_on_both() 
         "sersyncctl full-sync: {}",
         String::from_utf8_lossy(&asked.stderr)
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !b.log().contains("synced full sync") {
-        assert!(
-            Instant::now() < deadline,
-            "B's full sync did not end; B's log:\n{}",
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || b.log().contains("synced full sync"),
+        || format!("B's full sync did not end; B's log:\n{}", b.log()),
+    );
     hosts.b.start();
-    hosts.converged(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(3));
-    hosts.converged(Duration::from_secs(30));
+    hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("d").exists(),
