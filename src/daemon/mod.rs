@@ -2138,12 +2138,20 @@ impl Daemon {
                     self.note_resent_outcome(root, &path, made);
                 }
             }
-            WatchEvent::PeerRemoves { root, paths } => {
+            WatchEvent::PeerRemoves {
+                root,
+                paths,
+                notice,
+            } => {
                 if let Some((_, versions, _)) = self.two_way_parts(root) {
                     for path in &paths {
                         versions.record_peer_lacks(path);
                     }
                 }
+                // Saved before the notice goes: a kill -9 in between finds it at the
+                // start (`prepare_two_way_root`).
+                self.save_versions(false);
+                let _ = std::fs::remove_file(&notice);
             }
             WatchEvent::Overflow { root } | WatchEvent::Rescan { root } => self.on_overflow(root),
             WatchEvent::Drained { root } => {
@@ -2765,7 +2773,7 @@ impl Daemon {
 
     /// Two-way mode: makes the root's incoming directory if it is missing (at start, and
     /// when a root appears or comes back), bounded like every look at a root.
-    fn prepare_two_way_root(&self, root: RootId) {
+    fn prepare_two_way_root(&mut self, root: RootId) {
         if !self.config.rsync.two_way {
             return;
         }
@@ -2774,7 +2782,14 @@ impl Daemon {
             crate::sync::two_way::prepare_incoming(&path)
         });
         match made {
-            Some(Ok(announced)) => self.record_left_notices(root, &announced),
+            Some(Ok(left)) => {
+                self.record_left_notices(root, &left.announced);
+                // Saved before the notices go: a kill -9 in between finds them again.
+                self.save_versions(false);
+                for file in &left.files {
+                    let _ = std::fs::remove_file(file);
+                }
+            }
             Some(Err(err)) if err.kind() != std::io::ErrorKind::NotFound => {
                 tracing::error!(
                     root = %self.root_path(root).display(),

@@ -242,10 +242,10 @@ pub trait Edge {
     fn announce_here(&mut self, entries: &[(Vec<u8>, Announced)]) {
         let _ = entries;
     }
-    /// Two-way mode: a send run delivered `paths` whole (see
+    /// Two-way mode: a send run that started at `started` delivered `paths` whole (see
     /// [`super::two_way::Versions::delivered`]).
-    fn record_delivered(&mut self, paths: &[&[u8]]) {
-        let _ = paths;
+    fn record_delivered(&mut self, paths: &[&[u8]], started: std::time::Instant) {
+        let _ = (paths, started);
     }
 }
 
@@ -358,9 +358,12 @@ impl<E: Edge> Plan<'_, E> {
     /// Two-way mode, after a job whose notices announced paths to the peer: tells the
     /// peer's watcher that the runs they were for are over, so that what it still holds
     /// unmet ends now, not 30 s later (a directory announced and found there already, a
-    /// removal the peer's user made first). Not when the job did not reach the peer:
-    /// its watcher ends them in time, and a notice to an unreachable peer would wait out
-    /// the connection timeout. A notice that fails changes nothing in the job's outcome.
+    /// removal the peer's user made first). Only when the job ended done (or with some
+    /// files not transferred, exit 23): a failed job may not have reached the peer, and a
+    /// notice to an unreachable peer would wait out the connection timeout; the peer's
+    /// watcher then ends them after 30 s. A notice that fails changes nothing in the
+    /// job's outcome. Sent also when every announcement was met already (the sender
+    /// cannot tell): one more connection per such job.
     fn end_announcements(&mut self, run: &Run, ctx: &JobContext) {
         let mut ended = std::mem::take(&mut self.announced);
         if ended.is_empty() || !(run.result.is_done() || run.result == RunResult::Exited(23)) {
@@ -956,14 +959,15 @@ impl<E: Edge> Plan<'_, E> {
             .copied()
             .filter(|path| !stale_set.contains(path) && !peer_newer.contains(path))
             .collect();
+        let started = std::time::Instant::now();
         let sent = if newest.is_empty() {
             Run::ended(RunResult::Exited(0))
         } else {
             let spec = self.send_run(ctx, &newest);
             self.run_recording_sent(spec)
         };
-        if sent.result.is_done() {
-            self.edge.record_delivered(&newest);
+        if sent.result == RunResult::Exited(0) {
+            self.edge.record_delivered(&newest, started);
         }
         if !(sent.result.is_done() || sent.result == RunResult::Exited(23)) {
             return sent;
@@ -999,7 +1003,10 @@ impl<E: Edge> Plan<'_, E> {
         ctx: &JobContext,
     ) -> Option<Run> {
         let made = super::two_way::parse_made_by_send(send_stdout);
-        if made.is_empty() {
+        // Deleted only where this root's deletions go at all: not with deletions off,
+        // nor while they are held or the replica guard distrusts the root (an unmounted
+        // filesystem would make every directory the send made look gone).
+        if made.is_empty() || !ctx.propagate_deletes || self.deletion_refusal(ctx).is_some() {
             return None;
         }
         let made: Vec<&[u8]> = made.iter().map(Vec::as_slice).collect();
@@ -1080,10 +1087,14 @@ impl<E: Edge> Plan<'_, E> {
         self.announced.extend(
             entries
                 .iter()
+                // Not what a push announced as pushed again: its outcome notice ends
+                // those (`tell_resent_outcome`).
                 .filter(|(_, announced)| {
                     !matches!(
                         announced,
-                        Announced::ResentOutcome { .. } | Announced::Ended
+                        Announced::ResentDirectory { .. }
+                            | Announced::ResentOutcome { .. }
+                            | Announced::Ended
                     )
                 })
                 .map(|(path, _)| path.clone()),

@@ -857,9 +857,10 @@ impl plan::Edge for JobEdge<'_> {
         let Some(versions) = self.ctx.versions.as_deref() else {
             return Vec::new();
         };
-        // What the peer deleted here is not among them, recorded or not: the peer
-        // lacks it since its notice announced the removal (`Versions::paths`), read
-        // before its run's events, or left behind for the start (`prepare_incoming`).
+        // What the peer deleted here is not among them: the peer lacks it since its
+        // notice announced the removal (`Versions::paths`), read before its run's events
+        // or left behind for the start (`prepare_incoming`), and removed only once that
+        // is saved.
         facts::gone(&self.ctx.root, versions.paths())
     }
 
@@ -901,10 +902,10 @@ impl plan::Edge for JobEdge<'_> {
         }
     }
 
-    fn record_delivered(&mut self, paths: &[&[u8]]) {
+    fn record_delivered(&mut self, paths: &[&[u8]], started: std::time::Instant) {
         if let Some(versions) = self.ctx.versions.as_deref() {
             for path in paths {
-                versions.delivered(path);
+                versions.delivered(path, started);
             }
         }
     }

@@ -49,34 +49,48 @@
 /// (`--temp-dir`) before renaming it into place: the watcher tells the peer's files by it.
 pub const INCOMING: &str = ".sersync-incoming";
 
+/// The notices left in the root's [`INCOMING`] directory while this host was not
+/// watching ([`prepare_incoming`]): what they announced, oldest notice first, and their
+/// files, for the caller to remove once it has recorded what they say (a kill -9 before
+/// that finds them again).
+#[derive(Debug, Default)]
+pub struct LeftNotices {
+    pub announced: Vec<(Vec<u8>, Announced)>,
+    pub files: Vec<std::path::PathBuf>,
+}
+
 /// Makes the root's [`INCOMING`] directory if it is missing, owned like the root and with
 /// its mode, so that whoever the peer's rsync runs as here can write in it. Returns what
-/// the notices left there while this host was not watching announced, and removes them:
-/// what their runs did is found by the full sync that follows, and they would announce
-/// it for ever; but a directory such a run made is the peer's, which this host has had
-/// (see `Plan::announce_push`).
-pub fn prepare_incoming(root: &std::path::Path) -> std::io::Result<Vec<(Vec<u8>, Announced)>> {
+/// the notices left there while this host was not watching announced (see
+/// [`LeftNotices`]): what their runs did is found by the full sync that follows, and they
+/// would announce it for ever; but a directory such a run made is the peer's, which this
+/// host has had (see `Plan::announce_push`), and one it removed the peer lacks.
+pub fn prepare_incoming(root: &std::path::Path) -> std::io::Result<LeftNotices> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = root.join(INCOMING);
     let meta = std::fs::metadata(root)?;
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mut announced = Vec::new();
+            let mut files: Vec<(Option<(u128, u64)>, std::path::PathBuf)> = Vec::new();
             for entry in std::fs::read_dir(&dir)?.flatten() {
                 use std::os::unix::ffi::OsStrExt;
-                if entry
-                    .file_name()
-                    .as_bytes()
-                    .starts_with(NOTICE_PREFIX.as_bytes())
-                {
-                    if let Ok(bytes) = std::fs::read(entry.path()) {
-                        announced.extend(decode_notice(&bytes));
-                    }
-                    let _ = std::fs::remove_file(entry.path());
+                let name = entry.file_name();
+                if let Some(rest) = name.as_bytes().strip_prefix(NOTICE_PREFIX.as_bytes()) {
+                    files.push((notice_order(rest), entry.path()));
                 }
             }
-            return Ok(announced);
+            // In the order they were written (a later notice of a path overrides an
+            // earlier one); `read_dir` has none.
+            files.sort();
+            let mut left = LeftNotices::default();
+            for (_, file) in files {
+                if let Ok(bytes) = std::fs::read(&file) {
+                    left.announced.extend(decode_notice(&bytes));
+                }
+                left.files.push(file);
+            }
+            return Ok(left);
         }
         Err(err) => return Err(err),
     }
@@ -85,7 +99,15 @@ pub fn prepare_incoming(root: &std::path::Path) -> std::io::Result<Vec<(Vec<u8>,
         &dir,
         std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
     )?;
-    Ok(Vec::new())
+    Ok(LeftNotices::default())
+}
+
+/// When a notice was written, from its name after [`NOTICE_PREFIX`] (`PID.NANOS.N`, see
+/// [`notice_name`]): its wall-clock nanoseconds, then its number.
+fn notice_order(rest: &[u8]) -> Option<(u128, u64)> {
+    let text = std::str::from_utf8(rest).ok()?;
+    let mut fields = text.split('.').skip(1);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
 /// Why `word` (one of `commonParams`' words) cannot be used in two-way mode, or `None`.
@@ -395,7 +417,8 @@ pub struct Known {
 
 impl Known {
     /// Whether the local file `meta` is a copy of this version: same second and size, and
-    /// the same nanoseconds where they are known (rsync's `--times` keeps them). Seed 2 of
+    /// the same nanoseconds where they are known (rsync's `--times` keeps a file's; they
+    /// are never known for a symlink, `Versions::record_local`). Seed 2 of
     /// the two-way rounds: a file the peer's user wrote in the same second as this host's
     /// user wrote another at a path, of the same size, arrived there after this host
     /// removed its own, and was taken for that one coming back.
@@ -702,7 +725,15 @@ impl Versions {
             Known {
                 version,
                 since: std::time::SystemTime::now(),
-                nanos: (!meta.is_dir()).then(|| u32::try_from(meta.mtime_nsec()).unwrap_or(0)),
+                // Only a file's: rsync leaves a directory's, and a symlink it makes in
+                // the same second keeps its own (it sets a symlink's time only when the
+                // second differs), so a symlink copied there and back would never be
+                // this version again (seeds 24 and 27 of the two-way rounds: a symlink
+                // renamed away came back with the peer's full sync, was not taken for
+                // the old one, and was sent again).
+                nanos: meta
+                    .is_file()
+                    .then(|| u32::try_from(meta.mtime_nsec()).unwrap_or(0)),
             },
         );
         version
@@ -793,12 +824,10 @@ impl Versions {
     /// came back with the saved file, and the next full sync's pull left the directory
     /// out again (seed 12 of the two-way rounds).
     pub fn here_again(&self, path: &[u8]) {
-        let removed = self
-            .removed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(path);
-        if removed.is_some() {
+        // Journaled under the same lock as removals are (`record_removal_at`): the saved
+        // order is the order they happened in.
+        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        if removed.remove(path).is_some() {
             let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
             encode_here_again(path, &mut journal);
         }
@@ -820,9 +849,11 @@ impl Versions {
     /// push it as new after the peer's user removed it, and the peer would keep it: a
     /// removal undone (seed 20 of the two-way rounds, the peer's full sync 10 s after
     /// its user made the directory).
-    pub fn delivered(&self, path: &[u8]) {
+    /// Only a mark from before the send started (`started`): a directory the user made
+    /// again while it ran is a new one still.
+    pub fn delivered(&self, path: &[u8], started: std::time::Instant) {
         let mut anew = self.anew.lock().unwrap_or_else(|e| e.into_inner());
-        if !anew.is_empty() {
+        if anew.get(path).is_some_and(|at| *at <= started) {
             anew.remove(path);
         }
     }
@@ -1028,9 +1059,6 @@ pub fn parse_made(stdout: &[u8]) -> Vec<(Vec<u8>, Announced)> {
     made
 }
 
-/// The files a send printed as delivered ([`super::argv::reporting_sent`]): sent (`<f`)
-/// or with attributes set (`.f`), each with the version the peer has now. Other lines
-/// (directories, symlinks, rsync's summary) are skipped.
 /// The directories a send made on the peer, from its `%i %l %M %n` lines
 /// ([`super::argv::reporting_sent`]; [`MADE_DIRECTORY`]).
 pub fn parse_made_by_send(stdout: &[u8]) -> Vec<Vec<u8>> {
@@ -1044,6 +1072,9 @@ pub fn parse_made_by_send(stdout: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The files a send printed as delivered ([`super::argv::reporting_sent`]): sent (`<f`)
+/// or with attributes set (`.f`), each with the version the peer has now. Other lines
+/// (directories, symlinks, rsync's summary) are skipped.
 pub fn parse_sent(stdout: &[u8]) -> Vec<(Vec<u8>, Version)> {
     let mut sent = Vec::new();
     for line in stdout.split(|&b| b == b'\n') {
@@ -1615,9 +1646,12 @@ mod tests {
         versions.made_here(b"d");
         assert!(!versions.had(b"d"), "made here anew");
         // Until a send delivers it (seed 20).
-        versions.delivered(b"e");
+        let before = std::time::Instant::now() - std::time::Duration::from_secs(1);
+        versions.delivered(b"e", std::time::Instant::now());
         assert!(!versions.had(b"d"), "another path delivered");
-        versions.delivered(b"d");
+        versions.delivered(b"d", before);
+        assert!(!versions.had(b"d"), "made again while the send ran");
+        versions.delivered(b"d", std::time::Instant::now());
         assert!(versions.had(b"d"), "delivered: the peer has it from here");
     }
 
@@ -1748,6 +1782,30 @@ mod tests {
         assert_eq!(history, vec![known(Some(3))]);
     }
 
+    /// A symlink's version is its second and size alone: rsync does not carry its
+    /// nanoseconds (seeds 24 and 27 of the two-way rounds).
+    #[test]
+    fn a_symlinks_version_keeps_no_nanoseconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink("t0", &link).unwrap();
+        let versions = Versions::default();
+        let meta = std::fs::symlink_metadata(&link).unwrap();
+        let version = versions.record_local(b"l", &meta);
+        let history = versions.history(b"l");
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].version, version);
+        assert_eq!(history[0].nanos, None);
+        assert!(history[0].is_local_copy(&meta));
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        versions.record_local(b"f", &std::fs::symlink_metadata(&file).unwrap());
+        assert!(
+            versions.history(b"f")[0].nanos.is_some(),
+            "a file's are kept"
+        );
+    }
+
     /// A path here again is no longer removed; a record alone (an arrival) does not say so.
     #[test]
     fn a_path_here_again_is_no_longer_removed() {
@@ -1788,6 +1846,41 @@ mod tests {
         assert_eq!(history, vec![known(2, 20), known(1, 10)]);
         assert!(!add_known(&mut history, known(1, 40)));
         assert_eq!(history, vec![known(2, 20), known(1, 10)]);
+    }
+
+    /// Notices left while this host was not watching are read in the order they were
+    /// written (by the time in their names, whatever the PID), and left in place for the
+    /// daemon to remove once it has saved what they say.
+    #[test]
+    fn left_notices_are_read_oldest_first_and_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let incoming = root.path().join(INCOMING);
+        std::fs::create_dir(&incoming).unwrap();
+        let later = incoming.join(format!("{NOTICE_PREFIX}9.200.0"));
+        let earlier = incoming.join(format!("{NOTICE_PREFIX}10.100.7"));
+        std::fs::write(
+            &later,
+            encode_notice(&[(b"x".to_vec(), Announced::Removed)]),
+        )
+        .unwrap();
+        std::fs::write(
+            &earlier,
+            encode_notice(&[(b"x".to_vec(), Announced::Directory { mode: 0o755 })]),
+        )
+        .unwrap();
+        std::fs::write(incoming.join("not-a-notice"), b"rx\0").unwrap();
+        let left = prepare_incoming(root.path()).unwrap();
+        assert_eq!(
+            left.announced,
+            [
+                (b"x".to_vec(), Announced::Directory { mode: 0o755 }),
+                (b"x".to_vec(), Announced::Removed)
+            ]
+        );
+        assert_eq!(left.files, [earlier.clone(), later.clone()]);
+        assert!(earlier.exists() && later.exists());
+        assert_eq!(notice_order(b"1.2.3"), Some((2, 3)));
+        assert_eq!(notice_order(b"garbage"), None);
     }
 
     #[test]

@@ -113,8 +113,13 @@ pub enum WatchEvent {
     /// Two-way mode: the peer's next run removes these directories here, as its notice
     /// announced: the peer lacks them. Reported when the notice is read, before the
     /// run's events, so that a kill -9 between the two does not leave a removal that the
-    /// next full sync takes for this host's user's (seed 50 of the two-way rounds).
-    PeerRemoves { root: RootId, paths: Vec<RelPath> },
+    /// next full sync takes for this host's user's (seed 50 of the two-way rounds). The
+    /// notice file is left for the daemon to remove once it has saved that.
+    PeerRemoves {
+        root: RootId,
+        paths: Vec<RelPath>,
+        notice: PathBuf,
+    },
 }
 
 /// What to watch and how to filter.
@@ -696,15 +701,27 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 }
             },
         };
-        let met = announced.is_met_by_change(here.as_ref(), action == Action::Remove { dir: true });
+        let removes_directory = action == Action::Remove { dir: true };
+        let met = announced.is_met_by_change(here.as_ref(), removes_directory);
+        if !met
+            && removes_directory
+            && matches!(
+                announced,
+                Announced::Directory { .. } | Announced::ResentDirectory { .. }
+            )
+        {
+            // This host's user removed the directory (the peer's runs never remove one to
+            // make one): the announcement stays for what the peer's run makes there next
+            // (seed 28 of the two-way rounds: the peer's full sync made the old directory
+            // again just after the user renamed it away; the announcement ended with the
+            // removal, the directory was taken for the user's, and sent back).
+            return (action, false);
+        }
         if met {
             // Kept a moment for the events that follow (rsync setting the times and mode
             // of what it made), not longer: what the peer has may change.
-            let follow_up = now + ANNOUNCED_FOLLOW_UP;
             let resent = matches!(announced, Announced::ResentDirectory { .. });
-            if let Some((_, until)) = self.announced.get_mut(path) {
-                *until = (*until).min(follow_up);
-            }
+            self.follow_up_only(path, now);
             (Action::Arrived, resent)
         } else {
             // The path changed otherwise here: the announcement is stale.
@@ -728,22 +745,32 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             std::io::Read::read_to_end(&mut std::io::Read::take(file, NOTICE_MAX), &mut bytes)
                 .map(|_| bytes)
         });
-        let _ = std::fs::remove_file(&path);
-        match read {
-            Ok(bytes) => {
+        let entries = read.map(|bytes| crate::sync::two_way::decode_notice(&bytes));
+        // One that announces removals stays until the daemon has saved that the peer
+        // lacks them (`WatchEvent::PeerRemoves`).
+        let removes_any = entries.as_ref().is_ok_and(|entries| {
+            entries
+                .iter()
+                .any(|(_, announced)| *announced == crate::sync::two_way::Announced::Removed)
+        });
+        if !removes_any {
+            let _ = std::fs::remove_file(&path);
+        }
+        match entries {
+            Ok(entries) => {
                 let now = Instant::now();
                 self.announced.retain(|_, (_, until)| *until > now);
                 let until = now + ANNOUNCED_FOR;
                 let mut outcome = Vec::new();
                 let mut removes = Vec::new();
-                for (path, announced) in crate::sync::two_way::decode_notice(&bytes) {
+                for (path, announced) in entries {
                     match announced {
                         crate::sync::two_way::Announced::ResentOutcome { made } => {
-                            self.end_announcement(&path, now);
+                            self.follow_up_only(&path, now);
                             outcome.push((path, made));
                         }
                         crate::sync::two_way::Announced::Ended => {
-                            self.end_announcement(&path, now);
+                            self.follow_up_only(&path, now);
                         }
                         announced => {
                             if announced == crate::sync::two_way::Announced::Removed {
@@ -758,6 +785,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     (self.report)(WatchEvent::PeerRemoves {
                         root,
                         paths: removes,
+                        notice: path.clone(),
                     });
                 }
                 if !outcome.is_empty() {
@@ -778,11 +806,12 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
     }
 
-    /// The peer's run announced at `path` is over ([`crate::sync::two_way::Announced::Ended`],
-    /// or a push's outcome): its events were queued before its notice's, and those still
-    /// held (a move waiting for its pair) are read within a moment; after that, a change
+    /// Keeps the announcement of `path` for the follow-up events only: it was met, or
+    /// the peer's run it was for is over ([`crate::sync::two_way::Announced::Ended`], or
+    /// a push's outcome), whose events were queued before its notice's, and those still
+    /// held (a move waiting for its pair) are read within a moment. After that, a change
     /// of the path is this host's.
-    fn end_announcement(&mut self, path: &[u8], now: Instant) {
+    fn follow_up_only(&mut self, path: &[u8], now: Instant) {
         if let Some((_, until)) = self.announced.get_mut(path) {
             *until = (*until).min(now + ANNOUNCED_FOLLOW_UP);
         }
