@@ -711,10 +711,9 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
             )
         {
             // This host's user removed the directory (the peer's runs never remove one to
-            // make one): the announcement stays for what the peer's run makes there next
-            // (seed 28 of the two-way rounds: the peer's full sync made the old directory
-            // again just after the user renamed it away; the announcement ended with the
-            // removal, the directory was taken for the user's, and sent back).
+            // make one): the announcement stays for what the peer's run makes there next.
+            // Ended here, the peer's push making the old directory again just after the
+            // user renamed it away would be taken for the user's, and sent back.
             return (action, false);
         }
         if met {

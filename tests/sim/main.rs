@@ -338,11 +338,11 @@ fn replicas_equal_the_source_at_every_quiescent_point() {
 }
 
 /// The two-way seeds CI runs (see `two_way.rs`): since the rounds ask for full syncs too
-/// (2026-12-07, eighth session), every seed draws differently from before; these passed
-/// in each of the five rounds of seeds 1-20 run that session, on every build. Seeds that
-/// found defects (2, 5, 6, ...) still fail now and then (seed 6 failed in a clean-clone
-/// CI run on the final code; README, two-way open defects); their mechanisms have tests
-/// of their own in `tests/it/two_way.rs`. `SERSYNC_SIM_TWO_WAY_SEEDS=A-B` runs others.
+/// (2026-12-07), every seed draws differently from before; 1 and 8 passed in every round
+/// of seeds 1-20 since, and 3 found the crossing that `Plan::undo_directories_made_after_
+/// their_removal` handles (2026-12-08). Seeds that found defects keep tests of their
+/// mechanisms in `tests/it/two_way.rs` and the plan's tables; README's two-way open
+/// defects list the rest. `SERSYNC_SIM_TWO_WAY_SEEDS=A-B` runs others.
 const TWO_WAY_CI_SEEDS: &[u64] = &[1, 3, 8];
 
 #[test]
