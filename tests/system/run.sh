@@ -201,14 +201,17 @@ T_TESTS=$(date +%s%N)
 
 # --- the package ---------------------------------------------------------------------------
 if [ -z "${DEB:-}" ]; then
-    DEB=$(ls -t "$REPO"/target/debian/sersync_*.deb 2>/dev/null | head -n 1)
+    # Where cargo-deb puts it: the target directory (CARGO_TARGET_DIR honoured).
+    DEBS=${CARGO_TARGET_DIR:-$REPO/target}/debian
+    DEB=$(ls -t "$DEBS"/sersync_*.deb 2>/dev/null | head -n 1)
     if [ -z "$DEB" ]; then
-        say "no target/debian/sersync_*.deb: building it with packaging/build.sh"
-        "$REPO/packaging/build.sh" >&2 || die "packaging/build.sh failed"
-        DEB=$(ls -t "$REPO"/target/debian/sersync_*.deb 2>/dev/null | head -n 1)
+        say "no $DEBS/sersync_*.deb: building it with packaging/build.sh"
+        # build.sh prints the paths of the packages it made.
+        BUILT=$("$REPO/packaging/build.sh") || die "packaging/build.sh failed"
+        DEB=$(printf '%s\n' "$BUILT" | grep '\.deb$' | head -n 1)
     fi
 fi
-[ -f "$DEB" ] || die "package not found: ${DEB:-target/debian/sersync_*.deb}"
+[ -f "$DEB" ] || die "package not found: ${DEB:-${DEBS:-target/debian}/sersync_*.deb}"
 DEB=$(cd "$(dirname "$DEB")" && pwd)/$(basename "$DEB")
 say "package: $DEB ($(date -r "$DEB" '+%F %T'))"
 newer=$(find "$REPO/src" "$REPO/systemd" "$REPO/dbus" "$REPO/packaging" "$REPO/Cargo.toml" \
