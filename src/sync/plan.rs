@@ -1011,17 +1011,16 @@ impl<E: Edge> Plan<'_, E> {
         }
         let made: Vec<&[u8]> = made.iter().map(Vec::as_slice).collect();
         let flags = self.edge.are_directories(&made);
-        let mut gone: Vec<&[u8]> = made
+        let gone: Vec<Vec<u8>> = made
             .into_iter()
             .zip(flags)
             .filter(|(_, is_dir)| !is_dir)
-            .map(|(path, _)| path)
+            .map(|(path, _)| path.to_vec())
             .collect();
         if gone.is_empty() {
             return None;
         }
-        gone.sort_unstable();
-        let gone = crate::relpath::top_most(gone.iter().map(|path| path.to_vec()).collect());
+        let gone = crate::relpath::top_most(gone);
         tracing::info!(
             paths = gone.len(),
             "two-way: directories this send made on the peer are gone here since (the peer's \

@@ -72,6 +72,11 @@ impl Hosts {
     }
 }
 
+/// Both daemons' logs, for a failure's message.
+fn logs(a: &Sersyncd, b: &Sersyncd) -> String {
+    format!("A's log:\n{}\nB's log:\n{}", a.log(), b.log())
+}
+
 /// Polls `done` every `every` until it holds; fails with `failure()` after `timeout`.
 fn wait_until(
     timeout: Duration,
@@ -1672,9 +1677,8 @@ fn a_directory_removed_while_the_peer_restarts_is_not_brought_back_by_its_full_s
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("gone").exists(),
-            "gone/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "gone/ came back in {root:?}; {}",
+            logs(&a, &b)
         );
         assert_eq!(read(&root.join("kept/f")), "first\n");
     }
@@ -1712,9 +1716,8 @@ fn a_directory_made_again_on_the_peer_after_a_delivered_removal_survives_a_resta
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             root.join("d").is_dir(),
-            "d/ is gone from {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "d/ is gone from {root:?}; {}",
+            logs(&a, &b)
         );
     }
 }
@@ -1745,9 +1748,8 @@ fn a_directory_made_while_stopped_after_the_peer_removed_one_there_survives_the_
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             root.join("d").is_dir(),
-            "d/ is gone from {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "d/ is gone from {root:?}; {}",
+            logs(&a, &b)
         );
     }
 }
@@ -1787,9 +1789,8 @@ fn a_directory_the_peer_made_and_removed_while_this_host_was_stopped_stays_remov
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("d").exists(),
-            "d/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "d/ came back in {root:?}; {}",
+            logs(&a, &b)
         );
     }
 }
@@ -1834,9 +1835,8 @@ fn a_directory_removed_while_the_peer_restarts_is_not_brought_back_by_its_long_p
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("gone").exists(),
-            "gone/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "gone/ came back in {root:?}; {}",
+            logs(&a, &b)
         );
         assert_eq!(read(&root.join("kept/f")), "first\n");
     }
@@ -1904,9 +1904,8 @@ fn a_directory_made_again_as_the_peers_full_sync_pushes_the_old_one_stays_on_bot
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             root.join("d").is_dir(),
-            "d/ is gone from {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "d/ is gone from {root:?}; {}",
+            logs(&a, &b)
         );
     }
 }
@@ -1947,9 +1946,8 @@ fn a_directory_the_peer_deleted_just_before_a_kill_9_is_not_deleted_there_again(
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             root.join("d").is_dir(),
-            "d/ is gone from {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "d/ is gone from {root:?}; {}",
+            logs(&a, &b)
         );
         assert!(!root.join("d/f").exists(), "d/f came back in {root:?}");
     }
@@ -2002,9 +2000,8 @@ fn a_file_renamed_over_a_path_just_renamed_away_is_not_taken_for_the_old_one() {
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             root.join("p").exists(),
-            "p is gone from {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "p is gone from {root:?}; {}",
+            logs(&a, &b)
         );
         assert_eq!(read(&root.join("p")), "B's\n");
         assert_eq!(read(&root.join("r")), "A's\n");
@@ -2037,9 +2034,8 @@ fn an_older_file_renamed_back_over_a_newer_one_wins_on_both() {
         assert_eq!(
             read(&root.join("f")),
             "the first\n",
-            "in {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "in {root:?}; {}",
+            logs(&a, &b)
         );
         assert!(!root.join("g").exists());
     }
@@ -2068,9 +2064,8 @@ fn a_symlink_renamed_away_and_back_stays_on_both() {
         assert_eq!(
             std::fs::read_link(root.join("link")).ok(),
             Some(std::path::PathBuf::from("target")),
-            "link in {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "link in {root:?}; {}",
+            logs(&a, &b)
         );
     }
 }
@@ -2122,9 +2117,8 @@ fn a_file_moved_into_a_new_directory_is_moved_on_the_peer_despite_an_old_trash_c
     hosts.converged(Duration::from_secs(30));
     assert!(
         !hosts.root_b().join("f").exists(),
-        "f stayed on B; A's log:\n{}\nB's log:\n{}",
-        a.log(),
-        b.log()
+        "f stayed on B; {}",
+        logs(&a, &b)
     );
     assert_eq!(read(&hosts.root_b().join("new/f")), "the file\n");
 }
@@ -2167,9 +2161,8 @@ fn a_file_made_on_both_hosts_in_a_new_directory_ends_as_the_newer_on_both() {
         assert_eq!(
             read(&root.join("n/sub/f")),
             "newer, made on B, and longer\n",
-            "n/sub/f in {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "n/sub/f in {root:?}; {}",
+            logs(&a, &b)
         );
     }
     let kept: Vec<String> = find_named(&hosts.root_a().join(TRASH), "f")
@@ -2226,9 +2219,8 @@ fn a_directory_removed_while_the_full_sync_pulls_stays_removed() {
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("z").exists(),
-            "z/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "z/ came back in {root:?}; {}",
+            logs(&a, &b)
         );
     }
 }
@@ -2412,7 +2404,7 @@ fn a_directory_the_peer_just_made_renamed_away_and_made_again_is_new_on_both() {
     std::fs::create_dir(hosts.root_a().join("p/n")).unwrap();
     hosts.settled();
     for root in [hosts.root_a(), hosts.root_b()] {
-        let context = || format!("in {root:?}; A's log:\n{}\nB's log:\n{}", a.log(), b.log());
+        let context = || format!("in {root:?}; {}", logs(&a, &b));
         assert!(root.join("p/n").is_dir(), "p/n/ is gone {}", context());
         assert!(
             !root.join("p/n/f").exists(),
@@ -2452,9 +2444,8 @@ fn a_directory_renamed_away_while_stopped_is_deleted_on_the_peer_despite_its_tra
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("d").exists(),
-            "d/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "d/ came back in {root:?}; {}",
+            logs(&a, &b)
         );
         assert_eq!(read(&root.join("e/b")), "b\n");
     }
@@ -2511,9 +2502,8 @@ fn a_directory_removed_as_the_peers_full_sync_pushes_it_stays_removed_on_both() 
     for root in [hosts.root_a(), hosts.root_b()] {
         assert!(
             !root.join("d").exists(),
-            "d/ came back in {root:?}; A's log:\n{}\nB's log:\n{}",
-            a.log(),
-            b.log()
+            "d/ came back in {root:?}; {}",
+            logs(&a, &b)
         );
         assert_eq!(read(&root.join("kept/f")), "first\n");
     }

@@ -303,7 +303,29 @@ struct Fake<'c> {
     log: Vec<String>,
 }
 
-impl Fake<'_> {
+impl<'c> Fake<'c> {
+    /// An edge for `case` whose runs end as `results` say (then with exit 0).
+    fn new(case: &'c Case, results: impl IntoIterator<Item = R>) -> Fake<'c> {
+        Fake {
+            case,
+            results: results.into_iter().collect(),
+            serial: false,
+            log: Vec::new(),
+        }
+    }
+
+    /// A plan that carries out jobs through this edge.
+    fn plan(&mut self) -> Plan<'_, Fake<'c>> {
+        let args_budget = self.case.budget;
+        Plan {
+            edge: self,
+            args_budget,
+            large: Vec::new(),
+            pulled_over_removals: Vec::new(),
+            announced: Vec::new(),
+        }
+    }
+
     fn next(&mut self) -> Run {
         self.results.pop_front().unwrap_or(R::Exit(0)).run()
     }
@@ -407,19 +429,8 @@ impl Edge for Fake<'_> {
 
 fn check(cases: &[Case]) {
     for case in cases {
-        let mut fake = Fake {
-            case,
-            results: case.results.iter().copied().collect(),
-            serial: false,
-            log: Vec::new(),
-        };
-        let mut plan = Plan {
-            edge: &mut fake,
-            args_budget: case.budget,
-            large: Vec::new(),
-            pulled_over_removals: Vec::new(),
-            announced: Vec::new(),
-        };
+        let mut fake = Fake::new(case, case.results.iter().copied());
+        let mut plan = fake.plan();
         let run = plan.job(&job(case), &context(case));
         let large: Vec<String> = plan
             .large
@@ -1083,20 +1094,8 @@ fn a_big_deletion_is_split_and_joined_again_at_max_connections() {
             results,
             ..Case::default()
         };
-        let mut fake = Fake {
-            case: &case,
-            results: case.results.iter().copied().collect(),
-            serial: false,
-            log: Vec::new(),
-        };
-        let run = Plan {
-            edge: &mut fake,
-            args_budget: case.budget,
-            large: Vec::new(),
-            pulled_over_removals: Vec::new(),
-            announced: Vec::new(),
-        }
-        .job(&job(&case), &context(&case));
+        let mut fake = Fake::new(&case, case.results.iter().copied());
+        let run = fake.plan().job(&job(&case), &context(&case));
         assert_eq!(outcome(&run), "exit 0");
         let heads: Vec<&str> = fake
             .log
@@ -1305,20 +1304,8 @@ fn a_directory_a_send_made_on_the_peer_and_gone_here_since_is_deleted_there() {
         // The deletion's listing: the peer has d/ (empty, the file vanished here).
         R::Prints("drwxr-xr-x          4,096 2026/12/08 01:48:00 d\n"),
     ];
-    let mut fake = Fake {
-        case: &case,
-        results: results.into_iter().collect(),
-        serial: false,
-        log: Vec::new(),
-    };
-    let mut plan = Plan {
-        edge: &mut fake,
-        args_budget: case.budget,
-        large: Vec::new(),
-        pulled_over_removals: Vec::new(),
-        announced: Vec::new(),
-    };
-    let run = plan.job(&job(&case), &ctx);
+    let mut fake = Fake::new(&case, results);
+    let run = fake.plan().job(&job(&case), &ctx);
     assert!(run.result.is_done(), "{:?}", run.result);
     let log = fake.log.join("\n");
     let send = fake
